@@ -1,0 +1,1 @@
+//! Models, forward pass, KV cache, sampling.
