@@ -1,0 +1,176 @@
+//! The forward pass over a batch of tokens: embeddings → decoder blocks → logits.
+//! One function serves every architecture; the config's options switch the parts on.
+
+use crate::arch::{Activation, Config, RopeStyle};
+use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::matmul::{matmul, matmul_quantized, QuantizedInput};
+use crate::cpu::ops::{self, RopeTable};
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{Layer, Model};
+use std::ops::Range;
+
+/// Runs a model: holds the RoPE tables and the thread pool.
+pub struct Runner {
+    /// The model.
+    pub model: Model,
+    rope_global: RopeTable,
+    rope_local: RopeTable,
+    pool: rayon::ThreadPool,
+}
+
+impl Runner {
+    /// Prepare a model for running on `threads` CPU threads.
+    pub fn new(model: Model, threads: usize) -> Result<Self> {
+        let c = &model.config;
+        let freqs = model.rope_freqs.as_deref();
+        let rope_global = RopeTable::new(c.rope_dims, c.rope_global.base, c.rope_global.freq_scale, freqs);
+        let rope_local = RopeTable::new(c.rope_dims, c.rope_local.base, c.rope_local.freq_scale, freqs);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Runner { model, rope_global, rope_local, pool })
+    }
+
+    /// A new empty KV cache of `n_ctx` positions.
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(&self.model.config, n_ctx)
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Process `tokens` at positions `cache.len()..`, append their K/V to the cache, and
+    /// return logits `[rows.len(), n_vocab]` for the batch rows in `rows`.
+    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: Range<usize>) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let pos0 = cache.len();
+        if pos0 + tokens.len() > cache.n_ctx() {
+            return Err(EngineError::ContextFull { tokens: pos0 + tokens.len(), ctx: cache.n_ctx() });
+        }
+        if rows.end > tokens.len() || rows.start > rows.end {
+            return Err(EngineError::Invalid(format!("logit rows {rows:?} outside the batch")));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(EngineError::BadToken(bad, c.n_vocab));
+        }
+        self.pool.install(|| {
+            let mut x = self.embed(tokens);
+            let positions: Vec<usize> = (pos0..pos0 + tokens.len()).collect();
+            for (il, layer) in self.model.layers.iter().enumerate() {
+                self.block(il, layer, &mut x, &positions, cache);
+            }
+            cache.set_len(pos0 + tokens.len());
+            let d = c.n_embd;
+            let mut h = x[rows.start * d..rows.end * d].to_vec();
+            ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
+            let mut logits = vec![0f32; rows.len() * c.n_vocab];
+            matmul(&self.model.output, &h, &mut logits);
+            if let Some(cap) = c.logit_softcap {
+                logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+            }
+            Ok(logits)
+        })
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        let c = &self.model.config;
+        let mut x = vec![0f32; tokens.len() * c.n_embd];
+        for (row, &t) in x.chunks_exact_mut(c.n_embd).zip(tokens) {
+            self.model.tok_embd.dequantize_row(t as usize, row);
+            if let Some(s) = c.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        x
+    }
+
+    fn block(&self, il: usize, l: &Layer, x: &mut [f32], positions: &[usize], cache: &mut KvCache) {
+        let c = &self.model.config;
+        let n = positions.len();
+        let mut h = vec![0f32; x.len()];
+        ops::rms_norm_into(x, &l.attn_norm, c.norm_eps, &mut h);
+
+        // Q, K and V share one quantized input.
+        let hq = QuantizedInput::new(l.wq.ty.vec_dot_type(), &h, c.n_embd);
+        let project = |w: &crate::weights::Weight| {
+            let mut out = vec![0f32; n * w.rows];
+            if w.ty.vec_dot_type() == l.wq.ty.vec_dot_type() {
+                matmul_quantized(w, &hq, &mut out);
+            } else {
+                matmul(w, &h, &mut out);
+            }
+            out
+        };
+        let (mut q, mut k, mut v) = (project(&l.wq), project(&l.wk), project(&l.wv));
+        for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
+            if let Some(b) = b {
+                ops::add_bias(t, b);
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            ops::rms_norm(&mut q, qn, c.norm_eps);
+            ops::rms_norm(&mut k, kn, c.norm_eps);
+        }
+        let local = c.swa_layers[il];
+        let rope = if local { &self.rope_local } else { &self.rope_global };
+        let neox = c.rope_style == RopeStyle::Neox;
+        for (t, &pos) in positions.iter().enumerate() {
+            for head in q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim].chunks_exact_mut(c.head_dim) {
+                rope.apply(&mut head[..c.rope_dims], pos, neox);
+                head.iter_mut().for_each(|v| *v *= c.attn_scale);
+            }
+            for head in
+                k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim].chunks_exact_mut(c.head_dim)
+            {
+                rope.apply(&mut head[..c.rope_dims], pos, neox);
+            }
+        }
+        cache.store(il, positions[0], &k, &v);
+        let shape = AttnShape {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            head_dim_v: c.head_dim_v,
+            window: if local { c.swa_window } else { None },
+        };
+        let mut attn = vec![0f32; n * c.n_head * c.head_dim_v];
+        let (kc, vc) = cache.layer(il);
+        attention(&shape, &q, positions, kc, vc, &mut attn);
+        let mut o = vec![0f32; n * c.n_embd];
+        matmul(&l.wo, &attn, &mut o);
+        if let Some(w) = &l.post_attn_norm {
+            ops::rms_norm(&mut o, w, c.norm_eps);
+        }
+        ops::add_assign(x, &o);
+
+        ops::rms_norm_into(x, &l.ffn_norm, c.norm_eps, &mut h);
+        let hq = QuantizedInput::new(l.w_gate.ty.vec_dot_type(), &h, c.n_embd);
+        let mut gate = vec![0f32; n * c.n_ff];
+        let mut up = vec![0f32; n * c.n_ff];
+        matmul_quantized(&l.w_gate, &hq, &mut gate);
+        if l.w_up.ty.vec_dot_type() == l.w_gate.ty.vec_dot_type() {
+            matmul_quantized(&l.w_up, &hq, &mut up);
+        } else {
+            matmul(&l.w_up, &h, &mut up);
+        }
+        match c.activation {
+            Activation::Silu => ops::silu_mul(&mut gate, &up),
+            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
+        }
+        let mut down = vec![0f32; n * c.n_embd];
+        matmul(&l.w_down, &gate, &mut down);
+        if let Some(w) = &l.post_ffn_norm {
+            ops::rms_norm(&mut down, w, c.norm_eps);
+        }
+        ops::add_assign(x, &down);
+    }
+}
+
+/// Config sanity shared by callers that size buffers from it.
+pub fn kv_bytes(c: &Config, n_ctx: usize) -> usize {
+    2 * c.n_layer * n_ctx * c.n_head_kv * (c.head_dim + c.head_dim_v)
+}

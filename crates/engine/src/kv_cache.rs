@@ -1,0 +1,69 @@
+//! The key/value cache: f16 rows per layer, one row per position, sized by `-c`.
+
+use crate::arch::Config;
+use half::f16;
+
+/// Keys and values of every layer for positions `0..len()`.
+pub struct KvCache {
+    n_ctx: usize,
+    len: usize,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    k_dim: usize,
+    v_dim: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `n_ctx` positions.
+    pub fn new(c: &Config, n_ctx: usize) -> Self {
+        let k_dim = c.n_head_kv * c.head_dim;
+        let v_dim = c.n_head_kv * c.head_dim_v;
+        KvCache {
+            n_ctx,
+            len: 0,
+            k: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * k_dim]).collect(),
+            v: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * v_dim]).collect(),
+            k_dim,
+            v_dim,
+        }
+    }
+
+    /// Capacity in positions.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget everything from position `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Store K and V rows (`[n, k_dim]`, `[n, v_dim]`) of `layer` at positions `pos0..pos0+n`.
+    pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let n = k.len() / self.k_dim;
+        let kd = &mut self.k[layer][pos0 * self.k_dim..(pos0 + n) * self.k_dim];
+        kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s));
+        let vd = &mut self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim];
+        vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s));
+    }
+
+    /// Mark positions up to `len` as filled (after every layer stored them).
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// The K and V rows of one layer.
+    pub fn layer(&self, layer: usize) -> (&[f16], &[f16]) {
+        (&self.k[layer], &self.v[layer])
+    }
+}

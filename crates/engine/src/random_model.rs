@@ -1,0 +1,196 @@
+//! Random-weight GGUF models of any shape, so every shape can be run and benchmarked
+//! without downloading a model. Weights are uniform with std 1/sqrt(fan-in), norms are 1,
+//! and the vocabulary is a minimal SentencePiece one (control tokens, 256 byte tokens, fillers).
+
+use gguf::{Array, GgmlType, GgufWriter, Value};
+use rayon::prelude::*;
+
+/// The shape and type of a generated model.
+#[derive(Debug, Clone)]
+pub struct RandomModelSpec {
+    /// Architecture (`llama` or `gemma3`).
+    pub arch: String,
+    /// Decoder blocks.
+    pub layers: usize,
+    /// Hidden size.
+    pub dim: usize,
+    /// Feed-forward size.
+    pub ff: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Vocabulary size (≥ 260).
+    pub vocab: usize,
+    /// Type of the matrices.
+    pub ty: GgmlType,
+    /// Training context written to the metadata.
+    pub ctx: usize,
+    /// RoPE base.
+    pub rope_base: f32,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl RandomModelSpec {
+    /// Named shapes of well-known models.
+    pub fn preset(name: &str, ty: GgmlType) -> Option<Self> {
+        let (layers, dim, ff, heads, kv_heads, vocab, ctx, rope_base) = match name {
+            "llama3-8b" => (32, 4096, 14336, 32, 8, 128256, 8192, 500000.0),
+            "llama2-7b" => (32, 4096, 11008, 32, 32, 32000, 4096, 10000.0),
+            "llama3-1b" => (16, 2048, 8192, 32, 8, 128256, 8192, 500000.0),
+            "smollm2-135m" => (30, 576, 1536, 9, 3, 49152, 8192, 100000.0),
+            "tiny" => (2, 256, 512, 4, 2, 512, 512, 10000.0),
+            _ => return None,
+        };
+        Some(RandomModelSpec {
+            arch: "llama".into(),
+            layers,
+            dim,
+            ff,
+            heads,
+            kv_heads,
+            vocab,
+            ty,
+            ctx,
+            rope_base,
+            seed: 1,
+        })
+    }
+
+    /// The preset names.
+    pub const PRESETS: [&'static str; 5] = ["llama3-8b", "llama2-7b", "llama3-1b", "smollm2-135m", "tiny"];
+
+    fn check(&self) -> Result<(), String> {
+        let bs = self.ty.block_size();
+        if !["llama", "gemma3"].contains(&self.arch.as_str()) {
+            return Err(format!("gen-model supports the llama and gemma3 architectures, not '{}'", self.arch));
+        }
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 || self.dim % self.heads != 0 {
+            return Err(format!("{} heads and {} kv heads do not divide dim {}", self.heads, self.kv_heads, self.dim));
+        }
+        if (self.dim / self.heads) % 2 != 0 {
+            return Err("the head dimension must be even".into());
+        }
+        if self.dim % bs != 0 || self.ff % bs != 0 {
+            return Err(format!("dim {} and ff {} must be multiples of {}'s block size {bs}", self.dim, self.ff, self.ty.name()));
+        }
+        if self.vocab < 260 {
+            return Err("vocab must be at least 260 (3 control + 256 byte tokens + 1)".into());
+        }
+        if self.layers == 0 {
+            return Err("layers must be at least 1".into());
+        }
+        quant::quantize_row(self.ty, &vec![0.0; bs], &mut vec![0u8; self.ty.block_bytes()])
+            .map_err(|e| format!("cannot write {} weights: {e}", self.ty.name()))
+    }
+
+    /// Build the file in memory.
+    pub fn build(&self) -> Result<GgufWriter, String> {
+        self.check()?;
+        let mut w = GgufWriter::new();
+        let a = self.arch.as_str();
+        let key = |k: &str| format!("{a}.{k}");
+        w.set("general.architecture", Value::String(a.into()))
+            .set("general.name", Value::String(format!("tandem random {a} {}L {}d", self.layers, self.dim)))
+            .set(&key("block_count"), Value::U32(self.layers as u32))
+            .set(&key("context_length"), Value::U32(self.ctx as u32))
+            .set(&key("embedding_length"), Value::U32(self.dim as u32))
+            .set(&key("feed_forward_length"), Value::U32(self.ff as u32))
+            .set(&key("attention.head_count"), Value::U32(self.heads as u32))
+            .set(&key("attention.head_count_kv"), Value::U32(self.kv_heads as u32))
+            .set(&key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+            .set(&key("rope.freq_base"), Value::F32(self.rope_base))
+            .set(&key("vocab_size"), Value::U32(self.vocab as u32));
+        self.add_vocab(&mut w);
+
+        let hd = self.dim / self.heads;
+        let kv = self.kv_heads * hd;
+        let mut mats: Vec<(String, usize, usize)> = vec![
+            ("token_embd.weight".into(), self.dim, self.vocab),
+            ("output.weight".into(), self.dim, self.vocab),
+        ];
+        let mut vecs: Vec<(String, usize)> = vec![("output_norm.weight".into(), self.dim)];
+        for l in 0..self.layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            mats.extend([
+                (n("attn_q"), self.dim, self.dim),
+                (n("attn_k"), self.dim, kv),
+                (n("attn_v"), self.dim, kv),
+                (n("attn_output"), self.dim, self.dim),
+                (n("ffn_gate"), self.dim, self.ff),
+                (n("ffn_up"), self.dim, self.ff),
+                (n("ffn_down"), self.ff, self.dim),
+            ]);
+            vecs.extend([(n("attn_norm"), self.dim), (n("ffn_norm"), self.dim)]);
+            if a == "gemma3" {
+                vecs.extend([
+                    (n("attn_q_norm"), hd),
+                    (n("attn_k_norm"), hd),
+                    (n("post_attention_norm"), self.dim),
+                    (n("post_ffw_norm"), self.dim),
+                ]);
+            }
+        }
+        let datas: Vec<Vec<u8>> = mats
+            .par_iter()
+            .enumerate()
+            .map(|(i, (_, cols, rows))| self.random_matrix(i as u64, *cols, *rows))
+            .collect();
+        for ((name, cols, rows), data) in mats.iter().zip(datas) {
+            w.add_tensor(name, &[*cols as u64, *rows as u64], self.ty, data).map_err(|e| e.to_string())?;
+        }
+        for (name, n) in vecs {
+            let ones: Vec<u8> = std::iter::repeat_n(1f32.to_le_bytes(), n).flatten().collect();
+            w.add_tensor(&name, &[n as u64], GgmlType::F32, ones).map_err(|e| e.to_string())?;
+        }
+        Ok(w)
+    }
+
+    fn random_matrix(&self, index: u64, cols: usize, rows: usize) -> Vec<u8> {
+        let row_bytes = self.ty.bytes_for(cols as u64).expect("checked") as usize;
+        let amp = (3.0 / cols as f32).sqrt(); // uniform [-a, a] has std a/sqrt(3) = 1/sqrt(cols)
+        let mut out = vec![0u8; rows * row_bytes];
+        out.par_chunks_mut(row_bytes).enumerate().for_each_init(
+            || vec![0f32; cols],
+            |buf, (r, dst)| {
+                let mut s = splitmix(self.seed ^ (index << 40) ^ r as u64);
+                for v in buf.iter_mut() {
+                    s = splitmix(s);
+                    *v = ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp;
+                }
+                quant::quantize_row(self.ty, buf, dst).expect("type checked");
+            },
+        );
+        out
+    }
+
+    fn add_vocab(&self, w: &mut GgufWriter) {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2i32, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for i in 0..self.vocab - tokens.len() {
+            tokens.push(format!("\u{2581}w{i}"));
+            types.push(1);
+        }
+        let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+        w.set("tokenizer.ggml.model", Value::String("llama".into()))
+            .set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
+            .set("tokenizer.ggml.scores", Value::Array(Array::F32(scores)))
+            .set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))
+            .set("tokenizer.ggml.bos_token_id", Value::U32(1))
+            .set("tokenizer.ggml.eos_token_id", Value::U32(2))
+            .set("tokenizer.ggml.unknown_token_id", Value::U32(0))
+            .set("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

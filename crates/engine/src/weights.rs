@@ -1,0 +1,130 @@
+//! Views of tensors inside the memory-mapped GGUF file: nothing is copied out of the
+//! mmap except the small vectors (norms) that are converted to f32 once.
+
+use crate::error::{EngineError, Result};
+use gguf::{GgmlType, GgufFile, TensorInfo};
+use std::sync::Arc;
+
+/// A 2-D weight matrix of `rows` rows of `cols` elements, stored as ggml blocks in the mapped file.
+#[derive(Clone)]
+pub struct Weight {
+    /// Tensor name (identity for caches and logs).
+    pub name: String,
+    /// Element type of the stored blocks.
+    pub ty: GgmlType,
+    /// Output features (M).
+    pub rows: usize,
+    /// Input features (K), the row length.
+    pub cols: usize,
+    file: Arc<GgufFile>,
+    start: usize,
+    len: usize,
+}
+
+impl Weight {
+    /// The raw block bytes of all rows.
+    pub fn data(&self) -> &[u8] {
+        &self.file.bytes()[self.start..self.start + self.len]
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.len / self.rows
+    }
+
+    /// The raw bytes of one row.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data()[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantize one row into `out` (len == cols).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        quant::dequantize_row(self.ty, self.row(r), out).expect("row length validated at load");
+    }
+}
+
+/// Looks tensors up by name and checks their shapes.
+pub struct TensorSource {
+    file: Arc<GgufFile>,
+}
+
+impl TensorSource {
+    /// Wrap an open file.
+    pub fn new(file: Arc<GgufFile>) -> Self {
+        TensorSource { file }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Whether a tensor exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.file.tensor(name).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
+    }
+
+    /// A matrix with `cols` inputs and `rows` outputs (GGUF shape `[cols, rows]`).
+    pub fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Weight> {
+        let info = self.info(name)?;
+        if info.shape != [cols as u64, rows as u64] {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                what: format!("shape {:?}, expected [{cols}, {rows}]", info.shape),
+            });
+        }
+        quant::dot_kernel(info.ty).map_err(|e| EngineError::BadTensor {
+            name: name.into(),
+            what: format!("type {} cannot be used as a matrix: {e}", info.ty.name()),
+        })?;
+        let start = (self.file.header().data_offset + info.offset) as usize;
+        Ok(Weight {
+            name: name.into(),
+            ty: info.ty,
+            rows,
+            cols,
+            file: self.file.clone(),
+            start,
+            len: info.n_bytes as usize,
+        })
+    }
+
+    /// A matrix if present.
+    pub fn optional_matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Option<Weight>> {
+        if self.has(name) {
+            self.matrix(name, cols, rows).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A vector of `n` elements, converted to f32.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let info = self.info(name)?;
+        if info.n_elements() != n as u64 || info.shape.len() != 1 {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                what: format!("shape {:?}, expected [{n}]", info.shape),
+            });
+        }
+        let mut out = vec![0f32; n];
+        quant::dequantize_row(info.ty, self.file.tensor_data(info), &mut out).map_err(|e| {
+            EngineError::BadTensor { name: name.into(), what: e.to_string() }
+        })?;
+        Ok(out)
+    }
+
+    /// A vector if present.
+    pub fn optional_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        if self.has(name) {
+            self.vector(name, n).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
