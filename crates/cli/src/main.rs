@@ -1,1 +1,44 @@
-fn main() {}
+//! `tandem`: local LLM inference on GGUF models, with llama.cpp's flag names.
+
+mod commands;
+mod load;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "Local LLM inference on GGUF models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt.
+    Run(commands::run::Args),
+    /// Print the tokens of a text.
+    Tokenize(commands::tokenize::Args),
+    /// Measure perplexity over a text file (llama.cpp's method).
+    Perplexity(commands::perplexity::Args),
+    /// Show a model's metadata and tensors.
+    Info(commands::info::Args),
+    /// Write a GGUF model with random weights of any shape.
+    GenModel(commands::gen_model::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => commands::run::main(a),
+        Command::Tokenize(a) => commands::tokenize::main(a),
+        Command::Perplexity(a) => commands::perplexity::main(a),
+        Command::Info(a) => commands::info::main(a),
+        Command::GenModel(a) => commands::gen_model::main(a),
+    };
+    if let Err(e) = result {
+        // One line: the error and its causes.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}

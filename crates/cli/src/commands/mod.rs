@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod gen_model;
+pub mod info;
+pub mod perplexity;
+pub mod run;
+pub mod tokenize;

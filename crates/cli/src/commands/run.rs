@@ -1,0 +1,139 @@
+//! `tandem run`: stream a continuation of the prompt to stdout; speeds to stderr.
+
+use crate::load;
+use anyhow::Result;
+use engine::generate::{generate, StopReason};
+use engine::sampler::{Sampler, SamplerConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use tokenizer::StreamDecoder;
+
+/// llama.cpp's "pick a random seed" value.
+const RANDOM_SEED: u32 = u32::MAX;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// Prompt text.
+    #[arg(short = 'p', long, default_value = "")]
+    prompt: String,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Tokens to generate (-1 = until end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Context size in tokens (0 = the model's training context).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    ctx_size: usize,
+    /// Prompt tokens per forward step.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+    batch_size: usize,
+    /// CPU threads.
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Repeat penalty (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens the repeat penalty looks back over.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// RNG seed (4294967295 = random).
+    #[arg(short = 's', long, default_value_t = RANDOM_SEED)]
+    seed: u32,
+    /// Do not parse special-token text in the prompt.
+    #[arg(long = "no-parse-special")]
+    no_parse_special: bool,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let prompt = match &a.file {
+        Some(f) => {
+            let mut text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            // llama.cpp's -f drops one trailing newline.
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            text
+        }
+        None => a.prompt.clone(),
+    };
+    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads))?;
+    let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
+    let tokens = tok.encode(&prompt, true, !a.no_parse_special);
+    if tokens.is_empty() {
+        anyhow::bail!("the prompt is empty: pass one with -p or -f");
+    }
+    if tokens.len() > n_ctx {
+        anyhow::bail!("prompt has {} tokens but the context holds {n_ctx} (raise -c or shorten the prompt)", tokens.len());
+    }
+    let seed = if a.seed == RANDOM_SEED {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    } else {
+        a.seed as u64
+    };
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed,
+    });
+    let mut cache = runner.new_cache(n_ctx);
+    let mut decoder = StreamDecoder::new(&tok);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_err = None;
+    let (reason, stats) = generate(
+        &runner,
+        &mut cache,
+        &tokens,
+        a.batch_size,
+        a.n_predict,
+        &mut sampler,
+        &|t| tok.is_eog(t),
+        &mut |t| {
+            let text = decoder.push(t);
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                write_err = Some(e);
+                return false;
+            }
+            true
+        },
+    )?;
+    let rest = decoder.finish();
+    let _ = out.write_all(rest.as_bytes());
+    let _ = writeln!(out);
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    if reason == StopReason::ContextFull {
+        eprintln!("stopped: the context ({n_ctx} tokens) is full");
+    }
+    eprintln!(
+        "prompt: {} tokens, {:.2} tokens/s | generation: {} tokens, {:.2} tokens/s",
+        stats.prompt_tokens,
+        stats.prompt_tps(),
+        stats.generated_tokens,
+        stats.generation_tps()
+    );
+    Ok(())
+}
