@@ -63,7 +63,19 @@ def build_config(build):
 
 def write_fixture(path, header, key, records):
     """Pretty header, then one JSON record per line under `key` (diff-friendly)."""
+    # the per-model vocab facts go on one line each (Gemma lists 165 user-defined tokens)
+    header = dict(header)
+    vocab_lines = {}
+    if "models" in header:
+        header["models"] = {k: dict(v) for k, v in header["models"].items()}
+        for k, v in header["models"].items():
+            if "vocab" in v:
+                key_ = f"__VOCAB_{len(vocab_lines)}__"
+                vocab_lines[key_] = json.dumps(v["vocab"], ensure_ascii=False)
+                v["vocab"] = key_
     head = json.dumps(header, ensure_ascii=False, indent=2)
+    for key_, line in vocab_lines.items():
+        head = head.replace(json.dumps(key_), line)
     assert head.endswith("}")
     body = ",\n".join("    " + json.dumps(r, ensure_ascii=False) for r in records)
     text = head[:-1].rstrip() + f',\n  "{key}": [\n{body}\n  ]\n}}\n'

@@ -55,6 +55,9 @@ pub struct Args {
     /// RNG seed (4294967295 = random).
     #[arg(short = 's', long, default_value_t = RANDOM_SEED)]
     seed: u32,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long = "ignore-eos")]
+    ignore_eos: bool,
     /// Do not parse special-token text in the prompt.
     #[arg(long = "no-parse-special")]
     no_parse_special: bool,
@@ -107,7 +110,7 @@ pub fn main(a: Args) -> Result<()> {
         a.batch_size,
         a.n_predict,
         &mut sampler,
-        &|t| tok.is_eog(t),
+        &|t| !a.ignore_eos && tok.is_eog(t),
         &mut |t| {
             let text = decoder.push(t);
             if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {

@@ -1,0 +1,156 @@
+//! The `tandem` binary end to end: real models, real files, real processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn model(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("models"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    p
+}
+
+const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn tandem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure is exactly one line on stderr, starting with "error:", and exit code 1.
+fn assert_clean_error(o: &Output, mentions: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected, got: {err}");
+    assert!(err.starts_with("error: ") && err.contains(mentions), "'{err}' should mention '{mentions}'");
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn tokenize_ids_match_llama_tokenize_format_and_values() {
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/reference/tokenize.json")).unwrap(),
+    )
+    .unwrap();
+    let recs = fx["cases"].as_array().unwrap();
+    let m = model(SMOLLM);
+    let mut checked = 0;
+    for r in recs.iter().filter(|r| r["model"] == SMOLLM && r["parse_special"] == true).take(5) {
+        let text = r["text"].as_str().unwrap();
+        if text.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = r["ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+        let o = tandem(&["tokenize", "-m", p(&m), "-p", text, "--ids"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim_end(), format!("[{}]", ids.join(", ")), "text {text:?}");
+        checked += 1;
+    }
+    assert!(checked >= 3);
+}
+
+#[test]
+fn tokenize_works_on_a_vocab_only_file() {
+    let m = model(SMOLLM);
+    let f = gguf::GgufFile::open(&m).unwrap();
+    let mut w = gguf::GgufWriter::new();
+    for (k, v) in f.metadata() {
+        w.set(k, v.clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = dir.path().join("vocab.gguf");
+    w.write_file(&vocab).unwrap();
+    let text = "Hello world! <|im_start|>user\n  spaces\tand tabs 12345";
+    let a = tandem(&["tokenize", "-m", p(&m), "-p", text, "--ids"]);
+    let b = tandem(&["tokenize", "-m", p(&vocab), "-p", text, "--ids"]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert_eq!(stdout(&a), stdout(&b));
+    // A vocab-only file cannot generate, and says so.
+    let o = tandem(&["run", "-m", p(&vocab), "-p", "hi", "-n", "1"]);
+    assert_clean_error(&o, "vocab-only");
+}
+
+#[test]
+fn bad_inputs_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_clean_error(&tandem(&["run", "-m", "/no/such/model.gguf", "-p", "hi"]), "not found");
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a model at all").unwrap();
+    assert_clean_error(&tandem(&["run", "-m", p(&junk), "-p", "hi"]), "not a GGUF file");
+    let trunc = dir.path().join("trunc.gguf");
+    let bytes = std::fs::read(model(SMOLLM)).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_error(&tandem(&["info", "-m", p(&trunc)]), "extends past the end");
+
+    let mut w = gguf::GgufWriter::new();
+    w.set("general.architecture", gguf::Value::String("mamba".into()));
+    let f = gguf::GgufFile::open(model(SMOLLM)).unwrap();
+    for (k, v) in f.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        w.set(k, v.clone());
+    }
+    w.add_tensor("x", &[32], gguf::GgmlType::F32, vec![0; 128]).unwrap();
+    let mamba = dir.path().join("mamba.gguf");
+    w.write_file(&mamba).unwrap();
+    assert_clean_error(&tandem(&["run", "-m", p(&mamba), "-p", "hi"]), "unsupported architecture 'mamba'");
+
+    let long = "word ".repeat(200);
+    assert_clean_error(
+        &tandem(&["run", "-m", p(&model(SMOLLM)), "-p", &long, "-c", "64"]),
+        "context holds 64",
+    );
+}
+
+#[test]
+fn run_streams_text_and_seeds_reproduce() {
+    let m = model(SMOLLM);
+    let args = |seed: &str| {
+        tandem(&["run", "-m", p(&m), "-p", "Once upon a time", "-n", "16", "--temp", "1.0", "--seed", seed, "-t", "2"])
+    };
+    let (a, b, c) = (args("42"), args("42"), args("7"));
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(stdout(&a), stdout(&b), "same seed, same text");
+    assert_ne!(stdout(&a), stdout(&c), "another seed, other text");
+    assert!(!stdout(&a).contains("Once upon a time"), "the prompt is not echoed");
+    assert!(stderr(&a).contains("tokens/s"));
+}
+
+#[test]
+fn gen_model_writes_a_model_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.gguf");
+    let o = tandem(&["gen-model", "--preset", "tiny", "--layers", "2", "--type", "q8_0", "-o", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = tandem(&["info", "-m", p(&out)]);
+    let text = stdout(&info);
+    assert!(text.contains("blk.1.ffn_down.weight") && text.contains("Q8_0"), "{text}");
+    let r = tandem(&["run", "-m", p(&out), "-p", "hello", "-n", "8", "--temp", "0", "--ignore-eos"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("generation: 8 tokens"), "{}", stderr(&r));
+    let bad = tandem(&["gen-model", "--dim", "100", "--type", "q4_k", "-o", p(&dir.path().join("bad.gguf"))]);
+    assert_clean_error(&bad, "block size");
+}
+
+#[test]
+fn perplexity_prints_llama_cpp_final_line() {
+    let o = tandem(&[
+        "perplexity", "-m", p(&model(SMOLLM)), "-f", p(&root().join("tests/fixtures/reference/GPL-3.txt")),
+        "-c", "64", "--chunks", "2", "-t", "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o);
+    assert!(line.starts_with("Final estimate: PPL = ") && line.contains(" +/- "), "{line}");
+}
