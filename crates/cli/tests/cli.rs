@@ -140,7 +140,7 @@ fn gen_model_writes_a_model_that_runs() {
     let r = tandem(&["run", "-m", p(&out), "-p", "hello", "-n", "8", "--temp", "0", "--ignore-eos"]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("generation: 8 tokens"), "{}", stderr(&r));
-    let bad = tandem(&["gen-model", "--dim", "100", "--type", "q4_k", "-o", p(&dir.path().join("bad.gguf"))]);
+    let bad = tandem(&["gen-model", "--dim", "96", "--heads", "4", "--type", "q4_k", "-o", p(&dir.path().join("bad.gguf"))]);
     assert_clean_error(&bad, "block size");
 }
 
