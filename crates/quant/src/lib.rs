@@ -1,0 +1,31 @@
+//! ggml tensor formats, bit-exact with ggml's block layouts.
+//!
+//! Each format has a block layout, a dequantizer, (for some) a quantizer, and the
+//! block type its dot product consumes ([`GgmlType::vec_dot_type`]): the activations
+//! are quantized once to that type, then every weight row is dotted against them.
+//!
+//! - [`dequantize_row`] / [`quantize_row`]: scalar, ggml's reference algorithms.
+//! - [`dot_kernel`]: the fastest dot kernel for this CPU (SIMD chosen at run time);
+//!   [`dot_kernel_scalar`]: the reference kernel it must agree with.
+//! - [`f16_to_f32_slice`] / [`f32_to_f16_slice`]: fast half conversions.
+#![deny(missing_docs)]
+
+mod blocks;
+mod dispatch;
+mod simd;
+mod types;
+mod util;
+
+pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
+pub use dispatch::{
+    dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, simd_level, SimdLevel,
+};
+pub use types::{GgmlType, QuantError};
+
+/// A dot-product kernel: `n` elements, `w` = n elements of the weight type,
+/// `a` = n elements of `ty.vec_dot_type()` (raw block bytes, any alignment).
+///
+/// Panics if the slice lengths do not match `n` (a programmer error).
+/// Q8 activations are expected from [`quantize_row`], whose quants lie in -127..=127
+/// (ggml's quantizers never emit -128; like ggml's, the AVX2 kernels rely on that).
+pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;

@@ -1,0 +1,256 @@
+//! x86-64 kernels: AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL + VNNI).
+//!
+//! Kernel bodies are written once, generic over [`Isa`] (the few integer primitives
+//! that differ: maddubs+madd vs VNNI dpbusd/dpwssd, bit expansion), marked
+//! `#[inline(always)]`, and instantiated inside `#[target_feature]` entry points, so each
+//! instantiation is compiled for its feature set (no closures in bodies: a closure is a
+//! separate function without the features, and its intrinsics would not inline).
+//! The 32-element formats also have 512-bit kernels (`legacy512`, two blocks per vector).
+//! Entry points are only handed out after run-time detection ([`has_avx2`],
+//! [`has_avx512vnni`]).
+
+mod float;
+mod k_low;
+mod k_quants;
+mod legacy;
+mod legacy512;
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use crate::{DotFn, GgmlType};
+
+/// AVX2 + FMA + F16C, detected once.
+pub(crate) fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// AVX2 level plus AVX-512 F/BW/VL/VNNI, detected once.
+pub(crate) fn has_avx512vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// Integer primitives whose best form differs between AVX2 and AVX-512 VNNI.
+pub(crate) trait Isa {
+    /// `acc` + per-i32-lane sums of four u8*i8 products (`u` unsigned, `s` signed).
+    /// AVX2 goes through i16 pair sums: callers keep 2*|u|*|s| < 32768.
+    unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    /// Like `dot_u8i8(0, u - off, s)` for unsigned `u >= 0` and an unsigned offset `off`.
+    unsafe fn dot_u8i8_off(u: __m256i, s: __m256i, off: __m256i) -> __m256i;
+    /// `acc + madd_epi16(a, b)`.
+    unsafe fn madd16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+    /// 32 bits -> 32 bytes of 0xFF (bit set) or 0x00, byte i from bit i.
+    unsafe fn bits_to_bytes(bits: u32) -> __m256i;
+}
+
+/// AVX2: maddubs + madd, bit expansion by shuffle/compare.
+pub(crate) struct Avx2;
+/// AVX-512 VNNI (256-bit via VL): dpbusd/dpwssd, bit expansion from a mask register.
+pub(crate) struct Avx512;
+
+impl Isa for Avx2 {
+    #[inline(always)]
+    unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn dot_u8i8_off(u: __m256i, s: __m256i, off: __m256i) -> __m256i {
+        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(off, s));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn madd16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+    #[inline(always)]
+    unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+        // Byte i gets byte i/8 of `bits`, then is OR-ed with a mask that has every bit
+        // but bit i%8 set: it is all-ones exactly when that bit was set.
+        let shuf = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        );
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
+        let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+    }
+}
+
+impl Isa for Avx512 {
+    #[inline(always)]
+    unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn dot_u8i8_off(u: __m256i, s: __m256i, off: __m256i) -> __m256i {
+        let z = _mm256_setzero_si256();
+        _mm256_sub_epi32(_mm256_dpbusd_epi32(z, u, s), _mm256_dpbusd_epi32(z, off, s))
+    }
+    #[inline(always)]
+    unsafe fn madd16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, a, b)
+    }
+    #[inline(always)]
+    unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+        _mm256_movm_epi8(bits)
+    }
+}
+
+/// Horizontal sum of 8 floats.
+#[inline(always)]
+pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// One half at `p` (unaligned) -> f32 via F16C.
+#[inline(always)]
+pub(crate) unsafe fn ld_f16(p: *const u8) -> f32 {
+    let h = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// One f32 at `p` (unaligned).
+#[inline(always)]
+pub(crate) unsafe fn ld_f32(p: *const u8) -> f32 {
+    (p as *const f32).read_unaligned()
+}
+
+/// 32 bytes at `p` (unaligned).
+#[inline(always)]
+pub(crate) unsafe fn ld256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// For 32-element chunk c: bytes 2c (x8) then 2c+1 (x8), picking its two 16-group scales.
+static CHUNK_SCALE_SHUF: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut k = 0;
+        while k < 16 {
+            t[c][k] = (2 * c + k / 8) as u8;
+            k += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Sixteen i8 scales (one per 16 elements of a super-block) -> the i16 multipliers for
+/// the 16 pair sums `maddubs` gives for 32-element chunk `c`.
+#[inline(always)]
+pub(crate) unsafe fn chunk_scales(scales: __m128i, c: usize) -> __m256i {
+    let shuf = _mm_loadu_si128(CHUNK_SCALE_SHUF[c].as_ptr() as *const __m128i);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf))
+}
+
+/// The AVX2 kernel for a weight type, if there is one.
+pub(crate) fn kernel_avx2(ty: GgmlType) -> Option<DotFn> {
+    if !has_avx2() {
+        return None;
+    }
+    use GgmlType::*;
+    Some(match ty {
+        F32 => float::dot_f32_avx2,
+        F16 => float::dot_f16_avx2,
+        BF16 => float::dot_bf16_avx2,
+        Q4_0 => legacy::dot_q4_0_avx2,
+        Q4_1 => legacy::dot_q4_1_avx2,
+        Q5_0 => legacy::dot_q5_0_avx2,
+        Q5_1 => legacy::dot_q5_1_avx2,
+        Q8_0 => legacy::dot_q8_0_avx2,
+        Q2_K => k_low::dot_q2_k_avx2,
+        Q3_K => k_low::dot_q3_k_avx2,
+        Q4_K => k_quants::dot_q4_k_avx2,
+        Q5_K => k_quants::dot_q5_k_avx2,
+        Q6_K => k_quants::dot_q6_k_avx2,
+        _ => return None,
+    })
+}
+
+/// The AVX-512 kernel for a weight type, if there is one (else use the AVX2 one).
+pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
+    if !has_avx512vnni() {
+        return None;
+    }
+    use GgmlType::*;
+    Some(match ty {
+        F32 => float::dot_f32_avx512,
+        // F16 stays on the AVX2 kernel: 512-bit vcvtph2ps was slower on the Zen 4 we measured.
+        BF16 => float::dot_bf16_avx512,
+        Q4_0 => legacy512::dot_q4_0,
+        Q4_1 => legacy512::dot_q4_1,
+        Q5_0 => legacy512::dot_q5_0,
+        Q5_1 => legacy512::dot_q5_1,
+        Q8_0 => legacy512::dot_q8_0,
+        Q2_K => k_low::dot_q2_k_avx512,
+        Q3_K => k_low::dot_q3_k_avx512,
+        Q4_K => k_quants::dot_q4_k_avx512,
+        Q5_K => k_quants::dot_q5_k_avx512,
+        Q6_K => k_quants::dot_q6_k_avx512,
+        _ => return None,
+    })
+}
+
+pub(crate) use float::{f16_to_f32, f32_to_f16};
+
+/// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:
+/// lengths are checked here, the body then reads within bounds.
+macro_rules! dot_entry {
+    ($avx2:ident, $avx512:ident, $body:ident, $check:expr) => {
+        dot_entry!($avx2, $body, $check);
+        pub(crate) fn $avx512(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            unsafe fn inner(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                $body::<$crate::simd::x86::Avx512>(n, w.as_ptr(), a.as_ptr())
+            }
+            ($check)(n, w, a);
+            debug_assert!($crate::simd::x86::has_avx512vnni());
+            // SAFETY: handed out only after run-time detection; lengths checked above.
+            unsafe { inner(n, w, a) }
+        }
+    };
+    ($avx2:ident, $body:ident, $check:expr) => {
+        pub(crate) fn $avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn inner(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                $body::<$crate::simd::x86::Avx2>(n, w.as_ptr(), a.as_ptr())
+            }
+            ($check)(n, w, a);
+            debug_assert!($crate::simd::x86::has_avx2());
+            // SAFETY: handed out only after run-time detection; lengths checked above.
+            unsafe { inner(n, w, a) }
+        }
+    };
+}
+pub(crate) use dot_entry;
+
+/// Length check shared by block kernels: n whole blocks, both buffers exact.
+#[inline(always)]
+pub(crate) fn check_blocks(n: usize, w: &[u8], a: &[u8], qk: usize, wb: usize, ab: usize) {
+    assert!(n.is_multiple_of(qk), "dot: n={n} not a multiple of {qk}");
+    assert!(
+        w.len() == n / qk * wb && a.len() == n / qk * ab,
+        "dot: bad lengths"
+    );
+}
