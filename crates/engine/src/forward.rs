@@ -3,10 +3,10 @@
 
 use crate::arch::{Activation, Config, RopeStyle};
 use crate::cpu::attention::{attention, AttnShape};
-use crate::cpu::matmul::{matmul, matmul_quantized, QuantizedInput};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
+use crate::matrix::Dispatcher;
 use crate::model::{Layer, Model};
 use std::ops::Range;
 
@@ -17,11 +17,18 @@ pub struct Runner {
     rope_global: RopeTable,
     rope_local: RopeTable,
     pool: rayon::ThreadPool,
+    /// Routes every weight matmul to an engine.
+    pub dispatcher: Dispatcher,
 }
 
 impl Runner {
-    /// Prepare a model for running on `threads` CPU threads.
+    /// Prepare a model for running on `threads` CPU threads, every matmul on the CPU.
     pub fn new(model: Model, threads: usize) -> Result<Self> {
+        Self::with_dispatcher(model, threads, Dispatcher::cpu_only())
+    }
+
+    /// Like [`Runner::new`], with matmuls routed by `dispatcher`.
+    pub fn with_dispatcher(model: Model, threads: usize, dispatcher: Dispatcher) -> Result<Self> {
         let c = &model.config;
         let freqs = model.rope_freqs.as_deref();
         let rope_global = RopeTable::new(c.rope_dims, c.rope_global.base, c.rope_global.freq_scale, freqs);
@@ -30,7 +37,7 @@ impl Runner {
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| EngineError::Invalid(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Runner { model, rope_global, rope_local, pool })
+        Ok(Runner { model, rope_global, rope_local, pool, dispatcher })
     }
 
     /// A new empty KV cache of `n_ctx` positions.
@@ -68,7 +75,7 @@ impl Runner {
             let mut h = x[rows.start * d..rows.end * d].to_vec();
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
             let mut logits = vec![0f32; rows.len() * c.n_vocab];
-            matmul(&self.model.output, &h, &mut logits);
+            self.dispatcher.matmul(&self.model.output, &h, &mut logits);
             if let Some(cap) = c.logit_softcap {
                 logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
             }
@@ -94,18 +101,11 @@ impl Runner {
         let mut h = vec![0f32; x.len()];
         ops::rms_norm_into(x, &l.attn_norm, c.norm_eps, &mut h);
 
-        // Q, K and V share one quantized input.
-        let hq = QuantizedInput::new(l.wq.ty.vec_dot_type(), &h, c.n_embd);
-        let project = |w: &crate::weights::Weight| {
-            let mut out = vec![0f32; n * w.rows];
-            if w.ty.vec_dot_type() == l.wq.ty.vec_dot_type() {
-                matmul_quantized(w, &hq, &mut out);
-            } else {
-                matmul(w, &h, &mut out);
-            }
-            out
-        };
-        let (mut q, mut k, mut v) = (project(&l.wq), project(&l.wk), project(&l.wv));
+        // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
+        let mut q = vec![0f32; n * l.wq.rows];
+        let mut k = vec![0f32; n * l.wk.rows];
+        let mut v = vec![0f32; n * l.wv.rows];
+        self.dispatcher.matmul_group(&[&l.wq, &l.wk, &l.wv], &h, &mut [&mut q, &mut k, &mut v]);
         for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
             if let Some(b) = b {
                 ops::add_bias(t, b);
@@ -141,28 +141,22 @@ impl Runner {
         let (kc, vc) = cache.layer(il);
         attention(&shape, &q, positions, kc, vc, &mut attn);
         let mut o = vec![0f32; n * c.n_embd];
-        matmul(&l.wo, &attn, &mut o);
+        self.dispatcher.matmul(&l.wo, &attn, &mut o);
         if let Some(w) = &l.post_attn_norm {
             ops::rms_norm(&mut o, w, c.norm_eps);
         }
         ops::add_assign(x, &o);
 
         ops::rms_norm_into(x, &l.ffn_norm, c.norm_eps, &mut h);
-        let hq = QuantizedInput::new(l.w_gate.ty.vec_dot_type(), &h, c.n_embd);
         let mut gate = vec![0f32; n * c.n_ff];
         let mut up = vec![0f32; n * c.n_ff];
-        matmul_quantized(&l.w_gate, &hq, &mut gate);
-        if l.w_up.ty.vec_dot_type() == l.w_gate.ty.vec_dot_type() {
-            matmul_quantized(&l.w_up, &hq, &mut up);
-        } else {
-            matmul(&l.w_up, &h, &mut up);
-        }
+        self.dispatcher.matmul_group(&[&l.w_gate, &l.w_up], &h, &mut [&mut gate, &mut up]);
         match c.activation {
             Activation::Silu => ops::silu_mul(&mut gate, &up),
             Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
         }
         let mut down = vec![0f32; n * c.n_embd];
-        matmul(&l.w_down, &gate, &mut down);
+        self.dispatcher.matmul(&l.w_down, &gate, &mut down);
         if let Some(w) = &l.post_ffn_norm {
             ops::rms_norm(&mut down, w, c.norm_eps);
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod kv_cache;
+pub mod matrix;
 pub mod model;
 pub mod perplexity;
 pub mod random_model;

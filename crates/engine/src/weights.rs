@@ -17,11 +17,17 @@ pub struct Weight {
     /// Input features (K), the row length.
     pub cols: usize,
     file: Arc<GgufFile>,
+    file_id: Arc<str>,
     start: usize,
     len: usize,
 }
 
 impl Weight {
+    /// The identity of the file this weight lives in (path, size, modification time).
+    pub fn file_identity(&self) -> String {
+        self.file_id.to_string()
+    }
+
     /// The raw block bytes of all rows.
     pub fn data(&self) -> &[u8] {
         &self.file.bytes()[self.start..self.start + self.len]
@@ -47,12 +53,14 @@ impl Weight {
 /// Looks tensors up by name and checks their shapes.
 pub struct TensorSource {
     file: Arc<GgufFile>,
+    file_id: Arc<str>,
 }
 
 impl TensorSource {
     /// Wrap an open file.
     pub fn new(file: Arc<GgufFile>) -> Self {
-        TensorSource { file }
+        let file_id = file_identity(&file).into();
+        TensorSource { file, file_id }
     }
 
     /// The file.
@@ -89,6 +97,7 @@ impl TensorSource {
             rows,
             cols,
             file: self.file.clone(),
+            file_id: self.file_id.clone(),
             start,
             len: info.n_bytes as usize,
         })
@@ -125,6 +134,22 @@ impl TensorSource {
             self.vector(name, n).map(Some)
         } else {
             Ok(None)
+        }
+    }
+}
+
+/// Path, size and modification time: changes whenever the file's content could have.
+fn file_identity(file: &GgufFile) -> String {
+    match file.path() {
+        None => format!("memory:{:p}:{}", file.bytes().as_ptr(), file.bytes().len()),
+        Some(p) => {
+            let mtime = std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            format!("{}:{}:{mtime}", abs.display(), file.bytes().len())
         }
     }
 }

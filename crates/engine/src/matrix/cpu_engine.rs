@@ -1,0 +1,44 @@
+//! The CPU as a matrix engine: the same interface as the accelerators, so calibration
+//! and tests can treat it like one. Nothing to prepare: it reads the mmap directly.
+
+use super::dispatch::CPU_HINT;
+use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use crate::cpu::matmul::matmul;
+use crate::weights::Weight;
+
+/// See the module docs.
+#[derive(Default)]
+pub struct CpuEngine;
+
+impl MatrixEngine for CpuEngine {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available
+    }
+    fn supports(&self, _: &MatmulShape) -> Result<(), String> {
+        Ok(())
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        CPU_HINT
+    }
+    fn prepare(&self, _: &WeightKey, _: &Weight, _: usize) -> Result<usize, EngineFailure> {
+        Ok(0)
+    }
+    fn evict(&self, _: &WeightKey, _: usize) {}
+    fn matmul(
+        &self,
+        _: &[&WeightKey],
+        weights: &[&Weight],
+        _: usize,
+        x: &[f32],
+        _: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), EngineFailure> {
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            matmul(w, x, out);
+        }
+        Ok(())
+    }
+}

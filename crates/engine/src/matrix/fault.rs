@@ -1,0 +1,64 @@
+//! Fault injection: an engine wrapper that fails every k-th op, to prove that a
+//! failing accelerator never leaves an output uncomputed.
+
+use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use crate::weights::Weight;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Wraps an engine; every `every`-th matmul returns an error instead of running.
+pub struct FaultyEngine {
+    inner: Arc<dyn MatrixEngine>,
+    name: String,
+    every: u64,
+    calls: AtomicU64,
+}
+
+impl FaultyEngine {
+    /// Fail every `every`-th matmul of `inner` (every ≥ 1).
+    pub fn new(inner: Arc<dyn MatrixEngine>, every: u64) -> Self {
+        let name = format!("{}+faults", inner.name());
+        FaultyEngine { inner, name, every: every.max(1), calls: AtomicU64::new(0) }
+    }
+}
+
+impl MatrixEngine for FaultyEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn availability(&self) -> Availability {
+        self.inner.availability()
+    }
+    fn supports(&self, shape: &MatmulShape) -> Result<(), String> {
+        self.inner.supports(shape)
+    }
+    fn n_buckets(&self) -> Option<&[usize]> {
+        self.inner.n_buckets()
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        self.inner.throughput_hint()
+    }
+    fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
+        self.inner.prepare(key, w, bucket)
+    }
+    fn evict(&self, key: &WeightKey, bucket: usize) {
+        self.inner.evict(key, bucket)
+    }
+    fn matmul(
+        &self,
+        keys: &[&WeightKey],
+        weights: &[&Weight],
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), EngineFailure> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if call % self.every == 0 {
+            // Leave garbage behind, as a real failed eval might.
+            outs.iter_mut().for_each(|o| o.fill(f32::NAN));
+            return Err(EngineFailure { engine: self.name().into(), what: format!("injected fault on op {call}") });
+        }
+        self.inner.matmul(keys, weights, bucket, x, n, outs)
+    }
+}

@@ -1,0 +1,124 @@
+//! Matrix engines and placement: every weight matmul asks the [`Dispatcher`] where to
+//! run; the [`policy::PlacementPolicy`] answers with a decision and a reason; engines
+//! prepare each weight once ([`cache::PreparedCache`] keeps the budget); a failing
+//! engine's op is recomputed on the CPU in the same step and counted.
+//!
+//! An engine takes matrix multiplications only — one weight times `[N, K]` activations,
+//! or a group of weights sharing one input (Q/K/V, gate/up). Everything else stays on
+//! the CPU.
+
+pub mod cache;
+pub mod cpu_engine;
+pub mod dispatch;
+pub mod fault;
+pub mod policy;
+pub mod reference;
+pub mod stats;
+
+pub use dispatch::Dispatcher;
+
+use crate::weights::Weight;
+use quant::GgmlType;
+
+/// The identity of a weight: tensor name plus the identity of the file it lives in
+/// (path, size, modification time) — never a raw pointer that could be reused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WeightKey {
+    /// Tensor name.
+    pub tensor: String,
+    /// File identity.
+    pub file: String,
+}
+
+impl WeightKey {
+    /// The key of a weight view.
+    pub fn of(w: &Weight) -> Self {
+        WeightKey { tensor: w.name.clone(), file: w.file_identity() }
+    }
+}
+
+/// One matmul's shape: `[N, K] · [M, K]ᵀ` with the weight stored as `ty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulShape {
+    /// Output features.
+    pub m: usize,
+    /// Input features.
+    pub k: usize,
+    /// Tokens.
+    pub n: usize,
+    /// Weight type.
+    pub ty: GgmlType,
+}
+
+impl MatmulShape {
+    /// The shape of `w` applied to `n` tokens.
+    pub fn of(w: &Weight, n: usize) -> Self {
+        MatmulShape { m: w.rows, k: w.cols, n, ty: w.ty }
+    }
+
+    /// Floating-point operations (2·M·K·N).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+
+    /// Bytes of the stored weight.
+    pub fn weight_bytes(&self) -> f64 {
+        self.ty.bytes_for((self.m * self.k) as u64).unwrap_or(0) as f64
+    }
+}
+
+/// Whether an engine can run at all on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// Ready.
+    Available,
+    /// Not usable, and why (no driver, no device, framework missing...).
+    Unavailable(String),
+}
+
+/// Why an engine failed an op (the op is then recomputed on the CPU).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{engine}: {what}")]
+pub struct EngineFailure {
+    /// The engine.
+    pub engine: String,
+    /// What went wrong (compile error, eval error, out of memory, time-out...).
+    pub what: String,
+}
+
+/// A matrix engine: prepares weights once, then multiplies activations by them.
+///
+/// Engines hold their prepared weights themselves, keyed by [`WeightKey`] and N
+/// bucket; the shared [`cache::PreparedCache`] decides what stays within the budget
+/// and tells the engine to [`MatrixEngine::evict`] the rest.
+pub trait MatrixEngine: Send + Sync {
+    /// Short name used in flags and summaries (`cpu`, `cuda`, `ane`).
+    fn name(&self) -> &str;
+    /// Can it run here?
+    fn availability(&self) -> Availability;
+    /// Can it run this shape and type? `Err` says why not.
+    fn supports(&self, shape: &MatmulShape) -> Result<(), String>;
+    /// Token tiles it compiles for, if it compiles per shape; `None` = any N.
+    fn n_buckets(&self) -> Option<&[usize]> {
+        None
+    }
+    /// Estimated sustained throughput (FLOP/s) and host↔engine bandwidth (bytes/s),
+    /// used by the cost model before calibration says better.
+    fn throughput_hint(&self) -> (f64, f64);
+    /// Prepare (upload, convert, compile) `w` for token tile `bucket` (0 when
+    /// [`n_buckets`](Self::n_buckets) is `None`). Returns the bytes it now holds.
+    fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure>;
+    /// Drop a prepared weight.
+    fn evict(&self, key: &WeightKey, bucket: usize);
+    /// `outs[i][t * M_i + m] = Σ_k x[t, k] · W_i[m, k]` for weights prepared under `keys`
+    /// (all sharing K), `n` tokens padded to `bucket` as the engine needs.
+    fn matmul(
+        &self,
+        keys: &[&WeightKey],
+        weights: &[&Weight],
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), EngineFailure>;
+}

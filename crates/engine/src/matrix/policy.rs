@@ -1,0 +1,189 @@
+//! The placement policy: given an engine, a weight's shape and type, and N, decide
+//! where the matmul runs and say why. One object, unit-tested; nothing else decides.
+
+use super::{Availability, MatmulShape, MatrixEngine};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Which engines may take matmuls (`--backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Everything on the CPU.
+    Cpu,
+    /// Only the named accelerator (an error at start-up if it is unavailable).
+    Named(String),
+    /// Every available accelerator; the CPU otherwise.
+    Auto,
+}
+
+impl Backend {
+    /// Parse `cpu`, `auto` or an engine name.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "cpu" => Backend::Cpu,
+            "auto" => Backend::Auto,
+            other => Backend::Named(other.to_string()),
+        }
+    }
+}
+
+/// A placement decision: the engine index (None = CPU) and the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Index into the accelerator list, or None for the CPU.
+    pub engine: Option<usize>,
+    /// Why, in words (logged with --verbose).
+    pub reason: String,
+}
+
+impl Decision {
+    fn cpu(reason: impl Into<String>) -> Self {
+        Decision { engine: None, reason: reason.into() }
+    }
+}
+
+/// Measured crossovers of one machine (`tandem calibrate`), keyed by engine and weight shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    /// Free text: CPU model, accelerator, date.
+    pub machine: String,
+    /// One entry per (engine, m, k, type).
+    pub entries: Vec<CalibrationEntry>,
+}
+
+/// The smallest N at which an engine beat the CPU on one shape (None: it never did).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationEntry {
+    /// Engine name.
+    pub engine: String,
+    /// Output features.
+    pub m: usize,
+    /// Input features.
+    pub k: usize,
+    /// Weight type name.
+    pub ty: String,
+    /// First N where the engine was faster, if any.
+    pub crossover_n: Option<usize>,
+    /// (N, engine seconds, CPU seconds) as measured.
+    pub timings: Vec<(usize, f64, f64)>,
+}
+
+impl Calibration {
+    /// Read a calibration file; a corrupt file is an error naming it.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a calibration file: {e}", path.display()))
+    }
+
+    /// Write it.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn index(&self) -> HashMap<(String, usize, usize, String), Option<usize>> {
+        self.entries.iter().map(|e| ((e.engine.clone(), e.m, e.k, e.ty.clone()), e.crossover_n)).collect()
+    }
+}
+
+/// The policy: backend choice, minimum batch, optional calibration, CPU speed for the cost model.
+pub struct PlacementPolicy {
+    backend: Backend,
+    min_batch: usize,
+    calibration: HashMap<(String, usize, usize, String), Option<usize>>,
+    /// CPU sustained FLOP/s and memory bandwidth (bytes/s), for the cost model.
+    cpu: (f64, f64),
+}
+
+impl PlacementPolicy {
+    /// A policy; `min_batch` is `--offload-min-batch` (default 64).
+    pub fn new(backend: Backend, min_batch: usize, calibration: Option<&Calibration>, cpu: (f64, f64)) -> Self {
+        PlacementPolicy {
+            backend,
+            min_batch,
+            calibration: calibration.map(Calibration::index).unwrap_or_default(),
+            cpu,
+        }
+    }
+
+    /// The backend choice.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Decide where a matmul of `shape` runs among `engines` (accelerators only; the CPU is the fallback).
+    pub fn decide(&self, engines: &[&dyn MatrixEngine], shape: &MatmulShape) -> Decision {
+        if self.backend == Backend::Cpu {
+            return Decision::cpu("--backend cpu");
+        }
+        let mut why_not = Vec::new();
+        for (i, e) in engines.iter().enumerate() {
+            if let Backend::Named(n) = &self.backend {
+                if n != e.name() {
+                    continue;
+                }
+            }
+            if let Availability::Unavailable(r) = e.availability() {
+                why_not.push(format!("{} unavailable: {r}", e.name()));
+                continue;
+            }
+            if let Err(r) = e.supports(shape) {
+                why_not.push(format!("{} does not support it: {r}", e.name()));
+                continue;
+            }
+            let key = (e.name().to_string(), shape.m, shape.k, shape.ty.name().to_string());
+            if let Some(cross) = self.calibration.get(&key) {
+                match cross {
+                    Some(c) if shape.n >= *c => {
+                        return Decision { engine: Some(i), reason: format!("N={} >= calibrated crossover {c}", shape.n) }
+                    }
+                    Some(c) => why_not.push(format!("N={} < {}'s calibrated crossover {c}", shape.n, e.name())),
+                    None => why_not.push(format!("{} never beat the CPU in calibration", e.name())),
+                }
+                continue;
+            }
+            if shape.n < self.min_batch {
+                why_not.push(format!("N={} < --offload-min-batch {}", shape.n, self.min_batch));
+                continue;
+            }
+            let (t_engine, t_cpu) = self.estimate(*e, shape);
+            if t_engine < t_cpu {
+                return Decision {
+                    engine: Some(i),
+                    reason: format!(
+                        "N={} >= {}; cost model {:.3} ms on {} vs {:.3} ms on CPU",
+                        shape.n,
+                        self.min_batch,
+                        t_engine * 1e3,
+                        e.name(),
+                        t_cpu * 1e3
+                    ),
+                };
+            }
+            why_not.push(format!(
+                "cost model {:.3} ms on {} vs {:.3} ms on CPU",
+                t_engine * 1e3,
+                e.name(),
+                t_cpu * 1e3
+            ));
+        }
+        if why_not.is_empty() {
+            why_not.push("no accelerator".into());
+        }
+        Decision::cpu(why_not.join("; "))
+    }
+
+    /// Estimated seconds on the engine (compute + activations in f16 both ways) and on the CPU
+    /// (compute or streaming the weight, whichever is slower). Preparation is paid once and ignored.
+    pub fn estimate(&self, e: &dyn MatrixEngine, s: &MatmulShape) -> (f64, f64) {
+        let (flops, bw) = e.throughput_hint();
+        let moved = 2.0 * (s.n * (s.k + s.m)) as f64;
+        let t_engine = s.flops() / flops + moved / bw;
+        let t_cpu = (s.flops() / self.cpu.0).max(s.weight_bytes() / self.cpu.1);
+        (t_engine, t_cpu)
+    }
+}

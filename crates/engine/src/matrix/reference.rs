@@ -1,0 +1,87 @@
+//! The reference accelerator: a real engine that runs on the CPU with an accelerator's
+//! shape — weights prepared once (dequantized to f32, per N bucket like a compiling
+//! engine), plain f32 GEMM. It exercises placement, buckets, the prepared-weight cache
+//! and fallback everywhere, and gives exact (unquantized-activation) results to compare
+//! against. Chosen only with `--backend ref`, never by `auto`.
+
+use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use crate::weights::Weight;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Token tiles, as an engine that compiles per shape would use.
+pub const REF_BUCKETS: [usize; 6] = [64, 128, 256, 512, 1024, 2048];
+
+/// See the module docs.
+#[derive(Default)]
+pub struct ReferenceEngine {
+    prepared: Mutex<HashMap<(WeightKey, usize), Arc<Vec<f32>>>>,
+}
+
+impl ReferenceEngine {
+    /// A new engine with nothing prepared.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl MatrixEngine for ReferenceEngine {
+    fn name(&self) -> &str {
+        "ref"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available
+    }
+    fn supports(&self, s: &MatmulShape) -> Result<(), String> {
+        // Like the ANE, refuse very wide matrices so the CPU path is exercised too.
+        if s.k > 16384 || s.m > 1 << 20 {
+            return Err(format!("{}x{} exceeds the 16384 input limit", s.m, s.k));
+        }
+        Ok(())
+    }
+    fn n_buckets(&self) -> Option<&[usize]> {
+        Some(&REF_BUCKETS)
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        // Pretend to be a fast engine so the cost model offloads above min-batch.
+        (1e13, 1e11)
+    }
+    fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
+        let mut f = vec![0f32; w.rows * w.cols];
+        f.par_chunks_mut(w.cols).enumerate().for_each(|(r, row)| w.dequantize_row(r, row));
+        let bytes = f.len() * 4;
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).insert((key.clone(), bucket), Arc::new(f));
+        Ok(bytes)
+    }
+    fn evict(&self, key: &WeightKey, bucket: usize) {
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).remove(&(key.clone(), bucket));
+    }
+    fn matmul(
+        &self,
+        keys: &[&WeightKey],
+        weights: &[&Weight],
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), EngineFailure> {
+        for ((key, w), out) in keys.iter().zip(weights).zip(outs.iter_mut()) {
+            let wf = self
+                .prepared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&((*key).clone(), bucket))
+                .cloned()
+                .ok_or_else(|| EngineFailure { engine: "ref".into(), what: format!("{} is not prepared", key.tensor) })?;
+            let (m, k) = (w.rows, w.cols);
+            out[..n * m].par_chunks_mut(m).enumerate().for_each(|(t, orow)| {
+                let xr = &x[t * k..(t + 1) * k];
+                for (o, wr) in orow.iter_mut().zip(wf.chunks_exact(k)) {
+                    *o = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                }
+            });
+        }
+        Ok(())
+    }
+}

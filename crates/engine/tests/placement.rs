@@ -1,0 +1,183 @@
+//! Placement, the prepared-weight cache, N buckets and CPU fallback, on real engines:
+//! the reference accelerator, and the CPU wrapped as an accelerator with injected faults.
+
+mod common;
+
+use engine::matrix::cache::CacheBudget;
+use engine::matrix::cpu_engine::CpuEngine;
+use engine::matrix::fault::FaultyEngine;
+use engine::matrix::policy::{Backend, Calibration, CalibrationEntry, PlacementPolicy};
+use engine::matrix::reference::ReferenceEngine;
+use engine::matrix::{Availability, Dispatcher, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use engine::random_model::RandomModelSpec;
+use engine::weights::Weight;
+use engine::{Model, Runner};
+use gguf::GgmlType;
+use std::sync::Arc;
+
+const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// A CPU so slow in the cost model that any accelerator wins: isolates the min-batch rule.
+const SLOW_CPU: (f64, f64) = (1.0, 1.0);
+
+fn tiny_model(ty: GgmlType) -> Model {
+    let spec = RandomModelSpec::preset("tiny", ty).unwrap();
+    let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
+    Model::from_file(Arc::new(file), &mut |_, _| {}).unwrap()
+}
+
+fn runner(model: Model, engines: Vec<Arc<dyn MatrixEngine>>, backend: Backend, min_batch: usize, budget: CacheBudget) -> Runner {
+    let policy = PlacementPolicy::new(backend, min_batch, None, SLOW_CPU);
+    Runner::with_dispatcher(model, 2, Dispatcher::new(engines, policy, budget, false).unwrap()).unwrap()
+}
+
+fn logits_of(r: &Runner, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = r.new_cache(tokens.len());
+    r.forward(&mut cache, tokens, 0..tokens.len()).unwrap()
+}
+
+fn prompt(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect()
+}
+
+struct Unavailable;
+impl MatrixEngine for Unavailable {
+    fn name(&self) -> &str {
+        "gone"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Unavailable("no driver found".into())
+    }
+    fn supports(&self, _: &MatmulShape) -> Result<(), String> {
+        Ok(())
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        (1e15, 1e12)
+    }
+    fn prepare(&self, _: &WeightKey, _: &Weight, _: usize) -> Result<usize, EngineFailure> {
+        unreachable!("never chosen")
+    }
+    fn evict(&self, _: &WeightKey, _: usize) {}
+    fn matmul(&self, _: &[&WeightKey], _: &[&Weight], _: usize, _: &[f32], _: usize, _: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        unreachable!("never chosen")
+    }
+}
+
+#[test]
+fn policy_decides_with_reasons() {
+    let refe = ReferenceEngine::new();
+    let gone = Unavailable;
+    let engines: [&dyn MatrixEngine; 2] = [&gone, &refe];
+    let shape = |n| MatmulShape { m: 576, k: 576, n, ty: GgmlType::Q4_1 };
+    let auto = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU);
+    let d = auto.decide(&engines, &shape(63));
+    assert_eq!(d.engine, None);
+    assert!(d.reason.contains("no driver found") && d.reason.contains("N=63 < --offload-min-batch 64"), "{}", d.reason);
+    assert_eq!(auto.decide(&engines, &shape(64)).engine, Some(1));
+    let d = auto.decide(&engines, &MatmulShape { k: 20000, ..shape(512) });
+    assert!(d.engine.is_none() && d.reason.contains("does not support"), "{}", d.reason);
+    assert_eq!(PlacementPolicy::new(Backend::Cpu, 64, None, SLOW_CPU).decide(&engines, &shape(4096)).engine, None);
+    // The cost model keeps small work on a fast CPU even above min-batch.
+    let fast_cpu = PlacementPolicy::new(Backend::Auto, 1, None, (1e20, 1e20));
+    let d = fast_cpu.decide(&engines, &shape(64));
+    assert!(d.engine.is_none() && d.reason.contains("cost model"), "{}", d.reason);
+    // A calibration file overrides both rules.
+    let cal = Calibration {
+        machine: "test".into(),
+        entries: vec![CalibrationEntry { engine: "ref".into(), m: 576, k: 576, ty: "Q4_1".into(), crossover_n: Some(8), timings: vec![] }],
+    };
+    let calibrated = PlacementPolicy::new(Backend::Auto, 64, Some(&cal), SLOW_CPU);
+    assert_eq!(calibrated.decide(&engines, &shape(8)).engine, Some(1));
+    assert_eq!(calibrated.decide(&engines, &shape(7)).engine, None);
+}
+
+#[test]
+fn unknown_or_unavailable_backend_is_a_clear_error() {
+    let policy = |b: &str| PlacementPolicy::new(Backend::parse(b), 64, None, SLOW_CPU);
+    let engines = || -> Vec<Arc<dyn MatrixEngine>> { vec![Arc::new(Unavailable)] };
+    let e = Dispatcher::new(engines(), policy("gone"), CacheBudget::default(), false).err().unwrap();
+    assert!(e.to_string().contains("backend 'gone' is unavailable: no driver found"), "{e}");
+    let e = Dispatcher::new(engines(), policy("tpu"), CacheBudget::default(), false).err().unwrap();
+    assert!(e.to_string().contains("unknown backend 'tpu'"), "{e}");
+}
+
+#[test]
+fn failing_engine_never_leaves_output_uncomputed() {
+    // The CPU wrapped as an accelerator computes exactly what the CPU path does, so with
+    // faults injected every k-th op the outputs must equal CPU-only outputs bit for bit.
+    let model = common::model_path(SMOLLM);
+    let load = || Model::load(&model, &mut |_, _| {}).unwrap();
+    let tokens = prompt(80, 49152);
+    let cpu = logits_of(&Runner::new(load(), 2).unwrap(), &tokens);
+    for every in [1, 3, 7] {
+        let faulty: Arc<dyn MatrixEngine> = Arc::new(FaultyEngine::new(Arc::new(CpuEngine), every));
+        let r = runner(load(), vec![faulty], Backend::Auto, 64, CacheBudget::default());
+        let got = logits_of(&r, &tokens);
+        assert!(got.iter().all(|v| v.is_finite()));
+        assert_eq!(got, cpu, "fault every {every}: outputs differ from CPU-only");
+        let stats = r.dispatcher.stats.snapshot();
+        let acc = &stats["cpu+faults"];
+        // 30 layers × 4 dispatches + output = 121 ops offloaded; every k-th fails.
+        assert_eq!(acc.failures, 121 / every as u64, "{stats:?}");
+        assert!(stats["cpu"].matmuls > 0, "failed ops ran on the CPU");
+    }
+}
+
+#[test]
+fn reference_engine_agrees_with_cpu() {
+    let model = common::model_path(SMOLLM);
+    let load = || Model::load(&model, &mut |_, _| {}).unwrap();
+    let tokens = prompt(100, 49152);
+    let cpu = logits_of(&Runner::new(load(), 2).unwrap(), &tokens);
+    let r = runner(load(), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 64, CacheBudget::default());
+    let got = logits_of(&r, &tokens);
+    // The reference engine skips activation quantization: close, not identical.
+    let max_diff = got.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1.5, "max logit difference {max_diff}");
+    let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let rows = cpu.len() / 49152;
+    let same = (0..rows).filter(|&t| argmax(&got[t * 49152..][..49152]) == argmax(&cpu[t * 49152..][..49152])).count();
+    assert!(same * 10 >= rows * 9, "only {same}/{rows} argmaxes agree");
+    // 30 layers × 7 weights + output, each counted once.
+    assert_eq!(r.dispatcher.stats.snapshot()["ref"].matmuls, 211);
+}
+
+#[test]
+fn new_prompt_lengths_reuse_bucketed_preparations() {
+    let r = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, CacheBudget::default());
+    let weights = 2 * 7 + 1; // per layer q,k,v,o,gate,up,down + output
+    logits_of(&r, &prompt(70, 512));
+    let s = r.dispatcher.stats.snapshot()["ref"].clone();
+    assert_eq!(s.compiles, weights, "one preparation per weight for bucket 128");
+    for n in [65, 100, 128] {
+        logits_of(&r, &prompt(n, 512));
+    }
+    let s2 = r.dispatcher.stats.snapshot()["ref"].clone();
+    assert_eq!(s2.compiles, weights, "prompt lengths 65..=128 share bucket 128: no new compile");
+    assert!(s2.hits >= 3 * weights);
+    // 3000 tokens: tiles of 2048 + 952 (bucket 1024): two new buckets.
+    logits_of(&r, &prompt(3000, 512));
+    assert_eq!(r.dispatcher.stats.snapshot()["ref"].compiles, 3 * weights);
+}
+
+#[test]
+fn cache_respects_memory_and_compile_budgets() {
+    let model = tiny_model(GgmlType::Q8_0);
+    // Each f32 weight: 256x256 = 256 KiB (q,o), 256x128 (k,v), 256x512 (gate, up, down), vocab 512x256.
+    let budget = CacheBudget { memory_bytes: 1 << 20, max_compiles: usize::MAX };
+    let r = runner(model, vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, budget);
+    let a = logits_of(&r, &prompt(20, 512));
+    assert!(r.dispatcher.cache().used("ref") <= 1 << 20);
+    assert!(r.dispatcher.stats.snapshot()["ref"].evictions > 0);
+    let b = logits_of(&r, &prompt(20, 512));
+    assert_eq!(a, b, "evicted weights are prepared again, results unchanged");
+
+    let r = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1,
+        CacheBudget { memory_bytes: usize::MAX, max_compiles: 5 });
+    let got = logits_of(&r, &prompt(20, 512));
+    let cpu = logits_of(&Runner::new(tiny_model(GgmlType::Q8_0), 2).unwrap(), &prompt(20, 512));
+    let s = r.dispatcher.stats.snapshot();
+    assert_eq!(s["ref"].compiles, 5);
+    assert!(s["ref"].failures > 0 && s["cpu"].matmuls > 0, "{s:?}");
+    let max_diff = got.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 0.5, "{max_diff}");
+}
