@@ -7,6 +7,7 @@ use gguf::GgufFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;
+use crate::engines::PlacementArgs;
 use std::sync::Arc;
 
 /// Open a GGUF file, naming the path in any error.
@@ -24,7 +25,8 @@ pub fn tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
 }
 
 /// Load model and tokenizer, with a progress bar when stderr is a terminal.
-pub fn model(path: &Path, threads: usize) -> Result<(Runner, Tokenizer)> {
+pub fn model(path: &Path, threads: usize, placement: &PlacementArgs) -> Result<(Runner, Tokenizer)> {
+    let dispatcher = placement.dispatcher()?;
     let file = open_gguf(path)?;
     let tok = tokenizer(&file, path)?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -47,7 +49,7 @@ pub fn model(path: &Path, threads: usize) -> Result<(Runner, Tokenizer)> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok((Runner::new(model, threads)?, tok))
+    Ok((Runner::with_dispatcher(model, threads, dispatcher)?, tok))
 }
 
 /// llama.cpp's default thread count: the available cores.

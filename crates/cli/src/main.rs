@@ -1,6 +1,7 @@
 //! `tandem`: local LLM inference on GGUF models, with llama.cpp's flag names.
 
 mod commands;
+mod engines;
 mod load;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,10 @@ enum Command {
     Info(commands::info::Args),
     /// Write a GGUF model with random weights of any shape.
     GenModel(commands::gen_model::Args),
+    /// Benchmark prompt processing and generation (llama-bench's tests and table).
+    Bench(commands::bench::Args),
+    /// Time each engine on a model's matmul shapes and store the crossovers.
+    Calibrate(commands::calibrate::Args),
 }
 
 fn main() {
@@ -34,6 +39,8 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity::main(a),
         Command::Info(a) => commands::info::main(a),
         Command::GenModel(a) => commands::gen_model::main(a),
+        Command::Bench(a) => commands::bench::main(a),
+        Command::Calibrate(a) => commands::calibrate::main(a),
     };
     if let Err(e) = result {
         // One line: the error and its causes.

@@ -45,6 +45,11 @@ impl Runner {
         KvCache::new(&self.model.config, n_ctx)
     }
 
+    /// Run `f` on this runner's thread pool.
+    pub fn run_in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     /// Number of threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()

@@ -5,17 +5,22 @@
 //! are quantized once to that type, then every weight row is dotted against them.
 //!
 //! - [`dequantize_row`] / [`quantize_row`]: scalar, ggml's reference algorithms.
+//! - [`quantize_activations`]: the activation quantizer llama.cpp's CPU backend runs on
+//!   this architecture (on x86-64 its Q8_0/Q8_1 differ from the reference; see
+//!   [`quantize_row_x86`]).
 //! - [`dot_kernel`]: the fastest dot kernel for this CPU (SIMD chosen at run time);
 //!   [`dot_kernel_scalar`]: the reference kernel it must agree with.
 //! - [`f16_to_f32_slice`] / [`f32_to_f16_slice`]: fast half conversions.
 #![deny(missing_docs)]
 
+mod activations;
 mod blocks;
 mod dispatch;
 mod simd;
 mod types;
 mod util;
 
+pub use activations::{quantize_activations, quantize_row_x86};
 pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
 pub use dispatch::{
     dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, simd_level, SimdLevel,

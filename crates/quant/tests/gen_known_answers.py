@@ -24,11 +24,18 @@ Fixture format, one case per line, fields separated by one space, hex is raw byt
     deq   TYPE  <block bytes>  <f32 LE output>            expected dequantize, bit exact
     quant TYPE  <f32 LE input> <block bytes>  SOURCE      expected quantize, byte exact
     dot   TYPE  <weight bytes> <activation bytes> <f32 LE> ggml scalar dot, bit exact
+    quant_x86 TYPE <f32 LE input> <block bytes> SOURCE   expected x86 activation quantize
+
+The quant_x86 lines (Q8_0, Q8_1; x86-64 hosts only) come from a second build that adds
+ggml/src/ggml-cpu/arch/x86/quants.c with -mavx2 -mfma -mf16c: its `quantize_row_q8_0` /
+`quantize_row_q8_1` are what llama.cpp's CPU backend quantizes activations with on x86
+(127/amax scale, round half to even), which differ from the `*_ref` functions.
 """
 
 import argparse
 import ctypes
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -97,6 +104,46 @@ def build_ggml(llama):
         print("warning: cannot build ggml reference, C-only cases skipped:", e, file=sys.stderr)
         return None
     return ctypes.CDLL(so)
+
+
+STUB_X86_C = STUB_C + r"""
+float ggml_table_f32_e8m0_half[1 << 8];
+float ggml_table_f32_ue4m3[1 << 8];
+"""
+
+
+def build_ggml_x86(llama):
+    """ggml's x86 (AVX2) CPU quants, for the activation quantizers; None if not x86 or no compiler."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    ggml = os.path.join(llama, "ggml")
+    tmp = tempfile.mkdtemp(prefix="ggmlx86")
+    stub = os.path.join(tmp, "stub.c")
+    with open(stub, "w") as f:
+        f.write(STUB_X86_C)
+    so = os.path.join(tmp, "libggmlx86.so")
+    cmd = ["cc", "-O2", "-std=gnu11", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-shared", "-fPIC",
+           "-I" + os.path.join(ggml, "src"), "-I" + os.path.join(ggml, "include"),
+           "-I" + os.path.join(ggml, "src", "ggml-cpu"),
+           os.path.join(ggml, "src", "ggml-quants.c"), os.path.join(ggml, "src", "ggml-cpu", "quants.c"),
+           os.path.join(ggml, "src", "ggml-cpu", "arch", "x86", "quants.c"),
+           stub, "-lm", "-o", so]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print("warning: cannot build ggml x86 quants, quant_x86 cases skipped:", e, file=sys.stderr)
+        return None
+    return ctypes.CDLL(so)
+
+
+def c_quantize_x86(lib, name, x):
+    _, bs, bb, _ = TYPES[name]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros(len(x) // bs * bb, dtype=np.uint8)
+    fn = getattr(lib, "quantize_row_%s" % name.lower())
+    fn.restype = None
+    fn(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(x)))
+    return out
 
 
 def c_quantize(lib, name, x):
@@ -231,6 +278,24 @@ def main():
                 w = c_quantize(lib, name, rng.standard_normal(n).astype(np.float32))
                 a = c_quantize(lib, VEC_DOT_TYPE[name], rng.standard_normal(n).astype(np.float32))
                 lines.append("dot %s %s %s %s" % (name, hexs(w), hexs(a), hexs(np.array([c_dot(lib, name, w, a, n)], dtype=np.float32))))
+
+    # ---- x86 activation quantizers (own RNG stream: the cases above stay as they were)
+    lib86 = build_ggml_x86(args.llama_cpp)
+    if lib86 is not None:
+        rng86 = np.random.default_rng(20250611)
+        differs = 0
+        for name in ["Q8_0", "Q8_1"]:
+            inputs = test_inputs(rng86, 64)
+            # Many scales: 127/amax and 1/(amax/127) disagree by an ulp for some amax.
+            inputs += [(rng86.standard_normal(256) * 10.0 ** rng86.integers(-3, 3)).astype(np.float32) for _ in range(6)]
+            for x in inputs:
+                got = c_quantize_x86(lib86, name, x)
+                if lib is not None:
+                    differs += not np.array_equal(got, c_quantize(lib, name, x))
+                lines.append("quant_x86 %s %s %s ggml-c-x86" % (name, hexs(x), hexs(got)))
+        if lib is not None:
+            assert differs > 0, "x86 quantizers never differ from *_ref: wrong functions called?"
+            print("x86 activation quantizers differ from *_ref on %d of the inputs" % differs)
 
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

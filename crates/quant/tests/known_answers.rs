@@ -5,7 +5,9 @@
 mod common;
 
 use common::unhex;
-use quant::{dequantize_row, dot_kernel_scalar, quantize_row, GgmlType};
+use quant::{
+    dequantize_row, dot_kernel_scalar, quantize_activations, quantize_row, quantize_row_x86, GgmlType,
+};
 
 const FIXTURE: &str = include_str!("fixtures/known_answers.txt");
 
@@ -92,4 +94,26 @@ fn scalar_dot_is_bit_exact_with_ggml_generic() {
         count += 1;
     }
     assert!(count >= 20, "fixture has {count} dot cases");
+}
+
+/// ggml's x86 `quantize_row_q8_0` / `quantize_row_q8_1` (compiled from arch/x86/quants.c
+/// with AVX2): our scalar transcription everywhere, and on x86-64 the activation
+/// quantizer the engine uses (SIMD), byte for byte.
+#[test]
+fn x86_activation_quantizers_are_byte_exact() {
+    let mut count = 0;
+    for (ty, f) in cases("quant_x86") {
+        let src = f32s(&unhex(f[0]));
+        let want = unhex(f[1]);
+        let mut got = vec![0u8; want.len()];
+        quantize_row_x86(ty, &src, &mut got).unwrap();
+        assert_eq!(got, want, "{} scalar transcription", ty.name());
+        if cfg!(target_arch = "x86_64") {
+            got.fill(0);
+            quantize_activations(ty, &src, &mut got).unwrap();
+            assert_eq!(got, want, "{} quantize_activations", ty.name());
+        }
+        count += 1;
+    }
+    assert!(count >= 20, "fixture has {count} quant_x86 cases");
 }

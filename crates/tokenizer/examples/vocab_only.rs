@@ -1,5 +1,5 @@
 //! Dev tool: write a vocab-only copy of a GGUF (metadata, no tensors), optionally
-//! overriding string keys, e.g. to try other pre-tokenizers against llama.cpp.
+//! overriding keys (`key=text` or `key=bool:true`), e.g. to try other pre-tokenizers against llama.cpp.
 //! usage: vocab_only IN.gguf OUT.gguf [key=value ...]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -10,7 +10,11 @@ fn main() {
     }
     for kv in &args[2..] {
         let (k, v) = kv.split_once('=').expect("key=value");
-        w.set(k, gguf::Value::String(v.to_string()));
+        let value = match v.strip_prefix("bool:") {
+            Some(b) => gguf::Value::Bool(b == "true"),
+            None => gguf::Value::String(v.to_string()),
+        };
+        w.set(k, value);
     }
     w.write_file(std::path::Path::new(&args[1])).unwrap();
 }

@@ -205,3 +205,27 @@ fn performance() {
     assert!(build.as_secs_f64() < 2.0, "building took {build:?}");
     assert!(big.as_secs_f64() < 30.0 * small.as_secs_f64().max(0.001), "encoding is not linear: {small:?} vs {big:?}");
 }
+
+/// tests/fixtures/reference/greedy.json: prompts tokenized by llama.cpp, and the
+/// text of generated tokens (concatenated `llama_token_to_piece(.., special = true)`).
+#[test]
+fn greedy_fixture_prompts_and_pieces() {
+    let path = workspace_root().join("tests/fixtures/reference/greedy.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for name in [SMOLLM2, GEMMA3] {
+        let (_f, tok) = open(name);
+        let mut n = 0;
+        for c in fx["cases"].as_array().unwrap().iter().filter(|c| c["model"] == name) {
+            let prompt = c["prompt"].as_str().unwrap();
+            assert_eq!(tok.encode(prompt, true, true), ids(&c["prompt_ids"]), "{name}: prompt {prompt:?}");
+            let generated = ids(&c["generated_ids"]);
+            let bytes: Vec<u8> = generated.iter().flat_map(|&id| tok.token_to_piece(id, true)).collect();
+            assert_eq!(String::from_utf8_lossy(&bytes), c["generated_text_lossy"].as_str().unwrap(), "{name}: {}", c["name"]);
+            if let Some(eog) = c["eog_token"].as_u64() {
+                assert!(tok.is_eog(eog as u32));
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no greedy cases for {name}");
+    }
+}

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod calibrate;
 pub mod gen_model;
 pub mod info;
 pub mod perplexity;

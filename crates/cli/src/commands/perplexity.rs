@@ -1,5 +1,6 @@
 //! `tandem perplexity`: llama-perplexity's method and final line.
 
+use crate::engines::PlacementArgs;
 use crate::load;
 use anyhow::{Context, Result};
 use engine::perplexity::perplexity;
@@ -23,6 +24,8 @@ pub struct Args {
     /// CPU threads.
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    placement: PlacementArgs,
     /// Score at most this many chunks.
     #[arg(long = "chunks")]
     chunks: Option<usize>,
@@ -34,7 +37,7 @@ pub fn main(a: Args) -> Result<()> {
     if text.ends_with('\n') {
         text.pop();
     }
-    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads))?;
+    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     // llama.cpp tokenizes the whole text once, with special tokens added but not parsed.
     let mut tokens = tok.encode(&text, true, false);
     if let Some(n) = a.chunks {
@@ -49,6 +52,7 @@ pub fn main(a: Args) -> Result<()> {
     })?;
     eprintln!();
     eprintln!("{:.2} s", t0.elapsed().as_secs_f64());
+    eprint!("{}", runner.dispatcher.stats.summary());
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
     Ok(())
 }

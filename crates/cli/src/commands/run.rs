@@ -1,5 +1,6 @@
 //! `tandem run`: stream a continuation of the prompt to stdout; speeds to stderr.
 
+use crate::engines::PlacementArgs;
 use crate::load;
 use anyhow::Result;
 use engine::generate::{generate, StopReason};
@@ -34,6 +35,8 @@ pub struct Args {
     /// CPU threads.
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    placement: PlacementArgs,
     /// Temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8)]
     temp: f32,
@@ -75,7 +78,7 @@ pub fn main(a: Args) -> Result<()> {
         }
         None => a.prompt.clone(),
     };
-    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads))?;
+    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
     let tokens = tok.encode(&prompt, true, !a.no_parse_special);
     if tokens.is_empty() {
@@ -131,6 +134,7 @@ pub fn main(a: Args) -> Result<()> {
     if reason == StopReason::ContextFull {
         eprintln!("stopped: the context ({n_ctx} tokens) is full");
     }
+    eprint!("{}", runner.dispatcher.stats.summary());
     eprintln!(
         "prompt: {} tokens, {:.2} tokens/s | generation: {} tokens, {:.2} tokens/s",
         stats.prompt_tokens,

@@ -18,13 +18,14 @@ pub struct QuantizedInput {
 }
 
 impl QuantizedInput {
-    /// Quantize `n` rows of `k` elements to `ty` (in parallel over rows).
+    /// Quantize `n` rows of `k` elements to `ty` (in parallel over rows), bit for bit as
+    /// llama.cpp's CPU backend does on this architecture ([`quant::quantize_activations`]).
     pub fn new(ty: GgmlType, x: &[f32], k: usize) -> Self {
         let n = x.len() / k;
         let row_bytes = ty.bytes_for(k as u64).expect("k is a whole number of blocks") as usize;
         let mut bytes = vec![0u8; n * row_bytes];
         bytes.par_chunks_mut(row_bytes).zip(x.par_chunks(k)).for_each(|(dst, src)| {
-            quant::quantize_row(ty, src, dst).expect("activation quantizer exists for every dot type");
+            quant::quantize_activations(ty, src, dst).expect("activation quantizer exists for every dot type");
         });
         QuantizedInput { ty, row_bytes, n, bytes }
     }

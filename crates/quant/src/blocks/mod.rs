@@ -53,7 +53,7 @@ fn quant_fn(ty: GgmlType) -> QuantFn {
 }
 
 /// Checks that `n` elements are whole blocks and that `bytes` is exactly their size.
-fn check_lengths(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
+pub(crate) fn check_lengths(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
     let bs = ty.block_size();
     if !n.is_multiple_of(bs) {
         return Err(QuantError::BadLength {

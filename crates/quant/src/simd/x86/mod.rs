@@ -9,6 +9,7 @@
 //! Entry points are only handed out after run-time detection ([`has_avx2`],
 //! [`has_avx512vnni`]).
 
+mod act;
 mod float;
 mod k_low;
 mod k_quants;
@@ -212,6 +213,7 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
     })
 }
 
+pub(crate) use act::quantize_q8_x86;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
 
 /// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:

@@ -1,0 +1,157 @@
+//! `tandem bench`: llama-bench's tests (ppN: prompt processing of N tokens in one pass;
+//! tgN: N tokens generated one at a time) and its table, mean ± sd over repetitions.
+
+use crate::engines::PlacementArgs;
+use crate::load;
+use anyhow::{bail, Result};
+use engine::Runner;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file(s) (GGUF).
+    #[arg(short = 'm', long, required = true, num_args = 1..)]
+    model: Vec<PathBuf>,
+    /// Prompt lengths to test (comma separated, 0 = none).
+    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (comma separated, 0 = none).
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    n_gen: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    repetitions: usize,
+    /// CPU threads.
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Prompt tokens per forward step.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+    batch_size: usize,
+    /// Output format: md, csv or json.
+    #[arg(short = 'o', long, default_value = "md")]
+    output: String,
+    #[command(flatten)]
+    placement: PlacementArgs,
+}
+
+struct Row {
+    model: String,
+    size_mib: f64,
+    params_m: f64,
+    backend: String,
+    threads: usize,
+    test: String,
+    mean: f64,
+    sd: f64,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if !["md", "csv", "json"].contains(&a.output.as_str()) {
+        bail!("unknown output format '{}' (md, csv, json)", a.output);
+    }
+    let threads = a.threads.unwrap_or_else(load::default_threads);
+    let mut rows = Vec::new();
+    for path in &a.model {
+        let (runner, _) = load::model(path, threads, &a.placement)?;
+        let file = &runner.model.file;
+        let c = &runner.model.config;
+        let size: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
+        let params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
+        let ftype = file.tensors().iter().find(|t| t.name.ends_with("ffn_down.weight")).map_or("?", |t| t.ty.name());
+        let name = format!("{} {:.0}M {}", c.arch, params as f64 / 1e6, ftype);
+        let tests = a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}"), n, true))
+            .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
+        for (test, n, prompt) in tests {
+            // One warm-up run (page in the mmap, prepare weights), then the measured ones.
+            let mut speeds = Vec::new();
+            for rep in 0..=a.repetitions {
+                let tps = if prompt { run_pp(&runner, n, a.batch_size)? } else { run_tg(&runner, n)? };
+                if rep > 0 {
+                    speeds.push(tps);
+                }
+            }
+            let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
+            let sd = if speeds.len() > 1 {
+                (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (speeds.len() - 1) as f64).sqrt()
+            } else {
+                0.0
+            };
+            rows.push(Row {
+                model: name.clone(),
+                size_mib: size as f64 / (1 << 20) as f64,
+                params_m: params as f64 / 1e6,
+                backend: backend_label(&runner, &a.placement.backend),
+                threads,
+                test,
+                mean,
+                sd,
+            });
+        }
+        eprint!("{}", runner.dispatcher.stats.summary());
+    }
+    print!("{}", render(&rows, &a.output));
+    Ok(())
+}
+
+fn backend_label(r: &Runner, backend: &str) -> String {
+    let accel: Vec<&str> = r.dispatcher.accelerators().iter().map(|e| e.name()).collect();
+    if backend == "cpu" || accel.is_empty() {
+        "CPU".into()
+    } else {
+        format!("CPU+{}", accel.join("+"))
+    }
+}
+
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    // Deterministic token ids spread over the vocabulary, as llama-bench uses random ones.
+    (0..n).map(|i| ((i * 7919 + 17) % vocab) as u32).collect()
+}
+
+fn run_pp(r: &Runner, n: usize, batch: usize) -> Result<f64> {
+    let toks = tokens(n, r.model.config.n_vocab);
+    let mut cache = r.new_cache(n);
+    let t0 = Instant::now();
+    engine::generate::prefill(r, &mut cache, &toks, batch)?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn run_tg(r: &Runner, n: usize) -> Result<f64> {
+    let mut cache = r.new_cache(n + 1);
+    let mut t = 1u32;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let logits = r.forward(&mut cache, &[t], 0..1)?;
+        t = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |x| x.0 as u32);
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn render(rows: &[Row], format: &str) -> String {
+    let mut s = String::new();
+    match format {
+        "csv" => {
+            s.push_str("model,size_mib,params_m,backend,threads,test,avg_ts,stddev_ts\n");
+            for r in rows {
+                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
+            }
+        }
+        "json" => {
+            let items: Vec<String> = rows.iter().map(|r| format!(
+                "  {{\"model\": \"{}\", \"size_mib\": {:.2}, \"params_m\": {:.2}, \"backend\": \"{}\", \"threads\": {}, \"test\": \"{}\", \"avg_ts\": {:.3}, \"stddev_ts\": {:.3}}}",
+                r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd)).collect();
+            s.push_str(&format!("[\n{}\n]\n", items.join(",\n")));
+        }
+        _ => {
+            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |\n");
+            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |\n");
+            for r in rows {
+                s.push_str(&format!(
+                    "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} |\n",
+                    r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, format!("{:.2} ± {:.2}", r.mean, r.sd)
+                ));
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,90 @@
+//! The matrix-engine registry and the placement flags shared by run, perplexity and bench.
+//! Adding an engine is one entry in [`REGISTRY`].
+
+use anyhow::{Context, Result};
+use engine::matrix::cache::CacheBudget;
+use engine::matrix::dispatch::CPU_HINT;
+use engine::matrix::policy::{Backend, Calibration, PlacementPolicy};
+use engine::matrix::reference::ReferenceEngine;
+use engine::matrix::{Dispatcher, MatrixEngine};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One accelerator: its name, whether `--backend auto` may pick it, and its constructor.
+pub struct EngineEntry {
+    /// Name used by `--backend`.
+    pub name: &'static str,
+    /// Chosen by `--backend auto` when available.
+    pub in_auto: bool,
+    /// Build it (never fails: an engine that cannot run reports itself unavailable).
+    pub make: fn(&PlacementArgs) -> Arc<dyn MatrixEngine>,
+}
+
+/// Every accelerator tandem knows.
+pub static REGISTRY: &[EngineEntry] = &[
+    // A CPU-backed accelerator with compile-per-bucket behaviour, for testing placement.
+    EngineEntry { name: "ref", in_auto: false, make: |_| Arc::new(ReferenceEngine::new()) },
+];
+
+/// Placement flags.
+#[derive(clap::Args, Clone)]
+pub struct PlacementArgs {
+    /// Where matmuls may run: cpu, auto (every available accelerator), or an engine name.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Smallest token batch an accelerator takes (without calibration).
+    #[arg(long = "offload-min-batch", default_value_t = 64)]
+    pub offload_min_batch: usize,
+    /// Calibration file from `tandem calibrate` (default: ~/.cache/tandem/calibration.json if present).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Memory budget for prepared weights per engine, in MiB.
+    #[arg(long = "gpu-mem")]
+    pub gpu_mem: Option<usize>,
+    /// Log every placement decision and its reason.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// The default calibration path.
+pub fn default_calibration_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("tandem").join("calibration.json"))
+}
+
+impl PlacementArgs {
+    /// The accelerators this backend choice may use.
+    pub fn accelerators(&self) -> Vec<Arc<dyn MatrixEngine>> {
+        let backend = Backend::parse(&self.backend);
+        REGISTRY
+            .iter()
+            .filter(|e| match &backend {
+                Backend::Cpu => false,
+                Backend::Auto => e.in_auto,
+                Backend::Named(n) => n == e.name,
+            })
+            .map(|e| (e.make)(self))
+            .collect()
+    }
+
+    /// Build the dispatcher: policy, calibration, budgets.
+    pub fn dispatcher(&self) -> Result<Dispatcher> {
+        let calibration = match &self.calibration {
+            Some(p) => Some(Calibration::load(p).map_err(anyhow::Error::msg)?),
+            None => default_calibration_path().filter(|p| p.exists()).and_then(|p| Calibration::load(&p).ok()),
+        };
+        let policy = PlacementPolicy::new(
+            Backend::parse(&self.backend),
+            self.offload_min_batch,
+            calibration.as_ref(),
+            CPU_HINT,
+        );
+        let budget = CacheBudget {
+            memory_bytes: self.gpu_mem.map_or(usize::MAX, |m| m << 20),
+            ..CacheBudget::default()
+        };
+        Dispatcher::new(self.accelerators(), policy, budget, self.verbose).context("cannot set up the matrix engines")
+    }
+}
