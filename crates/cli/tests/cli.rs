@@ -154,3 +154,31 @@ fn perplexity_prints_llama_cpp_final_line() {
     let line = stdout(&o);
     assert!(line.starts_with("Final estimate: PPL = ") && line.contains(" +/- "), "{line}");
 }
+
+#[test]
+fn bench_prints_a_llama_bench_table() {
+    let o = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "32", "-n", "4", "-r", "1", "-t", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("| model") && lines[0].contains("t/s"), "{out}");
+    assert!(lines[2].contains("pp32") && lines[3].contains("tg4") && lines[2].contains(" ± "), "{out}");
+    let csv = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "0", "-r", "1", "-o", "csv"]);
+    assert!(stdout(&csv).starts_with("model,size_mib"), "{}", stdout(&csv));
+}
+
+#[test]
+fn placement_is_visible_and_backends_are_checked() {
+    let m = model(SMOLLM);
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(10);
+    let o = tandem(&["run", "-m", p(&m), "-p", &long, "-n", "2", "--temp", "0", "--backend", "ref", "--verbose"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("-> ref: N=") && err.contains("-> cpu: N=1 < --offload-min-batch 64"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("placement: ref") && l.contains("/210/210")), "{err}");
+    assert_clean_error(&tandem(&["run", "-m", p(&m), "-p", "hi", "--backend", "tpu"]), "unknown backend 'tpu'");
+    let cal = tempfile::tempdir().unwrap();
+    let f = cal.path().join("cal.json");
+    std::fs::write(&f, "{not json").unwrap();
+    assert_clean_error(&tandem(&["run", "-m", p(&m), "-p", "hi", "--calibration", p(&f)]), "not a calibration file");
+}
