@@ -10,6 +10,16 @@ use crate::matrix::Dispatcher;
 use crate::model::{Layer, Model};
 use std::ops::Range;
 
+/// One sequence of a batched forward pass.
+pub struct Sequence<'a> {
+    /// Its KV cache; the tokens go at positions `cache.len()..`.
+    pub cache: &'a mut KvCache,
+    /// New tokens.
+    pub tokens: &'a [u32],
+    /// Which of the new tokens need logits.
+    pub logit_rows: Range<usize>,
+}
+
 /// Runs a model: holds the RoPE tables and the thread pool.
 pub struct Runner {
     /// The model.
@@ -58,33 +68,68 @@ impl Runner {
     /// Process `tokens` at positions `cache.len()..`, append their K/V to the cache, and
     /// return logits `[rows.len(), n_vocab]` for the batch rows in `rows`.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: Range<usize>) -> Result<Vec<f32>> {
+        let mut seqs = [Sequence { cache, tokens, logit_rows: rows }];
+        Ok(self.forward_batch(&mut seqs)?.pop().expect("one sequence"))
+    }
+
+    /// Several independent sequences in one pass: their rows share every weight matmul
+    /// (so decode steps of many requests cost about one weight read), while RoPE,
+    /// the KV cache and attention stay per sequence. Returns each sequence's logits.
+    pub fn forward_batch(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>> {
         let c = &self.model.config;
-        let pos0 = cache.len();
-        if pos0 + tokens.len() > cache.n_ctx() {
-            return Err(EngineError::ContextFull { tokens: pos0 + tokens.len(), ctx: cache.n_ctx() });
-        }
-        if rows.end > tokens.len() || rows.start > rows.end {
-            return Err(EngineError::Invalid(format!("logit rows {rows:?} outside the batch")));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(EngineError::BadToken(bad, c.n_vocab));
+        for s in seqs.iter() {
+            let pos0 = s.cache.len();
+            if pos0 + s.tokens.len() > s.cache.n_ctx() {
+                return Err(EngineError::ContextFull { tokens: pos0 + s.tokens.len(), ctx: s.cache.n_ctx() });
+            }
+            if s.logit_rows.end > s.tokens.len() || s.logit_rows.start > s.logit_rows.end {
+                return Err(EngineError::Invalid(format!("logit rows {:?} outside the batch", s.logit_rows)));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+                return Err(EngineError::BadToken(bad, c.n_vocab));
+            }
         }
         self.pool.install(|| {
-            let mut x = self.embed(tokens);
-            let positions: Vec<usize> = (pos0..pos0 + tokens.len()).collect();
-            for (il, layer) in self.model.layers.iter().enumerate() {
-                self.block(il, layer, &mut x, &positions, cache);
+            let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+            let mut x = self.embed(&tokens);
+            let mut spans = Vec::with_capacity(seqs.len());
+            let mut positions = Vec::with_capacity(tokens.len());
+            let mut row = 0;
+            for s in seqs.iter() {
+                let pos0 = s.cache.len();
+                spans.push(row..row + s.tokens.len());
+                positions.extend(pos0..pos0 + s.tokens.len());
+                row += s.tokens.len();
             }
-            cache.set_len(pos0 + tokens.len());
+            let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+            for (il, layer) in self.model.layers.iter().enumerate() {
+                self.block(il, layer, &mut x, &positions, &spans, &mut caches);
+            }
+            for (cache, span) in caches.iter_mut().zip(&spans) {
+                let len = cache.len() + span.len();
+                cache.set_len(len);
+            }
+            // Only the requested rows go through the (large) vocabulary projection.
             let d = c.n_embd;
-            let mut h = x[rows.start * d..rows.end * d].to_vec();
+            let mut h = Vec::new();
+            for (s, span) in seqs.iter().zip(&spans) {
+                let r = span.start + s.logit_rows.start..span.start + s.logit_rows.end;
+                h.extend_from_slice(&x[r.start * d..r.end * d]);
+            }
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
-            let mut logits = vec![0f32; rows.len() * c.n_vocab];
+            let mut logits = vec![0f32; h.len() / d * c.n_vocab];
             self.dispatcher.matmul(&self.model.output, &h, &mut logits);
             if let Some(cap) = c.logit_softcap {
                 logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
             }
-            Ok(logits)
+            let mut out = Vec::with_capacity(seqs.len());
+            let mut at = 0;
+            for s in seqs.iter() {
+                let len = s.logit_rows.len() * c.n_vocab;
+                out.push(logits[at..at + len].to_vec());
+                at += len;
+            }
+            Ok(out)
         })
     }
 
@@ -100,7 +145,15 @@ impl Runner {
         x
     }
 
-    fn block(&self, il: usize, l: &Layer, x: &mut [f32], positions: &[usize], cache: &mut KvCache) {
+    fn block(
+        &self,
+        il: usize,
+        l: &Layer,
+        x: &mut [f32],
+        positions: &[usize],
+        spans: &[Range<usize>],
+        caches: &mut [&mut KvCache],
+    ) {
         let c = &self.model.config;
         let n = positions.len();
         let mut h = vec![0f32; x.len()];
@@ -134,7 +187,6 @@ impl Runner {
                 rope.apply(&mut head[..c.rope_dims], pos, neox);
             }
         }
-        cache.store(il, positions[0], &k, &v);
         let shape = AttnShape {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
@@ -142,9 +194,14 @@ impl Runner {
             head_dim_v: c.head_dim_v,
             window: if local { c.swa_window } else { None },
         };
-        let mut attn = vec![0f32; n * c.n_head * c.head_dim_v];
-        let (kc, vc) = cache.layer(il);
-        attention(&shape, &q, positions, kc, vc, &mut attn);
+        let (qd, kd, vd, od) = (l.wq.rows, l.wk.rows, l.wv.rows, c.n_head * c.head_dim_v);
+        let mut attn = vec![0f32; n * od];
+        for (cache, span) in caches.iter_mut().zip(spans) {
+            let (a, b) = (span.start, span.end);
+            cache.store(il, positions[a], &k[a * kd..b * kd], &v[a * vd..b * vd]);
+            let (kc, vc) = cache.layer(il);
+            attention(&shape, &q[a * qd..b * qd], &positions[a..b], kc, vc, &mut attn[a * od..b * od]);
+        }
         let mut o = vec![0f32; n * c.n_embd];
         self.dispatcher.matmul(&l.wo, &attn, &mut o);
         if let Some(w) = &l.post_attn_norm {
