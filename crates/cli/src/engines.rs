@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use engine::matrix::cache::CacheBudget;
+use engine::matrix::disk_cache::DiskCache;
 use engine::matrix::dispatch::CPU_HINT;
 use engine::matrix::policy::{Backend, Calibration, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
@@ -23,7 +24,14 @@ pub struct EngineEntry {
 /// Every accelerator tandem knows.
 pub static REGISTRY: &[EngineEntry] = &[
     // A CPU-backed accelerator with compile-per-bucket behaviour, for testing placement.
-    EngineEntry { name: "ref", in_auto: false, make: |_| Arc::new(ReferenceEngine::new()) },
+    EngineEntry {
+        name: "ref",
+        in_auto: false,
+        make: |a| match a.disk_cache() {
+            Some(d) => Arc::new(ReferenceEngine::with_disk_cache(d)),
+            None => Arc::new(ReferenceEngine::new()),
+        },
+    },
 ];
 
 /// Placement flags.
@@ -41,6 +49,9 @@ pub struct PlacementArgs {
     /// Memory budget for prepared weights per engine, in MiB.
     #[arg(long = "gpu-mem")]
     pub gpu_mem: Option<usize>,
+    /// Directory for prepared weights of engines whose preparation is expensive.
+    #[arg(long = "kernel-cache")]
+    pub kernel_cache: Option<PathBuf>,
     /// Log every placement decision and its reason.
     #[arg(long)]
     pub verbose: bool,
@@ -55,6 +66,14 @@ pub fn default_calibration_path() -> Option<PathBuf> {
 }
 
 impl PlacementArgs {
+    /// The on-disk cache, if asked for and usable (a bad directory is reported, not fatal).
+    pub fn disk_cache(&self) -> Option<DiskCache> {
+        let dir = self.kernel_cache.as_ref()?;
+        DiskCache::new(dir)
+            .map_err(|e| eprintln!("warning: --kernel-cache {}: {e}; not caching on disk", dir.display()))
+            .ok()
+    }
+
     /// The accelerators this backend choice may use.
     pub fn accelerators(&self) -> Vec<Arc<dyn MatrixEngine>> {
         let backend = Backend::parse(&self.backend);

@@ -181,3 +181,25 @@ fn cache_respects_memory_and_compile_budgets() {
     let max_diff = got.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max_diff < 0.5, "{max_diff}");
 }
+
+#[test]
+fn kernel_cache_on_disk_is_reused_and_corruption_rebuilt() {
+    use engine::matrix::disk_cache::DiskCache;
+    let dir = std::env::temp_dir().join(format!("tandem-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let make = || -> Arc<dyn MatrixEngine> { Arc::new(ReferenceEngine::with_disk_cache(DiskCache::new(&dir).unwrap())) };
+    let toks = prompt(30, 512);
+    let first = logits_of(&runner(tiny_model(GgmlType::Q4_0), vec![make()], Backend::Auto, 1, CacheBudget::default()), &toks);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 15, "one entry per weight for bucket 64");
+    // Corrupt one entry: it is detected and rebuilt; results are unchanged.
+    let mut b = std::fs::read(&files[0]).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&files[0], &b).unwrap();
+    let second = logits_of(&runner(tiny_model(GgmlType::Q4_0), vec![make()], Backend::Auto, 1, CacheBudget::default()), &toks);
+    assert_eq!(first, second);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 15);
+    assert_ne!(std::fs::read(&files[0]).unwrap(), b, "the corrupt entry was rewritten");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

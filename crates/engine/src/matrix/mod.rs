@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod cpu_engine;
+pub mod disk_cache;
 pub mod dispatch;
 pub mod fault;
 pub mod policy;

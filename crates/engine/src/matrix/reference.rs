@@ -4,6 +4,7 @@
 //! and fallback everywhere, and gives exact (unquantized-activation) results to compare
 //! against. Chosen only with `--backend ref`, never by `auto`.
 
+use super::disk_cache::{DiskCache, Lookup};
 use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
 use crate::weights::Weight;
 use rayon::prelude::*;
@@ -17,12 +18,43 @@ pub const REF_BUCKETS: [usize; 6] = [64, 128, 256, 512, 1024, 2048];
 #[derive(Default)]
 pub struct ReferenceEngine {
     prepared: Mutex<HashMap<(WeightKey, usize), Arc<Vec<f32>>>>,
+    disk: Option<DiskCache>,
 }
+
+/// Bumped whenever the prepared format changes, so old disk entries are stale.
+const VERSION: u32 = 1;
 
 impl ReferenceEngine {
     /// A new engine with nothing prepared.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keep prepared weights in `disk` across processes (`--kernel-cache`).
+    pub fn with_disk_cache(disk: DiskCache) -> Self {
+        ReferenceEngine { disk: Some(disk), ..Self::default() }
+    }
+
+    fn load_or_convert(&self, w: &Weight, bucket: usize) -> Vec<f32> {
+        let key = self.disk.as_ref().map(|_| DiskCache::key("ref", VERSION, w, bucket));
+        if let (Some(disk), Some(key)) = (&self.disk, &key) {
+            match disk.get(key) {
+                Lookup::Hit(bytes) if bytes.len() == w.rows * w.cols * 4 => {
+                    return bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect();
+                }
+                Lookup::Rejected(why) => eprintln!("warning: kernel cache: {why}"),
+                _ => {}
+            }
+        }
+        let mut f = vec![0f32; w.rows * w.cols];
+        f.par_chunks_mut(w.cols).enumerate().for_each(|(r, row)| w.dequantize_row(r, row));
+        if let (Some(disk), Some(key)) = (&self.disk, &key) {
+            let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if let Err(e) = disk.put(key, &bytes) {
+                eprintln!("warning: kernel cache: cannot write {key}: {e}");
+            }
+        }
+        f
     }
 }
 
@@ -48,8 +80,7 @@ impl MatrixEngine for ReferenceEngine {
         (1e13, 1e11)
     }
     fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
-        let mut f = vec![0f32; w.rows * w.cols];
-        f.par_chunks_mut(w.cols).enumerate().for_each(|(r, row)| w.dequantize_row(r, row));
+        let f = self.load_or_convert(w, bucket);
         let bytes = f.len() * 4;
         self.prepared.lock().unwrap_or_else(|e| e.into_inner()).insert((key.clone(), bucket), Arc::new(f));
         Ok(bytes)
