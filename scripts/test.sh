@@ -5,4 +5,7 @@ set -euo pipefail
 root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$root"
 scripts/fetch-models.sh all
+# coremltools checks our ANE weight blobs and program shapes byte for byte (runs on Linux).
+python3 -m pip install --quiet --disable-pip-version-check coremltools==9.0
+export TANDEM_REQUIRE_COREMLTOOLS=1
 cargo test --workspace --locked "$@"

@@ -21,7 +21,7 @@ pub mod mil;
 pub mod plan;
 pub mod sim;
 
-pub use engine::{AneConfig, AneEngine};
+pub use crate::engine::{AneConfig, AneEngine};
 
 /// Largest width, height and matmul K the ANE takes on M1–M3 (§4); every tile stays within it.
 pub const MAX_DIM: usize = 16384;

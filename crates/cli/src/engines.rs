@@ -8,6 +8,7 @@ use engine::matrix::dispatch::CPU_HINT;
 use engine::matrix::policy::{Backend, Calibration, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
 use engine::matrix::{Dispatcher, MatrixEngine};
+use engine::Model;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ pub struct EngineEntry {
     pub name: &'static str,
     /// Chosen by `--backend auto` when available.
     pub in_auto: bool,
-    /// Build it (never fails: an engine that cannot run reports itself unavailable).
-    pub make: fn(&PlacementArgs) -> Arc<dyn MatrixEngine>,
+    /// Build it for a loaded model (never fails: an engine that cannot run reports itself unavailable).
+    pub make: fn(&PlacementArgs, &Model) -> Arc<dyn MatrixEngine>,
 }
 
 /// Every accelerator tandem knows.
@@ -27,12 +28,25 @@ pub static REGISTRY: &[EngineEntry] = &[
     EngineEntry {
         name: "ref",
         in_auto: false,
-        make: |a| match a.disk_cache() {
+        make: |a, _| match a.disk_cache() {
             Some(d) => Arc::new(ReferenceEngine::with_disk_cache(d)),
             None => Arc::new(ReferenceEngine::new()),
         },
     },
+    // The Apple Neural Engine, planned for the model's matmul groups (few programs).
+    EngineEntry { name: "ane", in_auto: true, make: |_, m| ane_engine(ane::ffi::macos::MacDriver::new(), m) },
+    // Our MIL programs run by the MIL interpreter on the CPU: the ANE path, checkable anywhere.
+    EngineEntry { name: "ane-sim", in_auto: false, make: |_, m| ane_engine(ane::sim::SimDriver::new(), m) },
 ];
+
+fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, model: &Model) -> Arc<dyn MatrixEngine> {
+    let engine = ane::AneEngine::new(driver, Default::default());
+    // Unavailable drivers are reported by availability(); planning never needs the device.
+    if let Err(e) = engine.plan_model(model) {
+        eprintln!("warning: ane: cannot plan the model's programs: {e}");
+    }
+    Arc::new(engine)
+}
 
 /// Placement flags.
 #[derive(clap::Args, Clone)]
@@ -74,8 +88,8 @@ impl PlacementArgs {
             .ok()
     }
 
-    /// The accelerators this backend choice may use.
-    pub fn accelerators(&self) -> Vec<Arc<dyn MatrixEngine>> {
+    /// The accelerators this backend choice may use, built for `model`.
+    pub fn accelerators(&self, model: &Model) -> Vec<Arc<dyn MatrixEngine>> {
         let backend = Backend::parse(&self.backend);
         REGISTRY
             .iter()
@@ -84,12 +98,12 @@ impl PlacementArgs {
                 Backend::Auto => e.in_auto,
                 Backend::Named(n) => n == e.name,
             })
-            .map(|e| (e.make)(self))
+            .map(|e| (e.make)(self, model))
             .collect()
     }
 
-    /// Build the dispatcher: policy, calibration, budgets.
-    pub fn dispatcher(&self) -> Result<Dispatcher> {
+    /// Build the dispatcher for `model`: policy, calibration, budgets.
+    pub fn dispatcher(&self, model: &Model) -> Result<Dispatcher> {
         let calibration = match &self.calibration {
             Some(p) => Some(Calibration::load(p).map_err(anyhow::Error::msg)?),
             None => default_calibration_path().filter(|p| p.exists()).and_then(|p| Calibration::load(&p).ok()),
@@ -104,6 +118,6 @@ impl PlacementArgs {
             memory_bytes: self.gpu_mem.map_or(usize::MAX, |m| m << 20),
             ..CacheBudget::default()
         };
-        Dispatcher::new(self.accelerators(), policy, budget, self.verbose).context("cannot set up the matrix engines")
+        Dispatcher::new(self.accelerators(model), policy, budget, self.verbose).context("cannot set up the matrix engines")
     }
 }

@@ -26,7 +26,6 @@ pub fn tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
 
 /// Load model and tokenizer, with a progress bar when stderr is a terminal.
 pub fn model(path: &Path, threads: usize, placement: &PlacementArgs) -> Result<(Runner, Tokenizer)> {
-    let dispatcher = placement.dispatcher()?;
     let file = open_gguf(path)?;
     let tok = tokenizer(&file, path)?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -49,6 +48,7 @@ pub fn model(path: &Path, threads: usize, placement: &PlacementArgs) -> Result<(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let dispatcher = placement.dispatcher(&model)?;
     Ok((Runner::with_dispatcher(model, threads, dispatcher)?, tok))
 }
 

@@ -1,0 +1,442 @@
+//! [`AneEngine`]: the ANE behind the placement machinery's [`MatrixEngine`] interface,
+//! over any [`Driver`].
+//!
+//! - Weights are grouped as the forward pass calls them (Q/K/V, output, gate/up, down,
+//!   vocabulary); [`crate::plan`] packs groups × buckets into few programs, compiled on
+//!   the first `prepare` that needs them and unloaded when the prepared-weight cache has
+//!   evicted every (weight, bucket) they serve. Weights the plan does not know get a
+//!   program of their own.
+//! - The compile budget is counted per process; a program whose build or compile failed
+//!   is quarantined, so it is not retried (and paid for) on every op.
+//! - A matmul converts x into input surfaces (scaled by a power of two measured from the
+//!   token norms, the guard's dynamic half), evaluates, and converts back, applying the
+//!   weight scales. Any driver error or non-finite output is an [`EngineFailure`]: the
+//!   dispatcher recomputes the op on the CPU.
+
+use crate::blob::{guard_scale, RowSource, BLOB_PATH};
+use crate::build::{build_program, BuildConfig, FnIo, GroupOp, GroupSpec};
+use crate::convert::{self, as_f16, as_f16_mut, SurfaceShape};
+use crate::ffi::{Driver, WeightFile};
+use crate::mil::Layout;
+use crate::plan::{GroupKind, GroupShape, Plan, PlanConfig};
+use ::engine::matrix::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use ::engine::weights::Weight;
+use ::engine::Model;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Surface allocations are rounded up to this (OM: 64 KiB multiples; also clears the
+/// ~48 KB minimum below which evaluation fails with 0x1d, §2).
+pub const SURFACE_ALIGN: usize = 64 << 10;
+
+/// Engine options.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AneConfig {
+    /// Buckets, packing and the program budget.
+    pub plan: PlanConfig,
+    /// Layout, tile limit, static guard bound.
+    pub build: BuildConfig,
+    /// Q/K/V (and gate/up) as one concatenated matrix per group instead of one conv per member.
+    pub concat_groups: bool,
+}
+
+struct Group {
+    weights: Vec<Weight>,
+    keys: Vec<WeightKey>,
+    op: GroupOp,
+}
+
+/// Rows `rows` of a weight (a unit of a vocabulary split across programs).
+struct RowSlice<'a> {
+    w: &'a Weight,
+    rows: Range<usize>,
+}
+
+impl RowSource for RowSlice<'_> {
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+    fn cols(&self) -> usize {
+        self.w.cols
+    }
+    fn row_f32(&self, r: usize, out: &mut [f32]) {
+        self.w.dequantize_row(self.rows.start + r, out)
+    }
+}
+
+struct Loaded<P> {
+    program: P,
+    functions: Vec<FnIo>,
+}
+
+enum Status<P> {
+    Cold,
+    Ready(Loaded<P>),
+    Failed(String),
+}
+
+struct ProgramSlot<P> {
+    /// (group, row offset of the unit) per unit, by the unit index used as the build id.
+    units: Vec<(usize, usize)>,
+    buckets: Vec<usize>,
+    status: Status<P>,
+    holders: HashSet<(WeightKey, usize)>,
+    plan_units: Vec<crate::plan::Unit>,
+}
+
+struct State<D: Driver> {
+    groups: Vec<Group>,
+    key_group: HashMap<WeightKey, usize>,
+    programs: Vec<ProgramSlot<D::Program>>,
+    compiles: usize,
+    pool: HashMap<usize, Vec<D::Surface>>,
+}
+
+/// See the module docs.
+pub struct AneEngine<D: Driver> {
+    driver: D,
+    cfg: AneConfig,
+    state: Mutex<State<D>>,
+}
+
+impl<D: Driver> AneEngine<D> {
+    /// An engine that plans each weight on its first `prepare`.
+    pub fn new(driver: D, cfg: AneConfig) -> Self {
+        let state = State { groups: Vec::new(), key_group: HashMap::new(), programs: Vec::new(), compiles: 0, pool: HashMap::new() };
+        AneEngine { driver, cfg, state: Mutex::new(state) }
+    }
+
+    /// An engine planned for `model`'s matmul groups, as the forward pass dispatches them.
+    pub fn for_model(driver: D, model: &Model, cfg: AneConfig) -> Result<Self, String> {
+        let e = Self::new(driver, cfg);
+        e.plan_model(model)?;
+        Ok(e)
+    }
+
+    /// Plan `model`'s groups (Q/K/V, output, gate/up, down per layer, then the head).
+    /// Without it every weight gets a program of its own on first use, which exhausts
+    /// the compile budget on a real model: call it once the model is loaded.
+    pub fn plan_model(&self, model: &Model) -> Result<(), String> {
+        let linear = GroupOp::Linear { concat: self.cfg.concat_groups };
+        let mut groups = Vec::new();
+        for l in &model.layers {
+            groups.push((vec![l.wq.clone(), l.wk.clone(), l.wv.clone()], linear));
+            groups.push((vec![l.wo.clone()], linear));
+            groups.push((vec![l.w_gate.clone(), l.w_up.clone()], linear));
+            groups.push((vec![l.w_down.clone()], linear));
+        }
+        groups.push((vec![model.output.clone()], linear));
+        self.add_groups(groups)
+    }
+
+    /// Plan weight groups (each shares one input and is dispatched together).
+    pub fn add_groups(&self, groups: Vec<(Vec<Weight>, GroupOp)>) -> Result<(), String> {
+        let mut st = self.lock();
+        let first = st.groups.len();
+        let mut shapes = Vec::new();
+        for (ws, op) in groups {
+            let keys: Vec<WeightKey> = ws.iter().map(WeightKey::of).collect();
+            if let Some(k) = keys.iter().find(|k| st.key_group.contains_key(*k)) {
+                return Err(format!("{} is already planned", k.tensor));
+            }
+            let gi = st.groups.len();
+            keys.iter().for_each(|k| {
+                st.key_group.insert(k.clone(), gi);
+            });
+            // The kind only decides how the plan counts bytes (an MLP is not a plain stack).
+            let kind = if matches!(op, GroupOp::Mlp(_)) { GroupKind::Mlp } else { GroupKind::Qkv };
+            shapes.push(GroupShape { layer: None, kind, ms: ws.iter().map(|w| w.rows).collect(), k: ws[0].cols });
+            st.groups.push(Group { weights: ws, keys, op });
+        }
+        let mut pc = self.cfg.plan.clone();
+        pc.max_programs = usize::MAX; // the budget is enforced on compiles, across all plans
+        let plan = Plan::pack(shapes, &pc)?;
+        for p in plan.programs {
+            let units = p.units.iter().map(|u| (first + u.group, u.rows.as_ref().map_or(0, |r| r.start))).collect();
+            let plan_units = p.units.iter().map(|u| crate::plan::Unit { group: first + u.group, ..u.clone() }).collect();
+            st.programs.push(ProgramSlot { units, buckets: p.buckets, status: Status::Cold, holders: HashSet::new(), plan_units });
+        }
+        Ok(())
+    }
+
+    /// Programs compiled so far (the budget counts these).
+    pub fn compiles(&self) -> usize {
+        self.lock().compiles
+    }
+
+    /// Programs planned.
+    pub fn planned_programs(&self) -> usize {
+        self.lock().programs.len()
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Compile and load every planned program now (start-up warm-up); `progress(done, total)`.
+    pub fn warm_up(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<(), EngineFailure> {
+        let mut st = self.lock();
+        let total = st.programs.len();
+        for p in 0..total {
+            self.ensure(&mut st, p)?;
+            progress(p + 1, total);
+        }
+        Ok(())
+    }
+
+    /// The fused MLP `down(act(gate·x) ⊙ up·x)` for `n ≤ bucket` tokens, the weights
+    /// planned with [`GroupOp::Mlp`] by [`Self::add_groups`]. The dispatcher has no MLP
+    /// op yet, so this is the entry point for such a caller (and for tests).
+    pub fn mlp(&self, ws: [&Weight; 3], bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+        let mut st = self.lock();
+        let key = WeightKey::of(ws[0]);
+        let g = *st.key_group.get(&key).ok_or_else(|| self.fail(format!("{} is not planned", key.tensor)))?;
+        if !matches!(st.groups[g].op, GroupOp::Mlp(_)) || st.groups[g].keys.iter().zip(ws).any(|(k, w)| *k != WeightKey::of(w)) {
+            return Err(self.fail("weights are not planned as one MLP"));
+        }
+        for p in Self::programs_of(&st, g, bucket) {
+            self.ensure(&mut st, p)?;
+        }
+        self.run_group(&mut st, g, bucket, x, n, &mut [out])?;
+        match out[..n * ws[2].rows].iter().position(|v| !v.is_finite()) {
+            Some(bad) => Err(self.fail(format!("MLP: non-finite output at {bad}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<D>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, what: impl Into<String>) -> EngineFailure {
+        EngineFailure { engine: self.driver.name().to_string(), what: what.into() }
+    }
+
+    fn programs_of(st: &State<D>, group: usize, bucket: usize) -> Vec<usize> {
+        (0..st.programs.len()).filter(|&p| st.programs[p].buckets.contains(&bucket) && st.programs[p].units.iter().any(|u| u.0 == group)).collect()
+    }
+
+    /// Build, compile and load program `p` unless it is ready; failures stick.
+    fn ensure(&self, st: &mut State<D>, p: usize) -> Result<(), EngineFailure> {
+        match &st.programs[p].status {
+            Status::Ready(_) => return Ok(()),
+            Status::Failed(why) => return Err(self.fail(format!("program {p} failed earlier: {why}"))),
+            Status::Cold => {}
+        }
+        if st.compiles >= self.cfg.plan.max_programs {
+            return Err(self.fail(format!("compile budget of {} programs per process exhausted", self.cfg.plan.max_programs)));
+        }
+        let slot = &st.programs[p];
+        let slices: Vec<Vec<RowSlice>> = slot
+            .plan_units
+            .iter()
+            .map(|u| {
+                let g = &st.groups[u.group];
+                g.weights.iter().map(|w| RowSlice { w, rows: u.rows.clone().unwrap_or(0..w.rows) }).collect()
+            })
+            .collect();
+        let specs: Vec<GroupSpec> = slot
+            .plan_units
+            .iter()
+            .zip(&slices)
+            .map(|(u, s)| GroupSpec { members: s.iter().map(|r| r as &dyn RowSource).collect(), op: st.groups[u.group].op })
+            .collect();
+        let ids: Vec<(usize, &GroupSpec)> = specs.iter().enumerate().collect();
+        let result = build_program(&ids, &slot.buckets, &self.cfg.build).map_err(|e| format!("build: {e}")).and_then(|built| {
+            st.compiles += 1;
+            let files = [WeightFile { path: BLOB_PATH, bytes: &built.blob }];
+            let program = self.driver.compile(&built.mil, &files, built.functions.len()).map_err(|e| e.to_string())?;
+            if let Err(e) = self.driver.load(&program) {
+                self.driver.unload(&program);
+                return Err(e.to_string());
+            }
+            Ok(Loaded { program, functions: built.functions })
+        });
+        drop(specs);
+        drop(slices);
+        match result {
+            Ok(l) => {
+                st.programs[p].status = Status::Ready(l);
+                Ok(())
+            }
+            Err(e) => {
+                st.programs[p].status = Status::Failed(e.clone());
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    fn take_surface(&self, st: &mut State<D>, bytes: usize) -> Result<D::Surface, EngineFailure> {
+        match st.pool.get_mut(&bytes).and_then(Vec::pop) {
+            Some(s) => Ok(s),
+            None => self.driver.surface(bytes).map_err(|e| self.fail(e.to_string())),
+        }
+    }
+
+    /// Run one function of a loaded program; outputs land in `outs` by segment.
+    #[allow(clippy::too_many_arguments)]
+    fn run_function(&self, st: &mut State<D>, p: usize, f: usize, row0: usize, x: &[f32], n: usize, k: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        let layout = self.cfg.build.layout;
+        let Status::Ready(l) = &st.programs[p].status else { return Err(self.fail("program not loaded")) };
+        let fio = l.functions[f].clone();
+        // Guard, dynamic half: |y| ≤ ‖w‖·‖x‖ for every output and partial sum.
+        let sx = fio.weight_norm.map_or(1.0, |wn| guard_scale(wn * convert::max_row_norm(x, k, n, 0..k)));
+        let alloc = |shapes: &mut dyn Iterator<Item = [usize; 4]>| {
+            let b = shapes.map(|s| s.iter().product::<usize>() * 2).max().unwrap_or(2);
+            b.div_ceil(SURFACE_ALIGN) * SURFACE_ALIGN
+        };
+        let (in_bytes, out_bytes) = (alloc(&mut fio.inputs.iter().map(|i| i.shape)), alloc(&mut fio.outputs.iter().map(|o| o.shape)));
+        let shape = |s: [usize; 4]| SurfaceShape::packed(s[1], s[3]);
+        let mut ins = Vec::new();
+        let mut outs_s = Vec::new();
+        let result = (|| {
+            for io in &fio.inputs {
+                let mut s = self.take_surface(st, in_bytes)?;
+                let sh = shape(io.shape);
+                let inv = 1.0 / sx;
+                self.driver
+                    .write(&mut s, &mut |b| {
+                        let d = as_f16_mut(b);
+                        match layout {
+                            Layout::ChannelMajor => convert::write_channel_major(x, k, n, io.cols.clone(), inv, d, sh),
+                            Layout::TokenMajor => convert::write_token_major(x, k, n, io.cols.clone(), inv, d, sh),
+                        }
+                    })
+                    .map_err(|e| self.fail(e.to_string()))?;
+                ins.push(s);
+            }
+            for _ in &fio.outputs {
+                outs_s.push(self.take_surface(st, out_bytes)?);
+            }
+            let Status::Ready(l) = &st.programs[p].status else { unreachable!("checked above") };
+            let (ir, or): (Vec<&D::Surface>, Vec<&D::Surface>) = (ins.iter().collect(), outs_s.iter().collect());
+            self.driver.evaluate(&l.program, fio.procedure, &ir, &or).map_err(|e| self.fail(e.to_string()))?;
+            for (io, s) in fio.outputs.iter().zip(&outs_s) {
+                let sh = shape(io.shape);
+                self.driver
+                    .read(s, &mut |b| {
+                        let src = as_f16(b);
+                        for seg in &io.segments {
+                            let out = &mut *outs[seg.output];
+                            let m = out.len() / n.max(1);
+                            let ch = seg.ch0..seg.ch0 + seg.len;
+                            let col0 = row0 + seg.col0;
+                            match layout {
+                                Layout::ChannelMajor => convert::read_channel_major(src, sh, n, ch, io.scale * sx, out, m, col0),
+                                Layout::TokenMajor => convert::read_token_major(src, sh, n, ch, io.scale * sx, out, m, col0),
+                            }
+                        }
+                    })
+                    .map_err(|e| self.fail(e.to_string()))?;
+            }
+            Ok(())
+        })();
+        st.pool.entry(in_bytes).or_default().extend(ins);
+        st.pool.entry(out_bytes).or_default().extend(outs_s);
+        result
+    }
+
+    fn run_group(&self, st: &mut State<D>, g: usize, bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        let k = st.groups[g].weights[0].cols;
+        let mut ran = false;
+        for p in Self::programs_of(st, g, bucket) {
+            let Status::Ready(l) = &st.programs[p].status else {
+                return Err(self.fail(format!("{} is not prepared for bucket {bucket}", st.groups[g].keys[0].tensor)));
+            };
+            let units = st.programs[p].units.clone();
+            let fns: Vec<(usize, usize)> = l.functions.iter().enumerate().filter(|(_, f)| f.bucket == bucket && units[f.group].0 == g).map(|(i, f)| (i, units[f.group].1)).collect();
+            for (f, row0) in fns {
+                self.run_function(st, p, f, row0, x, n, k, outs)?;
+                ran = true;
+            }
+        }
+        if !ran {
+            return Err(self.fail(format!("no program serves {} at bucket {bucket}", st.groups[g].keys[0].tensor)));
+        }
+        Ok(())
+    }
+}
+
+impl<D: Driver> MatrixEngine for AneEngine<D> {
+    fn name(&self) -> &str {
+        self.driver.name()
+    }
+    fn availability(&self) -> Availability {
+        match self.driver.availability() {
+            Ok(()) => Availability::Available,
+            Err(why) => Availability::Unavailable(why),
+        }
+    }
+    fn supports(&self, s: &MatmulShape) -> Result<(), String> {
+        // K beyond 8 tiles would mean many input surfaces per eval; keep those on the CPU.
+        if s.k > 8 * self.cfg.build.max_dim {
+            return Err(format!("K={} needs more than 8 input tiles of {}", s.k, self.cfg.build.max_dim));
+        }
+        Ok(())
+    }
+    fn n_buckets(&self) -> Option<&[usize]> {
+        Some(&self.cfg.plan.buckets)
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        self.driver.throughput_hint()
+    }
+    fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
+        let mut st = self.lock();
+        if !st.key_group.contains_key(key) {
+            drop(st);
+            self.add_groups(vec![(vec![w.clone()], GroupOp::Linear { concat: false })]).map_err(|e| self.fail(e))?;
+            st = self.lock();
+        }
+        let g = st.key_group[key];
+        let progs = Self::programs_of(&st, g, bucket);
+        if progs.is_empty() {
+            return Err(self.fail(format!("bucket {bucket} is not one of {:?}", self.cfg.plan.buckets)));
+        }
+        for &p in &progs {
+            self.ensure(&mut st, p)?;
+            st.programs[p].holders.insert((key.clone(), bucket));
+        }
+        // fp16 bytes, shared by the buckets baked from the same blob.
+        let share = if self.cfg.plan.share_buckets { self.cfg.plan.buckets.len() } else { 1 };
+        Ok((2 * w.rows * w.cols).div_ceil(share))
+    }
+    fn evict(&self, key: &WeightKey, bucket: usize) {
+        let mut st = self.lock();
+        let Some(&g) = st.key_group.get(key) else { return };
+        for p in Self::programs_of(&st, g, bucket) {
+            let slot = &mut st.programs[p];
+            slot.holders.remove(&(key.clone(), bucket));
+            if slot.holders.is_empty() {
+                if let Status::Ready(l) = std::mem::replace(&mut slot.status, Status::Cold) {
+                    self.driver.unload(&l.program);
+                }
+            }
+        }
+    }
+    fn matmul(&self, keys: &[&WeightKey], weights: &[&Weight], bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        let mut st = self.lock();
+        let group_of = |st: &State<D>, k: &WeightKey| st.key_group.get(k).copied().ok_or_else(|| self.fail(format!("{} is not prepared", k.tensor)));
+        let g = group_of(&st, keys[0])?;
+        let whole = st.groups[g].keys.len() == keys.len() && st.groups[g].keys.iter().zip(keys).all(|(a, b)| a == *b);
+        if whole {
+            self.run_group(&mut st, g, bucket, x, n, outs)?;
+        } else {
+            // Weights planned alone but dispatched together: run them one by one.
+            for (i, key) in keys.iter().enumerate() {
+                let gi = group_of(&st, key)?;
+                if st.groups[gi].keys.len() != 1 {
+                    return Err(self.fail(format!("{} is planned in a group of {}", key.tensor, st.groups[gi].keys.len())));
+                }
+                self.run_group(&mut st, gi, bucket, x, n, &mut outs[i..i + 1])?;
+            }
+        }
+        for (o, w) in outs.iter().zip(weights) {
+            if let Some(bad) = o[..n * w.rows].iter().position(|v| !v.is_finite()) {
+                return Err(self.fail(format!("{}: non-finite output at {bad} (fp16 overflow?)", w.name)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! Validation and execution of parsed MIL. "Compiling" checks every statement: known op,
+//! known arguments, defined operands, the declared result type equal to the inferred one,
+//! constants (blobs read through their headers) matching their declared types, and the
+//! ANE's constraints we rely on (§2, §4). Execution runs in fp16 arithmetic: every op's
+//! result is rounded to fp16; conv accumulates in f32 and, like the ANE (§4), turns
+//! outputs beyond ±32752 into inf — so the overflow guard is exercised for real.
+
+use super::parse::{Arg, DType, Func, Lit, Program, Stmt, Ty};
+use crate::blob;
+use half::f16;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A tensor of fp16 values (held as f32, each exactly an fp16).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+fn round16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// One executable step.
+#[derive(Debug, Clone)]
+enum Step {
+    Conv { x: String, w: Arc<Tensor> },
+    Transpose { x: String, perm: Vec<usize> },
+    Binary { x: String, y: String, mul: bool },
+    Scalar { x: String, c: f32, mul: bool },
+    Sigmoid { x: String },
+    Silu { x: String },
+}
+
+/// A validated function.
+#[derive(Debug, Clone)]
+pub struct CFunc {
+    /// Name.
+    pub name: String,
+    /// Inputs in binding (alphabetical) order: name and shape.
+    pub inputs: Vec<(String, Vec<usize>)>,
+    /// Outputs in binding (alphabetical) order: name and shape.
+    pub outputs: Vec<(String, Vec<usize>)>,
+    steps: Vec<(String, Step)>,
+}
+
+/// A validated program.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Functions in declaration (procedure) order.
+    pub funcs: Vec<CFunc>,
+}
+
+/// Ops the ANE is reported to reject or to misbehave on (§4), with the reason.
+fn known_bad(op: &str) -> Option<&'static str> {
+    match op {
+        "gelu" => Some("gelu is rejected by the ANE compiler (§4); decompose it"),
+        "tile" => Some("tile corrupts every later evaluation until the process exits (§4)"),
+        _ => None,
+    }
+}
+
+struct Checker<'a> {
+    weights: &'a HashMap<String, Vec<u8>>,
+    blobs: &'a mut HashMap<(String, u64), Arc<Tensor>>,
+    types: HashMap<String, Ty>,
+    consts: HashMap<String, Lit>,
+    tensors: HashMap<String, Arc<Tensor>>,
+    f: &'a Func,
+}
+
+fn fp16_tensor(ty: &Ty) -> Option<&[usize]> {
+    match ty {
+        Ty::Tensor(DType::Fp16, s) => Some(s),
+        _ => None,
+    }
+}
+
+impl Checker<'_> {
+    fn err<T>(&self, st: &Stmt, msg: impl std::fmt::Display) -> Result<T, String> {
+        Err(format!("line {}: {} {}: {msg}", st.line, self.f.name, st.out))
+    }
+
+    /// The named argument, resolved to a value name (operands must be named values).
+    fn operand(&self, st: &Stmt, key: &str) -> Result<(String, Ty), String> {
+        match st.args.iter().find(|(k, _)| k == key) {
+            None => self.err(st, format!("{} needs argument {key}", st.op)),
+            Some((_, Arg::Lit(_))) => self.err(st, format!("argument {key} must name a value")),
+            Some((_, Arg::Name(n))) => match self.types.get(n) {
+                None => self.err(st, format!("argument {key} uses undefined value {n}")),
+                Some(t) => Ok((n.clone(), t.clone())),
+            },
+        }
+    }
+
+    /// A constant argument's literal (named const or inline), if given.
+    fn constant(&self, st: &Stmt, key: &str) -> Result<Option<Lit>, String> {
+        match st.args.iter().find(|(k, _)| k == key) {
+            None => Ok(None),
+            Some((_, Arg::Lit(l))) => Ok(Some(l.clone())),
+            Some((_, Arg::Name(n))) => match self.consts.get(n) {
+                Some(l) => Ok(Some(l.clone())),
+                None => self.err(st, format!("argument {key} must be a constant, {n} is computed")),
+            },
+        }
+    }
+
+    fn only_args(&self, st: &Stmt, allowed: &[&str]) -> Result<(), String> {
+        match st.args.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            Some((k, _)) => self.err(st, format!("{} has no argument {k}", st.op)),
+            None => Ok(()),
+        }
+    }
+
+    fn ints(&self, st: &Stmt, key: &str) -> Result<Option<Vec<i64>>, String> {
+        Ok(match self.constant(st, key)? {
+            None => None,
+            Some(Lit::List(Ty::Tensor(DType::Int32, _), v)) => Some(v.iter().map(|x| *x as i64).collect()),
+            Some(Lit::Int(i)) => Some(vec![i]),
+            Some(other) => return self.err(st, format!("{key} must be int32, got {other:?}")),
+        })
+    }
+
+    fn tensor_of(&mut self, st: &Stmt, lit: &Lit) -> Result<Ty, String> {
+        Ok(match lit {
+            Lit::Str(_) => Ty::Scalar(DType::Str),
+            Lit::Bool(_) => Ty::Scalar(DType::Bool),
+            Lit::Int(_) => match &st.ty {
+                Ty::Scalar(d @ (DType::Int32 | DType::Uint64)) => Ty::Scalar(*d),
+                _ => Ty::Scalar(DType::Int32),
+            },
+            Lit::Float(_) => match &st.ty {
+                Ty::Scalar(d @ (DType::Fp16 | DType::Fp32)) => Ty::Scalar(*d),
+                _ => Ty::Scalar(DType::Fp32),
+            },
+            Lit::List(ty, v) => {
+                let Ty::Tensor(_, shape) = ty else { return self.err(st, "list literal without a tensor type") };
+                if shape.iter().product::<usize>() != v.len() {
+                    return self.err(st, format!("literal has {} values for shape {shape:?}", v.len()));
+                }
+                ty.clone()
+            }
+            Lit::Blob(ty, path, offset) => {
+                let Some(shape) = fp16_tensor(ty) else { return self.err(st, "only fp16 BLOBFILE constants are supported") };
+                let Some(file) = self.weights.get(path) else { return self.err(st, format!("no weight file {path}")) };
+                let key = (path.clone(), *offset);
+                if !self.blobs.contains_key(&key) {
+                    let n = shape.iter().product();
+                    let v = blob::read_fp16(file, *offset, n).or_else(|e| self.err(st, e))?;
+                    let t = Tensor { shape: shape.to_vec(), data: v.iter().map(|x| x.to_f32()).collect() };
+                    self.blobs.insert(key.clone(), Arc::new(t));
+                }
+                let t = self.blobs[&key].clone();
+                if t.shape != shape {
+                    return self.err(st, format!("blob at {offset} already read with shape {:?}", t.shape));
+                }
+                self.tensors.insert(st.out.clone(), t);
+                ty.clone()
+            }
+        })
+    }
+
+    /// Validate one statement; returns its step (None for constants).
+    fn stmt(&mut self, st: &Stmt) -> Result<Option<Step>, String> {
+        if let Some(why) = known_bad(&st.op) {
+            return self.err(st, why);
+        }
+        let allowed = |k: &str, l: &Lit| (k == "name" && matches!(l, Lit::Str(_))) || (k == "val" && st.op == "const");
+        if let Some((k, l)) = st.attrs.iter().find(|(k, l)| !allowed(k, l)) {
+            return self.err(st, format!("unexpected attribute {k} = {l:?}"));
+        }
+        let (ty, step) = match st.op.as_str() {
+            "const" => {
+                if !st.args.is_empty() {
+                    return self.err(st, "const takes no arguments");
+                }
+                let Some((_, val)) = st.attrs.iter().find(|(k, _)| k == "val").cloned() else {
+                    return self.err(st, "const needs a val");
+                };
+                let ty = self.tensor_of(st, &val)?;
+                self.consts.insert(st.out.clone(), val);
+                (ty, None)
+            }
+            "conv" => {
+                self.only_args(st, &["x", "weight", "strides", "pad_type", "pad", "dilations", "groups"])?;
+                let (x, xt) = self.operand(st, "x")?;
+                let (w, _) = self.operand(st, "weight")?;
+                let Some(xs) = fp16_tensor(&xt).filter(|s| s.len() == 4).map(<[usize]>::to_vec) else {
+                    return self.err(st, format!("conv input must be an fp16 rank-4 tensor, is {xt:?}"));
+                };
+                let Some(wt) = self.tensors.get(&w).cloned() else { return self.err(st, "conv weight must be a constant tensor") };
+                if wt.shape.len() != 4 || wt.shape[2] != 1 || wt.shape[3] != 1 || wt.shape[1] != xs[1] {
+                    return self.err(st, format!("weight {:?} is not [M, {}, 1, 1]", wt.shape, xs[1]));
+                }
+                for (k, want) in [("strides", vec![1, 1]), ("dilations", vec![1, 1]), ("pad", vec![0, 0, 0, 0]), ("groups", vec![1])] {
+                    if let Some(v) = self.ints(st, k)? {
+                        if v != want {
+                            return self.err(st, format!("{k} {v:?}: only 1×1 convs with {want:?} are interpreted"));
+                        }
+                    }
+                }
+                match self.constant(st, "pad_type")? {
+                    None => {}
+                    Some(Lit::Str(s)) if s == "valid" || s == "custom" => {}
+                    Some(o) => return self.err(st, format!("pad_type {o:?}")),
+                }
+                (Ty::Tensor(DType::Fp16, vec![xs[0], wt.shape[0], xs[2], xs[3]]), Some(Step::Conv { x, w: wt }))
+            }
+            "transpose" => {
+                self.only_args(st, &["x", "perm"])?;
+                let (x, xt) = self.operand(st, "x")?;
+                let Some(xs) = fp16_tensor(&xt).map(<[usize]>::to_vec) else { return self.err(st, "transpose of a non-fp16 value") };
+                let perm = self.ints(st, "perm")?.unwrap_or_default();
+                let mut seen = vec![false; xs.len()];
+                if perm.len() != xs.len() || perm.iter().any(|&p| p < 0 || p as usize >= xs.len() || std::mem::replace(&mut seen[p as usize], true)) {
+                    return self.err(st, format!("perm {perm:?} is not a permutation of rank {}", xs.len()));
+                }
+                let perm: Vec<usize> = perm.iter().map(|&p| p as usize).collect();
+                (Ty::Tensor(DType::Fp16, perm.iter().map(|&p| xs[p]).collect()), Some(Step::Transpose { x, perm }))
+            }
+            op @ ("add" | "mul") => {
+                self.only_args(st, &["x", "y"])?;
+                let mul = op == "mul";
+                let (x, xt) = self.operand(st, "x")?;
+                let Some(xs) = fp16_tensor(&xt).map(<[usize]>::to_vec) else { return self.err(st, format!("{op} of a non-fp16 value")) };
+                match self.constant(st, "y") {
+                    Ok(Some(Lit::Float(c))) => (xt.clone(), Some(Step::Scalar { x, c: round16(c as f32), mul })),
+                    _ => {
+                        let (y, yt) = self.operand(st, "y")?;
+                        if fp16_tensor(&yt) != Some(&xs) {
+                            return self.err(st, format!("{op} of {xt:?} and {yt:?}: shapes must match"));
+                        }
+                        (xt.clone(), Some(Step::Binary { x, y, mul }))
+                    }
+                }
+            }
+            op @ ("sigmoid" | "silu") => {
+                self.only_args(st, &["x"])?;
+                let (x, xt) = self.operand(st, "x")?;
+                if fp16_tensor(&xt).is_none() {
+                    return self.err(st, format!("{op} of a non-fp16 value"));
+                }
+                (xt, Some(if op == "silu" { Step::Silu { x } } else { Step::Sigmoid { x } }))
+            }
+            other => return self.err(st, format!("op '{other}' is not in the interpreted subset")),
+        };
+        if ty != st.ty {
+            return self.err(st, format!("declared {:?} but {} yields {ty:?}", st.ty, st.op));
+        }
+        if self.types.insert(st.out.clone(), ty).is_some() {
+            return self.err(st, "value defined twice");
+        }
+        Ok(step)
+    }
+}
+
+/// Validate a parsed program against its weight files.
+pub fn compile(p: &Program, weights: &HashMap<String, Vec<u8>>) -> Result<Compiled, String> {
+    if p.funcs.is_empty() {
+        return Err("program has no functions".into());
+    }
+    for (path, file) in weights {
+        blob::read_header(file).map_err(|e| format!("{path}: {e}"))?;
+    }
+    let mut blobs = HashMap::new();
+    let mut funcs = Vec::new();
+    for f in &p.funcs {
+        if funcs.iter().any(|g: &CFunc| g.name == f.name) {
+            return Err(format!("line {}: function {} defined twice", f.line, f.name));
+        }
+        if !f.opset.starts_with("ios") {
+            return Err(format!("line {}: {}: unknown opset {}", f.line, f.name, f.opset));
+        }
+        let mut c = Checker { weights, blobs: &mut blobs, types: HashMap::new(), consts: HashMap::new(), tensors: HashMap::new(), f };
+        let io = |name: &str, ty: &Ty| -> Result<Vec<usize>, String> {
+            match fp16_tensor(ty) {
+                Some(s) if s.len() == 4 && s[0] == 1 && s.iter().all(|&d| d > 0) && s[3] % 32 == 0 => Ok(s.to_vec()),
+                Some(s) if s.len() == 4 && s[3] % 32 != 0 => {
+                    Err(format!("line {}: {}: {name} width {} is not a multiple of 32 (§2: rows must be 64-byte multiples)", f.line, f.name, s[3]))
+                }
+                _ => Err(format!("line {}: {}: {name} must be fp16 [1, C, H, W], is {ty:?}", f.line, f.name)),
+            }
+        };
+        let mut inputs = Vec::new();
+        for (ty, name) in &f.inputs {
+            inputs.push((name.clone(), io(name, ty)?));
+            if c.types.insert(name.clone(), ty.clone()).is_some() {
+                return Err(format!("line {}: {}: input {name} declared twice", f.line, f.name));
+            }
+        }
+        let mut steps = Vec::new();
+        for st in &f.body {
+            if let Some(step) = c.stmt(st)? {
+                steps.push((st.out.clone(), step));
+            }
+        }
+        let mut outputs = Vec::new();
+        for o in &f.outputs {
+            let ty = c.types.get(o).ok_or_else(|| format!("line {}: {}: output {o} is never defined", f.line, f.name))?.clone();
+            if c.consts.contains_key(o) {
+                return Err(format!("line {}: {}: output {o} is a constant", f.line, f.name));
+            }
+            outputs.push((o.clone(), io(o, &ty)?));
+        }
+        // §2: surfaces bind in alphabetical order of names.
+        inputs.sort_by(|a, b| a.0.cmp(&b.0));
+        outputs.sort_by(|a, b| a.0.cmp(&b.0));
+        funcs.push(CFunc { name: f.name.clone(), inputs, outputs, steps });
+    }
+    Ok(Compiled { funcs })
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn conv(x: &Tensor, w: &Tensor) -> Tensor {
+    let (k, m) = (x.shape[1], w.shape[0]);
+    let sp = x.shape[2] * x.shape[3];
+    // Tokens contiguous per position, so every output is one dot of two contiguous rows.
+    let mut xt = vec![0f32; sp * k];
+    for c in 0..k {
+        for s in 0..sp {
+            xt[s * k + c] = x.data[c * sp + s];
+        }
+    }
+    let mut out = vec![0f32; m * sp];
+    out.par_chunks_mut(sp).enumerate().for_each(|(o, row)| {
+        let wr = &w.data[o * k..(o + 1) * k];
+        for (s, v) in row.iter_mut().enumerate() {
+            let r = round16(dot(wr, &xt[s * k..(s + 1) * k]));
+            // §4: matmul outputs beyond ~32752 become inf on the ANE.
+            *v = if r.abs() > crate::FP16_MATMUL_LIMIT { f32::INFINITY.copysign(r) } else { r };
+        }
+    });
+    Tensor { shape: vec![x.shape[0], m, x.shape[2], x.shape[3]], data: out }
+}
+
+fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let mut strides = vec![1; x.shape.len()];
+    for i in (0..x.shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * x.shape[i + 1];
+    }
+    let n = x.data.len();
+    let mut data = Vec::with_capacity(n);
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..n {
+        data.push(x.data[idx.iter().zip(perm).map(|(&i, &p)| i * strides[p]).sum::<usize>()]);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Tensor { shape, data }
+}
+
+fn map(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+    Tensor { shape: x.shape.clone(), data: x.data.par_iter().map(|&v| round16(f(v))).collect() }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CFunc {
+    /// Run on packed fp16 inputs (binding order); returns packed fp16 outputs.
+    pub fn run(&self, inputs: &[&[f16]]) -> Result<Vec<Vec<f16>>, String> {
+        let mut vals: HashMap<&str, Arc<Tensor>> = HashMap::new();
+        for ((name, shape), src) in self.inputs.iter().zip(inputs) {
+            let n: usize = shape.iter().product();
+            if src.len() < n {
+                return Err(format!("{}: input {name} needs {n} values, surface holds {}", self.name, src.len()));
+            }
+            vals.insert(name, Arc::new(Tensor { shape: shape.clone(), data: src[..n].iter().map(|v| v.to_f32()).collect() }));
+        }
+        for (out, step) in &self.steps {
+            let get = |n: &str| vals.get(n).cloned().expect("validated");
+            let t = match step {
+                Step::Conv { x, w } => conv(&get(x), w),
+                Step::Transpose { x, perm } => transpose(&get(x), perm),
+                Step::Binary { x, y, mul } => {
+                    let (a, b) = (get(x), get(y));
+                    let data = a.data.par_iter().zip(&b.data).map(|(p, q)| round16(if *mul { p * q } else { p + q })).collect();
+                    Tensor { shape: a.shape.clone(), data }
+                }
+                Step::Scalar { x, c, mul } => map(&get(x), |v| if *mul { v * c } else { v + c }),
+                Step::Sigmoid { x } => map(&get(x), sigmoid),
+                Step::Silu { x } => map(&get(x), |v| v * sigmoid(v)),
+            };
+            vals.insert(out, Arc::new(t));
+        }
+        Ok(self.outputs.iter().map(|(o, _)| vals[o.as_str()].data.iter().map(|&v| f16::from_f32(v)).collect()).collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! `tandem chat`: a conversation in the terminal, with the model's chat template (the same
+//! one `tandem serve` uses). Each turn reuses the KV cache of the conversation so far.
+
+use crate::engines::PlacementArgs;
+use crate::load;
+use anyhow::Result;
+use engine::generate::{generate, StopReason};
+use engine::sampler::{Sampler, SamplerConfig};
+use server::serde_json::{json, Value};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use tokenizer::StreamDecoder;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// System prompt.
+    #[arg(long = "system", short = 's')]
+    system: Option<String>,
+    /// Most tokens per reply (-1 = until end of turn or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Context size in tokens (0 = the model's training context).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    ctx_size: usize,
+    /// Prompt tokens per forward step.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// CPU threads.
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// Chat template: a built-in name (chatml, gemma, llama3) or Jinja source; default: the model's.
+    #[arg(long = "chat-template")]
+    chat_template: Option<String>,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Repeat penalty (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// RNG seed (4294967295 = random).
+    #[arg(long = "seed", default_value_t = u32::MAX)]
+    seed: u32,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
+    let template = server::ChatTemplate::for_model(&runner.model.file, &tok, a.chat_template.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
+    let seed = if a.seed == u32::MAX {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    } else {
+        a.seed as u64
+    };
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: 64,
+        seed,
+    });
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("tandem chat: {} (template: {}). /reset starts over, /exit or Ctrl-D quits.", a.model.display(), template.origin);
+    }
+    let start: Vec<Value> = a.system.iter().map(|s| json!({"role": "system", "content": s})).collect();
+    let mut messages = start.clone();
+    let mut cache = runner.new_cache(n_ctx);
+    let mut cached: Vec<u32> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut out = std::io::stdout();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let text = line.trim_end_matches(['\r', '\n']);
+        match text.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages = start.clone();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(json!({"role": "user", "content": text}));
+        let tokens = match template.tokenize(&tok, &messages) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                messages.pop();
+                continue;
+            }
+        };
+        if tokens.len() >= n_ctx {
+            eprintln!("error: the conversation ({} tokens) no longer fits the context ({n_ctx}); /reset to start over", tokens.len());
+            messages.pop();
+            continue;
+        }
+        // Keep the cached prefix the new prompt shares (at least one token is re-run for logits).
+        let common = cached.iter().zip(&tokens).take_while(|(x, y)| x == y).count().min(tokens.len() - 1);
+        cache.truncate(common);
+        let mut decoder = StreamDecoder::new(&tok);
+        let mut reply = String::new();
+        let mut generated = Vec::new();
+        let mut write_err = None;
+        let (reason, _) = generate(
+            &runner,
+            &mut cache,
+            &tokens[common..],
+            a.batch_size,
+            a.n_predict,
+            &mut sampler,
+            &|t| tok.is_eog(t),
+            &mut |t| {
+                generated.push(t);
+                let piece = decoder.push(t);
+                reply.push_str(&piece);
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                    write_err = Some(e);
+                    return false;
+                }
+                true
+            },
+        )?;
+        let rest = decoder.finish();
+        reply.push_str(&rest);
+        let _ = writeln!(out, "{rest}");
+        let _ = out.flush();
+        if let Some(e) = write_err {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+        if reason == StopReason::ContextFull {
+            eprintln!("(the context of {n_ctx} tokens is full; /reset to start over)");
+        }
+        cached = tokens.iter().chain(&generated).copied().take(cache.len()).collect();
+        messages.push(json!({"role": "assistant", "content": reply}));
+    }
+    Ok(())
+}

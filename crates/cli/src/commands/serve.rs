@@ -1,0 +1,105 @@
+//! `tandem serve`: an OpenAI-compatible HTTP server (flags follow llama-server's).
+
+use crate::engines::PlacementArgs;
+use crate::load;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// Address to listen on (loopback only unless you change it).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Model id clients pass as "model" (default: the file name without .gguf).
+    #[arg(short = 'a', long)]
+    alias: Option<String>,
+    /// Total context in tokens, split evenly across the slots (0 = the model's training context per slot).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 8192)]
+    ctx_size: usize,
+    /// Requests served at once (slots); their decode steps share one batched pass.
+    #[arg(long, visible_alias = "np", default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free slot; beyond that the server answers 503.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Prompt tokens per prefill pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Most slots per decode pass (0 = all in one). The default keeps each request's tokens
+    /// independent of what else runs (bit for bit `tandem run`'s); more trades that for speed.
+    #[arg(long = "decode-batch")]
+    decode_batch: Option<usize>,
+    /// CPU threads.
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// Require "Authorization: Bearer KEY" on every endpoint except /health.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Allow cross-origin requests from browsers (Access-Control-Allow-Origin: *).
+    #[arg(long)]
+    cors: bool,
+    /// Chat template: a built-in name (chatml, gemma, llama3) or Jinja source; default: the model's.
+    #[arg(long = "chat-template")]
+    chat_template: Option<String>,
+    /// Read the chat template from a file.
+    #[arg(long = "chat-template-file", conflicts_with = "chat_template")]
+    chat_template_file: Option<PathBuf>,
+    /// Largest request body, in KiB.
+    #[arg(long = "max-body-kib", default_value_t = 4096)]
+    max_body_kib: usize,
+    /// Seconds running requests may go on after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long = "shutdown-grace", default_value_t = 5.0)]
+    shutdown_grace: f64,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if a.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    if !(a.shutdown_grace >= 0.0 && a.shutdown_grace < 86_400.0) {
+        anyhow::bail!("--shutdown-grace must be between 0 and 86400 seconds");
+    }
+    let chat_template = match &a.chat_template_file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?),
+        None => a.chat_template.clone(),
+    };
+    let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
+    let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size / a.parallel };
+    if n_ctx < 16 {
+        anyhow::bail!("-c {} over {} slots leaves {n_ctx} tokens each: raise -c", a.ctx_size, a.parallel);
+    }
+    let model_name = a.alias.clone().unwrap_or_else(|| {
+        let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
+    });
+    let cfg = server::Config {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        cors: a.cors,
+        sched: server::SchedConfig {
+            parallel: a.parallel,
+            queue: a.queue,
+            n_ctx,
+            chunk: a.batch_size.max(1),
+            decode_batch: a.decode_batch.unwrap_or(server::scheduler::BATCH_INVARIANT),
+        },
+        model_name,
+        chat_template,
+        max_body: a.max_body_kib.max(1) << 10,
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        announce: true,
+    };
+    server::start(runner, tok, cfg, true)?.wait()?;
+    eprintln!("tandem serve: stopped");
+    Ok(())
+}
