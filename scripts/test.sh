@@ -8,4 +8,6 @@ scripts/fetch-models.sh all
 # coremltools checks our ANE weight blobs and program shapes byte for byte (runs on Linux).
 python3 -m pip install --quiet --disable-pip-version-check coremltools==9.0
 export TANDEM_REQUIRE_COREMLTOOLS=1
+# The server's tests talk to it with the official OpenAI client.
+python3 -m pip install --quiet --disable-pip-version-check "openai>=1"
 cargo test --workspace --locked "$@"

@@ -29,6 +29,10 @@ enum Command {
     Bench(commands::bench::Args),
     /// Time each engine on a model's matmul shapes and store the crossovers.
     Calibrate(commands::calibrate::Args),
+    /// Serve the OpenAI-compatible HTTP API (chat, completions, models, tokenize, metrics).
+    Serve(commands::serve::Args),
+    /// Chat with a model in the terminal, with its chat template.
+    Chat(commands::chat::Args),
 }
 
 fn main() {
@@ -41,6 +45,8 @@ fn main() {
         Command::GenModel(a) => commands::gen_model::main(a),
         Command::Bench(a) => commands::bench::main(a),
         Command::Calibrate(a) => commands::calibrate::main(a),
+        Command::Serve(a) => commands::serve::main(a),
+        Command::Chat(a) => commands::chat::main(a),
     };
     if let Err(e) = result {
         // One line: the error and its causes.

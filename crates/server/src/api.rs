@@ -1,0 +1,336 @@
+//! Request parsing and validation, OpenAI-style errors and response bodies.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use engine::sampler::SamplerConfig;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// An error answered as `{"error": {"message", "type", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// OpenAI error type (`invalid_request_error`, ...).
+    pub kind: &'static str,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request_error`.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    /// Any status, type and code.
+    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), kind, code, retry_after: None }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// A JSON body whose every rejection (too large, malformed, wrong types) is an [`ApiError`].
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "invalid_request_error", "request_too_large", "the request body is too large")
+            } else {
+                ApiError::new(status, "invalid_request_error", "invalid_body", format!("cannot read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parse JSON, naming the field whose type is wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        describe(&path, e.into_inner())
+    })
+}
+
+fn describe(path: &str, inner: serde_json::Error) -> ApiError {
+    let msg = if inner.is_syntax() || inner.is_eof() {
+        format!("malformed JSON body: {inner}")
+    } else if path == "." {
+        format!("invalid request: {inner}")
+    } else {
+        format!("invalid value for '{path}': {inner}")
+    };
+    ApiError::bad("invalid_request", msg)
+}
+
+/// Read typed fields out of a parsed JSON object, naming the field whose type is wrong.
+pub fn fields<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::bad("invalid_request", "the request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        describe(&path, e.into_inner())
+    })
+}
+
+/// Fields shared by /v1/completions and /v1/chat/completions.
+#[derive(Debug, Deserialize, Default)]
+pub struct CommonFields {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    /// llama.cpp's name for max_tokens.
+    pub n_predict: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Value>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+/// `stream_options`.
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// POST /v1/chat/completions (besides [`CommonFields`]).
+#[derive(Debug, Deserialize)]
+pub struct ChatFields {
+    pub messages: Vec<Value>,
+}
+
+/// POST /v1/completions (besides [`CommonFields`]).
+#[derive(Debug, Deserialize)]
+pub struct CompletionFields {
+    pub prompt: Value,
+}
+
+/// POST /tokenize (llama-server's shape).
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub content: String,
+    #[serde(default)]
+    pub add_special: bool,
+    #[serde(default = "yes")]
+    pub parse_special: bool,
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// POST /detokenize.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<i64>,
+}
+
+/// What generation does with a request once its prompt is tokenized.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    /// Most tokens to generate (None: until end of generation or a full context).
+    pub max_tokens: Option<usize>,
+    /// Sampling.
+    pub sampler: SamplerConfig,
+    /// Stop strings (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+/// Most stop strings per request.
+pub const MAX_STOPS: usize = 16;
+
+fn finite(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f32) -> Result<f32, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x as f32),
+        Some(x) => Err(ApiError::bad("invalid_value", format!("'{name}' must be between {lo} and {hi}, got {x}"))),
+    }
+}
+
+impl CommonFields {
+    /// Check the fields and turn them into generation parameters; `model` is the served model's name.
+    pub fn params(&self, model: &str) -> Result<GenParams, ApiError> {
+        if let Some(m) = &self.model {
+            if m != model && !m.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    format!("the model '{m}' does not exist; this server serves '{model}'"),
+                ));
+            }
+        }
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::bad("invalid_value", format!("'n' must be 1, got {n}")));
+            }
+        }
+        let max = self.max_completion_tokens.or(self.max_tokens).or(self.n_predict.filter(|&n| n >= 0));
+        let max_tokens = match max {
+            None => None,
+            Some(n) if n > 0 => Some(n as usize),
+            Some(n) => return Err(ApiError::bad("invalid_value", format!("'max_tokens' must be at least 1, got {n}"))),
+        };
+        let top_k = match self.top_k {
+            None => 40,
+            Some(k) if k >= 0 => k as usize,
+            Some(k) => return Err(ApiError::bad("invalid_value", format!("'top_k' must be 0 or more, got {k}"))),
+        };
+        let seed = match self.seed {
+            Some(s) if s >= 0 && s != u32::MAX as i64 => s as u64,
+            _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        };
+        let sampler = SamplerConfig {
+            temperature: finite("temperature", self.temperature, 0.0, 100.0, 0.8)?,
+            top_k,
+            top_p: finite("top_p", self.top_p, 0.0, 1.0, 0.95)?,
+            min_p: finite("min_p", self.min_p, 0.0, 1.0, 0.05)?,
+            repeat_penalty: finite("repeat_penalty", self.repeat_penalty, 0.0, 100.0, 1.0)?,
+            repeat_last_n: 64,
+            seed,
+        };
+        let stop = match &self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::bad("invalid_value", "'stop' must be a string or an array of strings"))?,
+            Some(_) => return Err(ApiError::bad("invalid_value", "'stop' must be a string or an array of strings")),
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::bad("invalid_value", format!("at most {MAX_STOPS} stop strings")));
+        }
+        let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
+        Ok(GenParams { max_tokens, sampler, stop, ignore_eos: self.ignore_eos })
+    }
+
+    /// Whether a streamed response ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// Chat messages as template input: each an object with a string role; content a string,
+/// an array of text parts (joined), or null.
+pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad("invalid_value", "'messages' must not be empty"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let obj = m.as_object().ok_or_else(|| ApiError::bad("invalid_value", format!("messages[{i}] must be an object")))?;
+            match obj.get("role") {
+                Some(Value::String(r)) if !r.is_empty() => {}
+                _ => return Err(ApiError::bad("invalid_value", format!("messages[{i}].role must be a non-empty string"))),
+            }
+            let content = match obj.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            _ => {
+                                return Err(ApiError::bad(
+                                    "invalid_value",
+                                    format!("messages[{i}].content[{j}]: only text parts are supported"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+                Some(_) => {
+                    return Err(ApiError::bad("invalid_value", format!("messages[{i}].content must be a string or an array")))
+                }
+            };
+            let mut out = obj.clone();
+            out.insert("content".into(), Value::String(content));
+            Ok(Value::Object(out))
+        })
+        .collect()
+}
+
+/// A completion prompt: a string, an array of one string, or an array of token ids.
+pub enum Prompt {
+    /// Text to tokenize.
+    Text(String),
+    /// Token ids as given.
+    Tokens(Vec<u32>),
+}
+
+/// Read the `prompt` field.
+pub fn parse_prompt(v: &Value, n_vocab: usize) -> Result<Prompt, ApiError> {
+    let err = || ApiError::bad("invalid_value", "'prompt' must be a string, an array of one string, or an array of token ids");
+    match v {
+        Value::String(s) => Ok(Prompt::Text(s.clone())),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(Prompt::Text(a[0].as_str().unwrap_or("").to_string())),
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => {
+            let ids: Option<Vec<u32>> = a.iter().map(|x| x.as_u64().filter(|&t| (t as usize) < n_vocab).map(|t| t as u32)).collect();
+            ids.map(Prompt::Tokens)
+                .ok_or_else(|| ApiError::bad("invalid_value", format!("'prompt' token ids must be in 0..{n_vocab}")))
+        }
+        _ => Err(err()),
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh response id with a prefix (`chatcmpl-`, `cmpl-`).
+pub fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("{prefix}{:016x}{n:04x}", t ^ (t >> 17).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}

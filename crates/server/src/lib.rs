@@ -1,0 +1,223 @@
+//! `tandem serve`: an OpenAI-compatible HTTP server (llama-server's extra endpoints too).
+//!
+//! * [`http`] — routes: /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models,
+//!   /health, /tokenize, /detokenize, /metrics; bearer auth, optional CORS, body limit.
+//! * [`scheduler`] — `--parallel` slots; a prefill thread and a decode thread that batches
+//!   every active slot's step into one `forward_batch`; a bounded queue (503 when full);
+//!   cancellation when a client goes away.
+//! * [`template`] — chat templates (the GGUF's, with minijinja, or a built-in one).
+//! * [`api`] — request validation and OpenAI-style errors; [`stop`] — stop strings;
+//!   [`metrics`] — Prometheus counters.
+
+pub mod api;
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+pub mod stop;
+pub mod template;
+
+use anyhow::{Context, Result};
+use engine::Runner;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokenizer::Tokenizer;
+
+pub use scheduler::SchedConfig;
+pub use template::ChatTemplate;
+/// Re-exported for the CLI (message lists for chat templates).
+pub use serde_json;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind (127.0.0.1 unless asked otherwise).
+    pub host: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    pub api_key: Option<String>,
+    /// Answer CORS preflights and add `Access-Control-Allow-Origin: *`.
+    pub cors: bool,
+    /// Slots, queue, per-slot context and prefill chunk.
+    pub sched: SchedConfig,
+    /// The id clients pass as `model`.
+    pub model_name: String,
+    /// A built-in template name or Jinja source replacing the GGUF's.
+    pub chat_template: Option<String>,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// How long running requests may go on after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Print the address and settings to stderr.
+    pub announce: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            cors: false,
+            sched: SchedConfig { parallel: 4, queue: 16, n_ctx: 4096, chunk: 512, decode_batch: scheduler::BATCH_INVARIANT },
+            model_name: "model".into(),
+            chat_template: None,
+            max_body: 4 << 20,
+            shutdown_grace: Duration::from_secs(5),
+            announce: false,
+        }
+    }
+}
+
+/// A server running on its own thread.
+pub struct RunningServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl RunningServer {
+    /// Shut down as on SIGTERM and wait for it.
+    pub fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.wait_inner()
+    }
+
+    /// Wait until the server stops (after a signal, when started with signals).
+    pub fn wait(mut self) -> Result<()> {
+        self.wait_inner()
+    }
+
+    fn wait_inner(&mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.wait_inner();
+    }
+}
+
+/// Start serving `runner` on `cfg.host:cfg.port`. With `signals`, SIGINT and SIGTERM shut it
+/// down gracefully: stop accepting, let running requests finish for up to
+/// `cfg.shutdown_grace`, cancel the rest, return.
+pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
+    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref()).map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runner = Arc::new(runner);
+    let tok = Arc::new(tok);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let sched = scheduler::Scheduler::start(runner.clone(), tok.clone(), cfg.sched.clone(), metrics.clone());
+    if cfg.announce {
+        eprintln!(
+            "tandem serve: listening on http://{addr} — model '{}', {} slots × {} tokens, queue {}, chat template: {}{}",
+            cfg.model_name,
+            sched.slots(),
+            sched.n_ctx(),
+            cfg.sched.queue,
+            template.origin,
+            if cfg.api_key.is_some() { ", API key required" } else { "" }
+        );
+    }
+    let state = Arc::new(http::AppState {
+        sched,
+        runner,
+        tok,
+        template,
+        model: cfg.model_name.clone(),
+        metrics,
+        api_key: cfg.api_key.clone(),
+        created: api::now_secs(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("tandem-http".into()).spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let result = rt.block_on(serve(state, listener, cfg, stop_rx, signals));
+        rt.shutdown_timeout(Duration::from_secs(1));
+        result
+    })?;
+    Ok(RunningServer { addr, stop: Some(stop_tx), thread: Some(thread) })
+}
+
+async fn serve(
+    state: Arc<http::AppState>,
+    listener: TcpListener,
+    cfg: Config,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    signals: bool,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = http::router(state.clone(), cfg.cors, cfg.max_body);
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go2 = go.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { go2.notified().await });
+    let mut server = tokio::spawn(async move { server.await });
+    let trigger = async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = signal(), if signals => {}
+        }
+    };
+    tokio::select! {
+        r = &mut server => {
+            // The server stopped by itself: an accept error.
+            state.sched.shutdown(Duration::ZERO);
+            return r.context("the server task failed")?.context("the server failed");
+        }
+        _ = trigger => {}
+    }
+    if cfg.announce {
+        eprintln!("tandem serve: shutting down (running requests get {:?})", cfg.shutdown_grace);
+    }
+    go.notify_one();
+    let st = state.clone();
+    let grace = cfg.shutdown_grace;
+    let drain = tokio::task::spawn_blocking(move || st.sched.shutdown(grace));
+    let bound = grace + Duration::from_secs(2);
+    let finished = tokio::time::timeout(bound, async move {
+        let _ = drain.await;
+        let _ = server.await;
+    })
+    .await;
+    if finished.is_err() && cfg.announce {
+        eprintln!("tandem serve: connections still open after {bound:?}; closing them");
+    }
+    Ok(())
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,493 @@
+//! Slots and the two engine threads.
+//!
+//! * The **prefill thread** takes queued requests as slots free up and runs their prompts
+//!   in chunks (`forward`); its large-N matmuls are the ones placement may send to a matrix
+//!   engine. Between chunks it checks for cancellation.
+//! * The **decode thread** owns every prefilled slot and advances all of them with one
+//!   `forward_batch` pass per step (N = active slots: the CPU's shape), sampling, matching
+//!   stop strings and streaming text to each request's channel.
+//!
+//! The two run at the same time, so a new prompt never stops the others' decoding.
+//! Requests beyond the free slots wait in a bounded queue; a dropped [`Ticket`] (the
+//! client went away) cancels its request wherever it is and frees its slot.
+
+use crate::api::GenParams;
+use crate::metrics::{add_time, Metrics};
+use crate::stop::StopMatcher;
+use engine::forward::Sequence;
+use engine::kv_cache::KvCache;
+use engine::sampler::Sampler;
+use engine::Runner;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokenizer::{StreamDecoder, Tokenizer};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Sizes.
+#[derive(Debug, Clone)]
+pub struct SchedConfig {
+    /// Slots: requests prefilling or decoding at once.
+    pub parallel: usize,
+    /// Requests that may wait for a slot beyond those.
+    pub queue: usize,
+    /// Context (KV cache positions) of each slot.
+    pub n_ctx: usize,
+    /// Prompt tokens per prefill pass (a prompt is split into equal chunks of at most this).
+    pub chunk: usize,
+    /// Most slots per decode pass (0 = all). The default, [`BATCH_INVARIANT`], keeps every
+    /// decode pass on the CPU's per-row dot kernels, so a request's tokens are bit for bit
+    /// those it gets alone (`tandem run`), whatever else is running; larger passes go to
+    /// the tiled kernels, which re-associate float sums.
+    pub decode_batch: usize,
+}
+
+/// The largest decode pass whose rows stay on the per-row dot kernels: one less than the
+/// CPU matmul's `GEMM_MIN_TOKENS` (8), from which on it takes the tiled kernels. Kept as a
+/// number so this crate does not depend on that constant; the 8-client test in
+/// tests/concurrency.rs fails if the two drift apart.
+pub const BATCH_INVARIANT: usize = 7;
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or stop string.
+    Stop,
+    /// max_tokens reached or the context is full.
+    Length,
+    /// The client went away or the server is shutting down.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// OpenAI's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The end of a generation.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// Why.
+    pub reason: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// What a request hears from the engine threads.
+#[derive(Debug)]
+pub enum Event {
+    /// More text.
+    Text(String),
+    /// Finished (always the last event unless an error came).
+    Done(Finish),
+    /// The engine failed.
+    Error(String),
+}
+
+/// Why a request was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Every slot is busy and the queue is full.
+    QueueFull,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+/// A queued or running request's events; dropping it cancels the request.
+pub struct Ticket {
+    /// The events, ending with `Done` or `Error`.
+    pub events: UnboundedReceiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.cancel.store(true, Relaxed);
+    }
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    params: GenParams,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Job {
+    fn gone(&self) -> bool {
+        self.cancel.load(Relaxed) || self.tx.is_closed()
+    }
+}
+
+struct State {
+    waiting: VecDeque<Job>,
+    free: Vec<KvCache>,
+    accepting: bool,
+    draining: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+    abort: AtomicBool,
+    metrics: Arc<Metrics>,
+    cfg: SchedConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, st: &State) {
+        self.metrics.queue_depth.store(st.waiting.len(), Relaxed);
+        self.metrics.slots_busy.store(self.cfg.parallel - st.free.len(), Relaxed);
+    }
+
+    fn give_back(&self, cache: KvCache) {
+        let mut st = self.lock();
+        st.free.push(cache);
+        self.publish(&st);
+        drop(st);
+        self.cv.notify_all();
+    }
+}
+
+/// A prefilled request on its way to the decode thread.
+struct Ready {
+    job: Job,
+    cache: KvCache,
+    logits: Vec<f32>,
+}
+
+/// The slots, the queue and the engine threads.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Allocate the slots' caches and start the prefill and decode threads.
+    pub fn start(runner: Arc<Runner>, tok: Arc<Tokenizer>, cfg: SchedConfig, metrics: Arc<Metrics>) -> Self {
+        let free = (0..cfg.parallel.max(1)).map(|_| runner.new_cache(cfg.n_ctx)).collect();
+        let cfg = SchedConfig { parallel: cfg.parallel.max(1), chunk: cfg.chunk.max(1), ..cfg };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { waiting: VecDeque::new(), free, accepting: true, draining: false }),
+            cv: Condvar::new(),
+            abort: AtomicBool::new(false),
+            metrics,
+            cfg,
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (s1, r1) = (shared.clone(), runner.clone());
+        let prefill = std::thread::Builder::new()
+            .name("tandem-prefill".into())
+            .spawn(move || prefill_loop(&s1, &r1, ready_tx))
+            .expect("spawn the prefill thread");
+        let s2 = shared.clone();
+        let decode = std::thread::Builder::new()
+            .name("tandem-decode".into())
+            .spawn(move || decode_loop(&s2, &runner, &tok, ready_rx))
+            .expect("spawn the decode thread");
+        Scheduler { shared, threads: Mutex::new(vec![prefill, decode]) }
+    }
+
+    /// Context positions of each slot.
+    pub fn n_ctx(&self) -> usize {
+        self.shared.cfg.n_ctx
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.shared.cfg.parallel
+    }
+
+    /// Queue a request (prompt tokens already checked to fit the context).
+    pub fn submit(&self, prompt: Vec<u32>, params: GenParams) -> Result<Ticket, SubmitError> {
+        let mut st = self.shared.lock();
+        if !st.accepting {
+            return Err(SubmitError::ShuttingDown);
+        }
+        st.waiting.retain(|j| !j.gone());
+        if st.waiting.len() >= st.free.len() + self.shared.cfg.queue {
+            self.shared.metrics.rejected_queue_full.fetch_add(1, Relaxed);
+            return Err(SubmitError::QueueFull);
+        }
+        let (tx, events) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        st.waiting.push_back(Job { prompt, params, tx, cancel: cancel.clone() });
+        self.shared.publish(&st);
+        drop(st);
+        self.shared.cv.notify_all();
+        Ok(Ticket { events, cancel })
+    }
+
+    /// Stop taking requests, answer the queued ones with an error, let running ones finish
+    /// for up to `grace`, then cancel what is left and join the engine threads.
+    pub fn shutdown(&self, grace: Duration) {
+        {
+            let mut st = self.shared.lock();
+            st.accepting = false;
+            st.draining = true;
+        }
+        self.shared.cv.notify_all();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.shared.metrics.slots_busy.load(Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.shared.abort.store(true, Relaxed);
+        self.shared.cv.notify_all();
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn prefill_loop(shared: &Shared, runner: &Runner, ready: mpsc::Sender<Ready>) {
+    loop {
+        let (job, mut cache) = {
+            let mut st = shared.lock();
+            loop {
+                if st.draining {
+                    for j in st.waiting.drain(..) {
+                        let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: j.prompt.len(), completion_tokens: 0 };
+                        let _ = j.tx.send(Event::Done(finish));
+                    }
+                    shared.publish(&st);
+                    return;
+                }
+                let before = st.waiting.len();
+                st.waiting.retain(|j| !j.gone());
+                let dropped = before - st.waiting.len();
+                shared.metrics.cancelled.fetch_add(dropped as u64, Relaxed);
+                if !st.waiting.is_empty() && !st.free.is_empty() {
+                    break;
+                }
+                shared.publish(&st);
+                st = shared.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            let job = st.waiting.pop_front().expect("a waiting job");
+            let cache = st.free.pop().expect("a free slot");
+            shared.publish(&st);
+            (job, cache)
+        };
+        cache.truncate(0);
+        let t0 = Instant::now();
+        let mut logits = Vec::new();
+        let mut outcome = Ok(true);
+        // Equal chunks: no short tail chunk taking a different kernel than `tandem run`'s.
+        let size = job.prompt.len().div_ceil(job.prompt.len().div_ceil(shared.cfg.chunk).max(1)).max(1);
+        let n_chunks = job.prompt.len().div_ceil(size);
+        for (i, chunk) in job.prompt.chunks(size).enumerate() {
+            if job.gone() || shared.abort.load(Relaxed) {
+                outcome = Ok(false);
+                break;
+            }
+            let rows = if i + 1 == n_chunks { chunk.len() - 1..chunk.len() } else { 0..0 };
+            match runner.forward(&mut cache, chunk, rows) {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        add_time(&shared.metrics.prefill_ns, t0.elapsed());
+        shared.metrics.prompt_tokens.fetch_add(cache.len() as u64, Relaxed);
+        match outcome {
+            Ok(true) => {
+                if let Err(mpsc::SendError(r)) = ready.send(Ready { job, cache, logits }) {
+                    let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: r.job.prompt.len(), completion_tokens: 0 };
+                    let _ = r.job.tx.send(Event::Done(finish));
+                    shared.give_back(r.cache);
+                }
+            }
+            Ok(false) => {
+                shared.metrics.cancelled.fetch_add(1, Relaxed);
+                let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: job.prompt.len(), completion_tokens: 0 };
+                let _ = job.tx.send(Event::Done(finish));
+                shared.give_back(cache);
+            }
+            Err(e) => {
+                let _ = job.tx.send(Event::Error(format!("prefill failed: {e}")));
+                shared.give_back(cache);
+            }
+        }
+    }
+}
+
+/// A slot in the decode phase.
+struct Slot<'t> {
+    job: Job,
+    cache: KvCache,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    stop: StopMatcher,
+    logits: Vec<f32>,
+    next: u32,
+    generated: usize,
+    done: bool,
+}
+
+impl<'t> Slot<'t> {
+    fn new(r: Ready, tok: &'t Tokenizer) -> Self {
+        let mut sampler = Sampler::new(r.job.params.sampler.clone());
+        for &t in &r.job.prompt {
+            sampler.accept(t);
+        }
+        let stop = StopMatcher::new(r.job.params.stop.clone());
+        Slot {
+            job: r.job,
+            cache: r.cache,
+            sampler,
+            decoder: StreamDecoder::new(tok),
+            stop,
+            logits: r.logits,
+            next: 0,
+            generated: 0,
+            done: false,
+        }
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.job.tx.send(Event::Text(text));
+        }
+    }
+
+    /// Sample from the pending logits and act on the token.
+    fn step(&mut self, tok: &Tokenizer, m: &Metrics, abort: bool) {
+        if abort || self.job.gone() {
+            return self.finish(FinishReason::Cancelled, m);
+        }
+        let t = self.sampler.sample(&self.logits);
+        if !self.job.params.ignore_eos && tok.is_eog(t) {
+            return self.finish(FinishReason::Stop, m);
+        }
+        self.generated += 1;
+        m.generated_tokens.fetch_add(1, Relaxed);
+        let piece = self.decoder.push(t);
+        let (text, stopped) = self.stop.push(&piece);
+        self.send_text(text);
+        if stopped {
+            return self.finish(FinishReason::Stop, m);
+        }
+        let max = self.job.params.max_tokens.unwrap_or(usize::MAX);
+        if self.generated >= max || self.cache.len() >= self.cache.n_ctx() {
+            return self.finish(FinishReason::Length, m);
+        }
+        self.next = t;
+    }
+
+    fn finish(&mut self, mut reason: FinishReason, m: &Metrics) {
+        if reason != FinishReason::Cancelled {
+            let rest = self.decoder.finish();
+            let (text, stopped) = self.stop.push(&rest);
+            self.send_text(text);
+            if stopped {
+                reason = FinishReason::Stop;
+            } else {
+                let held = self.stop.flush();
+                self.send_text(held);
+            }
+        }
+        let counter = match reason {
+            FinishReason::Stop => &m.finished_stop,
+            FinishReason::Length => &m.finished_length,
+            FinishReason::Cancelled => &m.cancelled,
+        };
+        counter.fetch_add(1, Relaxed);
+        let finish = Finish { reason, prompt_tokens: self.job.prompt.len(), completion_tokens: self.generated };
+        let _ = self.job.tx.send(Event::Done(finish));
+        self.done = true;
+    }
+}
+
+fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::Receiver<Ready>) {
+    let mut active: Vec<Slot> = Vec::new();
+    let mut prefill_gone = false;
+    loop {
+        if active.is_empty() {
+            if prefill_gone {
+                return;
+            }
+            match ready.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => active.push(Slot::new(r, tok)),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    prefill_gone = true;
+                    continue;
+                }
+            }
+        }
+        loop {
+            match ready.try_recv() {
+                Ok(r) => active.push(Slot::new(r, tok)),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    prefill_gone = true;
+                    break;
+                }
+            }
+        }
+        let abort = shared.abort.load(Relaxed);
+        for s in active.iter_mut() {
+            s.step(tok, &shared.metrics, abort);
+        }
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].done {
+                shared.give_back(active.swap_remove(i).cache);
+            } else {
+                i += 1;
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        let t0 = Instant::now();
+        let per_pass = match shared.cfg.decode_batch {
+            0 => active.len(),
+            n => active.len().div_ceil(active.len().div_ceil(n)),
+        };
+        let mut failed = None;
+        for group in active.chunks_mut(per_pass) {
+            let steps: Vec<[u32; 1]> = group.iter().map(|s| [s.next]).collect();
+            let mut seqs: Vec<Sequence> = group
+                .iter_mut()
+                .zip(&steps)
+                .map(|(s, t)| Sequence { cache: &mut s.cache, tokens: t, logit_rows: 0..1 })
+                .collect();
+            let result = runner.forward_batch(&mut seqs);
+            drop(seqs);
+            shared.metrics.decode_passes.fetch_add(1, Relaxed);
+            match result {
+                Ok(logits) => {
+                    for (s, l) in group.iter_mut().zip(logits) {
+                        s.logits = l;
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        add_time(&shared.metrics.decode_ns, t0.elapsed());
+        if let Some(e) = failed {
+            for s in active.drain(..) {
+                let _ = s.job.tx.send(Event::Error(format!("decode failed: {e}")));
+                shared.give_back(s.cache);
+            }
+        }
+    }
+}

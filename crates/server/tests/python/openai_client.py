@@ -1,0 +1,76 @@
+"""Talk to a running `tandem serve` with the official openai package.
+
+    python3 openai_client.py BASE_URL MODEL API_KEY
+
+Exits non-zero (with the failing assertion) if anything is off.
+"""
+import sys
+
+import openai
+from openai import OpenAI
+
+base_url, model, api_key = sys.argv[1], sys.argv[2], sys.argv[3]
+client = OpenAI(base_url=base_url, api_key=api_key, timeout=120, max_retries=0)
+
+# Models.
+ids = [m.id for m in client.models.list()]
+assert ids == [model], ids
+
+# Chat, non-streaming, greedy.
+msgs = [{"role": "user", "content": "What is the capital of France?"}]
+chat = client.chat.completions.create(model=model, messages=msgs, max_tokens=20, temperature=0)
+text = chat.choices[0].message.content
+assert chat.choices[0].message.role == "assistant"
+assert text, chat
+assert chat.choices[0].finish_reason in ("stop", "length"), chat
+assert chat.usage.completion_tokens > 0 and chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+
+# Chat, streaming: the same text, with the usage chunk.
+parts, reason, usage = [], None, None
+for chunk in client.chat.completions.create(
+    model=model, messages=msgs, max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+):
+    if chunk.usage:
+        usage = chunk.usage
+    for c in chunk.choices:
+        parts.append(c.delta.content or "")
+        reason = c.finish_reason or reason
+assert "".join(parts) == text, ("".join(parts), text)
+assert reason == chat.choices[0].finish_reason
+assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens
+
+# Completions, both ways, with a stop string and max_tokens.
+comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
+assert comp.choices[0].finish_reason == "length" and comp.usage.completion_tokens == 8, comp
+streamed = "".join(
+    c.choices[0].text
+    for c in client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True)
+    if c.choices
+)
+assert streamed == comp.choices[0].text, (streamed, comp.choices[0].text)
+stop = client.completions.create(model=model, prompt="1, 2, 3, 4,", max_tokens=30, temperature=0, stop=[" 7"])
+assert stop.choices[0].finish_reason == "stop" and " 7" not in stop.choices[0].text, stop
+
+# Sampling parameters and a seed: reproducible.
+a = client.completions.create(model=model, prompt="Once upon a time", max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
+b = client.completions.create(model=model, prompt="Once upon a time", max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
+assert a.choices[0].text == b.choices[0].text
+
+# Errors arrive as the package's exceptions.
+try:
+    client.chat.completions.create(model="no-such-model", messages=msgs)
+    raise AssertionError("unknown model accepted")
+except openai.NotFoundError as e:
+    assert e.status_code == 404
+try:
+    client.chat.completions.create(model=model, messages=[], max_tokens=5)
+    raise AssertionError("empty messages accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400
+try:
+    OpenAI(base_url=base_url, api_key="wrong", max_retries=0).models.list()
+    raise AssertionError("wrong key accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401
+
+print("openai client: all checks passed")
