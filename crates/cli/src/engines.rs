@@ -33,6 +33,12 @@ pub static REGISTRY: &[EngineEntry] = &[
             None => Arc::new(ReferenceEngine::new()),
         },
     },
+    // NVIDIA tensor cores: weights dequantized on the card once, activations cross in f16.
+    EngineEntry {
+        name: "cuda",
+        in_auto: true,
+        make: |a, _| Arc::new(cuda::CudaEngine::new(cuda::CudaOptions { gpu_mem: a.gpu_mem.map(|m| m << 20), ..Default::default() })),
+    },
     // The Apple Neural Engine, planned for the model's matmul groups (few programs).
     EngineEntry { name: "ane", in_auto: true, make: |_, m| ane_engine(ane::ffi::macos::MacDriver::new(), m) },
     // Our MIL programs run by the MIL interpreter on the CPU: the ANE path, checkable anywhere.
@@ -114,10 +120,13 @@ impl PlacementArgs {
             calibration.as_ref(),
             CPU_HINT,
         );
+        let accelerators = self.accelerators(model);
+        // Without --gpu-mem, the smallest budget an engine reports (e.g. free VRAM less a reserve).
+        let engine_budget = accelerators.iter().filter_map(|e| e.memory_budget()).min();
         let budget = CacheBudget {
-            memory_bytes: self.gpu_mem.map_or(usize::MAX, |m| m << 20),
+            memory_bytes: self.gpu_mem.map(|m| m << 20).or(engine_budget).unwrap_or(usize::MAX),
             ..CacheBudget::default()
         };
-        Dispatcher::new(self.accelerators(model), policy, budget, self.verbose).context("cannot set up the matrix engines")
+        Dispatcher::new(accelerators, policy, budget, self.verbose).context("cannot set up the matrix engines")
     }
 }

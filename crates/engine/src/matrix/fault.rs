@@ -38,6 +38,9 @@ impl MatrixEngine for FaultyEngine {
     fn throughput_hint(&self) -> (f64, f64) {
         self.inner.throughput_hint()
     }
+    fn memory_budget(&self) -> Option<usize> {
+        self.inner.memory_budget()
+    }
     fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
         self.inner.prepare(key, w, bucket)
     }

@@ -103,6 +103,11 @@ pub trait MatrixEngine: Send + Sync {
     fn n_buckets(&self) -> Option<&[usize]> {
         None
     }
+    /// Bytes of prepared weights it can hold (free device memory less a reserve), if bounded;
+    /// the cache budget when `--gpu-mem` is not given.
+    fn memory_budget(&self) -> Option<usize> {
+        None
+    }
     /// Estimated sustained throughput (FLOP/s) and host↔engine bandwidth (bytes/s),
     /// used by the cost model before calibration says better.
     fn throughput_hint(&self) -> (f64, f64);

@@ -1,0 +1,222 @@
+//! On a GPU machine: every supported weight format × shapes against the CPU reference,
+//! a whole (tiny, random) model through the dispatcher, then the matmul benchmark.
+//!
+//!     gpu_check [--check] [--bench] [--e2e] [--quick]      (no flag: all three)
+//!
+//! Exits non-zero when any check fails or the engine is unavailable.
+
+mod bench;
+mod common;
+mod e2e;
+
+use common::*;
+use cuda::{CudaEngine, CudaOptions};
+use engine::matrix::cache::CacheBudget;
+use engine::matrix::policy::{Backend, PlacementPolicy};
+use engine::matrix::reference::ReferenceEngine;
+use engine::matrix::{Availability, Dispatcher, MatrixEngine};
+use engine::random_model::RandomModelSpec;
+use engine::{Model, Runner};
+use quant::GgmlType;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const TOL: f64 = 1e-2;
+
+const FORMATS: [GgmlType; 13] = [
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q5_K,
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let quick = has("--quick");
+    let (check, bench, e2e) = match (has("--check"), has("--bench"), has("--e2e")) {
+        (false, false, false) => (true, true, true),
+        other => other,
+    };
+    let engine = CudaEngine::new(CudaOptions::default());
+    if let Availability::Unavailable(why) = engine.availability() {
+        eprintln!("cuda unavailable: {why}");
+        return ExitCode::FAILURE;
+    }
+    println!("device: {}", engine.device_info().unwrap_or_default());
+    println!("budget: {:.1} GiB of prepared weights", engine.memory_budget().unwrap_or(0) as f64 / (1u64 << 30) as f64);
+    let mut failures = 0;
+    if check {
+        failures += check_formats(&engine, quick);
+        failures += check_group(&engine);
+        failures += check_model(&engine);
+        let variants = [
+            ("f16 outputs", CudaOptions { out_half: true, ..Default::default() }),
+            ("one chunk", CudaOptions { chunks: 1, max_chunk: 1 << 20, ..Default::default() }),
+            ("64-token chunks", CudaOptions { min_chunk: 64, max_chunk: 64, ..Default::default() }),
+            ("64-token chunks, f16 out", CudaOptions { min_chunk: 64, max_chunk: 64, out_half: true, ..Default::default() }),
+        ];
+        for (name, o) in variants {
+            let e = CudaEngine::new(o);
+            println!("\nvariant: {name}");
+            failures += check_formats(&e, true);
+        }
+    }
+    if bench {
+        bench::run(&engine, quick);
+    }
+    if e2e {
+        e2e::run_all(GgmlType::Q8_0, !quick);
+    }
+    if failures > 0 {
+        println!("\nFAILED: {failures} checks");
+        ExitCode::FAILURE
+    } else {
+        println!("\nall checks passed");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Every format × odd M × block-multiple K × N ∈ {1, 63, 64, 65, 4096}, each against the
+/// f64 reference: ‖out − ref‖ / max(‖ref‖, ‖products‖) < 1e-2 (see `rel_err_scaled`).
+fn check_formats(e: &CudaEngine, quick: bool) -> usize {
+    println!("\n{:<6} {:>5} {:>5} {:>5}  {:>10}  {:>9}  result", "format", "M", "K", "N", "rel err", "time ms");
+    let mut failures = 0;
+    let formats: &[GgmlType] = if quick { &FORMATS[..5] } else { &FORMATS };
+    for &ty in formats {
+        let k = match ty.block_size() {
+            1 => 333,
+            32 => 32 * 23,
+            _ => 256 * 3,
+        };
+        for m in [17, 1023] {
+            let w = weight(&format!("{}.{m}", ty.name()), ty, m, k, next_seed());
+            prepare(e, &w);
+            let wf = dequantized(&w);
+            for n in [1, 63, 64, 65, 4096] {
+                let x = random(n * k, next_seed());
+                let mut out = vec![f32::NAN; n * m];
+                let t = std::time::Instant::now();
+                let r = e.matmul(&[&key(&w)], &[&w], 0, &x, n, &mut [&mut out]);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let (err, ok) = match r {
+                    Err(f) => {
+                        println!("{:<6} {m:>5} {k:>5} {n:>5}  engine failure: {f}", ty.name());
+                        failures += 1;
+                        continue;
+                    }
+                    Ok(()) => {
+                        let (want, scale) = reference(&wf, m, k, &x, n);
+                        let err = rel_err_scaled(&out, &want, scale);
+                        (err, err < TOL)
+                    }
+                };
+                failures += usize::from(!ok);
+                println!("{:<6} {m:>5} {k:>5} {n:>5}  {err:>10.2e}  {ms:>9.2}  {}", ty.name(), if ok { "ok" } else { "FAIL" });
+            }
+            e.evict(&key(&w), 0);
+        }
+    }
+    failures
+}
+
+/// Q/K/V-like group of three weights of different M sharing one input.
+fn check_group(e: &CudaEngine) -> usize {
+    let k = 512;
+    let ws: Vec<_> = [(GgmlType::Q4_K, 511), (GgmlType::Q6_K, 129), (GgmlType::Q8_0, 1)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, m))| weight(&format!("group.{i}"), ty, m, k, next_seed()))
+        .collect();
+    let mut failures = 0;
+    println!();
+    for n in [1, 65, 300] {
+        ws.iter().for_each(|w| {
+            prepare(e, w);
+        });
+        let x = random(n * k, next_seed());
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+        let keys: Vec<_> = ws.iter().map(key).collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        let r = e.matmul(&keys.iter().collect::<Vec<_>>(), &ws.iter().collect::<Vec<_>>(), 0, &x, n, &mut refs);
+        let errs: Vec<f64> = match r {
+            Err(f) => {
+                println!("group N={n}: engine failure: {f}");
+                failures += 1;
+                continue;
+            }
+            Ok(()) => ws
+                .iter()
+                .zip(&outs)
+                .map(|(w, o)| {
+                    let (want, scale) = reference(&dequantized(w), w.rows, k, &x, n);
+                    rel_err_scaled(o, &want, scale)
+                })
+                .collect(),
+        };
+        let ok = errs.iter().all(|&e| e < TOL);
+        failures += usize::from(!ok);
+        let shown: Vec<String> = errs.iter().map(|e| format!("{e:.2e}")).collect();
+        println!("group of 3 (M 511/129/1, K {k}) N={n:>4}: rel err {}  {}", shown.join(" "), if ok { "ok" } else { "FAIL" });
+    }
+    failures
+}
+
+/// A tiny random model through the dispatcher (every matmul on the card, evictions
+/// forced by a small budget) against CPU-only: logits close, no engine failure.
+fn check_model(e: &CudaEngine) -> usize {
+    let mut failures = 0;
+    println!();
+    for ty in [GgmlType::Q4_K, GgmlType::Q8_0] {
+        let spec = RandomModelSpec::preset("tiny", ty).expect("tiny preset");
+        let bytes = spec.build().expect("build").to_bytes();
+        let model = || Model::from_file(Arc::new(gguf::GgufFile::from_bytes(bytes.clone()).expect("parse")), &mut |_, _| {}).expect("model");
+        let tokens: Vec<u32> = (0..200u32).map(|i| (i * 7919 + 13) % 512).collect();
+        let logits = |r: &Runner| {
+            let mut cache = r.new_cache(tokens.len());
+            r.forward(&mut cache, &tokens, 0..tokens.len()).expect("forward")
+        };
+        let cpu = logits(&Runner::new(model(), 4).expect("runner"));
+        // The reference engine multiplies unquantized f32 activations by the dequantized
+        // weights: the card (f16 operands) must be close to it; the CPU (8-bit activations) less so.
+        let refe: Arc<dyn MatrixEngine> = Arc::new(ReferenceEngine::new());
+        let policy = PlacementPolicy::new(Backend::Named("ref".into()), 1, None, (1.0, 1.0));
+        let d = Dispatcher::new(vec![refe], policy, CacheBudget::default(), false).expect("dispatcher");
+        let exact = logits(&Runner::with_dispatcher(model(), 4, d).expect("runner"));
+        println!("model tiny {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
+        for (label, budget) in [("resident", usize::MAX), ("1 MiB budget", 1 << 20)] {
+            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions::default()));
+            let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 1, None, (1.0, 1.0));
+            let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
+            let r = Runner::with_dispatcher(model(), 4, d).expect("runner");
+            let got = logits(&r);
+            let stats = r.dispatcher.stats.snapshot();
+            let s = stats.get("cuda").cloned().unwrap_or_default();
+            let err = rel_err(&got, &exact);
+            let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|p| p.0);
+            let agree = cpu.chunks(512).zip(got.chunks(512)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+            let ok = err < TOL && s.failures == 0 && s.matmuls > 0;
+            failures += usize::from(!ok);
+            println!(
+                "model tiny {} ({label}): logits rel err vs exact {err:.2e}, argmax agrees with CPU {agree}/{}, cuda matmuls {} evictions {} failures {}  {}",
+                ty.name(),
+                tokens.len(),
+                s.matmuls,
+                s.evictions,
+                s.failures,
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
+    let _ = e;
+    failures
+}

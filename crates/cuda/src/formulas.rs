@@ -1,0 +1,131 @@
+//! The per-element index arithmetic of the CUDA dequantize kernels, transcribed line
+//! for line into Rust and checked against `quant::dequantize_row` on random blocks of
+//! every format. The GPU check binary tests the kernels themselves; this catches a
+//! wrong index on a machine without a GPU.
+
+use quant::GgmlType;
+
+fn ldh(b: &[u8], o: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32()
+}
+
+fn ldu32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn scale_min_k4(q: &[u8], is: usize) -> (i32, i32) {
+    if is < 4 {
+        ((q[is] & 63) as i32, (q[is + 4] & 63) as i32)
+    } else {
+        (((q[is + 4] & 15) | ((q[is - 4] >> 6) << 4)) as i32, ((q[is + 4] >> 4) | ((q[is] >> 6) << 4)) as i32)
+    }
+}
+
+/// Element `j` of block `b`, as the kernel for `ty` computes it (before rounding to f16).
+fn element(ty: GgmlType, b: &[u8], j: usize) -> f32 {
+    use GgmlType::*;
+    match ty {
+        F32 => f32::from_bits(ldu32(b, 0)),
+        BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+        F16 => ldh(b, 0),
+        Q4_0 => {
+            let q = if j < 16 { b[2 + j] & 15 } else { b[2 + j - 16] >> 4 } as i32;
+            (q - 8) as f32 * ldh(b, 0)
+        }
+        Q4_1 => {
+            let q = if j < 16 { b[4 + j] & 15 } else { b[4 + j - 16] >> 4 } as i32;
+            q as f32 * ldh(b, 0) + ldh(b, 2)
+        }
+        Q5_0 | Q5_1 => {
+            let (qh_at, qs_at) = if ty == Q5_0 { (2, 6) } else { (4, 8) };
+            let (qh, l) = (ldu32(b, qh_at), j & 15);
+            let q = if j < 16 {
+                (b[qs_at + l] as u32 & 15) | ((qh >> l) << 4) & 0x10
+            } else {
+                (b[qs_at + l] as u32 >> 4) | ((qh >> (l + 12)) & 0x10)
+            } as i32;
+            if ty == Q5_0 {
+                (q - 16) as f32 * ldh(b, 0)
+            } else {
+                q as f32 * ldh(b, 0) + ldh(b, 2)
+            }
+        }
+        Q8_0 => b[2 + j] as i8 as f32 * ldh(b, 0),
+        Q2_K => {
+            let (h, r) = (j >> 7, j & 127);
+            let (s, part, l) = (r >> 5, (r >> 4) & 1, r & 15);
+            let sc = b[h * 8 + s * 2 + part];
+            let q = (b[16 + 32 * h + l + 16 * part] >> (2 * s)) & 3;
+            ldh(b, 80) * (sc & 15) as f32 * q as f32 - ldh(b, 82) * (sc >> 4) as f32
+        }
+        Q3_K => {
+            let (h, r) = (j >> 7, j & 127);
+            let (s, part, l) = (r >> 5, (r >> 4) & 1, r & 31);
+            let is = h * 8 + s * 2 + part;
+            let lo = ((b[96 + (is & 7)] >> (4 * (is >> 3))) & 15) as i32;
+            let hi = ((b[104 + (is & 3)] >> (2 * (is >> 2))) & 3) as i32;
+            let q = ((b[32 + 32 * h + l] >> (2 * s)) & 3) as i32 - if b[l] & (1 << (4 * h + s)) != 0 { 0 } else { 4 };
+            ldh(b, 108) * ((lo | (hi << 4)) - 32) as f32 * q as f32
+        }
+        Q4_K | Q5_K => {
+            let (jj, hi, l) = (j >> 6, (j >> 5) & 1, j & 31);
+            let (sc, m) = scale_min_k4(&b[4..16], 2 * jj + hi);
+            let qs_at = if ty == Q4_K { 16 } else { 48 };
+            let x = b[qs_at + 32 * jj + l];
+            let mut q = if hi == 1 { x >> 4 } else { x & 15 } as i32;
+            if ty == Q5_K {
+                q += (((b[16 + l] >> (2 * jj + hi)) & 1) as i32) << 4;
+            }
+            ldh(b, 0) * sc as f32 * q as f32 - ldh(b, 2) * m as f32
+        }
+        Q6_K => {
+            let (h, qt, l) = (j >> 7, (j >> 5) & 3, j & 31);
+            let x = b[64 * h + l + 32 * (qt & 1)];
+            let q = ((if qt >= 2 { x >> 4 } else { x & 15 }) | (((b[128 + 32 * h + l] >> (2 * qt)) & 3) << 4)) as i32 - 32;
+            ldh(b, 208) * (b[192 + 8 * h + (l >> 4) + 2 * qt] as i8 as f32) * q as f32
+        }
+        Q8_1 | Q8_K => unreachable!("not weight formats"),
+    }
+}
+
+#[test]
+fn kernel_index_arithmetic_matches_the_scalar_dequantizers() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for ty in GgmlType::ALL.into_iter().filter(|t| !matches!(t, GgmlType::Q8_1 | GgmlType::Q8_K)) {
+        let (bs, bb) = (ty.block_size(), ty.block_bytes());
+        let nblocks = 64usize.div_ceil(bs) * 4;
+        // Quantized random values give valid scales; random bytes on top give every bit pattern of the quants.
+        let vals: Vec<f32> = (0..nblocks * bs).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let mut bytes = vec![0u8; nblocks * bb];
+        quant::quantize_row(ty, &vals, &mut bytes).unwrap();
+        if bs > 1 {
+            for blk in bytes.chunks_exact_mut(bb).skip(1) {
+                // Keep the f16 scale fields finite: scramble only the quants and sub-scales.
+                let scales: &[usize] = match ty {
+                    GgmlType::Q2_K => &[80, 81, 82, 83],
+                    GgmlType::Q3_K => &[108, 109],
+                    GgmlType::Q6_K => &[208, 209],
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0, 1],
+                    _ => &[0, 1, 2, 3],
+                };
+                for (i, v) in blk.iter_mut().enumerate() {
+                    if !scales.contains(&i) {
+                        *v = rnd() as u8;
+                    }
+                }
+            }
+        }
+        let mut want = vec![0f32; nblocks * bs];
+        quant::dequantize_row(ty, &bytes, &mut want).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            let got = element(ty, &bytes[(i / bs) * bb..(i / bs + 1) * bb], i % bs);
+            assert!((got - w).abs() <= 1e-5 * w.abs().max(1e-3), "{} element {i}: kernel {got} vs scalar {w}", ty.name());
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The device side: context, streams, cuBLAS handle, compiled kernels, and owned
+//! device and pinned host buffers. Every call returns `Result<_, String>`; nothing here
+//! panics on a CUDA error.
+//!
+//! cudarc's safe slices track cross-stream use with events and assert on lengths; we
+//! order our three streams ourselves with explicit events, so buffers are raw
+//! allocations with RAII wrappers and copies go through `cudarc::driver::result`.
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) type Res<T> = Result<T, String>;
+
+pub(crate) fn err(what: &str) -> impl Fn(drv::DriverError) -> String + '_ {
+    move |e| format!("{what}: {e:?}")
+}
+
+/// Device memory (cuMemAlloc), freed on drop with the context made current first.
+pub(crate) struct DevBuf {
+    ctx: Arc<CudaContext>,
+    pub(crate) ptr: sys::CUdeviceptr,
+    pub(crate) bytes: usize,
+}
+
+impl DevBuf {
+    pub(crate) fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Res<Self> {
+        ctx.bind_to_thread().map_err(err("bind context"))?;
+        let ptr = unsafe { drv::malloc_sync(bytes.max(1)) }.map_err(|e| format!("cuMemAlloc of {bytes} bytes: {e:?}"))?;
+        Ok(DevBuf { ctx: ctx.clone(), ptr, bytes })
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { drv::free_sync(self.ptr) };
+    }
+}
+
+/// Page-locked host memory (cuMemHostAlloc); write-combined for buffers the host only writes.
+pub(crate) struct HostBuf {
+    ctx: Arc<CudaContext>,
+    ptr: *mut u8,
+    pub(crate) bytes: usize,
+}
+
+// SAFETY: plain memory owned by this value; access is serialized by the engine's lock.
+unsafe impl Send for HostBuf {}
+unsafe impl Sync for HostBuf {}
+
+impl HostBuf {
+    pub(crate) fn new(ctx: &Arc<CudaContext>, bytes: usize, write_combined: bool) -> Res<Self> {
+        ctx.bind_to_thread().map_err(err("bind context"))?;
+        let flags = if write_combined { sys::CU_MEMHOSTALLOC_WRITECOMBINED } else { 0 };
+        let ptr = unsafe { drv::malloc_host(bytes.max(1), flags) }
+            .map_err(|e| format!("cuMemHostAlloc of {bytes} bytes: {e:?}"))? as *mut u8;
+        Ok(HostBuf { ctx: ctx.clone(), ptr, bytes })
+    }
+
+    /// The first `len` elements as `T` (callers keep `len * size_of::<T>() <= bytes`).
+    pub(crate) fn slice_mut<T: Copy>(&mut self, len: usize) -> &mut [T] {
+        assert!(len * std::mem::size_of::<T>() <= self.bytes, "pinned buffer overrun");
+        // SAFETY: page-aligned allocation of `bytes`, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, len) }
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { drv::free_host(self.ptr as *mut _) };
+    }
+}
+
+/// Grow-only buffer slot: reallocated (with headroom) only when a call needs more.
+pub(crate) fn ensure_dev(ctx: &Arc<CudaContext>, slot: &mut Option<DevBuf>, bytes: usize) -> Res<sys::CUdeviceptr> {
+    if slot.as_ref().is_none_or(|b| b.bytes < bytes) {
+        *slot = None; // free first: the old one may be most of what is left
+        *slot = Some(DevBuf::new(ctx, bytes + bytes / 4)?);
+    }
+    Ok(slot.as_ref().expect("set above").ptr)
+}
+
+pub(crate) fn ensure_host<'a>(ctx: &Arc<CudaContext>, slot: &'a mut Option<HostBuf>, bytes: usize, wc: bool) -> Res<&'a mut HostBuf> {
+    if slot.as_ref().is_none_or(|b| b.bytes < bytes) {
+        *slot = None;
+        *slot = Some(HostBuf::new(ctx, bytes + bytes / 4, wc)?);
+    }
+    Ok(slot.as_mut().expect("set above"))
+}
+
+/// A cuBLAS handle bound to one stream.
+pub(crate) struct Blas {
+    ctx: Arc<CudaContext>,
+    handle: blas_sys::cublasHandle_t,
+}
+
+// SAFETY: the handle is used under the engine's lock only.
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { blas::destroy_handle(self.handle) };
+    }
+}
+
+/// Everything that exists once a device is up.
+pub(crate) struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    /// Host → device copies.
+    pub(crate) s_h2d: Arc<CudaStream>,
+    /// Kernels and GEMMs.
+    pub(crate) s_comp: Arc<CudaStream>,
+    /// Device → host copies.
+    pub(crate) s_d2h: Arc<CudaStream>,
+    pub(crate) blas: Blas,
+    kernels: HashMap<&'static str, CudaFunction>,
+    pub(crate) name: String,
+    pub(crate) cc: (i32, i32),
+    pub(crate) sms: u32,
+    pub(crate) total_mem: usize,
+    pub(crate) free_at_start: usize,
+}
+
+impl Gpu {
+    /// Bring up device `ordinal`: context, streams, cuBLAS, and the NVRTC-compiled kernels.
+    pub(crate) fn init(ordinal: usize) -> Res<Gpu> {
+        // Look before cudarc's loader would panic on a missing library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err("no NVIDIA driver: libcuda.so was not found on the library path".into());
+        }
+        drv::init().map_err(|e| format!("cuInit failed (driver present, no usable GPU?): {e:?}"))?;
+        let count = drv::device::get_count().map_err(err("cuDeviceGetCount"))?;
+        if count <= 0 {
+            return Err("the NVIDIA driver reports no CUDA device".into());
+        }
+        if ordinal >= count as usize {
+            return Err(format!("CUDA device {ordinal} requested, {count} present"));
+        }
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err("cuBLAS not found (libcublas.so or .so.12 on the library path; CUDA 13 ships only .so.13: link it as libcublas.so)".into());
+        }
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err("NVRTC not found (libnvrtc.so or .so.12 on the library path; CUDA 13 ships only .so.13: link it as libnvrtc.so)".into());
+        }
+        let ctx = CudaContext::new(ordinal).map_err(err("create context"))?;
+        // SAFETY: no slice of cudarc's is ever made; our buffers are ordered by our own events.
+        unsafe { ctx.disable_event_tracking() };
+        let cc = ctx.compute_capability().map_err(err("compute capability"))?;
+        if cc.0 < 7 {
+            return Err(format!("compute capability {}.{} has no tensor cores (7.0 or newer needed)", cc.0, cc.1));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(err("SM count"))? as u32;
+        let total_mem = ctx.total_mem().map_err(err("total memory"))?;
+        let free_at_start = ctx.mem_get_info().map_err(err("free memory"))?.0;
+        let s_h2d = ctx.new_stream().map_err(err("create stream"))?;
+        let s_comp = ctx.new_stream().map_err(err("create stream"))?;
+        let s_d2h = ctx.new_stream().map_err(err("create stream"))?;
+        let handle = blas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
+        let blas_h = Blas { ctx: ctx.clone(), handle };
+        unsafe { blas::set_stream(handle, s_comp.cu_stream() as _) }.map_err(|e| format!("cublasSetStream: {e:?}"))?;
+        // The card's own architecture; an NVRTC older than the card may not know it, and
+        // compute_70 PTX (nothing newer is used) is JIT-compiled by the driver for any card.
+        let compile = |arch: String| {
+            let opts = cudarc::nvrtc::CompileOptions { options: vec![format!("--gpu-architecture={arch}")], ..Default::default() };
+            cudarc::nvrtc::compile_ptx_with_opts(crate::kernels::SOURCE, opts)
+        };
+        let ptx = compile(format!("compute_{}{}", cc.0, cc.1))
+            .or_else(|_| compile("compute_70".into()))
+            .map_err(|e| format!("NVRTC could not compile the dequantize kernels: {e}"))?;
+        let module = ctx.load_module(ptx).map_err(err("load module"))?;
+        let mut kernels = HashMap::new();
+        for k in crate::kernels::NAMES {
+            kernels.insert(k, module.load_function(k).map_err(err(k))?);
+        }
+        Ok(Gpu { ctx, s_h2d, s_comp, s_d2h, blas: blas_h, kernels, name, cc, sms, total_mem, free_at_start })
+    }
+
+    pub(crate) fn bind(&self) -> Res<()> {
+        self.ctx.bind_to_thread().map_err(err("bind context"))
+    }
+
+    pub(crate) fn event(&self, timing: bool) -> Res<CudaEvent> {
+        let flags = if timing { sys::CUevent_flags::CU_EVENT_DEFAULT } else { sys::CUevent_flags::CU_EVENT_DISABLE_TIMING };
+        self.ctx.new_event(Some(flags)).map_err(err("create event"))
+    }
+
+    /// Launch a grid-stride elementwise kernel over `n` elements on the compute stream.
+    pub(crate) fn launch_elementwise(&self, kernel: &str, src: u64, dst: u64, n: usize, seed: Option<u32>) -> Res<()> {
+        let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let blocks = n.div_ceil(256).clamp(1, self.sms as usize * 32) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let n = n as i64;
+        let mut b = self.s_comp.launch_builder(f);
+        match seed {
+            None => b.arg(&src).arg(&dst).arg(&n),
+            Some(ref s) => b.arg(&dst).arg(&n).arg(s),
+        };
+        // SAFETY: the arguments match the kernel signatures in kernels.rs.
+        unsafe { b.launch(cfg) }.map_err(err(kernel))?;
+        Ok(())
+    }
+
+    /// Upload a weight's raw blocks and expand them to f16 `[m, k]` on the card.
+    pub(crate) fn prepare_weight(&self, data: &[u8], kernel: Option<&str>, elems: usize) -> Res<DevBuf> {
+        self.bind()?;
+        let out = DevBuf::new(&self.ctx, elems * 2)?;
+        match kernel {
+            None => unsafe { drv::memcpy_htod_async(out.ptr, &data[..elems * 2], self.s_comp.cu_stream()) }
+                .map_err(err("upload f16 weight"))?,
+            Some(k) => {
+                let raw = DevBuf::new(&self.ctx, data.len())?;
+                unsafe { drv::memcpy_htod_async(raw.ptr, data, self.s_comp.cu_stream()) }.map_err(err("upload weight"))?;
+                self.launch_elementwise(k, raw.ptr, out.ptr, elems, None)?;
+                // `raw` must outlive the kernel.
+                self.s_comp.synchronize().map_err(err("dequantize"))?;
+            }
+        }
+        self.s_comp.synchronize().map_err(err("prepare weight"))?;
+        Ok(out)
+    }
+
+    /// `C[n, m] = B[n, k] · A[m, k]ᵀ` on the compute stream: A, B f16, f32 accumulation,
+    /// C f32 (or f16 when `c_half`). Row-major `[n, m]` is column-major `m × n`, so this is
+    /// cuBLAS's TN case with A read transposed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(&self, a: u64, b: u64, c: u64, m: usize, k: usize, n: usize, c_half: bool) -> Res<()> {
+        let (alpha, beta) = (1f32, 0f32);
+        let ctype = if c_half { blas_sys::cudaDataType::CUDA_R_16F } else { blas_sys::cudaDataType::CUDA_R_32F };
+        let dim = |v: usize| i32::try_from(v).map_err(|_| format!("dimension {v} exceeds cuBLAS's int range"));
+        unsafe {
+            blas::gemm_ex(
+                self.blas.handle,
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                dim(m)?,
+                dim(n)?,
+                dim(k)?,
+                &alpha as *const f32 as *const _,
+                a as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                dim(k)?,
+                b as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                dim(k)?,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                ctype,
+                dim(m)?,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| format!("cublasGemmEx m={m} n={n} k={k}: {e:?}"))
+    }
+
+    /// Wait for all three streams (after an error, before buffers are reused).
+    pub(crate) fn sync_all(&self) {
+        let _ = self.s_h2d.synchronize();
+        let _ = self.s_comp.synchronize();
+        let _ = self.s_d2h.synchronize();
+    }
+}

@@ -1,0 +1,176 @@
+//! The CUDA C source compiled by NVRTC at start-up: one dequantize kernel per ggml
+//! weight format, raw blocks → f16 `[M, K]`, plus a fill kernel for benchmarks.
+//!
+//! Each kernel maps one thread to one output element (grid-stride): the blocks of a
+//! matrix are contiguous and rows are whole blocks, so element `i` of the flat output
+//! is element `i % BS` of block `i / BS`. Reads of a block's header repeat across its
+//! threads but hit L1; the writes are coalesced. It runs once per weight, at prepare.
+//!
+//! The formulas mirror `quant::blocks` (ggml's scalar dequantizers) term by term; the
+//! unit tests in `formulas.rs` run the same index arithmetic in Rust against
+//! `quant::dequantize_row` for every format, so a wrong index fails in CI, not on the GPU.
+//! No headers: half conversions are inline PTX, so NVRTC needs no include path.
+
+use quant::GgmlType;
+
+/// The program text.
+pub const SOURCE: &str = r#"
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+__device__ __forceinline__ float h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)(p[0] | (p[1] << 8))); }
+__device__ __forceinline__ u32 ldu32(const u8* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((u32)p[3] << 24); }
+
+// BS elements per block of BB bytes; the body reads block `b`, element `j`, sets `v`.
+#define DEQ(NAME, BS, BB, ...) \
+extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ dst, i64 n) { \
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) { \
+        const u8* b = src + (i / BS) * BB; const int j = (int)(i % BS); float v; \
+        __VA_ARGS__; \
+        dst[i] = f2h(v); \
+    } \
+}
+
+DEQ(deq_f32, 1, 4, v = __int_as_float((int)ldu32(b)); (void)j)
+DEQ(deq_bf16, 1, 2, v = __int_as_float((int)((u32)(b[0] | (b[1] << 8)) << 16)); (void)j)
+
+DEQ(deq_q4_0, 32, 18, {
+    int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+    v = (q - 8) * ldh(b);
+})
+DEQ(deq_q4_1, 32, 20, {
+    int q = j < 16 ? (b[4 + j] & 15) : (b[4 + j - 16] >> 4);
+    v = q * ldh(b) + ldh(b + 2);
+})
+DEQ(deq_q5_0, 32, 22, {
+    u32 qh = ldu32(b + 2); int l = j & 15;
+    int q = j < 16 ? ((b[6 + l] & 15) | (((qh >> l) << 4) & 0x10)) : ((b[6 + l] >> 4) | ((qh >> (l + 12)) & 0x10));
+    v = (q - 16) * ldh(b);
+})
+DEQ(deq_q5_1, 32, 24, {
+    u32 qh = ldu32(b + 4); int l = j & 15;
+    int q = j < 16 ? ((b[8 + l] & 15) | (((qh >> l) << 4) & 0x10)) : ((b[8 + l] >> 4) | ((qh >> (l + 12)) & 0x10));
+    v = q * ldh(b) + ldh(b + 2);
+})
+DEQ(deq_q8_0, 32, 34, v = (i8)b[2 + j] * ldh(b))
+
+DEQ(deq_q2_k, 256, 84, {
+    int h = j >> 7, r = j & 127, s = r >> 5, part = (r >> 4) & 1, l = r & 15;
+    u8 sc = b[h * 8 + s * 2 + part];
+    int q = (b[16 + 32 * h + l + 16 * part] >> (2 * s)) & 3;
+    v = ldh(b + 80) * (sc & 15) * q - ldh(b + 82) * (sc >> 4);
+})
+DEQ(deq_q3_k, 256, 110, {
+    int h = j >> 7, r = j & 127, s = r >> 5, part = (r >> 4) & 1, l = r & 31;
+    int is = h * 8 + s * 2 + part;
+    int lo = (b[96 + (is & 7)] >> (4 * (is >> 3))) & 15;
+    int hi = (b[104 + (is & 3)] >> (2 * (is >> 2))) & 3;
+    int q = ((b[32 + 32 * h + l] >> (2 * s)) & 3) - ((b[l] & (1 << (4 * h + s))) ? 0 : 4);
+    v = ldh(b + 108) * ((lo | (hi << 4)) - 32) * q;
+})
+// Q4_K/Q5_K: 6-bit scale and min of sub-block `is` (ggml's get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(const u8* q, int is, int* sc, int* m) {
+    if (is < 4) { *sc = q[is] & 63; *m = q[is + 4] & 63; }
+    else { *sc = (q[is + 4] & 15) | ((q[is - 4] >> 6) << 4); *m = (q[is + 4] >> 4) | ((q[is] >> 6) << 4); }
+}
+DEQ(deq_q4_k, 256, 144, {
+    int jj = j >> 6, hi = (j >> 5) & 1, l = j & 31, sc, m;
+    scale_min_k4(b + 4, 2 * jj + hi, &sc, &m);
+    u8 x = b[16 + 32 * jj + l];
+    int q = hi ? (x >> 4) : (x & 15);
+    v = ldh(b) * sc * q - ldh(b + 2) * m;
+})
+DEQ(deq_q5_k, 256, 176, {
+    int jj = j >> 6, hi = (j >> 5) & 1, l = j & 31, sc, m;
+    scale_min_k4(b + 4, 2 * jj + hi, &sc, &m);
+    u8 x = b[48 + 32 * jj + l];
+    int q = (hi ? (x >> 4) : (x & 15)) + (((b[16 + l] >> (2 * jj + hi)) & 1) << 4);
+    v = ldh(b) * sc * q - ldh(b + 2) * m;
+})
+DEQ(deq_q6_k, 256, 210, {
+    int h = j >> 7, qt = (j >> 5) & 3, l = j & 31;
+    u8 x = b[64 * h + l + 32 * (qt & 1)];
+    int q = ((qt >= 2 ? (x >> 4) : (x & 15)) | (((b[128 + 32 * h + l] >> (2 * qt)) & 3) << 4)) - 32;
+    v = ldh(b + 208) * (float)(i8)b[192 + 8 * h + (l >> 4) + 2 * qt] * q;
+})
+
+// Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
+extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        u32 x = (u32)i * 2654435761u ^ seed;
+        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+        dst[i] = f2h((float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
+"#;
+
+/// Every kernel name in [`SOURCE`], loaded at start-up.
+pub const NAMES: [&str; 13] = [
+    "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
+    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16",
+];
+
+/// How a weight of type `ty` reaches f16 on the card: `Ok(None)` = it already is f16
+/// (copied as is), `Ok(Some(kernel))` = dequantized by that kernel, `Err` = not a weight format.
+pub fn dequant_kernel(ty: GgmlType) -> Result<Option<&'static str>, String> {
+    use GgmlType::*;
+    Ok(Some(match ty {
+        F16 => return Ok(None),
+        F32 => "deq_f32",
+        BF16 => "deq_bf16",
+        Q4_0 => "deq_q4_0",
+        Q4_1 => "deq_q4_1",
+        Q5_0 => "deq_q5_0",
+        Q5_1 => "deq_q5_1",
+        Q8_0 => "deq_q8_0",
+        Q2_K => "deq_q2_k",
+        Q3_K => "deq_q3_k",
+        Q4_K => "deq_q4_k",
+        Q5_K => "deq_q5_k",
+        Q6_K => "deq_q6_k",
+        Q8_1 | Q8_K => return Err(format!("{} is an activation format, not a weight format", ty.name())),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_weight_format_has_a_path_and_every_kernel_exists() {
+        for ty in GgmlType::ALL {
+            match dequant_kernel(ty) {
+                Ok(Some(k)) => assert!(NAMES.contains(&k) && SOURCE.contains(&format!("({k},")), "{k}"),
+                Ok(None) => assert_eq!(ty, GgmlType::F16),
+                Err(_) => assert!(matches!(ty, GgmlType::Q8_1 | GgmlType::Q8_K)),
+            }
+        }
+    }
+
+    /// Compiles the source when an NVRTC library is on the library path (not in CI);
+    /// catches syntax errors without a GPU.
+    #[test]
+    fn source_compiles_when_nvrtc_is_present() {
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: no libnvrtc on the library path");
+            return;
+        }
+        // The H100's own architecture, and the fallback used when NVRTC does not know the card's.
+        for arch in ["compute_90", "compute_70"] {
+            let opts = cudarc::nvrtc::CompileOptions {
+                options: vec![format!("--gpu-architecture={arch}")],
+                ..Default::default()
+            };
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let text = ptx.to_src();
+            for name in NAMES {
+                assert!(text.contains(&format!(".entry {name}")), "{name} missing from the {arch} PTX");
+            }
+        }
+    }
+}
