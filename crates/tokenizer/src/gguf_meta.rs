@@ -34,7 +34,14 @@ fn string(f: &GgufFile, key: &'static str) -> Result<Option<String>, TokenizerEr
     }
 }
 
-pub(crate) fn vocab_from_gguf(f: &GgufFile) -> Result<Vocab, TokenizerError> {
+impl Vocab {
+    /// Copy the tokenizer metadata of a GGUF file (checking only key types).
+    pub fn from_gguf(f: &GgufFile) -> Result<Vocab, TokenizerError> {
+        vocab_from_gguf(f)
+    }
+}
+
+fn vocab_from_gguf(f: &GgufFile) -> Result<Vocab, TokenizerError> {
     let model = string(f, "tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey("tokenizer.ggml.model"))?;
     let tokens = string_array(f, "tokenizer.ggml.tokens")?.ok_or(TokenizerError::MissingKey("tokenizer.ggml.tokens"))?;
     // llama.cpp accepts f32 or i32 scores.

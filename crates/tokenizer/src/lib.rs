@@ -8,6 +8,16 @@
 //!
 //! Build with [`Tokenizer::from_gguf`], or from plain data with
 //! [`Tokenizer::from_vocab`] and a hand-made [`Vocab`].
+//!
+//! Where llama.cpp has a choice we follow it:
+//! * a missing/empty `tokenizer.ggml.pre` means "default" (with a warning in
+//!   [`Tokenizer::warnings`]); an unknown one is an error, as in llama.cpp;
+//! * out-of-range special-token ids in metadata keep the default id (warning);
+//! * EOT/EOM/FIM ids not in metadata are found by token text; where several
+//!   texts match we take the lowest id (llama.cpp: hash-map order);
+//! * duplicate token texts are an error (llama.cpp aborts);
+//! * where llama.cpp would assert or throw while tokenizing (no BOS id but
+//!   add_bos, no byte token for a byte) we skip the token / use the unknown id.
 
 mod bpe;
 mod decode;
@@ -16,6 +26,7 @@ mod pre_table;
 mod pretokenize;
 mod special;
 mod spm;
+mod stdsort;
 mod unicode;
 mod unicode_data;
 mod vocab;
@@ -121,7 +132,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Build from GGUF metadata (the file may be vocab-only: no tensors).
     pub fn from_gguf(file: &gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
-        Tokenizer::from_vocab(gguf_meta::vocab_from_gguf(file)?)
+        Tokenizer::from_vocab(Vocab::from_gguf(file)?)
     }
 
     /// llama.cpp's `llama_tokenize(text, add_special, parse_special)`.
@@ -260,7 +271,8 @@ impl Tokenizer {
     pub fn pre_tokenizer(&self) -> Option<&'static str> {
         self.pre_name
     }
-    /// The special-token texts matched in raw input, longest first.
+    /// Ids of the tokens matched in raw input (control, user-defined, unknown),
+    /// in llama.cpp's order: longest text first.
     pub fn special_tokens(&self) -> &[u32] {
         &self.special
     }
@@ -282,6 +294,24 @@ impl std::fmt::Debug for Tokenizer {
             .field("add_eos", &self.add_eos)
             .finish_non_exhaustive()
     }
+}
+
+/// Test support: (token, merge) pairs making every 2- and 3-digit string a
+/// token, used to make pre-tokenizers' digit grouping visible in variant tests.
+#[doc(hidden)]
+pub fn digit_merges() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for a in 0..10 {
+        for b in 0..10 {
+            out.push((format!("{a}{b}"), format!("{a} {b}")));
+        }
+    }
+    for ab in 0..100 {
+        for c in 0..10 {
+            out.push((format!("{ab:02}{c}"), format!("{ab:02} {c}")));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

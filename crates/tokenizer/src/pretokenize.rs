@@ -100,10 +100,9 @@ fn collapse_regex(expr: &str) -> Result<String, String> {
 /// ECMAScript `\d` is ASCII-only; Rust's is Unicode. Used only on non-collapsed regexes.
 fn ascii_digits(expr: &str) -> String {
     let mut out = String::new();
-    let mut chars = expr.chars().peekable();
     let mut inside = false;
     let mut prev_backslash = false;
-    while let Some(c) = chars.next() {
+    for c in expr.chars() {
         if prev_backslash {
             prev_backslash = false;
             if c == 'd' {

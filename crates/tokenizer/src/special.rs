@@ -2,7 +2,8 @@
 //! semantics of llama.cpp's `tokenizer_st_partition`: special tokens are taken
 //! longest first, each one splitting every remaining text fragment at all of its
 //! (leftmost, non-overlapping) occurrences; LSTRIP/RSTRIP tokens also swallow
-//! neighbouring whitespace. A trie finds which special tokens occur in the text at
+//! neighbouring whitespace. Ties in length keep llama.cpp's (GCC `std::sort`)
+//! order, see stdsort.rs. A trie finds which special tokens occur in the text at
 //! all, so that only those few are run through that (exact but slow) loop.
 
 use crate::unicode::c_isspace;
@@ -20,14 +21,15 @@ pub(crate) enum Fragment {
 #[derive(Clone)]
 pub(crate) struct SpecialMatcher {
     edges: FastMap<(u32, u8), u32>,
-    /// Token ending at each node (`u32::MAX`: none).
+    /// Position in the special-token cache of the token ending at each node
+    /// (`u32::MAX`: none).
     terminal: Vec<u32>,
 }
 
 impl SpecialMatcher {
     pub(crate) fn new(tokens: &[TokenData], special: &[u32]) -> SpecialMatcher {
         let mut m = SpecialMatcher { edges: FastMap::default(), terminal: vec![u32::MAX] };
-        for &id in special {
+        for (rank, &id) in special.iter().enumerate() {
             let mut node = 0u32;
             for &b in tokens[id as usize].text.as_bytes() {
                 let next = m.terminal.len() as u32;
@@ -36,12 +38,13 @@ impl SpecialMatcher {
                     m.terminal.push(u32::MAX);
                 }
             }
-            m.terminal[node as usize] = id;
+            m.terminal[node as usize] = rank as u32;
         }
         m
     }
 
-    /// Every special token whose text occurs somewhere in `text` (unordered, unique).
+    /// Cache positions of the special tokens whose text occurs somewhere in `text`
+    /// (unordered, unique).
     pub(crate) fn occurring(&self, text: &[u8]) -> Vec<u32> {
         let mut found = Vec::new();
         if self.edges.is_empty() {
@@ -67,15 +70,14 @@ impl SpecialMatcher {
 impl Tokenizer {
     pub(crate) fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
         let mut frags = vec![Fragment::Text(0, text.len())];
-        let mut candidates: Vec<u32> = self
-            .matcher
-            .occurring(text.as_bytes())
+        // In the order of llama.cpp's special-token cache.
+        let mut ranks = self.matcher.occurring(text.as_bytes());
+        ranks.sort_unstable();
+        let candidates = ranks
             .into_iter()
+            .map(|r| self.special[r as usize])
             // Without parse_special only user-defined tokens are split out.
-            .filter(|&id| parse_special || self.tokens[id as usize].attr & (attr::CONTROL | attr::UNKNOWN) == 0)
-            .collect();
-        // The order of llama.cpp's special-token cache: longest first, then by id.
-        candidates.sort_by_key(|&id| (std::cmp::Reverse(self.tokens[id as usize].text.len()), id));
+            .filter(|&id| parse_special || self.tokens[id as usize].attr & (attr::CONTROL | attr::UNKNOWN) == 0);
 
         let bytes = text.as_bytes();
         for id in candidates {

@@ -299,7 +299,7 @@ impl Tokenizer {
             let ret = has(&tokens, &eog, "<|return|>").is_some();
             let call = has(&tokens, &eog, "<|call|>").or(has(&tokens, &eog, "<|calls|>")).is_some();
             let flush = has(&tokens, &eog, "<|flush|>").is_some();
-            if (ret && call) || (call && flush) {
+            if call && (ret || flush) {
                 eog.retain(|&id| id != end);
                 tokens[end as usize].attr = attr::USER_DEFINED;
             }
@@ -316,7 +316,8 @@ impl Tokenizer {
         let mut special: Vec<u32> = (0..n as u32)
             .filter(|&id| tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
             .collect();
-        special.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
+        // Not stable: ties keep the order GCC's std::sort gives them in llama.cpp.
+        crate::stdsort::sort(&mut special, &|&a, &b| tokens[a as usize].text.len() > tokens[b as usize].text.len());
 
         // Per-model attributes llama.cpp sets by name.
         let name = v.model_name.as_deref().unwrap_or("").to_lowercase();
