@@ -1,20 +1,36 @@
 //! The CPU matmul driver: `out[N, M] = x[N, K] · W[M, K]ᵀ`.
 //!
 //! The activations are quantized once to the block type the weight's dot product
-//! consumes, then rows of W are split across threads; each weight row is loaded once
-//! and dotted against every token, so it stays in cache.
+//! consumes (bit for bit as llama.cpp's CPU backend does), then rows of W are split
+//! across threads.
+//!
+//! - Few tokens (decode): each weight row is loaded once and dotted against every token
+//!   with the dot kernel, so it stays in cache.
+//! - Many tokens (prefill, `N >= GEMM_MIN_TOKENS`) and a weight type with a tiled kernel
+//!   ([`quant::gemm_kernel`]): the activations are re-laid out once into
+//!   [`quant::ActPanels`] and each thread runs the tiled kernel over its rows, which
+//!   expands each weight row once and reuses every loaded chunk across 16 tokens.
+
+use std::sync::OnceLock;
 
 use super::SharedMut;
 use crate::weights::Weight;
-use quant::GgmlType;
+use quant::{ActPanels, GgmlType};
 use rayon::prelude::*;
+
+/// From this many tokens on, weights with a tiled kernel use it (below, the dot
+/// kernels: a panel of 16 tokens would be mostly padding).
+pub const GEMM_MIN_TOKENS: usize = 8;
 
 /// Activations quantized for one weight type's dot kernel.
 pub struct QuantizedInput {
     ty: GgmlType,
     row_bytes: usize,
     n: usize,
+    k: usize,
     bytes: Vec<u8>,
+    /// The tiled kernels' layout, built on first use by a weight that has one.
+    panels: OnceLock<ActPanels>,
 }
 
 impl QuantizedInput {
@@ -27,11 +43,17 @@ impl QuantizedInput {
         bytes.par_chunks_mut(row_bytes).zip(x.par_chunks(k)).for_each(|(dst, src)| {
             quant::quantize_activations(ty, src, dst).expect("activation quantizer exists for every dot type");
         });
-        QuantizedInput { ty, row_bytes, n, bytes }
+        QuantizedInput { ty, row_bytes, n, k, bytes, panels: OnceLock::new() }
     }
 
     fn row(&self, i: usize) -> &[u8] {
         &self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    fn panels(&self) -> &ActPanels {
+        self.panels.get_or_init(|| {
+            ActPanels::new(self.ty, &self.bytes, self.k).expect("tiled kernels exist only for Q8 dot types")
+        })
     }
 }
 
@@ -47,9 +69,16 @@ pub fn matmul(w: &Weight, x: &[f32], out: &mut [f32]) {
 
 /// Like [`matmul`], with the activations already quantized (shared by Q/K/V and gate/up).
 pub fn matmul_quantized(w: &Weight, input: &QuantizedInput, out: &mut [f32]) {
-    let (m, k, n) = (w.rows, w.cols, input.n);
+    let (m, n) = (w.rows, input.n);
     assert_eq!(input.ty, w.ty.vec_dot_type());
+    assert_eq!(input.k, w.cols);
     assert_eq!(out.len(), n * m);
+    if n >= GEMM_MIN_TOKENS {
+        if let Some(kernel) = quant::gemm_kernel(w.ty) {
+            return gemm_quantized(w, kernel, input.panels(), out);
+        }
+    }
+    let k = w.cols;
     let dot = quant::dot_kernel(w.ty).expect("checked when the weight was loaded");
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance load, big enough to amortize scheduling.
@@ -67,4 +96,83 @@ pub fn matmul_quantized(w: &Weight, input: &QuantizedInput, out: &mut [f32]) {
             }
         }
     });
+}
+
+/// The tiled path: row chunks (multiples of 4 rows) over the pool, each one kernel call.
+fn gemm_quantized(w: &Weight, kernel: quant::GemmFn, panels: &ActPanels, out: &mut [f32]) {
+    let m = w.rows;
+    let threads = rayon::current_num_threads().max(1);
+    // At most 32 rows (one slab of the kernel): enough chunks for work stealing to
+    // balance threads even when M is not a multiple of threads * 32.
+    let rows_per_chunk = m.div_ceil(threads * 4).next_multiple_of(4).clamp(4, 32);
+    let (data, rb) = (w.data(), w.row_bytes());
+    let dst = SharedMut(out.as_mut_ptr());
+    (0..m.div_ceil(rows_per_chunk)).into_par_iter().for_each(|chunk| {
+        let r0 = chunk * rows_per_chunk;
+        let r1 = (r0 + rows_per_chunk).min(m);
+        // SAFETY: this chunk writes out[t * m + r] for r in r0..r1 and t < n only (the
+        // kernel's contract with ldo = m); chunks are disjoint; out has n * m elements.
+        unsafe { kernel(&data[r0 * rb..r1 * rb], panels, dst.ptr().add(r0), m) };
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::TensorSource;
+    use std::sync::Arc;
+
+    /// A weight of `m` rows of `k` quantized from `wf`, inside an in-memory GGUF file.
+    fn weight(ty: GgmlType, m: usize, k: usize, wf: &[f32]) -> Weight {
+        let mut data = vec![0u8; m * ty.bytes_for(k as u64).unwrap() as usize];
+        quant::quantize_row(ty, wf, &mut data).unwrap();
+        let mut g = gguf::GgufWriter::new();
+        g.add_tensor("w", &[k as u64, m as u64], ty, data).unwrap();
+        let file = gguf::GgufFile::from_bytes(g.to_bytes()).unwrap();
+        TensorSource::new(Arc::new(file)).matrix("w", k, m).unwrap()
+    }
+
+    /// Both paths (dot kernels below GEMM_MIN_TOKENS, tiled above) against the scalar
+    /// reference dot, for every weight type of the test models and a few others.
+    #[test]
+    fn matmul_matches_scalar_reference() {
+        let types = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::F16,
+        ];
+        let mut seed = 12345u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for ty in types {
+            let k = if ty.block_size() == 256 { 512 } else { 96 };
+            for (m, n) in [(7, 1), (13, 5), (41, 8), (69, 37)] {
+                let wf: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let x: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let w = weight(ty, m, k, &wf);
+                let mut out = vec![f32::NAN; n * m];
+                pool.install(|| matmul(&w, &x, &mut out));
+                let input = QuantizedInput::new(ty.vec_dot_type(), &x, k);
+                let dot = quant::dot_kernel_scalar(ty).unwrap();
+                for t in 0..n {
+                    for r in 0..m {
+                        let want = dot(k, w.row(r), input.row(t));
+                        let got = out[t * m + r];
+                        let tol = 1e-4 * (1.0 + want.abs()) + 1e-3;
+                        assert!((got - want).abs() <= tol, "{} m={m} n={n} ({t},{r}): {got} vs {want}", ty.name());
+                    }
+                }
+            }
+        }
+    }
 }

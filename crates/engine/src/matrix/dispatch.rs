@@ -61,6 +61,19 @@ impl Dispatcher {
                 }
             }
         }
+        // Under auto, an engine that cannot run here is set aside once, not asked on every op.
+        let accelerators: Vec<_> = accelerators
+            .into_iter()
+            .filter(|e| match e.availability() {
+                Availability::Available => true,
+                Availability::Unavailable(why) => {
+                    if verbose {
+                        eprintln!("placement: {} unavailable: {why}", e.name());
+                    }
+                    false
+                }
+            })
+            .collect();
         Ok(Dispatcher {
             accelerators,
             policy,
