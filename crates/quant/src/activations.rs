@@ -25,7 +25,8 @@ use crate::{GgmlType, QuantError};
 
 /// Quantize activations for a dot product the way llama.cpp's CPU backend does on this
 /// architecture: on x86-64, [`quantize_row_x86`]'s arithmetic for Q8_0/Q8_1 (SIMD when
-/// the CPU has AVX2); every other case is [`quantize_row`].
+/// the CPU has AVX2); every other case is [`quantize_row`]'s result (Q8_K through a
+/// bit-identical SIMD version on AVX2).
 pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     #[cfg(target_arch = "x86_64")]
     if matches!(ty, GgmlType::Q8_0 | GgmlType::Q8_1) {
@@ -35,6 +36,13 @@ pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result
         } else {
             q8_x86_scalar(ty == GgmlType::Q8_1, src, dst);
         }
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if ty == GgmlType::Q8_K && crate::simd::x86::has_avx2() {
+        // The reference algorithm (what ggml runs on x86 too), vectorized.
+        check_lengths(ty, src.len(), dst.len())?;
+        crate::simd::x86::quantize_q8_k(src, dst);
         return Ok(());
     }
     quantize_row(ty, src, dst)
@@ -51,11 +59,11 @@ pub fn quantize_row_x86(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(),
     quantize_row(ty, src, dst)
 }
 
-/// `_mm256_cvtps_epi32` on an already integral value: NaN and out-of-range give
-/// the "integer indefinite" `i32::MIN`.
+/// `_mm256_cvtps_epi32` on an already integral value: NaN and out-of-range values
+/// (both fail the range test) give the "integer indefinite" `i32::MIN`.
 #[inline(always)]
 fn cvt_epi32(v: f32) -> i32 {
-    if v.is_nan() || v >= 2147483648.0 || v < -2147483648.0 {
+    if !(-2147483648.0..2147483648.0).contains(&v) {
         i32::MIN
     } else {
         v as i32

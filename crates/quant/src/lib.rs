@@ -10,12 +10,14 @@
 //!   [`quantize_row_x86`]).
 //! - [`dot_kernel`]: the fastest dot kernel for this CPU (SIMD chosen at run time);
 //!   [`dot_kernel_scalar`]: the reference kernel it must agree with.
+//! - [`gemm_kernel`] / [`ActPanels`]: tiled kernels for many tokens at once (prefill).
 //! - [`f16_to_f32_slice`] / [`f32_to_f16_slice`]: fast half conversions.
 #![deny(missing_docs)]
 
 mod activations;
 mod blocks;
 mod dispatch;
+mod gemm;
 mod simd;
 mod types;
 mod util;
@@ -25,12 +27,14 @@ pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
 pub use dispatch::{
     dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, simd_level, SimdLevel,
 };
+pub use gemm::{gemm, gemm_kernel, ActPanels, GemmFn, PANEL_TOKENS};
 pub use types::{GgmlType, QuantError};
 
 /// A dot-product kernel: `n` elements, `w` = n elements of the weight type,
 /// `a` = n elements of `ty.vec_dot_type()` (raw block bytes, any alignment).
 ///
 /// Panics if the slice lengths do not match `n` (a programmer error).
-/// Q8 activations are expected from [`quantize_row`], whose quants lie in -127..=127
-/// (ggml's quantizers never emit -128; like ggml's, the AVX2 kernels rely on that).
+/// Q8 activations are expected from [`quantize_row`] or [`quantize_activations`], whose
+/// quants lie in -127..=127 for finite input (ggml's quantizers never emit -128; like
+/// ggml's, the AVX2 kernels rely on that).
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;

@@ -20,6 +20,11 @@ fn inputs(rng: &mut Rng) -> Vec<Vec<f32>> {
     t[32] = -127.0;
     t.extend([0.0; 32]);
     v.push(t);
+    // Largest magnitude twice with opposite signs: the first one (negative) sets the sign.
+    let mut s = rng.normals(256, 1.0);
+    s[3] = -9.0;
+    s[200] = 9.0;
+    v.push(s);
     v
 }
 

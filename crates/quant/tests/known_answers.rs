@@ -61,6 +61,12 @@ fn quantize_is_byte_exact() {
         let want = unhex(f[1]);
         let mut got = vec![0u8; want.len()];
         quantize_row(ty, &src, &mut got).unwrap();
+        if ty == GgmlType::Q8_K {
+            // The engine's activation quantizer is the reference for Q8_K, vectorized.
+            let mut act = vec![0u8; want.len()];
+            quantize_activations(ty, &src, &mut act).unwrap();
+            assert_eq!(act, want, "Q8_K quantize_activations");
+        }
         if got != want {
             let bb = ty.block_bytes();
             let blk = (0..want.len()).find(|&i| got[i] != want[i]).unwrap() / bb;

@@ -11,6 +11,8 @@
 
 mod act;
 mod float;
+mod gemm;
+mod gemm_tiles;
 mod k_low;
 mod k_quants;
 mod legacy;
@@ -213,7 +215,8 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
     })
 }
 
-pub(crate) use act::quantize_q8_x86;
+pub(crate) use act::{quantize_q8_k, quantize_q8_x86};
+pub(crate) use gemm::gemm_kernel;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
 
 /// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:

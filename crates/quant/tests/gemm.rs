@@ -1,0 +1,103 @@
+//! Tiled kernels against the scalar reference dot, on random weights and activations:
+//! odd row counts (tails of the 4-row tiles and 32-row slabs), odd token counts (tails
+//! of the 16-token panels and 128-token blocks), one token, several row lengths.
+
+mod common;
+
+use common::*;
+use quant::{dot_kernel_scalar, gemm, gemm_kernel, quantize_activations, ActPanels, GgmlType};
+
+const TYPES: [GgmlType; 8] = {
+    use GgmlType::*;
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+};
+
+/// Sum of |w_i * a_i| of the dequantized operands: the scale of rounding errors.
+fn magnitude(ty: GgmlType, w: &[u8], a: &[u8], k: usize) -> f64 {
+    let wf = dequantized(ty, w, k);
+    let af = dequantized(ty.vec_dot_type(), a, k);
+    wf.iter().zip(&af).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum()
+}
+
+/// Random weights (half raw bit patterns, half reference-quantized) and activations
+/// quantized the way the engine does.
+fn case(rng: &mut Rng, ty: GgmlType, m: usize, n: usize, k: usize) -> (Vec<u8>, Vec<u8>) {
+    let nb = k / ty.block_size();
+    let mut w = Vec::new();
+    for r in 0..m {
+        if r % 2 == 0 {
+            w.extend(random_weights(rng, ty, nb));
+        } else {
+            w.extend(quantized(ty, &rng.normals(k, 0.5)));
+        }
+    }
+    let at = ty.vec_dot_type();
+    let mut a = vec![0u8; n * at.bytes_for(k as u64).unwrap() as usize];
+    quantize_activations(at, &rng.normals(n * k, 1.0), &mut a).unwrap();
+    (w, a)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(ty: GgmlType, w: &[u8], a: &[u8], m: usize, n: usize, k: usize, got: &[f32], ldo: usize) {
+    let (wrb, arb) = (w.len() / m, a.len() / n);
+    let dot = dot_kernel_scalar(ty).unwrap();
+    for t in 0..n {
+        for r in 0..m {
+            let (wr, ar) = (&w[r * wrb..(r + 1) * wrb], &a[t * arb..(t + 1) * arb]);
+            let want = dot(k, wr, ar) as f64;
+            let g = got[t * ldo + r] as f64;
+            let tol = 2e-6 * magnitude(ty, wr, ar, k) + 1e-30;
+            assert!((g - want).abs() <= tol, "{} m={m} n={n} k={k} row {r} token {t}: {g} vs {want} (tol {tol})", ty.name());
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_scalar_dots() {
+    if gemm_kernel(GgmlType::Q4_0).is_none() {
+        eprintln!("no tiled kernels on this CPU ({}): skipped", quant::simd_level());
+        return;
+    }
+    let mut rng = Rng::new(91);
+    for ty in TYPES {
+        let ks: &[usize] = if ty.block_size() == 256 { &[256, 768] } else { &[32, 96, 576] };
+        for &k in ks {
+            for (m, n) in [(1, 1), (5, 3), (4, 16), (37, 17), (7, 33), (3, 150)] {
+                let (w, a) = case(&mut rng, ty, m, n, k);
+                let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
+                assert_eq!(panels.n(), n);
+                let mut out = vec![f32::NAN; m * n];
+                gemm(ty, &w, &panels, &mut out).unwrap();
+                check(ty, &w, &a, m, n, k, &out, m);
+            }
+        }
+    }
+}
+
+/// The raw kernel with a row stride: writes exactly its columns of a wider matrix.
+#[test]
+fn gemm_kernel_writes_only_its_columns() {
+    let Some(kernel) = gemm_kernel(GgmlType::Q4_1) else { return };
+    let mut rng = Rng::new(92);
+    let (ty, m, n, k, ldo, col0) = (GgmlType::Q4_1, 13, 21, 64, 40, 9);
+    let (w, a) = case(&mut rng, ty, m, n, k);
+    let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
+    let mut out = vec![-7.0f32; n * ldo];
+    // SAFETY: rows col0..col0+m of every token row t < n lie inside out (col0 + m <= ldo).
+    unsafe { kernel(&w, &panels, out.as_mut_ptr().add(col0), ldo) };
+    for t in 0..n {
+        for c in (0..col0).chain(col0 + m..ldo) {
+            assert_eq!(out[t * ldo + c], -7.0, "token {t} column {c} touched");
+        }
+    }
+    check(ty, &w, &a, m, n, k, &out[col0..], ldo);
+}
+
+#[test]
+fn panels_reject_bad_input() {
+    assert!(ActPanels::new(GgmlType::Q4_0, &[0; 18], 32).is_err());
+    assert!(ActPanels::new(GgmlType::Q8_0, &[0; 35], 32).is_err());
+    assert!(ActPanels::new(GgmlType::Q8_K, &[0; 292], 32).is_err());
+    let p = ActPanels::new(GgmlType::Q8_0, &[], 32).unwrap();
+    assert_eq!(p.n(), 0);
+}
