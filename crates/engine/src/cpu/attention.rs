@@ -35,36 +35,40 @@ pub fn attention(
     let group = s.n_head / s.n_head_kv;
     let (qd, kvd, vd) = (s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
     let od = s.n_head * s.head_dim_v;
+    // Convert the cached rows every query needs to f32 once (in parallel), instead of once
+    // per query: a prefill of N tokens would otherwise convert O(N²) rows.
+    let first = positions.iter().map(|&p| s.window.map_or(0, |w| (p + 1).saturating_sub(w))).min().unwrap_or(0);
+    let last = positions.iter().copied().max().unwrap_or(0);
+    let rows = last + 1 - first;
+    let mut keys = vec![0f32; rows * kvd];
+    let mut vals = vec![0f32; rows * vd];
+    keys.par_chunks_mut(kvd).zip(vals.par_chunks_mut(vd)).enumerate().for_each(|(j, (kr, vr))| {
+        k_cache[(first + j) * kvd..][..kvd].convert_to_f32_slice(kr);
+        v_cache[(first + j) * vd..][..vd].convert_to_f32_slice(vr);
+    });
     let dst = SharedMut(out.as_mut_ptr());
     (0..n * s.n_head_kv).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, vals, scores, qh), job| {
+        || (Vec::new(), Vec::new()),
+        |(scores, qh), job| {
             let (t, g) = (job / s.n_head_kv, job % s.n_head_kv);
             let pos = positions[t];
             let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let len = pos + 1 - lo;
-            keys.resize(len * s.head_dim, 0.0);
-            vals.resize(len * s.head_dim_v, 0.0);
-            for j in 0..len {
-                let kr = &k_cache[(lo + j) * kvd + g * s.head_dim..][..s.head_dim];
-                kr.convert_to_f32_slice(&mut keys[j * s.head_dim..(j + 1) * s.head_dim]);
-                let vr = &v_cache[(lo + j) * vd + g * s.head_dim_v..][..s.head_dim_v];
-                vr.convert_to_f32_slice(&mut vals[j * s.head_dim_v..(j + 1) * s.head_dim_v]);
-            }
+            let key_rows = &keys[(lo - first) * kvd..(pos + 1 - first) * kvd];
+            let val_rows = &vals[(lo - first) * vd..(pos + 1 - first) * vd];
             for h in g * group..(g + 1) * group {
                 // Queries are rounded to f16 like the keys, as ggml does before its f16 dot.
                 qh.clear();
                 qh.extend(q[t * qd + h * s.head_dim..][..s.head_dim].iter().map(|&x| f16::from_f32(x).to_f32()));
                 scores.clear();
-                scores.extend(keys.chunks_exact(s.head_dim).map(|k| dot(qh, k)));
+                scores.extend(key_rows.chunks_exact(kvd).map(|k| dot(qh, &k[g * s.head_dim..][..s.head_dim])));
                 softmax(scores);
                 // SAFETY: the (t, h) output slice belongs to this job alone.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(dst.ptr().add(t * od + h * s.head_dim_v), s.head_dim_v)
                 };
                 o.fill(0.0);
-                for (p, v) in scores.iter().zip(vals.chunks_exact(s.head_dim_v)) {
-                    for (a, b) in o.iter_mut().zip(v) {
+                for (p, v) in scores.iter().zip(val_rows.chunks_exact(vd)) {
+                    for (a, b) in o.iter_mut().zip(&v[g * s.head_dim_v..][..s.head_dim_v]) {
                         *a += p * b;
                     }
                 }
