@@ -27,6 +27,9 @@ pub struct Runner {
     rope_global: RopeTable,
     rope_local: RopeTable,
     pool: rayon::ThreadPool,
+    /// Prefill (batches with more than one token per sequence) runs on its own pool, so a
+    /// server's long prefill on one thread cannot starve the decode steps of another.
+    prefill_pool: rayon::ThreadPool,
     /// Routes every weight matmul to an engine.
     pub dispatcher: Dispatcher,
 }
@@ -43,11 +46,16 @@ impl Runner {
         let freqs = model.rope_freqs.as_deref();
         let rope_global = RopeTable::new(c.rope_dims, c.rope_global.base, c.rope_global.freq_scale, freqs);
         let rope_local = RopeTable::new(c.rope_dims, c.rope_local.base, c.rope_local.freq_scale, freqs);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build()
-            .map_err(|e| EngineError::Invalid(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Runner { model, rope_global, rope_local, pool, dispatcher })
+        let make_pool = |role: &str| {
+            let role = role.to_string();
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.max(1))
+                .thread_name(move |i| format!("tandem-{role}-{i}"))
+                .build()
+                .map_err(|e| EngineError::Invalid(format!("cannot start {threads} threads: {e}")))
+        };
+        let (pool, prefill_pool) = (make_pool("decode")?, make_pool("prefill")?);
+        Ok(Runner { model, rope_global, rope_local, pool, prefill_pool, dispatcher })
     }
 
     /// A new empty KV cache of `n_ctx` positions.
@@ -89,7 +97,9 @@ impl Runner {
                 return Err(EngineError::BadToken(bad, c.n_vocab));
             }
         }
-        self.pool.install(|| {
+        let is_prefill = seqs.iter().any(|s| s.tokens.len() > 1);
+        let pool = if is_prefill { &self.prefill_pool } else { &self.pool };
+        pool.install(|| {
             let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
             let mut x = self.embed(&tokens);
             let mut spans = Vec::with_capacity(seqs.len());
