@@ -58,7 +58,13 @@ pub fn main(a: Args) -> Result<()> {
         let c = &runner.model.config;
         let size: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
         let params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
-        let ftype = file.tensors().iter().find(|t| t.name.ends_with("ffn_down.weight")).map_or("?", |t| t.ty.name());
+        let ftype = file
+            .get("general.file_type")
+            .and_then(|v| v.as_u32())
+            .and_then(ftype_name)
+            .map(str::to_string)
+            .or_else(|| file.tensors().iter().find(|t| t.name.ends_with("ffn_down.weight")).map(|t| t.ty.name().to_string()))
+            .unwrap_or_else(|| "?".into());
         let name = format!("{} {:.0}M {}", c.arch, params as f64 / 1e6, ftype);
         let tests = a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}"), n, true))
             .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
@@ -154,4 +160,28 @@ fn render(rows: &[Row], format: &str) -> String {
         }
     }
     s
+}
+
+/// llama.cpp's names for `general.file_type` (the mostly-used quantization of a file).
+fn ftype_name(ftype: u32) -> Option<&'static str> {
+    Some(match ftype {
+        0 => "all F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K - Medium",
+        11 => "Q3_K - Small",
+        12 => "Q3_K - Medium",
+        13 => "Q3_K - Large",
+        14 => "Q4_K - Small",
+        15 => "Q4_K - Medium",
+        16 => "Q5_K - Small",
+        17 => "Q5_K - Medium",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
 }
