@@ -3,6 +3,7 @@
 mod commands;
 mod engines;
 mod load;
+mod sampling;
 
 use clap::{Parser, Subcommand};
 

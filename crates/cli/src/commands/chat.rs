@@ -3,9 +3,10 @@
 
 use crate::engines::PlacementArgs;
 use crate::load;
+use crate::sampling::SamplingArgs;
 use anyhow::Result;
 use engine::generate::{generate, StopReason};
-use engine::sampler::{Sampler, SamplerConfig};
+use engine::sampler::Sampler;
 use server::serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ pub struct Args {
     #[arg(short = 'm', long)]
     model: PathBuf,
     /// System prompt.
-    #[arg(long = "system", short = 's')]
+    #[arg(long = "system")]
     system: Option<String>,
     /// Most tokens per reply (-1 = until end of turn or a full context).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
@@ -36,24 +37,8 @@ pub struct Args {
     /// Chat template: a built-in name (chatml, gemma, llama3) or Jinja source; default: the model's.
     #[arg(long = "chat-template")]
     chat_template: Option<String>,
-    /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Top-k (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    /// Top-p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    /// Min-p (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    /// Repeat penalty (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// RNG seed (4294967295 = random).
-    #[arg(long = "seed", default_value_t = u32::MAX)]
-    seed: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -61,20 +46,7 @@ pub fn main(a: Args) -> Result<()> {
     let template = server::ChatTemplate::for_model(&runner.model.file, &tok, a.chat_template.as_deref())
         .map_err(anyhow::Error::msg)?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
-    let seed = if a.seed == u32::MAX {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    } else {
-        a.seed as u64
-    };
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: 64,
-        seed,
-    });
+    let mut sampler = Sampler::new(a.sampling.config());
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("tandem chat: {} (template: {}). /reset starts over, /exit or Ctrl-D quits.", a.model.display(), template.origin);

@@ -2,15 +2,13 @@
 
 use crate::engines::PlacementArgs;
 use crate::load;
+use crate::sampling::SamplingArgs;
 use anyhow::Result;
 use engine::generate::{generate, StopReason};
-use engine::sampler::{Sampler, SamplerConfig};
+use engine::sampler::Sampler;
 use std::io::Write;
 use std::path::PathBuf;
 use tokenizer::StreamDecoder;
-
-/// llama.cpp's "pick a random seed" value.
-const RANDOM_SEED: u32 = u32::MAX;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,27 +35,8 @@ pub struct Args {
     threads: Option<usize>,
     #[command(flatten)]
     placement: PlacementArgs,
-    /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Top-k (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    /// Top-p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    /// Min-p (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    /// Repeat penalty (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// Tokens the repeat penalty looks back over.
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
-    repeat_last_n: usize,
-    /// RNG seed (4294967295 = random).
-    #[arg(short = 's', long, default_value_t = RANDOM_SEED)]
-    seed: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Keep generating past end-of-generation tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -87,20 +66,7 @@ pub fn main(a: Args) -> Result<()> {
     if tokens.len() > n_ctx {
         anyhow::bail!("prompt has {} tokens but the context holds {n_ctx} (raise -c or shorten the prompt)", tokens.len());
     }
-    let seed = if a.seed == RANDOM_SEED {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-    } else {
-        a.seed as u64
-    };
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        seed,
-    });
+    let mut sampler = Sampler::new(a.sampling.config());
     let mut cache = runner.new_cache(n_ctx);
     let mut decoder = StreamDecoder::new(&tok);
     let stdout = std::io::stdout();
