@@ -1,7 +1,7 @@
 //! The forward pass over a batch of tokens: embeddings → decoder blocks → logits.
 //! One function serves every architecture; the config's options switch the parts on.
 
-use crate::arch::{Activation, Config, RopeStyle};
+use crate::arch::{Activation, RopeStyle};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
@@ -234,9 +234,4 @@ impl Runner {
         }
         ops::add_assign(x, &down);
     }
-}
-
-/// Config sanity shared by callers that size buffers from it.
-pub fn kv_bytes(c: &Config, n_ctx: usize) -> usize {
-    2 * c.n_layer * n_ctx * c.n_head_kv * (c.head_dim + c.head_dim_v)
 }

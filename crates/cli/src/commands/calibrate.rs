@@ -5,6 +5,7 @@
 use crate::engines::{default_calibration_path, PlacementArgs};
 use crate::load;
 use anyhow::{anyhow, bail, Result};
+use engine::matrix::cache::bucket_for;
 use engine::matrix::cpu_engine::CpuEngine;
 use engine::matrix::policy::{Calibration, CalibrationEntry};
 use engine::matrix::{Availability, MatmulShape, MatrixEngine, WeightKey};
@@ -92,7 +93,7 @@ fn time(e: &dyn MatrixEngine, w: &Weight, n: usize) -> Result<f64> {
     let x: Vec<f32> = (0..n * w.cols).map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0).collect();
     let mut out = vec![0f32; n * w.rows];
     let key = WeightKey::of(w);
-    let bucket = e.n_buckets().map_or(0, |b| b.iter().copied().find(|&x| x >= n).unwrap_or(*b.last().unwrap_or(&0)));
+    let bucket = bucket_for(e.n_buckets(), n);
     e.prepare(&key, w, bucket).map_err(|f| anyhow!("{f}"))?;
     let mut best = f64::MAX;
     for rep in 0..4 {

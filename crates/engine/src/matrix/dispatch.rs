@@ -99,6 +99,10 @@ impl Dispatcher {
     pub fn matmul_group(&self, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) {
         let k = ws[0].cols;
         let n = x.len() / k;
+        // Decode on a CPU-only machine is the hot path: no policy call, no reason strings.
+        if self.accelerators.is_empty() && !self.verbose {
+            return self.run_on_cpu(ws, x, outs);
+        }
         let shape = MatmulShape { m: ws.iter().map(|w| w.rows).sum(), ..MatmulShape::of(ws[0], n) };
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
         let mut decision = self.policy.decide(&engines, &shape);
