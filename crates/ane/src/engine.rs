@@ -8,22 +8,28 @@
 //!   program of their own.
 //! - The compile budget is counted per process; a program whose build or compile failed
 //!   is quarantined, so it is not retried (and paid for) on every op.
+//! - With [`AneConfig::cache_dir`], built programs are kept on disk ([`crate::store`]):
+//!   a later process loads them instead of rebuilding, and the driver keeps its compiled
+//!   form beside them.
 //! - A matmul converts x into input surfaces (scaled by a power of two measured from the
 //!   token norms, the guard's dynamic half), evaluates, and converts back, applying the
 //!   weight scales. Any driver error or non-finite output is an [`EngineFailure`]: the
 //!   dispatcher recomputes the op on the CPU.
 
 use crate::blob::{guard_scale, RowSource, BLOB_PATH};
-use crate::build::{build_program, BuildConfig, FnIo, GroupOp, GroupSpec};
+use crate::build::{build_program, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec};
 use crate::convert::{self, as_f16, as_f16_mut, SurfaceShape};
 use crate::ffi::{Driver, WeightFile};
 use crate::mil::Layout;
 use crate::plan::{GroupKind, GroupShape, Plan, PlanConfig};
+use crate::store::{self, KeyUnit};
+use ::engine::matrix::disk_cache::{DiskCache, Lookup};
 use ::engine::matrix::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
 use ::engine::weights::Weight;
 use ::engine::Model;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Surface allocations are rounded up to this (OM: 64 KiB multiples; also clears the
@@ -39,6 +45,22 @@ pub struct AneConfig {
     pub build: BuildConfig,
     /// Q/K/V (and gate/up) as one concatenated matrix per group instead of one conv per member.
     pub concat_groups: bool,
+    /// The persistent compiled-model directory (`--kernel-cache`): built programs are
+    /// stored there and reused by later processes. `None` keeps nothing on disk.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What the engine has done so far (for tests, summaries and the warm-up report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AneStats {
+    /// Programs built (MIL text and weight blob generated from the weights).
+    pub builds: usize,
+    /// Programs handed to the driver's compiler (the compile budget counts these).
+    pub compiles: usize,
+    /// Programs read back from the compiled-model directory instead of built.
+    pub disk_hits: usize,
+    /// Directory entries found corrupt or stale, deleted and rebuilt.
+    pub disk_rejects: usize,
 }
 
 struct Group {
@@ -89,7 +111,7 @@ struct State<D: Driver> {
     groups: Vec<Group>,
     key_group: HashMap<WeightKey, usize>,
     programs: Vec<ProgramSlot<D::Program>>,
-    compiles: usize,
+    stats: AneStats,
     pool: HashMap<usize, Vec<D::Surface>>,
 }
 
@@ -97,14 +119,19 @@ struct State<D: Driver> {
 pub struct AneEngine<D: Driver> {
     driver: D,
     cfg: AneConfig,
+    disk: Option<DiskCache>,
     state: Mutex<State<D>>,
 }
 
 impl<D: Driver> AneEngine<D> {
     /// An engine that plans each weight on its first `prepare`.
     pub fn new(driver: D, cfg: AneConfig) -> Self {
-        let state = State { groups: Vec::new(), key_group: HashMap::new(), programs: Vec::new(), compiles: 0, pool: HashMap::new() };
-        AneEngine { driver, cfg, state: Mutex::new(state) }
+        let state = State { groups: Vec::new(), key_group: HashMap::new(), programs: Vec::new(), stats: AneStats::default(), pool: HashMap::new() };
+        // An unusable directory is reported, not fatal: the engine builds as without one.
+        let disk = cfg.cache_dir.as_ref().and_then(|d| {
+            DiskCache::new(d).map_err(|e| eprintln!("warning: ane: kernel cache {}: {e}; not caching on disk", d.display())).ok()
+        });
+        AneEngine { driver, cfg, disk, state: Mutex::new(state) }
     }
 
     /// An engine planned for `model`'s matmul groups, as the forward pass dispatches them.
@@ -162,7 +189,12 @@ impl<D: Driver> AneEngine<D> {
 
     /// Programs compiled so far (the budget counts these).
     pub fn compiles(&self) -> usize {
-        self.lock().compiles
+        self.lock().stats.compiles
+    }
+
+    /// Builds, compiles and compiled-model directory traffic so far.
+    pub fn stats(&self) -> AneStats {
+        self.lock().stats
     }
 
     /// Programs planned.
@@ -225,10 +257,44 @@ impl<D: Driver> AneEngine<D> {
             Status::Failed(why) => return Err(self.fail(format!("program {p} failed earlier: {why}"))),
             Status::Cold => {}
         }
-        if st.compiles >= self.cfg.plan.max_programs {
+        if st.stats.compiles >= self.cfg.plan.max_programs {
             return Err(self.fail(format!("compile budget of {} programs per process exhausted", self.cfg.plan.max_programs)));
         }
+        let result = self.obtain(st, p).and_then(|(built, key)| {
+            st.stats.compiles += 1;
+            let files = [WeightFile { path: BLOB_PATH, bytes: &built.blob }];
+            let n = built.functions.len();
+            let program = match (&self.cfg.cache_dir, &key) {
+                (Some(root), Some(key)) => self.driver.compile_cached(&built.mil, &files, n, &store::compiled_dir(root, key)),
+                _ => self.driver.compile(&built.mil, &files, n),
+            }
+            .map_err(|e| e.to_string())?;
+            if let Err(e) = self.driver.load(&program) {
+                self.driver.unload(&program);
+                return Err(e.to_string());
+            }
+            Ok(Loaded { program, functions: built.functions })
+        });
+        match result {
+            Ok(l) => {
+                st.programs[p].status = Status::Ready(l);
+                Ok(())
+            }
+            Err(e) => {
+                st.programs[p].status = Status::Failed(e.clone());
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// Program `p` built, or read back from the compiled-model directory; with its key
+    /// when a directory is configured.
+    fn obtain(&self, st: &mut State<D>, p: usize) -> Result<(BuiltProgram, Option<String>), String> {
         let slot = &st.programs[p];
+        let key = self.disk.as_ref().map(|_| {
+            let units: Vec<KeyUnit> = slot.plan_units.iter().map(|u| KeyUnit { weights: &st.groups[u.group].weights, rows: u.rows.clone(), op: st.groups[u.group].op }).collect();
+            store::program_key(&units, &slot.buckets, &format!("{:?}", self.cfg.build))
+        });
         let slices: Vec<Vec<RowSlice>> = slot
             .plan_units
             .iter()
@@ -243,29 +309,36 @@ impl<D: Driver> AneEngine<D> {
             .zip(&slices)
             .map(|(u, s)| GroupSpec { members: s.iter().map(|r| r as &dyn RowSource).collect(), op: st.groups[u.group].op })
             .collect();
-        let ids: Vec<(usize, &GroupSpec)> = specs.iter().enumerate().collect();
-        let result = build_program(&ids, &slot.buckets, &self.cfg.build).map_err(|e| format!("build: {e}")).and_then(|built| {
-            st.compiles += 1;
-            let files = [WeightFile { path: BLOB_PATH, bytes: &built.blob }];
-            let program = self.driver.compile(&built.mil, &files, built.functions.len()).map_err(|e| e.to_string())?;
-            if let Err(e) = self.driver.load(&program) {
-                self.driver.unload(&program);
-                return Err(e.to_string());
-            }
-            Ok(Loaded { program, functions: built.functions })
-        });
-        drop(specs);
-        drop(slices);
-        match result {
-            Ok(l) => {
-                st.programs[p].status = Status::Ready(l);
-                Ok(())
-            }
-            Err(e) => {
-                st.programs[p].status = Status::Failed(e.clone());
-                Err(self.fail(e))
+        if let (Some(disk), Some(key)) = (&self.disk, &key) {
+            let expect_units: Vec<(usize, Vec<usize>)> = specs.iter().map(|g| (g.k(), g.out_dims())).collect();
+            let expect = store::Expect { units: &expect_units, buckets: &slot.buckets, layout: self.cfg.build.layout };
+            match disk.get(key) {
+                Lookup::Hit(bytes) => match store::decode(&bytes).and_then(|b| store::validate(&b, &expect).map(|()| b)) {
+                    Ok(built) => {
+                        st.stats.disk_hits += 1;
+                        return Ok((built, Some(key.clone())));
+                    }
+                    Err(e) => {
+                        eprintln!("warning: ane: kernel cache entry {key}: {e}; rebuilding");
+                        st.stats.disk_rejects += 1;
+                    }
+                },
+                Lookup::Rejected(why) => {
+                    eprintln!("warning: ane: kernel cache: {why}");
+                    st.stats.disk_rejects += 1;
+                }
+                Lookup::Miss => {}
             }
         }
+        let ids: Vec<(usize, &GroupSpec)> = specs.iter().enumerate().collect();
+        let built = build_program(&ids, &slot.buckets, &self.cfg.build).map_err(|e| format!("build: {e}"))?;
+        st.stats.builds += 1;
+        if let (Some(disk), Some(key)) = (&self.disk, &key) {
+            if let Err(e) = disk.put(key, &store::encode(&built)) {
+                eprintln!("warning: ane: kernel cache: cannot write {key}: {e}");
+            }
+        }
+        Ok((built, key))
     }
 
     fn take_surface(&self, st: &mut State<D>, bytes: usize) -> Result<D::Surface, EngineFailure> {

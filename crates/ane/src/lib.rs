@@ -20,8 +20,9 @@ pub mod ffi;
 pub mod mil;
 pub mod plan;
 pub mod sim;
+pub mod store;
 
-pub use crate::engine::{AneConfig, AneEngine};
+pub use crate::engine::{AneConfig, AneEngine, AneStats};
 
 /// Largest width, height and matmul K the ANE takes on M1–M3 (§4); every tile stays within it.
 pub const MAX_DIM: usize = 16384;

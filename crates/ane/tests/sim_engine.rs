@@ -21,6 +21,7 @@ fn config(layout: Layout, max_dim: usize, buckets: Vec<usize>) -> AneConfig {
         plan: PlanConfig { buckets, ..PlanConfig::default() },
         build: BuildConfig { layout, max_dim, activation_bound: 64.0 },
         concat_groups: false,
+        ..AneConfig::default()
     }
 }
 

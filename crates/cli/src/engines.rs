@@ -40,13 +40,15 @@ pub static REGISTRY: &[EngineEntry] = &[
         make: |a, _| Arc::new(cuda::CudaEngine::new(cuda::CudaOptions { gpu_mem: a.gpu_mem.map(|m| m << 20), ..Default::default() })),
     },
     // The Apple Neural Engine, planned for the model's matmul groups (few programs).
-    EngineEntry { name: "ane", in_auto: true, make: |_, m| ane_engine(ane::ffi::macos::MacDriver::new(), m) },
+    EngineEntry { name: "ane", in_auto: true, make: |a, m| ane_engine(ane::ffi::macos::MacDriver::new(), a, m) },
     // Our MIL programs run by the MIL interpreter on the CPU: the ANE path, checkable anywhere.
-    EngineEntry { name: "ane-sim", in_auto: false, make: |_, m| ane_engine(ane::sim::SimDriver::new(), m) },
+    EngineEntry { name: "ane-sim", in_auto: false, make: |a, m| ane_engine(ane::sim::SimDriver::new(), a, m) },
 ];
 
-fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, model: &Model) -> Arc<dyn MatrixEngine> {
-    let engine = ane::AneEngine::new(driver, Default::default());
+fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, a: &PlacementArgs, model: &Model) -> Arc<dyn MatrixEngine> {
+    // --kernel-cache keeps built programs (and the runtime's compiled models) across runs.
+    let cfg = ane::AneConfig { cache_dir: a.kernel_cache.clone(), ..Default::default() };
+    let engine = ane::AneEngine::new(driver, cfg);
     // Unavailable drivers are reported by availability(); planning never needs the device.
     if let Err(e) = engine.plan_model(model) {
         eprintln!("warning: ane: cannot plan the model's programs: {e}");

@@ -10,7 +10,7 @@
 use super::{Driver, DriverError, WeightFile};
 use libloading::Library;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 type Id = *mut c_void;
@@ -53,6 +53,11 @@ struct Sels {
     array_with: Sel,
     retain: Sel,
     release: Sel,
+    file_url: Sel,
+    /// Optional (§1, OM's persistent cache): `-setModelURL:` and `-compiledModelExists`.
+    /// Without them `compile_cached` compiles every time.
+    set_model_url: Option<Sel>,
+    compiled_exists: Option<Sel>,
 }
 
 struct Classes {
@@ -65,6 +70,7 @@ struct Classes {
     ns_number: Id,
     ns_dictionary: Id,
     ns_array: Id,
+    ns_url: Id,
 }
 
 /// Everything looked up at start-up.
@@ -142,6 +148,7 @@ impl Api {
             ns_number: class("NSNumber")?,
             ns_dictionary: class("NSDictionary")?,
             ns_array: class("NSArray")?,
+            ns_url: class("NSURL")?,
         };
         // §1 banks: the inner model answers the symbol-index questions.
         let ane_model = class("_ANEModel")?;
@@ -171,6 +178,9 @@ impl Api {
             array_with: check(cls.ns_array, "NSArray", "arrayWithObjects:count:", false)?,
             retain: check(ns_object, "NSObject", "retain", true)?,
             release: check(ns_object, "NSObject", "release", true)?,
+            file_url: check(cls.ns_url, "NSURL", "fileURLWithPath:", false)?,
+            set_model_url: check(cls.in_mem, "_ANEInMemoryModel", "setModelURL:", true).ok(),
+            compiled_exists: check(cls.in_mem, "_ANEInMemoryModel", "compiledModelExists", true).ok(),
         };
         let key = |n: &str| -> Result<Id, String> { Ok(*sym::<*const Id>(&ios, n)?) };
         Ok(Api {
@@ -258,6 +268,10 @@ pub struct MacProgram {
     model: Id,
     dir: PathBuf,
     procedures: usize,
+    /// Staged in a persistent directory (kept on unload); the compile was skipped because
+    /// the runtime had the compiled model, so a failed load recompiles once (§1, OM).
+    persistent: bool,
+    skipped_compile: std::sync::atomic::AtomicBool,
 }
 // SAFETY: the engine serialises every call on one program (§1: evals serialised per program).
 unsafe impl Send for MacProgram {}
@@ -302,22 +316,23 @@ impl MacDriver {
     }
 }
 
-impl Driver for MacDriver {
-    type Program = MacProgram;
-    type Surface = MacSurface;
+/// The OS build (ProductBuildVersion): a compiled model is only reused by the same build (§1, OM).
+fn os_build() -> String {
+    let plist = std::fs::read_to_string("/System/Library/CoreServices/SystemVersion.plist").unwrap_or_default();
+    plist
+        .split_once("<key>ProductBuildVersion</key>")
+        .and_then(|(_, rest)| rest.split_once("<string>"))
+        .and_then(|(_, rest)| rest.split_once("</string>"))
+        .map(|(v, _)| v.trim().chars().filter(|c| c.is_ascii_alphanumeric()).collect())
+        .filter(|v: &String| !v.is_empty())
+        .unwrap_or_else(|| "unknown-build".into())
+}
 
-    fn name(&self) -> &str {
-        "ane"
-    }
-    fn availability(&self) -> Result<(), String> {
-        self.api.as_ref().map(|_| ()).map_err(Clone::clone)
-    }
-    fn throughput_hint(&self) -> (f64, f64) {
-        // §5: 2–4 TFLOPS on single convs at N ≥ 256; unified memory copies ~50 GB/s.
-        (2.5e12, 5e10)
-    }
-
-    fn compile(&self, mil: &str, weights: &[WeightFile], procedures: usize) -> Result<MacProgram, DriverError> {
+impl MacDriver {
+    /// §1 steps 1–4. With `persist`, the model URL is set to `persist/<OS build>-<hexId>`
+    /// (OM): if the runtime already holds a compiled model there the compile is skipped,
+    /// and the directory is kept on unload so the next process finds it.
+    fn compile_in(&self, mil: &str, weights: &[WeightFile], procedures: usize, persist: Option<&Path>) -> Result<MacProgram, DriverError> {
         let api = self.api()?;
         unsafe {
             let _pool = Pool::new(api);
@@ -340,36 +355,96 @@ impl Driver for MacDriver {
             if model.is_null() {
                 return Err(DriverError("inMemoryModelWithDescriptor: returned nil".into()));
             }
-            // §1 step 3: @model_path maps to NSTemporaryDirectory()/hexStringIdentifier; stage files there.
+            // §1 step 3: @model_path maps to NSTemporaryDirectory()/hexStringIdentifier; stage files there
+            // (or, persistent, in the stable directory the model URL names).
             let hex = api.to_rust(send!(api, model, hex_id => Id));
-            let dir = PathBuf::from(api.to_rust((api.temp_dir)())).join(&hex);
-            let stage = || -> std::io::Result<()> {
-                std::fs::create_dir_all(dir.join("weights"))?;
-                std::fs::write(dir.join("model.mil"), mil)?;
-                for w in weights {
-                    std::fs::write(dir.join(w.path.trim_start_matches("@model_path/")), w.bytes)?;
-                }
-                Ok(())
+            if hex.is_empty() || hex.contains(['/', '.']) {
+                return Err(DriverError(format!("hexStringIdentifier {hex:?} is not a directory name")));
+            }
+            let dir = match persist {
+                Some(root) => root.join(format!("{}-{hex}", os_build())),
+                None => PathBuf::from(api.to_rust((api.temp_dir)())).join(&hex),
             };
-            stage().map_err(|e| DriverError(format!("staging {}: {e}", dir.display())))?;
-            // §1 step 4: compileWithQoS:options:error: (uint QoS, empty dictionary, NSError**) → BOOL.
-            let mut err: Id = std::ptr::null_mut();
-            let ok = send!(api, model, compile => Bool, u32 = QOS, Id = api.dict(&[], &[]), *mut Id = &mut err);
-            if ok == 0 {
-                let e = api.error_text("ANE compile", err);
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+            let mut skipped_compile = false;
+            // §1 (OM): point the model at a stable directory; `compiledModelExists` then says
+            // whether the runtime's content-addressed cache (keyed by the hexId: MIL, weights,
+            // options) already holds it. UNVERIFIED here: written from OM's description.
+            if let (Some(set_url), Some(exists)) = (api.sel.set_model_url.filter(|_| persist.is_some()), api.sel.compiled_exists) {
+                std::fs::create_dir_all(&dir).map_err(|e| DriverError(format!("creating {}: {e}", dir.display())))?;
+                let f: unsafe extern "C" fn(Id, Sel, Id) = std::mem::transmute(api.msg_send);
+                let path = api.string(&dir.to_string_lossy());
+                f(model, set_url, send!(api, api.cls.ns_url, file_url => Id, Id = path));
+                let g: unsafe extern "C" fn(Id, Sel) -> Bool = std::mem::transmute(api.msg_send);
+                skipped_compile = g(model, exists) != 0;
+            }
+            // Staged files are kept beside a cached compile (a failed load recompiles from them).
+            if !skipped_compile || !dir.join("model.mil").exists() {
+                let stage = || -> std::io::Result<()> {
+                    std::fs::create_dir_all(dir.join("weights"))?;
+                    std::fs::write(dir.join("model.mil"), mil)?;
+                    for w in weights {
+                        std::fs::write(dir.join(w.path.trim_start_matches("@model_path/")), w.bytes)?;
+                    }
+                    Ok(())
+                };
+                stage().map_err(|e| DriverError(format!("staging {}: {e}", dir.display())))?;
+            }
+            if !skipped_compile {
+                // §1 step 4: compileWithQoS:options:error: (uint QoS, empty dictionary, NSError**) → BOOL.
+                Self::compile_model(api, model).inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&dir);
+                })?;
             }
             send!(api, model, retain => Id);
-            Ok(MacProgram { model, dir, procedures })
+            Ok(MacProgram { model, dir, procedures, persistent: persist.is_some(), skipped_compile: skipped_compile.into() })
         }
+    }
+
+    unsafe fn compile_model(api: &Api, model: Id) -> Result<(), DriverError> {
+        let mut err: Id = std::ptr::null_mut();
+        let ok = send!(api, model, compile => Bool, u32 = QOS, Id = api.dict(&[], &[]), *mut Id = &mut err);
+        if ok == 0 {
+            return Err(api.error_text("ANE compile", err));
+        }
+        Ok(())
+    }
+}
+
+impl Driver for MacDriver {
+    type Program = MacProgram;
+    type Surface = MacSurface;
+
+    fn name(&self) -> &str {
+        "ane"
+    }
+    fn availability(&self) -> Result<(), String> {
+        self.api.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        // §5: 2–4 TFLOPS on single convs at N ≥ 256; unified memory copies ~50 GB/s.
+        (2.5e12, 5e10)
+    }
+
+    fn compile(&self, mil: &str, weights: &[WeightFile], procedures: usize) -> Result<MacProgram, DriverError> {
+        self.compile_in(mil, weights, procedures, None)
+    }
+
+    fn compile_cached(&self, mil: &str, weights: &[WeightFile], procedures: usize, dir: &Path) -> Result<MacProgram, DriverError> {
+        let api = self.api()?;
+        if api.sel.set_model_url.is_none() || api.sel.compiled_exists.is_none() {
+            return self.compile_in(mil, weights, procedures, None);
+        }
+        // A failure of the persistent path (an unverified API, §1 OM) must not cost the
+        // program: fall back to the plain temporary-directory compile.
+        self.compile_in(mil, weights, procedures, Some(dir)).or_else(|_| self.compile_in(mil, weights, procedures, None))
     }
 
     fn load(&self, p: &MacProgram) -> Result<(), DriverError> {
         let api = self.api()?;
         unsafe {
             let _pool = Pool::new(api);
-            // §1 step 4, and §4: a failed load is retried once after 100 ms (GA).
+            // §1 step 4, and §4: a failed load is retried once after 100 ms (GA). A program
+            // whose compile was skipped (cached, §1 OM) is compiled before the retry instead.
             for attempt in 0..2 {
                 let mut err: Id = std::ptr::null_mut();
                 if send!(api, p.model, load => Bool, u32 = QOS, Id = api.dict(&[], &[]), *mut Id = &mut err) != 0 {
@@ -378,7 +453,11 @@ impl Driver for MacDriver {
                 if attempt == 1 {
                     return Err(api.error_text("ANE load (after one retry)", err));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                if p.skipped_compile.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    Self::compile_model(api, p.model)?;
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
             unreachable!()
         }
@@ -393,7 +472,10 @@ impl Driver for MacDriver {
             send!(api, p.model, unload => Bool, u32 = QOS, *mut Id = &mut err);
             send!(api, p.model, release => ());
         }
-        let _ = std::fs::remove_dir_all(&p.dir);
+        // A persistent directory holds the runtime's compiled model for the next process.
+        if !p.persistent {
+            let _ = std::fs::remove_dir_all(&p.dir);
+        }
     }
 
     fn surface(&self, bytes: usize) -> Result<MacSurface, DriverError> {

@@ -45,6 +45,13 @@ pub trait Driver: Send + Sync + 'static {
     fn throughput_hint(&self) -> (f64, f64);
     /// Compile MIL text with its weight files; `procedures` functions it declares.
     fn compile(&self, mil: &str, weights: &[WeightFile], procedures: usize) -> Result<Self::Program, DriverError>;
+    /// Compile as [`Self::compile`] does, keeping what the runtime compiled in `dir` (one
+    /// directory per program, created by the driver) so that a later process can skip the
+    /// runtime's compiler. The default caches nothing and compiles.
+    fn compile_cached(&self, mil: &str, weights: &[WeightFile], procedures: usize, dir: &std::path::Path) -> Result<Self::Program, DriverError> {
+        let _ = dir;
+        self.compile(mil, weights, procedures)
+    }
     /// Make a compiled program ready to evaluate.
     fn load(&self, program: &Self::Program) -> Result<(), DriverError>;
     /// Release it (and its temporary files).
