@@ -50,6 +50,19 @@ pub struct AneConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// What [`AneEngine::warm_up`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WarmUp {
+    /// Programs compiled and loaded by this warm-up.
+    pub loaded: usize,
+    /// Programs that were ready before it.
+    pub already_ready: usize,
+    /// Programs left cold because the compile budget ran out.
+    pub over_budget: usize,
+    /// Why each failed program failed (they are quarantined).
+    pub failed: Vec<String>,
+}
+
 /// What the engine has done so far (for tests, summaries and the warm-up report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AneStats {
@@ -207,15 +220,29 @@ impl<D: Driver> AneEngine<D> {
         &self.driver
     }
 
-    /// Compile and load every planned program now (start-up warm-up); `progress(done, total)`.
-    pub fn warm_up(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<(), EngineFailure> {
+    /// Start-up warm-up: build (or read back), compile and load now every planned program
+    /// holding functions for any of `buckets` (all planned buckets when empty), in plan
+    /// order, so that prefills find them ready. Bounded by the compile budget: programs
+    /// beyond what it has left stay cold (and fall back to the CPU later, as they would
+    /// have). A program that fails is quarantined and the warm-up goes on.
+    /// `progress(done, total)` is called once before the first program and after each.
+    pub fn warm_up(&self, buckets: &[usize], progress: &mut dyn FnMut(usize, usize)) -> WarmUp {
         let mut st = self.lock();
-        let total = st.programs.len();
-        for p in 0..total {
-            self.ensure(&mut st, p)?;
-            progress(p + 1, total);
+        let wanted = |p: &ProgramSlot<D::Program>| buckets.is_empty() || p.buckets.iter().any(|b| buckets.contains(b));
+        let cold: Vec<usize> = (0..st.programs.len()).filter(|&p| wanted(&st.programs[p]) && matches!(st.programs[p].status, Status::Cold)).collect();
+        let mut report = WarmUp { already_ready: (0..st.programs.len()).filter(|&p| wanted(&st.programs[p]) && matches!(st.programs[p].status, Status::Ready(_))).count(), ..WarmUp::default() };
+        let room = self.cfg.plan.max_programs.saturating_sub(st.stats.compiles);
+        let total = cold.len().min(room);
+        report.over_budget = cold.len() - total;
+        progress(0, total);
+        for (i, &p) in cold[..total].iter().enumerate() {
+            match self.ensure(&mut st, p) {
+                Ok(()) => report.loaded += 1,
+                Err(e) => report.failed.push(e.what),
+            }
+            progress(i + 1, total);
         }
-        Ok(())
+        report
     }
 
     /// The fused MLP `down(act(gate·x) ⊙ up·x)` for `n ≤ bucket` tokens, the weights

@@ -22,7 +22,7 @@ pub mod plan;
 pub mod sim;
 pub mod store;
 
-pub use crate::engine::{AneConfig, AneEngine, AneStats};
+pub use crate::engine::{AneConfig, AneEngine, AneStats, WarmUp};
 
 /// Largest width, height and matmul K the ANE takes on M1–M3 (§4); every tile stays within it.
 pub const MAX_DIM: usize = 16384;

@@ -40,18 +40,44 @@ pub static REGISTRY: &[EngineEntry] = &[
         make: |a, _| Arc::new(cuda::CudaEngine::new(cuda::CudaOptions { gpu_mem: a.gpu_mem.map(|m| m << 20), ..Default::default() })),
     },
     // The Apple Neural Engine, planned for the model's matmul groups (few programs).
-    EngineEntry { name: "ane", in_auto: true, make: |a, m| ane_engine(ane::ffi::macos::MacDriver::new(), a, m) },
+    EngineEntry { name: "ane", in_auto: true, make: |a, m| ane_engine(ane::ffi::macos::MacDriver::new(), a, m, true) },
     // Our MIL programs run by the MIL interpreter on the CPU: the ANE path, checkable anywhere.
-    EngineEntry { name: "ane-sim", in_auto: false, make: |a, m| ane_engine(ane::sim::SimDriver::new(), a, m) },
+    EngineEntry { name: "ane-sim", in_auto: false, make: |a, m| ane_engine(ane::sim::SimDriver::new(), a, m, false) },
 ];
 
-fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, a: &PlacementArgs, model: &Model) -> Arc<dyn MatrixEngine> {
+/// `warm`: compile the planned programs now (with a progress bar on a terminal) rather
+/// than on the first prefill; only where the driver is available.
+fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, a: &PlacementArgs, model: &Model, warm: bool) -> Arc<dyn MatrixEngine> {
     // --kernel-cache keeps built programs (and the runtime's compiled models) across runs.
     let cfg = ane::AneConfig { cache_dir: a.kernel_cache.clone(), ..Default::default() };
     let engine = ane::AneEngine::new(driver, cfg);
     // Unavailable drivers are reported by availability(); planning never needs the device.
     if let Err(e) = engine.plan_model(model) {
         eprintln!("warning: ane: cannot plan the model's programs: {e}");
+    } else if warm && engine.driver().availability().is_ok() {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("ane: compiling [{bar:30}] {pos}/{len} programs").expect("valid template").progress_chars("=> "),
+            );
+            b
+        });
+        let report = engine.warm_up(&[], &mut |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        if let Some(why) = report.failed.first() {
+            eprintln!("warning: ane: {} of the model's programs failed to compile (their matmuls run on the CPU): {why}", report.failed.len());
+        }
+        if report.over_budget > 0 {
+            eprintln!("warning: ane: {} programs exceed the compile budget (their matmuls run on the CPU)", report.over_budget);
+        }
     }
     Arc::new(engine)
 }
