@@ -208,6 +208,19 @@ impl Gpu {
         Ok(())
     }
 
+    /// `mid = f16(act(gate) ⊙ up)` over `n` elements on the compute stream.
+    pub(crate) fn launch_activation(&self, kernel: &str, gate: u64, up: u64, mid: u64, n: usize) -> Res<()> {
+        let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let blocks = n.div_ceil(256).clamp(1, self.sms as usize * 32) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let n = n as i64;
+        let mut b = self.s_comp.launch_builder(f);
+        b.arg(&gate).arg(&up).arg(&mid).arg(&n);
+        // SAFETY: the arguments match ffn_silu / ffn_gelu in kernels.rs.
+        unsafe { b.launch(cfg) }.map_err(err(kernel))?;
+        Ok(())
+    }
+
     /// Upload a weight's raw blocks and expand them to f16 `[m, k]` on the card.
     pub(crate) fn prepare_weight(&self, data: &[u8], kernel: Option<&str>, elems: usize) -> Res<DevBuf> {
         self.bind()?;

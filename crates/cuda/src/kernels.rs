@@ -99,6 +99,24 @@ DEQ(deq_q6_k, 256, 210, {
     v = ldh(b + 208) * (float)(i8)b[192 + 8 * h + (l >> 4) + 2 * qt] * q;
 })
 
+// Feed-forward activation on the card: mid = f16(act(gate) * up), saturated to the f16
+// range so a large product stays finite. gate and up are the f32 GEMM outputs.
+__device__ __forceinline__ float sat_f16(float v) { return fminf(fmaxf(v, -65504.0f), 65504.0f); }
+extern "C" __global__ void ffn_silu(const float* __restrict__ g, const float* __restrict__ u, u16* __restrict__ mid, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = g[i];
+        mid[i] = f2h(sat_f16(x / (1.0f + expf(-x)) * u[i]));
+    }
+}
+// GELU, tanh approximation (as ggml's gelu).
+extern "C" __global__ void ffn_gelu(const float* __restrict__ g, const float* __restrict__ u, u16* __restrict__ mid, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = g[i];
+        float y = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * (1.0f + 0.044715f * x * x)));
+        mid[i] = f2h(sat_f16(y * u[i]));
+    }
+}
+
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -110,10 +128,18 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 15] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
-    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16",
+    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu",
 ];
+
+/// The kernel applying a feed-forward activation between the gate/up and down GEMMs.
+pub fn activation_kernel(a: engine::arch::Activation) -> &'static str {
+    match a {
+        engine::arch::Activation::Silu => "ffn_silu",
+        engine::arch::Activation::GeluTanh => "ffn_gelu",
+    }
+}
 
 /// How a weight of type `ty` reaches f16 on the card: `Ok(None)` = it already is f16
 /// (copied as is), `Ok(Some(kernel))` = dequantized by that kernel, `Err` = not a weight format.

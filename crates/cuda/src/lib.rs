@@ -19,7 +19,7 @@ mod pipeline;
 
 pub use pipeline::PhaseTimes;
 
-use engine::matrix::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use engine::weights::Weight;
 use gpu::{DevBuf, Gpu, Res};
 use std::collections::HashMap;
@@ -45,6 +45,9 @@ pub struct CudaOptions {
     pub min_chunk: usize,
     /// Largest chunk in tokens.
     pub max_chunk: usize,
+    /// Run whole feed-forward blocks on the card (gate, up, activation, down), so their
+    /// wide intermediate never crosses the bus. Off: each matmul crosses on its own.
+    pub fuse_feed_forward: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -53,7 +56,16 @@ pub struct CudaOptions {
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { device: 0, gpu_mem: None, out_half: false, chunks: 4, min_chunk: 128, max_chunk: 1024, bench_device_only: false }
+        CudaOptions {
+            device: 0,
+            gpu_mem: None,
+            out_half: false,
+            chunks: 4,
+            min_chunk: 128,
+            max_chunk: 1024,
+            fuse_feed_forward: true,
+            bench_device_only: false,
+        }
     }
 }
 
@@ -269,23 +281,69 @@ impl MatrixEngine for CudaEngine {
         n: usize,
         outs: &mut [&mut [f32]],
     ) -> Result<(), EngineFailure> {
-        let g = self.gpu().map_err(fail)?;
         if keys.is_empty() || keys.len() != weights.len() || outs.len() != weights.len() {
             return Err(fail("a group needs one key and one output per weight"));
         }
         let k = weights[0].cols;
-        let bufs: Vec<Arc<DevBuf>> = {
-            let map = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter()
-                .map(|key| map.get(*key).cloned().ok_or_else(|| fail(format!("{} is not prepared", key.tensor))))
-                .collect::<Result<_, _>>()?
-        };
-        for (w, b) in weights.iter().zip(&bufs) {
-            if w.cols != k || b.bytes != w.rows * w.cols * 2 {
-                return Err(fail(format!("{}: prepared size does not match {}x{}", w.name, w.rows, w.cols)));
-            }
+        if weights.iter().any(|w| w.cols != k) {
+            return Err(fail("the weights of a group share their input width"));
         }
+        let bufs = self.resident(keys, weights)?;
         let ws: Vec<(u64, usize)> = bufs.iter().zip(weights).map(|(b, w)| (b.ptr, w.rows)).collect();
+        self.run_pipeline(None, &ws, k, x, n, outs)
+    }
+
+    fn fuses_feed_forward(&self) -> bool {
+        self.opts.fuse_feed_forward
+    }
+
+    fn feed_forward(
+        &self,
+        keys: [&WeightKey; 3],
+        ffn: &FeedForward<'_>,
+        _bucket: usize,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        let [gate, up, down] = ffn.weights();
+        let (k, ff) = (gate.cols, gate.rows);
+        if up.rows != ff || up.cols != k || down.cols != ff {
+            return Err(fail(format!("feed-forward shapes do not chain: gate {ff}x{k}, up {}x{}, down {}x{}", up.rows, up.cols, down.rows, down.cols)));
+        }
+        let bufs = self.resident(&keys, &[gate, up, down])?;
+        let stage = pipeline::FfnStage { gate: bufs[0].ptr, up: bufs[1].ptr, ff, kernel: kernels::activation_kernel(ffn.activation) };
+        self.run_pipeline(Some(stage), &[(bufs[2].ptr, down.rows)], k, x, n, &mut [out])
+    }
+}
+
+impl CudaEngine {
+    /// The prepared buffers of `weights`, checked against their shapes. The caller holds
+    /// these references until its call has synchronized, so an eviction meanwhile frees nothing in use.
+    fn resident(&self, keys: &[&WeightKey], weights: &[&Weight]) -> Result<Vec<Arc<DevBuf>>, EngineFailure> {
+        let map = self.weights.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .zip(weights)
+            .map(|(key, w)| {
+                let b = map.get(*key).ok_or_else(|| fail(format!("{} is not prepared", key.tensor)))?;
+                if b.bytes != w.rows * w.cols * 2 {
+                    return Err(fail(format!("{}: prepared size does not match {}x{}", w.name, w.rows, w.cols)));
+                }
+                Ok(b.clone())
+            })
+            .collect()
+    }
+
+    fn run_pipeline(
+        &self,
+        ffn: Option<pipeline::FfnStage>,
+        ws: &[(u64, usize)],
+        k: usize,
+        x: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let o = &self.opts;
         let plan = pipeline::Plan {
@@ -295,7 +353,7 @@ impl MatrixEngine for CudaEngine {
             out_half: o.out_half,
             device_only: o.bench_device_only,
         };
-        guarded("matmul", || pipeline::run(g, &mut scratch, &ws, k, x, n, outs, &plan)).map_err(fail)
+        guarded("matmul", || pipeline::run(g, &mut scratch, ffn, ws, k, x, n, outs, &plan)).map_err(fail)
     }
 }
 

@@ -37,6 +37,8 @@ pub struct PhaseTimes {
 #[derive(Default)]
 pub(crate) struct Scratch {
     d_x: Option<crate::gpu::DevBuf>,
+    /// Gate, up (f32) and their activated product (f16) of one chunk of a feed-forward block.
+    d_ffn: Option<crate::gpu::DevBuf>,
     d_out: Option<crate::gpu::DevBuf>,
     h_in: Option<HostBuf>,
     h_out: Option<HostBuf>,
@@ -61,6 +63,20 @@ pub(crate) struct Plan {
     /// Benchmark only: skip the host conversion and copy-out (outputs are left unwritten),
     /// to time what the card and the bus alone would take with pinned f16 buffers.
     pub device_only: bool,
+}
+
+/// The front of a fused feed-forward block: gate and up GEMMs and the activation, whose
+/// f16 product (`[len, ff]`, never leaving the card) is the input of the call's one weight (down).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FfnStage {
+    /// Prepared f16 gate weight `[ff, k]`.
+    pub gate: u64,
+    /// Prepared f16 up weight `[ff, k]`.
+    pub up: u64,
+    /// Feed-forward width.
+    pub ff: usize,
+    /// Activation kernel (`kernels::activation_kernel`).
+    pub kernel: &'static str,
 }
 
 /// Token chunks `(start, len)` covering `0..n`.
@@ -99,11 +115,13 @@ fn pieces(plan: &[(usize, usize)], row: usize, most: usize) -> Vec<(usize, usize
         .collect()
 }
 
-/// `outs[i][t * m_i + r] = Σ_k x[t, k] · W_i[r, k]` for f16 weights resident at `weights[i] = (ptr, m_i)`.
+/// `outs[i][t * m_i + r] = Σ_k x[t, k] · W_i[r, k]` for f16 weights resident at `weights[i] = (ptr, m_i)`;
+/// with `ffn`, the weights (down) multiply the stage's activated product instead of x.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     gpu: &Gpu,
     s: &mut Scratch,
+    ffn: Option<FfnStage>,
     weights: &[(u64, usize)],
     k: usize,
     x: &[f32],
@@ -118,7 +136,10 @@ pub(crate) fn run(
         return Ok(());
     }
     gpu.bind()?;
-    let r = run_inner(gpu, s, weights, k, x, n, outs, plan);
+    if ffn.is_some_and(|f| weights.len() != 1 || f.ff == 0) {
+        return Err("a feed-forward block has one down weight".into());
+    }
+    let r = run_inner(gpu, s, ffn, weights, k, x, n, outs, plan);
     if r.is_err() {
         // Nothing may still be reading or writing our buffers when the next call reuses them.
         gpu.sync_all();
@@ -130,6 +151,7 @@ pub(crate) fn run(
 fn run_inner(
     gpu: &Gpu,
     s: &mut Scratch,
+    ffn: Option<FfnStage>,
     weights: &[(u64, usize)],
     k: usize,
     x: &[f32],
@@ -145,6 +167,11 @@ fn run_inner(
     let h_in = Ptr(ensure_host(&gpu.ctx, &mut s.h_in, n * k * 2, true)?.slice_mut::<u16>(n * k).as_mut_ptr());
     let h_out = Ptr(ensure_host(&gpu.ctx, &mut s.h_out, n * msum * osize, false)?.slice_mut::<u8>(n * msum * osize).as_mut_ptr());
     let chunk_list = chunks(n, plan);
+    let longest = chunk_list.iter().map(|c| c.1).max().unwrap_or(0);
+    let d_ffn = match ffn {
+        Some(f) => ensure_dev(&gpu.ctx, &mut s.d_ffn, longest * f.ff * (4 + 4 + 2))?,
+        None => 0,
+    };
     let per_chunk = 1 + 2 * weights.len();
     while s.events.len() < chunk_list.len() * per_chunk {
         s.events.push(gpu.event(false)?);
@@ -169,9 +196,20 @@ fn run_inner(
         unsafe { drv::memcpy_htod_async(xb, src, gpu.s_h2d.cu_stream()) }.map_err(err("upload activations"))?;
         ev(c, 0).record(&gpu.s_h2d).map_err(err("record"))?;
         gpu.s_comp.wait(ev(c, 0)).map_err(err("wait"))?;
+        // The stream runs chunks in order, so one chunk's worth of gate/up/product space serves them all.
+        let (src, src_k) = match ffn {
+            None => (xb, k),
+            Some(f) => {
+                let (gate, up, mid) = (d_ffn, d_ffn + (len * f.ff * 4) as u64, d_ffn + (len * f.ff * 8) as u64);
+                gpu.gemm(f.gate, xb, gate, f.ff, k, len, false)?;
+                gpu.gemm(f.up, xb, up, f.ff, k, len, false)?;
+                gpu.launch_activation(f.kernel, gate, up, mid, len * f.ff)?;
+                (mid, f.ff)
+            }
+        };
         for (i, &(w, m)) in weights.iter().enumerate() {
             let at = (offs[i] + c0 * m) * osize;
-            gpu.gemm(w, xb, d_out + at as u64, m, k, len, plan.out_half)?;
+            gpu.gemm(w, src, d_out + at as u64, m, src_k, len, plan.out_half)?;
             ev(c, 1 + 2 * i).record(&gpu.s_comp).map_err(err("record"))?;
             gpu.s_d2h.wait(ev(c, 1 + 2 * i)).map_err(err("wait"))?;
             // SAFETY: a disjoint range of the pinned output buffer, read only after out[c,i].

@@ -1,12 +1,12 @@
 //! The forward pass over a batch of tokens: embeddings → decoder blocks → logits.
 //! One function serves every architecture; the config's options switch the parts on.
 
-use crate::arch::{Activation, RopeStyle};
+use crate::arch::RopeStyle;
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
-use crate::matrix::Dispatcher;
+use crate::matrix::{Dispatcher, FeedForward};
 use crate::model::{Layer, Model};
 use std::ops::Range;
 
@@ -220,15 +220,9 @@ impl Runner {
         ops::add_assign(x, &o);
 
         ops::rms_norm_into(x, &l.ffn_norm, c.norm_eps, &mut h);
-        let mut gate = vec![0f32; n * c.n_ff];
-        let mut up = vec![0f32; n * c.n_ff];
-        self.dispatcher.matmul_group(&[&l.w_gate, &l.w_up], &h, &mut [&mut gate, &mut up]);
-        match c.activation {
-            Activation::Silu => ops::silu_mul(&mut gate, &up),
-            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
-        }
         let mut down = vec![0f32; n * c.n_embd];
-        self.dispatcher.matmul(&l.w_down, &gate, &mut down);
+        let ffn = FeedForward { gate: &l.w_gate, up: &l.w_up, down: &l.w_down, activation: c.activation };
+        self.dispatcher.feed_forward(&ffn, &h, &mut down);
         if let Some(w) = &l.post_ffn_norm {
             ops::rms_norm(&mut down, w, c.norm_eps);
         }

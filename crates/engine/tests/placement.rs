@@ -116,8 +116,9 @@ fn failing_engine_never_leaves_output_uncomputed() {
         assert_eq!(got, cpu, "fault every {every}: outputs differ from CPU-only");
         let stats = r.dispatcher.stats.snapshot();
         let acc = &stats["cpu+faults"];
-        // 30 layers × 4 dispatches + output = 121 ops offloaded; every k-th fails.
-        assert_eq!(acc.failures, 121 / every as u64, "{stats:?}");
+        // 30 layers × 3 dispatches (Q/K/V, O, the fused feed-forward block) + output = 91
+        // ops offloaded; every k-th fails.
+        assert_eq!(acc.failures, 91 / every as u64, "{stats:?}");
         assert!(stats["cpu"].matmuls > 0, "failed ops ran on the CPU");
     }
 }
@@ -140,6 +141,59 @@ fn reference_engine_agrees_with_cpu() {
     assert!(same * 10 >= rows * 9, "only {same}/{rows} argmaxes agree");
     // 30 layers × 7 weights + output, each counted once.
     assert_eq!(r.dispatcher.stats.snapshot()["ref"].matmuls, 211);
+}
+
+/// The reference engine with feed-forward fusion hidden: every matmul placed on its own.
+struct Unfused(ReferenceEngine);
+impl MatrixEngine for Unfused {
+    fn name(&self) -> &str {
+        "ref"
+    }
+    fn availability(&self) -> Availability {
+        self.0.availability()
+    }
+    fn supports(&self, s: &MatmulShape) -> Result<(), String> {
+        self.0.supports(s)
+    }
+    fn n_buckets(&self) -> Option<&[usize]> {
+        self.0.n_buckets()
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        self.0.throughput_hint()
+    }
+    fn prepare(&self, k: &WeightKey, w: &Weight, b: usize) -> Result<usize, EngineFailure> {
+        self.0.prepare(k, w, b)
+    }
+    fn evict(&self, k: &WeightKey, b: usize) {
+        self.0.evict(k, b)
+    }
+    fn matmul(&self, k: &[&WeightKey], w: &[&Weight], b: usize, x: &[f32], n: usize, o: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        self.0.matmul(k, w, b, x, n, o)
+    }
+}
+
+#[test]
+fn fused_feed_forward_equals_separate_matmuls() {
+    // Gemma's GELU and SmolLM2's SiLU; 300 tokens span two N tiles (256 + 44).
+    for (ty, n) in [(GgmlType::Q8_0, 300), (GgmlType::Q4_K, 70)] {
+        let tokens = prompt(n, 512);
+        let fused = runner(tiny_model(ty), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, CacheBudget::default());
+        let split = runner(tiny_model(ty), vec![Arc::new(Unfused(ReferenceEngine::new()))], Backend::Auto, 1, CacheBudget::default());
+        let (a, b) = (logits_of(&fused, &tokens), logits_of(&split, &tokens));
+        assert!(a.iter().all(|v| v.is_finite()));
+        assert_eq!(a, b, "{}: the fused block must compute what the three matmuls compute", ty.name());
+        for (r, blocks) in [(&fused, 2), (&split, 0)] {
+            // Every weight counted once either way: 2 layers × 7 + output.
+            let s = r.dispatcher.stats.snapshot()["ref"].clone();
+            assert_eq!((s.matmuls, s.fused_blocks), (15, blocks));
+        }
+    }
+    let gelu = RandomModelSpec { arch: "gemma3".into(), ..RandomModelSpec::preset("tiny", GgmlType::Q8_0).unwrap() };
+    let load = || Model::from_file(Arc::new(gguf::GgufFile::from_bytes(gelu.build().unwrap().to_bytes()).unwrap()), &mut |_, _| {}).unwrap();
+    let tokens = prompt(80, 512);
+    let fused = runner(load(), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, CacheBudget::default());
+    let split = runner(load(), vec![Arc::new(Unfused(ReferenceEngine::new()))], Backend::Auto, 1, CacheBudget::default());
+    assert_eq!(logits_of(&fused, &tokens), logits_of(&split, &tokens), "gemma3 (GELU)");
 }
 
 #[test]

@@ -179,6 +179,7 @@ pub fn run(e: &CudaEngine, quick: bool) {
         }
     }
     groups(e, &mut cublas, reps);
+    feed_forward(e, &mut cublas, reps);
     println!("\nsummary at N = 256 (engine time includes f32→f16, upload, download; target ≥ 70% of cuBLAS)");
     println!(
         "{:<5} {:<19} | {:>9} {:>9} {:>6} | {:>9} {:>6} | {:>14} {:>14}",
@@ -224,5 +225,50 @@ fn groups(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>, reps
             );
         }
         ws.iter().for_each(|w| e.evict(&key(w), 0));
+    }
+}
+
+/// The whole Llama-3-8B feed-forward block (gate, up, SiLU, down) in one engine call: the
+/// input crosses once, the output once, the 14336-wide intermediate never. The ceiling is
+/// cuBLAS's three GEMMs on the card (the activation kernel is not counted in it).
+fn feed_forward(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>, reps: usize) {
+    use engine::arch::Activation;
+    use engine::matrix::FeedForward;
+    println!("\nfeed-forward block (Q4_K, 4096 -> 14336 -> 4096, SiLU) in one call, f32 in and out of host memory");
+    let (k, ff) = (4096, 14336);
+    let gate = weight("bench.gate", GgmlType::Q4_K, ff, k, next_seed());
+    let up = weight("bench.up", GgmlType::Q4_K, ff, k, next_seed());
+    let down = weight("bench.down", GgmlType::Q4_K, k, ff, next_seed());
+    for w in [&gate, &up, &down] {
+        prepare(e, w);
+    }
+    let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation: Activation::Silu };
+    let keys = [key(&gate), key(&up), key(&down)];
+    for n in [64, 128, 256, 512, 1024, 2048, 4096] {
+        let x = random(n * k, next_seed());
+        let mut out = vec![0f32; n * k];
+        let mut times = Vec::new();
+        for r in 0..reps + 2 {
+            let t = Instant::now();
+            e.feed_forward([&keys[0], &keys[1], &keys[2]], &ffn, 0, &x, n, &mut out).unwrap_or_else(|f| panic!("feed-forward: {f}"));
+            if r >= 2 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let t = median(times);
+        let mut gemm = |m, k| *cublas.entry((m, k, n)).or_insert_with(|| e.bench_cublas(m, k, n, 20).expect("cuBLAS"));
+        let base = 2.0 * gemm(ff, k) + gemm(k, ff);
+        let flops = 3.0 * 2.0 * (ff * k * n) as f64;
+        println!(
+            "ffn      N={n:>5}: cuBLAS {:.3} ms ({:.0} TFLOPS), engine {:.3} ms ({:.0} TFLOPS), {:.0}%",
+            base * 1e3,
+            flops / base / 1e12,
+            t * 1e3,
+            flops / t / 1e12,
+            100.0 * base / t
+        );
+    }
+    for w in [&gate, &up, &down] {
+        e.evict(&key(w), 0);
     }
 }

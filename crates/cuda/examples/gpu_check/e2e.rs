@@ -38,30 +38,41 @@ pub fn run_all(ty: GgmlType, long: bool) {
     println!("\nend to end: llama3-8b {} random weights, {:.1} GB, built in {:.1} s, {threads} CPU threads", ty.name(), file.bytes().len() as f64 / 1e9, t.elapsed().as_secs_f64());
     let model = || Model::from_file(file.clone(), &mut |_, _| {}).expect("model");
     let cpu = Runner::new(model(), threads).expect("runner");
-    let engine = CudaEngine::new(CudaOptions::default());
-    let budget = engine.memory_budget().expect("available");
-    let cuda: Arc<dyn MatrixEngine> = Arc::new(engine);
-    let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
-    let d = Dispatcher::new(vec![cuda.clone()], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
-    let gpu = Runner::with_dispatcher(model(), threads, d).expect("runner");
-    let t = Instant::now();
-    run(&gpu, 64, 0); // prepares every offloaded weight once
-    println!("first offloaded pass (prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
-    gpu.dispatcher.stats.reset();
-    println!("{:>6} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
+    // The same engine twice: each matmul crossing the bus on its own, then whole
+    // feed-forward blocks on the card.
+    let offload = |fuse: bool| {
+        let engine = CudaEngine::new(CudaOptions { fuse_feed_forward: fuse, ..Default::default() });
+        let budget = engine.memory_budget().expect("available");
+        let cuda: Arc<dyn MatrixEngine> = Arc::new(engine);
+        let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
+        let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
+        let gpu = Runner::with_dispatcher(model(), threads, d).expect("runner");
+        let t = Instant::now();
+        run(&gpu, 64, 0); // prepares every offloaded weight once
+        println!("first offloaded pass (fused ffn {fuse}; prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
+        gpu.dispatcher.stats.reset();
+        gpu
+    };
+    let runners = [("per matmul", offload(false)), ("fused ffn", offload(true))];
+    println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
     for &n in sizes {
         let (tc, dc, lc) = run(&cpu, n, 4);
-        let (tg, dg, lg) = run(&gpu, n, 4);
-        println!(
-            "{n:>6} | {tc:>10.2} {:>10.0} | {tg:>10.3} {:>10.0} | {:>7.1}x | {:>14.1} {:>14.1} | {:>12.2e}",
-            n as f64 / tc,
-            n as f64 / tg,
-            tc / tg,
-            1.0 / dc,
-            1.0 / dg,
-            rel_err(&lg, &lc)
-        );
+        for (label, gpu) in &runners {
+            let (tg, dg, lg) = run(gpu, n, 4);
+            println!(
+                "{n:>6} {label:>10} | {tc:>10.2} {:>10.0} | {tg:>10.3} {:>10.0} | {:>7.1}x | {:>14.1} {:>14.1} | {:>12.2e}",
+                n as f64 / tc,
+                n as f64 / tg,
+                tc / tg,
+                1.0 / dc,
+                1.0 / dg,
+                rel_err(&lg, &lc)
+            );
+        }
     }
-    print!("{}", gpu.dispatcher.stats.summary());
+    for (label, gpu) in &runners {
+        println!("{label}:");
+        print!("{}", gpu.dispatcher.stats.summary());
+    }
 }

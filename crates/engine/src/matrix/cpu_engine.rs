@@ -2,7 +2,7 @@
 //! and tests can treat it like one. Nothing to prepare: it reads the mmap directly.
 
 use super::dispatch::CPU_HINT;
-use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use super::{Availability, Dispatcher, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::cpu::matmul::matmul;
 use crate::weights::Weight;
 
@@ -39,6 +39,22 @@ impl MatrixEngine for CpuEngine {
         for (w, out) in weights.iter().zip(outs.iter_mut()) {
             matmul(w, x, out);
         }
+        Ok(())
+    }
+    fn fuses_feed_forward(&self) -> bool {
+        true
+    }
+    fn feed_forward(
+        &self,
+        _: [&WeightKey; 3],
+        ffn: &FeedForward<'_>,
+        _: usize,
+        x: &[f32],
+        _: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        // Exactly the CPU path's block, so fused and unfused placements agree bit for bit.
+        Dispatcher::cpu_only().feed_forward(ffn, x, out);
         Ok(())
     }
 }

@@ -6,7 +6,9 @@
 use super::cache::{bucket_for, CacheBudget, PreparedCache};
 use super::policy::{Backend, Decision, PlacementPolicy};
 use super::stats::Stats;
-use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::arch::Activation;
+use crate::cpu::ops;
 use crate::cpu::matmul::{matmul_quantized, QuantizedInput};
 use crate::error::{EngineError, Result};
 use crate::weights::Weight;
@@ -97,25 +99,21 @@ impl Dispatcher {
 
     /// Several weights sharing one input (Q/K/V, gate/up): `outs[i] = x · W_iᵀ`.
     pub fn matmul_group(&self, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) {
-        let k = ws[0].cols;
-        let n = x.len() / k;
         // Decode on a CPU-only machine is the hot path: no policy call, no reason strings.
         if self.accelerators.is_empty() && !self.verbose {
             return self.run_on_cpu(ws, x, outs);
         }
-        let shape = MatmulShape { m: ws.iter().map(|w| w.rows).sum(), ..MatmulShape::of(ws[0], n) };
-        let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
-        let mut decision = self.policy.decide(&engines, &shape);
-        if decision.engine.is_some() {
-            // Every member must be supported, not just the first.
-            if let Some(bad) = ws.iter().find_map(|w| engines[decision.engine.unwrap()].supports(&MatmulShape::of(w, n)).err()) {
-                decision = Decision { engine: None, reason: bad };
-            }
-        }
-        self.log(ws[0], n, &decision);
-        if let Some(i) = decision.engine {
-            let engine = self.accelerators[i].as_ref();
-            match self.run_on(engine, ws, x, n, outs) {
+        let n = x.len() / ws[0].cols;
+        if let Some(engine) = self.choose(ws, n) {
+            let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
+            let key_refs: Vec<&WeightKey> = keys.iter().collect();
+            let k = ws[0].cols;
+            let result = self.run_tiles(engine, ws, n, |bucket, start, len| {
+                let mut tile_outs: Vec<&mut [f32]> =
+                    outs.iter_mut().zip(ws).map(|(o, w)| &mut o[start * w.rows..(start + len) * w.rows]).collect();
+                engine.matmul(&key_refs, ws, bucket, &x[start * k..(start + len) * k], len, &mut tile_outs)
+            });
+            match result {
                 Ok(()) => return,
                 Err(f) => self.report_failure(&f),
             }
@@ -123,15 +121,83 @@ impl Dispatcher {
         self.run_on_cpu(ws, x, outs);
     }
 
-    fn run_on(
+    /// A feed-forward block, `out = down · (act(gate · x) ⊙ (up · x))`. An engine that
+    /// fuses blocks takes it whole when the policy gives it the gate/up group (the wide
+    /// intermediate then never crosses to the host); otherwise each matmul is placed on
+    /// its own and the activation runs on the CPU.
+    pub fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) {
+        let n = x.len() / f.gate.cols;
+        if !self.accelerators.is_empty() || self.verbose {
+            if let Some(engine) = self.choose(&[f.gate, f.up], n).filter(|e| e.fuses_feed_forward()) {
+                let supported = engine.supports(&MatmulShape::of(f.down, n));
+                if let Err(why) = &supported {
+                    self.log(f.down, n, &format!("{} fuses feed-forward blocks but not this one: {why}", engine.name()));
+                }
+                if supported.is_ok() {
+                    let keys = f.weights().map(WeightKey::of);
+                    let (k, m) = (f.gate.cols, f.down.rows);
+                    let result = self.run_tiles(engine, &f.weights(), n, |bucket, start, len| {
+                        let tile_x = &x[start * k..(start + len) * k];
+                        let tile_out = &mut out[start * m..(start + len) * m];
+                        engine.feed_forward([&keys[0], &keys[1], &keys[2]], f, bucket, tile_x, len, tile_out)
+                    });
+                    match result {
+                        Ok(()) => return self.stats.with(engine.name(), |s| s.fused_blocks += 1),
+                        Err(failure) => {
+                            // The block is recomputed on the CPU, not re-placed on the engine that failed it.
+                            self.report_failure(&failure);
+                            return self.feed_forward_with(f, x, out, |ws, x, outs| self.run_on_cpu(ws, x, outs));
+                        }
+                    }
+                }
+            }
+        }
+        self.feed_forward_with(f, x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
+    }
+
+    /// The unfused block: gate and up through `group`, the activation on the CPU, down through `group`.
+    fn feed_forward_with(
+        &self,
+        f: &FeedForward<'_>,
+        x: &[f32],
+        out: &mut [f32],
+        group: impl Fn(&[&Weight], &[f32], &mut [&mut [f32]]),
+    ) {
+        let n = x.len() / f.gate.cols;
+        let mut gate = vec![0f32; n * f.gate.rows];
+        let mut up = vec![0f32; n * f.up.rows];
+        group(&[f.gate, f.up], x, &mut [&mut gate, &mut up]);
+        match f.activation {
+            Activation::Silu => ops::silu_mul(&mut gate, &up),
+            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
+        }
+        group(&[f.down], &gate, &mut [out]);
+    }
+
+    /// The accelerator the policy picks for a group of `n` tokens, if any (every member must be supported).
+    fn choose(&self, ws: &[&Weight], n: usize) -> Option<&dyn MatrixEngine> {
+        let shape = MatmulShape { m: ws.iter().map(|w| w.rows).sum(), ..MatmulShape::of(ws[0], n) };
+        let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
+        let mut decision = self.policy.decide(&engines, &shape);
+        if let Some(i) = decision.engine {
+            if let Some(bad) = ws.iter().find_map(|w| engines[i].supports(&MatmulShape::of(w, n)).err()) {
+                decision = Decision { engine: None, reason: bad };
+            }
+        }
+        let name = decision.engine.map_or("cpu", |i| self.accelerators[i].name());
+        self.log(ws[0], n, &format!("-> {name}: {}", decision.reason));
+        decision.engine.map(|i| engines[i])
+    }
+
+    /// Runs `op(bucket, start, len)` over the engine's token tiles, preparing every weight
+    /// for each tile's bucket first, and counts the work.
+    fn run_tiles(
         &self,
         engine: &dyn MatrixEngine,
         ws: &[&Weight],
-        x: &[f32],
         n: usize,
-        outs: &mut [&mut [f32]],
+        mut op: impl FnMut(usize, usize, usize) -> std::result::Result<(), EngineFailure>,
     ) -> std::result::Result<(), EngineFailure> {
-        let k = ws[0].cols;
         let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
         let tile = engine.n_buckets().and_then(|b| b.last().copied()).unwrap_or(n.max(1));
         let t0 = Instant::now();
@@ -142,10 +208,7 @@ impl Dispatcher {
             for (key, w) in keys.iter().zip(ws) {
                 self.cache.ensure(engine, key, w, bucket, &self.stats)?;
             }
-            let key_refs: Vec<&WeightKey> = keys.iter().collect();
-            let mut tile_outs: Vec<&mut [f32]> =
-                outs.iter_mut().zip(ws).map(|(o, w)| &mut o[start * w.rows..(start + len) * w.rows]).collect();
-            engine.matmul(&key_refs, ws, bucket, &x[start * k..(start + len) * k], len, &mut tile_outs)?;
+            op(bucket, start, len)?;
             start += len;
         }
         let flops: f64 = ws.iter().map(|w| MatmulShape::of(w, n).flops()).sum();
@@ -186,14 +249,13 @@ impl Dispatcher {
         }
     }
 
-    fn log(&self, w: &Weight, n: usize, d: &Decision) {
+    fn log(&self, w: &Weight, n: usize, what: &str) {
         if !self.verbose {
             return;
         }
         let new = self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert((w.name.clone(), n));
         if new {
-            let engine = d.engine.map_or("cpu", |i| self.accelerators[i].name());
-            eprintln!("placement: {} N={n} -> {engine}: {}", w.name, d.reason);
+            eprintln!("placement: {} N={n} {what}", w.name);
         }
     }
 

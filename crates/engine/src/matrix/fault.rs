@@ -1,12 +1,12 @@
 //! Fault injection: an engine wrapper that fails every k-th op, to prove that a
 //! failing accelerator never leaves an output uncomputed.
 
-use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::weights::Weight;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Wraps an engine; every `every`-th matmul returns an error instead of running.
+/// Wraps an engine; every `every`-th op (matmul or feed-forward block) returns an error instead of running.
 pub struct FaultyEngine {
     inner: Arc<dyn MatrixEngine>,
     name: String,
@@ -19,6 +19,16 @@ impl FaultyEngine {
     pub fn new(inner: Arc<dyn MatrixEngine>, every: u64) -> Self {
         let name = format!("{}+faults", inner.name());
         FaultyEngine { inner, name, every: every.max(1), calls: AtomicU64::new(0) }
+    }
+}
+
+impl FaultyEngine {
+    fn maybe_fail(&self) -> Result<(), EngineFailure> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if call % self.every == 0 {
+            return Err(EngineFailure { engine: self.name.clone(), what: format!("injected fault on op {call}") });
+        }
+        Ok(())
     }
 }
 
@@ -56,12 +66,29 @@ impl MatrixEngine for FaultyEngine {
         n: usize,
         outs: &mut [&mut [f32]],
     ) -> Result<(), EngineFailure> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if call % self.every == 0 {
+        if let Err(f) = self.maybe_fail() {
             // Leave garbage behind, as a real failed eval might.
             outs.iter_mut().for_each(|o| o.fill(f32::NAN));
-            return Err(EngineFailure { engine: self.name().into(), what: format!("injected fault on op {call}") });
+            return Err(f);
         }
         self.inner.matmul(keys, weights, bucket, x, n, outs)
+    }
+    fn fuses_feed_forward(&self) -> bool {
+        self.inner.fuses_feed_forward()
+    }
+    fn feed_forward(
+        &self,
+        keys: [&WeightKey; 3],
+        ffn: &FeedForward<'_>,
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        if let Err(f) = self.maybe_fail() {
+            out.fill(f32::NAN);
+            return Err(f);
+        }
+        self.inner.feed_forward(keys, ffn, bucket, x, n, out)
     }
 }

@@ -18,6 +18,7 @@ pub mod stats;
 
 pub use dispatch::Dispatcher;
 
+use crate::arch::Activation;
 use crate::weights::Weight;
 use quant::GgmlType;
 
@@ -65,6 +66,26 @@ impl MatmulShape {
     /// Bytes of the stored weight.
     pub fn weight_bytes(&self) -> f64 {
         self.ty.bytes_for((self.m * self.k) as u64).unwrap_or(0) as f64
+    }
+}
+
+/// A feed-forward block: `down · (act(gate · x) ⊙ (up · x))`.
+#[derive(Clone, Copy)]
+pub struct FeedForward<'a> {
+    /// Gate projection `[n_ff, n_embd]`.
+    pub gate: &'a Weight,
+    /// Up projection `[n_ff, n_embd]`.
+    pub up: &'a Weight,
+    /// Down projection `[n_embd, n_ff]`.
+    pub down: &'a Weight,
+    /// Applied to the gate before the product with up.
+    pub activation: Activation,
+}
+
+impl FeedForward<'_> {
+    /// The three weights in the order engines take their keys: gate, up, down.
+    pub fn weights(&self) -> [&Weight; 3] {
+        [self.gate, self.up, self.down]
     }
 }
 
@@ -127,4 +148,23 @@ pub trait MatrixEngine: Send + Sync {
         n: usize,
         outs: &mut [&mut [f32]],
     ) -> Result<(), EngineFailure>;
+    /// Whether [`feed_forward`](Self::feed_forward) runs a whole block in one call, so
+    /// its wide intermediate never leaves the engine.
+    fn fuses_feed_forward(&self) -> bool {
+        false
+    }
+    /// `out[t] = down · (act(gate · x_t) ⊙ (up · x_t))` for the block's weights prepared
+    /// under `keys` (gate, up, down), `n` tokens padded to `bucket` as the engine needs.
+    fn feed_forward(
+        &self,
+        keys: [&WeightKey; 3],
+        ffn: &FeedForward<'_>,
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        let _ = (keys, ffn, bucket, x, n, out);
+        Err(EngineFailure { engine: self.name().into(), what: "this engine does not fuse feed-forward blocks".into() })
+    }
 }

@@ -5,7 +5,9 @@
 //! against. Chosen only with `--backend ref`, never by `auto`.
 
 use super::disk_cache::{DiskCache, Lookup};
-use super::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::arch::Activation;
+use crate::cpu::ops;
 use crate::weights::Weight;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -114,5 +116,27 @@ impl MatrixEngine for ReferenceEngine {
             });
         }
         Ok(())
+    }
+    fn fuses_feed_forward(&self) -> bool {
+        true
+    }
+    fn feed_forward(
+        &self,
+        keys: [&WeightKey; 3],
+        ffn: &FeedForward<'_>,
+        bucket: usize,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        // The intermediate stays inside the engine: exact f32 throughout.
+        let ff = ffn.gate.rows;
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
+        match ffn.activation {
+            Activation::Silu => ops::silu_mul(&mut gate, &up),
+            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
+        }
+        self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
     }
 }

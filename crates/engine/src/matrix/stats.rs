@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct EngineStats {
     /// Matmuls run (a group counts once per weight).
     pub matmuls: u64,
+    /// Of those, feed-forward blocks run whole (three matmuls each).
+    pub fused_blocks: u64,
     /// Floating-point operations done.
     pub flops: f64,
     /// Wall time inside the engine.
@@ -53,13 +55,14 @@ impl Stats {
     /// The placement summary table.
     pub fn summary(&self) -> String {
         let mut s = String::from(
-            "placement: engine   matmuls      GFLOP    time(s)   GFLOP/s  cache hit/miss/compile  failures\n",
+            "placement: engine   matmuls (fused ffn)      GFLOP    time(s)   GFLOP/s  cache hit/miss/compile  failures\n",
         );
         for (name, e) in self.snapshot() {
             let secs = e.time.as_secs_f64();
             s.push_str(&format!(
-                "placement: {name:<6} {:>9} {:>10.1} {:>10.3} {:>9.1}  {:>6}/{}/{} ({:.2}s)  {:>8}\n",
+                "placement: {name:<6} {:>9} {:>11} {:>10.1} {:>10.3} {:>9.1}  {:>6}/{}/{} ({:.2}s)  {:>8}\n",
                 e.matmuls,
+                if e.fused_blocks > 0 { format!("({})", e.fused_blocks) } else { String::new() },
                 e.flops / 1e9,
                 secs,
                 if secs > 0.0 { e.flops / 1e9 / secs } else { 0.0 },
