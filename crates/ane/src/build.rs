@@ -134,6 +134,9 @@ pub struct FnIo {
     /// Largest row norm of the stored (scaled) weights; `Some` lets the engine scale
     /// inputs per call to keep outputs under the guard (linear functions only).
     pub weight_norm: Option<f32>,
+    /// Multiply-accumulates per token (Σ M·K over its convs, padding included): the
+    /// engine bounds an evaluation's time by the work it does.
+    pub macs: u64,
 }
 
 /// A program ready for a driver.
@@ -206,6 +209,7 @@ struct Body<'c> {
     cfg: &'c BuildConfig,
     stmts: Vec<Stmt>,
     n: usize,
+    macs: u64,
 }
 
 impl Body<'_> {
@@ -219,6 +223,7 @@ impl Body<'_> {
     fn convs(&mut self, xs: &[String], ws: &[ConvWeight]) -> String {
         let mut acc: Option<String> = None;
         for (x, w) in xs.iter().zip(ws) {
+            self.macs += (w.m * w.k) as u64;
             let c = self.push(Op::Conv { x: x.clone(), w: *w });
             acc = Some(match acc {
                 None => c,
@@ -266,7 +271,7 @@ pub fn build_program(groups: &[(usize, &GroupSpec)], buckets: &[usize], cfg: &Bu
         let norms: Vec<f32> = g.members.iter().map(|m| max_row_norm(*m, 0..m.rows())).collect();
         for &bucket in buckets {
             let procedure = functions.len();
-            let mut body = Body { cfg, stmts: Vec::new(), n: 0 };
+            let mut body = Body { cfg, stmts: Vec::new(), n: 0, macs: 0 };
             let ktiles = tiles(k, cfg.max_dim);
             let in_shape = |kt: &Range<usize>| match cfg.layout {
                 Layout::ChannelMajor => [1, kt.len(), 1, bucket],
@@ -344,13 +349,14 @@ pub fn build_program(groups: &[(usize, &GroupSpec)], buckets: &[usize], cfg: &Bu
                 body.output(v, name.clone());
                 outputs.push(io);
             }
+            let macs = body.macs;
             functions.push(Function {
                 name: function_name(procedure, total),
                 inputs: in_names.iter().cloned().zip(inputs.iter().map(|i| i.shape)).collect(),
                 body: body.stmts,
                 outputs: out_names,
             });
-            ios.push(FnIo { group: *gid, bucket, procedure, inputs, outputs, weight_norm });
+            ios.push(FnIo { group: *gid, bucket, procedure, inputs, outputs, weight_norm, macs });
         }
     }
     let mil = program_text(&functions)?;

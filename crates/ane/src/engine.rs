@@ -29,15 +29,38 @@ use ::engine::weights::Weight;
 use ::engine::Model;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use crate::evaluator::Evaluator;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod pipeline;
 
 /// Surface allocations are rounded up to this (OM: 64 KiB multiples; also clears the
 /// ~48 KB minimum below which evaluation fails with 0x1d, §2).
 pub const SURFACE_ALIGN: usize = 64 << 10;
 
+/// The bound on one evaluation: `base + FLOPs / min_flops_per_s` (an evaluation can hang,
+/// §4). Past it the op is an [`EngineFailure`] (recomputed on the CPU) and the program is
+/// quarantined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalTimeout {
+    /// Fixed allowance (dispatch, a cold start).
+    pub base: Duration,
+    /// The slowest rate still taken for progress.
+    pub min_flops_per_s: f64,
+}
+
+impl Default for EvalTimeout {
+    /// 5 s plus 1 s per GFLOP: minutes for the largest function on the interpreter, far
+    /// beyond any ANE evaluation (§5: TFLOP/s).
+    fn default() -> Self {
+        EvalTimeout { base: Duration::from_secs(5), min_flops_per_s: 1e9 }
+    }
+}
+
 /// Engine options.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AneConfig {
     /// Buckets, packing and the program budget.
     pub plan: PlanConfig,
@@ -48,6 +71,20 @@ pub struct AneConfig {
     /// The persistent compiled-model directory (`--kernel-cache`): built programs are
     /// stored there and reused by later processes. `None` keeps nothing on disk.
     pub cache_dir: Option<PathBuf>,
+    /// The bound on each evaluation; `None` waits forever.
+    pub eval_timeout: Option<EvalTimeout>,
+}
+
+impl Default for AneConfig {
+    fn default() -> Self {
+        AneConfig {
+            plan: PlanConfig::default(),
+            build: BuildConfig::default(),
+            concat_groups: false,
+            cache_dir: None,
+            eval_timeout: Some(EvalTimeout::default()),
+        }
+    }
 }
 
 /// What [`AneEngine::warm_up`] did.
@@ -74,6 +111,8 @@ pub struct AneStats {
     pub disk_hits: usize,
     /// Directory entries found corrupt or stale, deleted and rebuilt.
     pub disk_rejects: usize,
+    /// Evaluations that did not return within [`AneConfig::eval_timeout`].
+    pub timeouts: usize,
 }
 
 struct Group {
@@ -101,7 +140,7 @@ impl RowSource for RowSlice<'_> {
 }
 
 struct Loaded<P> {
-    program: P,
+    program: Arc<P>,
     functions: Vec<FnIo>,
 }
 
@@ -130,7 +169,8 @@ struct State<D: Driver> {
 
 /// See the module docs.
 pub struct AneEngine<D: Driver> {
-    driver: D,
+    driver: Arc<D>,
+    evaluator: Evaluator<D>,
     cfg: AneConfig,
     disk: Option<DiskCache>,
     state: Mutex<State<D>>,
@@ -144,7 +184,8 @@ impl<D: Driver> AneEngine<D> {
         let disk = cfg.cache_dir.as_ref().and_then(|d| {
             DiskCache::new(d).map_err(|e| eprintln!("warning: ane: kernel cache {}: {e}; not caching on disk", d.display())).ok()
         });
-        AneEngine { driver, cfg, disk, state: Mutex::new(state) }
+        let driver = Arc::new(driver);
+        AneEngine { evaluator: Evaluator::new(driver.clone()), driver, cfg, disk, state: Mutex::new(state) }
     }
 
     /// An engine planned for `model`'s matmul groups, as the forward pass dispatches them.
@@ -220,6 +261,11 @@ impl<D: Driver> AneEngine<D> {
         &self.driver
     }
 
+    /// Evaluation threads started: one, plus one for each abandoned after a time-out.
+    pub fn eval_workers_started(&self) -> usize {
+        self.evaluator.workers_started()
+    }
+
     /// Start-up warm-up: build (or read back), compile and load now every planned program
     /// holding functions for any of `buckets` (all planned buckets when empty), in plan
     /// order, so that prefills find them ready. Bounded by the compile budget: programs
@@ -258,7 +304,9 @@ impl<D: Driver> AneEngine<D> {
         for p in Self::programs_of(&st, g, bucket) {
             self.ensure(&mut st, p)?;
         }
-        self.run_group(&mut st, g, bucket, x, n, &mut [out])?;
+        let mut jobs = Vec::new();
+        self.jobs_for(&st, g, bucket, n, 0, &mut jobs)?;
+        self.run_jobs(&mut st, &jobs, x, ws[0].cols, n, &mut [out])?;
         match out[..n * ws[2].rows].iter().position(|v| !v.is_finite()) {
             Some(bad) => Err(self.fail(format!("MLP: non-finite output at {bad}"))),
             None => Ok(()),
@@ -300,7 +348,7 @@ impl<D: Driver> AneEngine<D> {
                 self.driver.unload(&program);
                 return Err(e.to_string());
             }
-            Ok(Loaded { program, functions: built.functions })
+            Ok(Loaded { program: Arc::new(program), functions: built.functions })
         });
         match result {
             Ok(l) => {
@@ -367,96 +415,6 @@ impl<D: Driver> AneEngine<D> {
         }
         Ok((built, key))
     }
-
-    fn take_surface(&self, st: &mut State<D>, bytes: usize) -> Result<D::Surface, EngineFailure> {
-        match st.pool.get_mut(&bytes).and_then(Vec::pop) {
-            Some(s) => Ok(s),
-            None => self.driver.surface(bytes).map_err(|e| self.fail(e.to_string())),
-        }
-    }
-
-    /// Run one function of a loaded program; outputs land in `outs` by segment.
-    #[allow(clippy::too_many_arguments)]
-    fn run_function(&self, st: &mut State<D>, p: usize, f: usize, row0: usize, x: &[f32], n: usize, k: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
-        let layout = self.cfg.build.layout;
-        let Status::Ready(l) = &st.programs[p].status else { return Err(self.fail("program not loaded")) };
-        let fio = l.functions[f].clone();
-        // Guard, dynamic half: |y| ≤ ‖w‖·‖x‖ for every output and partial sum.
-        let sx = fio.weight_norm.map_or(1.0, |wn| guard_scale(wn * convert::max_row_norm(x, k, n, 0..k)));
-        let alloc = |shapes: &mut dyn Iterator<Item = [usize; 4]>| {
-            let b = shapes.map(|s| s.iter().product::<usize>() * 2).max().unwrap_or(2);
-            b.div_ceil(SURFACE_ALIGN) * SURFACE_ALIGN
-        };
-        let (in_bytes, out_bytes) = (alloc(&mut fio.inputs.iter().map(|i| i.shape)), alloc(&mut fio.outputs.iter().map(|o| o.shape)));
-        let shape = |s: [usize; 4]| SurfaceShape::packed(s[1], s[3]);
-        let mut ins = Vec::new();
-        let mut outs_s = Vec::new();
-        let result = (|| {
-            for io in &fio.inputs {
-                let mut s = self.take_surface(st, in_bytes)?;
-                let sh = shape(io.shape);
-                let inv = 1.0 / sx;
-                self.driver
-                    .write(&mut s, &mut |b| {
-                        let d = as_f16_mut(b);
-                        match layout {
-                            Layout::ChannelMajor => convert::write_channel_major(x, k, n, io.cols.clone(), inv, d, sh),
-                            Layout::TokenMajor => convert::write_token_major(x, k, n, io.cols.clone(), inv, d, sh),
-                        }
-                    })
-                    .map_err(|e| self.fail(e.to_string()))?;
-                ins.push(s);
-            }
-            for _ in &fio.outputs {
-                outs_s.push(self.take_surface(st, out_bytes)?);
-            }
-            let Status::Ready(l) = &st.programs[p].status else { unreachable!("checked above") };
-            let (ir, or): (Vec<&D::Surface>, Vec<&D::Surface>) = (ins.iter().collect(), outs_s.iter().collect());
-            self.driver.evaluate(&l.program, fio.procedure, &ir, &or).map_err(|e| self.fail(e.to_string()))?;
-            for (io, s) in fio.outputs.iter().zip(&outs_s) {
-                let sh = shape(io.shape);
-                self.driver
-                    .read(s, &mut |b| {
-                        let src = as_f16(b);
-                        for seg in &io.segments {
-                            let out = &mut *outs[seg.output];
-                            let m = out.len() / n.max(1);
-                            let ch = seg.ch0..seg.ch0 + seg.len;
-                            let col0 = row0 + seg.col0;
-                            match layout {
-                                Layout::ChannelMajor => convert::read_channel_major(src, sh, n, ch, io.scale * sx, out, m, col0),
-                                Layout::TokenMajor => convert::read_token_major(src, sh, n, ch, io.scale * sx, out, m, col0),
-                            }
-                        }
-                    })
-                    .map_err(|e| self.fail(e.to_string()))?;
-            }
-            Ok(())
-        })();
-        st.pool.entry(in_bytes).or_default().extend(ins);
-        st.pool.entry(out_bytes).or_default().extend(outs_s);
-        result
-    }
-
-    fn run_group(&self, st: &mut State<D>, g: usize, bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
-        let k = st.groups[g].weights[0].cols;
-        let mut ran = false;
-        for p in Self::programs_of(st, g, bucket) {
-            let Status::Ready(l) = &st.programs[p].status else {
-                return Err(self.fail(format!("{} is not prepared for bucket {bucket}", st.groups[g].keys[0].tensor)));
-            };
-            let units = st.programs[p].units.clone();
-            let fns: Vec<(usize, usize)> = l.functions.iter().enumerate().filter(|(_, f)| f.bucket == bucket && units[f.group].0 == g).map(|(i, f)| (i, units[f.group].1)).collect();
-            for (f, row0) in fns {
-                self.run_function(st, p, f, row0, x, n, k, outs)?;
-                ran = true;
-            }
-        }
-        if !ran {
-            return Err(self.fail(format!("no program serves {} at bucket {bucket}", st.groups[g].keys[0].tensor)));
-        }
-        Ok(())
-    }
 }
 
 impl<D: Driver> MatrixEngine for AneEngine<D> {
@@ -508,7 +466,8 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         for p in Self::programs_of(&st, g, bucket) {
             let slot = &mut st.programs[p];
             slot.holders.remove(&(key.clone(), bucket));
-            if slot.holders.is_empty() {
+            // Only a ready program goes cold: a quarantined one stays failed.
+            if slot.holders.is_empty() && matches!(slot.status, Status::Ready(_)) {
                 if let Status::Ready(l) = std::mem::replace(&mut slot.status, Status::Cold) {
                     self.driver.unload(&l.program);
                 }
@@ -520,18 +479,22 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         let group_of = |st: &State<D>, k: &WeightKey| st.key_group.get(k).copied().ok_or_else(|| self.fail(format!("{} is not prepared", k.tensor)));
         let g = group_of(&st, keys[0])?;
         let whole = st.groups[g].keys.len() == keys.len() && st.groups[g].keys.iter().zip(keys).all(|(a, b)| a == *b);
+        // N beyond the bucket is tiled here (each tile's jobs overlap the next's conversion).
+        let mut jobs = Vec::new();
         if whole {
-            self.run_group(&mut st, g, bucket, x, n, outs)?;
+            self.jobs_for(&st, g, bucket, n, 0, &mut jobs)?;
         } else {
-            // Weights planned alone but dispatched together: run them one by one.
+            // Weights planned alone but dispatched together: one group each.
             for (i, key) in keys.iter().enumerate() {
                 let gi = group_of(&st, key)?;
                 if st.groups[gi].keys.len() != 1 {
                     return Err(self.fail(format!("{} is planned in a group of {}", key.tensor, st.groups[gi].keys.len())));
                 }
-                self.run_group(&mut st, gi, bucket, x, n, &mut outs[i..i + 1])?;
+                self.jobs_for(&st, gi, bucket, n, i, &mut jobs)?;
             }
         }
+        let k = st.groups[g].weights[0].cols;
+        self.run_jobs(&mut st, &jobs, x, k, n, outs)?;
         for (o, w) in outs.iter().zip(weights) {
             if let Some(bad) = o[..n * w.rows].iter().position(|v| !v.is_finite()) {
                 return Err(self.fail(format!("{}: non-finite output at {bad} (fp16 overflow?)", w.name)));

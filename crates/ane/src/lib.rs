@@ -16,13 +16,14 @@ pub mod blob;
 pub mod build;
 pub mod convert;
 pub mod engine;
+pub mod evaluator;
 pub mod ffi;
 pub mod mil;
 pub mod plan;
 pub mod sim;
 pub mod store;
 
-pub use crate::engine::{AneConfig, AneEngine, AneStats, WarmUp};
+pub use crate::engine::{AneConfig, AneEngine, AneStats, EvalTimeout, WarmUp};
 
 /// Largest width, height and matmul K the ANE takes on M1–M3 (§4); every tile stays within it.
 pub const MAX_DIM: usize = 16384;

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the MIL, the blob or the encoding below changes: older entries become stale.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why a stored entry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +109,11 @@ pub fn encode(p: &BuiltProgram) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(p.blob.len() + p.mil.len() + 4096));
     w.us(p.functions.len());
     for f in &p.functions {
-        for v in [f.group, f.bucket, f.procedure, f.inputs.len()] {
+        for v in [f.group, f.bucket, f.procedure] {
             w.us(v);
         }
+        w.u64(f.macs);
+        w.us(f.inputs.len());
         for i in &f.inputs {
             i.shape.iter().for_each(|&d| w.us(d));
             w.us(i.cols.start);
@@ -196,13 +198,14 @@ impl R<'_> {
 /// Read back what [`encode`] wrote, checking every count, index and scale.
 pub fn decode(bytes: &[u8]) -> Result<BuiltProgram, StoreError> {
     let mut r = R { b: bytes, at: 0 };
-    let nf = r.count("function count", 40)?;
+    let nf = r.count("function count", 48)?;
     let mut functions = Vec::with_capacity(nf);
     for procedure_expected in 0..nf {
         let (group, bucket, procedure) = (r.us("group")?, r.us("bucket")?, r.us("procedure")?);
         if procedure != procedure_expected {
             return Err(StoreError::Invalid { field: "procedure", value: procedure as u64 });
         }
+        let macs = r.u64("macs")?;
         let ni = r.count("input count", 48)?;
         let mut inputs = Vec::with_capacity(ni);
         for _ in 0..ni {
@@ -240,7 +243,7 @@ pub fn decode(bytes: &[u8]) -> Result<BuiltProgram, StoreError> {
             }
             v => return Err(StoreError::Invalid { field: "weight norm flag", value: v as u64 }),
         };
-        functions.push(FnIo { group, bucket, procedure, inputs, outputs, weight_norm });
+        functions.push(FnIo { group, bucket, procedure, inputs, outputs, weight_norm, macs });
     }
     let mil = std::str::from_utf8(r.bytes("MIL text")?).map_err(|_| StoreError::NotUtf8)?.to_string();
     let blob = r.bytes("blob")?.to_vec();

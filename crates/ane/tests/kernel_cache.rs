@@ -59,11 +59,11 @@ fn a_second_engine_over_the_same_directory_builds_nothing() {
     let x = Rng(4).vec(n * 128, 1.0);
     let first = engine(&dir);
     let want = run_all(&first, &ws, &x, n);
-    assert_eq!(first.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 0 });
+    assert_eq!(first.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 0, timeouts: 0 });
     assert_eq!(entries(&dir).len(), 2, "one entry per program");
     let second = engine(&dir);
     let got = run_all(&second, &ws, &x, n);
-    assert_eq!(second.stats(), AneStats { builds: 0, compiles: 2, disk_hits: 2, disk_rejects: 0 });
+    assert_eq!(second.stats(), AneStats { builds: 0, compiles: 2, disk_hits: 2, disk_rejects: 0, timeouts: 0 });
     assert_eq!(got, want, "a stored program computes exactly what the built one did");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -85,7 +85,7 @@ fn corrupt_truncated_and_foreign_entries_are_rebuilt() {
     std::fs::write(&files[1], &b[..b.len() - 100]).unwrap();
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
-    assert_eq!(e.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 2 });
+    assert_eq!(e.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 2, timeouts: 0 });
     // Both were rewritten: the next engine reads them.
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
@@ -95,7 +95,7 @@ fn corrupt_truncated_and_foreign_entries_are_rebuilt() {
     std::fs::copy(&files[0], &files[1]).unwrap();
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
-    assert_eq!(e.stats(), AneStats { builds: 1, compiles: 2, disk_hits: 1, disk_rejects: 1 });
+    assert_eq!(e.stats(), AneStats { builds: 1, compiles: 2, disk_hits: 1, disk_rejects: 1, timeouts: 0 });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
