@@ -17,6 +17,8 @@ pub const BLOB_PATH: &str = "@model_path/weights/weight.bin";
 pub const SENTINEL: u32 = 0xDEAD_BEEF;
 /// dtype code of fp16 data (CT `BlobDataType.hpp`).
 pub const DTYPE_FP16: u32 = 1;
+/// dtype code of int8 data (CT `BlobDataType.hpp`; what coremltools writes for an int8 const, §7).
+pub const DTYPE_INT8: u32 = 4;
 /// Blob file format version.
 pub const VERSION: u32 = 2;
 
@@ -65,6 +67,12 @@ impl BlobWriter {
             }
         });
         self.push(DTYPE_FP16, &raw)
+    }
+
+    /// Append int8 values.
+    pub fn push_int8(&mut self, data: &[i8]) -> u64 {
+        let raw: Vec<u8> = data.iter().map(|&v| v as u8).collect();
+        self.push(DTYPE_INT8, &raw)
     }
 
     /// Blobs written so far.
@@ -141,6 +149,18 @@ pub fn read_fp16(file: &[u8], offset: u64, n: usize) -> Result<Vec<f16>, String>
     }
     let d = &file[e.data_offset as usize..(e.data_offset + e.size) as usize];
     Ok(d.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect())
+}
+
+/// Read an int8 blob of exactly `n` elements.
+pub fn read_int8(file: &[u8], offset: u64, n: usize) -> Result<Vec<i8>, String> {
+    let e = read_entry(file, offset)?;
+    if e.dtype != DTYPE_INT8 {
+        return Err(format!("blob at {offset} has dtype {}, expected {DTYPE_INT8} (int8)", e.dtype));
+    }
+    if e.size != n as u64 {
+        return Err(format!("blob at {offset} holds {} bytes, the declared tensor needs {n}", e.size));
+    }
+    Ok(file[e.data_offset as usize..(e.data_offset + e.size) as usize].iter().map(|&b| b as i8).collect())
 }
 
 /// Rows of a weight matrix, dequantized on demand.
@@ -270,4 +290,41 @@ pub fn fp16_tile(
         },
     );
     out
+}
+
+/// Like [`fp16_tile`], as int8 with one fp16 scale per row (symmetric, per output
+/// channel): `w ≈ q · scale`, `scale = max|w| / 127` rounded to fp16, `q` rounded to
+/// nearest and clamped to ±127. Rows that are all zero, and padding rows, get scale 1.
+/// Returns `[pad_rows, pad_cols]` int8 values and `pad_rows` scales.
+pub fn int8_tile(
+    src: &dyn RowSource,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    pad_rows: usize,
+    pad_cols: usize,
+    inv_scale: f32,
+) -> (Vec<i8>, Vec<f16>) {
+    assert!(rows.len() <= pad_rows && cols.len() <= pad_cols, "padding smaller than the tile");
+    let mut q = vec![0i8; pad_rows * pad_cols];
+    let mut scales = vec![f16::ONE; pad_rows];
+    let r0 = rows.start;
+    q[..rows.len() * pad_cols].par_chunks_mut(pad_cols).zip(scales.par_iter_mut()).enumerate().for_each_init(
+        || vec![0f32; src.cols()],
+        |buf, (i, (dst, scale))| {
+            src.row_f32(r0 + i, buf);
+            let seg = &buf[cols.clone()];
+            let max = seg.iter().fold(0f32, |m, v| m.max((v * inv_scale).abs()));
+            if max == 0.0 || !max.is_finite() {
+                return;
+            }
+            // Never 0: a scale below fp16's range becomes its smallest subnormal.
+            let s = f16::from_f32(max / 127.0).max(f16::from_bits(1));
+            *scale = s;
+            let inv = 1.0 / s.to_f32();
+            for (d, v) in dst.iter_mut().zip(seg) {
+                *d = (v * inv_scale * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        },
+    );
+    (q, scales)
 }

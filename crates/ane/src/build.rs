@@ -14,7 +14,7 @@
 //!   multiplies outputs by `s`. Linear functions also report their largest scaled row
 //!   norm so the engine can scale each call's input by a measured power of two.
 
-use crate::blob::{fp16_tile, guard_scale, max_row_norm, BlobWriter, RowSource};
+use crate::blob::{fp16_tile, guard_scale, int8_tile, max_row_norm, BlobWriter, RowSource};
 use crate::mil::{function_name, io_name, program_text, ConvWeight, Function, Layout, Op, Stmt};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -68,6 +68,17 @@ impl GroupSpec<'_> {
     }
 }
 
+/// How weights are stored in the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// fp16, as the ANE computes.
+    #[default]
+    Fp16,
+    /// int8 with one fp16 scale per output channel, dequantized to fp16 when the program
+    /// is compiled (`constexpr_blockwise_shift_scale`, §3): half the blob, and fewer bits.
+    Int8,
+}
+
 /// Lowering options.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BuildConfig {
@@ -77,11 +88,13 @@ pub struct BuildConfig {
     pub max_dim: usize,
     /// Assumed bound on ‖x‖₂ of one token's input, for the static guard.
     pub activation_bound: f32,
+    /// Weight storage in the blob.
+    pub weights: WeightFormat,
 }
 
 impl Default for BuildConfig {
     fn default() -> Self {
-        BuildConfig { layout: Layout::ChannelMajor, max_dim: crate::MAX_DIM, activation_bound: 1024.0 }
+        BuildConfig { layout: Layout::ChannelMajor, max_dim: crate::MAX_DIM, activation_bound: 1024.0, weights: WeightFormat::Fp16 }
     }
 }
 
@@ -197,8 +210,15 @@ impl Weights<'_> {
         if let Some(w) = self.done.get(&key) {
             return *w;
         }
-        let data = fp16_tile(src, rows, cols, pm, pk, inv);
-        let w = ConvWeight { offset: self.blob.push_fp16(&data), m: pm, k: pk };
+        let w = match self.cfg.weights {
+            WeightFormat::Fp16 => ConvWeight { offset: self.blob.push_fp16(&fp16_tile(src, rows, cols, pm, pk, inv)), int8_scales: None, m: pm, k: pk },
+            WeightFormat::Int8 => {
+                // Data then scales, each its own record: the order coremltools writes (§7 check).
+                let (q, scales) = int8_tile(src, rows, cols, pm, pk, inv);
+                let offset = self.blob.push_int8(&q);
+                ConvWeight { offset, int8_scales: Some(self.blob.push_fp16(&scales)), m: pm, k: pk }
+            }
+        };
         self.done.insert(key, w);
         w
     }

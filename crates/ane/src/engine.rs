@@ -17,7 +17,7 @@
 //!   dispatcher recomputes the op on the CPU.
 
 use crate::blob::{guard_scale, RowSource, BLOB_PATH};
-use crate::build::{build_program, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec};
+use crate::build::{build_program, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec, WeightFormat};
 use crate::convert::{self, as_f16, as_f16_mut, SurfaceShape};
 use crate::ffi::{Driver, WeightFile};
 use crate::mil::Layout;
@@ -456,9 +456,13 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
             self.ensure(&mut st, p)?;
             st.programs[p].holders.insert((key.clone(), bucket));
         }
-        // fp16 bytes, shared by the buckets baked from the same blob.
+        // Blob bytes (fp16, or int8 plus a scale per row), shared by the buckets baked from the same blob.
         let share = if self.cfg.plan.share_buckets { self.cfg.plan.buckets.len() } else { 1 };
-        Ok((2 * w.rows * w.cols).div_ceil(share))
+        let bytes = match self.cfg.build.weights {
+            WeightFormat::Fp16 => 2 * w.rows * w.cols,
+            WeightFormat::Int8 => w.rows * (w.cols + 2),
+        };
+        Ok(bytes.div_ceil(share))
     }
     fn evict(&self, key: &WeightKey, bucket: usize) {
         let mut st = self.lock();

@@ -6,7 +6,8 @@
 //! [`crate::build`] lowers matmuls, fused Q/K/V, MLPs and tiles into it. The writer
 //! infers every shape and refuses inconsistent programs, so a wrong lowering fails here
 //! and not in the ANE compiler. Only ops reported to work on the ANE are emitted:
-//! `conv` (1×1, the baked matmul, §3), `transpose`, `add`, `mul`, `sigmoid`, `silu`;
+//! `conv` (1×1, the baked matmul, §3; its weight optionally int8 through
+//! `constexpr_blockwise_shift_scale`), `transpose`, `add`, `mul`, `sigmoid`, `silu`;
 //! never `gelu` (rejected, §4), `concat` (conflicting reports, §4) or `tile` (§4).
 
 use crate::blob::BLOB_PATH;
@@ -22,11 +23,15 @@ pub enum Layout {
     TokenMajor,
 }
 
-/// A baked conv weight `[m, k, 1, 1]` fp16 in the blob file at metadata offset `offset`.
+/// A baked conv weight `[m, k, 1, 1]` in the blob file at metadata offset `offset`:
+/// fp16, or int8 with per-output-channel fp16 scales `[m, 1, 1, 1]` at `int8_scales`,
+/// dequantized by `constexpr_blockwise_shift_scale` (§3 dtypes; OM's form).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvWeight {
     /// Blob metadata offset (what BLOBFILE's offset names).
     pub offset: u64,
+    /// For int8 data: the metadata offset of its scales.
+    pub int8_scales: Option<u64>,
     /// Output channels.
     pub m: usize,
     /// Input channels.
@@ -166,11 +171,19 @@ pub fn function_text(f: &Function) -> Result<String, String> {
                 }
                 let wn = format!("{}_w", st.out);
                 let wt = format!("tensor<fp16, [{}, {}, 1, 1]>", w.m, w.k);
-                let _ = writeln!(
-                    s,
-                    "        {wt} {wn} = const()[name=string(\"{wn}\"), val={wt}(BLOBFILE(path=string(\"{BLOB_PATH}\"), offset=uint64({})))];",
-                    w.offset
-                );
+                let blob = |ty: &str, name: &str, offset: u64| {
+                    format!("        {ty} {name} = const()[name=string(\"{name}\"), val={ty}(BLOBFILE(path=string(\"{BLOB_PATH}\"), offset=uint64({offset})))];\n")
+                };
+                match w.int8_scales {
+                    None => s.push_str(&blob(&wt, &wn, w.offset)),
+                    Some(so) => {
+                        // int8 data and fp16 scales as constants, dequantized at compile time (§3).
+                        let (qt, sct) = (format!("tensor<int8, [{}, {}, 1, 1]>", w.m, w.k), format!("tensor<fp16, [{}, 1, 1, 1]>", w.m));
+                        s.push_str(&blob(&qt, &format!("{wn}_q"), w.offset));
+                        s.push_str(&blob(&sct, &format!("{wn}_s"), so));
+                        let _ = writeln!(s, "        {wt} {wn} = constexpr_blockwise_shift_scale(data={wn}_q, scale={wn}_s)[name=string(\"{wn}\")];");
+                    }
+                }
                 (
                     [1, w.m, 1, xs[3]],
                     format!("conv(dilations=c_dilations, groups=c_groups, pad=c_pad, pad_type=c_pad_type, strides=c_strides, weight={wn}, x={x})"),

@@ -6,7 +6,7 @@
 mod common;
 
 use ane::blob::DenseRows;
-use ane::build::{build_program, Act, BuildConfig, GroupOp, GroupSpec};
+use ane::build::{build_program, Act, BuildConfig, GroupOp, GroupSpec, WeightFormat};
 use ane::mil::Layout;
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,9 +38,10 @@ fn programs_and_blobs_agree_with_coremltools() {
         GroupSpec { members: m.into_iter().map(|r| r as &dyn ane::blob::RowSource).collect(), op: GroupOp::Linear { concat } }
     }
     let mlp = |act| GroupSpec { members: vec![&g, &u, &d], op: GroupOp::Mlp(act) };
-    let cm = BuildConfig { layout: Layout::ChannelMajor, max_dim: 16384, activation_bound: 64.0 };
+    let cm = BuildConfig { layout: Layout::ChannelMajor, max_dim: 16384, activation_bound: 64.0, ..BuildConfig::default() };
     let tm = BuildConfig { layout: Layout::TokenMajor, ..cm };
     let tiled = BuildConfig { max_dim: 64, activation_bound: 1e4, ..cm };
+    let int8 = BuildConfig { weights: WeightFormat::Int8, ..cm };
     let cases: Vec<(&str, Vec<GroupSpec>, Vec<usize>, BuildConfig)> = vec![
         // §7's example: M=128, K=64 (16512-byte weight.bin).
         ("single_cm", vec![lin(vec![&a], false)], vec![32], cm),
@@ -51,6 +52,10 @@ fn programs_and_blobs_agree_with_coremltools() {
         ("mlp_gelu_tiled_scaled", vec![mlp(Act::GeluTanh)], vec![64], BuildConfig { layout: Layout::TokenMajor, ..tiled }),
         ("mlp_silu_scaled", vec![mlp(Act::Silu)], vec![32], tiled),
         ("bank", vec![lin(vec![&a], false), lin(vec![&q, &k, &v], true)], vec![32, 64], cm),
+        // int8 data + fp16 per-channel scales through constexpr_blockwise_shift_scale.
+        ("int8_single", vec![lin(vec![&a], false)], vec![32], int8),
+        ("int8_qkv_tiled_tm", vec![lin(vec![&q, &k, &v], true)], vec![64], BuildConfig { layout: Layout::TokenMajor, ..BuildConfig { weights: WeightFormat::Int8, ..tiled } }),
+        ("int8_mlp_bank", vec![mlp(Act::Silu), lin(vec![&b], false)], vec![32, 64], BuildConfig { weights: WeightFormat::Int8, ..tiled }),
     ];
     for (name, groups, buckets, cfg) in &cases {
         let ids: Vec<(usize, &GroupSpec)> = groups.iter().enumerate().collect();

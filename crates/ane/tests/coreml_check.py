@@ -28,7 +28,8 @@ FUNC = re.compile(r"^\s*func (\w+)<(\w+)>\((.*)\) \{$")
 CONST = re.compile(r"^\s*" + TYPE + r" (\w+) = const\(\)\[name=string\(\"(\w+)\"\), val=(.*)\];$")
 STMT = re.compile(r"^\s*" + TYPE + r" (\w+) = (\w+)\((.*)\)\[name=string\(\"(\w+)\"\)\];$")
 END = re.compile(r"^\s*\} -> \(([\w, ]*)\);$")
-BLOB = re.compile(r"tensor<fp16, \[([\d, ]+)\]>\(BLOBFILE\(path=string\(\"([^\"]+)\"\), offset=uint64\((\d+)\)\)\)")
+BLOB = re.compile(r"tensor<(fp16|int8), \[([\d, ]+)\]>\(BLOBFILE\(path=string\(\"([^\"]+)\"\), offset=uint64\((\d+)\)\)\)")
+DTYPES = {"fp16": (1, np.float16), "int8": (4, np.int8)}
 
 
 class Mismatch(Exception):
@@ -39,21 +40,22 @@ def dims(s):
     return [int(d) for d in s.split(",") if d.strip()]
 
 
-def read_blob(blob, offset, shape):
-    """An fp16 record of our blob, through its metadata (ANE.md §3 table)."""
+def read_blob(blob, offset, shape, ty="fp16"):
+    """An fp16 or int8 record of our blob, through its metadata (ANE.md §3 table)."""
+    code, npty = DTYPES[ty]
     sentinel, dtype, size, data = struct.unpack_from("<IIQQ", blob, offset)
     n = int(np.prod(shape))
-    if sentinel != 0xDEADBEEF or dtype != 1 or size != 2 * n or data != offset + 64:
-        raise Mismatch(f"blob record at {offset}: sentinel {sentinel:#x} dtype {dtype} size {size} data {data}, want fp16 x {n}")
-    arr = np.frombuffer(blob, dtype=np.float16, count=n, offset=data).reshape(shape)
-    return arr, (dtype, size, blob[data:data + size])
+    if sentinel != 0xDEADBEEF or dtype != code or size != np.dtype(npty).itemsize * n or data != offset + 64:
+        raise Mismatch(f"blob record at {offset}: sentinel {sentinel:#x} dtype {dtype} size {size} data {data}, want {ty} x {n}")
+    arr = np.frombuffer(blob, dtype=npty, count=n, offset=data).reshape(shape)
+    return arr, [(dtype, size, blob[data:data + size])]
 
 
 def literal(val, blob):
     """A const's val literal as a numpy value, plus its blob record for BLOBFILE constants."""
     m = BLOB.fullmatch(val)
     if m:
-        return read_blob(blob, int(m.group(3)), dims(m.group(1)))
+        return read_blob(blob, int(m.group(4)), dims(m.group(2)), m.group(1))
     m = re.fullmatch(r"string\(\"(.*)\"\)", val)
     if m:
         return m.group(1), None
@@ -103,8 +105,17 @@ def build(func, blob):
             a = dict(kv.split("=", 1) for kv in args.split(", "))
             c = lambda k: consts[a[k]]
             v_ = lambda k: env[a[k]] if a[k] in env else consts[a[k]]
+            if op == "constexpr_blockwise_shift_scale":
+                # int8 data and fp16 scales: coremltools writes both records, data first.
+                consts[out] = mb.constexpr_blockwise_shift_scale(data=c("data"), scale=c("scale"), name=name)
+                recs[out] = recs[a["data"]] + recs[a["scale"]]
+                v = consts[out]
+                got = (list(v.shape), types.builtin_to_string(v.dtype))
+                if got != (dims(shape or ""), dt):
+                    raise Mismatch(f"{func['name']} {out} = {op}: we declare {ty}, coremltools infers {got}")
+                continue
             if op == "conv":
-                records.append(recs[a["weight"]])
+                records.extend(recs[a["weight"]])
                 v = mb.conv(x=v_("x"), weight=c("weight"), strides=c("strides"), pad_type=c("pad_type"),
                             pad=c("pad"), dilations=c("dilations"), groups=c("groups"), name=name)
             elif op == "transpose":

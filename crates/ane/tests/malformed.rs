@@ -114,7 +114,7 @@ fn unequal_surface_sizes_are_refused() {
 
 #[test]
 fn the_writer_refuses_inconsistent_functions() {
-    let conv = |x: &str, k| Op::Conv { x: x.into(), w: ConvWeight { offset: 64, m: 32, k } };
+    let conv = |x: &str, k| Op::Conv { x: x.into(), w: ConvWeight { offset: 64, int8_scales: None, m: 32, k } };
     let f = |body: Vec<Stmt>, outputs: Vec<&str>| Function {
         name: "main".into(),
         inputs: vec![("x0".into(), [1, 64, 1, 32])],

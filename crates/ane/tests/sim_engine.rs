@@ -19,7 +19,7 @@ use gguf::GgmlType;
 fn config(layout: Layout, max_dim: usize, buckets: Vec<usize>) -> AneConfig {
     AneConfig {
         plan: PlanConfig { buckets, ..PlanConfig::default() },
-        build: BuildConfig { layout, max_dim, activation_bound: 64.0 },
+        build: BuildConfig { layout, max_dim, activation_bound: 64.0, ..BuildConfig::default() },
         concat_groups: false,
         ..AneConfig::default()
     }

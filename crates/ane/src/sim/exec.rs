@@ -66,7 +66,8 @@ fn known_bad(op: &str) -> Option<&'static str> {
 
 struct Checker<'a> {
     weights: &'a HashMap<String, Vec<u8>>,
-    blobs: &'a mut HashMap<(String, u64), Arc<Tensor>>,
+    /// Blob records read so far, by (path, offset, int8).
+    blobs: &'a mut HashMap<(String, u64, bool), Arc<Tensor>>,
     types: HashMap<String, Ty>,
     consts: HashMap<String, Lit>,
     tensors: HashMap<String, Arc<Tensor>>,
@@ -145,23 +146,67 @@ impl Checker<'_> {
                 ty.clone()
             }
             Lit::Blob(ty, path, offset) => {
-                let Some(shape) = fp16_tensor(ty) else { return self.err(st, "only fp16 BLOBFILE constants are supported") };
+                let (int8, shape) = match ty {
+                    Ty::Tensor(DType::Fp16, s) => (false, s),
+                    Ty::Tensor(DType::Int8, s) => (true, s),
+                    _ => return self.err(st, "only fp16 and int8 BLOBFILE constants are supported"),
+                };
                 let Some(file) = self.weights.get(path) else { return self.err(st, format!("no weight file {path}")) };
-                let key = (path.clone(), *offset);
+                let key = (path.clone(), *offset, int8);
                 if !self.blobs.contains_key(&key) {
                     let n = shape.iter().product();
-                    let v = blob::read_fp16(file, *offset, n).or_else(|e| self.err(st, e))?;
-                    let t = Tensor { shape: shape.to_vec(), data: v.iter().map(|x| x.to_f32()).collect() };
-                    self.blobs.insert(key.clone(), Arc::new(t));
+                    let data = if int8 {
+                        blob::read_int8(file, *offset, n).or_else(|e| self.err(st, e))?.iter().map(|&v| v as f32).collect()
+                    } else {
+                        blob::read_fp16(file, *offset, n).or_else(|e| self.err(st, e))?.iter().map(|x| x.to_f32()).collect()
+                    };
+                    self.blobs.insert(key.clone(), Arc::new(Tensor { shape: shape.to_vec(), data }));
                 }
                 let t = self.blobs[&key].clone();
-                if t.shape != shape {
+                if t.shape != *shape {
                     return self.err(st, format!("blob at {offset} already read with shape {:?}", t.shape));
                 }
                 self.tensors.insert(st.out.clone(), t);
                 ty.clone()
             }
         })
+    }
+
+    /// `constexpr_blockwise_shift_scale(data, scale)`: `data · scale` with `scale`
+    /// broadcast over blocks (each of its dims divides data's), as fp16, at compile time.
+    fn blockwise_shift_scale(&mut self, st: &Stmt) -> Result<Ty, String> {
+        self.only_args(st, &["data", "scale"])?;
+        let (d, dt) = self.operand(st, "data")?;
+        let (s, stt) = self.operand(st, "scale")?;
+        let (Ty::Tensor(DType::Int8, dshape), Ty::Tensor(DType::Fp16, sshape)) = (&dt, &stt) else {
+            return self.err(st, format!("data must be int8 and scale fp16, are {dt:?} and {stt:?}"));
+        };
+        let (Some(data), Some(scale)) = (self.tensors.get(&d).cloned(), self.tensors.get(&s).cloned()) else {
+            return self.err(st, "data and scale must be constants");
+        };
+        if sshape.len() != dshape.len() || sshape.iter().zip(dshape).any(|(b, a)| *b == 0 || a % b != 0) {
+            return self.err(st, format!("scale {sshape:?} does not divide data {dshape:?} into blocks"));
+        }
+        // Row-major index → block index, per dimension.
+        let rank = dshape.len();
+        let mut out = Vec::with_capacity(data.data.len());
+        let mut idx = vec![0usize; rank];
+        for &q in &data.data {
+            let mut si = 0;
+            for a in 0..rank {
+                si = si * sshape[a] + idx[a] / (dshape[a] / sshape[a]);
+            }
+            out.push(round16(q * scale.data[si]));
+            for a in (0..rank).rev() {
+                idx[a] += 1;
+                if idx[a] < dshape[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+        self.tensors.insert(st.out.clone(), Arc::new(Tensor { shape: dshape.clone(), data: out }));
+        Ok(Ty::Tensor(DType::Fp16, dshape.clone()))
     }
 
     /// Validate one statement; returns its step (None for constants).
@@ -185,6 +230,7 @@ impl Checker<'_> {
                 self.consts.insert(st.out.clone(), val);
                 (ty, None)
             }
+            "constexpr_blockwise_shift_scale" => (self.blockwise_shift_scale(st)?, None),
             "conv" => {
                 self.only_args(st, &["x", "weight", "strides", "pad_type", "pad", "dilations", "groups"])?;
                 let (x, xt) = self.operand(st, "x")?;
@@ -193,6 +239,9 @@ impl Checker<'_> {
                     return self.err(st, format!("conv input must be an fp16 rank-4 tensor, is {xt:?}"));
                 };
                 let Some(wt) = self.tensors.get(&w).cloned() else { return self.err(st, "conv weight must be a constant tensor") };
+                if !matches!(self.types.get(&w), Some(Ty::Tensor(DType::Fp16, _))) {
+                    return self.err(st, "conv weight must be fp16 (dequantize int8 with constexpr_blockwise_shift_scale)");
+                }
                 if wt.shape.len() != 4 || wt.shape[2] != 1 || wt.shape[3] != 1 || wt.shape[1] != xs[1] {
                     return self.err(st, format!("weight {:?} is not [M, {}, 1, 1]", wt.shape, xs[1]));
                 }
@@ -301,7 +350,7 @@ pub fn compile(p: &Program, weights: &HashMap<String, Vec<u8>>) -> Result<Compil
         let mut outputs = Vec::new();
         for o in &f.outputs {
             let ty = c.types.get(o).ok_or_else(|| format!("line {}: {}: output {o} is never defined", f.line, f.name))?.clone();
-            if c.consts.contains_key(o) {
+            if c.consts.contains_key(o) || c.tensors.contains_key(o) {
                 return Err(format!("line {}: {}: output {o} is a constant", f.line, f.name));
             }
             outputs.push((o.clone(), io(o, &ty)?));

@@ -10,6 +10,8 @@ pub enum DType {
     Fp32,
     /// int32.
     Int32,
+    /// int8 (weights dequantized by a constexpr op).
+    Int8,
     /// uint64.
     Uint64,
     /// bool.
@@ -24,6 +26,7 @@ impl DType {
             "fp16" => DType::Fp16,
             "fp32" => DType::Fp32,
             "int32" => DType::Int32,
+            "int8" => DType::Int8,
             "uint64" => DType::Uint64,
             "bool" => DType::Bool,
             "string" => DType::Str,
