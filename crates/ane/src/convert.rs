@@ -23,7 +23,7 @@ const PAR_MIN: usize = 1 << 15;
 /// Channels per block of the transposing copies.
 const BLOCK: usize = 32;
 
-/// View surface bytes as fp16 (surfaces are page- or Vec<u16>-aligned).
+/// View surface bytes as fp16 (surfaces are page- or `Vec<u16>`-aligned).
 pub fn as_f16_mut(bytes: &mut [u8]) -> &mut [f16] {
     assert!((bytes.as_ptr() as usize).is_multiple_of(2) && bytes.len().is_multiple_of(2), "surface memory must be 2-byte aligned");
     // SAFETY: f16 is a 2-byte plain-old-data type with alignment 2; checked above.

@@ -73,6 +73,9 @@ pub struct AneConfig {
     pub cache_dir: Option<PathBuf>,
     /// The bound on each evaluation; `None` waits forever.
     pub eval_timeout: Option<EvalTimeout>,
+    /// Convert the next evaluation's inputs and the previous one's outputs while the
+    /// current one runs; `false` does one evaluation at a time (same results).
+    pub overlap: bool,
 }
 
 impl Default for AneConfig {
@@ -83,6 +86,7 @@ impl Default for AneConfig {
             concat_groups: false,
             cache_dir: None,
             eval_timeout: Some(EvalTimeout::default()),
+            overlap: true,
         }
     }
 }

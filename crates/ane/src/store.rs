@@ -2,7 +2,7 @@
 //!
 //! Building a program (dequantizing its weights, measuring row norms, writing the blob
 //! and the MIL text) is the expensive host-side half of a compile. Each built program is
-//! stored as one entry of the shared [`DiskCache`] — MIL text, weight blob and the
+//! stored as one entry of the shared [`DiskCache`](::engine::matrix::disk_cache::DiskCache) — MIL text, weight blob and the
 //! per-function I/O map the engine needs — under a key hashing everything the bytes
 //! depend on: the content of every weight it bakes (not the file's path or time), the
 //! row ranges, the group ops, the buckets, the build options, and [`FORMAT_VERSION`].

@@ -7,7 +7,8 @@
 //! this thread converts: job i+1's inputs are written while job i evaluates, and job i's
 //! outputs are read while job i+1 evaluates. Each job is converted exactly as a call of
 //! its own would be (the input scale comes from its own tokens), so the result is the
-//! same, bit for bit, as one call per tile.
+//! same, bit for bit, as one call per tile, and as with [`AneConfig::overlap`] off (one
+//! evaluation at a time).
 //!
 //! Every wait is bounded ([`AneConfig::eval_timeout`]): an evaluation that does not
 //! return is an [`EngineFailure`] and its program is quarantined.
@@ -235,6 +236,15 @@ impl<D: Driver> AneEngine<D> {
             in_flight = next;
             if result.is_err() {
                 break;
+            }
+            if !self.cfg.overlap {
+                // One at a time: collect job i now, before job i+1 is written.
+                if let Some((j, pending, sx, ib, ob)) = in_flight.take() {
+                    let surfaces = self.complete(st, &jobs[j], pending, ib, ob)?;
+                    let read = self.finish(st, &jobs[j], sx, &surfaces, n, outs);
+                    Self::give_back(st, ob, surfaces);
+                    read?;
+                }
             }
         }
         // After an error, wait for what is still queued so its surfaces come back.
