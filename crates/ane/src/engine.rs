@@ -11,10 +11,13 @@
 //! - With [`AneConfig::cache_dir`], built programs are kept on disk ([`crate::store`]):
 //!   a later process loads them instead of rebuilding, and the driver keeps its compiled
 //!   form beside them.
+//! - [`AneEngine::warm_up`] compiles the plan's programs at model load, within the budget.
 //! - A matmul converts x into input surfaces (scaled by a power of two measured from the
 //!   token norms, the guard's dynamic half), evaluates, and converts back, applying the
-//!   weight scales. Any driver error or non-finite output is an [`EngineFailure`]: the
-//!   dispatcher recomputes the op on the CPU.
+//!   weight scales; N beyond the bucket is tiled here, and conversion overlaps the
+//!   evaluations (`engine/pipeline.rs`). Any driver error, evaluation time-out (the program is
+//!   then quarantined) or non-finite output is an [`EngineFailure`]: the dispatcher
+//!   recomputes the op on the CPU.
 
 use crate::blob::{guard_scale, RowSource, BLOB_PATH};
 use crate::build::{build_program, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec, WeightFormat};
