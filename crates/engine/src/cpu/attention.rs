@@ -28,8 +28,12 @@ pub struct AttnShape {
 
 /// Keys per tile.
 const TILE: usize = 64;
-/// Query rows (tokens × heads of a group) a job aims for.
+/// Query rows (tokens × heads of a group) a micro-kernel holds in registers; a job aims for one such block.
 const JOB_ROWS: usize = 8;
+/// Keys per score micro-kernel (8 rows × 32 keys = 16 AVX-512 accumulators).
+const KEYS: usize = 32;
+/// Value dimensions per weighted-sum micro-kernel (8 rows × 32 = 16 accumulators).
+const VDIMS: usize = 32;
 
 /// `q`: [N, n_head*head_dim] (already scaled and rotated); `k_cache`/`v_cache`: [ctx, kv_dim]
 /// holding positions 0..=positions[last]; `out`: [N, n_head*head_dim_v].
@@ -45,24 +49,32 @@ pub fn attention(
     if n == 0 {
         return;
     }
+    if n == 1 {
+        return decode(s, q, positions[0], k_cache, v_cache, out);
+    }
     let (d, kvd, vd) = (s.head_dim, s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
     // Convert the cached rows the batch needs to f32 once (not once per query): keys
     // transposed per KV head ([head][dim][row]), so scores vectorize along the keys.
     let first = positions.iter().map(|&p| s.window.map_or(0, |w| (p + 1).saturating_sub(w))).min().unwrap_or(0);
     let last = positions.iter().copied().max().unwrap_or(0);
-    let rows = last + 1 - first;
+    let used = last + 1 - first;
+    // A tile of zeros past the end, so every tile is whole (the mask drops what it reads there).
+    let rows = used + TILE;
     let mut keys_t = vec![0f32; s.n_head_kv * d * rows];
     let mut vals = vec![0f32; rows * vd];
     keys_t.par_chunks_mut(d * rows).enumerate().for_each(|(g, slab)| {
         let mut row = vec![0f32; d];
-        for j in 0..rows {
+        for j in 0..used {
             k_cache[(first + j) * kvd + g * d..][..d].convert_to_f32_slice(&mut row);
             for (i, v) in row.iter().enumerate() {
                 slab[i * rows + j] = *v;
             }
         }
     });
-    vals.par_chunks_mut(vd).enumerate().for_each(|(j, vr)| v_cache[(first + j) * vd..][..vd].convert_to_f32_slice(vr));
+    vals[..used * vd]
+        .par_chunks_mut(vd)
+        .enumerate()
+        .for_each(|(j, vr)| v_cache[(first + j) * vd..][..vd].convert_to_f32_slice(vr));
 
     let group = s.n_head / s.n_head_kv;
     let tokens_per_job = (JOB_ROWS / group).max(1);
@@ -76,6 +88,148 @@ pub fn attention(
         // rows of its tokens × the heads of group g.
         unsafe { kernel(&ctx, g, tokens, scratch) };
     });
+}
+
+/// One token (a decode step): memory-bound, so the cache is read once, straight from f16
+/// (no conversion pass), split by KV head and by key chunk across threads; the chunks'
+/// partial softmaxes are merged at the end.
+fn decode(s: &AttnShape, q: &[f32], pos: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) {
+    let dv = s.head_dim_v;
+    let group = s.n_head / s.n_head_kv;
+    let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let keys = pos + 1 - lo;
+    // Enough chunks to keep every thread busy even with one KV head, none under 64 keys.
+    let want = (2 * rayon::current_num_threads()).div_ceil(s.n_head_kv);
+    let chunk = keys.div_ceil(want.max(1)).max(64);
+    let chunks = keys.div_ceil(chunk);
+    // Per (head, chunk): running max, sum, and the weighted sum of values.
+    let kernel = pick_decode_kernel();
+    let dj = DecodeJob { s, q, k_cache, v_cache, lo, pos, chunk, chunks };
+    let parts: Vec<Part> = (0..s.n_head_kv * chunks)
+        .into_par_iter()
+        // SAFETY: the kernel matches the CPU (pick_decode_kernel).
+        .map(|job| unsafe { kernel(&dj, job) })
+        .collect();
+    for g in 0..s.n_head_kv {
+        let parts = &parts[g * chunks..][..chunks];
+        for r in 0..group {
+            let m = parts.iter().map(|p| p.0[r]).fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out[(g * group + r) * dv..][..dv];
+            o.fill(0.0);
+            let mut total = 0.0;
+            for (maxes, sums, acc) in parts {
+                let w = exp(maxes[r] - m);
+                total += w * sums[r];
+                for (o, a) in o.iter_mut().zip(&acc[r * dv..][..dv]) {
+                    *o += w * a;
+                }
+            }
+            o.iter_mut().for_each(|v| *v /= total);
+        }
+    }
+}
+
+/// A decode step's partial softmax over one chunk of keys: per query row of the group,
+/// the maximum score, the sum of exponentials, and the weighted sum of values.
+type Part = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// What every decode job reads.
+struct DecodeJob<'a> {
+    s: &'a AttnShape,
+    q: &'a [f32],
+    k_cache: &'a [f16],
+    v_cache: &'a [f16],
+    lo: usize,
+    pos: usize,
+    chunk: usize,
+    chunks: usize,
+}
+
+type DecodeKernel = unsafe fn(&DecodeJob, usize) -> Part;
+
+fn pick_decode_kernel() -> DecodeKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            return decode_avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return decode_avx2;
+        }
+    }
+    decode_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn decode_avx512(dj: &DecodeJob, job: usize) -> Part {
+    decode_part(dj, job)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn decode_avx2(dj: &DecodeJob, job: usize) -> Part {
+    decode_part(dj, job)
+}
+
+unsafe fn decode_portable(dj: &DecodeJob, job: usize) -> Part {
+    decode_part(dj, job)
+}
+
+/// Job `job` = (KV head, key chunk) of a decode step.
+#[inline(always)]
+fn decode_part(dj: &DecodeJob, job: usize) -> Part {
+    let DecodeJob { s, q, k_cache, v_cache, lo, pos, chunk, chunks } = *dj;
+    let (d, dv) = (s.head_dim, s.head_dim_v);
+    let (kvd, vd) = (s.n_head_kv * d, s.n_head_kv * dv);
+    let group = s.n_head / s.n_head_kv;
+    let (g, c) = (job / chunks, job % chunks);
+    let (j0, j1) = (lo + c * chunk, (lo + (c + 1) * chunk).min(pos + 1));
+    let qs: Vec<f32> =
+        (g * group..(g + 1) * group).flat_map(|h| q[h * d..][..d].iter().map(|&x| f16::from_f32(x).to_f32())).collect();
+    let mut scores = vec![0f32; group * (j1 - j0)];
+    let mut row = vec![0f32; d.max(dv)];
+    for j in j0..j1 {
+        k_cache[j * kvd + g * d..][..d].convert_to_f32_slice(&mut row[..d]);
+        for r in 0..group {
+            scores[r * (j1 - j0) + j - j0] = dot(&qs[r * d..][..d], &row[..d]);
+        }
+    }
+    let mut maxes = vec![0f32; group];
+    let mut sums = vec![0f32; group];
+    for r in 0..group {
+        let sr = &mut scores[r * (j1 - j0)..][..j1 - j0];
+        maxes[r] = max_of(sr);
+        for v in sr.iter_mut() {
+            *v = exp(*v - maxes[r]);
+        }
+        sums[r] = sum_of(sr);
+    }
+    let mut acc = vec![0f32; group * dv];
+    for j in j0..j1 {
+        v_cache[j * vd + g * dv..][..dv].convert_to_f32_slice(&mut row[..dv]);
+        for r in 0..group {
+            let p = scores[r * (j1 - j0) + j - j0];
+            for (a, &v) in acc[r * dv..][..dv].iter_mut().zip(&row[..dv]) {
+                *a += p * v;
+            }
+        }
+    }
+    (maxes, sums, acc)
+}
+
+/// Dot product in sixteen lanes (vectorizes without reassociation flags).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// What every job reads.
@@ -168,6 +322,8 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
     let group = sh.n_head / sh.n_head_kv;
     let (qd, vd, od) = (sh.n_head * d, sh.n_head_kv * dv, sh.n_head * dv);
     let r_count = tokens.len() * group;
+    // Whole blocks of JOB_ROWS rows; padding rows are zero queries that see no key.
+    let r_pad = r_count.next_multiple_of(JOB_ROWS);
     // Query rows, rounded to f16 like the keys (as ggml does before its f16 dot), and
     // each row's visible key range [lo, hi] relative to `first`.
     sc.q.clear();
@@ -182,69 +338,58 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
             sc.hi.push(pos - c.first);
         }
     }
-    sc.scores.resize(r_count * TILE, 0.0);
-    sc.acc.clear();
-    sc.acc.resize(r_count * dv, 0.0);
-    sc.max.clear();
-    sc.max.resize(r_count, f32::NEG_INFINITY);
-    sc.sum.clear();
-    sc.sum.resize(r_count, 0.0);
     let lo = *sc.lo.iter().min().expect("at least one row");
     let hi = *sc.hi.iter().max().expect("at least one row");
+    sc.q.resize(r_pad * d, 0.0);
+    sc.lo.resize(r_pad, usize::MAX);
+    sc.hi.resize(r_pad, 0);
+    sc.scores.resize(r_pad * TILE, 0.0);
+    sc.acc.clear();
+    sc.acc.resize(r_pad * dv, 0.0);
+    sc.max.clear();
+    sc.max.resize(r_pad, f32::NEG_INFINITY);
+    sc.sum.clear();
+    sc.sum.resize(r_pad, 0.0);
     let keys = &c.keys_t[g * d * c.rows..][..d * c.rows];
     let mut j0 = lo;
     while j0 <= hi {
-        let width = TILE.min(hi + 1 - j0);
-        // Scores of every row against this tile of keys, accumulated along the head dimension.
-        let scores = &mut sc.scores[..r_count * TILE];
-        scores.fill(0.0);
-        for i in 0..d {
-            let k_row = &keys[i * c.rows + j0..][..width];
-            for r in 0..r_count {
-                let qv = sc.q[r * d + i];
-                let srow = &mut scores[r * TILE..][..width];
-                for (s, &k) in srow.iter_mut().zip(k_row) {
-                    *s = M::mul_add(*s, qv, k);
-                }
+        for rb in (0..r_pad).step_by(JOB_ROWS) {
+            let q = &sc.q[rb * d..][..JOB_ROWS * d];
+            let scores = &mut sc.scores[rb * TILE..][..JOB_ROWS * TILE];
+            for kb in (0..TILE).step_by(KEYS) {
+                scores_block::<M>(q, d, keys, c.rows, j0 + kb, &mut scores[kb..]);
             }
         }
         // Online softmax: rescale what was accumulated when a row's maximum grows.
-        for r in 0..r_count {
-            let a = sc.lo[r].max(j0) - j0;
-            let b = (sc.hi[r] + 1).min(j0 + width).saturating_sub(j0);
-            let srow = &mut scores[r * TILE..][..width];
+        for r in 0..r_pad {
+            let a = sc.lo[r].max(j0).min(j0 + TILE) - j0;
+            let b = (sc.hi[r] + 1).min(j0 + TILE).saturating_sub(j0);
+            let srow = &mut sc.scores[r * TILE..][..TILE];
             if a >= b {
                 srow.fill(0.0);
                 continue;
             }
-            let tile_max = srow[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = sc.max[r].max(tile_max);
+            let new_max = sc.max[r].max(max_of(&srow[a..b]));
             let rescale = exp(sc.max[r] - new_max);
-            let mut total = 0.0;
-            for (j, s) in srow.iter_mut().enumerate() {
-                let p = if j >= a && j < b { exp(*s - new_max) } else { 0.0 };
-                *s = p;
-                total += p;
+            for v in srow.iter_mut() {
+                *v = exp(*v - new_max);
             }
-            sc.sum[r] = sc.sum[r] * rescale + total;
+            srow[..a].fill(0.0);
+            srow[b..].fill(0.0);
+            sc.sum[r] = sc.sum[r] * rescale + sum_of(srow);
             sc.max[r] = new_max;
             if rescale != 1.0 {
                 sc.acc[r * dv..][..dv].iter_mut().for_each(|o| *o *= rescale);
             }
         }
-        // Weighted values: each value row is loaded once for all rows of the job.
-        for j in 0..width {
-            let v_row = &c.vals[(j0 + j) * vd + g * dv..][..dv];
-            for r in 0..r_count {
-                let p = scores[r * TILE + j];
-                if p != 0.0 {
-                    for (o, &v) in sc.acc[r * dv..][..dv].iter_mut().zip(v_row) {
-                        *o = M::mul_add(*o, p, v);
-                    }
-                }
-            }
+        // Weighted values: each value row is loaded once for all rows of a block.
+        let vals = &c.vals[j0 * vd + g * dv..];
+        for rb in (0..r_pad).step_by(JOB_ROWS) {
+            let p = &sc.scores[rb * TILE..][..JOB_ROWS * TILE];
+            let acc = &mut sc.acc[rb * dv..][..JOB_ROWS * dv];
+            weighted_values::<M>(p, vals, vd, dv, acc);
         }
-        j0 += width;
+        j0 += TILE;
     }
     let mut r = 0;
     for t in tokens {
@@ -258,6 +403,91 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
             r += 1;
         }
     }
+}
+
+/// `scores[r * TILE + l] = q_r · key_{j + l}` for the JOB_ROWS rows of `q` ([rows][d]) and
+/// KEYS keys from `j`; `keys` is one head's slab, [d][stride]. The accumulators stay in registers.
+#[inline(always)]
+fn scores_block<M: MulAdd>(q: &[f32], d: usize, keys: &[f32], stride: usize, j: usize, scores: &mut [f32]) {
+    let mut acc = [[0f32; KEYS]; JOB_ROWS];
+    for i in 0..d {
+        let k: &[f32; KEYS] = keys[i * stride + j..][..KEYS].try_into().expect("KEYS long");
+        for (r, row) in acc.iter_mut().enumerate() {
+            let qv = q[r * d + i];
+            for (a, &kv) in row.iter_mut().zip(k) {
+                *a = M::mul_add(*a, qv, kv);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        scores[r * TILE..][..KEYS].copy_from_slice(row);
+    }
+}
+
+/// `acc[r] += Σ_l p[r][l] · value_l` over one tile, for JOB_ROWS rows; value row `l` is
+/// `vals[l * stride..][..dv]`. Strips of VDIMS dimensions stay in registers.
+#[inline(always)]
+fn weighted_values<M: MulAdd>(p: &[f32], vals: &[f32], stride: usize, dv: usize, acc: &mut [f32]) {
+    let mut strip = 0;
+    while strip + VDIMS <= dv {
+        let mut o = [[0f32; VDIMS]; JOB_ROWS];
+        for (r, row) in o.iter_mut().enumerate() {
+            row.copy_from_slice(&acc[r * dv + strip..][..VDIMS]);
+        }
+        for l in 0..TILE {
+            let v: &[f32; VDIMS] = vals[l * stride + strip..][..VDIMS].try_into().expect("VDIMS long");
+            for (r, row) in o.iter_mut().enumerate() {
+                let pr = p[r * TILE + l];
+                for (a, &x) in row.iter_mut().zip(v) {
+                    *a = M::mul_add(*a, pr, x);
+                }
+            }
+        }
+        for (r, row) in o.iter().enumerate() {
+            acc[r * dv + strip..][..VDIMS].copy_from_slice(row);
+        }
+        strip += VDIMS;
+    }
+    // Dimensions past the last whole strip (head sizes that are not a multiple of VDIMS).
+    if strip < dv {
+        for l in 0..TILE {
+            let v = &vals[l * stride + strip..l * stride + dv];
+            for r in 0..JOB_ROWS {
+                let pr = p[r * TILE + l];
+                for (a, &x) in acc[r * dv + strip..r * dv + dv].iter_mut().zip(v) {
+                    *a = M::mul_add(*a, pr, x);
+                }
+            }
+        }
+    }
+}
+
+/// The largest value (−∞ for none), in lanes so the loop vectorizes.
+#[inline(always)]
+fn max_of(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// The sum, in lanes so the loop vectorizes.
+#[inline(always)]
+fn sum_of(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `e^x` for x ≤ 0 (−∞ → 0): 2^k · e^r with k = round(x / ln 2) and r = x − k·ln 2 split
@@ -349,6 +579,8 @@ mod tests {
             (4, 1, 256, 256, Some(512), 0, 200),
             (6, 2, 32, 16, Some(7), 3, 5),
             (2, 1, 16, 16, None, 300, 1),
+            (8, 2, 128, 128, Some(50), 400, 1),
+            (4, 1, 256, 256, None, 700, 1),
         ];
         for (n_head, n_head_kv, head_dim, head_dim_v, window, pos0, n) in cases {
             let s = AttnShape { n_head, n_head_kv, head_dim, head_dim_v, window };
