@@ -8,6 +8,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::matrix::{Dispatcher, FeedForward};
 use crate::model::{Layer, Model};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// One sequence of a batched forward pass.
@@ -186,17 +187,21 @@ impl Runner {
         let local = c.swa_layers[il];
         let rope = if local { &self.rope_local } else { &self.rope_global };
         let neox = c.rope_style == RopeStyle::Neox;
-        for (t, &pos) in positions.iter().enumerate() {
-            for head in q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim].chunks_exact_mut(c.head_dim) {
-                rope.apply(&mut head[..c.rope_dims], pos, neox);
-                head.iter_mut().for_each(|v| *v *= c.attn_scale);
-            }
-            for head in
-                k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim].chunks_exact_mut(c.head_dim)
-            {
-                rope.apply(&mut head[..c.rope_dims], pos, neox);
-            }
-        }
+        // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
+        let (qd, kd, hd, rd) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.head_dim, c.rope_dims);
+        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(positions.par_iter()).for_each_init(
+            Vec::new,
+            |angles, ((qt, kt), &pos)| {
+                rope.angles(pos, angles);
+                for head in qt.chunks_exact_mut(hd) {
+                    RopeTable::rotate(&mut head[..rd], angles, neox);
+                    head.iter_mut().for_each(|v| *v *= c.attn_scale);
+                }
+                for head in kt.chunks_exact_mut(hd) {
+                    RopeTable::rotate(&mut head[..rd], angles, neox);
+                }
+            },
+        );
         let shape = AttnShape {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,

@@ -1,13 +1,34 @@
 //! Element-wise and row-wise operations on f32 activations laid out `[tokens, features]`.
+//! Large inputs (a prefill's) are split across the current thread pool; results do not
+//! depend on the split.
+
+use rayon::prelude::*;
+
+/// Elements per parallel piece of an element-wise op.
+const PIECE: usize = 1 << 14;
 
 /// RMSNorm of each row of `x` (row length `w.len()`), times `w`, in place.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(w.len()) {
+    let norm_row = |row: &mut [f32]| {
         let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for (v, g) in row.iter_mut().zip(w) {
             *v = *v * scale * g;
         }
+    };
+    if x.len() >= 2 * PIECE {
+        x.par_chunks_mut(w.len()).for_each(norm_row);
+    } else {
+        x.chunks_exact_mut(w.len()).for_each(norm_row);
+    }
+}
+
+/// `f(a_piece, b_piece)` over matching pieces of two equal-length slices, in parallel when large.
+fn zip_pieces(a: &mut [f32], b: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if a.len() >= 2 * PIECE {
+        a.par_chunks_mut(PIECE).zip(b.par_chunks(PIECE)).for_each(|(a, b)| f(a, b));
+    } else {
+        f(a, b);
     }
 }
 
@@ -19,9 +40,11 @@ pub fn rms_norm_into(src: &[f32], w: &[f32], eps: f32, dst: &mut [f32]) {
 
 /// `x += y`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    zip_pieces(x, y, |x, y| {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    });
 }
 
 /// Add a bias to every row.
@@ -33,9 +56,11 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    zip_pieces(gate, up, |gate, up| {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
 }
 
 /// `gate = gelu_tanh(gate) * up`, computed as ggml does on the CPU: the input is rounded
@@ -43,16 +68,18 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// this keeps greedy outputs identical to llama.cpp's at near-ties.
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
-    for (g, u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        *g = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * u
-        } else {
-            table[half::f16::from_f32(x).to_bits() as usize].to_f32() * u
-        };
-    }
+    zip_pieces(gate, up, |gate, up| {
+        for (g, u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            *g = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                table[half::f16::from_f32(x).to_bits() as usize].to_f32() * u
+            };
+        }
+    });
 }
 
 /// The tanh-approximated GELU.
@@ -105,10 +132,22 @@ impl RopeTable {
     /// Rotate one head vector `x` (the first `2 * pairs` dims) at `pos`.
     /// `neox` pairs (i, i + dims/2); otherwise adjacent (2i, 2i+1).
     pub fn apply(&self, x: &mut [f32], pos: usize, neox: bool) {
-        let half = self.inv_freq.len();
+        let mut angles = Vec::new();
+        self.angles(pos, &mut angles);
+        Self::rotate(x, &angles, neox);
+    }
+
+    /// (sin, cos) of every pair's angle at `pos`: computed once per token, shared by its heads.
+    pub fn angles(&self, pos: usize, out: &mut Vec<(f32, f32)>) {
         let p = pos as f32 * self.freq_scale;
-        for (i, &f) in self.inv_freq.iter().enumerate() {
-            let (sin, cos) = (p * f).sin_cos();
+        out.clear();
+        out.extend(self.inv_freq.iter().map(|&f| (p * f).sin_cos()));
+    }
+
+    /// Rotate one head vector by precomputed [`angles`](Self::angles).
+    pub fn rotate(x: &mut [f32], angles: &[(f32, f32)], neox: bool) {
+        let half = angles.len();
+        for (i, &(sin, cos)) in angles.iter().enumerate() {
             let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
             let (x0, x1) = (x[a], x[b]);
             x[a] = x0 * cos - x1 * sin;
