@@ -221,6 +221,23 @@ impl Gpu {
         Ok(())
     }
 
+    /// The `attn_causal` kernel: `ptrs` = q, k, v, positions, out; `ints` = n_head, n_kv,
+    /// d, dv, first, window; grid (tokens, KV heads), `threads` = 32 per query head of a group.
+    pub(crate) fn launch_attention(&self, ptrs: [u64; 5], ints: [i32; 6], grid: (u32, u32), threads: u32) -> Res<()> {
+        let f = self.kernels.get("attn_causal").ok_or("kernel attn_causal not loaded")?;
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.s_comp.launch_builder(f);
+        for p in &ptrs {
+            b.arg(p);
+        }
+        for i in &ints {
+            b.arg(i);
+        }
+        // SAFETY: the arguments match attn_causal's signature in kernels.rs.
+        unsafe { b.launch(cfg) }.map_err(err("attn_causal"))?;
+        Ok(())
+    }
+
     /// Upload a weight's raw blocks and expand them to f16 `[m, k]` on the card.
     pub(crate) fn prepare_weight(&self, data: &[u8], kernel: Option<&str>, elems: usize) -> Res<DevBuf> {
         self.bind()?;

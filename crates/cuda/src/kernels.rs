@@ -1,5 +1,6 @@
 //! The CUDA C source compiled by NVRTC at start-up: one dequantize kernel per ggml
-//! weight format, raw blocks → f16 `[M, K]`, plus a fill kernel for benchmarks.
+//! weight format, raw blocks → f16 `[M, K]`, the feed-forward activations, causal
+//! attention, and a fill kernel for benchmarks.
 //!
 //! Each kernel maps one thread to one output element (grid-stride): the blocks of a
 //! matrix are contiguous and rows are whole blocks, so element `i` of the flat output
@@ -117,6 +118,46 @@ extern "C" __global__ void ffn_gelu(const float* __restrict__ g, const float* __
     }
 }
 
+// Causal attention, one block per (token, KV head), one warp per query head of the group:
+// each lane holds head dimensions lane, lane+32, ... (at most 8: d, dv <= 256); for every
+// visible key the warp reduces the score, updates an online softmax and accumulates the
+// value row. The warps of a block read the same K/V rows (L1 hits). Queries are rounded
+// to f16 like the keys, as the CPU path does. kc/vc hold cache rows first..; pos are the
+// tokens' absolute positions; window 0 = none.
+extern "C" __global__ void attn_causal(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                       const int* __restrict__ pos, float* __restrict__ out,
+                                       int n_head, int n_kv, int d, int dv, int first, int window) {
+    const int t = blockIdx.x, g = blockIdx.y, lane = threadIdx.x & 31;
+    const int group = n_head / n_kv, h = g * group + (threadIdx.x >> 5);
+    const int p = pos[t];
+    const int lo = window > 0 ? max(0, p + 1 - window) : 0;
+    float qr[8], acc[8];
+    #pragma unroll
+    for (int c = 0; c < 8; c++) {
+        const int i = lane + 32 * c;
+        qr[c] = i < d ? h2f(f2h(q[(i64)t * n_head * d + h * d + i])) : 0.0f;
+        acc[c] = 0.0f;
+    }
+    float m = -__int_as_float(0x7f800000), l = 0.0f;  // -inf (no headers, no INFINITY)
+    for (int j = lo; j <= p; j++) {
+        const u16* kr = kc + (i64)(j - first) * n_kv * d + g * d;
+        float s = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < d) s += qr[c] * h2f(kr[i]); }
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float mn = fmaxf(m, s);
+        const float corr = expf(m - mn), w = expf(s - mn);
+        l = l * corr + w;
+        const u16* vr = vc + (i64)(j - first) * n_kv * dv + g * dv;
+        #pragma unroll
+        for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) acc[c] = acc[c] * corr + w * h2f(vr[i]); }
+        m = mn;
+    }
+    #pragma unroll
+    for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) out[(i64)t * n_head * dv + h * dv + i] = acc[c] / l; }
+}
+
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -128,10 +169,13 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 16] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
-    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu",
+    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
 ];
+
+/// Largest head dimension the attention kernel holds in registers (8 per lane).
+pub const ATTN_MAX_DIM: usize = 256;
 
 /// The kernel applying a feed-forward activation between the gate/up and down GEMMs.
 pub fn activation_kernel(a: engine::arch::Activation) -> &'static str {

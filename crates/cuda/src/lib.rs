@@ -11,6 +11,7 @@
 //! - Every CUDA error is an [`EngineFailure`]: the dispatcher recomputes on the CPU.
 #![deny(missing_docs)]
 
+mod attention;
 #[cfg(test)]
 mod formulas;
 mod gpu;
@@ -19,7 +20,9 @@ mod pipeline;
 
 pub use pipeline::PhaseTimes;
 
+use engine::cpu::attention::AttnShape;
 use engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use half::f16;
 use engine::weights::Weight;
 use gpu::{DevBuf, Gpu, Res};
 use std::collections::HashMap;
@@ -48,6 +51,8 @@ pub struct CudaOptions {
     /// Run whole feed-forward blocks on the card (gate, up, activation, down), so their
     /// wide intermediate never crosses the bus. Off: each matmul crosses on its own.
     pub fuse_feed_forward: bool,
+    /// Run a prefill's causal attention on the card (the KV cache stays in host memory).
+    pub attention: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -64,6 +69,7 @@ impl Default for CudaOptions {
             min_chunk: 128,
             max_chunk: 1024,
             fuse_feed_forward: true,
+            attention: true,
             bench_device_only: false,
         }
     }
@@ -295,6 +301,27 @@ impl MatrixEngine for CudaEngine {
 
     fn fuses_feed_forward(&self) -> bool {
         self.opts.fuse_feed_forward
+    }
+
+    fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
+        if !self.opts.attention {
+            return Err("attention on the card is off".into());
+        }
+        attention::check(shape)
+    }
+
+    fn attention(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("attention", || attention::run(g, &mut scratch.attention, shape, q, positions, k_cache, v_cache, out)).map_err(fail)
     }
 
     fn feed_forward(

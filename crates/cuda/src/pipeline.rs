@@ -47,6 +47,8 @@ pub(crate) struct Scratch {
     /// Device-only benchmarks: pinned input elements holding real (converted) values.
     primed: usize,
     pub(crate) times: PhaseTimes,
+    /// Attention's buffers (it shares the compute stream, so it runs under the same lock).
+    pub(crate) attention: crate::attention::Buffers,
 }
 
 /// How calls are cut into chunks.

@@ -2,7 +2,7 @@
 //! One function serves every architecture; the config's options switch the parts on.
 
 use crate::arch::RopeStyle;
-use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::attention::AttnShape;
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
@@ -215,7 +215,7 @@ impl Runner {
             let (a, b) = (span.start, span.end);
             cache.store(il, positions[a], &k[a * kd..b * kd], &v[a * vd..b * vd]);
             let (kc, vc) = cache.layer(il);
-            attention(&shape, &q[a * qd..b * qd], &positions[a..b], kc, vc, &mut attn[a * od..b * od]);
+            self.dispatcher.attention(&shape, &q[a * qd..b * qd], &positions[a..b], kc, vc, &mut attn[a * od..b * od]);
         }
         let mut o = vec![0f32; n * c.n_embd];
         self.dispatcher.matmul(&l.wo, &attn, &mut o);

@@ -40,8 +40,8 @@ pub fn run_all(ty: GgmlType, long: bool) {
     let cpu = Runner::new(model(), threads).expect("runner");
     // The same engine twice: each matmul crossing the bus on its own, then whole
     // feed-forward blocks on the card.
-    let offload = |fuse: bool| {
-        let engine = CudaEngine::new(CudaOptions { fuse_feed_forward: fuse, ..Default::default() });
+    let offload = |fuse: bool, attention: bool| {
+        let engine = CudaEngine::new(CudaOptions { fuse_feed_forward: fuse, attention, ..Default::default() });
         let budget = engine.memory_budget().expect("available");
         let cuda: Arc<dyn MatrixEngine> = Arc::new(engine);
         let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
@@ -49,11 +49,11 @@ pub fn run_all(ty: GgmlType, long: bool) {
         let gpu = Runner::with_dispatcher(model(), threads, d).expect("runner");
         let t = Instant::now();
         run(&gpu, 64, 0); // prepares every offloaded weight once
-        println!("first offloaded pass (fused ffn {fuse}; prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
+        println!("first offloaded pass (fused ffn {fuse}, attention {attention}; prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
         gpu.dispatcher.stats.reset();
         gpu
     };
-    let runners = [("per matmul", offload(false)), ("fused ffn", offload(true))];
+    let runners = [("per matmul", offload(false, false)), ("fused ffn", offload(true, false)), ("ffn+attn", offload(true, true))];
     println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
     for &n in sizes {

@@ -3,7 +3,9 @@
 
 use super::dispatch::CPU_HINT;
 use super::{Availability, Dispatcher, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::matmul::matmul;
+use half::f16;
 use crate::weights::Weight;
 
 /// See the module docs.
@@ -55,6 +57,21 @@ impl MatrixEngine for CpuEngine {
     ) -> Result<(), EngineFailure> {
         // Exactly the CPU path's block, so fused and unfused placements agree bit for bit.
         Dispatcher::cpu_only().feed_forward(ffn, x, out);
+        Ok(())
+    }
+    fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
+        Ok(())
+    }
+    fn attention(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        attention(shape, q, positions, k_cache, v_cache, out);
         Ok(())
     }
 }

@@ -8,7 +8,9 @@ use super::policy::{Backend, Decision, PlacementPolicy};
 use super::stats::Stats;
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::arch::Activation;
+use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
+use half::f16;
 use crate::cpu::matmul::{matmul_quantized, QuantizedInput};
 use crate::error::{EngineError, Result};
 use crate::weights::Weight;
@@ -153,6 +155,52 @@ impl Dispatcher {
             }
         }
         self.feed_forward_with(f, x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
+    }
+
+    /// Causal attention of one sequence's new tokens over a layer's KV cache (see
+    /// [`crate::cpu::attention::attention`]): on an engine when the policy places it there,
+    /// on the CPU otherwise or when the engine fails it.
+    pub fn attention(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) {
+        if self.accelerators.is_empty() && !self.verbose {
+            return attention(shape, q, positions, k_cache, v_cache, out);
+        }
+        let n = positions.len();
+        let cost = super::attention_cost(shape, positions);
+        let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
+        let decision = self.policy.decide_attention(&engines, shape, n, cost);
+        if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("attention".into(), n)) {
+            let name = decision.engine.map_or("cpu", |i| engines[i].name());
+            eprintln!("placement: attention N={n} -> {name}: {}", decision.reason);
+        }
+        let t0 = Instant::now();
+        let engine = decision.engine.map(|i| engines[i]);
+        if let Some(e) = engine {
+            match e.attention(shape, q, positions, k_cache, v_cache, out) {
+                Ok(()) => {
+                    return self.stats.with(e.name(), |s| {
+                        s.attention += 1;
+                        s.flops += cost.0;
+                        s.time += t0.elapsed();
+                    })
+                }
+                Err(f) => self.report_failure(&f),
+            }
+        }
+        let t0 = Instant::now();
+        attention(shape, q, positions, k_cache, v_cache, out);
+        self.stats.with("cpu", |s| {
+            s.attention += 1;
+            s.flops += cost.0;
+            s.time += t0.elapsed();
+        });
     }
 
     /// The unfused block: gate and up through `group`, the activation on the CPU, down through `group`.

@@ -2,7 +2,9 @@
 //! failing accelerator never leaves an output uncomputed.
 
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::cpu::attention::AttnShape;
 use crate::weights::Weight;
+use half::f16;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -90,5 +92,23 @@ impl MatrixEngine for FaultyEngine {
             return Err(f);
         }
         self.inner.feed_forward(keys, ffn, bucket, x, n, out)
+    }
+    fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
+        self.inner.supports_attention(shape)
+    }
+    fn attention(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        if let Err(f) = self.maybe_fail() {
+            out.fill(f32::NAN);
+            return Err(f);
+        }
+        self.inner.attention(shape, q, positions, k_cache, v_cache, out)
     }
 }

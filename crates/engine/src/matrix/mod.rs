@@ -19,7 +19,9 @@ pub mod stats;
 pub use dispatch::Dispatcher;
 
 use crate::arch::Activation;
+use crate::cpu::attention::AttnShape;
 use crate::weights::Weight;
+use half::f16;
 use quant::GgmlType;
 
 /// The identity of a weight: tensor name plus the identity of the file it lives in
@@ -167,4 +169,38 @@ pub trait MatrixEngine: Send + Sync {
         let _ = (keys, ffn, bucket, x, n, out);
         Err(EngineFailure { engine: self.name().into(), what: "this engine does not fuse feed-forward blocks".into() })
     }
+    /// Whether [`attention`](Self::attention) can run this shape (`Err` says why not); by
+    /// default no engine runs attention.
+    fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
+        let _ = shape;
+        Err("no attention on this engine".into())
+    }
+    /// Causal attention of a batch of queries over a layer's f16 KV cache, exactly as
+    /// [`crate::cpu::attention::attention`] defines it (same arguments and layouts).
+    fn attention(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        let _ = (shape, q, positions, k_cache, v_cache, out);
+        Err(EngineFailure { engine: self.name().into(), what: "this engine does not run attention".into() })
+    }
+}
+
+/// The work of one attention call, for the cost model: FLOPs (QKᵀ and PV) and the bytes an
+/// engine would move (queries and outputs in f32, the cache rows in f16).
+pub fn attention_cost(s: &AttnShape, positions: &[usize]) -> (f64, f64) {
+    let seen: f64 = positions
+        .iter()
+        .map(|&p| s.window.map_or(p + 1, |w| (p + 1).min(w)) as f64)
+        .sum();
+    let flops = 2.0 * s.n_head as f64 * (s.head_dim + s.head_dim_v) as f64 * seen;
+    let rows = positions.iter().max().map_or(0, |p| p + 1) as f64;
+    let bytes = 4.0 * positions.len() as f64 * (s.n_head * (s.head_dim + s.head_dim_v)) as f64
+        + 2.0 * rows * (s.n_head_kv * (s.head_dim + s.head_dim_v)) as f64;
+    (flops, bytes)
 }

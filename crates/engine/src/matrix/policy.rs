@@ -177,6 +177,49 @@ impl PlacementPolicy {
         Decision::cpu(why_not.join("; "))
     }
 
+    /// Decide where an attention call of `n` queries runs: an engine that supports it, when
+    /// N reaches the minimum batch and the cost model (`flops`, `bytes` moved) says it is faster.
+    pub fn decide_attention(
+        &self,
+        engines: &[&dyn MatrixEngine],
+        shape: &crate::cpu::attention::AttnShape,
+        n: usize,
+        (flops, bytes): (f64, f64),
+    ) -> Decision {
+        if self.backend == Backend::Cpu {
+            return Decision::cpu("--backend cpu");
+        }
+        let mut why_not = Vec::new();
+        for (i, e) in engines.iter().enumerate() {
+            if let Backend::Named(name) = &self.backend {
+                if name != e.name() {
+                    continue;
+                }
+            }
+            if let Err(r) = e.supports_attention(shape) {
+                why_not.push(format!("{}: {r}", e.name()));
+                continue;
+            }
+            if n < self.min_batch {
+                why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch));
+                continue;
+            }
+            let (e_flops, e_bw) = e.throughput_hint();
+            let (t_engine, t_cpu) = (flops / e_flops + bytes / e_bw, flops / self.cpu.0);
+            if t_engine < t_cpu {
+                return Decision {
+                    engine: Some(i),
+                    reason: format!("attention N={n}: cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3),
+                };
+            }
+            why_not.push(format!("attention cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3));
+        }
+        if why_not.is_empty() {
+            why_not.push("no accelerator".into());
+        }
+        Decision::cpu(why_not.join("; "))
+    }
+
     /// Estimated seconds on the engine (compute + activations in f16 both ways) and on the CPU
     /// (compute or streaming the weight, whichever is slower). Preparation is paid once and ignored.
     pub fn estimate(&self, e: &dyn MatrixEngine, s: &MatmulShape) -> (f64, f64) {

@@ -7,6 +7,8 @@
 use super::disk_cache::{DiskCache, Lookup};
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::arch::Activation;
+use crate::cpu::attention::AttnShape;
+use half::f16;
 use crate::cpu::ops;
 use crate::weights::Weight;
 use rayon::prelude::*;
@@ -138,5 +140,38 @@ impl MatrixEngine for ReferenceEngine {
             Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
         }
         self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
+    }
+    fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
+        Ok(())
+    }
+    fn attention(
+        &self,
+        s: &AttnShape,
+        q: &[f32],
+        positions: &[usize],
+        k_cache: &[f16],
+        v_cache: &[f16],
+        out: &mut [f32],
+    ) -> Result<(), EngineFailure> {
+        // The textbook definition: full softmax per (token, head), f32 queries, f64 sums.
+        let (d, dv, group) = (s.head_dim, s.head_dim_v, s.n_head / s.n_head_kv);
+        let (kvd, vd) = (s.n_head_kv * d, s.n_head_kv * dv);
+        out[..positions.len() * s.n_head * dv].par_chunks_mut(dv).enumerate().for_each(|(job, o)| {
+            let (t, h) = (job / s.n_head, job % s.n_head);
+            let (pos, g) = (positions[t], h / group);
+            let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let qh = &q[(t * s.n_head + h) * d..][..d];
+            let scores: Vec<f64> = (lo..=pos)
+                .map(|j| qh.iter().zip(&k_cache[j * kvd + g * d..][..d]).map(|(a, b)| *a as f64 * b.to_f64()).sum())
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for (i, o) in o.iter_mut().enumerate() {
+                let sum: f64 = (lo..=pos).zip(&weights).map(|(j, w)| w * v_cache[j * vd + g * dv + i].to_f64()).sum();
+                *o = (sum / total) as f32;
+            }
+        });
+        Ok(())
     }
 }
