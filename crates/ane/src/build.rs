@@ -4,7 +4,10 @@
 //! - A linear group (one weight, or Q/K/V, or gate/up) shares one input. Members become
 //!   separate outputs, or (concat) one matrix whose output rows the host splits — a
 //!   concatenated output with no `concat` op.
-//! - An MLP group is gate, up, down with SiLU or tanh-GELU between, in one function.
+//! - An MLP group is gate, up, down with SiLU or tanh-GELU between, in one function
+//!   ([`Part::Whole`]); beside it, for every bucket, its gate/up and its down as plain
+//!   matmuls ([`Part::GateUp`], [`Part::Down`]) baking the same blob entries, so weights
+//!   planned as one MLP also serve a caller that runs the block as separate matmuls.
 //! - Every conv stays within [`BuildConfig::max_dim`] (§4): M is split into several
 //!   outputs, K into several inputs whose convs are summed with `add`.
 //! - Each (group, tile) is written to the blob once; every bucket's function of the
@@ -46,12 +49,41 @@ pub enum GroupOp {
     Mlp(Act),
 }
 
+/// Which computation of its group a function performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The group's own op: every member of a linear group, or the fused MLP.
+    Whole,
+    /// An MLP's gate and up as plain matmuls of the block input (outputs: gate, up).
+    GateUp,
+    /// An MLP's down as a plain matmul of the activated intermediate (input K = F).
+    Down,
+}
+
+impl Part {
+    /// Its code in stored programs.
+    pub fn code(self) -> u8 {
+        match self {
+            Part::Whole => 0,
+            Part::GateUp => 1,
+            Part::Down => 2,
+        }
+    }
+    /// The part of a stored code.
+    pub fn from_code(c: u8) -> Option<Part> {
+        [Part::Whole, Part::GateUp, Part::Down].into_iter().find(|p| p.code() == c)
+    }
+}
+
 /// Weights sharing one input, and what to do with them.
 pub struct GroupSpec<'a> {
     /// Members, all with the same K (for an MLP: gate, up, down).
     pub members: Vec<&'a dyn RowSource>,
     /// The computation.
     pub op: GroupOp,
+    /// For an MLP: the bound on each token's ‖x‖₂ its fused function is scaled for
+    /// ([`BuildConfig::activation_bound`] when `None`). The caller checks it on every call.
+    pub input_bound: Option<f32>,
 }
 
 impl GroupSpec<'_> {
@@ -64,6 +96,22 @@ impl GroupSpec<'_> {
         match self.op {
             GroupOp::Linear { .. } => self.members.iter().map(|m| m.rows()).collect(),
             GroupOp::Mlp(_) => vec![self.members[2].rows()],
+        }
+    }
+    /// The functions built per bucket: the whole op, and for an MLP also its matmuls on
+    /// their own (baking the same blob entries), so that its weights serve plain matmuls.
+    pub fn parts(&self) -> &'static [Part] {
+        match self.op {
+            GroupOp::Linear { .. } => &[Part::Whole],
+            GroupOp::Mlp(_) => &[Part::Whole, Part::GateUp, Part::Down],
+        }
+    }
+    /// Input features and output features of each output of `part`.
+    pub fn part_io(&self, part: Part) -> (usize, Vec<usize>) {
+        match part {
+            Part::Whole => (self.k(), self.out_dims()),
+            Part::GateUp => (self.k(), vec![self.members[0].rows(), self.members[1].rows()]),
+            Part::Down => (self.members[2].cols(), vec![self.members[2].rows()]),
         }
     }
 }
@@ -136,6 +184,8 @@ pub struct InIo {
 pub struct FnIo {
     /// Caller's group id.
     pub group: usize,
+    /// What it computes of its group.
+    pub part: Part,
     /// Token tile.
     pub bucket: usize,
     /// Procedure index in the program.
@@ -280,103 +330,145 @@ pub fn build_program(groups: &[(usize, &GroupSpec)], buckets: &[usize], cfg: &Bu
     let mut w = Weights { blob: BlobWriter::new(), cfg, done: HashMap::new() };
     let mut functions = Vec::new();
     let mut ios = Vec::new();
-    let total = groups.len() * buckets.len();
+    let total = groups.iter().map(|(_, g)| g.parts().len()).sum::<usize>() * buckets.len();
     for (gi, (gid, g)) in groups.iter().enumerate() {
         let k = g.k();
         if g.members.iter().any(|m| m.cols() != k && !matches!(g.op, GroupOp::Mlp(_))) {
             return Err(format!("group {gid}: members differ in K"));
         }
         // Static scales and the stacks that become convs, once per group.
-        let a = cfg.activation_bound;
+        let a = match g.op {
+            GroupOp::Mlp(_) => g.input_bound.unwrap_or(cfg.activation_bound),
+            GroupOp::Linear { .. } => cfg.activation_bound,
+        };
         let norms: Vec<f32> = g.members.iter().map(|m| max_row_norm(*m, 0..m.rows())).collect();
+        let mlp = match g.op {
+            GroupOp::Linear { .. } => None,
+            GroupOp::Mlp(act) => {
+                let [gate, up, down] = [g.members[0], g.members[1], g.members[2]];
+                let f = gate.rows();
+                if up.rows() != f || up.cols() != k || down.cols() != f {
+                    return Err(format!("group {gid}: gate {}x{}, up {}x{}, down {}x{} do not chain", f, k, up.rows(), up.cols(), down.rows(), down.cols()));
+                }
+                // Chained guard (conservative): |g'| ≤ bg after sg; su keeps |h'| =
+                // |act(g)/sg · u/su| ≤ bg·|u|/su under L (|act(g)| ≤ |g| for SiLU and GELU);
+                // ‖h'‖₂ ≤ √F · that bound gives sd. The parts bake the same entries: as plain
+                // matmuls they scale their inputs per call (their weight norm is reported).
+                let sg = guard_scale(norms[0] * a);
+                let bg = (norms[0] * a / sg).max(1.0);
+                let su = guard_scale(bg * norms[1] * a);
+                let bh = (f as f32).sqrt() * bg * norms[1] * a / su;
+                let sd = guard_scale(norms[2] * bh);
+                let stacks = [Stack { parts: vec![(0, gate)], rows: f }, Stack { parts: vec![(1, up)], rows: f }, Stack { parts: vec![(2, down)], rows: down.rows() }];
+                Some((act, [sg, su, sd], stacks))
+            }
+        };
         for &bucket in buckets {
-            let procedure = functions.len();
-            let mut body = Body { cfg, stmts: Vec::new(), n: 0, macs: 0 };
-            let ktiles = tiles(k, cfg.max_dim);
-            let in_shape = |kt: &Range<usize>| match cfg.layout {
-                Layout::ChannelMajor => [1, kt.len(), 1, bucket],
-                Layout::TokenMajor => [1, bucket, 1, round32(kt.len())],
-            };
-            let in_names: Vec<String> = (0..ktiles.len()).map(|j| io_name("x", j, ktiles.len())).collect();
-            let inputs: Vec<InIo> = ktiles.iter().map(|kt| InIo { shape: in_shape(kt), cols: kt.clone() }).collect();
-            let xs: Vec<String> = in_names.iter().map(|x| body.input(x)).collect();
-            let mut outs: Vec<(String, OutIo)> = Vec::new();
-            let out_shape = |m: usize| match cfg.layout {
-                Layout::ChannelMajor => [1, m, 1, bucket],
-                Layout::TokenMajor => [1, bucket, 1, round32(m)],
-            };
-            let weight_norm;
-            match g.op {
-                GroupOp::Linear { concat } => {
-                    let stacks: Vec<(Stack, f32)> = if concat {
-                        let parts: Vec<(usize, &dyn RowSource)> = g.members.iter().copied().enumerate().collect();
-                        let rows = g.members.iter().map(|m| m.rows()).sum();
-                        let nmax = norms.iter().copied().fold(0.0, f32::max);
-                        vec![(Stack { parts, rows }, guard_scale(nmax * a))]
-                    } else {
-                        g.members.iter().enumerate().map(|(i, m)| (Stack { parts: vec![(i, *m)], rows: m.rows() }, guard_scale(norms[i] * a))).collect()
-                    };
-                    let mut wn = 0f32;
-                    for (si, (stack, s)) in stacks.iter().enumerate() {
-                        let snorm = if concat { norms.iter().copied().fold(0.0, f32::max) } else { norms[stack.parts[0].0] };
-                        wn = wn.max(snorm / s);
-                        for (ri, rt) in tiles(stack.rows, cfg.max_dim).into_iter().enumerate() {
-                            let ws: Vec<ConvWeight> =
-                                ktiles.iter().enumerate().map(|(j, kt)| w.conv((gi, si, ri, j), stack, rt.clone(), kt.clone(), 1.0 / s)).collect();
-                            let v = body.convs(&xs, &ws);
-                            outs.push((v, OutIo { shape: out_shape(rt.len()), segments: segments(stack, rt), scale: *s }));
+            for &part in g.parts() {
+                let procedure = functions.len();
+                let mut body = Body { cfg, stmts: Vec::new(), n: 0, macs: 0 };
+                let (pk, _) = g.part_io(part);
+                let ktiles = tiles(pk, cfg.max_dim);
+                let in_shape = |kt: &Range<usize>| match cfg.layout {
+                    Layout::ChannelMajor => [1, kt.len(), 1, bucket],
+                    Layout::TokenMajor => [1, bucket, 1, round32(kt.len())],
+                };
+                let in_names: Vec<String> = (0..ktiles.len()).map(|j| io_name("x", j, ktiles.len())).collect();
+                let inputs: Vec<InIo> = ktiles.iter().map(|kt| InIo { shape: in_shape(kt), cols: kt.clone() }).collect();
+                let xs: Vec<String> = in_names.iter().map(|x| body.input(x)).collect();
+                let mut outs: Vec<(String, OutIo)> = Vec::new();
+                let out_shape = |m: usize| match cfg.layout {
+                    Layout::ChannelMajor => [1, m, 1, bucket],
+                    Layout::TokenMajor => [1, bucket, 1, round32(m)],
+                };
+                let weight_norm;
+                match (g.op, &mlp) {
+                    (GroupOp::Linear { concat }, _) => {
+                        let stacks: Vec<(Stack, f32)> = if concat {
+                            let parts: Vec<(usize, &dyn RowSource)> = g.members.iter().copied().enumerate().collect();
+                            let rows = g.members.iter().map(|m| m.rows()).sum();
+                            let nmax = norms.iter().copied().fold(0.0, f32::max);
+                            vec![(Stack { parts, rows }, guard_scale(nmax * a))]
+                        } else {
+                            g.members.iter().enumerate().map(|(i, m)| (Stack { parts: vec![(i, *m)], rows: m.rows() }, guard_scale(norms[i] * a))).collect()
+                        };
+                        let mut wn = 0f32;
+                        for (si, (stack, s)) in stacks.iter().enumerate() {
+                            let snorm = if concat { norms.iter().copied().fold(0.0, f32::max) } else { norms[stack.parts[0].0] };
+                            wn = wn.max(snorm / s);
+                            for (ri, rt) in tiles(stack.rows, cfg.max_dim).into_iter().enumerate() {
+                                let ws: Vec<ConvWeight> =
+                                    ktiles.iter().enumerate().map(|(j, kt)| w.conv((gi, si, ri, j), stack, rt.clone(), kt.clone(), 1.0 / s)).collect();
+                                let v = body.convs(&xs, &ws);
+                                outs.push((v, OutIo { shape: out_shape(rt.len()), segments: segments(stack, rt), scale: *s }));
+                            }
+                        }
+                        weight_norm = Some(wn);
+                    }
+                    (GroupOp::Mlp(_), Some((act, [sg, su, sd], [gs, us, ds]))) => {
+                        let (act, sg, su, sd) = (*act, *sg, *su, *sd);
+                        let ftiles = tiles(gs.rows, cfg.max_dim);
+                        // Entry keys (group, member, M tile, K tile) are the same in every part.
+                        let gate_up = |w: &mut Weights, body: &mut Body, si: usize, stack: &Stack, s: f32, ri: usize, ft: &Range<usize>| {
+                            let ws: Vec<ConvWeight> = ktiles.iter().enumerate().map(|(j, kt)| w.conv((gi, si, ri, j), stack, ft.clone(), kt.clone(), 1.0 / s)).collect();
+                            body.convs(&xs, &ws)
+                        };
+                        let down = |w: &mut Weights, body: &mut Body, hs: &[String]| -> Vec<(String, OutIo)> {
+                            let mut outs = Vec::new();
+                            for (ri, rt) in tiles(ds.rows, cfg.max_dim).into_iter().enumerate() {
+                                let wd: Vec<ConvWeight> = ftiles.iter().enumerate().map(|(j, ft)| w.conv((gi, 2, ri, j), ds, rt.clone(), ft.clone(), 1.0 / sd)).collect();
+                                let v = body.convs(hs, &wd);
+                                let seg = vec![Segment { output: 0, col0: rt.start, ch0: 0, len: rt.len() }];
+                                let scale = if part == Part::Whole { sg * su * sd } else { sd };
+                                outs.push((v, OutIo { shape: out_shape(rt.len()), segments: seg, scale }));
+                            }
+                            outs
+                        };
+                        match part {
+                            Part::Whole => {
+                                let mut hs = Vec::new();
+                                for (ri, ft) in ftiles.iter().enumerate() {
+                                    let gv = gate_up(&mut w, &mut body, 0, gs, sg, ri, ft);
+                                    let uv = gate_up(&mut w, &mut body, 1, us, su, ri, ft);
+                                    let h = activation(&mut body, gv, act, sg)?;
+                                    hs.push(body.push(Op::Mul { x: h, y: uv }));
+                                }
+                                outs = down(&mut w, &mut body, &hs);
+                                weight_norm = None;
+                            }
+                            Part::GateUp => {
+                                for (si, stack, s) in [(0, gs, sg), (1, us, su)] {
+                                    for (ri, ft) in ftiles.iter().enumerate() {
+                                        let v = gate_up(&mut w, &mut body, si, stack, s, ri, ft);
+                                        let seg = vec![Segment { output: si, col0: ft.start, ch0: 0, len: ft.len() }];
+                                        outs.push((v, OutIo { shape: out_shape(ft.len()), segments: seg, scale: s }));
+                                    }
+                                }
+                                weight_norm = Some((norms[0] / sg).max(norms[1] / su));
+                            }
+                            Part::Down => {
+                                outs = down(&mut w, &mut body, &xs);
+                                weight_norm = Some(norms[2] / sd);
+                            }
                         }
                     }
-                    weight_norm = Some(wn);
+                    (GroupOp::Mlp(_), None) => unreachable!("MLP scales are set above"),
                 }
-                GroupOp::Mlp(act) => {
-                    let [gate, up, down] = [g.members[0], g.members[1], g.members[2]];
-                    let f = gate.rows();
-                    if up.rows() != f || up.cols() != k || down.cols() != f {
-                        return Err(format!("group {gid}: gate {}x{}, up {}x{}, down {}x{} do not chain", f, k, up.rows(), up.cols(), down.rows(), down.cols()));
-                    }
-                    // Chained guard (conservative): |g'| ≤ bg after sg; su keeps |h'| =
-                    // |act(g)/sg · u/su| ≤ bg·|u|/su under L (|act(g)| ≤ |g| for SiLU and GELU);
-                    // ‖h'‖₂ ≤ √F · that bound gives sd.
-                    let sg = guard_scale(norms[0] * a);
-                    let bg = (norms[0] * a / sg).max(1.0);
-                    let su = guard_scale(bg * norms[1] * a);
-                    let bh = (f as f32).sqrt() * bg * norms[1] * a / su;
-                    let sd = guard_scale(norms[2] * bh);
-                    let (gs, us, ds) = (Stack { parts: vec![(0, gate)], rows: f }, Stack { parts: vec![(1, up)], rows: f }, Stack { parts: vec![(2, down)], rows: down.rows() });
-                    let ftiles = tiles(f, cfg.max_dim);
-                    let mut hs = Vec::new();
-                    for (ri, ft) in ftiles.iter().enumerate() {
-                        let wg: Vec<ConvWeight> = ktiles.iter().enumerate().map(|(j, kt)| w.conv((gi, 0, ri, j), &gs, ft.clone(), kt.clone(), 1.0 / sg)).collect();
-                        let wu: Vec<ConvWeight> = ktiles.iter().enumerate().map(|(j, kt)| w.conv((gi, 1, ri, j), &us, ft.clone(), kt.clone(), 1.0 / su)).collect();
-                        let gv = body.convs(&xs, &wg);
-                        let uv = body.convs(&xs, &wu);
-                        let h = activation(&mut body, gv, act, sg)?;
-                        hs.push(body.push(Op::Mul { x: h, y: uv }));
-                    }
-                    for (ri, rt) in tiles(down.rows(), cfg.max_dim).into_iter().enumerate() {
-                        let wd: Vec<ConvWeight> = ftiles.iter().enumerate().map(|(j, ft)| w.conv((gi, 2, ri, j), &ds, rt.clone(), ft.clone(), 1.0 / sd)).collect();
-                        let v = body.convs(&hs, &wd);
-                        let seg = vec![Segment { output: 0, col0: rt.start, ch0: 0, len: rt.len() }];
-                        outs.push((v, OutIo { shape: out_shape(rt.len()), segments: seg, scale: sg * su * sd }));
-                    }
-                    weight_norm = None;
+                let out_names: Vec<String> = (0..outs.len()).map(|o| io_name("y", o, outs.len())).collect();
+                let mut outputs = Vec::new();
+                for ((v, io), name) in outs.into_iter().zip(&out_names) {
+                    body.output(v, name.clone());
+                    outputs.push(io);
                 }
+                let macs = body.macs;
+                functions.push(Function {
+                    name: function_name(procedure, total),
+                    inputs: in_names.iter().cloned().zip(inputs.iter().map(|i| i.shape)).collect(),
+                    body: body.stmts,
+                    outputs: out_names,
+                });
+                ios.push(FnIo { group: *gid, part, bucket, procedure, inputs, outputs, weight_norm, macs });
             }
-            let out_names: Vec<String> = (0..outs.len()).map(|o| io_name("y", o, outs.len())).collect();
-            let mut outputs = Vec::new();
-            for ((v, io), name) in outs.into_iter().zip(&out_names) {
-                body.output(v, name.clone());
-                outputs.push(io);
-            }
-            let macs = body.macs;
-            functions.push(Function {
-                name: function_name(procedure, total),
-                inputs: in_names.iter().cloned().zip(inputs.iter().map(|i| i.shape)).collect(),
-                body: body.stmts,
-                outputs: out_names,
-            });
-            ios.push(FnIo { group: *gid, bucket, procedure, inputs, outputs, weight_norm, macs });
         }
     }
     let mil = program_text(&functions)?;

@@ -12,6 +12,12 @@
 //!   a later process loads them instead of rebuilding, and the driver keeps its compiled
 //!   form beside them.
 //! - [`AneEngine::warm_up`] compiles the plan's programs at model load, within the budget.
+//! - Feed-forward blocks ([`AneConfig::fuse_mlp`]): each layer's gate, up and down are
+//!   planned as one MLP group, whose program holds per bucket the fused block (taken
+//!   whole through [`MatrixEngine::feed_forward`]: the F-wide intermediate never leaves
+//!   the engine) and its gate/up and down as plain matmuls over the same blob entries,
+//!   so the dispatcher's separate matmuls (the policy refused the block, or it runs
+//!   unfused) are served without another compile.
 //! - A matmul converts x into input surfaces (scaled by a power of two measured from the
 //!   token norms, the guard's dynamic half), evaluates, and converts back, applying the
 //!   weight scales; N beyond the bucket is tiled here, and conversion overlaps the
@@ -20,14 +26,15 @@
 //!   recomputes the op on the CPU.
 
 use crate::blob::{guard_scale, RowSource, BLOB_PATH};
-use crate::build::{build_program, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec, WeightFormat};
+use crate::build::{build_program, Act, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec, Part, WeightFormat};
 use crate::convert::{self, as_f16, as_f16_mut, SurfaceShape};
 use crate::ffi::{Driver, WeightFile};
 use crate::mil::Layout;
 use crate::plan::{GroupKind, GroupShape, Plan, PlanConfig};
 use crate::store::{self, KeyUnit};
 use ::engine::matrix::disk_cache::{DiskCache, Lookup};
-use ::engine::matrix::{Availability, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
+use ::engine::arch::Activation;
+use ::engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use ::engine::weights::Weight;
 use ::engine::Model;
 use std::collections::{HashMap, HashSet};
@@ -71,6 +78,10 @@ pub struct AneConfig {
     pub build: BuildConfig,
     /// Q/K/V (and gate/up) as one concatenated matrix per group instead of one conv per member.
     pub concat_groups: bool,
+    /// Plan each layer's gate, up and down as one MLP group and take whole feed-forward
+    /// blocks from the dispatcher ([`MatrixEngine::fuses_feed_forward`]); `false` plans
+    /// gate/up and down as two linear groups, and blocks run as separate matmuls.
+    pub fuse_mlp: bool,
     /// The persistent compiled-model directory (`--kernel-cache`): built programs are
     /// stored there and reused by later processes. `None` keeps nothing on disk.
     pub cache_dir: Option<PathBuf>,
@@ -87,6 +98,7 @@ impl Default for AneConfig {
             plan: PlanConfig::default(),
             build: BuildConfig::default(),
             concat_groups: false,
+            fuse_mlp: true,
             cache_dir: None,
             eval_timeout: Some(EvalTimeout::default()),
             overlap: true,
@@ -118,6 +130,9 @@ pub struct AneStats {
     pub disk_hits: usize,
     /// Directory entries found corrupt or stale, deleted and rebuilt.
     pub disk_rejects: usize,
+    /// Fused feed-forward calls whose input exceeded the bound their program was scaled
+    /// for (a token's ‖x‖₂), run on the engine as gate/up, host activation, down instead.
+    pub mlp_over_bound: usize,
     /// Evaluations that did not return within [`AneConfig::eval_timeout`].
     pub timeouts: usize,
 }
@@ -126,6 +141,8 @@ struct Group {
     weights: Vec<Weight>,
     keys: Vec<WeightKey>,
     op: GroupOp,
+    /// An MLP's bound on each token's ‖x‖₂ (checked on every fused call).
+    input_bound: Option<f32>,
 }
 
 /// Rows `rows` of a weight (a unit of a vocabulary split across programs).
@@ -202,28 +219,47 @@ impl<D: Driver> AneEngine<D> {
         Ok(e)
     }
 
-    /// Plan `model`'s groups (Q/K/V, output, gate/up, down per layer, then the head).
+    /// Plan `model`'s groups (Q/K/V, output, then the MLP — gate/up and down when
+    /// [`AneConfig::fuse_mlp`] is off — per layer, then the head).
     /// Without it every weight gets a program of its own on first use, which exhausts
     /// the compile budget on a real model: call it once the model is loaded.
     pub fn plan_model(&self, model: &Model) -> Result<(), String> {
         let linear = GroupOp::Linear { concat: self.cfg.concat_groups };
+        let mlp = GroupOp::Mlp(act_of(model.config.activation));
         let mut groups = Vec::new();
         for l in &model.layers {
-            groups.push((vec![l.wq.clone(), l.wk.clone(), l.wv.clone()], linear));
-            groups.push((vec![l.wo.clone()], linear));
-            groups.push((vec![l.w_gate.clone(), l.w_up.clone()], linear));
-            groups.push((vec![l.w_down.clone()], linear));
+            groups.push((vec![l.wq.clone(), l.wk.clone(), l.wv.clone()], linear, None));
+            groups.push((vec![l.wo.clone()], linear, None));
+            if self.cfg.fuse_mlp {
+                // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
+                // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
+                let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound);
+                let bound = (bound.is_finite() && bound > 0.0).then_some(bound);
+                groups.push((vec![l.w_gate.clone(), l.w_up.clone(), l.w_down.clone()], mlp, bound));
+            } else {
+                groups.push((vec![l.w_gate.clone(), l.w_up.clone()], linear, None));
+                groups.push((vec![l.w_down.clone()], linear, None));
+            }
         }
-        groups.push((vec![model.output.clone()], linear));
-        self.add_groups(groups)
+        groups.push((vec![model.output.clone()], linear, None));
+        self.add_groups_bounded(groups)
     }
 
     /// Plan weight groups (each shares one input and is dispatched together).
     pub fn add_groups(&self, groups: Vec<(Vec<Weight>, GroupOp)>) -> Result<(), String> {
+        self.add_groups_bounded(groups.into_iter().map(|(ws, op)| (ws, op, None)).collect())
+    }
+
+    /// [`Self::add_groups`] with, for MLP groups, the bound on each token's ‖x‖₂ their fused
+    /// function is scaled for (`None`: [`BuildConfig::activation_bound`]). A tighter bound
+    /// keeps the intermediate far from fp16's subnormals; a call whose input exceeds it
+    /// runs as separate matmuls on the engine (counted in [`AneStats::mlp_over_bound`]).
+    pub fn add_groups_bounded(&self, groups: Vec<(Vec<Weight>, GroupOp, Option<f32>)>) -> Result<(), String> {
         let mut st = self.lock();
         let first = st.groups.len();
         let mut shapes = Vec::new();
-        for (ws, op) in groups {
+        for (ws, op, input_bound) in groups {
             let keys: Vec<WeightKey> = ws.iter().map(WeightKey::of).collect();
             if let Some(k) = keys.iter().find(|k| st.key_group.contains_key(*k)) {
                 return Err(format!("{} is already planned", k.tensor));
@@ -235,7 +271,7 @@ impl<D: Driver> AneEngine<D> {
             // The kind only decides how the plan counts bytes (an MLP is not a plain stack).
             let kind = if matches!(op, GroupOp::Mlp(_)) { GroupKind::Mlp } else { GroupKind::Qkv };
             shapes.push(GroupShape { layer: None, kind, ms: ws.iter().map(|w| w.rows).collect(), k: ws[0].cols });
-            st.groups.push(Group { weights: ws, keys, op });
+            st.groups.push(Group { weights: ws, keys, op, input_bound });
         }
         let mut pc = self.cfg.plan.clone();
         pc.max_programs = usize::MAX; // the budget is enforced on compiles, across all plans
@@ -298,24 +334,58 @@ impl<D: Driver> AneEngine<D> {
         report
     }
 
-    /// The fused MLP `down(act(gate·x) ⊙ up·x)` for `n ≤ bucket` tokens, the weights
-    /// planned with [`GroupOp::Mlp`] by [`Self::add_groups`]. The dispatcher has no MLP
-    /// op yet, so this is the entry point for such a caller (and for tests).
+    /// The fused MLP `down(act(gate·x) ⊙ up·x)` for `n` tokens (tiled by `bucket`), the
+    /// weights planned with [`GroupOp::Mlp`] by [`Self::add_groups`]; compiles what it
+    /// needs. The dispatcher's entry is [`MatrixEngine::feed_forward`] (prepared weights).
     pub fn mlp(&self, ws: [&Weight; 3], bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let mut st = self.lock();
-        let key = WeightKey::of(ws[0]);
-        let g = *st.key_group.get(&key).ok_or_else(|| self.fail(format!("{} is not planned", key.tensor)))?;
-        if !matches!(st.groups[g].op, GroupOp::Mlp(_)) || st.groups[g].keys.iter().zip(ws).any(|(k, w)| *k != WeightKey::of(w)) {
-            return Err(self.fail("weights are not planned as one MLP"));
-        }
+        let keys = ws.map(WeightKey::of);
+        let g = self.mlp_group(&st, [&keys[0], &keys[1], &keys[2]], None)?;
         for p in Self::programs_of(&st, g, bucket) {
             self.ensure(&mut st, p)?;
         }
+        self.run_mlp(&mut st, g, ws, bucket, x, n, out)
+    }
+
+    /// The group planned as one MLP of exactly `keys` (gate, up, down), with `act` if given.
+    fn mlp_group(&self, st: &State<D>, keys: [&WeightKey; 3], act: Option<Act>) -> Result<usize, EngineFailure> {
+        let g = *st.key_group.get(keys[0]).ok_or_else(|| self.fail(format!("{} is not planned", keys[0].tensor)))?;
+        let group = &st.groups[g];
+        match group.op {
+            GroupOp::Mlp(a) if group.keys.iter().zip(keys).all(|(k, key)| k == key) => match act {
+                Some(want) if want != a => Err(self.fail(format!("{} is planned with {a:?}, the block asks for {want:?}", keys[0].tensor))),
+                _ => Ok(g),
+            },
+            _ => Err(self.fail("weights are not planned as one MLP")),
+        }
+    }
+
+    /// MLP group `g` over `n` tokens, programs loaded: the fused functions when every
+    /// token's ‖x‖₂ is within the bound they were scaled for, else the group's gate/up
+    /// and down functions (each guarded per call) with the activation on the host.
+    #[allow(clippy::too_many_arguments)]
+    fn run_mlp(&self, st: &mut State<D>, g: usize, ws: [&Weight; 3], bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+        let (k, ff, m) = (ws[0].cols, ws[0].rows, ws[2].rows);
+        let bound = st.groups[g].input_bound.unwrap_or(self.cfg.build.activation_bound);
         let mut jobs = Vec::new();
-        self.jobs_for(&st, g, bucket, n, 0, &mut jobs)?;
-        self.run_jobs(&mut st, &jobs, x, ws[0].cols, n, &mut [out])?;
-        match out[..n * ws[2].rows].iter().position(|v| !v.is_finite()) {
-            Some(bad) => Err(self.fail(format!("MLP: non-finite output at {bad}"))),
+        if convert::max_row_norm(x, k, n, 0..k) <= bound {
+            self.jobs_for(st, g, Part::Whole, bucket, n, 0, &mut jobs)?;
+            self.run_jobs(st, &jobs, x, k, n, &mut [&mut out[..n * m]])?;
+        } else {
+            st.stats.mlp_over_bound += 1;
+            let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+            self.jobs_for(st, g, Part::GateUp, bucket, n, 0, &mut jobs)?;
+            self.run_jobs(st, &jobs, x, k, n, &mut [&mut gate, &mut up])?;
+            match st.groups[g].op {
+                GroupOp::Mlp(Act::GeluTanh) => ::engine::cpu::ops::gelu_mul(&mut gate, &up),
+                _ => ::engine::cpu::ops::silu_mul(&mut gate, &up),
+            }
+            jobs.clear();
+            self.jobs_for(st, g, Part::Down, bucket, n, 0, &mut jobs)?;
+            self.run_jobs(st, &jobs, &gate, ff, n, &mut [&mut out[..n * m]])?;
+        }
+        match out[..n * m].iter().position(|v| !v.is_finite()) {
+            Some(bad) => Err(self.fail(format!("MLP {}: non-finite output at {bad} (fp16 overflow?)", ws[0].name))),
             None => Ok(()),
         }
     }
@@ -374,7 +444,7 @@ impl<D: Driver> AneEngine<D> {
     fn obtain(&self, st: &mut State<D>, p: usize) -> Result<(BuiltProgram, Option<String>), String> {
         let slot = &st.programs[p];
         let key = self.disk.as_ref().map(|_| {
-            let units: Vec<KeyUnit> = slot.plan_units.iter().map(|u| KeyUnit { weights: &st.groups[u.group].weights, rows: u.rows.clone(), op: st.groups[u.group].op }).collect();
+            let units: Vec<KeyUnit> = slot.plan_units.iter().map(|u| KeyUnit { weights: &st.groups[u.group].weights, rows: u.rows.clone(), op: st.groups[u.group].op, input_bound: st.groups[u.group].input_bound }).collect();
             store::program_key(&units, &slot.buckets, &format!("{:?}", self.cfg.build))
         });
         let slices: Vec<Vec<RowSlice>> = slot
@@ -389,10 +459,13 @@ impl<D: Driver> AneEngine<D> {
             .plan_units
             .iter()
             .zip(&slices)
-            .map(|(u, s)| GroupSpec { members: s.iter().map(|r| r as &dyn RowSource).collect(), op: st.groups[u.group].op })
+            .map(|(u, s)| GroupSpec { members: s.iter().map(|r| r as &dyn RowSource).collect(), op: st.groups[u.group].op, input_bound: st.groups[u.group].input_bound })
             .collect();
         if let (Some(disk), Some(key)) = (&self.disk, &key) {
-            let expect_units: Vec<(usize, Vec<usize>)> = specs.iter().map(|g| (g.k(), g.out_dims())).collect();
+            let expect_units: Vec<Vec<(Part, usize, Vec<usize>)>> = specs
+                .iter()
+                .map(|g| g.parts().iter().map(|&part| { let (k, outs) = g.part_io(part); (part, k, outs) }).collect())
+                .collect();
             let expect = store::Expect { units: &expect_units, buckets: &slot.buckets, layout: self.cfg.build.layout };
             match disk.get(key) {
                 Lookup::Hit(bytes) => match store::decode(&bytes).and_then(|b| store::validate(&b, &expect).map(|()| b)) {
@@ -489,22 +562,31 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         let mut st = self.lock();
         let group_of = |st: &State<D>, k: &WeightKey| st.key_group.get(k).copied().ok_or_else(|| self.fail(format!("{} is not prepared", k.tensor)));
         let g = group_of(&st, keys[0])?;
-        let whole = st.groups[g].keys.len() == keys.len() && st.groups[g].keys.iter().zip(keys).all(|(a, b)| a == *b);
+        let same = |members: &[WeightKey]| members.len() == keys.len() && members.iter().zip(keys).all(|(a, b)| a == *b);
+        // What of the group the call asks for: all of a linear group, or an MLP's gate/up or down.
+        let part = match st.groups[g].op {
+            GroupOp::Linear { .. } => same(&st.groups[g].keys).then_some(Part::Whole),
+            GroupOp::Mlp(_) if same(&st.groups[g].keys[..2]) => Some(Part::GateUp),
+            GroupOp::Mlp(_) if same(&st.groups[g].keys[2..]) => Some(Part::Down),
+            GroupOp::Mlp(_) => {
+                return Err(self.fail(format!("{} is planned in an MLP: matmuls take its gate and up together, or its down", keys[0].tensor)));
+            }
+        };
         // N beyond the bucket is tiled here (each tile's jobs overlap the next's conversion).
         let mut jobs = Vec::new();
-        if whole {
-            self.jobs_for(&st, g, bucket, n, 0, &mut jobs)?;
+        if let Some(part) = part {
+            self.jobs_for(&st, g, part, bucket, n, 0, &mut jobs)?;
         } else {
             // Weights planned alone but dispatched together: one group each.
             for (i, key) in keys.iter().enumerate() {
                 let gi = group_of(&st, key)?;
-                if st.groups[gi].keys.len() != 1 {
+                if st.groups[gi].keys.len() != 1 || !matches!(st.groups[gi].op, GroupOp::Linear { .. }) {
                     return Err(self.fail(format!("{} is planned in a group of {}", key.tensor, st.groups[gi].keys.len())));
                 }
-                self.jobs_for(&st, gi, bucket, n, i, &mut jobs)?;
+                self.jobs_for(&st, gi, Part::Whole, bucket, n, i, &mut jobs)?;
             }
         }
-        let k = st.groups[g].weights[0].cols;
+        let k = weights[0].cols;
         self.run_jobs(&mut st, &jobs, x, k, n, outs)?;
         for (o, w) in outs.iter().zip(weights) {
             if let Some(bad) = o[..n * w.rows].iter().position(|v| !v.is_finite()) {
@@ -512,5 +594,36 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
             }
         }
         Ok(())
+    }
+    fn fuses_feed_forward(&self) -> bool {
+        self.cfg.fuse_mlp
+    }
+    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+        let mut st = self.lock();
+        let planned_mlp = st.key_group.get(keys[0]).is_some_and(|&g| matches!(st.groups[g].op, GroupOp::Mlp(_)));
+        if planned_mlp {
+            // Prepared by the dispatcher (gate, up, down for this bucket): nothing compiles here.
+            let g = self.mlp_group(&st, keys, Some(act_of(ffn.activation)))?;
+            return self.run_mlp(&mut st, g, ffn.weights(), bucket, x, n, out);
+        }
+        drop(st);
+        // Weights not planned as one MLP (no plan_model, or planned on first use): the
+        // matmuls on the engine, the activation on the host, as the CPU computes it.
+        let ff = ffn.gate.rows;
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
+        match ffn.activation {
+            Activation::Silu => ::engine::cpu::ops::silu_mul(&mut gate, &up),
+            Activation::GeluTanh => ::engine::cpu::ops::gelu_mul(&mut gate, &up),
+        }
+        self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
+    }
+}
+
+/// The build's activation for the model's.
+fn act_of(a: Activation) -> Act {
+    match a {
+        Activation::Silu => Act::Silu,
+        Activation::GeluTanh => Act::GeluTanh,
     }
 }

@@ -1,7 +1,9 @@
 //! Program planning under the compile budget (§4: ~119 compiles per process, plan ≤ ~100).
 //!
 //! One program per matrix per bucket is hopeless (SmolLM2: 211 matrices × 4 buckets).
-//! So: matmuls sharing an input are one function (Q/K/V; gate/up — or the whole MLP);
+//! So: matmuls sharing an input are one function (Q/K/V; gate/up — or the whole MLP,
+//! which also gets its gate/up and its down as functions of their own, sharing its
+//! weights, so that it serves separate matmuls too: three functions per bucket);
 //! every bucket of a group is a function of the same program, baking the same blob
 //! entries, so weights are stored once (`share_buckets`); and groups of consecutive
 //! layers are packed as functions of one program (a bank, §1), up to a weight-byte and a
@@ -88,6 +90,14 @@ impl GroupShape {
         };
         2 * elems as u64
     }
+
+    /// Functions per bucket: one, or for an MLP three (the fused block, gate/up, down).
+    pub fn functions_per_bucket(&self) -> usize {
+        match self.kind {
+            GroupKind::Mlp => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// The groups of a decoder model, in execution order.
@@ -138,6 +148,8 @@ pub struct Unit {
     pub rows: Option<Range<usize>>,
     /// fp16 bytes.
     pub bytes: u64,
+    /// Functions per bucket ([`GroupShape::functions_per_bucket`]).
+    pub functions: usize,
 }
 
 /// A program: units × buckets as functions.
@@ -156,7 +168,7 @@ impl PlannedProgram {
     }
     /// Functions it holds.
     pub fn functions(&self) -> usize {
-        self.units.len() * self.buckets.len()
+        self.units.iter().map(|u| u.functions).sum::<usize>() * self.buckets.len()
     }
 }
 
@@ -182,8 +194,12 @@ impl Plan {
         let mut units = Vec::new();
         for (i, g) in groups.iter().enumerate() {
             let b = g.bytes();
+            let functions = g.functions_per_bucket();
+            if functions * per_program_buckets > cfg.max_functions {
+                return Err(format!("group {i} ({:?}) needs {} functions per program, more than {}", g.kind, functions * per_program_buckets, cfg.max_functions));
+            }
             if b <= cfg.max_program_bytes {
-                units.push(Unit { group: i, rows: None, bytes: b });
+                units.push(Unit { group: i, rows: None, bytes: b, functions });
                 continue;
             }
             if g.ms.len() != 1 {
@@ -195,21 +211,22 @@ impl Plan {
             let per = g.ms[0].div_ceil(chunks); // equal chunks
             for r0 in (0..g.ms[0]).step_by(per) {
                 let r = r0..(r0 + per).min(g.ms[0]);
-                units.push(Unit { group: i, bytes: r.len() as u64 * row_bytes, rows: Some(r) });
+                units.push(Unit { group: i, bytes: r.len() as u64 * row_bytes, rows: Some(r), functions });
             }
         }
         // Greedy in execution order: consecutive layers share a program.
         let mut sets: Vec<Vec<Unit>> = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut functions) = (0, 0);
         for u in units {
-            let fits = sets.last().is_some_and(|s| {
-                bytes + u.bytes <= cfg.max_program_bytes && (s.len() + 1) * per_program_buckets <= cfg.max_functions
-            });
+            let fits = !sets.is_empty()
+                && bytes + u.bytes <= cfg.max_program_bytes
+                && (functions + u.functions) * per_program_buckets <= cfg.max_functions;
             if !fits {
                 sets.push(Vec::new());
-                bytes = 0;
+                (bytes, functions) = (0, 0);
             }
             bytes += u.bytes;
+            functions += u.functions;
             sets.last_mut().expect("pushed").push(u);
         }
         let programs: Vec<PlannedProgram> = if cfg.share_buckets {

@@ -13,7 +13,7 @@
 //! The runtime's own compiled model is cached by the driver
 //! ([`crate::ffi::Driver::compile_cached`]) in a subdirectory per key, [`compiled_dir`].
 
-use crate::build::{BuiltProgram, FnIo, GroupOp, InIo, OutIo, Segment};
+use crate::build::{BuiltProgram, FnIo, GroupOp, InIo, OutIo, Part, Segment};
 use ::engine::matrix::disk_cache::content_hash;
 use ::engine::weights::Weight;
 use std::fmt;
@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the MIL, the blob or the encoding below changes: older entries become stale.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Why a stored entry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct KeyUnit<'a> {
     pub rows: Option<Range<usize>>,
     /// The group's computation.
     pub op: GroupOp,
+    /// An MLP's input bound ([`crate::build::GroupSpec::input_bound`]).
+    pub input_bound: Option<f32>,
 }
 
 /// The key of a program: a hash over the content of every weight it bakes, the plan
@@ -73,7 +75,7 @@ pub struct KeyUnit<'a> {
 pub fn program_key(units: &[KeyUnit], buckets: &[usize], options: &str) -> String {
     let mut d = format!("ane-format{FORMAT_VERSION};{options};buckets{buckets:?}");
     for u in units {
-        d.push_str(&format!(";op{:?};rows{:?}", u.op, u.rows));
+        d.push_str(&format!(";op{:?};rows{:?};bound{:?}", u.op, u.rows, u.input_bound.map(f32::to_bits)));
         for w in u.weights {
             d.push_str(&format!(";{}x{}:{}:{:016x}", w.rows, w.cols, w.ty.name(), content_hash(w.data())));
         }
@@ -112,6 +114,7 @@ pub fn encode(p: &BuiltProgram) -> Vec<u8> {
         for v in [f.group, f.bucket, f.procedure] {
             w.us(v);
         }
+        w.0.push(f.part.code());
         w.u64(f.macs);
         w.us(f.inputs.len());
         for i in &f.inputs {
@@ -198,13 +201,15 @@ impl R<'_> {
 /// Read back what [`encode`] wrote, checking every count, index and scale.
 pub fn decode(bytes: &[u8]) -> Result<BuiltProgram, StoreError> {
     let mut r = R { b: bytes, at: 0 };
-    let nf = r.count("function count", 48)?;
+    let nf = r.count("function count", 49)?;
     let mut functions = Vec::with_capacity(nf);
     for procedure_expected in 0..nf {
         let (group, bucket, procedure) = (r.us("group")?, r.us("bucket")?, r.us("procedure")?);
         if procedure != procedure_expected {
             return Err(StoreError::Invalid { field: "procedure", value: procedure as u64 });
         }
+        let code = r.take(1, "part")?[0];
+        let part = Part::from_code(code).ok_or(StoreError::Invalid { field: "part", value: code as u64 })?;
         let macs = r.u64("macs")?;
         let ni = r.count("input count", 48)?;
         let mut inputs = Vec::with_capacity(ni);
@@ -243,7 +248,7 @@ pub fn decode(bytes: &[u8]) -> Result<BuiltProgram, StoreError> {
             }
             v => return Err(StoreError::Invalid { field: "weight norm flag", value: v as u64 }),
         };
-        functions.push(FnIo { group, bucket, procedure, inputs, outputs, weight_norm, macs });
+        functions.push(FnIo { group, part, bucket, procedure, inputs, outputs, weight_norm, macs });
     }
     let mil = std::str::from_utf8(r.bytes("MIL text")?).map_err(|_| StoreError::NotUtf8)?.to_string();
     let blob = r.bytes("blob")?.to_vec();
@@ -253,11 +258,12 @@ pub fn decode(bytes: &[u8]) -> Result<BuiltProgram, StoreError> {
     Ok(BuiltProgram { mil, blob, functions })
 }
 
-/// What the engine expects of a program: per unit, the K it reads and the output widths it fills.
+/// What the engine expects of a program: per unit and part, the K it reads and the output widths it fills.
 pub struct Expect<'a> {
-    /// Per unit (build id): input features and output features of each output.
-    pub units: &'a [(usize, Vec<usize>)],
-    /// Buckets, each unit has one function per bucket.
+    /// Per unit (build id), one entry per part it has functions for: the part, its input
+    /// features and the output features of each output ([`crate::build::GroupSpec::part_io`]).
+    pub units: &'a [Vec<(Part, usize, Vec<usize>)>],
+    /// Buckets, each unit has one function per part and bucket.
     pub buckets: &'a [usize],
     /// Surface layout.
     pub layout: crate::mil::Layout,
@@ -267,13 +273,19 @@ pub struct Expect<'a> {
 /// checksummed) entry is an error rather than an out-of-bounds read later.
 pub fn validate(p: &BuiltProgram, e: &Expect) -> Result<(), StoreError> {
     let bad = |field, value: usize| Err(StoreError::Invalid { field, value: value as u64 });
-    if p.functions.len() != e.units.len() * e.buckets.len() {
+    if p.functions.len() != e.units.iter().map(Vec::len).sum::<usize>() * e.buckets.len() {
         return bad("function count", p.functions.len());
     }
+    let mut seen = std::collections::HashSet::new();
     for f in &p.functions {
-        let Some((k, outs)) = e.units.get(f.group) else { return bad("group", f.group) };
+        let Some(parts) = e.units.get(f.group) else { return bad("group", f.group) };
+        let Some((_, k, outs)) = parts.iter().find(|(part, _, _)| *part == f.part) else { return bad("part", f.part.code() as usize) };
         if !e.buckets.contains(&f.bucket) {
             return bad("bucket", f.bucket);
+        }
+        // Every (unit, part, bucket) exactly once.
+        if !seen.insert((f.group, f.part, f.bucket)) {
+            return bad("duplicate function", f.procedure);
         }
         for i in &f.inputs {
             let (c, t) = dims(i.shape, e.layout);

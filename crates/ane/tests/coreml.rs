@@ -35,9 +35,9 @@ fn programs_and_blobs_agree_with_coremltools() {
     let (q, k, v) = (dense(96, 128, 3, 1.0), dense(32, 128, 4, 1.0), dense(40, 128, 5, 1.0));
     let (g, u, d) = (dense(160, 96, 6, 0.3), dense(160, 96, 7, 0.3), dense(96, 160, 8, 0.3));
     fn lin<'a>(m: Vec<&'a DenseRows>, concat: bool) -> GroupSpec<'a> {
-        GroupSpec { members: m.into_iter().map(|r| r as &dyn ane::blob::RowSource).collect(), op: GroupOp::Linear { concat } }
+        GroupSpec { members: m.into_iter().map(|r| r as &dyn ane::blob::RowSource).collect(), op: GroupOp::Linear { concat }, input_bound: None }
     }
-    let mlp = |act| GroupSpec { members: vec![&g, &u, &d], op: GroupOp::Mlp(act) };
+    let mlp = |act| GroupSpec { members: vec![&g, &u, &d], op: GroupOp::Mlp(act), input_bound: None };
     let cm = BuildConfig { layout: Layout::ChannelMajor, max_dim: 16384, activation_bound: 64.0, ..BuildConfig::default() };
     let tm = BuildConfig { layout: Layout::TokenMajor, ..cm };
     let tiled = BuildConfig { max_dim: 64, activation_bound: 1e4, ..cm };

@@ -93,7 +93,7 @@ fn int8_fused_groups_and_mlp() {
 #[test]
 fn int8_blob_is_about_half_and_the_interpreter_checks_the_op() {
     let a = DenseRows { rows: 128, cols: 64, data: Rng(1).vec(128 * 64, 1.0) };
-    let spec = GroupSpec { members: vec![&a], op: GroupOp::Linear { concat: false } };
+    let spec = GroupSpec { members: vec![&a], op: GroupOp::Linear { concat: false }, input_bound: None };
     let b16 = build_program(&[(0, &spec)], &[32], &BuildConfig::default()).unwrap();
     let cfg8 = BuildConfig { weights: WeightFormat::Int8, ..BuildConfig::default() };
     let b8 = build_program(&[(0, &spec)], &[32], &cfg8).unwrap();

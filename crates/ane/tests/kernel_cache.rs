@@ -59,11 +59,11 @@ fn a_second_engine_over_the_same_directory_builds_nothing() {
     let x = Rng(4).vec(n * 128, 1.0);
     let first = engine(&dir);
     let want = run_all(&first, &ws, &x, n);
-    assert_eq!(first.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 0, timeouts: 0 });
+    assert_eq!(first.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 0, timeouts: 0, mlp_over_bound: 0 });
     assert_eq!(entries(&dir).len(), 2, "one entry per program");
     let second = engine(&dir);
     let got = run_all(&second, &ws, &x, n);
-    assert_eq!(second.stats(), AneStats { builds: 0, compiles: 2, disk_hits: 2, disk_rejects: 0, timeouts: 0 });
+    assert_eq!(second.stats(), AneStats { builds: 0, compiles: 2, disk_hits: 2, disk_rejects: 0, timeouts: 0, mlp_over_bound: 0 });
     assert_eq!(got, want, "a stored program computes exactly what the built one did");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -85,7 +85,7 @@ fn corrupt_truncated_and_foreign_entries_are_rebuilt() {
     std::fs::write(&files[1], &b[..b.len() - 100]).unwrap();
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
-    assert_eq!(e.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 2, timeouts: 0 });
+    assert_eq!(e.stats(), AneStats { builds: 2, compiles: 2, disk_hits: 0, disk_rejects: 2, timeouts: 0, mlp_over_bound: 0 });
     // Both were rewritten: the next engine reads them.
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
@@ -95,7 +95,7 @@ fn corrupt_truncated_and_foreign_entries_are_rebuilt() {
     std::fs::copy(&files[0], &files[1]).unwrap();
     let e = engine(&dir);
     assert_eq!(run_all(&e, &ws, &x, n), want);
-    assert_eq!(e.stats(), AneStats { builds: 1, compiles: 2, disk_hits: 1, disk_rejects: 1, timeouts: 0 });
+    assert_eq!(e.stats(), AneStats { builds: 1, compiles: 2, disk_hits: 1, disk_rejects: 1, timeouts: 0, mlp_over_bound: 0 });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -125,14 +125,14 @@ fn weight_content_and_options_are_part_of_the_key() {
 #[test]
 fn damaged_payloads_are_errors_never_panics() {
     use ane::blob::{DenseRows, RowSource};
-    use ane::build::{build_program, BuildConfig, GroupSpec};
+    use ane::build::{build_program, BuildConfig, GroupSpec, Part};
     use ane::store::{decode, encode, validate, Expect};
     let (q, k) = (DenseRows { rows: 40, cols: 70, data: Rng(1).vec(2800, 1.0) }, DenseRows { rows: 24, cols: 70, data: Rng(2).vec(1680, 1.0) });
-    let spec = GroupSpec { members: vec![&q as &dyn RowSource, &k], op: GroupOp::Linear { concat: true } };
+    let spec = GroupSpec { members: vec![&q as &dyn RowSource, &k], op: GroupOp::Linear { concat: true }, input_bound: None };
     let cfg = BuildConfig { max_dim: 32, ..BuildConfig::default() };
     let built = build_program(&[(0, &spec)], &[32, 64], &cfg).unwrap();
     let bytes = encode(&built);
-    let units = [(70, vec![40, 24])];
+    let units = [vec![(Part::Whole, 70, vec![40, 24])]];
     let expect = Expect { units: &units, buckets: &[32, 64], layout: cfg.layout };
     let back = decode(&bytes).unwrap();
     validate(&back, &expect).unwrap();
@@ -154,7 +154,7 @@ fn damaged_payloads_are_errors_never_panics() {
     }
     assert!(flagged > 0);
     // A program for other shapes does not pass as this one.
-    let wrong = [(64, vec![40, 24])];
+    let wrong = [vec![(Part::Whole, 64, vec![40, 24])]];
     assert!(validate(&back, &Expect { units: &wrong, buckets: &[32, 64], layout: cfg.layout }).is_err());
     assert!(validate(&back, &Expect { units: &units, buckets: &[32], layout: cfg.layout }).is_err());
 }

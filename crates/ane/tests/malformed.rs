@@ -9,7 +9,7 @@ use ane::sim::SimDriver;
 
 fn good() -> (String, Vec<u8>) {
     let w = DenseRows { rows: 64, cols: 96, data: (0..64 * 96).map(|i| (i % 7) as f32 * 0.1).collect() };
-    let spec = GroupSpec { members: vec![&w], op: GroupOp::Linear { concat: false } };
+    let spec = GroupSpec { members: vec![&w], op: GroupOp::Linear { concat: false }, input_bound: None };
     let b = build_program(&[(0, &spec)], &[64], &BuildConfig::default()).unwrap();
     (b.mil, b.blob)
 }
@@ -101,7 +101,7 @@ fn evaluation_errors() {
 fn unequal_surface_sizes_are_refused() {
     // Two inputs (K split in two tiles): §2 wants one allocation size per side.
     let w = DenseRows { rows: 32, cols: 64, data: vec![0.5; 32 * 64] };
-    let spec = GroupSpec { members: vec![&w], op: GroupOp::Linear { concat: false } };
+    let spec = GroupSpec { members: vec![&w], op: GroupOp::Linear { concat: false }, input_bound: None };
     let b = build_program(&[(0, &spec)], &[32], &BuildConfig { max_dim: 32, ..BuildConfig::default() }).unwrap();
     let d = SimDriver::new();
     let p = d.compile(&b.mil, &[WeightFile { path: BLOB_PATH, bytes: &b.blob }], 1).unwrap();

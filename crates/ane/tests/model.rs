@@ -62,9 +62,12 @@ fn smollm2_through_the_dispatcher() {
     let rr = Runner::with_dispatcher(load(), 2, Dispatcher::new(refe, policy, CacheBudget::default(), false).unwrap()).unwrap();
     compare("smollm2 vs ref", &got, &logits(&rr, &tokens, 0..tokens.len()), 49152, 0.5, 0.95);
     let s = r.dispatcher.stats.snapshot();
-    // 30 layers × 7 weights + the 49152-row head (3 output tiles in one function).
+    // 30 layers × 7 weights (gate/up/down counted in the fused blocks) + the 49152-row head (3 output tiles in one function).
     assert_eq!(s["ane-sim"].matmuls, 211, "{s:?}");
     assert_eq!(s["ane-sim"].failures, 0, "{s:?}");
+    // Every feed-forward block taken whole, each within its RMSNorm-derived input bound.
+    assert_eq!(s["ane-sim"].fused_blocks, 30, "{s:?}");
+    assert_eq!(ane.stats().mlp_over_bound, 0);
     assert!(ane.compiles() <= ane.planned_programs());
     // A new prompt length in the same bucket compiles nothing.
     let before = ane.compiles();
@@ -81,7 +84,7 @@ fn exhausted_compile_budget_falls_back_to_the_cpu() {
     let model = load();
     let mut cfg = AneConfig::default();
     cfg.plan.max_programs = 2;
-    cfg.plan.max_functions = 8; // 2 groups per program: the budget runs out in layer 2
+    cfg.plan.max_functions = 12; // Q/K/V + output, then the MLP (3 functions per bucket): the budget runs out in layer 2
     let ane = Arc::new(AneEngine::for_model(SimDriver::new(), &model, cfg).unwrap());
     let policy = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU);
     let r = Runner::with_dispatcher(model, 2, Dispatcher::new(vec![ane.clone()], policy, CacheBudget::default(), false).unwrap()).unwrap();

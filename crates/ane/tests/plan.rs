@@ -31,12 +31,29 @@ fn smollm2_and_gemma_fit_the_budget() {
         let sep = count(&shapes, false, &PlanConfig { share_buckets: false, max_functions: 16, ..defaults.clone() }).unwrap();
         eprintln!("{name}: {} programs with one bucket each", sep.programs.len());
         assert!(sep.programs.len() <= 100);
-        // Whole-MLP fusion: 3 functions per layer, one program per layer.
-        let per_layer = PlanConfig { max_functions: 3 * 4, ..defaults.clone() };
+        // Whole-MLP groups (the engine's default plan): Q/K/V, output, MLP per layer; the
+        // MLP holds 3 functions per bucket (the fused block, gate/up and down on their own).
+        let fused = count(&shapes, true, &defaults).unwrap();
+        let nf = fused.programs.len();
+        eprintln!("{name}: {} groups, {} functions in {nf} programs with whole-MLP groups (default; {n} without)", fused.groups.len(), fused.functions());
+        assert_eq!(fused.groups.len(), shapes.layers * 3 + 1);
+        assert_eq!(fused.functions(), (shapes.layers * 5 + 1) * 4);
+        assert!(nf <= 100 && nf < matrices / 10, "{name}: {nf} programs");
+        assert!(fused.programs.iter().all(|p| p.bytes() <= defaults.max_program_bytes && p.functions() <= defaults.max_functions));
+        for g in 0..fused.groups.len() {
+            for &b in &defaults.buckets {
+                assert_eq!(fused.programs_of(g, b).len(), 1, "{name} fused group {g} bucket {b}");
+            }
+        }
+        // One program per layer: 5 functions per bucket.
+        let per_layer = PlanConfig { max_functions: 5 * 4, ..defaults.clone() };
         let fused = count(&shapes, true, &per_layer).unwrap();
         eprintln!("{name}: {} programs, one per layer with fused MLP", fused.programs.len());
         assert_eq!(fused.programs.len(), shapes.layers + 1);
         assert!(fused.programs.iter().take(shapes.layers).all(|p| p.units.len() == 3));
+        // An MLP group cannot fit fewer functions than its three per bucket.
+        let e = count(&shapes, true, &PlanConfig { max_functions: 8, ..defaults.clone() }).unwrap_err();
+        assert!(e.contains("needs 12 functions per program, more than 8"), "{e}");
         // Naive packing is refused, with the count.
         let naive = PlanConfig { share_buckets: false, max_functions: 1, ..defaults.clone() };
         let e = count(&shapes, false, &naive).unwrap_err();

@@ -151,7 +151,7 @@ fn overflow_guard_keeps_large_outputs_finite() {
         }
     }
     let pos = Pos(k);
-    let spec = ane::build::GroupSpec { members: vec![&pos], op: GroupOp::Linear { concat: false } };
+    let spec = ane::build::GroupSpec { members: vec![&pos], op: GroupOp::Linear { concat: false }, input_bound: None };
     let cfg = BuildConfig { activation_bound: 0.0, ..BuildConfig::default() };
     let built = ane::build::build_program(&[(0, &spec)], &[64], &cfg).unwrap();
     let d = SimDriver::new();

@@ -47,18 +47,19 @@ fn surface_shape(s: [usize; 4]) -> SurfaceShape {
 }
 
 impl<D: Driver> AneEngine<D> {
-    /// The jobs that compute group `g` for `n` tokens at `bucket`, outputs from `out0`.
-    pub(super) fn jobs_for(&self, st: &State<D>, g: usize, bucket: usize, n: usize, out0: usize, jobs: &mut Vec<Job>) -> Result<(), EngineFailure> {
+    /// The jobs that compute `part` of group `g` for `n` tokens at `bucket`, outputs from `out0`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn jobs_for(&self, st: &State<D>, g: usize, part: Part, bucket: usize, n: usize, out0: usize, jobs: &mut Vec<Job>) -> Result<(), EngineFailure> {
         let mut fns = Vec::new();
         for p in Self::programs_of(st, g, bucket) {
             let Status::Ready(l) = &st.programs[p].status else {
                 return Err(self.fail(format!("{} is not prepared for bucket {bucket} (program {p} is not loaded)", st.groups[g].keys[0].tensor)));
             };
             let units = &st.programs[p].units;
-            fns.extend(l.functions.iter().enumerate().filter(|(_, f)| f.bucket == bucket && units[f.group].0 == g).map(|(f, io)| (p, f, units[io.group].1)));
+            fns.extend(l.functions.iter().enumerate().filter(|(_, f)| f.bucket == bucket && f.part == part && units[f.group].0 == g).map(|(f, io)| (p, f, units[io.group].1)));
         }
         if fns.is_empty() {
-            return Err(self.fail(format!("no program serves {} at bucket {bucket}", st.groups[g].keys[0].tensor)));
+            return Err(self.fail(format!("no program serves {} ({part:?}) at bucket {bucket}", st.groups[g].keys[0].tensor)));
         }
         for t0 in (0..n.max(1)).step_by(bucket) {
             let tok = t0..(t0 + bucket).min(n);
