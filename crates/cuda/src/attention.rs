@@ -33,6 +33,17 @@ pub(crate) fn check(s: &AttnShape) -> Result<(), String> {
     Ok(())
 }
 
+/// Tokens per block and shared-memory bytes of the tiled kernel, when the shape fits it
+/// (even head size, within the 48 KiB every card gives without opting in); `None` = the
+/// simple kernel.
+fn tiled_plan(s: &AttnShape) -> Option<(usize, u32)> {
+    let group = s.n_head / s.n_head_kv;
+    // About 8 warps a block: enough rows to share each staged tile.
+    let tq = (8 / group).max(1);
+    let words = 32 * (s.head_dim / 2 + 1) + 16 * s.head_dim_v + group * tq * s.head_dim;
+    (s.head_dim.is_multiple_of(2) && words * 4 <= 48 << 10).then_some((tq, (words * 4) as u32))
+}
+
 /// As `engine::cpu::attention::attention`, on the card's compute stream.
 pub(crate) fn run(
     gpu: &Gpu,
@@ -75,12 +86,16 @@ pub(crate) fn run(
             drv::memcpy_htod_async(d_pos, &pos[..], stream).map_err(err("upload positions"))?;
         }
         let window = s.window.map_or(Ok(0), int)?;
-        gpu.launch_attention(
-            [d_q, d_k, d_v, d_pos, d_out],
-            [int(s.n_head)?, int(s.n_head_kv)?, int(s.head_dim)?, int(s.head_dim_v)?, int(first)?, window],
-            (n as u32, s.n_head_kv as u32),
-            (32 * s.n_head / s.n_head_kv) as u32,
-        )?;
+        let ptrs = [d_q, d_k, d_v, d_pos, d_out];
+        let mut ints = vec![int(s.n_head)?, int(s.n_head_kv)?, int(s.head_dim)?, int(s.head_dim_v)?, int(first)?, window];
+        let group = s.n_head / s.n_head_kv;
+        match tiled_plan(s) {
+            Some((tq, smem)) => {
+                ints.extend([int(n)?, int(tq)?]);
+                gpu.launch_attention("attn_tiled", ptrs, &ints, (n.div_ceil(tq) as u32, s.n_head_kv as u32), (32 * group * tq) as u32, smem)?
+            }
+            None => gpu.launch_attention("attn_causal", ptrs, &ints, (n as u32, s.n_head_kv as u32), (32 * group) as u32, 0)?,
+        }
         unsafe { drv::memcpy_dtoh_async(&mut out[..n * od], d_out, stream) }.map_err(err("download attention"))?;
         gpu.s_comp.synchronize().map_err(err("attention"))
     })();

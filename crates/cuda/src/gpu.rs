@@ -221,20 +221,20 @@ impl Gpu {
         Ok(())
     }
 
-    /// The `attn_causal` kernel: `ptrs` = q, k, v, positions, out; `ints` = n_head, n_kv,
-    /// d, dv, first, window; grid (tokens, KV heads), `threads` = 32 per query head of a group.
-    pub(crate) fn launch_attention(&self, ptrs: [u64; 5], ints: [i32; 6], grid: (u32, u32), threads: u32) -> Res<()> {
-        let f = self.kernels.get("attn_causal").ok_or("kernel attn_causal not loaded")?;
-        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    /// An attention kernel: `ptrs` = q, k, v, positions, out; `ints` = n_head, n_kv, d, dv,
+    /// first, window (and for `attn_tiled` n, tokens per block); grid (token blocks, KV heads).
+    pub(crate) fn launch_attention(&self, kernel: &str, ptrs: [u64; 5], ints: &[i32], grid: (u32, u32), threads: u32, smem: u32) -> Res<()> {
+        let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
         let mut b = self.s_comp.launch_builder(f);
         for p in &ptrs {
             b.arg(p);
         }
-        for i in &ints {
+        for i in ints {
             b.arg(i);
         }
-        // SAFETY: the arguments match attn_causal's signature in kernels.rs.
-        unsafe { b.launch(cfg) }.map_err(err("attn_causal"))?;
+        // SAFETY: the arguments match the kernel's signature in kernels.rs.
+        unsafe { b.launch(cfg) }.map_err(err(kernel))?;
         Ok(())
     }
 

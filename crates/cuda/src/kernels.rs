@@ -158,6 +158,87 @@ extern "C" __global__ void attn_causal(const float* __restrict__ q, const u16* _
     for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) out[(i64)t * n_head * dv + h * dv + i] = acc[c] / l; }
 }
 
+// The same attention, tiled: a block takes `tq` consecutive tokens of one KV head (a warp
+// per (token, query head)); tiles of 32 keys and values are staged in shared memory once
+// for all its warps; lane j scores key j of the tile (a dot over the whole head, q read
+// from shared memory), so the softmax's reductions and exponentials happen once per tile,
+// not per key. Shared memory: 32 x (d/2 + 1) words of keys (the +1 keeps lanes on
+// separate banks), 32 x dv halves of values, and the warps' f32 queries.
+extern "C" __global__ void attn_tiled(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                      const int* __restrict__ pos, float* __restrict__ out,
+                                      int n_head, int n_kv, int d, int dv, int first, int window, int n, int tq) {
+    extern __shared__ u32 smem[];
+    const int kw = d / 2 + 1;
+    u32* ks = smem;                          // [32][kw] half pairs
+    u16* vs = (u16*)(smem + 32 * kw);        // [32][dv]
+    float* qs = (float*)(smem + 32 * kw + (32 * dv + 1) / 2);
+    const int g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int group = n_head / n_kv, warps = blockDim.x >> 5;
+    const int t0 = blockIdx.x * tq;
+    const int t = t0 + warp / group, h = g * group + warp % group;
+    const bool live = t < n;
+    const int p = live ? pos[t] : -1;
+    const int lo = window > 0 ? max(0, p + 1 - window) : 0;
+    // The block's key range: from the first token's window start to the last token's position.
+    const int t_last = min(n, t0 + tq) - 1;
+    const int p_first = pos[t0], p_last = pos[t_last];
+    const int j_lo = window > 0 ? max(0, p_first + 1 - window) : 0;
+    float* qw = qs + warp * d;
+    for (int i = lane; i < d; i += 32) qw[i] = live ? h2f(f2h(q[(i64)t * n_head * d + h * d + i])) : 0.0f;
+    float acc[8];
+    #pragma unroll
+    for (int c = 0; c < 8; c++) acc[c] = 0.0f;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m = NEG_INF, l = 0.0f;
+    for (int j0 = j_lo; j0 <= p_last; j0 += 32) {
+        __syncthreads();
+        // Stage the tile (rows past the last position are zeros; the mask drops them).
+        for (int e = threadIdx.x; e < 32 * (d / 2); e += blockDim.x) {
+            const int r = e / (d / 2), w = e % (d / 2);
+            const int j = j0 + r;
+            ks[r * kw + w] = j <= p_last ? ((const u32*)(kc + (i64)(j - first) * n_kv * d + g * d))[w] : 0u;
+        }
+        for (int e = threadIdx.x; e < 32 * dv; e += blockDim.x) {
+            const int r = e / dv, i = e % dv;
+            const int j = j0 + r;
+            vs[r * dv + i] = j <= p_last ? vc[(i64)(j - first) * n_kv * dv + g * dv + i] : (u16)0;
+        }
+        __syncthreads();
+        if (!live) continue;
+        const int j = j0 + lane;
+        float s = 0.0f;
+        const u32* kr = ks + lane * kw;
+        for (int w = 0; w < d / 2; w++) {
+            const u32 pair = kr[w];
+            s += qw[2 * w] * h2f((u16)(pair & 0xffffu)) + qw[2 * w + 1] * h2f((u16)(pair >> 16));
+        }
+        if (j < lo || j > p) s = NEG_INF;
+        float tm = s;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, o));
+        const float mn = fmaxf(m, tm);
+        if (mn == NEG_INF) continue;  // nothing visible yet (warp-uniform)
+        const float corr = expf(m - mn);
+        const float w = expf(s - mn);
+        float ws = w;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+        l = l * corr + ws;
+        m = mn;
+        #pragma unroll
+        for (int c = 0; c < 8; c++) acc[c] *= corr;
+        for (int r = 0; r < 32; r++) {
+            const float pr = __shfl_sync(0xffffffffu, w, r);
+            const u16* vr = vs + r * dv;
+            #pragma unroll
+            for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) acc[c] += pr * h2f(vr[i]); }
+        }
+    }
+    if (!live) return;
+    #pragma unroll
+    for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) out[(i64)t * n_head * dv + h * dv + i] = acc[c] / l; }
+}
+
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -169,9 +250,10 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
+    "attn_tiled",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).
