@@ -168,6 +168,43 @@ fn bench_prints_a_llama_bench_table() {
 }
 
 #[test]
+fn bench_json_has_llama_bench_fields() {
+    let o = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "2", "-r", "1", "-t", "2", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("bench -o json prints JSON");
+    let rows = v.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for key in ["model_filename", "model_type", "n_prompt", "n_gen", "n_threads", "avg_ts", "stddev_ts", "backends"] {
+            assert!(r.get(key).is_some(), "{key} missing from {r}");
+        }
+        assert!(r["model_filename"].as_str().unwrap().ends_with(SMOLLM) && r["n_threads"] == 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!((rows[0]["n_prompt"].as_u64(), rows[0]["n_gen"].as_u64()), (Some(16), Some(0)));
+    assert_eq!((rows[1]["n_prompt"].as_u64(), rows[1]["n_gen"].as_u64()), (Some(0), Some(2)));
+}
+
+#[test]
+fn bench_sweeps_batch_sizes_per_engine_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sweep.svg");
+    let m = model(SMOLLM);
+    let o = tandem(&["bench", "-m", p(&m), "--sweep-batch", "1,8", "-r", "1", "-t", "2", "--backend", "ref", "--plot", p(&svg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("| N | cpu t/s | ref t/s |"), "{out}");
+    for n in ["| 1 | ", "| 8 | "] {
+        let row = out.lines().find(|l| l.starts_with(n)).unwrap_or_else(|| panic!("no row {n} in {out}"));
+        let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).skip(1).collect();
+        assert!(cells.len() == 2 && cells.iter().all(|&v| v > 0.0), "{row}");
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.matches("<polyline").count() == 2, "{plot}");
+    assert_clean_error(&tandem(&["bench", "-m", p(&m), "--sweep-batch", "0,8"]), "at least 1");
+}
+
+#[test]
 fn placement_is_visible_and_backends_are_checked() {
     let m = model(SMOLLM);
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(10);

@@ -31,11 +31,21 @@ pub struct Args {
     /// Output format: md, csv or json.
     #[arg(short = 'o', long, default_value = "md")]
     output: String,
+    /// Instead of the tests: prompt-processing throughput at each of these batch sizes,
+    /// for each engine (e.g. 1,8,16,32,64,128,256,512,1024).
+    #[arg(long = "sweep-batch", value_delimiter = ',')]
+    sweep_batch: Vec<usize>,
+    /// With --sweep-batch: also draw the sweep as an SVG plot in this file.
+    #[arg(long, requires = "sweep_batch")]
+    plot: Option<PathBuf>,
     #[command(flatten)]
     placement: PlacementArgs,
 }
 
 struct Row {
+    file: String,
+    n_prompt: usize,
+    n_gen: usize,
     model: String,
     size_mib: f64,
     params_m: f64,
@@ -51,6 +61,9 @@ pub fn main(a: Args) -> Result<()> {
         bail!("unknown output format '{}' (md, csv, json)", a.output);
     }
     let threads = a.threads.unwrap_or_else(load::default_threads);
+    if !a.sweep_batch.is_empty() {
+        return sweep_main(&a, threads);
+    }
     let mut rows = Vec::new();
     for path in &a.model {
         let (runner, _) = load::model(path, threads, &a.placement)?;
@@ -84,6 +97,9 @@ pub fn main(a: Args) -> Result<()> {
                 0.0
             };
             rows.push(Row {
+                file: path.display().to_string(),
+                n_prompt: if prompt { n } else { 0 },
+                n_gen: if prompt { 0 } else { n },
                 model: name.clone(),
                 size_mib: size as f64 / (1 << 20) as f64,
                 params_m: params as f64 / 1e6,
@@ -97,6 +113,29 @@ pub fn main(a: Args) -> Result<()> {
         eprint!("{}", runner.dispatcher.stats.summary());
     }
     print!("{}", render(&rows, &a.output));
+    Ok(())
+}
+
+fn sweep_main(a: &Args, threads: usize) -> Result<()> {
+    if a.sweep_batch.contains(&0) {
+        bail!("--sweep-batch sizes must be at least 1");
+    }
+    let mut all = Vec::new();
+    for path in &a.model {
+        let mut points = super::sweep::run(path, threads, &a.placement, &a.sweep_batch, a.repetitions)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("{name}, {threads} threads: prompt processing t/s against N\n");
+        print!("{}", super::sweep::table(&points));
+        if a.model.len() > 1 {
+            points.iter_mut().for_each(|p| p.engine = format!("{name} {}", p.engine));
+        }
+        all.extend(points);
+    }
+    if let Some(plot) = &a.plot {
+        let title = format!("prompt processing against batch size, {threads} threads");
+        super::sweep::write_plot(plot, &all, &title)?;
+        eprintln!("wrote {}", plot.display());
+    }
     Ok(())
 }
 
@@ -114,7 +153,7 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + 17) % vocab) as u32).collect()
 }
 
-fn run_pp(r: &Runner, n: usize, batch: usize) -> Result<f64> {
+pub(crate) fn run_pp(r: &Runner, n: usize, batch: usize) -> Result<f64> {
     let toks = tokens(n, r.model.config.n_vocab);
     let mut cache = r.new_cache(n);
     let t0 = Instant::now();
@@ -143,10 +182,28 @@ fn render(rows: &[Row], format: &str) -> String {
             }
         }
         "json" => {
-            let items: Vec<String> = rows.iter().map(|r| format!(
-                "  {{\"model\": \"{}\", \"size_mib\": {:.2}, \"params_m\": {:.2}, \"backend\": \"{}\", \"threads\": {}, \"test\": \"{}\", \"avg_ts\": {:.3}, \"stddev_ts\": {:.3}}}",
-                r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd)).collect();
-            s.push_str(&format!("[\n{}\n]\n", items.join(",\n")));
+            // llama-bench's field names, so tools that read its JSON read ours.
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "model_filename": r.file,
+                        "model_type": r.model,
+                        "model_size": (r.size_mib * (1 << 20) as f64) as u64,
+                        "model_n_params": (r.params_m * 1e6) as u64,
+                        "backends": r.backend,
+                        "backend": r.backend,
+                        "n_threads": r.threads,
+                        "n_prompt": r.n_prompt,
+                        "n_gen": r.n_gen,
+                        "test": r.test,
+                        "avg_ts": r.mean,
+                        "stddev_ts": r.sd,
+                    })
+                })
+                .collect();
+            s.push_str(&serde_json::to_string_pretty(&items).expect("serializable"));
+            s.push('\n');
         }
         _ => {
             s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |\n");

@@ -7,5 +7,6 @@ pub mod gen_model;
 pub mod info;
 pub mod perplexity;
 pub mod run;
+pub mod sweep;
 pub mod serve;
 pub mod tokenize;

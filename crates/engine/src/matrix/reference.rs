@@ -109,13 +109,7 @@ impl MatrixEngine for ReferenceEngine {
                 .get(&((*key).clone(), bucket))
                 .cloned()
                 .ok_or_else(|| EngineFailure { engine: "ref".into(), what: format!("{} is not prepared", key.tensor) })?;
-            let (m, k) = (w.rows, w.cols);
-            out[..n * m].par_chunks_mut(m).enumerate().for_each(|(t, orow)| {
-                let xr = &x[t * k..(t + 1) * k];
-                for (o, wr) in orow.iter_mut().zip(wf.chunks_exact(k)) {
-                    *o = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
-                }
-            });
+            gemm(&wf, w.rows, w.cols, x, n, out);
         }
         Ok(())
     }
@@ -153,25 +147,95 @@ impl MatrixEngine for ReferenceEngine {
         v_cache: &[f16],
         out: &mut [f32],
     ) -> Result<(), EngineFailure> {
-        // The textbook definition: full softmax per (token, head), f32 queries, f64 sums.
+        // The textbook definition: full softmax per (token, head) in f64 over f32 scores of
+        // unrounded queries; the cache rows are converted to f32 once per call.
         let (d, dv, group) = (s.head_dim, s.head_dim_v, s.n_head / s.n_head_kv);
         let (kvd, vd) = (s.n_head_kv * d, s.n_head_kv * dv);
+        let last = positions.iter().copied().max().unwrap_or(0);
+        let keys: Vec<f32> = k_cache[..(last + 1) * kvd].iter().map(|v| v.to_f32()).collect();
+        let vals: Vec<f32> = v_cache[..(last + 1) * vd].iter().map(|v| v.to_f32()).collect();
         out[..positions.len() * s.n_head * dv].par_chunks_mut(dv).enumerate().for_each(|(job, o)| {
             let (t, h) = (job / s.n_head, job % s.n_head);
             let (pos, g) = (positions[t], h / group);
             let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let qh = &q[(t * s.n_head + h) * d..][..d];
-            let scores: Vec<f64> = (lo..=pos)
-                .map(|j| qh.iter().zip(&k_cache[j * kvd + g * d..][..d]).map(|(a, b)| *a as f64 * b.to_f64()).sum())
-                .collect();
+            let scores: Vec<f64> = (lo..=pos).map(|j| dot(qh, &keys[j * kvd + g * d..][..d]) as f64).collect();
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
             let total: f64 = weights.iter().sum();
-            for (i, o) in o.iter_mut().enumerate() {
-                let sum: f64 = (lo..=pos).zip(&weights).map(|(j, w)| w * v_cache[j * vd + g * dv + i].to_f64()).sum();
-                *o = (sum / total) as f32;
+            let mut sum = vec![0f64; dv];
+            for (j, w) in (lo..=pos).zip(&weights) {
+                for (acc, v) in sum.iter_mut().zip(&vals[j * vd + g * dv..][..dv]) {
+                    *acc += w * *v as f64;
+                }
+            }
+            for (o, acc) in o.iter_mut().zip(&sum) {
+                *o = (acc / total) as f32;
             }
         });
         Ok(())
     }
+}
+
+/// Weight rows per parallel job (they stay in cache while every token block passes).
+const ROWS: usize = 64;
+/// Tokens per pass over a job's rows.
+const TOKENS: usize = 8;
+
+/// `out[t * m + r] = x_t · w_r`: plain f32 dot products, blocked so each weight row is
+/// read from memory once per job rather than once per token.
+fn gemm(wf: &[f32], m: usize, k: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    let dst = crate::cpu::SharedMut(out.as_mut_ptr());
+    let block = pick_block();
+    (0..m.div_ceil(ROWS)).into_par_iter().for_each(|c| {
+        let rows = c * ROWS..((c + 1) * ROWS).min(m);
+        for t0 in (0..n).step_by(TOKENS) {
+            // SAFETY: the kernel matches the CPU; each job writes only its own rows' outputs.
+            unsafe { block(wf, k, x, t0..(t0 + TOKENS).min(n), rows.clone(), m, dst) };
+        }
+    });
+}
+
+type Block = unsafe fn(&[f32], usize, &[f32], std::ops::Range<usize>, std::ops::Range<usize>, usize, crate::cpu::SharedMut<f32>);
+
+fn pick_block() -> Block {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return block_avx512;
+    }
+    block_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn block_avx512(wf: &[f32], k: usize, x: &[f32], t: std::ops::Range<usize>, r: std::ops::Range<usize>, m: usize, dst: crate::cpu::SharedMut<f32>) {
+    block_body(wf, k, x, t, r, m, dst)
+}
+
+unsafe fn block_portable(wf: &[f32], k: usize, x: &[f32], t: std::ops::Range<usize>, r: std::ops::Range<usize>, m: usize, dst: crate::cpu::SharedMut<f32>) {
+    block_body(wf, k, x, t, r, m, dst)
+}
+
+#[inline(always)]
+unsafe fn block_body(wf: &[f32], k: usize, x: &[f32], tokens: std::ops::Range<usize>, rows: std::ops::Range<usize>, m: usize, dst: crate::cpu::SharedMut<f32>) {
+    for r in rows {
+        let w = &wf[r * k..][..k];
+        for t in tokens.clone() {
+            *dst.ptr().add(t * m + r) = dot(&x[t * k..][..k], w);
+        }
+    }
+}
+
+/// f32 dot product in sixteen partial sums (vectorizes; a plain GEMM, not the CPU's kernels).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
