@@ -7,7 +7,6 @@
 use std::arch::x86_64::*;
 
 use super::{check_blocks, chunk_scales, dot_entry, hsum_ps, ld256, ld_f16, ld_f32, Isa};
-use crate::blocks::k_quants::scale_min_k4;
 
 /// One Q4_K (`Q5 = false`) or Q5_K (`Q5 = true`) super-block at `x` against Q8_K `y`.
 /// (A const generic rather than a closure: closures would not get the target features.)
@@ -21,12 +20,13 @@ unsafe fn k4_block<I: Isa, const Q5: bool>(
     let yd = ld_f32(y);
     let d = yd * ld_f16(x);
     let dmin = yd * ld_f16(x.add(2));
-    let (sc, m) = scale_min_k4(&(x.add(4) as *const [u8; 12]).read_unaligned());
+    let (scales, mins) = scales_mins_k4(x.add(4));
     // Mins: sum_j bsums[j] * m[j/2], as 8 i32 lanes.
-    let m8 = _mm_loadl_epi64(m.as_ptr() as *const __m128i);
-    let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
     let prod = _mm256_madd_epi16(m16, ld256(y.add(260)));
     *acc_m = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), *acc_m);
+    // The eight 6-bit scales as i16 in both 128-bit lanes; chunk k's is broadcast by a shuffle.
+    let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scales));
 
     let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
     let qs = if Q5 { x.add(48) } else { x.add(16) };
@@ -52,10 +52,35 @@ unsafe fn k4_block<I: Isa, const Q5: bool>(
         }
         let p_lo = _mm256_maddubs_epi16(lo, ld256(y.add(4 + 64 * j)));
         let p_hi = _mm256_maddubs_epi16(hi, ld256(y.add(4 + 64 * j + 32)));
-        sumi = I::madd16(sumi, p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
-        sumi = I::madd16(sumi, p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
+        sumi = I::madd16(sumi, p_lo, _mm256_shuffle_epi8(sc, scale_pick(2 * j)));
+        sumi = I::madd16(sumi, p_hi, _mm256_shuffle_epi8(sc, scale_pick(2 * j + 1)));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+}
+
+/// Q4_K/Q5_K's twelve packed bytes of 6-bit scales and mins, unpacked with four 32-bit word
+/// operations (the same values as `scale_min_k4`): (scales, mins), each 8 bytes in the low half.
+#[inline(always)]
+unsafe fn scales_mins_k4(p: *const u8) -> (__m128i, __m128i) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let w = |i: usize| (p.add(4 * i) as *const u32).read_unaligned();
+    let (u0, u1, u2) = (w(0), w(1), w(2));
+    // Scales/mins 0-3 are the low six bits of bytes 0-3/4-7; 4-7 take their low four bits
+    // from bytes 8-11 (low/high nibble) and their top two from the top bits of bytes 0-3/4-7.
+    let s47 = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
+    let m47 = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
+    (
+        _mm_set_epi32(0, 0, s47 as i32, (u0 & LOW6) as i32),
+        _mm_set_epi32(0, 0, m47 as i32, (u1 & LOW6) as i32),
+    )
+}
+
+/// A byte shuffle that broadcasts i16 lane `k` across each 128-bit half.
+#[inline(always)]
+unsafe fn scale_pick(k: usize) -> __m256i {
+    _mm256_set1_epi16((((2 * k + 1) << 8) | (2 * k)) as i16)
 }
 
 #[inline(always)]
