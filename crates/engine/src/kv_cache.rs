@@ -2,13 +2,16 @@
 
 use crate::arch::Config;
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 
 /// Keys and values of every layer for positions `0..len()`.
 pub struct KvCache {
     n_ctx: usize,
     len: usize,
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    // f16 bit patterns: a zeroed integer vector comes from the allocator's zeroed pages, so
+    // a cache sized for a long context costs memory only as positions fill.
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     k_dim: usize,
     v_dim: usize,
 }
@@ -21,8 +24,8 @@ impl KvCache {
         KvCache {
             n_ctx,
             len: 0,
-            k: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * k_dim]).collect(),
-            v: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * v_dim]).collect(),
+            k: (0..c.n_layer).map(|_| vec![0u16; n_ctx * k_dim]).collect(),
+            v: (0..c.n_layer).map(|_| vec![0u16; n_ctx * v_dim]).collect(),
             k_dim,
             v_dim,
         }
@@ -52,9 +55,9 @@ impl KvCache {
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
         let n = k.len() / self.k_dim;
         let kd = &mut self.k[layer][pos0 * self.k_dim..(pos0 + n) * self.k_dim];
-        kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s));
+        kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
         let vd = &mut self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim];
-        vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s));
+        vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
     }
 
     /// Mark positions up to `len` as filled (after every layer stored them).
@@ -64,6 +67,6 @@ impl KvCache {
 
     /// The K and V rows of one layer.
     pub fn layer(&self, layer: usize) -> (&[f16], &[f16]) {
-        (&self.k[layer], &self.v[layer])
+        (self.k[layer].reinterpret_cast(), self.v[layer].reinterpret_cast())
     }
 }
