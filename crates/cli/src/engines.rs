@@ -37,7 +37,13 @@ pub static REGISTRY: &[EngineEntry] = &[
     EngineEntry {
         name: "cuda",
         in_auto: true,
-        make: |a, _| Arc::new(cuda::CudaEngine::new(cuda::CudaOptions { gpu_mem: a.gpu_mem.map(|m| m << 20), ..Default::default() })),
+        make: |a, _| {
+            Arc::new(cuda::CudaEngine::new(cuda::CudaOptions {
+                gpu_mem: a.gpu_mem.map(|m| m << 20),
+                kernel_cache: a.kernel_cache.clone(),
+                ..Default::default()
+            }))
+        },
     },
     // The Apple Neural Engine, planned for the model's matmul groups (few programs).
     EngineEntry { name: "ane", in_auto: true, make: |a, m| ane_engine(ane::ffi::macos::MacDriver::new(), a, m, true) },

@@ -8,6 +8,7 @@
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use engine::matrix::disk_cache::{content_hash, DiskCache, Lookup};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -108,6 +109,39 @@ impl Drop for Blas {
     }
 }
 
+/// Bumped when the way kernels are compiled changes (the source itself is part of the key).
+const PTX_FORMAT: u32 = 1;
+
+/// NVRTC: the kernels' source to PTX text for one virtual architecture.
+fn nvrtc_compile(arch: &str) -> Res<String> {
+    let opts = cudarc::nvrtc::CompileOptions { options: vec![format!("--gpu-architecture={arch}")], ..Default::default() };
+    cudarc::nvrtc::compile_ptx_with_opts(crate::kernels::SOURCE, opts).map(|p| p.to_src()).map_err(|e| e.to_string())
+}
+
+/// The kernels' PTX for `arch`: from `cache` when it holds a valid entry for this source,
+/// architecture and format (the cache checks its checksums), else `compile`d and stored.
+/// Returns the PTX and whether it came from the cache.
+pub(crate) fn kernels_ptx(arch: &str, cache: Option<&DiskCache>, compile: impl Fn(&str) -> Res<String>) -> Res<(String, bool)> {
+    let key = format!("cuda-ptx-v{PTX_FORMAT}-{arch}-{:016x}", content_hash(crate::kernels::SOURCE.as_bytes()));
+    if let Some(disk) = cache {
+        match disk.get(&key) {
+            Lookup::Hit(bytes) => match String::from_utf8(bytes) {
+                Ok(text) if text.contains(".entry") => return Ok((text, true)),
+                _ => eprintln!("warning: kernel cache: {key} is not PTX; recompiling"),
+            },
+            Lookup::Rejected(why) => eprintln!("warning: kernel cache: {why}; recompiling"),
+            _ => {}
+        }
+    }
+    let ptx = compile(arch)?;
+    if let Some(disk) = cache {
+        if let Err(e) = disk.put(&key, ptx.as_bytes()) {
+            eprintln!("warning: kernel cache: cannot write {key}: {e}");
+        }
+    }
+    Ok((ptx, false))
+}
+
 /// Everything that exists once a device is up.
 pub(crate) struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
@@ -128,7 +162,7 @@ pub(crate) struct Gpu {
 
 impl Gpu {
     /// Bring up device `ordinal`: context, streams, cuBLAS, and the NVRTC-compiled kernels.
-    pub(crate) fn init(ordinal: usize) -> Res<Gpu> {
+    pub(crate) fn init(ordinal: usize, kernel_cache: Option<&std::path::Path>) -> Res<Gpu> {
         // Look before cudarc's loader would panic on a missing library.
         if !unsafe { sys::is_culib_present() } {
             return Err("no NVIDIA driver: libcuda.so was not found on the library path".into());
@@ -168,13 +202,11 @@ impl Gpu {
         unsafe { blas::set_stream(handle, s_comp.cu_stream() as _) }.map_err(|e| format!("cublasSetStream: {e:?}"))?;
         // The card's own architecture; an NVRTC older than the card may not know it, and
         // compute_70 PTX (nothing newer is used) is JIT-compiled by the driver for any card.
-        let compile = |arch: String| {
-            let opts = cudarc::nvrtc::CompileOptions { options: vec![format!("--gpu-architecture={arch}")], ..Default::default() };
-            cudarc::nvrtc::compile_ptx_with_opts(crate::kernels::SOURCE, opts)
-        };
-        let ptx = compile(format!("compute_{}{}", cc.0, cc.1))
-            .or_else(|_| compile("compute_70".into()))
-            .map_err(|e| format!("NVRTC could not compile the dequantize kernels: {e}"))?;
+        let disk = kernel_cache.and_then(|d| DiskCache::new(d).map_err(|e| eprintln!("warning: kernel cache {}: {e}", d.display())).ok());
+        let (ptx, _from_disk) = kernels_ptx(&format!("compute_{}{}", cc.0, cc.1), disk.as_ref(), nvrtc_compile)
+            .or_else(|_| kernels_ptx("compute_70", disk.as_ref(), nvrtc_compile))
+            .map_err(|e| format!("NVRTC could not compile the kernels: {e}"))?;
+        let ptx = cudarc::nvrtc::Ptx::from_src(ptx);
         let module = ctx.load_module(ptx).map_err(err("load module"))?;
         let mut kernels = HashMap::new();
         for k in crate::kernels::NAMES {
@@ -296,5 +328,45 @@ impl Gpu {
         let _ = self.s_h2d.synchronize();
         let _ = self.s_comp.synchronize();
         let _ = self.s_d2h.synchronize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn compiled_kernels_are_kept_on_disk_and_a_damaged_entry_is_rebuilt() {
+        let dir = std::env::temp_dir().join(format!("tandem-ptx-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let disk = DiskCache::new(&dir).unwrap();
+        let compiles = Cell::new(0);
+        let compile = |arch: &str| {
+            compiles.set(compiles.get() + 1);
+            Ok(format!("// {arch}\n.entry deq_q4_0 {{}}\n"))
+        };
+        let (first, cached) = kernels_ptx("compute_90", Some(&disk), compile).unwrap();
+        assert!(!cached && compiles.get() == 1);
+        let (again, cached) = kernels_ptx("compute_90", Some(&disk), compile).unwrap();
+        assert!(cached && again == first && compiles.get() == 1, "the second start-up compiles nothing");
+        // Another architecture is another entry.
+        assert!(!kernels_ptx("compute_70", Some(&disk), compile).unwrap().1);
+        assert_eq!(compiles.get(), 2);
+        // Damage every entry: each is detected and rebuilt, never loaded.
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let path = f.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x55;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let (rebuilt, cached) = kernels_ptx("compute_90", Some(&disk), compile).unwrap();
+        assert!(!cached && rebuilt == first && compiles.get() == 3);
+        assert!(kernels_ptx("compute_90", Some(&disk), compile).unwrap().1, "stored again");
+        // No cache: always compiled; a compile error is an error.
+        assert!(!kernels_ptx("compute_90", None, compile).unwrap().1);
+        assert!(kernels_ptx("compute_90", None, |_| Err("nvrtc: bad".to_string())).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -51,6 +51,8 @@ pub struct CudaOptions {
     /// Run whole feed-forward blocks on the card (gate, up, activation, down), so their
     /// wide intermediate never crosses the bus. Off: each matmul crosses on its own.
     pub fuse_feed_forward: bool,
+    /// Directory keeping the NVRTC-compiled kernels across processes (`--kernel-cache`).
+    pub kernel_cache: Option<std::path::PathBuf>,
     /// Run a prefill's causal attention on the card (the KV cache stays in host memory).
     pub attention: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
@@ -70,6 +72,7 @@ impl Default for CudaOptions {
             max_chunk: 1024,
             fuse_feed_forward: true,
             attention: true,
+            kernel_cache: None,
             bench_device_only: false,
         }
     }
@@ -115,7 +118,7 @@ impl CudaEngine {
 
     fn gpu(&self) -> Res<&Gpu> {
         self.gpu
-            .get_or_init(|| guarded("CUDA start-up", || Gpu::init(self.opts.device)))
+            .get_or_init(|| guarded("CUDA start-up", || Gpu::init(self.opts.device, self.opts.kernel_cache.as_deref())))
             .as_ref()
             .map_err(|e| e.clone())
     }

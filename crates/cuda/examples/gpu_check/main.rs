@@ -1,7 +1,7 @@
 //! On a GPU machine: every supported weight format × shapes against the CPU reference,
 //! a whole (tiny, random) model through the dispatcher, then the matmul benchmark.
 //!
-//!     gpu_check [--check] [--bench] [--e2e] [--quick]      (no flag: all three)
+//!     gpu_check [--check] [--bench] [--e2e] [--quick] [--kernel-cache DIR]      (no flag: all three)
 //!
 //! Exits non-zero when any check fails or the engine is unavailable.
 
@@ -48,7 +48,12 @@ fn main() -> ExitCode {
         (false, false, false) => (true, true, true),
         other => other,
     };
-    let engine = CudaEngine::new(CudaOptions::default());
+    // --kernel-cache DIR: the compiled kernels come from (and go to) DIR.
+    let kernel_cache = args.iter().position(|a| a == "--kernel-cache").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
+    let t = std::time::Instant::now();
+    let engine = CudaEngine::new(CudaOptions { kernel_cache, ..Default::default() });
+    let _ = engine.availability();
+    println!("start-up (context, cuBLAS, kernels): {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     if let Availability::Unavailable(why) = engine.availability() {
         eprintln!("cuda unavailable: {why}");
         return ExitCode::FAILURE;
