@@ -8,8 +8,10 @@
 use super::parse::{Arg, DType, Func, Lit, Program, Stmt, Ty};
 use crate::blob;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A tensor of fp16 values (held as f32, each exactly an fp16).
@@ -23,6 +25,29 @@ pub struct Tensor {
 
 fn round16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
+}
+
+/// [`round16`] of every value, in place, through `half`'s vectorized slice conversions
+/// (the same round-to-nearest-even as the scalar one).
+fn round16_all(v: &mut [f32]) {
+    let mut buf = [f16::ZERO; 512];
+    for c in v.chunks_mut(buf.len()) {
+        let b = &mut buf[..c.len()];
+        b.convert_from_f32_slice(c);
+        b.convert_to_f32_slice(c);
+    }
+}
+
+/// `f` of every value, rounded to fp16, in parallel.
+fn rounded(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut data = vec![0f32; n];
+    data.par_chunks_mut(8192).enumerate().for_each(|(c, d)| {
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = f(c * 8192 + i);
+        }
+        round16_all(d);
+    });
+    data
 }
 
 /// One executable step.
@@ -363,16 +388,164 @@ pub fn compile(p: &Program, weights: &HashMap<String, Vec<u8>>) -> Result<Compil
     Ok(Compiled { funcs })
 }
 
+/// Lanes of the dot-product accumulator: every product `a[c]·b[c]` of the 16-aligned part
+/// goes to lane `c % 16` (mul and add each rounded to f32, never fused), the lanes are
+/// then summed in order, and the remainder's products added last. The tiled kernels
+/// below keep exactly this order, so every output is the same f32 whichever runs.
+const LANES: usize = 16;
+
+/// The lanes summed in order, plus the remainder's products.
+#[inline(always)]
+fn finish(acc: &[f32; LANES], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
+        for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    finish(&acc, ta, tb)
+}
+
+/// Weight rows per tile of the vectorized kernels.
+const ROWS: usize = 4;
+/// Weight rows per parallel job: its token blocks are reused by all of them.
+const JOB_ROWS: usize = 32;
+/// Bytes of tokens per block, kept in cache while a job's rows pass over them.
+const TOKEN_BLOCK_BYTES: usize = 128 << 10;
+
+/// `out[r·s + t] = dot(w row r, x row t)` for `w` [rows, k], `x` [s, k] and `t` in
+/// `ts` (rows ≤ [`ROWS`]; `out` holds `rows` rows of `s`).
+fn dots(w: &[f32], x: &[f32], k: usize, s: usize, ts: Range<usize>, out: &mut [f32]) {
+    let rows = out.len() / s;
+    #[cfg(target_arch = "x86_64")]
+    if rows == ROWS && k >= LANES {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature is present; shapes are checked by the kernel's asserts.
+            return unsafe { x86::dots_avx512(w, x, k, s, ts, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: as above.
+            return unsafe { x86::dots_avx(w, x, k, s, ts, out) };
+        }
+    }
+    rest(w, x, k, s, rows, ts, out);
+}
+
+/// [`dots`] one at a time.
+fn rest(w: &[f32], x: &[f32], k: usize, s: usize, rows: usize, ts: Range<usize>, out: &mut [f32]) {
+    for r in 0..rows {
+        for t in ts.clone() {
+            out[r * s + t] = dot(&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+        }
+    }
+}
+
+/// Register-tiled [`dot`]s: [`ROWS`] weight rows × a few tokens per tile, each output's
+/// 16 lanes in vector registers, the lane sums and remainders through [`finish`].
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{finish, rest, LANES, ROWS};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Tokens per tile of the AVX-512 kernel: 4 × 4 accumulators of one register each.
+    const T512: usize = 4;
+    /// Tokens per tile of the AVX kernel: 4 × 2 accumulators of two registers each.
+    const T256: usize = 2;
+
+    // Loads as array reads: `_mm*_loadu_ps` go through `read_unaligned`, whose debug
+    // checks (the test profile keeps debug assertions) spill every vector to the stack.
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        std::mem::transmute::<[f32; 16], __m512>(*p.cast::<[f32; 16]>())
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        std::mem::transmute::<[f32; 8], __m256>(*p.cast::<[f32; 8]>())
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dots_avx512(w: &[f32], x: &[f32], k: usize, s: usize, ts: Range<usize>, out: &mut [f32]) {
+        assert!(w.len() >= ROWS * k && x.len() >= s * k && out.len() >= ROWS * s && ts.end <= s);
+        let body = k / LANES * LANES;
+        let wp = w.as_ptr();
+        let mut t0 = ts.start;
+        while t0 + T512 <= ts.end {
+            let xp = x.as_ptr().add(t0 * k);
+            let mut acc = [[_mm512_setzero_ps(); T512]; ROWS];
+            let mut c = 0;
+            while c < body {
+                let mut ws = [_mm512_setzero_ps(); ROWS];
+                for (r, v) in ws.iter_mut().enumerate() {
+                    *v = load16(wp.add(r * k + c));
+                }
+                for t in 0..T512 {
+                    let xv = load16(xp.add(t * k + c));
+                    for r in 0..ROWS {
+                        acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(ws[r], xv));
+                    }
+                }
+                c += LANES;
+            }
+            for r in 0..ROWS {
+                for t in 0..T512 {
+                    let mut lanes = [0f32; LANES];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][t]);
+                    let xt = &x[(t0 + t) * k..(t0 + t + 1) * k];
+                    out[r * s + t0 + t] = finish(&lanes, &w[r * k + body..(r + 1) * k], &xt[body..]);
+                }
+            }
+            t0 += T512;
+        }
+        rest(w, x, k, s, ROWS, t0..ts.end, out);
+    }
+
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn dots_avx(w: &[f32], x: &[f32], k: usize, s: usize, ts: Range<usize>, out: &mut [f32]) {
+        assert!(w.len() >= ROWS * k && x.len() >= s * k && out.len() >= ROWS * s && ts.end <= s);
+        let body = k / LANES * LANES;
+        let wp = w.as_ptr();
+        let mut t0 = ts.start;
+        while t0 + T256 <= ts.end {
+            let xp = x.as_ptr().add(t0 * k);
+            // Lanes 0..8 and 8..16 of each output: independent sums, each in its own order.
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T256]; ROWS];
+            let mut c = 0;
+            while c < body {
+                for h in 0..2 {
+                    let mut ws = [_mm256_setzero_ps(); ROWS];
+                    for (r, v) in ws.iter_mut().enumerate() {
+                        *v = load8(wp.add(r * k + c + 8 * h));
+                    }
+                    for t in 0..T256 {
+                        let xv = load8(xp.add(t * k + c + 8 * h));
+                        for r in 0..ROWS {
+                            acc[r][t][h] = _mm256_add_ps(acc[r][t][h], _mm256_mul_ps(ws[r], xv));
+                        }
+                    }
+                }
+                c += LANES;
+            }
+            for r in 0..ROWS {
+                for t in 0..T256 {
+                    let mut lanes = [0f32; LANES];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][t][0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][t][1]);
+                    let xt = &x[(t0 + t) * k..(t0 + t + 1) * k];
+                    out[r * s + t0 + t] = finish(&lanes, &w[r * k + body..(r + 1) * k], &xt[body..]);
+                }
+            }
+            t0 += T256;
+        }
+        rest(w, x, k, s, ROWS, t0..ts.end, out);
+    }
 }
 
 fn conv(x: &Tensor, w: &Tensor) -> Tensor {
@@ -385,13 +558,21 @@ fn conv(x: &Tensor, w: &Tensor) -> Tensor {
             xt[s * k + c] = x.data[c * sp + s];
         }
     }
+    let block = (TOKEN_BLOCK_BYTES / (4 * k)).max(8) / 8 * 8;
     let mut out = vec![0f32; m * sp];
-    out.par_chunks_mut(sp).enumerate().for_each(|(o, row)| {
-        let wr = &w.data[o * k..(o + 1) * k];
-        for (s, v) in row.iter_mut().enumerate() {
-            let r = round16(dot(wr, &xt[s * k..(s + 1) * k]));
+    out.par_chunks_mut(JOB_ROWS * sp).enumerate().for_each(|(b, rows)| {
+        let w = &w.data[b * JOB_ROWS * k..][..rows.len() / sp * k];
+        for t0 in (0..sp).step_by(block) {
+            for (i, sub) in rows.chunks_mut(ROWS * sp).enumerate() {
+                dots(&w[i * ROWS * k..], &xt, k, sp, t0..(t0 + block).min(sp), sub);
+            }
+        }
+        round16_all(rows);
+        for v in rows.iter_mut() {
             // §4: matmul outputs beyond ~32752 become inf on the ANE.
-            *v = if r.abs() > crate::FP16_MATMUL_LIMIT { f32::INFINITY.copysign(r) } else { r };
+            if v.abs() > crate::FP16_MATMUL_LIMIT {
+                *v = f32::INFINITY.copysign(*v);
+            }
         }
     });
     Tensor { shape: vec![x.shape[0], m, x.shape[2], x.shape[3]], data: out }
@@ -420,7 +601,7 @@ fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
 }
 
 fn map(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
-    Tensor { shape: x.shape.clone(), data: x.data.par_iter().map(|&v| round16(f(v))).collect() }
+    Tensor { shape: x.shape.clone(), data: rounded(x.data.len(), |i| f(x.data[i])) }
 }
 
 fn sigmoid(v: f32) -> f32 {
@@ -436,7 +617,9 @@ impl CFunc {
             if src.len() < n {
                 return Err(format!("{}: input {name} needs {n} values, surface holds {}", self.name, src.len()));
             }
-            vals.insert(name, Arc::new(Tensor { shape: shape.clone(), data: src[..n].iter().map(|v| v.to_f32()).collect() }));
+            let mut data = vec![0f32; n];
+            src[..n].convert_to_f32_slice(&mut data);
+            vals.insert(name, Arc::new(Tensor { shape: shape.clone(), data }));
         }
         for (out, step) in &self.steps {
             let get = |n: &str| vals.get(n).cloned().expect("validated");
@@ -445,7 +628,7 @@ impl CFunc {
                 Step::Transpose { x, perm } => transpose(&get(x), perm),
                 Step::Binary { x, y, mul } => {
                     let (a, b) = (get(x), get(y));
-                    let data = a.data.par_iter().zip(&b.data).map(|(p, q)| round16(if *mul { p * q } else { p + q })).collect();
+                    let data = rounded(a.data.len(), |i| if *mul { a.data[i] * b.data[i] } else { a.data[i] + b.data[i] });
                     Tensor { shape: a.shape.clone(), data }
                 }
                 Step::Scalar { x, c, mul } => map(&get(x), |v| if *mul { v * c } else { v + c }),
@@ -454,6 +637,88 @@ impl CFunc {
             };
             vals.insert(out, Arc::new(t));
         }
-        Ok(self.outputs.iter().map(|(o, _)| vals[o.as_str()].data.iter().map(|&v| f16::from_f32(v)).collect()).collect())
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(o, _)| {
+                let data = &vals[o.as_str()].data;
+                let mut out = vec![f16::ZERO; data.len()];
+                out.convert_from_f32_slice(data);
+                out
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dot every output was computed with before the tiled kernels: they must match it bit for bit.
+    fn plain_dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for i in 0..16 {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[test]
+    fn slice_rounding_is_the_scalar_rounding() {
+        // Every fp16 rounding boundary region: subnormals, halfway cases, overflow, inf.
+        let mut v: Vec<f32> = (0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) >> 1) * if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        v.extend([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e-8, 2.98e-8, 5.97e-8, f32::INFINITY, f32::NEG_INFINITY]);
+        let want: Vec<u32> = v.iter().map(|&x| round16(x).to_bits()).collect();
+        round16_all(&mut v);
+        let bad = v.iter().zip(&want).position(|(a, b)| a.to_bits() != *b && !a.is_nan());
+        assert_eq!(bad, None);
+    }
+
+    #[test]
+    fn tiled_dots_are_bit_identical_to_the_plain_dot() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            round16(((seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 3.0)
+        };
+        // Odd row counts (a partial last job), token counts off the tiles, K with and without a remainder.
+        for (m, k, s) in [(4, 16, 4), (7, 37, 5), (9, 576, 64), (5, 1000, 3), (12, 15, 33), (8, 640, 34), (70, 2048, 21)] {
+            let w = Tensor { shape: vec![m, k, 1, 1], data: (0..m * k).map(|_| next()).collect() };
+            let x = Tensor { shape: vec![1, k, 1, s], data: (0..k * s).map(|_| next()).collect() };
+            let got = conv(&x, &w);
+            for o in 0..m {
+                for t in 0..s {
+                    let xr: Vec<f32> = (0..k).map(|c| x.data[c * s + t]).collect();
+                    let want = round16(plain_dot(&w.data[o * k..(o + 1) * k], &xr));
+                    assert_eq!(got.data[o * s + t].to_bits(), want.to_bits(), "m {m} k {k} s {s}: output {o}, token {t}");
+                }
+            }
+            // Each kernel the machine has, not only the one conv picks.
+            #[cfg(target_arch = "x86_64")]
+            if k >= LANES {
+                let xt: Vec<f32> = (0..s).flat_map(|t| (0..k).map(move |c| (c, t))).map(|(c, t)| x.data[c * s + t]).collect();
+                let want: Vec<f32> = (0..ROWS * s)
+                    .map(|i| if i % s == 0 { 0.0 } else { plain_dot(&w.data[i / s * k..(i / s + 1) * k], &xt[i % s * k..(i % s + 1) * k]) })
+                    .collect();
+                type Kernel = unsafe fn(&[f32], &[f32], usize, usize, Range<usize>, &mut [f32]);
+                let kernels: [(&str, bool, Kernel); 2] = [
+                    ("avx512", std::arch::is_x86_feature_detected!("avx512f"), x86::dots_avx512),
+                    ("avx", std::arch::is_x86_feature_detected!("avx"), x86::dots_avx),
+                ];
+                for (name, _, kernel) in kernels.into_iter().filter(|k| k.1) {
+                    let mut got = vec![0f32; ROWS * s];
+                    // SAFETY: the feature was detected.
+                    unsafe { kernel(&w.data, &xt, k, s, 1..s, &mut got) };
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name}: m {m} k {k} s {s}");
+                }
+            }
+        }
     }
 }

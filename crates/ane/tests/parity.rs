@@ -1,0 +1,177 @@
+//! Issue 5, item 6: with `--backend ane-sim` (an `AneEngine` over the MIL interpreter, as
+//! the CLI builds it) whole models agree with CPU-only runs: the same greedy tokens for 32
+//! steps (teacher-forced: at every step the ANE run's top token is the CPU's, unless the
+//! CPU's own top two are a near-tie) at offload thresholds 1 and 64, and perplexity within
+//! 0.5 %. Every offloaded op goes MIL → blob → interpreter (fp16 arithmetic) → surfaces.
+//! Modelled on crates/engine/tests/offload_parity.rs. On 2 cores (test profile) the file
+//! takes about 70 s, or 115 s with the ignored Gemma perplexity test; most of it is the
+//! interpreter's convs (decode steps at threshold 1 run padded to the 64 bucket).
+
+use ane::sim::SimDriver;
+use ane::{AneConfig, AneEngine};
+use engine::matrix::cache::CacheBudget;
+use engine::matrix::policy::{Backend, PlacementPolicy};
+use engine::matrix::{Dispatcher, MatrixEngine};
+use engine::perplexity::perplexity;
+use engine::{Model, Runner};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Logit gap under which two engines may order the top two tokens differently.
+const NEAR_TIE: f32 = 1.0;
+/// A CPU so slow in the cost model that the threshold alone decides.
+const SLOW_CPU: (f64, f64) = (1.0, 1.0);
+const PROMPT: &str = "The GNU General Public License is a free, copyleft license for software and other kinds \
+of works. The licenses for most software and other practical works are designed to take away your freedom \
+to share and change the works. By contrast, the GNU General Public License is intended to guarantee your \
+freedom to share and change all versions of a program, to make sure it remains free software for all its \
+users. We, the Free Software Foundation, use the GNU General Public License for most of our software; it \
+applies also to any other work released this way by its authors. You can apply it to your programs, too.";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A test model by file name: fails (never skips) when it is absent.
+fn model_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("models"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    p
+}
+
+/// CPU-only (`None`), or the interpreted ANE taking every matmul of at least `threshold`
+/// tokens, planned for the model as `--backend ane-sim` plans it.
+fn runner(path: &std::path::Path, threshold: Option<usize>) -> (Runner, Option<Arc<AneEngine<SimDriver>>>) {
+    let model = Model::load(path, &mut |_, _| {}).unwrap();
+    match threshold {
+        None => (Runner::new(model, 2).unwrap(), None),
+        Some(t) => {
+            let ane = Arc::new(AneEngine::for_model(SimDriver::new(), &model, AneConfig::default()).unwrap());
+            let engines: Vec<Arc<dyn MatrixEngine>> = vec![ane.clone()];
+            let policy = PlacementPolicy::new(Backend::Named("ane-sim".into()), t, None, SLOW_CPU);
+            let d = Dispatcher::new(engines, policy, CacheBudget::default(), false).unwrap();
+            (Runner::with_dispatcher(model, 2, d).unwrap(), Some(ane))
+        }
+    }
+}
+
+fn tokenizer(path: &std::path::Path) -> tokenizer::Tokenizer {
+    tokenizer::Tokenizer::from_gguf(&gguf::GgufFile::open(path).unwrap()).unwrap()
+}
+
+fn top2(l: &[f32]) -> (u32, f32) {
+    let mut idx: Vec<usize> = (0..l.len()).collect();
+    idx.select_nth_unstable_by(1, |&a, &b| l[b].total_cmp(&l[a]));
+    let (a, b) = if l[idx[0]] >= l[idx[1]] { (idx[0], idx[1]) } else { (idx[1], idx[0]) };
+    (a as u32, l[a] - l[b])
+}
+
+/// The ANE run's failures and matmuls on each side, after checking that no op failed.
+fn ane_stats(r: &Runner, what: &str) -> (u64, u64) {
+    let s = r.dispatcher.stats.snapshot();
+    assert_eq!(s.get("ane-sim").map_or(0, |e| e.failures), 0, "{what}: {s:?}");
+    (s.get("ane-sim").map_or(0, |e| e.matmuls), s.get("cpu").map_or(0, |e| e.matmuls))
+}
+
+fn check_greedy(file: &str) {
+    let path = model_path(file);
+    let prompt = tokenizer(&path).encode(PROMPT, true, false);
+    assert!(prompt.len() >= 64, "the prompt must reach the 64 threshold: {} tokens", prompt.len());
+    // The CPU's greedy run: its token and top-two gap at every step.
+    let t0 = Instant::now();
+    let (cpu, _) = runner(&path, None);
+    let mut cache = cpu.new_cache(256);
+    let mut logits = engine::generate::prefill(&cpu, &mut cache, &prompt, 512).unwrap();
+    let mut want = Vec::new();
+    for _ in 0..32 {
+        let (t, gap) = top2(&logits);
+        want.push((t, gap));
+        logits = cpu.forward(&mut cache, &[t], 0..1).unwrap();
+    }
+    eprintln!("{file}: CPU greedy in {:.1} s", t0.elapsed().as_secs_f64());
+    for threshold in [1, 64] {
+        let t0 = Instant::now();
+        let (off, ane) = runner(&path, Some(threshold));
+        let mut cache = off.new_cache(256);
+        let mut logits = engine::generate::prefill(&off, &mut cache, &prompt, 512).unwrap();
+        let (mut ties, mut worst) = (0, 0f32);
+        for (step, &(t, gap)) in want.iter().enumerate() {
+            assert!(logits.iter().all(|v| v.is_finite()), "{file} threshold {threshold}: non-finite logits at step {step}");
+            let (o_top, _) = top2(&logits);
+            if o_top != t {
+                assert!(gap < NEAR_TIE, "{file} threshold {threshold}: step {step} gives {o_top}, CPU {t} by a margin of {gap}");
+                ties += 1;
+                worst = worst.max(gap);
+            }
+            logits = off.forward(&mut cache, &[t], 0..1).unwrap();
+        }
+        let (on_ane, on_cpu) = ane_stats(&off, file);
+        let ane = ane.unwrap();
+        eprintln!(
+            "{file} threshold {threshold}: {ties} near-ties of 32 (largest CPU gap among them {worst:.3}); matmuls on ane-sim {on_ane}, on CPU {on_cpu}; {} programs compiled; {:.1} s",
+            ane.compiles(),
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(ties <= 3, "{file}: {ties} steps differ");
+        assert!(on_ane > 0);
+        // Decode steps (N = 1) go to the engine only at threshold 1.
+        assert_eq!(on_cpu == 0, threshold == 1, "threshold {threshold}: {on_ane} matmuls on ane-sim, {on_cpu} on the CPU");
+        assert!(ane.compiles() <= ane.planned_programs());
+    }
+}
+
+fn check_perplexity(file: &str) {
+    let path = model_path(file);
+    let tok = tokenizer(&path);
+    let text = std::fs::read_to_string(root().join("tests/fixtures/reference/GPL-3.txt")).unwrap();
+    let tokens = tok.encode(&text, true, false);
+    // Eight chunks of 512, as llama-perplexity -c 512 scores them (batches of 512, all
+    // offloaded at threshold 64).
+    let tokens = &tokens[..8 * 512];
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let ppl = |r: &Runner| perplexity(r, tokens, 512, 512, bos, &mut |_| {}).unwrap().ppl;
+    let t0 = Instant::now();
+    let cpu = ppl(&runner(&path, None).0);
+    let t1 = Instant::now();
+    let (r, _) = runner(&path, Some(64));
+    let off = ppl(&r);
+    let (on_ane, on_cpu) = ane_stats(&r, file);
+    let rel = (off - cpu).abs() / cpu;
+    eprintln!(
+        "{file}: perplexity CPU {cpu:.4} ({:.1} s), ane-sim {off:.4} ({:.1} s; matmuls on ane-sim {on_ane}, on CPU {on_cpu}): {:.3} % apart",
+        (t1 - t0).as_secs_f64(),
+        t1.elapsed().as_secs_f64(),
+        rel * 100.0
+    );
+    assert!(on_ane > 0 && on_cpu == 0);
+    assert!(rel < 0.005, "{file}: ane-sim perplexity {off} is more than 0.5 % from CPU-only {cpu}");
+}
+
+#[test]
+fn smollm2_greedy_agrees_with_ane_sim() {
+    check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn gemma3_greedy_agrees_with_ane_sim() {
+    check_greedy("gemma-3-270m-q4_k_m.gguf");
+}
+
+#[test]
+fn smollm2_perplexity_agrees_with_ane_sim() {
+    check_perplexity("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+// Fails: CPU 14.9415, ane-sim 15.1429 (1.35 % apart). Not fp16 as such: with the fused
+// MLP off (`AneConfig::fuse_mlp = false`) ane-sim gives 14.8924, and the f32 reference
+// engine 14.8923. The fused block's chained overflow guard (build.rs: sg = 1, su = 128 to
+// 512, sd = 64 to 256 on this model) divides its fp16 output by sg·su·sd, up to 2^17,
+// which leaves typical outputs in fp16's subnormal range; with su = sd = 1 the fused
+// block gives 14.8918. Run it with `-- --ignored` once the guard is fixed.
+#[test]
+#[ignore = "issue 5 item 6 not met: the fused GELU MLP's guard scales cost 1.35 % (see the comment)"]
+fn gemma3_perplexity_agrees_with_ane_sim() {
+    check_perplexity("gemma-3-270m-q4_k_m.gguf");
+}
