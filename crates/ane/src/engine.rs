@@ -46,6 +46,9 @@ use std::time::Duration;
 
 mod pipeline;
 
+/// Largest input norm a fused feed-forward block is scaled for (see `plan_model`).
+pub const MLP_BOUND_CAP: f32 = 64.0;
+
 /// Surface allocations are rounded up to this (OM: 64 KiB multiples; also clears the
 /// ~48 KB minimum below which evaluation fails with 0x1d, §2).
 pub const SURFACE_ALIGN: usize = 64 << 10;
@@ -234,7 +237,10 @@ impl<D: Driver> AneEngine<D> {
                 // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
                 // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
                 let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound);
+                // The bound is exact but loose when a few γ are large (Gemma: 500-1800 against
+                // real norms of 10-58), and a loose bound scales the fused block's fp16 output
+                // into subnormals: cap it; a call above the cap runs as parts on the engine.
+                let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound).min(MLP_BOUND_CAP);
                 let bound = (bound.is_finite() && bound > 0.0).then_some(bound);
                 groups.push((vec![l.w_gate.clone(), l.w_up.clone(), l.w_down.clone()], mlp, bound));
             } else {
