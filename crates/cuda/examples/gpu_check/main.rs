@@ -1,7 +1,7 @@
 //! On a GPU machine: every supported weight format × shapes against the CPU reference,
 //! a whole (tiny, random) model through the dispatcher, then the matmul benchmark.
 //!
-//!     gpu_check [--check] [--bench] [--e2e] [--quick] [--kernel-cache DIR]      (no flag: all three)
+//!     gpu_check [--check] [--bench] [--e2e [--e2e-q4k]] [--quick] [--kernel-cache DIR]      (no flag: all three)
 //!
 //! Exits non-zero when any check fails or the engine is unavailable.
 
@@ -83,7 +83,8 @@ fn main() -> ExitCode {
         bench::run(&engine, quick);
     }
     if e2e {
-        e2e::run_all(GgmlType::Q8_0, !quick);
+        // --e2e-q4k: the end-to-end model in Q4_K instead of Q8_0.
+        e2e::run_all(if has("--e2e-q4k") { GgmlType::Q4_K } else { GgmlType::Q8_0 }, !quick);
     }
     if failures > 0 {
         println!("\nFAILED: {failures} checks");
