@@ -6,11 +6,10 @@
 mod common;
 
 use ane::build::GroupOp;
-use ane::ffi::{Driver, DriverError, WeightFile};
+use ane::ffi::DriverError;
 use ane::plan::PlanConfig;
-use ane::sim::{SimDriver, SimProgram, SimSurface};
 use ane::{AneConfig, AneEngine, EvalTimeout};
-use common::{reference, rel_err, weights, Rng};
+use common::{reference, rel_err, weights, EvalHook, HookedSim, Rng};
 use engine::matrix::cache::CacheBudget;
 use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::{Dispatcher, MatrixEngine, WeightKey};
@@ -20,9 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// SimDriver whose evaluation number `hang_at` (0-based) blocks until [`Hang::release`].
+/// An evaluation hook: evaluation number `hang_at` (0-based) blocks until [`Hang::release`].
 struct Hang {
-    sim: SimDriver,
     calls: AtomicUsize,
     hang_at: AtomicUsize,
     released: (Mutex<bool>, Condvar),
@@ -30,7 +28,7 @@ struct Hang {
 
 impl Hang {
     fn new() -> Self {
-        Hang { sim: SimDriver::new(), calls: 0.into(), hang_at: usize::MAX.into(), released: (Mutex::new(false), Condvar::new()) }
+        Hang { calls: 0.into(), hang_at: usize::MAX.into(), released: (Mutex::new(false), Condvar::new()) }
     }
     /// Hang the `k`-th evaluation from now.
     fn hang_in(&self, k: usize) {
@@ -42,57 +40,28 @@ impl Hang {
     }
 }
 
-impl Driver for Hang {
-    type Program = SimProgram;
-    type Surface = SimSurface;
-    fn name(&self) -> &str {
-        "ane-sim"
-    }
-    fn availability(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn throughput_hint(&self) -> (f64, f64) {
-        self.sim.throughput_hint()
-    }
-    fn compile(&self, mil: &str, w: &[WeightFile], procedures: usize) -> Result<SimProgram, DriverError> {
-        self.sim.compile(mil, w, procedures)
-    }
-    fn load(&self, p: &SimProgram) -> Result<(), DriverError> {
-        self.sim.load(p)
-    }
-    fn unload(&self, p: &SimProgram) {
-        self.sim.unload(p)
-    }
-    fn surface(&self, bytes: usize) -> Result<SimSurface, DriverError> {
-        self.sim.surface(bytes)
-    }
-    fn write(&self, s: &mut SimSurface, f: &mut dyn FnMut(&mut [u8])) -> Result<(), DriverError> {
-        self.sim.write(s, f)
-    }
-    fn read(&self, s: &SimSurface, f: &mut dyn FnMut(&[u8])) -> Result<(), DriverError> {
-        self.sim.read(s, f)
-    }
-    fn evaluate(&self, p: &SimProgram, procedure: usize, i: &[&SimSurface], o: &[&SimSurface]) -> Result<(), DriverError> {
+impl EvalHook for Hang {
+    fn before(&self, _: usize) -> Option<Result<(), DriverError>> {
         if self.calls.fetch_add(1, Ordering::SeqCst) == self.hang_at.load(Ordering::SeqCst) {
             let mut r = self.released.0.lock().unwrap();
             while !*r {
                 r = self.released.1.wait(r).unwrap();
             }
         }
-        self.sim.evaluate(p, procedure, i, o)
+        None
     }
 }
 
-fn engine() -> AneEngine<Hang> {
+fn engine() -> AneEngine<HookedSim<Hang>> {
     let cfg = AneConfig {
         plan: PlanConfig { buckets: vec![32, 64], ..PlanConfig::default() },
         eval_timeout: Some(EvalTimeout { base: Duration::from_millis(300), min_flops_per_s: f64::INFINITY }),
         ..AneConfig::default()
     };
-    AneEngine::new(Hang::new(), cfg)
+    AneEngine::new(HookedSim::new("ane-sim", Hang::new()), cfg)
 }
 
-fn run(e: &AneEngine<Hang>, w: &Weight, x: &[f32], n: usize, bucket: usize) -> Result<Vec<f32>, String> {
+fn run(e: &AneEngine<HookedSim<Hang>>, w: &Weight, x: &[f32], n: usize, bucket: usize) -> Result<Vec<f32>, String> {
     let key = WeightKey::of(w);
     e.prepare(&key, w, bucket).map_err(|f| f.to_string())?;
     let mut out = vec![f32::NAN; n * w.rows];

@@ -8,11 +8,11 @@
 mod common;
 
 use ane::build::{Act, GroupOp};
-use ane::ffi::{Driver, DriverError, WeightFile};
+use ane::ffi::DriverError;
 use ane::plan::PlanConfig;
-use ane::sim::{SimDriver, SimProgram, SimSurface};
+use ane::sim::SimDriver;
 use ane::{AneConfig, AneEngine};
-use common::{reference, rel_err, weights, Rng};
+use common::{reference, rel_err, weights, EvalHook, HookedSim, Rng};
 use engine::arch::Activation;
 use engine::matrix::cache::CacheBudget;
 use engine::matrix::fault::FaultyEngine;
@@ -213,49 +213,19 @@ fn prepare_and_evict_follow_the_cache_keys() {
     assert!(rel_err(&out, &cpu) < 1e-2);
 }
 
-/// SimDriver whose fused MLP functions fail: in a program holding one MLP group, the
+/// An evaluation hook under which the fused MLP functions fail: in a program holding one MLP group, the
 /// procedures are (per bucket) the fused block, gate/up, down.
 struct FusedFails {
-    sim: SimDriver,
     failed: AtomicUsize,
 }
 
-impl Driver for FusedFails {
-    type Program = SimProgram;
-    type Surface = SimSurface;
-    fn name(&self) -> &str {
-        "ane-sim"
-    }
-    fn availability(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn throughput_hint(&self) -> (f64, f64) {
-        self.sim.throughput_hint()
-    }
-    fn compile(&self, mil: &str, w: &[WeightFile], procedures: usize) -> Result<SimProgram, DriverError> {
-        self.sim.compile(mil, w, procedures)
-    }
-    fn load(&self, p: &SimProgram) -> Result<(), DriverError> {
-        self.sim.load(p)
-    }
-    fn unload(&self, p: &SimProgram) {
-        self.sim.unload(p)
-    }
-    fn surface(&self, bytes: usize) -> Result<SimSurface, DriverError> {
-        self.sim.surface(bytes)
-    }
-    fn write(&self, s: &mut SimSurface, f: &mut dyn FnMut(&mut [u8])) -> Result<(), DriverError> {
-        self.sim.write(s, f)
-    }
-    fn read(&self, s: &SimSurface, f: &mut dyn FnMut(&[u8])) -> Result<(), DriverError> {
-        self.sim.read(s, f)
-    }
-    fn evaluate(&self, p: &SimProgram, procedure: usize, i: &[&SimSurface], o: &[&SimSurface]) -> Result<(), DriverError> {
+impl EvalHook for FusedFails {
+    fn before(&self, procedure: usize) -> Option<Result<(), DriverError>> {
         if procedure.is_multiple_of(3) {
             self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(DriverError("injected: fused MLP evaluation failed".into()));
+            return Some(Err(DriverError("injected: fused MLP evaluation failed".into())));
         }
-        self.sim.evaluate(p, procedure, i, o)
+        None
     }
 }
 
@@ -266,7 +236,7 @@ fn faults_in_the_fused_op_fall_back_to_the_cpu() {
     let (dim, ff, n) = (96, 160, 70);
     let ws = mlp_weights(dim, ff);
     let x = Rng(11).vec(n * dim, 1.0);
-    let ane = Arc::new(AneEngine::new(FusedFails { sim: SimDriver::new(), failed: AtomicUsize::new(0) }, AneConfig::default()));
+    let ane = Arc::new(AneEngine::new(HookedSim::new("ane-sim", FusedFails { failed: AtomicUsize::new(0) }), AneConfig::default()));
     ane.add_groups(vec![(ws.clone(), GroupOp::Mlp(Act::Silu))]).unwrap();
     let policy = PlacementPolicy::new(Backend::Named("ane-sim".into()), 64, None, SLOW_CPU);
     let d = Dispatcher::new(vec![ane.clone() as Arc<dyn MatrixEngine>], policy, CacheBudget::default(), false).unwrap();

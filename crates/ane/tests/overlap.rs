@@ -8,12 +8,12 @@
 mod common;
 
 use ane::build::{BuildConfig, GroupOp};
-use ane::ffi::{Driver, DriverError, WeightFile};
+use ane::ffi::{Driver, DriverError};
 use ane::mil::Layout;
 use ane::plan::PlanConfig;
-use ane::sim::{SimDriver, SimProgram, SimSurface};
+use ane::sim::SimDriver;
 use ane::{AneConfig, AneEngine};
-use common::{reference, rel_err, weights, Rng};
+use common::{reference, rel_err, weights, EvalHook, HookedSim, Rng};
 use engine::matrix::{MatrixEngine, WeightKey};
 use engine::weights::Weight;
 use gguf::GgmlType;
@@ -92,46 +92,16 @@ fn overlapped_calls_equal_sequential_ones_bit_for_bit() {
     }
 }
 
-/// SimDriver for everything but evaluate, which only waits `latency` (an ANE-like
+/// An evaluation hook that only waits `latency` instead of evaluating (an ANE-like
 /// evaluation: off the CPU). Its outputs are meaningless; only timing is read.
 struct Sleepy {
-    sim: SimDriver,
     latency: Duration,
 }
 
-impl Driver for Sleepy {
-    type Program = SimProgram;
-    type Surface = SimSurface;
-    fn name(&self) -> &str {
-        "sleepy"
-    }
-    fn availability(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn throughput_hint(&self) -> (f64, f64) {
-        self.sim.throughput_hint()
-    }
-    fn compile(&self, mil: &str, w: &[WeightFile], procedures: usize) -> Result<SimProgram, DriverError> {
-        self.sim.compile(mil, w, procedures)
-    }
-    fn load(&self, p: &SimProgram) -> Result<(), DriverError> {
-        self.sim.load(p)
-    }
-    fn unload(&self, p: &SimProgram) {
-        self.sim.unload(p)
-    }
-    fn surface(&self, bytes: usize) -> Result<SimSurface, DriverError> {
-        self.sim.surface(bytes)
-    }
-    fn write(&self, s: &mut SimSurface, f: &mut dyn FnMut(&mut [u8])) -> Result<(), DriverError> {
-        self.sim.write(s, f)
-    }
-    fn read(&self, s: &SimSurface, f: &mut dyn FnMut(&[u8])) -> Result<(), DriverError> {
-        self.sim.read(s, f)
-    }
-    fn evaluate(&self, _: &SimProgram, _: usize, _: &[&SimSurface], _: &[&SimSurface]) -> Result<(), DriverError> {
+impl EvalHook for Sleepy {
+    fn before(&self, _: usize) -> Option<Result<(), DriverError>> {
         std::thread::sleep(self.latency);
-        Ok(())
+        Some(Ok(()))
     }
 }
 
@@ -158,7 +128,7 @@ fn overlap_timing() {
     // ANE-like: 2·M·K·bucket at 3 TFLOP/s.
     let latency = Duration::from_secs_f64(2.0 * (m * k * bucket) as f64 / 3e12);
     for overlap in [false, true] {
-        let e = AneEngine::new(Sleepy { sim: SimDriver::new(), latency }, cfg(overlap));
+        let e = AneEngine::new(HookedSim::new("sleepy", Sleepy { latency }), cfg(overlap));
         let t = time_calls(&e, &w, &x, n, bucket, 5);
         eprintln!(
             "sleeping driver ({:.2} ms per evaluation), {m}x{k}, N={n} in {} tiles of {bucket}: overlap={overlap}: {:.2} ms",

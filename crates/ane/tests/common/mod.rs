@@ -1,7 +1,10 @@
 //! Shared helpers: deterministic random data, weights of any shape and type in an
-//! in-memory GGUF file, and the f64 reference matmul.
+//! in-memory GGUF file, the f64 reference matmul, and the interpreter driver with a hook
+//! in front of every evaluation.
 #![allow(dead_code)]
 
+use ane::ffi::{Driver, DriverError, WeightFile};
+use ane::sim::{SimDriver, SimProgram, SimSurface};
 use engine::weights::{TensorSource, Weight};
 use gguf::{GgmlType, GgufFile, GgufWriter};
 use std::sync::Arc;
@@ -69,4 +72,71 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+}
+
+/// What runs before each evaluation of a [`HookedSim`]: `Some(result)` replaces the
+/// evaluation (an injected fault, a stand-in latency), `None` lets the interpreter run it
+/// (after the hook has, say, waited).
+pub trait EvalHook: Send + Sync + 'static {
+    fn before(&self, procedure: usize) -> Option<Result<(), DriverError>>;
+}
+
+/// The MIL interpreter with a hook in front of every evaluation; the hook's own state is
+/// reached through `Deref` (`engine.driver().calls`).
+pub struct HookedSim<H> {
+    sim: SimDriver,
+    name: &'static str,
+    hook: H,
+}
+
+impl<H> HookedSim<H> {
+    /// An interpreter reporting itself as `name` (failures carry it as the engine name).
+    pub fn new(name: &'static str, hook: H) -> Self {
+        HookedSim { sim: SimDriver::new(), name, hook }
+    }
+}
+
+impl<H> std::ops::Deref for HookedSim<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hook
+    }
+}
+
+impl<H: EvalHook> Driver for HookedSim<H> {
+    type Program = SimProgram;
+    type Surface = SimSurface;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn availability(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        self.sim.throughput_hint()
+    }
+    fn compile(&self, mil: &str, w: &[WeightFile], procedures: usize) -> Result<SimProgram, DriverError> {
+        self.sim.compile(mil, w, procedures)
+    }
+    fn load(&self, p: &SimProgram) -> Result<(), DriverError> {
+        self.sim.load(p)
+    }
+    fn unload(&self, p: &SimProgram) {
+        self.sim.unload(p)
+    }
+    fn surface(&self, bytes: usize) -> Result<SimSurface, DriverError> {
+        self.sim.surface(bytes)
+    }
+    fn write(&self, s: &mut SimSurface, f: &mut dyn FnMut(&mut [u8])) -> Result<(), DriverError> {
+        self.sim.write(s, f)
+    }
+    fn read(&self, s: &SimSurface, f: &mut dyn FnMut(&[u8])) -> Result<(), DriverError> {
+        self.sim.read(s, f)
+    }
+    fn evaluate(&self, p: &SimProgram, procedure: usize, i: &[&SimSurface], o: &[&SimSurface]) -> Result<(), DriverError> {
+        match self.hook.before(procedure) {
+            Some(result) => result,
+            None => self.sim.evaluate(p, procedure, i, o),
+        }
+    }
 }
