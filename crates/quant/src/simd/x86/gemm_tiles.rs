@@ -100,6 +100,50 @@ pub(super) unsafe fn legacy_tile<const NR: usize, const X1: bool, const SH: u32>
     acc
 }
 
+/// Super-block `b`'s integer sums over its `G` equal groups, each times its row's i32
+/// scale: `scales` points at row 0's first scale of this block, `row_stride` apart per row.
+#[inline(always)]
+unsafe fn scaled_group_sums<const NR: usize, const G: usize>(
+    q: *const u8,
+    k: usize,
+    qs: *const __m512i,
+    stride: usize,
+    b: usize,
+    scales: *const i32,
+    row_stride: usize,
+) -> [[__m512i; NR]; MR] {
+    // 64 words of 4 quants per super-block, G groups of 64 / G words.
+    let words = 64 / G;
+    let mut s1 = [[_mm512_setzero_si512(); NR]; MR];
+    for j in 0..G {
+        let s = isums::<NR>(q, k, qs, stride, 64 * b + words * j, words, [_mm512_setzero_si512(); NR]);
+        for r in 0..MR {
+            let scale = _mm512_set1_epi32(*scales.add(r * row_stride + j));
+            for g in 0..NR {
+                s1[r][g] = _mm512_add_epi32(s1[r][g], _mm512_mullo_epi32(s[r][g], scale));
+            }
+        }
+    }
+    s1
+}
+
+/// Super-block `b`'s eight i16 pairs per row (mins or scales, `pairs` at row 0, `row_stride`
+/// apart) against the token groups' Q8_K bsum pairs (`dpwssd`).
+#[inline(always)]
+unsafe fn bsum_pair_sums<const NR: usize>(a: &ActPanels, g0: usize, b: usize, pairs: *const i32, row_stride: usize) -> [[__m512i; NR]; MR] {
+    let nb = a.k / 256;
+    let mut s2 = [[_mm512_setzero_si512(); NR]; MR];
+    for p in 0..8 {
+        for g in 0..NR {
+            let bs = ldi(&a.ix[((g0 + g) * nb + b) * 8 + p]);
+            for r in 0..MR {
+                s2[r][g] = _mm512_dpwssd_epi32(s2[r][g], _mm512_set1_epi32(*pairs.add(r * row_stride + p)), bs);
+            }
+        }
+    }
+    s2
+}
+
 /// Q4_K / Q5_K: sub-blocks of 32 with 6-bit scales (`i0`) and mins (`i1`, as pairs
 /// against Q8_K's bsum pairs), `d` and `dmin` per super-block.
 #[inline(always)]
@@ -112,25 +156,8 @@ pub(super) unsafe fn k4_tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanels
     let qs = panel_ptr(a, g0);
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     for b in 0..nb {
-        let mut s1 = [[_mm512_setzero_si512(); NR]; MR];
-        for j in 0..8 {
-            let s = isums::<NR>(q, k, qs, stride, 64 * b + 8 * j, 8, [_mm512_setzero_si512(); NR]);
-            for r in 0..MR {
-                let scale = _mm512_set1_epi32(*sc.add((r * nb + b) * 8 + j));
-                for g in 0..NR {
-                    s1[r][g] = _mm512_add_epi32(s1[r][g], _mm512_mullo_epi32(s[r][g], scale));
-                }
-            }
-        }
-        let mut s2 = [[_mm512_setzero_si512(); NR]; MR];
-        for p in 0..8 {
-            for g in 0..NR {
-                let bs = ldi(&a.ix[((g0 + g) * nb + b) * 8 + p]);
-                for r in 0..MR {
-                    s2[r][g] = _mm512_dpwssd_epi32(s2[r][g], _mm512_set1_epi32(*mp.add((r * nb + b) * 8 + p)), bs);
-                }
-            }
-        }
+        let s1 = scaled_group_sums::<NR, 8>(q, k, qs, stride, b, sc.add(b * 8), nb * 8);
+        let s2 = bsum_pair_sums::<NR>(a, g0, b, mp.add(b * 8), nb * 8);
         for g in 0..NR {
             let da = ld(&a.d[(g0 + g) * nb + b]);
             for r in 0..MR {
@@ -156,25 +183,8 @@ pub(super) unsafe fn q6k_tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanel
     let qs = panel_ptr(a, g0);
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     for b in 0..nb {
-        let mut s1 = [[_mm512_setzero_si512(); NR]; MR];
-        for j in 0..16 {
-            let s = isums::<NR>(q, k, qs, stride, 64 * b + 4 * j, 4, [_mm512_setzero_si512(); NR]);
-            for r in 0..MR {
-                let scale = _mm512_set1_epi32(*sc.add((r * nb + b) * 16 + j));
-                for g in 0..NR {
-                    s1[r][g] = _mm512_add_epi32(s1[r][g], _mm512_mullo_epi32(s[r][g], scale));
-                }
-            }
-        }
-        let mut s2 = [[_mm512_setzero_si512(); NR]; MR];
-        for p in 0..8 {
-            for g in 0..NR {
-                let bs = ldi(&a.ix[((g0 + g) * nb + b) * 8 + p]);
-                for r in 0..MR {
-                    s2[r][g] = _mm512_dpwssd_epi32(s2[r][g], _mm512_set1_epi32(*sp.add((r * nb + b) * 8 + p)), bs);
-                }
-            }
-        }
+        let s1 = scaled_group_sums::<NR, 16>(q, k, qs, stride, b, sc.add(b * 16), nb * 16);
+        let s2 = bsum_pair_sums::<NR>(a, g0, b, sp.add(b * 8), nb * 8);
         for g in 0..NR {
             let da = ld(&a.d[(g0 + g) * nb + b]);
             for r in 0..MR {
