@@ -1,14 +1,12 @@
 //! The forward pass over a batch of tokens: embeddings → decoder blocks → logits.
 //! One function serves every architecture; the config's options switch the parts on.
 
-use crate::arch::RopeStyle;
-use crate::cpu::attention::AttnShape;
+use crate::block::{rope_angles, run_block, StackInput};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
-use crate::matrix::{Dispatcher, FeedForward};
-use crate::model::{Layer, Model};
-use rayon::prelude::*;
+use crate::matrix::Dispatcher;
+use crate::model::Model;
 use std::ops::Range;
 
 /// One sequence of a batched forward pass.
@@ -113,8 +111,22 @@ impl Runner {
                 row += s.tokens.len();
             }
             let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-            for (il, layer) in self.model.layers.iter().enumerate() {
-                self.block(il, layer, &mut x, &positions, &spans, &mut caches);
+            let rope_global = rope_angles(&self.rope_global, &positions);
+            let any_local = c.swa_layers.iter().any(|&l| l);
+            let rope_local = if any_local { rope_angles(&self.rope_local, &positions) } else { Vec::new() };
+            let input = StackInput {
+                model: &self.model,
+                positions: &positions,
+                spans: &spans,
+                rope_global: &rope_global,
+                rope_local: if any_local { &rope_local } else { &rope_global },
+            };
+            // An engine may take the whole stack (activations stay on it); otherwise block by
+            // block here, each op placed on its own.
+            if !self.dispatcher.stack(&input, &mut x, &mut caches) {
+                for il in 0..c.n_layer {
+                    run_block(&self.dispatcher, &input, il, &mut x, &mut caches).expect("the dispatcher falls back by itself");
+                }
             }
             for (cache, span) in caches.iter_mut().zip(&spans) {
                 let len = cache.len() + span.len();
@@ -154,83 +166,5 @@ impl Runner {
             }
         }
         x
-    }
-
-    fn block(
-        &self,
-        il: usize,
-        l: &Layer,
-        x: &mut [f32],
-        positions: &[usize],
-        spans: &[Range<usize>],
-        caches: &mut [&mut KvCache],
-    ) {
-        let c = &self.model.config;
-        let n = positions.len();
-        let mut h = vec![0f32; x.len()];
-        ops::rms_norm_into(x, &l.attn_norm, c.norm_eps, &mut h);
-
-        // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
-        let mut q = vec![0f32; n * l.wq.rows];
-        let mut k = vec![0f32; n * l.wk.rows];
-        let mut v = vec![0f32; n * l.wv.rows];
-        self.dispatcher.matmul_group(&[&l.wq, &l.wk, &l.wv], &h, &mut [&mut q, &mut k, &mut v]);
-        for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-            if let Some(b) = b {
-                ops::add_bias(t, b);
-            }
-        }
-        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            ops::rms_norm(&mut q, qn, c.norm_eps);
-            ops::rms_norm(&mut k, kn, c.norm_eps);
-        }
-        let local = c.swa_layers[il];
-        let rope = if local { &self.rope_local } else { &self.rope_global };
-        let neox = c.rope_style == RopeStyle::Neox;
-        // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
-        let (qd, kd, hd, rd) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.head_dim, c.rope_dims);
-        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(positions.par_iter()).for_each_init(
-            Vec::new,
-            |angles, ((qt, kt), &pos)| {
-                rope.angles(pos, angles);
-                for head in qt.chunks_exact_mut(hd) {
-                    RopeTable::rotate(&mut head[..rd], angles, neox);
-                    head.iter_mut().for_each(|v| *v *= c.attn_scale);
-                }
-                for head in kt.chunks_exact_mut(hd) {
-                    RopeTable::rotate(&mut head[..rd], angles, neox);
-                }
-            },
-        );
-        let shape = AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            head_dim_v: c.head_dim_v,
-            window: if local { c.swa_window } else { None },
-        };
-        let (qd, kd, vd, od) = (l.wq.rows, l.wk.rows, l.wv.rows, c.n_head * c.head_dim_v);
-        let mut attn = vec![0f32; n * od];
-        for (cache, span) in caches.iter_mut().zip(spans) {
-            let (a, b) = (span.start, span.end);
-            cache.store(il, positions[a], &k[a * kd..b * kd], &v[a * vd..b * vd]);
-            let (kc, vc) = cache.layer(il);
-            self.dispatcher.attention(&shape, &q[a * qd..b * qd], &positions[a..b], kc, vc, &mut attn[a * od..b * od]);
-        }
-        let mut o = vec![0f32; n * c.n_embd];
-        self.dispatcher.matmul(&l.wo, &attn, &mut o);
-        if let Some(w) = &l.post_attn_norm {
-            ops::rms_norm(&mut o, w, c.norm_eps);
-        }
-        ops::add_assign(x, &o);
-
-        ops::rms_norm_into(x, &l.ffn_norm, c.norm_eps, &mut h);
-        let mut down = vec![0f32; n * c.n_embd];
-        let ffn = FeedForward { gate: &l.w_gate, up: &l.w_up, down: &l.w_down, activation: c.activation };
-        self.dispatcher.feed_forward(&ffn, &h, &mut down);
-        if let Some(w) = &l.post_ffn_norm {
-            ops::rms_norm(&mut down, w, c.norm_eps);
-        }
-        ops::add_assign(x, &down);
     }
 }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod block;
 pub mod cpu;
 pub mod error;
 pub mod forward;

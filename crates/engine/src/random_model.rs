@@ -102,6 +102,12 @@ impl RandomModelSpec {
             .set(&key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
             .set(&key("rope.freq_base"), Value::F32(self.rope_base))
             .set(&key("vocab_size"), Value::U32(self.vocab as u32));
+        if a == "gemma3" {
+            // Sliding-window layers (every other one) with their own RoPE base, as Gemma 3 has.
+            w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW))
+                .set(&key("attention.sliding_window_pattern"), Value::U32(2))
+                .set(&key("rope.freq_base_swa"), Value::F32(self.rope_base / 100.0));
+        }
         self.add_vocab(&mut w);
 
         let hd = self.dim / self.heads;
@@ -140,9 +146,16 @@ impl RandomModelSpec {
         for ((name, cols, rows), data) in mats.iter().zip(datas) {
             w.add_tensor(name, &[*cols as u64, *rows as u64], self.ty, data).map_err(|e| e.to_string())?;
         }
-        for (name, n) in vecs {
-            let ones: Vec<u8> = std::iter::repeat_n(1f32.to_le_bytes(), n).flatten().collect();
-            w.add_tensor(&name, &[n as u64], GgmlType::F32, ones).map_err(|e| e.to_string())?;
+        // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
+        for (i, (name, n)) in vecs.into_iter().enumerate() {
+            let mut st = splitmix(self.seed ^ 0x6e6f_726d ^ ((i as u64) << 32));
+            let data: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    st = splitmix(st);
+                    (0.5 + (st >> 40) as f32 / (1u64 << 24) as f32).to_le_bytes()
+                })
+                .collect();
+            w.add_tensor(&name, &[n as u64], GgmlType::F32, data).map_err(|e| e.to_string())?;
         }
         Ok(w)
     }
@@ -187,6 +200,9 @@ impl RandomModelSpec {
             .set("tokenizer.ggml.add_bos_token", Value::Bool(true));
     }
 }
+
+/// The sliding window of generated gemma3 models: short, so tests' prompts cross it.
+pub const SWA_WINDOW: u32 = 128;
 
 fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

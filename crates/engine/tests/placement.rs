@@ -267,3 +267,90 @@ fn kernel_cache_on_disk_is_reused_and_corruption_rebuilt() {
     assert_ne!(std::fs::read(&files[0]).unwrap(), b, "the corrupt entry was rewritten");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two sequences in one batch — one fresh, one continuing a 10-token prefix — then three
+/// decode steps of both: every logit row of the batch and of the steps.
+fn two_sequences(r: &Runner, a: &[u32], b: &[u32]) -> Vec<f32> {
+    use engine::forward::Sequence;
+    let (mut ca, mut cb) = (r.new_cache(256), r.new_cache(256));
+    r.forward(&mut cb, &prompt(10, 97), 9..10).unwrap();
+    let mut out = Vec::new();
+    let mut seqs = [
+        Sequence { cache: &mut ca, tokens: a, logit_rows: 0..a.len() },
+        Sequence { cache: &mut cb, tokens: b, logit_rows: 0..b.len() },
+    ];
+    r.forward_batch(&mut seqs).unwrap().into_iter().for_each(|l| out.extend(l));
+    for step in 0..3u32 {
+        let t = [step * 31 + 5];
+        let mut seqs = [
+            Sequence { cache: &mut ca, tokens: &t, logit_rows: 0..1 },
+            Sequence { cache: &mut cb, tokens: &t, logit_rows: 0..1 },
+        ];
+        r.forward_batch(&mut seqs).unwrap().into_iter().for_each(|l| out.extend(l));
+    }
+    out
+}
+
+#[test]
+fn whole_stack_on_an_engine_equals_its_ops_placed_one_by_one() {
+    // The stack runs the shared block code over the reference engine's own ops, so it must
+    // give exactly what the dispatcher gives placing each op there — and leave in the caches
+    // the K/V that the CPU's decode steps (N = 2 < 64) then read. llama and gemma3 (QK-norm,
+    // post-norms, GELU, sliding-window layers crossed by 150 tokens).
+    let (a, b) = (prompt(150, 512), prompt(70, 509));
+    for arch in ["llama", "gemma3"] {
+        let spec = RandomModelSpec { arch: arch.into(), ..RandomModelSpec::preset("tiny", GgmlType::Q8_0).unwrap() };
+        let load = || Model::from_file(Arc::new(gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap()), &mut |_, _| {}).unwrap();
+        let stack = runner(load(), vec![Arc::new(ReferenceEngine::new().with_stacks())], Backend::Auto, 64, CacheBudget::default());
+        let ops = runner(load(), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 64, CacheBudget::default());
+        let (got, want) = (two_sequences(&stack, &a, &b), two_sequences(&ops, &a, &b));
+        assert!(got.iter().all(|v| v.is_finite()));
+        assert!(got == want, "{arch}: the stack differs from its ops one by one");
+        let s = stack.dispatcher.stats.snapshot();
+        // Two layers once (the batch); the 10-token prefix and decode steps stay on the CPU.
+        assert_eq!((s["ref"].blocks, s["ref"].attention, s["ref"].failures), (2, 0, 0), "{arch}: {s:?}");
+        assert_eq!(ops.dispatcher.stats.snapshot()["ref"].blocks, 0);
+        // The CPU alone differs (quantized activations) but not by much.
+        let cpu = two_sequences(&runner(load(), vec![], Backend::Cpu, 64, CacheBudget::default()), &a, &b);
+        let diff = got.iter().zip(&cpu).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 0.5, "{arch}: {diff}");
+    }
+}
+
+#[test]
+fn failed_stack_is_recomputed_and_its_cache_rows_rewritten() {
+    // Every op fails: the stack leaves NaN in the hidden states and in the new cache rows,
+    // then every op placed one by one fails too; everything runs on the CPU, bit for bit.
+    let (a, b) = (prompt(100, 512), prompt(64, 509));
+    let cpu = two_sequences(&runner(tiny_model(GgmlType::Q4_K), vec![], Backend::Cpu, 64, CacheBudget::default()), &a, &b);
+    let faulty: Arc<dyn MatrixEngine> = Arc::new(FaultyEngine::new(Arc::new(ReferenceEngine::new().with_stacks()), 1));
+    let r = runner(tiny_model(GgmlType::Q4_K), vec![faulty], Backend::Auto, 64, CacheBudget::default());
+    assert_eq!(two_sequences(&r, &a, &b), cpu);
+    let s = r.dispatcher.stats.snapshot();
+    assert_eq!(s["ref+faults"].blocks, 0);
+    // The stack, then per layer Q/K/V, two attentions, O, the feed-forward block, and the
+    // output matmul of the batch's 164 logit rows.
+    assert_eq!(s["ref+faults"].failures, 1 + 2 * 5 + 1, "{s:?}");
+}
+
+#[test]
+fn a_model_over_the_budget_is_not_run_as_a_stack() {
+    // Tiny's weights in f32 take 2.5 MiB: with 1 MiB they cannot all stay resident, so
+    // the ops are placed one by one (weights coming and going through the cache).
+    let budget = CacheBudget { memory_bytes: 1 << 20, max_compiles: usize::MAX };
+    let r = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new().with_stacks())], Backend::Auto, 1, budget);
+    let policy = PlacementPolicy::new(Backend::Auto, 1, None, SLOW_CPU);
+    let refe = ReferenceEngine::new().with_stacks();
+    let model = tiny_model(GgmlType::Q8_0);
+    let need = |_: &dyn MatrixEngine| 5 << 19;
+    let d = policy.decide_stack(&[&refe], &model.config, 80, (1e9, 1e6), &need, 1 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("over its 0.00 GiB budget"), "{}", d.reason);
+    assert_eq!(policy.decide_stack(&[&refe], &model.config, 80, (1e9, 1e6), &need, 4 << 20).engine, Some(0));
+    let d = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&refe], &model.config, 63, (1e9, 1e6), &need, 4 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("N=63 < --offload-min-batch 64"), "{}", d.reason);
+    let d = policy.decide_stack(&[&ReferenceEngine::new()], &model.config, 80, (1e9, 1e6), &need, 4 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("whole stacks are off"), "{}", d.reason);
+    logits_of(&r, &prompt(80, 512));
+    let s = r.dispatcher.stats.snapshot();
+    assert!(s["ref"].blocks == 0 && s["ref"].matmuls > 0 && s["ref"].evictions > 0, "{s:?}");
+}

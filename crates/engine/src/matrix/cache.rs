@@ -120,6 +120,11 @@ impl PreparedCache {
         Ok(())
     }
 
+    /// The budgets.
+    pub fn budget(&self) -> CacheBudget {
+        self.budget
+    }
+
     /// Bytes held by an engine.
     pub fn used(&self, engine: &str) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).used.get(engine).copied().unwrap_or(0)

@@ -8,6 +8,8 @@ use super::policy::{Backend, Decision, PlacementPolicy};
 use super::stats::Stats;
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::arch::Activation;
+use crate::block::StackInput;
+use crate::kv_cache::KvCache;
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
 use half::f16;
@@ -201,6 +203,52 @@ impl Dispatcher {
             s.flops += cost.0;
             s.time += t0.elapsed();
         });
+    }
+
+    /// A batch's whole decoder stack on one engine, when the policy places it there (see
+    /// [`MatrixEngine::stack`]): every weight is prepared first, then the engine runs every
+    /// block with the hidden states kept on it. Returns false when the stack stays here —
+    /// not placed, or failed (then `x` is restored and the caller runs the blocks itself,
+    /// rewriting any K/V rows the engine stored).
+    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> bool {
+        if self.accelerators.is_empty() && !self.verbose {
+            return false;
+        }
+        let n = input.n();
+        let model = input.model;
+        let cost = super::stack_cost(input);
+        let needed = |e: &dyn MatrixEngine| -> usize {
+            model.layers.iter().flat_map(StackInput::weights).map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum()
+        };
+        let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
+        let decision = self.policy.decide_stack(&engines, &model.config, n, cost, &needed, self.cache.budget().memory_bytes);
+        if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack".into(), n)) {
+            let name = decision.engine.map_or("cpu", |i| engines[i].name());
+            eprintln!("placement: decoder stack N={n} -> {name}: {}", decision.reason);
+        }
+        let Some(engine) = decision.engine.map(|i| engines[i]) else { return false };
+        let t0 = Instant::now();
+        let bucket = bucket_for(engine.n_buckets(), n);
+        let prepared = model.layers.iter().flat_map(StackInput::weights).try_for_each(|w| {
+            self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats)
+        });
+        let saved = x.to_vec();
+        let result = prepared.and_then(|_| engine.stack(input, x, caches));
+        match result {
+            Ok(()) => {
+                self.stats.with(engine.name(), |s| {
+                    s.blocks += model.layers.len() as u64;
+                    s.flops += cost.0;
+                    s.time += t0.elapsed();
+                });
+                true
+            }
+            Err(f) => {
+                x.copy_from_slice(&saved);
+                self.report_failure(&f);
+                false
+            }
+        }
     }
 
     /// The unfused block: gate and up through `group`, the activation on the CPU, down through `group`.

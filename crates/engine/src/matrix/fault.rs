@@ -2,7 +2,10 @@
 //! failing accelerator never leaves an output uncomputed.
 
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::arch::Config;
+use crate::block::StackInput;
 use crate::cpu::attention::AttnShape;
+use crate::kv_cache::KvCache;
 use crate::weights::Weight;
 use half::f16;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,5 +113,27 @@ impl MatrixEngine for FaultyEngine {
             return Err(f);
         }
         self.inner.attention(shape, q, positions, k_cache, v_cache, out)
+    }
+    fn prepared_bytes(&self, shape: &MatmulShape) -> usize {
+        self.inner.prepared_bytes(shape)
+    }
+    fn supports_stack(&self, config: &Config) -> Result<(), String> {
+        self.inner.supports_stack(config)
+    }
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+        if let Err(f) = self.maybe_fail() {
+            // Garbage in the hidden states and in the cache rows the batch would have filled.
+            x.fill(f32::NAN);
+            for (il, _) in input.model.layers.iter().enumerate() {
+                for (cache, span) in caches.iter_mut().zip(input.spans) {
+                    let pos0 = input.positions[span.start];
+                    let (kd, vd) = (cache.layer(il).0.len() / cache.n_ctx(), cache.layer(il).1.len() / cache.n_ctx());
+                    let nan = vec![f32::NAN; span.len() * kd.max(vd)];
+                    cache.store(il, pos0, &nan[..span.len() * kd], &nan[..span.len() * vd]);
+                }
+            }
+            return Err(f);
+        }
+        self.inner.stack(input, x, caches)
     }
 }

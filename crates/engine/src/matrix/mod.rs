@@ -3,9 +3,10 @@
 //! prepare each weight once ([`cache::PreparedCache`] keeps the budget); a failing
 //! engine's op is recomputed on the CPU in the same step and counted.
 //!
-//! An engine takes matrix multiplications only — one weight times `[N, K]` activations,
-//! or a group of weights sharing one input (Q/K/V, gate/up). Everything else stays on
-//! the CPU.
+//! An engine takes matrix multiplications — one weight times `[N, K]` activations, or a
+//! group of weights sharing one input (Q/K/V, gate/up) — and optionally larger units: a
+//! feed-forward block, a prefill's attention, or a batch's whole decoder stack (only the
+//! hidden states and the new K/V cross to it and back). Everything else stays on the CPU.
 
 pub mod cache;
 pub mod cpu_engine;
@@ -18,8 +19,10 @@ pub mod stats;
 
 pub use dispatch::Dispatcher;
 
-use crate::arch::Activation;
+use crate::arch::{Activation, Config};
+use crate::block::StackInput;
 use crate::cpu::attention::AttnShape;
+use crate::kv_cache::KvCache;
 use crate::weights::Weight;
 use half::f16;
 use quant::GgmlType;
@@ -175,6 +178,26 @@ pub trait MatrixEngine: Send + Sync {
         let _ = shape;
         Err("no attention on this engine".into())
     }
+    /// Bytes a prepared weight of this shape holds on the engine (f16 by default), for
+    /// deciding whether a whole model fits its budget.
+    fn prepared_bytes(&self, shape: &MatmulShape) -> usize {
+        shape.m * shape.k * 2
+    }
+    /// Whether [`stack`](Self::stack) can run this model's decoder blocks (`Err` says why
+    /// not); by default no engine runs whole stacks.
+    fn supports_stack(&self, config: &Config) -> Result<(), String> {
+        let _ = config;
+        Err("no whole decoder stacks on this engine".into())
+    }
+    /// Every decoder block of the model over a batch, as [`crate::block::run_block`] defines
+    /// them: `x` (`[n, n_embd]`, the embeddings) becomes the last block's output, and each
+    /// sequence's cache receives the new tokens' K/V at their positions (its length is left
+    /// to the caller). Every weight of the stack is prepared before the call. On failure
+    /// `x` and the caches' new rows may hold anything: the caller recomputes both.
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+        let _ = (input, x, caches);
+        Err(EngineFailure { engine: self.name().into(), what: "this engine does not run decoder stacks".into() })
+    }
     /// Causal attention of a batch of queries over a layer's f16 KV cache, exactly as
     /// [`crate::cpu::attention::attention`] defines it (same arguments and layouts).
     fn attention(
@@ -189,6 +212,22 @@ pub trait MatrixEngine: Send + Sync {
         let _ = (shape, q, positions, k_cache, v_cache, out);
         Err(EngineFailure { engine: self.name().into(), what: "this engine does not run attention".into() })
     }
+}
+
+/// The work of a decoder stack over `positions`, for the cost model: FLOPs (every matmul
+/// and every attention) and the bytes that cross to an engine and back (hidden states in
+/// and out in f32, new K/V out in f16).
+pub fn stack_cost(input: &StackInput<'_>) -> (f64, f64) {
+    let (c, n) = (&input.model.config, input.n());
+    let mut flops = 0.0;
+    for (il, l) in input.model.layers.iter().enumerate() {
+        flops += StackInput::weights(l).iter().map(|w| MatmulShape::of(w, n).flops()).sum::<f64>();
+        for span in input.spans {
+            flops += attention_cost(&input.attn_shape(il), &input.positions[span.clone()]).0;
+        }
+    }
+    let kv = (c.n_head_kv * (c.head_dim + c.head_dim_v) * 2 * c.n_layer) as f64;
+    (flops, n as f64 * (8.0 * c.n_embd as f64 + kv))
 }
 
 /// The work of one attention call, for the cost model: FLOPs (QKᵀ and PV) and the bytes an

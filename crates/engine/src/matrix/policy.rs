@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// Which engines may take matmuls (`--backend`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -213,6 +215,62 @@ impl PlacementPolicy {
                 };
             }
             why_not.push(format!("attention cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3));
+        }
+        if why_not.is_empty() {
+            why_not.push("no accelerator".into());
+        }
+        Decision::cpu(why_not.join("; "))
+    }
+
+    /// Decide whether an engine runs a batch's whole decoder stack: one that supports the
+    /// model, when N reaches the minimum batch, every prepared weight fits the budget at once
+    /// (`needed(engine)` bytes against `budget`: resident mode; otherwise ops are placed one
+    /// by one and weights come and go through the cache) and the cost model (`flops`, `bytes`
+    /// crossing) says it is faster than the CPU.
+    pub fn decide_stack(
+        &self,
+        engines: &[&dyn MatrixEngine],
+        config: &crate::arch::Config,
+        n: usize,
+        (flops, bytes): (f64, f64),
+        needed: &dyn Fn(&dyn MatrixEngine) -> usize,
+        budget: usize,
+    ) -> Decision {
+        if self.backend == Backend::Cpu {
+            return Decision::cpu("--backend cpu");
+        }
+        let mut why_not = Vec::new();
+        for (i, e) in engines.iter().enumerate() {
+            if let Backend::Named(name) = &self.backend {
+                if name != e.name() {
+                    continue;
+                }
+            }
+            if let Err(r) = e.supports_stack(config) {
+                why_not.push(format!("{}: {r}", e.name()));
+                continue;
+            }
+            if n < self.min_batch {
+                why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch));
+                continue;
+            }
+            let need = needed(*e);
+            if need > budget {
+                why_not.push(format!(
+                    "the model's weights need {:.2} GiB on {}, over its {:.2} GiB budget: ops placed one by one",
+                    need as f64 / GIB,
+                    e.name(),
+                    budget as f64 / GIB
+                ));
+                continue;
+            }
+            let (e_flops, e_bw) = e.throughput_hint();
+            let (t_engine, t_cpu) = (flops / e_flops + bytes / e_bw, flops / self.cpu.0);
+            let costs = format!("cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3);
+            if t_engine < t_cpu {
+                return Decision { engine: Some(i), reason: format!("whole stack N={n}: {costs}") };
+            }
+            why_not.push(costs);
         }
         if why_not.is_empty() {
             why_not.push("no accelerator".into());

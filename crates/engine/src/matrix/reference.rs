@@ -6,7 +6,10 @@
 
 use super::disk_cache::{DiskCache, Lookup};
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
-use crate::arch::Activation;
+use super::cache::bucket_for;
+use crate::arch::{Activation, Config};
+use crate::block::{run_block, BlockOps, StackInput};
+use crate::kv_cache::KvCache;
 use crate::cpu::attention::AttnShape;
 use half::f16;
 use crate::cpu::ops;
@@ -23,6 +26,7 @@ pub const REF_BUCKETS: [usize; 6] = [64, 128, 256, 512, 1024, 2048];
 pub struct ReferenceEngine {
     prepared: Mutex<HashMap<(WeightKey, usize), Arc<Vec<f32>>>>,
     disk: Option<DiskCache>,
+    stacks: bool,
 }
 
 /// Bumped whenever the prepared format changes, so old disk entries are stale.
@@ -37,6 +41,13 @@ impl ReferenceEngine {
     /// Keep prepared weights in `disk` across processes (`--kernel-cache`).
     pub fn with_disk_cache(disk: DiskCache) -> Self {
         ReferenceEngine { disk: Some(disk), ..Self::default() }
+    }
+
+    /// Also take whole decoder stacks (the shared block code over this engine's own ops),
+    /// as an engine that keeps activations resident would.
+    pub fn with_stacks(mut self) -> Self {
+        self.stacks = true;
+        self
     }
 
     fn load_or_convert(&self, w: &Weight, bucket: usize) -> Vec<f32> {
@@ -138,6 +149,20 @@ impl MatrixEngine for ReferenceEngine {
     fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
         Ok(())
     }
+    fn prepared_bytes(&self, s: &MatmulShape) -> usize {
+        s.m * s.k * 4
+    }
+    fn supports_stack(&self, _: &Config) -> Result<(), String> {
+        if self.stacks {
+            Ok(())
+        } else {
+            Err("whole stacks are off (ReferenceEngine::with_stacks)".into())
+        }
+    }
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+        let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()) };
+        (0..input.model.layers.len()).try_for_each(|il| run_block(&ops, input, il, x, caches))
+    }
     fn attention(
         &self,
         s: &AttnShape,
@@ -174,6 +199,28 @@ impl MatrixEngine for ReferenceEngine {
             }
         });
         Ok(())
+    }
+}
+
+/// The reference engine's own ops, for the shared block code: every matmul on its f32
+/// GEMM (weights prepared by the dispatcher for `bucket`), attention in f64.
+struct RefOps<'a> {
+    engine: &'a ReferenceEngine,
+    bucket: usize,
+}
+
+impl BlockOps for RefOps<'_> {
+    fn matmul_group(&self, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
+        let refs: Vec<&WeightKey> = keys.iter().collect();
+        self.engine.matmul(&refs, ws, self.bucket, x, x.len() / ws[0].cols, outs)
+    }
+    fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
+        let keys = f.weights().map(WeightKey::of);
+        self.engine.feed_forward([&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
+    }
+    fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
+        self.engine.attention(s, q, positions, kc, vc, out)
     }
 }
 

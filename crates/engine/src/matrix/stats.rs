@@ -13,6 +13,8 @@ pub struct EngineStats {
     pub fused_blocks: u64,
     /// Attention calls (a layer's batch each; their FLOPs are counted in `flops`).
     pub attention: u64,
+    /// Decoder blocks run whole (within stacks: hidden states kept on the engine).
+    pub blocks: u64,
     /// Floating-point operations done.
     pub flops: f64,
     /// Wall time inside the engine.
@@ -57,15 +59,16 @@ impl Stats {
     /// The placement summary table.
     pub fn summary(&self) -> String {
         let mut s = String::from(
-            "placement: engine   matmuls (fused ffn)  attention      GFLOP    time(s)   GFLOP/s  cache hit/miss/compile  failures\n",
+            "placement: engine   matmuls (fused ffn)  attention  blocks      GFLOP    time(s)   GFLOP/s  cache hit/miss/compile  failures\n",
         );
         for (name, e) in self.snapshot() {
             let secs = e.time.as_secs_f64();
             s.push_str(&format!(
-                "placement: {name:<6} {:>9} {:>11} {:>10} {:>10.1} {:>10.3} {:>9.1}  {:>6}/{}/{} ({:.2}s)  {:>8}\n",
+                "placement: {name:<6} {:>9} {:>11} {:>10} {:>7} {:>10.1} {:>10.3} {:>9.1}  {:>6}/{}/{} ({:.2}s)  {:>8}\n",
                 e.matmuls,
                 if e.fused_blocks > 0 { format!("({})", e.fused_blocks) } else { String::new() },
                 e.attention,
+                e.blocks,
                 e.flops / 1e9,
                 secs,
                 if secs > 0.0 { e.flops / 1e9 / secs } else { 0.0 },
