@@ -44,6 +44,25 @@ fn tiled_plan(s: &AttnShape) -> Option<(usize, u32)> {
     (s.head_dim.is_multiple_of(2) && words * 4 <= 48 << 10).then_some((tq, (words * 4) as u32))
 }
 
+fn int(v: usize) -> Res<i32> {
+    i32::try_from(v).map_err(|_| format!("{v} exceeds the kernel's int range"))
+}
+
+/// Launch attention of `n` tokens on the compute stream over device buffers `ptrs` = q (f32),
+/// K and V cache rows from position `first` on (f16), positions (i32), out (f32).
+pub(crate) fn launch(gpu: &Gpu, s: &AttnShape, ptrs: [u64; 5], n: usize, first: usize) -> Res<()> {
+    let window = s.window.map_or(Ok(0), int)?;
+    let mut ints = vec![int(s.n_head)?, int(s.n_head_kv)?, int(s.head_dim)?, int(s.head_dim_v)?, int(first)?, window];
+    let group = s.n_head / s.n_head_kv;
+    match tiled_plan(s) {
+        Some((tq, smem)) => {
+            ints.extend([int(n)?, int(tq)?]);
+            gpu.launch_attention("attn_tiled", ptrs, &ints, (n.div_ceil(tq) as u32, s.n_head_kv as u32), (32 * group * tq) as u32, smem)
+        }
+        None => gpu.launch_attention("attn_causal", ptrs, &ints, (n as u32, s.n_head_kv as u32), (32 * group) as u32, 0),
+    }
+}
+
 /// As `engine::cpu::attention::attention`, on the card's compute stream.
 pub(crate) fn run(
     gpu: &Gpu,
@@ -67,7 +86,6 @@ pub(crate) fn run(
     if q.len() < n * qd || out.len() < n * od || k_cache.len() < (last + 1) * kvd || v_cache.len() < (last + 1) * vd {
         return Err(format!("attention buffers do not match {n} tokens up to position {last}"));
     }
-    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernel's int range"));
     let pos: Vec<i32> = positions.iter().map(|&p| int(p)).collect::<Res<_>>()?;
     gpu.bind()?;
     let d_q = ensure_dev(&gpu.ctx, &mut b.q, n * qd * 4)?;
@@ -85,17 +103,7 @@ pub(crate) fn run(
             drv::memcpy_htod_async(d_v, halves(&v_cache[first * vd..(last + 1) * vd]), stream).map_err(err("upload values"))?;
             drv::memcpy_htod_async(d_pos, &pos[..], stream).map_err(err("upload positions"))?;
         }
-        let window = s.window.map_or(Ok(0), int)?;
-        let ptrs = [d_q, d_k, d_v, d_pos, d_out];
-        let mut ints = vec![int(s.n_head)?, int(s.n_head_kv)?, int(s.head_dim)?, int(s.head_dim_v)?, int(first)?, window];
-        let group = s.n_head / s.n_head_kv;
-        match tiled_plan(s) {
-            Some((tq, smem)) => {
-                ints.extend([int(n)?, int(tq)?]);
-                gpu.launch_attention("attn_tiled", ptrs, &ints, (n.div_ceil(tq) as u32, s.n_head_kv as u32), (32 * group * tq) as u32, smem)?
-            }
-            None => gpu.launch_attention("attn_causal", ptrs, &ints, (n as u32, s.n_head_kv as u32), (32 * group) as u32, 0)?,
-        }
+        launch(gpu, s, [d_q, d_k, d_v, d_pos, d_out], n, first)?;
         unsafe { drv::memcpy_dtoh_async(&mut out[..n * od], d_out, stream) }.map_err(err("download attention"))?;
         gpu.s_comp.synchronize().map_err(err("attention"))
     })();

@@ -18,6 +18,16 @@ pub(crate) fn err(what: &str) -> impl Fn(drv::DriverError) -> String + '_ {
     move |e| format!("{what}: {e:?}")
 }
 
+/// One kernel argument.
+pub(crate) enum KArg {
+    /// A device pointer.
+    P(u64),
+    /// An int.
+    I(i32),
+    /// A float.
+    F(f32),
+}
+
 /// Device memory (cuMemAlloc), freed on drop with the context made current first.
 pub(crate) struct DevBuf {
     ctx: Arc<CudaContext>,
@@ -266,6 +276,24 @@ impl Gpu {
             b.arg(i);
         }
         // SAFETY: the arguments match the kernel's signature in kernels.rs.
+        unsafe { b.launch(cfg) }.map_err(err(kernel))?;
+        Ok(())
+    }
+
+    /// Launch `kernel` on the compute stream with `grid` blocks of `threads` and these
+    /// arguments (device pointers as `P`, 0 for an absent optional input).
+    pub(crate) fn launch(&self, kernel: &str, grid: u32, threads: u32, args: &[KArg]) -> Res<()> {
+        let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.s_comp.launch_builder(f);
+        for a in args {
+            match a {
+                KArg::P(p) => b.arg(p),
+                KArg::I(i) => b.arg(i),
+                KArg::F(x) => b.arg(x),
+            };
+        }
+        // SAFETY: callers pass the arguments of the kernel's signature in kernels.rs, in order.
         unsafe { b.launch(cfg) }.map_err(err(kernel))?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The CUDA C source compiled by NVRTC at start-up: one dequantize kernel per ggml
 //! weight format, raw blocks → f16 `[M, K]`, the feed-forward activations, causal
-//! attention, and a fill kernel for benchmarks.
+//! attention, the norms, RoPE and residuals of whole decoder blocks, and a fill kernel
+//! for benchmarks.
 //!
 //! Each kernel maps one thread to one output element (grid-stride): the blocks of a
 //! matrix are contiguous and rows are whole blocks, so element `i` of the flat output
@@ -239,6 +240,113 @@ extern "C" __global__ void attn_tiled(const float* __restrict__ q, const u16* __
     for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < dv) out[(i64)t * n_head * dv + h * dv + i] = acc[c] / l; }
 }
 
+// ---- Decoder blocks on the card (stack.rs) ----
+
+// Sum over a block (a multiple of 32 threads); every thread gets the total.
+__device__ float block_sum(float v, float* red) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    __syncthreads();  // the previous call's readers are done with red
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int w = 0; w < warps; w++) t += red[w];
+    return t;
+}
+
+// One block per token row of width d. When o is given: o is RMS-normed by post (when given,
+// gemma's post-norms) and added to the residual x. Then, when w is given, h = f16(rmsnorm(x) * w)
+// (the next norm, as the next GEMM's input). The same products in the same order as the CPU's
+// rms_norm: (v * scale) * w.
+extern "C" __global__ void residual_norm(float* __restrict__ x, const float* __restrict__ o, const float* __restrict__ post,
+                                         const float* __restrict__ w, u16* __restrict__ h, int d, float eps) {
+    __shared__ float red[32];
+    float* xr = x + (i64)blockIdx.x * d;
+    if (o) {
+        const float* orow = o + (i64)blockIdx.x * d;
+        float sc = 1.0f;
+        if (post) {
+            float ss = 0.0f;
+            for (int i = threadIdx.x; i < d; i += blockDim.x) ss += orow[i] * orow[i];
+            sc = 1.0f / sqrtf(block_sum(ss, red) / d + eps);
+        }
+        for (int i = threadIdx.x; i < d; i += blockDim.x) xr[i] += post ? orow[i] * sc * post[i] : orow[i];
+    }
+    if (!w) return;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    const float sc = 1.0f / sqrtf(block_sum(ss, red) / d + eps);
+    u16* hr = h + (i64)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) hr[i] = f2h(sat_f16(xr[i] * sc * w[i]));
+}
+
+// One block per token, a warp per Q or K head (8 warps): bias, per-head RMSNorm (qn/kn given),
+// RoPE on the first rope_dims dims from the token's (sin, cos) pairs, and for Q the attention
+// scale (Q stays f32, in place); K and V (plus bias) go to f16 cache rows kv_row[t]. A lane
+// holds dims lane + 32c (head sizes up to 256); partners of a RoPE pair meet in shared memory.
+extern "C" __global__ void qk_prep(float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                                   const float* __restrict__ bq, const float* __restrict__ bk, const float* __restrict__ bv,
+                                   const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ rope,
+                                   const int* __restrict__ kv_row, u16* __restrict__ kc, u16* __restrict__ vc,
+                                   int n_head, int n_kv, int d, int dv, int rope_dims, int neox, float eps, float scale) {
+    __shared__ float buf[8][256];
+    const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int half = rope_dims / 2;
+    const float* ang = rope + (i64)t * rope_dims;
+    const i64 row = kv_row[t];
+    for (int hh = warp; hh < n_head + n_kv; hh += warps) {
+        const bool is_q = hh < n_head;
+        const int kh = hh - n_head;
+        const float* src = is_q ? q + ((i64)t * n_head + hh) * d : k + ((i64)t * n_kv + kh) * d;
+        const float* bias = is_q ? (bq ? bq + hh * d : 0) : (bk ? bk + kh * d : 0);
+        const float* nw = is_q ? qn : kn;
+        float r[8], ss = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const int i = lane + 32 * c;
+            r[c] = i < d ? src[i] + (bias ? bias[i] : 0.0f) : 0.0f;
+            ss += r[c] * r[c];
+        }
+        if (nw) {
+            #pragma unroll
+            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            const float sc = 1.0f / sqrtf(ss / d + eps);
+            #pragma unroll
+            for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < d) r[c] = r[c] * sc * nw[i]; }
+        }
+        float* b = buf[warp];
+        #pragma unroll
+        for (int c = 0; c < 8; c++) { const int i = lane + 32 * c; if (i < d) b[i] = r[c]; }
+        __syncwarp();
+        #pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const int i = lane + 32 * c;
+            if (i >= rope_dims) continue;
+            int p; float x0, x1; bool first;
+            if (neox) { p = i < half ? i : i - half; x0 = b[p]; x1 = b[p + half]; first = i < half; }
+            else { p = i >> 1; x0 = b[2 * p]; x1 = b[2 * p + 1]; first = (i & 1) == 0; }
+            const float sn = ang[2 * p], cs = ang[2 * p + 1];
+            r[c] = first ? x0 * cs - x1 * sn : x0 * sn + x1 * cs;
+        }
+        __syncwarp();
+        #pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const int i = lane + 32 * c;
+            if (i >= d) continue;
+            if (is_q) q[((i64)t * n_head + hh) * d + i] = r[c] * scale;
+            else kc[(row * n_kv + kh) * d + i] = f2h(r[c]);
+        }
+    }
+    for (int e = threadIdx.x; e < n_kv * dv; e += blockDim.x)
+        vc[row * n_kv * dv + e] = f2h(v[(i64)t * n_kv * dv + e] + (bv ? bv[e] : 0.0f));
+}
+
+// f32 -> f16, saturated (the attention output on its way into the output projection).
+extern "C" __global__ void to_f16(const float* __restrict__ src, u16* __restrict__ dst, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) dst[i] = f2h(sat_f16(src[i]));
+}
+
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -250,10 +358,10 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 17] = [
+pub const NAMES: [&str; 20] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
-    "attn_tiled",
+    "attn_tiled", "residual_norm", "qk_prep", "to_f16",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

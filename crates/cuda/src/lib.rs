@@ -17,10 +17,14 @@ mod formulas;
 mod gpu;
 pub mod kernels;
 mod pipeline;
+mod stack;
 
 pub use pipeline::PhaseTimes;
 
+use engine::arch::Config;
+use engine::block::StackInput;
 use engine::cpu::attention::AttnShape;
+use engine::kv_cache::KvCache;
 use engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use half::f16;
 use engine::weights::Weight;
@@ -55,6 +59,9 @@ pub struct CudaOptions {
     pub kernel_cache: Option<std::path::PathBuf>,
     /// Run a prefill's causal attention on the card (the KV cache stays in host memory).
     pub attention: bool,
+    /// Run a prefill's whole decoder stack on the card when the model fits the budget
+    /// (hidden states stay there; only they and the new K/V cross the bus).
+    pub stack: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -72,6 +79,7 @@ impl Default for CudaOptions {
             max_chunk: 1024,
             fuse_feed_forward: true,
             attention: true,
+            stack: true,
             kernel_cache: None,
             bench_device_only: false,
         }
@@ -87,6 +95,7 @@ pub struct CudaEngine {
     gpu: OnceLock<Result<Gpu, String>>,
     weights: Mutex<HashMap<WeightKey, Arc<DevBuf>>>,
     scratch: Mutex<pipeline::Scratch>,
+    stack: Mutex<stack::Buffers>,
 }
 
 fn fail(what: impl Into<String>) -> EngineFailure {
@@ -113,6 +122,7 @@ impl CudaEngine {
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
             scratch: Mutex::new(pipeline::Scratch::default()),
+            stack: Mutex::new(stack::Buffers::default()),
         }
     }
 
@@ -325,6 +335,32 @@ impl MatrixEngine for CudaEngine {
         let g = self.gpu().map_err(fail)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("attention", || attention::run(g, &mut scratch.attention, shape, q, positions, k_cache, v_cache, out)).map_err(fail)
+    }
+
+    fn supports_stack(&self, config: &Config) -> Result<(), String> {
+        if !self.opts.stack {
+            return Err("whole stacks on the card are off".into());
+        }
+        stack::check(config)
+    }
+
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
+        let mut bufs = Vec::with_capacity(input.model.layers.len());
+        let mut ptrs = Vec::with_capacity(input.model.layers.len());
+        for l in &input.model.layers {
+            let ws = StackInput::weights(l);
+            let keys = ws.map(WeightKey::of);
+            let b = self.resident(&keys.each_ref(), &ws)?;
+            ptrs.push(std::array::from_fn(|i| b[i].ptr));
+            bufs.push(b);
+        }
+        // One call at a time on the compute stream and cuBLAS handle.
+        let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buffers = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        let r = guarded("decoder stack", || stack::run(g, &mut buffers, input, &ptrs, x, caches)).map_err(fail);
+        drop(bufs);
+        r
     }
 
     fn feed_forward(

@@ -60,6 +60,14 @@ impl KvCache {
         vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
     }
 
+    /// Store K and V rows already in f16 (bit patterns, `[n, k_dim]` and `[n, v_dim]`) of
+    /// `layer` at positions `pos0..pos0+n` — an engine's write-back.
+    pub fn store_f16(&mut self, layer: usize, pos0: usize, k: &[u16], v: &[u16]) {
+        let n = k.len() / self.k_dim;
+        self.k[layer][pos0 * self.k_dim..(pos0 + n) * self.k_dim].copy_from_slice(k);
+        self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim].copy_from_slice(&v[..n * self.v_dim]);
+    }
+
     /// Mark positions up to `len` as filled (after every layer stored them).
     pub fn set_len(&mut self, len: usize) {
         self.len = len;

@@ -280,47 +280,68 @@ fn check_attention(e: &CudaEngine) -> usize {
     failures
 }
 
-/// A tiny random model through the dispatcher (every matmul on the card, evictions
-/// forced by a small budget) against CPU-only: logits close, no engine failure.
+/// A tiny random model through the dispatcher against the exact reference engine: the
+/// whole stack on the card; every op placed on its own (stack off); and a 1 MiB budget
+/// (too small for the stack: ops one by one, evictions forced). Each runs two sequences in
+/// one batch (one continuing a cached prefix), a continued prefill, and decode steps.
 fn check_model(e: &CudaEngine) -> usize {
+    use engine::forward::Sequence;
     let mut failures = 0;
     println!();
+    let toks = |n: usize, seed: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + seed) % 512).collect() };
+    // Every logit row of: [A: 150 fresh | B: 70 after a 30-token prefix] in one batch, then
+    // 70 more tokens of A (its window crosses gemma3's 128), then 3 decode steps of both.
+    let session = |r: &Runner| -> Vec<f32> {
+        let (mut ca, mut cb) = (r.new_cache(256), r.new_cache(256));
+        let mut out = r.forward(&mut cb, &toks(30, 5), 29..30).expect("prefix");
+        let (a, b) = (toks(150, 13), toks(70, 29));
+        let mut seqs = [Sequence { cache: &mut ca, tokens: &a, logit_rows: 0..150 }, Sequence { cache: &mut cb, tokens: &b, logit_rows: 0..70 }];
+        r.forward_batch(&mut seqs).expect("batch").into_iter().for_each(|l| out.extend(l));
+        out.extend(r.forward(&mut ca, &toks(70, 101), 0..70).expect("continued prefill"));
+        for step in 0..3u32 {
+            let t = [step * 31 + 5];
+            let mut seqs = [Sequence { cache: &mut ca, tokens: &t, logit_rows: 0..1 }, Sequence { cache: &mut cb, tokens: &t, logit_rows: 0..1 }];
+            r.forward_batch(&mut seqs).expect("decode").into_iter().for_each(|l| out.extend(l));
+        }
+        out
+    };
     for (arch, ty) in [("llama", GgmlType::Q4_K), ("llama", GgmlType::Q8_0), ("gemma3", GgmlType::Q8_0)] {
         let spec = RandomModelSpec { arch: arch.into(), ..RandomModelSpec::preset("tiny", ty).expect("tiny preset") };
         let bytes = spec.build().expect("build").to_bytes();
         let model = || Model::from_file(Arc::new(gguf::GgufFile::from_bytes(bytes.clone()).expect("parse")), &mut |_, _| {}).expect("model");
-        let tokens: Vec<u32> = (0..200u32).map(|i| (i * 7919 + 13) % 512).collect();
-        let logits = |r: &Runner| {
-            let mut cache = r.new_cache(tokens.len());
-            r.forward(&mut cache, &tokens, 0..tokens.len()).expect("forward")
-        };
-        let cpu = logits(&Runner::new(model(), 4).expect("runner"));
+        let cpu = session(&Runner::new(model(), 4).expect("runner"));
         // The reference engine multiplies unquantized f32 activations by the dequantized
         // weights: the card (f16 operands) must be close to it; the CPU (8-bit activations) less so.
         let refe: Arc<dyn MatrixEngine> = Arc::new(ReferenceEngine::new());
-        let policy = PlacementPolicy::new(Backend::Named("ref".into()), 1, None, (1.0, 1.0));
+        let policy = PlacementPolicy::new(Backend::Named("ref".into()), 64, None, (1.0, 1.0));
         let d = Dispatcher::new(vec![refe], policy, CacheBudget::default(), false).expect("dispatcher");
-        let exact = logits(&Runner::with_dispatcher(model(), 4, d).expect("runner"));
+        let exact = session(&Runner::with_dispatcher(model(), 4, d).expect("runner"));
         println!("model tiny {arch} {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
-        for (label, budget) in [("resident", usize::MAX), ("1 MiB budget", 1 << 20)] {
-            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions::default()));
-            let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 1, None, (1.0, 1.0));
+        for (label, budget, stack) in [("whole stack", usize::MAX, true), ("ops one by one", usize::MAX, false), ("1 MiB budget", 1 << 20, true)] {
+            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, ..Default::default() }));
+            let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, (1.0, 1.0));
             let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
             let r = Runner::with_dispatcher(model(), 4, d).expect("runner");
-            let got = logits(&r);
+            let got = session(&r);
             let stats = r.dispatcher.stats.snapshot();
             let s = stats.get("cuda").cloned().unwrap_or_default();
             let err = rel_err(&got, &exact);
             let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|p| p.0);
             let agree = cpu.chunks(512).zip(got.chunks(512)).filter(|(a, b)| argmax(a) == argmax(b)).count();
-            // Both feed-forward blocks run whole on the card when everything fits.
-            let fused_ok = s.fused_blocks == 2 || budget != usize::MAX;
-            let ok = err < TOL && s.failures == 0 && s.matmuls > 0 && fused_ok;
+            // The batch and the continued prefill: two stacks of two blocks each; or, op by
+            // op, the feed-forward blocks run whole on the card when everything fits.
+            let placed_ok = match (stack, budget) {
+                (true, usize::MAX) => s.blocks == 4,
+                (false, _) => s.blocks == 0 && s.fused_blocks == 4,
+                _ => s.blocks == 0 && s.evictions > 0,
+            };
+            let ok = err < TOL && s.failures == 0 && placed_ok;
             failures += usize::from(!ok);
             println!(
-                "model tiny {arch} {} ({label}): logits rel err vs exact {err:.2e}, argmax agrees with CPU {agree}/{}, cuda matmuls {} (fused blocks {}) evictions {} failures {}  {}",
+                "model tiny {arch} {} ({label}): logits rel err vs exact {err:.2e}, argmax agrees with CPU {agree}/{}, cuda blocks {} matmuls {} (fused {}) evictions {} failures {}  {}",
                 ty.name(),
-                tokens.len(),
+                got.len() / 512,
+                s.blocks,
                 s.matmuls,
                 s.fused_blocks,
                 s.evictions,

@@ -227,6 +227,15 @@ impl Dispatcher {
             eprintln!("placement: decoder stack N={n} -> {name}: {}", decision.reason);
         }
         let Some(engine) = decision.engine.map(|i| engines[i]) else { return false };
+        let unsupported = model.layers.iter().flat_map(StackInput::weights).find_map(|w| {
+            engine.supports(&MatmulShape::of(w, n)).err().map(|why| format!("{}: {why}", w.name))
+        });
+        if let Some(why) = unsupported {
+            if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack weights".into(), n)) {
+                eprintln!("placement: decoder stack N={n} stays here: {} cannot take {why}", engine.name());
+            }
+            return false;
+        }
         let t0 = Instant::now();
         let bucket = bucket_for(engine.n_buckets(), n);
         let prepared = model.layers.iter().flat_map(StackInput::weights).try_for_each(|w| {
