@@ -283,9 +283,9 @@ extern "C" __global__ void residual_norm(float* __restrict__ x, const float* __r
 
 // One block per token, a warp per Q or K head (8 warps): bias, per-head RMSNorm (qn/kn given),
 // RoPE on the first rope_dims dims from the token's (sin, cos) pairs, and for Q the attention
-// scale (Q stays f32, in place); K and V (plus bias) go to f16 cache rows kv_row[t]. A lane
+// scale (Q to qh in f16); K and V (plus bias) go to f16 cache rows kv_row[t]. A lane
 // holds dims lane + 32c (head sizes up to 256); partners of a RoPE pair meet in shared memory.
-extern "C" __global__ void qk_prep(float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+extern "C" __global__ void qk_prep(const float* __restrict__ q, u16* __restrict__ qh, const float* __restrict__ k, const float* __restrict__ v,
                                    const float* __restrict__ bq, const float* __restrict__ bk, const float* __restrict__ bv,
                                    const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ rope,
                                    const int* __restrict__ kv_row, u16* __restrict__ kc, u16* __restrict__ vc,
@@ -334,12 +334,49 @@ extern "C" __global__ void qk_prep(float* __restrict__ q, const float* __restric
         for (int c = 0; c < 8; c++) {
             const int i = lane + 32 * c;
             if (i >= d) continue;
-            if (is_q) q[((i64)t * n_head + hh) * d + i] = r[c] * scale;
+            if (is_q) qh[((i64)t * n_head + hh) * d + i] = f2h(r[c] * scale);
             else kc[(row * n_kv + kh) * d + i] = f2h(r[c]);
         }
     }
     for (int e = threadIdx.x; e < n_kv * dv; e += blockDim.x)
         vc[row * n_kv * dv + e] = f2h(v[(i64)t * n_kv * dv + e] + (bv ? bv[e] : 0.0f));
+}
+
+// Attention scores -> probabilities, one block per row (head h, query q: row h * nq + q, rows
+// `ld` apart) of `keys` scores for keys lo, lo+1, ...: masked causally (and by the window when window > 0)
+// against the query's position, softmax with one pass for the maximum and sum (merged
+// online across threads), one pass writing f16 probabilities (zeros where masked).
+__device__ __forceinline__ void merge_ml(float& m, float& l, float m2, float l2) {
+    const float mn = fmaxf(m, m2);
+    if (mn == -__int_as_float(0x7f800000)) return;
+    l = l * expf(m - mn) + l2 * expf(m2 - mn);
+    m = mn;
+}
+extern "C" __global__ void attn_softmax(const float* __restrict__ s, u16* __restrict__ p, const int* __restrict__ pos,
+                                        int nq, int keys, int ld, int lo, int window) {
+    __shared__ float rm[32], rl[32];
+    const i64 row = blockIdx.x;
+    const int ps = pos[row % nq];
+    const float* sr = s + row * ld;
+    u16* pr = p + row * ld;
+    const int hi = min(keys, ps - lo + 1);
+    const int first = window > 0 ? max(0, ps + 1 - window - lo) : 0;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m = NEG_INF, l = 0.0f;
+    for (int j = first + threadIdx.x; j < hi; j += blockDim.x) {
+        const float v = sr[j];
+        if (v > m) { l = l * expf(m - v) + 1.0f; m = v; } else l += expf(v - m);
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) merge_ml(m, l, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, l, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { rm[warp] = m; rl[warp] = l; }
+    __syncthreads();
+    m = NEG_INF; l = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) merge_ml(m, l, rm[w], rl[w]);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x)
+        pr[j] = (j >= first && j < hi) ? f2h(expf(sr[j] - m) * inv) : (u16)0;
 }
 
 // f32 -> f16, saturated (the attention output on its way into the output projection).
@@ -358,10 +395,10 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 20] = [
+pub const NAMES: [&str; 21] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
-    "attn_tiled", "residual_norm", "qk_prep", "to_f16",
+    "attn_tiled", "residual_norm", "qk_prep", "to_f16", "attn_softmax",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

@@ -5,20 +5,23 @@
 //!
 //! The steps mirror `engine::block::run_block`. Per layer, on the compute stream:
 //! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale; K/V as
-//! f16 rows of a device cache region) → attention per sequence → `to_f16` → output GEMM →
+//! f16 rows of a device cache region) → attention per sequence (`attention` below) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
 //! down GEMM → `residual_norm` (post-norm, residual add, the next layer's attention norm).
 //! Each sequence's region holds its cached prefix (uploaded from the host cache) and its new
-//! rows; the new rows go down on the copy stream into one of two pinned slots while the
-//! next layer computes, and the host copies them into the caches.
+//! rows; the new rows go down on the copy stream into a ring of pinned slots (every layer's,
+//! unless that passes STAGING_BYTES) and the host copies them into the caches while later
+//! layers compute. The host enqueues every layer without waiting for the card, except to
+//! free a pinned slot when the ring is shorter than the model.
 
-use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res};
+use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res, Strided};
 use crate::kernels::{activation_kernel, ATTN_MAX_DIM};
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
 use engine::arch::{Config, RopeStyle};
 use engine::block::StackInput;
 use engine::kv_cache::KvCache;
+use rayon::prelude::*;
 
 /// Device and pinned buffers reused across calls (grown on demand).
 #[derive(Default)]
@@ -28,19 +31,27 @@ pub(crate) struct Buffers {
     q: Option<DevBuf>,
     k: Option<DevBuf>,
     v: Option<DevBuf>,
-    att: Option<DevBuf>,
+    q_h: Option<DevBuf>,
+    scores: Option<DevBuf>,
+    probs: Option<DevBuf>,
     att_h: Option<DevBuf>,
     o: Option<DevBuf>,
     ffn: Option<DevBuf>,
     region: [Option<DevBuf>; 2],
     small: Option<DevBuf>,
-    staging: [Option<HostBuf>; 2],
-    /// Events: `[copied down to slot 0, slot 1, rows ready in slot 0, slot 1]`.
+    staging: Option<HostBuf>,
+    /// Per pinned slot: its rows are down (copy stream).
     copied: Vec<CudaEvent>,
+    /// The rows of the current layer are ready to go down (compute stream).
+    prepped: Option<CudaEvent>,
 }
 
 /// Tokens per feed-forward pass: bounds the gate/up/product buffers (10 bytes × n_ff per token).
 const FFN_CHUNK: usize = 4096;
+/// Bytes of attention scores and probabilities per query chunk (6 per score).
+const SCORE_BYTES: usize = 1 << 30;
+/// Bytes of pinned memory for K/V on their way down (a slot per layer within this).
+const STAGING_BYTES: usize = 1 << 30;
 /// Threads of the row kernels.
 const ROW_THREADS: u32 = 256;
 
@@ -128,6 +139,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &
 }
 
 fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64; 7]], x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+    let mut prof = Phases::start(gpu)?;
     let c = &input.model.config;
     let n = input.n();
     let (d, ff) = (c.n_embd, c.n_ff);
@@ -170,7 +182,17 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     let d_q = ensure_dev(&gpu.ctx, &mut b.q, n * qd * 4)?;
     let d_k = ensure_dev(&gpu.ctx, &mut b.k, n * kvd * 4)?;
     let d_v = ensure_dev(&gpu.ctx, &mut b.v, n * vd * 4)?;
-    let d_att = ensure_dev(&gpu.ctx, &mut b.att, n * od * 4)?;
+    let d_q_h = ensure_dev(&gpu.ctx, &mut b.q_h, n * qd * 2)?;
+    // Attention works through query chunks, so scores for every key of the longest sequence
+    // stay within SCORE_BYTES.
+    let ld_max = input.spans.iter().zip(&pos0).map(|(s, p0)| p0 + s.len()).max().unwrap_or(1).next_multiple_of(8);
+    let longest = input.spans.iter().map(|s| s.len()).max().unwrap_or(1);
+    let qc = (SCORE_BYTES / (c.n_head * ld_max * 6)).clamp(16, 4096).min(longest);
+    let scores = Scores {
+        s: ensure_dev(&gpu.ctx, &mut b.scores, c.n_head * qc * ld_max * 4)?,
+        p: ensure_dev(&gpu.ctx, &mut b.probs, c.n_head * qc * ld_max * 2)?,
+        chunk: qc,
+    };
     let d_att_h = ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?;
     let d_o = ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?;
     let d_ffn = ensure_dev(&gpu.ctx, &mut b.ffn, chunk * ff * 10)?;
@@ -179,12 +201,13 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         ensure_dev(&gpu.ctx, &mut b.region[1], rows * (kvd + vd) * 2)?,
     ];
     let staged = n * (kvd + vd);
-    for slot in &mut b.staging {
-        ensure_host(&gpu.ctx, slot, staged * 2, false)?;
-    }
-    // Per slot: "K/V rows ready" (compute stream) and "copied down" (copy stream).
-    while b.copied.len() < 4 {
+    let slots = (STAGING_BYTES / (staged * 2)).clamp(2, c.n_layer.max(2));
+    ensure_host(&gpu.ctx, &mut b.staging, slots * staged * 2, false)?;
+    while b.copied.len() < slots {
         b.copied.push(gpu.event(false)?);
+    }
+    if b.prepped.is_none() {
+        b.prepped = Some(gpu.event(false)?);
     }
 
     let stream = gpu.s_comp.cu_stream();
@@ -200,13 +223,14 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     let (eps, dd) = (c.norm_eps, int(d)?);
     // The first layer's attention norm: h = f16(rmsnorm(x) * w).
     gpu.launch("residual_norm", int(n)? as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(0), KArg::P(0), KArg::P(vptr(0, 0)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
+    Phases::mark(&mut prof, gpu, "upload + norm")?;
 
     // Copies the new K/V rows of layer `il` from its pinned slot into the caches, once down.
     let drain = |b: &mut Buffers, il: usize, caches: &mut [&mut KvCache]| -> Res<()> {
-        let slot = il % 2;
+        let slot = il % slots;
         b.copied[slot].synchronize().map_err(err("K/V write-back"))?;
-        let host = b.staging[slot].as_mut().expect("allocated above").slice_mut::<u16>(staged);
-        let (hk, hv) = host.split_at(n * kvd);
+        let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
+        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at(n * kvd);
         for (cache, s) in caches.iter_mut().zip(input.spans) {
             cache.store_f16(il, input.positions[s.start], &hk[s.start * kvd..s.end * kvd], &hv[s.start * vd..s.end * vd]);
         }
@@ -214,13 +238,18 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     };
 
     for il in 0..c.n_layer {
-        if il >= 2 {
-            // Frees this layer's pinned slot and region (their copies are done).
-            drain(b, il - 2, caches)?;
+        if il >= slots {
+            // Frees this layer's pinned slot.
+            drain(b, il - slots, caches)?;
         }
         let [wq, wk, wv, wo, wg, wu, wd] = weights[il];
-        let slot = il % 2;
-        let (reg_k, reg_v) = (regions[slot], regions[slot] + (rows * kvd * 2) as u64);
+        let slot = il % slots;
+        let region = regions[il % 2];
+        let (reg_k, reg_v) = (region, region + (rows * kvd * 2) as u64);
+        if il >= 2 {
+            // The region's rows from two layers back must be down before it is refilled.
+            gpu.s_comp.wait(&b.copied[(il - 2) % slots]).map_err(err("wait"))?;
+        }
         // Cached prefixes (earlier turns of a conversation) from the host cache.
         for ((cache, &p0), &at) in caches.iter().zip(&pos0).zip(&region_at) {
             if p0 > 0 {
@@ -235,6 +264,7 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         gpu.gemm(wq, d_h, d_q, qd, d, n, false)?;
         gpu.gemm(wk, d_h, d_k, kvd, d, n, false)?;
         gpu.gemm(wv, d_h, d_v, vd, d, n, false)?;
+        Phases::mark(&mut prof, gpu, "Q/K/V GEMMs")?;
         let rope_at = if c.swa_layers[il] { rope_l_at } else { rope_g_at };
         gpu.launch(
             "qk_prep",
@@ -242,6 +272,7 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
             ROW_THREADS,
             &[
                 KArg::P(d_q),
+                KArg::P(d_q_h),
                 KArg::P(d_k),
                 KArg::P(d_v),
                 KArg::P(vptr(il, 6)),
@@ -263,12 +294,13 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
                 KArg::F(c.attn_scale),
             ],
         )?;
+        Phases::mark(&mut prof, gpu, "qk_prep")?;
         // The new rows go down on the copy stream while attention and the rest run.
-        let prepped = &b.copied[2 + slot];
+        let prepped = b.prepped.as_ref().expect("created above");
         prepped.record(&gpu.s_comp).map_err(err("record"))?;
         gpu.s_d2h.wait(prepped).map_err(err("wait"))?;
-        let host = b.staging[slot].as_mut().expect("allocated above").slice_mut::<u16>(staged);
-        let (hk, hv) = host.split_at_mut(n * kvd);
+        let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
+        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at_mut(n * kvd);
         for (s, (&p0, &at)) in input.spans.iter().zip(pos0.iter().zip(&region_at)) {
             let row = at + p0;
             unsafe {
@@ -281,19 +313,21 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))?;
 
         let shape = input.attn_shape(il);
-        for (s, &at) in input.spans.iter().zip(&region_at) {
-            let ptrs = [
-                d_q + (s.start * qd * 4) as u64,
-                reg_k + (at * kvd * 2) as u64,
-                reg_v + (at * vd * 2) as u64,
-                pos_at + (s.start * 4) as u64,
-                d_att + (s.start * od * 4) as u64,
-            ];
-            crate::attention::launch(gpu, &shape, ptrs, s.len(), 0)?;
+        for ((s, &p0), &at) in input.spans.iter().zip(&pos0).zip(&region_at) {
+            let seq = SeqAttention {
+                q_h: d_q_h + (s.start * qd * 2) as u64,
+                k: reg_k + (at * kvd * 2) as u64,
+                v: reg_v + (at * vd * 2) as u64,
+                pos: pos_at + (s.start * 4) as u64,
+                out: d_att_h + (s.start * od * 2) as u64,
+                len: s.len(),
+                pos0: p0,
+            };
+            attention(gpu, &shape, &seq, &scores, &mut prof)?;
         }
-        gpu.launch_elementwise("to_f16", d_att, d_att_h, n * od, None)?;
         gpu.gemm(wo, d_att_h, d_o, d, od, n, false)?;
         gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 4)), KArg::P(vptr(il, 1)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
+        Phases::mark(&mut prof, gpu, "output GEMM + norm")?;
         for c0 in (0..n).step_by(chunk) {
             let len = chunk.min(n - c0);
             let (gate, up, mid) = (d_ffn, d_ffn + (len * ff * 4) as u64, d_ffn + (len * ff * 8) as u64);
@@ -303,12 +337,146 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
             gpu.launch_activation(activation_kernel(c.activation), gate, up, mid, len * ff)?;
             gpu.gemm(wd, mid, d_o + (c0 * d * 4) as u64, d, ff, len, false)?;
         }
+        Phases::mark(&mut prof, gpu, "feed-forward")?;
         let next_norm = if il + 1 < c.n_layer { vptr(il + 1, 0) } else { 0 };
         gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 5)), KArg::P(next_norm), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
     }
-    unsafe { drv::memcpy_dtoh_async(&mut x[..], d_x, stream) }.map_err(err("download hidden states"))?;
-    for il in c.n_layer.saturating_sub(2)..c.n_layer {
-        drain(b, il, caches)?;
+    // The remaining K/V rows go into the caches while the last layers still compute: a
+    // thread per layer, since first writes to a cache's pages fault them in one by one.
+    let rest = c.n_layer.saturating_sub(slots);
+    let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
+    let host: &[u16] = host;
+    let mut per_cache: Vec<Vec<(&mut [u16], &mut [u16])>> = caches.iter_mut().map(|c| c.layers_mut()).collect();
+    let mut per_layer: Vec<Vec<(&mut [u16], &mut [u16])>> = (0..c.n_layer).map(|_| Vec::new()).collect();
+    for layers in per_cache.iter_mut() {
+        for (il, kv) in layers.drain(..).enumerate() {
+            per_layer[il].push(kv);
+        }
     }
-    gpu.s_comp.synchronize().map_err(err("decoder stack"))
+    let copied = &b.copied;
+    per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| -> Res<()> {
+        let slot = il % slots;
+        gpu.bind()?;
+        copied[slot].synchronize().map_err(err("K/V write-back"))?;
+        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at(n * kvd);
+        for ((k, v), s) in kv.iter_mut().zip(input.spans) {
+            let p0 = input.positions[s.start];
+            k[p0 * kvd..(p0 + s.len()) * kvd].copy_from_slice(&hk[s.start * kvd..s.end * kvd]);
+            v[p0 * vd..(p0 + s.len()) * vd].copy_from_slice(&hv[s.start * vd..s.end * vd]);
+        }
+        Ok(())
+    })?;
+    unsafe { drv::memcpy_dtoh_async(&mut x[..], d_x, stream) }.map_err(err("download hidden states"))?;
+    gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
+    if let Some(p) = prof {
+        p.report(n)?;
+    }
+    Ok(())
+}
+
+/// Where the card's time goes (`TANDEM_CUDA_PROFILE=1`): events on the compute stream at
+/// phase ends, summed per phase and printed after the call.
+struct Phases {
+    marks: Vec<(&'static str, CudaEvent)>,
+}
+
+impl Phases {
+    fn start(gpu: &Gpu) -> Res<Option<Phases>> {
+        if std::env::var_os("TANDEM_CUDA_PROFILE").is_none() {
+            return Ok(None);
+        }
+        let e = gpu.event(true)?;
+        e.record(&gpu.s_comp).map_err(err("record"))?;
+        Ok(Some(Phases { marks: vec![("start", e)] }))
+    }
+
+    fn mark(p: &mut Option<Phases>, gpu: &Gpu, name: &'static str) -> Res<()> {
+        if let Some(p) = p {
+            let e = gpu.event(true)?;
+            e.record(&gpu.s_comp).map_err(err("record"))?;
+            p.marks.push((name, e));
+        }
+        Ok(())
+    }
+
+    fn report(self, n: usize) -> Res<()> {
+        // Per phase: total and longest single occurrence (an outlier points at a stall).
+        let mut sums: Vec<(&str, f64, f64)> = Vec::new();
+        for w in self.marks.windows(2) {
+            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(err("timing"))? as f64;
+            match sums.iter_mut().find(|s| s.0 == w[1].0) {
+                Some(s) => {
+                    s.1 += ms;
+                    s.2 = s.2.max(ms);
+                }
+                None => sums.push((w[1].0, ms, ms)),
+            }
+        }
+        let total: f64 = sums.iter().map(|s| s.1).sum();
+        let parts: Vec<String> = sums.iter().map(|(k, v, m)| format!("{k} {v:.2} (max {m:.2})")).collect();
+        eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
+        Ok(())
+    }
+}
+
+/// Scratch of the attention GEMMs: scores (f32) and probabilities (f16) of `chunk` queries.
+struct Scores {
+    s: u64,
+    p: u64,
+    chunk: usize,
+}
+
+/// One sequence's attention operands on the card.
+struct SeqAttention {
+    /// Its queries, f16 `[len, n_head * d]` (scaled, rotated).
+    q_h: u64,
+    /// Its cache region: K f16 `[pos0 + len, n_kv * d]`, V f16 `[pos0 + len, n_kv * dv]`.
+    k: u64,
+    v: u64,
+    /// Its tokens' positions (i32).
+    pos: u64,
+    /// Output, f16 `[len, n_head * dv]`.
+    out: u64,
+    len: usize,
+    pos0: usize,
+}
+
+/// Causal attention on tensor cores, chunk by chunk of queries: scores `S = Q·Kᵀ` over the
+/// keys the chunk can see (one strided-batched GEMM per query head of a KV group, batched
+/// over the KV heads), a masked softmax to f16 probabilities, `O = P·V` written as f16 straight
+/// into the output projection's input.
+fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, prof: &mut Option<Phases>) -> Res<()> {
+    let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
+    let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
+    for c0 in (0..a.len).step_by(sc.chunk) {
+        let cl = sc.chunk.min(a.len - c0);
+        let hi = a.pos0 + c0 + cl;
+        let lo = sh.window.map_or(0, |w| (a.pos0 + c0 + 1).saturating_sub(w));
+        let keys = hi - lo;
+        let ld = keys.next_multiple_of(8);
+        let at = |base: u64, elems: usize, size: usize| Strided { ptr: base + (elems * size) as u64, ld: 0, stride: 0 };
+        for j in 0..group {
+            let k = Strided { ld: kvd, stride: d, ..at(a.k, lo * kvd, 2) };
+            let q = Strided { ld: qd, stride: group * d, ..at(a.q_h, c0 * qd + j * d, 2) };
+            let s = Strided { ld, stride: group * cl * ld, ..at(sc.s, j * cl * ld, 4) };
+            gpu.gemm_batched(true, k, q, s, (keys, cl, d), nkv, false)?;
+        }
+        Phases::mark(prof, gpu, "attention scores")?;
+        gpu.launch(
+            "attn_softmax",
+            int(sh.n_head * cl)? as u32,
+            ROW_THREADS,
+            &[KArg::P(sc.s), KArg::P(sc.p), KArg::P(a.pos + (c0 * 4) as u64), KArg::I(int(cl)?), KArg::I(int(keys)?), KArg::I(int(ld)?), KArg::I(int(lo)?), KArg::I(int(sh.window.unwrap_or(0))?)],
+        )?;
+        Phases::mark(prof, gpu, "softmax")?;
+        for j in 0..group {
+            let v = Strided { ld: vd, stride: dv, ..at(a.v, lo * vd, 2) };
+            let p = Strided { ld, stride: group * cl * ld, ..at(sc.p, j * cl * ld, 2) };
+            let o = Strided { ld: od, stride: group * dv, ..at(a.out, c0 * od + j * dv, 2) };
+            gpu.gemm_batched(false, v, p, o, (dv, cl, keys), nkv, true)?;
+        }
+        Phases::mark(prof, gpu, "attention values")?;
+    }
+    Ok(())
 }

@@ -68,6 +68,12 @@ impl KvCache {
         self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim].copy_from_slice(&v[..n * self.v_dim]);
     }
 
+    /// Every layer's K and V storage as f16 bit patterns (`[n_ctx, k_dim]`, `[n_ctx, v_dim]`),
+    /// for writers that fill several layers at once.
+    pub fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])> {
+        self.k.iter_mut().zip(self.v.iter_mut()).map(|(k, v)| (k.as_mut_slice(), v.as_mut_slice())).collect()
+    }
+
     /// Mark positions up to `len` as filled (after every layer stored them).
     pub fn set_len(&mut self, len: usize) {
         self.len = len;
