@@ -62,6 +62,8 @@ pub struct CudaOptions {
     /// Run a prefill's whole decoder stack on the card when the model fits the budget
     /// (hidden states stay there; only they and the new K/V cross the bus).
     pub stack: bool,
+    /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
+    pub profile_stack: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -80,6 +82,7 @@ impl Default for CudaOptions {
             fuse_feed_forward: true,
             attention: true,
             stack: true,
+            profile_stack: false,
             kernel_cache: None,
             bench_device_only: false,
         }
@@ -117,12 +120,13 @@ impl CudaEngine {
     /// A new engine. Never fails and touches no driver: the device is brought up on first
     /// use (availability, prepare), and a failure there makes it [`Availability::Unavailable`].
     pub fn new(opts: CudaOptions) -> Self {
+        let profile = opts.profile_stack;
         CudaEngine {
             opts,
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
             scratch: Mutex::new(pipeline::Scratch::default()),
-            stack: Mutex::new(stack::Buffers::default()),
+            stack: Mutex::new(stack::Buffers::new(profile)),
         }
     }
 
@@ -157,6 +161,12 @@ impl CudaEngine {
     /// Where matmul time went since the last call of this (host work, waiting, the card).
     pub fn take_phase_times(&self) -> PhaseTimes {
         std::mem::take(&mut self.scratch.lock().unwrap_or_else(|e| e.into_inner()).times)
+    }
+
+    /// The card's time per phase of the last whole-stack call (milliseconds, in order), when
+    /// `profile_stack` is set.
+    pub fn stack_phases(&self) -> Vec<(&'static str, f64)> {
+        self.stack.lock().unwrap_or_else(|e| e.into_inner()).phases.clone()
     }
 
     /// Bytes of prepared weights held now.

@@ -44,10 +44,21 @@ pub(crate) struct Buffers {
     copied: Vec<CudaEvent>,
     /// The rows of the current layer are ready to go down (compute stream).
     prepped: Option<CudaEvent>,
+    /// Time the phases of each call (`CudaOptions::profile_stack`).
+    profile: bool,
+    /// The last profiled call's card time per phase, ms.
+    pub(crate) phases: Vec<(&'static str, f64)>,
 }
 
 /// Tokens per feed-forward pass: bounds the gate/up/product buffers (10 bytes × n_ff per token).
 const FFN_CHUNK: usize = 4096;
+impl Buffers {
+    /// Empty buffers; `profile` times the card's phases of every call.
+    pub(crate) fn new(profile: bool) -> Self {
+        Buffers { profile, ..Default::default() }
+    }
+}
+
 /// Bytes of attention scores and probabilities per query chunk (6 per score).
 const SCORE_BYTES: usize = 1 << 30;
 /// Bytes of pinned memory for K/V on their way down (a slot per layer within this).
@@ -139,7 +150,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &
 }
 
 fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64; 7]], x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
-    let mut prof = Phases::start(gpu)?;
+    let mut prof = Phases::start(gpu, b.profile)?;
     let c = &input.model.config;
     let n = input.n();
     let (d, ff) = (c.n_embd, c.n_ff);
@@ -369,20 +380,20 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     unsafe { drv::memcpy_dtoh_async(&mut x[..], d_x, stream) }.map_err(err("download hidden states"))?;
     gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
     if let Some(p) = prof {
-        p.report(n)?;
+        b.phases = p.report(n)?;
     }
     Ok(())
 }
 
-/// Where the card's time goes (`TANDEM_CUDA_PROFILE=1`): events on the compute stream at
-/// phase ends, summed per phase and printed after the call.
+/// Where the card's time goes (`CudaOptions::profile_stack`, or `TANDEM_CUDA_PROFILE=1` to also
+/// print it): events on the compute stream at phase ends, summed per phase.
 struct Phases {
     marks: Vec<(&'static str, CudaEvent)>,
 }
 
 impl Phases {
-    fn start(gpu: &Gpu) -> Res<Option<Phases>> {
-        if std::env::var_os("TANDEM_CUDA_PROFILE").is_none() {
+    fn start(gpu: &Gpu, on: bool) -> Res<Option<Phases>> {
+        if !on && std::env::var_os("TANDEM_CUDA_PROFILE").is_none() {
             return Ok(None);
         }
         let e = gpu.event(true)?;
@@ -399,9 +410,10 @@ impl Phases {
         Ok(())
     }
 
-    fn report(self, n: usize) -> Res<()> {
+    /// Milliseconds per phase, in order of first appearance; printed with the env variable.
+    fn report(self, n: usize) -> Res<Vec<(&'static str, f64)>> {
         // Per phase: total and longest single occurrence (an outlier points at a stall).
-        let mut sums: Vec<(&str, f64, f64)> = Vec::new();
+        let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
         for w in self.marks.windows(2) {
             let ms = w[0].1.elapsed_ms(&w[1].1).map_err(err("timing"))? as f64;
             match sums.iter_mut().find(|s| s.0 == w[1].0) {
@@ -414,8 +426,10 @@ impl Phases {
         }
         let total: f64 = sums.iter().map(|s| s.1).sum();
         let parts: Vec<String> = sums.iter().map(|(k, v, m)| format!("{k} {v:.2} (max {m:.2})")).collect();
-        eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
-        Ok(())
+        if std::env::var_os("TANDEM_CUDA_PROFILE").is_some() {
+            eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
+        }
+        Ok(sums.into_iter().map(|(k, v, _)| (k, v)).collect())
     }
 }
 

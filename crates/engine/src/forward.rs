@@ -123,7 +123,8 @@ impl Runner {
             };
             // An engine may take the whole stack (activations stay on it); otherwise block by
             // block here, each op placed on its own.
-            if !self.dispatcher.stack(&input, &mut x, &mut caches) {
+            let stacked_on = self.dispatcher.stack(&input, &mut x, &mut caches);
+            if stacked_on.is_none() {
                 for il in 0..c.n_layer {
                     run_block(&self.dispatcher, &input, il, &mut x, &mut caches).expect("the dispatcher falls back by itself");
                 }
@@ -141,7 +142,11 @@ impl Runner {
             }
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
             let mut logits = vec![0f32; h.len() / d * c.n_vocab];
-            self.dispatcher.matmul(&self.model.output, &h, &mut logits);
+            match stacked_on {
+                // The logits follow the stack (its engine holds the output weight too).
+                Some(engine) => self.dispatcher.matmul_on(engine, &self.model.output, &h, &mut logits),
+                None => self.dispatcher.matmul(&self.model.output, &h, &mut logits),
+            }
             if let Some(cap) = c.logit_softcap {
                 logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
             }

@@ -307,8 +307,9 @@ fn whole_stack_on_an_engine_equals_its_ops_placed_one_by_one() {
         assert!(got.iter().all(|v| v.is_finite()));
         assert!(got == want, "{arch}: the stack differs from its ops one by one");
         let s = stack.dispatcher.stats.snapshot();
-        // Two layers once (the batch); the 10-token prefix and decode steps stay on the CPU.
-        assert_eq!((s["ref"].blocks, s["ref"].attention, s["ref"].failures), (2, 0, 0), "{arch}: {s:?}");
+        // Two layers once (the batch), then the batch's logits on the same engine; the
+        // 10-token prefix and decode steps stay on the CPU.
+        assert_eq!((s["ref"].blocks, s["ref"].attention, s["ref"].matmuls, s["ref"].failures), (2, 0, 1, 0), "{arch}: {s:?}");
         assert_eq!(ops.dispatcher.stats.snapshot()["ref"].blocks, 0);
         // The CPU alone differs (quantized activations) but not by much.
         let cpu = two_sequences(&runner(load(), vec![], Backend::Cpu, 64, CacheBudget::default()), &a, &b);

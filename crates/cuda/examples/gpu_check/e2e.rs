@@ -42,9 +42,9 @@ pub fn run_all(ty: GgmlType, long: bool) {
     // The same engine twice: op by op (feed-forward blocks and attention on the card, the
     // rest on the CPU, activations crossing per op), then whole decoder stacks on the card.
     let offload = |stack: bool| {
-        let engine = CudaEngine::new(CudaOptions { stack, ..Default::default() });
+        let engine = Arc::new(CudaEngine::new(CudaOptions { stack, profile_stack: stack, ..Default::default() }));
         let budget = engine.memory_budget().expect("available");
-        let cuda: Arc<dyn MatrixEngine> = Arc::new(engine);
+        let cuda: Arc<dyn MatrixEngine> = engine.clone();
         let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
         let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
         let gpu = Runner::with_dispatcher(model(), threads, d).expect("runner");
@@ -52,9 +52,11 @@ pub fn run_all(ty: GgmlType, long: bool) {
         run(&gpu, 64, 0); // prepares every offloaded weight once
         println!("first offloaded pass (stack {stack}; prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
         gpu.dispatcher.stats.reset();
-        gpu
+        (gpu, engine)
     };
-    let runners = [("op by op", offload(false)), ("stack", offload(true))];
+    let (ops, _) = offload(false);
+    let (stacked, stack_engine) = offload(true);
+    let runners = [("op by op", ops), ("stack", stacked)];
     println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
     for &n in sizes {
@@ -85,7 +87,8 @@ pub fn run_all(ty: GgmlType, long: bool) {
     let shapes = [(qd, c.n_embd), (kvd, c.n_embd), (kvd, c.n_embd), (c.n_embd, od), (c.n_ff, c.n_embd), (c.n_ff, c.n_embd), (c.n_embd, c.n_ff)];
     let ns: &[usize] = if long { &[256, 512, 4096] } else { &[256, 512] };
     for &n in ns {
-        let ceiling: f64 = shapes.iter().map(|&(m, k)| probe.bench_cublas(m, k, n, 10).expect("cuBLAS")).sum::<f64>() * c.n_layer as f64;
+        let alone: Vec<f64> = shapes.iter().map(|&(m, k)| probe.bench_cublas(m, k, n, 10).expect("cuBLAS") * c.n_layer as f64).collect();
+        let ceiling: f64 = alone.iter().sum();
         let times: Vec<f64> = (0..5).map(|_| run(&runners[1].1, n, 0).0).collect();
         let best = times.iter().copied().fold(f64::INFINITY, f64::min);
         let all: Vec<String> = times.iter().map(|t| format!("{:.1}", t * 1e3)).collect();
@@ -98,6 +101,20 @@ pub fn run_all(ty: GgmlType, long: bool) {
             ceiling * 1e3,
             ceiling / best * 100.0
         );
+        // The matmul phases of the last prefill on the card against the same GEMMs alone.
+        let phases = stack_engine.stack_phases();
+        let phase = |name: &str| phases.iter().find(|p| p.0 == name).map_or(f64::NAN, |p| p.1);
+        let on_card: f64 = phases.iter().map(|p| p.1).sum();
+        let parts = [("Q/K/V", phase("Q/K/V GEMMs"), alone[..3].iter().sum::<f64>()), ("output", phase("output GEMM + norm"), alone[3]), ("feed-forward", phase("feed-forward"), alone[4..].iter().sum::<f64>())];
+        let (mm, mm_alone): (f64, f64) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2 * 1e3));
+        let text: Vec<String> = parts.iter().map(|(k, t, a)| format!("{k} {t:.2} ms vs {:.2} alone ({:.0} %)", a * 1e3, a * 1e3 / t * 100.0)).collect();
+        println!(
+            "stack N={n}: on the card {on_card:.1} ms; its matmul phases {mm:.1} ms vs {mm_alone:.1} ms alone ({:.0} % of the ceiling): {}",
+            mm_alone / mm * 100.0,
+            text.join(", ")
+        );
+        let rest: Vec<String> = phases.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("stack N={n}: card time per phase (ms): {}", rest.join(", "));
     }
     for (label, gpu) in &runners {
         println!("{label}:");

@@ -206,39 +206,40 @@ impl Dispatcher {
     }
 
     /// A batch's whole decoder stack on one engine, when the policy places it there (see
-    /// [`MatrixEngine::stack`]): every weight is prepared first, then the engine runs every
-    /// block with the hidden states kept on it. Returns false when the stack stays here —
-    /// not placed, or failed (then `x` is restored and the caller runs the blocks itself,
-    /// rewriting any K/V rows the engine stored).
-    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> bool {
+    /// [`MatrixEngine::stack`]): every weight is prepared first (the output projection's
+    /// too: the batch's logits follow on the same engine, see [`Dispatcher::matmul_on`]),
+    /// then the engine runs every block with the hidden states kept on it. Returns the
+    /// engine, or None when the stack stays here — not placed, or failed (then `x` is
+    /// restored and the caller runs the blocks itself, rewriting any K/V rows the engine stored).
+    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Option<usize> {
         if self.accelerators.is_empty() && !self.verbose {
-            return false;
+            return None;
         }
         let n = input.n();
         let model = input.model;
         let cost = super::stack_cost(input);
-        let needed = |e: &dyn MatrixEngine| -> usize {
-            model.layers.iter().flat_map(StackInput::weights).map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum()
-        };
+        let weights = || model.layers.iter().flat_map(StackInput::weights).chain(std::iter::once(&model.output));
+        let needed = |e: &dyn MatrixEngine| -> usize { weights().map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum() };
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
         let decision = self.policy.decide_stack(&engines, &model.config, n, cost, &needed, self.cache.budget().memory_bytes);
         if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack".into(), n)) {
             let name = decision.engine.map_or("cpu", |i| engines[i].name());
             eprintln!("placement: decoder stack N={n} -> {name}: {}", decision.reason);
         }
-        let Some(engine) = decision.engine.map(|i| engines[i]) else { return false };
-        let unsupported = model.layers.iter().flat_map(StackInput::weights).find_map(|w| {
+        let index = decision.engine?;
+        let engine = engines[index];
+        let unsupported = weights().find_map(|w| {
             engine.supports(&MatmulShape::of(w, n)).err().map(|why| format!("{}: {why}", w.name))
         });
         if let Some(why) = unsupported {
             if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack weights".into(), n)) {
                 eprintln!("placement: decoder stack N={n} stays here: {} cannot take {why}", engine.name());
             }
-            return false;
+            return None;
         }
         let t0 = Instant::now();
         let bucket = bucket_for(engine.n_buckets(), n);
-        let prepared = model.layers.iter().flat_map(StackInput::weights).try_for_each(|w| {
+        let prepared = weights().try_for_each(|w| {
             self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats)
         });
         let saved = x.to_vec();
@@ -250,13 +251,28 @@ impl Dispatcher {
                     s.flops += cost.0;
                     s.time += t0.elapsed();
                 });
-                true
+                Some(index)
             }
             Err(f) => {
                 x.copy_from_slice(&saved);
                 self.report_failure(&f);
-                false
+                None
             }
+        }
+    }
+
+    /// `out = x · Wᵀ` on accelerator `engine` whatever N (a stack's logits, following its
+    /// hidden states), on the CPU when that engine fails it.
+    pub fn matmul_on(&self, engine: usize, w: &Weight, x: &[f32], out: &mut [f32]) {
+        let Some(e) = self.accelerators.get(engine).map(|e| e.as_ref()) else { return self.run_on_cpu(&[w], x, &mut [out]) };
+        let key = WeightKey::of(w);
+        let n = x.len() / w.cols;
+        let result = self.run_tiles(e, &[w], n, |bucket, start, len| {
+            e.matmul(&[&key], &[w], bucket, &x[start * w.cols..(start + len) * w.cols], len, &mut [&mut out[start * w.rows..(start + len) * w.rows]])
+        });
+        if let Err(f) = result {
+            self.report_failure(&f);
+            self.run_on_cpu(&[w], x, &mut [out]);
         }
     }
 
