@@ -303,8 +303,13 @@ impl Gpu {
     /// Launch `kernel` on the compute stream with `grid` blocks of `threads` and these
     /// arguments (device pointers as `P`, 0 for an absent optional input).
     pub(crate) fn launch(&self, kernel: &str, grid: u32, threads: u32, args: &[KArg]) -> Res<()> {
+        self.launch_grid(kernel, (grid, 1), threads, args)
+    }
+
+    /// [`Gpu::launch`] over a two-dimensional grid.
+    pub(crate) fn launch_grid(&self, kernel: &str, grid: (u32, u32), threads: u32, args: &[KArg]) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
-        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (grid.0.max(1), grid.1.max(1), 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let mut b = self.s_comp.launch_builder(f);
         for a in args {
             match a {

@@ -62,6 +62,9 @@ pub struct CudaOptions {
     /// Run a prefill's whole decoder stack on the card when the model fits the budget
     /// (hidden states stay there; only they and the new K/V cross the bus).
     pub stack: bool,
+    /// In whole stacks, attention by the fused flash kernels where they fit (head size 64 or
+    /// 128, compute 8.0+); off: scores and values through cuBLAS with a softmax between.
+    pub flash_attention: bool,
     /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
     pub profile_stack: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
@@ -83,6 +86,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
+            flash_attention: true,
             kernel_cache: None,
             bench_device_only: false,
         }
@@ -120,13 +124,13 @@ impl CudaEngine {
     /// A new engine. Never fails and touches no driver: the device is brought up on first
     /// use (availability, prepare), and a failure there makes it [`Availability::Unavailable`].
     pub fn new(opts: CudaOptions) -> Self {
-        let profile = opts.profile_stack;
+        let (profile, flash) = (opts.profile_stack, opts.flash_attention);
         CudaEngine {
             opts,
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
             scratch: Mutex::new(pipeline::Scratch::default()),
-            stack: Mutex::new(stack::Buffers::new(profile)),
+            stack: Mutex::new(stack::Buffers::new(profile, flash)),
         }
     }
 
@@ -167,6 +171,22 @@ impl CudaEngine {
     /// `profile_stack` is set.
     pub fn stack_phases(&self) -> Vec<(&'static str, f64)> {
         self.stack.lock().unwrap_or_else(|e| e.into_inner()).phases.clone()
+    }
+
+    /// GPU check only: one sequence's causal attention through the whole stack's kernels
+    /// (`flash`: the fused kernel where it fits; otherwise cuBLAS scores and values), queries
+    /// at positions `pos0..`, cache rows from 0. Returns the card's milliseconds.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: bool) -> Result<f64, String> {
+        let g = self.gpu()?;
+        let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("attention", || stack::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash))
+    }
+
+    /// Whether the whole stack's attention takes the flash kernel for this shape here.
+    pub fn has_flash_attention(&self, shape: &AttnShape) -> bool {
+        self.gpu().is_ok_and(|g| stack::flash_kernel(g, shape).is_some())
     }
 
     /// Bytes of prepared weights held now.

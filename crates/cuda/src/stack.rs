@@ -46,6 +46,8 @@ pub(crate) struct Buffers {
     prepped: Option<CudaEvent>,
     /// Time the phases of each call (`CudaOptions::profile_stack`).
     profile: bool,
+    /// Use the flash-attention kernels where they fit (`CudaOptions::flash_attention`).
+    flash: bool,
     /// The last profiled call's card time per phase, ms.
     pub(crate) phases: Vec<(&'static str, f64)>,
 }
@@ -53,9 +55,10 @@ pub(crate) struct Buffers {
 /// Tokens per feed-forward pass: bounds the gate/up/product buffers (10 bytes × n_ff per token).
 const FFN_CHUNK: usize = 4096;
 impl Buffers {
-    /// Empty buffers; `profile` times the card's phases of every call.
-    pub(crate) fn new(profile: bool) -> Self {
-        Buffers { profile, ..Default::default() }
+    /// Empty buffers; `profile` times the card's phases of every call, `flash` picks the
+    /// flash-attention kernels where they fit.
+    pub(crate) fn new(profile: bool, flash: bool) -> Self {
+        Buffers { profile, flash, ..Default::default() }
     }
 }
 
@@ -199,9 +202,12 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     let ld_max = input.spans.iter().zip(&pos0).map(|(s, p0)| p0 + s.len()).max().unwrap_or(1).next_multiple_of(8);
     let longest = input.spans.iter().map(|s| s.len()).max().unwrap_or(1);
     let qc = (SCORE_BYTES / (c.n_head * ld_max * 6)).clamp(16, 4096).min(longest);
+    // The flash kernels need no score buffers.
+    let flash = b.flash && flash_kernel(gpu, &input.attn_shape(0)).is_some();
+    let score_elems = if flash { 0 } else { c.n_head * qc * ld_max };
     let scores = Scores {
-        s: ensure_dev(&gpu.ctx, &mut b.scores, c.n_head * qc * ld_max * 4)?,
-        p: ensure_dev(&gpu.ctx, &mut b.probs, c.n_head * qc * ld_max * 2)?,
+        s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
+        p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
         chunk: qc,
     };
     let d_att_h = ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?;
@@ -334,7 +340,7 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
                 len: s.len(),
                 pos0: p0,
             };
-            attention(gpu, &shape, &seq, &scores, &mut prof)?;
+            attention(gpu, &shape, &seq, &scores, flash, &mut prof)?;
         }
         gpu.gemm(wo, d_att_h, d_o, d, od, n, false)?;
         gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 4)), KArg::P(vptr(il, 1)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
@@ -433,6 +439,22 @@ impl Phases {
     }
 }
 
+/// Queries per block of the flash kernels.
+const FLASH_QUERIES: usize = 64;
+
+/// The flash-attention kernel for this shape, if one fits: tensor-core `mma.sync` (compute
+/// capability 8.0 or newer) and equal key and value head sizes of 64 or 128.
+pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape) -> Option<&'static str> {
+    if gpu.cc.0 < 8 || sh.head_dim != sh.head_dim_v {
+        return None;
+    }
+    match sh.head_dim {
+        64 => Some("flash_d64"),
+        128 => Some("flash_d128"),
+        _ => None,
+    }
+}
+
 /// Scratch of the attention GEMMs: scores (f32) and probabilities (f16) of `chunk` queries.
 struct Scores {
     s: u64,
@@ -459,10 +481,25 @@ struct SeqAttention {
 /// keys the chunk can see (one strided-batched GEMM per query head of a KV group, batched
 /// over the KV heads), a masked softmax to f16 probabilities, `O = P·V` written as f16 straight
 /// into the output projection's input.
-fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, prof: &mut Option<Phases>) -> Res<()> {
+fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: bool, prof: &mut Option<Phases>) -> Res<()> {
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
+    if let Some(kernel) = flash_kernel(gpu, sh).filter(|_| flash) {
+        let args = [
+            KArg::P(a.q_h),
+            KArg::P(a.k),
+            KArg::P(a.v),
+            KArg::P(a.out),
+            KArg::I(int(a.len)?),
+            KArg::I(int(a.pos0)?),
+            KArg::I(int(sh.n_head)?),
+            KArg::I(int(nkv)?),
+            KArg::I(int(sh.window.unwrap_or(0))?),
+        ];
+        gpu.launch_grid(kernel, (int(a.len.div_ceil(FLASH_QUERIES))? as u32, int(sh.n_head)? as u32), 128, &args)?;
+        return Phases::mark(prof, gpu, "flash attention");
+    }
     for c0 in (0..a.len).step_by(sc.chunk) {
         let cl = sc.chunk.min(a.len - c0);
         let hi = a.pos0 + c0 + cl;
@@ -493,4 +530,53 @@ fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention
         Phases::mark(prof, gpu, "attention values")?;
     }
     Ok(())
+}
+
+/// One sequence's attention through the stack's own kernels on host data (for the GPU
+/// check): queries f32 `[n, n_head * d]` (rounded to f16, as the stack's are) at positions
+/// `pos0..pos0 + n`, cache rows `0..pos0 + n`, output f32. Returns the card's milliseconds.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_once(
+    gpu: &Gpu,
+    sh: &engine::cpu::attention::AttnShape,
+    q: &[f32],
+    pos0: usize,
+    kc: &[half::f16],
+    vc: &[half::f16],
+    out: &mut [f32],
+    flash: bool,
+) -> Res<f64> {
+    let (qd, kvd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
+    let n = q.len() / qd;
+    let rows = pos0 + n;
+    if kc.len() < rows * kvd || vc.len() < rows * vd || out.len() < n * od {
+        return Err("attention buffers do not match".into());
+    }
+    gpu.bind()?;
+    let bits = |h: &[half::f16]| -> Vec<u16> { h.iter().map(|v| v.to_bits()).collect() };
+    let q_h: Vec<u16> = q.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+    let pos: Vec<i32> = (pos0..rows).map(|p| p as i32).collect();
+    let (d_q, d_k, d_v) = (DevBuf::new(&gpu.ctx, n * qd * 2)?, DevBuf::new(&gpu.ctx, rows * kvd * 2)?, DevBuf::new(&gpu.ctx, rows * vd * 2)?);
+    let (d_pos, d_out) = (DevBuf::new(&gpu.ctx, n * 4)?, DevBuf::new(&gpu.ctx, n * od * 2)?);
+    let ld = rows.next_multiple_of(8);
+    let qc = (SCORE_BYTES / (sh.n_head * ld * 6)).clamp(16, 4096).min(n);
+    let (d_s, d_p) = (DevBuf::new(&gpu.ctx, sh.n_head * qc * ld * 4)?, DevBuf::new(&gpu.ctx, sh.n_head * qc * ld * 2)?);
+    let stream = gpu.s_comp.cu_stream();
+    unsafe {
+        drv::memcpy_htod_async(d_q.ptr, &q_h[..], stream).map_err(err("upload"))?;
+        drv::memcpy_htod_async(d_k.ptr, &bits(&kc[..rows * kvd])[..], stream).map_err(err("upload"))?;
+        drv::memcpy_htod_async(d_v.ptr, &bits(&vc[..rows * vd])[..], stream).map_err(err("upload"))?;
+        drv::memcpy_htod_async(d_pos.ptr, &pos[..], stream).map_err(err("upload"))?;
+    }
+    let seq = SeqAttention { q_h: d_q.ptr, k: d_k.ptr, v: d_v.ptr, pos: d_pos.ptr, out: d_out.ptr, len: n, pos0 };
+    let scores = Scores { s: d_s.ptr, p: d_p.ptr, chunk: qc };
+    let (e0, e1) = (gpu.event(true)?, gpu.event(true)?);
+    e0.record(&gpu.s_comp).map_err(err("record"))?;
+    attention(gpu, sh, &seq, &scores, flash, &mut None)?;
+    e1.record(&gpu.s_comp).map_err(err("record"))?;
+    let mut half_out = vec![0u16; n * od];
+    unsafe { drv::memcpy_dtoh_async(&mut half_out[..], d_out.ptr, stream) }.map_err(err("download"))?;
+    gpu.s_comp.synchronize().map_err(err("attention"))?;
+    out[..n * od].iter_mut().zip(&half_out).for_each(|(o, &h)| *o = half::f16::from_bits(h).to_f32());
+    Ok(e0.elapsed_ms(&e1).map_err(err("timing"))? as f64)
 }

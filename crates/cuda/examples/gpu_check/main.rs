@@ -248,6 +248,9 @@ fn check_attention(e: &CudaEngine) -> usize {
         (64, 8, 128, None, 0, 1000),
         // 32 query heads per KV head of 256 dims: too much shared memory for the tiled kernel.
         (64, 2, 256, Some(40), 10, 90),
+        // An 8B layer's prefill of 4096 tokens, and a window with a long cached prefix.
+        (32, 8, 128, None, 0, 4096),
+        (16, 4, 64, Some(256), 700, 333),
     ];
     for (n_head, n_head_kv, dim, window, pos0, n) in cases {
         let s = AttnShape { n_head, n_head_kv, head_dim: dim, head_dim_v: dim, window };
@@ -274,6 +277,26 @@ fn check_attention(e: &CudaEngine) -> usize {
                 let ok = err < 1e-4;
                 failures += usize::from(!ok);
                 println!("{label}: rel err {err:.2e}, {ms:.2} ms  {}", if ok { "ok" } else { "FAIL" });
+            }
+        }
+        // The whole stack's kernels: queries and outputs in f16 (probabilities too).
+        for flash in [true, false] {
+            if flash && !e.has_flash_attention(&s) {
+                continue;
+            }
+            let mut got = vec![f32::NAN; n * n_head * dim];
+            let kind = if flash { "flash" } else { "cuBLAS" };
+            match e.stack_attention(&s, &q, pos0, &k, &v, &mut got, flash) {
+                Err(f) => {
+                    println!("{label} (stack, {kind}): engine failure: {f}");
+                    failures += 1;
+                }
+                Ok(ms) => {
+                    let err = rel_err(&got, &want);
+                    let ok = err < 2e-3;
+                    failures += usize::from(!ok);
+                    println!("{label} (stack, {kind}): rel err {err:.2e}, {ms:.3} ms on the card  {}", if ok { "ok" } else { "FAIL" });
+                }
             }
         }
     }
@@ -318,8 +341,14 @@ fn check_model(e: &CudaEngine) -> usize {
         let exact = session(&Runner::with_dispatcher(model(), 4, d).expect("runner"));
         println!("model tiny {arch} {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
         let mut first: Option<Vec<f32>> = None;
-        for (label, budget, stack) in [("whole stack", usize::MAX, true), ("ops one by one", usize::MAX, false), ("1 MiB budget", 1 << 20, true)] {
-            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, ..Default::default() }));
+        let variants = [
+            ("whole stack", usize::MAX, true, true),
+            ("whole stack, cuBLAS attention", usize::MAX, true, false),
+            ("ops one by one", usize::MAX, false, true),
+            ("1 MiB budget", 1 << 20, true, true),
+        ];
+        for (label, budget, stack, flash_attention) in variants {
+            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, ..Default::default() }));
             let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, (1.0, 1.0));
             let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
             let r = Runner::with_dispatcher(model(), 4, d).expect("runner");
