@@ -380,8 +380,8 @@ extern "C" __global__ void attn_softmax(const float* __restrict__ s, u16* __rest
 }
 
 // Flash attention on tensor cores (mma.sync m16n8k16, f16 in, f32 accumulation) for head
-// sizes D = 64 and 128 (keys and values alike). A block takes 64 consecutive queries of one
-// query head (a warp per 16); it walks the visible keys in tiles of 64, staged in shared
+// sizes D = 64 and 128 (keys and values alike). A block takes BQ (64 or 128) consecutive
+// queries of one query head (a warp per 16); it walks the visible keys in tiles of 64, staged in shared
 // memory (K row-major, V transposed, rows padded against bank conflicts): S = Q·Kᵀ in
 // registers, masked causally and by the window, an online softmax, P rounded to f16 and
 // multiplied by V straight from the score registers (the accumulator layout of m16n8 is the
@@ -398,11 +398,10 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1)
 __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
     u32 r; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
 }
-#define FA_BQ 64
 #define FA_BK 64
 // mma.sync m16n8k16 needs compute capability 8.0; older cards compile an empty body and the
 // host never launches it there (stack.rs checks the capability).
-template <int D>
+template <int D, int FA_BQ>
 __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
                                            u16* __restrict__ out, int n, int pos0, int n_head, int n_kv, int window) {
 #if __CUDA_ARCH__ >= 800
@@ -512,12 +511,15 @@ __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16*
     }
 #endif
 }
-extern "C" __global__ void flash_d64(const u16* q, const u16* kc, const u16* vc, u16* out, int n, int pos0, int n_head, int n_kv, int window) {
-    flash_attn<64>(q, kc, vc, out, n, pos0, n_head, n_kv, window);
+// Kernels by head size and queries per block (a warp per 16 queries).
+#define FLASH(NAME, D, BQ) \
+extern "C" __global__ void NAME(const u16* q, const u16* kc, const u16* vc, u16* out, int n, int pos0, int n_head, int n_kv, int window) { \
+    flash_attn<D, BQ>(q, kc, vc, out, n, pos0, n_head, n_kv, window); \
 }
-extern "C" __global__ void flash_d128(const u16* q, const u16* kc, const u16* vc, u16* out, int n, int pos0, int n_head, int n_kv, int window) {
-    flash_attn<128>(q, kc, vc, out, n, pos0, n_head, n_kv, window);
-}
+FLASH(flash_d64_q64, 64, 64)
+FLASH(flash_d128_q64, 128, 64)
+FLASH(flash_d64_q128, 64, 128)
+FLASH(flash_d128_q128, 128, 128)
 
 // f32 -> f16, saturated (the attention output on its way into the output projection).
 extern "C" __global__ void to_f16(const float* __restrict__ src, u16* __restrict__ dst, i64 n) {
@@ -535,10 +537,11 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 23] = [
+pub const NAMES: [&str; 25] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
-    "attn_tiled", "residual_norm", "qk_prep", "to_f16", "attn_softmax", "flash_d64", "flash_d128",
+    "attn_tiled", "residual_norm", "qk_prep", "to_f16", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
+    "flash_d64_q128", "flash_d128_q128",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

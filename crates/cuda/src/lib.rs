@@ -63,8 +63,9 @@ pub struct CudaOptions {
     /// (hidden states stay there; only they and the new K/V cross the bus).
     pub stack: bool,
     /// In whole stacks, attention by the fused flash kernels where they fit (head size 64 or
-    /// 128, compute 8.0+); off: scores and values through cuBLAS with a softmax between.
-    pub flash_attention: bool,
+    /// 128, compute 8.0+), with this many queries per block (64 or 128); 0: scores and values
+    /// through cuBLAS with a softmax between.
+    pub flash_attention: usize,
     /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
     pub profile_stack: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
@@ -86,7 +87,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
-            flash_attention: true,
+            flash_attention: 128,
             kernel_cache: None,
             bench_device_only: false,
         }
@@ -174,19 +175,19 @@ impl CudaEngine {
     }
 
     /// GPU check only: one sequence's causal attention through the whole stack's kernels
-    /// (`flash`: the fused kernel where it fits; otherwise cuBLAS scores and values), queries
+    /// (`flash`: queries per block of the fused kernel where it fits, 0 = cuBLAS scores and values), queries
     /// at positions `pos0..`, cache rows from 0. Returns the card's milliseconds.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: bool) -> Result<f64, String> {
+    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize) -> Result<f64, String> {
         let g = self.gpu()?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("attention", || stack::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash))
     }
 
-    /// Whether the whole stack's attention takes the flash kernel for this shape here.
+    /// Whether the whole stack's attention has a flash kernel for this shape here.
     pub fn has_flash_attention(&self, shape: &AttnShape) -> bool {
-        self.gpu().is_ok_and(|g| stack::flash_kernel(g, shape).is_some())
+        self.gpu().is_ok_and(|g| stack::flash_kernel(g, shape, 64).is_some())
     }
 
     /// Bytes of prepared weights held now.

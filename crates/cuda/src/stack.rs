@@ -46,8 +46,9 @@ pub(crate) struct Buffers {
     prepped: Option<CudaEvent>,
     /// Time the phases of each call (`CudaOptions::profile_stack`).
     profile: bool,
-    /// Use the flash-attention kernels where they fit (`CudaOptions::flash_attention`).
-    flash: bool,
+    /// Queries per block of the flash-attention kernels where they fit, 0 = none
+    /// (`CudaOptions::flash_attention`).
+    flash: usize,
     /// The last profiled call's card time per phase, ms.
     pub(crate) phases: Vec<(&'static str, f64)>,
 }
@@ -57,7 +58,7 @@ const FFN_CHUNK: usize = 4096;
 impl Buffers {
     /// Empty buffers; `profile` times the card's phases of every call, `flash` picks the
     /// flash-attention kernels where they fit.
-    pub(crate) fn new(profile: bool, flash: bool) -> Self {
+    pub(crate) fn new(profile: bool, flash: usize) -> Self {
         Buffers { profile, flash, ..Default::default() }
     }
 }
@@ -203,8 +204,8 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     let longest = input.spans.iter().map(|s| s.len()).max().unwrap_or(1);
     let qc = (SCORE_BYTES / (c.n_head * ld_max * 6)).clamp(16, 4096).min(longest);
     // The flash kernels need no score buffers.
-    let flash = b.flash && flash_kernel(gpu, &input.attn_shape(0)).is_some();
-    let score_elems = if flash { 0 } else { c.n_head * qc * ld_max };
+    let flash = if flash_kernel(gpu, &input.attn_shape(0), b.flash).is_some() { b.flash } else { 0 };
+    let score_elems = if flash > 0 { 0 } else { c.n_head * qc * ld_max };
     let scores = Scores {
         s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
         p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
@@ -439,20 +440,20 @@ impl Phases {
     }
 }
 
-/// Queries per block of the flash kernels.
-const FLASH_QUERIES: usize = 64;
-
-/// The flash-attention kernel for this shape, if one fits: tensor-core `mma.sync` (compute
-/// capability 8.0 or newer) and equal key and value head sizes of 64 or 128.
-pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape) -> Option<&'static str> {
+/// The flash-attention kernel for this shape with `queries` per block (64 or 128; 0 = none),
+/// if one fits: tensor-core `mma.sync` (compute capability 8.0 or newer) and equal key and
+/// value head sizes of 64 or 128.
+pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, queries: usize) -> Option<&'static str> {
     if gpu.cc.0 < 8 || sh.head_dim != sh.head_dim_v {
         return None;
     }
-    match sh.head_dim {
-        64 => Some("flash_d64"),
-        128 => Some("flash_d128"),
-        _ => None,
-    }
+    Some(match (sh.head_dim, queries) {
+        (64, 64) => "flash_d64_q64",
+        (128, 64) => "flash_d128_q64",
+        (64, 128) => "flash_d64_q128",
+        (128, 128) => "flash_d128_q128",
+        _ => return None,
+    })
 }
 
 /// Scratch of the attention GEMMs: scores (f32) and probabilities (f16) of `chunk` queries.
@@ -481,11 +482,11 @@ struct SeqAttention {
 /// keys the chunk can see (one strided-batched GEMM per query head of a KV group, batched
 /// over the KV heads), a masked softmax to f16 probabilities, `O = P·V` written as f16 straight
 /// into the output projection's input.
-fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: bool, prof: &mut Option<Phases>) -> Res<()> {
+fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
-    if let Some(kernel) = flash_kernel(gpu, sh).filter(|_| flash) {
+    if let Some(kernel) = flash_kernel(gpu, sh, flash) {
         let args = [
             KArg::P(a.q_h),
             KArg::P(a.k),
@@ -497,7 +498,7 @@ fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention
             KArg::I(int(nkv)?),
             KArg::I(int(sh.window.unwrap_or(0))?),
         ];
-        gpu.launch_grid(kernel, (int(a.len.div_ceil(FLASH_QUERIES))? as u32, int(sh.n_head)? as u32), 128, &args)?;
+        gpu.launch_grid(kernel, (int(a.len.div_ceil(flash))? as u32, int(sh.n_head)? as u32), (flash / 16 * 32) as u32, &args)?;
         return Phases::mark(prof, gpu, "flash attention");
     }
     for c0 in (0..a.len).step_by(sc.chunk) {
@@ -544,7 +545,7 @@ pub(crate) fn attention_once(
     kc: &[half::f16],
     vc: &[half::f16],
     out: &mut [f32],
-    flash: bool,
+    flash: usize,
 ) -> Res<f64> {
     let (qd, kvd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
     let n = q.len() / qd;

@@ -280,12 +280,12 @@ fn check_attention(e: &CudaEngine) -> usize {
             }
         }
         // The whole stack's kernels: queries and outputs in f16 (probabilities too).
-        for flash in [true, false] {
-            if flash && !e.has_flash_attention(&s) {
+        for flash in [64, 128, 0] {
+            if flash > 0 && !e.has_flash_attention(&s) {
                 continue;
             }
             let mut got = vec![f32::NAN; n * n_head * dim];
-            let kind = if flash { "flash" } else { "cuBLAS" };
+            let kind = if flash > 0 { format!("flash {flash}") } else { "cuBLAS".into() };
             match e.stack_attention(&s, &q, pos0, &k, &v, &mut got, flash) {
                 Err(f) => {
                     println!("{label} (stack, {kind}): engine failure: {f}");
@@ -342,10 +342,11 @@ fn check_model(e: &CudaEngine) -> usize {
         println!("model tiny {arch} {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
         let mut first: Option<Vec<f32>> = None;
         let variants = [
-            ("whole stack", usize::MAX, true, true),
-            ("whole stack, cuBLAS attention", usize::MAX, true, false),
-            ("ops one by one", usize::MAX, false, true),
-            ("1 MiB budget", 1 << 20, true, true),
+            ("whole stack", usize::MAX, true, 128),
+            ("whole stack, flash 64", usize::MAX, true, 64),
+            ("whole stack, cuBLAS attention", usize::MAX, true, 0),
+            ("ops one by one", usize::MAX, false, 128),
+            ("1 MiB budget", 1 << 20, true, 128),
         ];
         for (label, budget, stack, flash_attention) in variants {
             let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, ..Default::default() }));
