@@ -40,6 +40,8 @@ pub(crate) struct Buffers {
     region: [Option<DevBuf>; 2],
     small: Option<DevBuf>,
     staging: Option<HostBuf>,
+    /// Pinned hidden states, up and down.
+    x_host: Option<HostBuf>,
     /// Per pinned slot: its rows are down (copy stream).
     copied: Vec<CudaEvent>,
     /// The rows of the current layer are ready to go down (compute stream).
@@ -193,6 +195,10 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
     let kv_row_at = pos_at + (n * 4) as u64;
     let chunk = n.min(FFN_CHUNK);
     let d_x = ensure_dev(&gpu.ctx, &mut b.x, n * d * 4)?;
+    // The hidden states cross through pinned memory (full bus speed), copied on every core.
+    let x_pinned = ensure_host(&gpu.ctx, &mut b.x_host, n * d * 4, false)?.slice_mut::<f32>(n * d);
+    par_copy(x_pinned, x);
+    let x_pinned_ptr = x_pinned.as_mut_ptr();
     let d_h = ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?;
     let d_q = ensure_dev(&gpu.ctx, &mut b.q, n * qd * 4)?;
     let d_k = ensure_dev(&gpu.ctx, &mut b.k, n * kvd * 4)?;
@@ -235,7 +241,7 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         drv::memcpy_htod_async(rope_l_at, &rope_l[..], stream).map_err(err("upload RoPE"))?;
         drv::memcpy_htod_async(pos_at, &pos[..], stream).map_err(err("upload positions"))?;
         drv::memcpy_htod_async(kv_row_at, &kv_row[..], stream).map_err(err("upload rows"))?;
-        drv::memcpy_htod_async(d_x, &x[..], stream).map_err(err("upload hidden states"))?;
+        drv::memcpy_htod_async(d_x, std::slice::from_raw_parts(x_pinned_ptr as *const f32, n * d), stream).map_err(err("upload hidden states"))?;
     }
     let vptr = |il: usize, which: usize| vecs.at[il][which].map_or(0, |at| vec_at + (at * 4) as u64);
     let (eps, dd) = (c.norm_eps, int(d)?);
@@ -384,8 +390,11 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         }
         Ok(())
     })?;
-    unsafe { drv::memcpy_dtoh_async(&mut x[..], d_x, stream) }.map_err(err("download hidden states"))?;
+    let x_pinned = b.x_host.as_mut().expect("allocated above").slice_mut::<f32>(n * d);
+    unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], d_x, stream) }.map_err(err("download hidden states"))?;
     gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
+    // Only now, with everything done, does x change (a failure leaves it as it was).
+    par_copy(x, x_pinned);
     if let Some(p) = prof {
         b.phases = p.report(n)?;
     }
@@ -454,6 +463,11 @@ pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, qu
         (128, 128) => "flash_d128_q128",
         _ => return None,
     })
+}
+
+/// `dst = src` in pieces across the thread pool.
+fn par_copy(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// Scratch of the attention GEMMs: scores (f32) and probabilities (f16) of `chunk` queries.

@@ -7,6 +7,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::matrix::Dispatcher;
 use crate::model::Model;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// One sequence of a batched forward pass.
@@ -164,11 +165,17 @@ impl Runner {
     fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         let c = &self.model.config;
         let mut x = vec![0f32; tokens.len() * c.n_embd];
-        for (row, &t) in x.chunks_exact_mut(c.n_embd).zip(tokens) {
+        let embed_row = |(row, &t): (&mut [f32], &u32)| {
             self.model.tok_embd.dequantize_row(t as usize, row);
             if let Some(s) = c.embed_scale {
                 row.iter_mut().for_each(|v| *v *= s);
             }
+        };
+        // A prefill's rows on the whole pool; a decode step's one row here.
+        if tokens.len() > 1 {
+            x.par_chunks_exact_mut(c.n_embd).zip(tokens.par_iter()).for_each(embed_row);
+        } else {
+            x.chunks_exact_mut(c.n_embd).zip(tokens).for_each(embed_row);
         }
         x
     }

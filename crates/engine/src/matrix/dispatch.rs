@@ -209,8 +209,8 @@ impl Dispatcher {
     /// [`MatrixEngine::stack`]): every weight is prepared first (the output projection's
     /// too: the batch's logits follow on the same engine, see [`Dispatcher::matmul_on`]),
     /// then the engine runs every block with the hidden states kept on it. Returns the
-    /// engine, or None when the stack stays here — not placed, or failed (then `x` is
-    /// restored and the caller runs the blocks itself, rewriting any K/V rows the engine stored).
+    /// engine, or None when the stack stays here — not placed, or failed (then `x` is as it
+    /// was and the caller runs the blocks itself, rewriting any K/V rows the engine stored).
     pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Option<usize> {
         if self.accelerators.is_empty() && !self.verbose {
             return None;
@@ -242,7 +242,6 @@ impl Dispatcher {
         let prepared = weights().try_for_each(|w| {
             self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats)
         });
-        let saved = x.to_vec();
         let result = prepared.and_then(|_| engine.stack(input, x, caches));
         match result {
             Ok(()) => {
@@ -254,7 +253,6 @@ impl Dispatcher {
                 Some(index)
             }
             Err(f) => {
-                x.copy_from_slice(&saved);
                 self.report_failure(&f);
                 None
             }

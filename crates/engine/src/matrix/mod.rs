@@ -192,8 +192,9 @@ pub trait MatrixEngine: Send + Sync {
     /// Every decoder block of the model over a batch, as [`crate::block::run_block`] defines
     /// them: `x` (`[n, n_embd]`, the embeddings) becomes the last block's output, and each
     /// sequence's cache receives the new tokens' K/V at their positions (its length is left
-    /// to the caller). Every weight of the stack is prepared before the call. On failure
-    /// `x` and the caches' new rows may hold anything: the caller recomputes both.
+    /// to the caller). Every weight of the stack is prepared before the call. On failure `x`
+    /// is left as it was (the caller recomputes from it) and the caches' new rows may hold
+    /// anything (the caller rewrites them).
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         let _ = (input, x, caches);
         Err(EngineFailure { engine: self.name().into(), what: "this engine does not run decoder stacks".into() })

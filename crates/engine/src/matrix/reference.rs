@@ -161,7 +161,11 @@ impl MatrixEngine for ReferenceEngine {
     }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()) };
-        (0..input.model.layers.len()).try_for_each(|il| run_block(&ops, input, il, x, caches))
+        // On a copy: a failure must leave x as it was.
+        let mut y = x.to_vec();
+        (0..input.model.layers.len()).try_for_each(|il| run_block(&ops, input, il, &mut y, caches))?;
+        x.copy_from_slice(&y);
+        Ok(())
     }
     fn attention(
         &self,
