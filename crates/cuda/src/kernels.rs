@@ -521,11 +521,6 @@ FLASH(flash_d128_q64, 128, 64)
 FLASH(flash_d64_q128, 64, 128)
 FLASH(flash_d128_q128, 128, 128)
 
-// f32 -> f16, saturated (the attention output on its way into the output projection).
-extern "C" __global__ void to_f16(const float* __restrict__ src, u16* __restrict__ dst, i64 n) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) dst[i] = f2h(sat_f16(src[i]));
-}
-
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -537,10 +532,10 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 25] = [
+pub const NAMES: [&str; 24] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
-    "attn_tiled", "residual_norm", "qk_prep", "to_f16", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
+    "attn_tiled", "residual_norm", "qk_prep", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
     "flash_d64_q128", "flash_d128_q128",
 ];
 

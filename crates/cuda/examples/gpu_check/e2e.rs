@@ -15,6 +15,9 @@ use quant::GgmlType;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Decode steps timed after each prefill (they stay on the CPU either way).
+const DECODE_STEPS: usize = 16;
+
 /// Prefill `n` tokens, then `decode` single-token steps; returns (prefill s, decode s per token, last logits).
 fn run(r: &Runner, n: usize, decode: usize) -> (f64, f64, Vec<f32>) {
     let vocab = r.model.config.n_vocab as u32;
@@ -60,12 +63,12 @@ pub fn run_all(ty: GgmlType, long: bool) {
     println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
     for &n in sizes {
-        let (tc, dc, lc) = run(&cpu, n, 4);
+        let (tc, dc, lc) = run(&cpu, n, DECODE_STEPS);
         for (label, gpu) in &runners {
             // A warm-up at this size (buffers grow once, as llama-bench warms up), then the
             // median of three prefills.
             run(gpu, n, 0);
-            let mut tries: Vec<(f64, f64, Vec<f32>)> = (0..3).map(|_| run(gpu, n, 4)).collect();
+            let mut tries: Vec<(f64, f64, Vec<f32>)> = (0..3).map(|_| run(gpu, n, DECODE_STEPS)).collect();
             tries.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (tg, dg, lg) = tries.swap_remove(1);
             println!(
