@@ -16,6 +16,7 @@ use std::ops::Range;
 
 /// A batch's pass through every decoder block: what an engine needs besides the hidden
 /// states and the caches.
+#[derive(Clone, Copy)]
 pub struct StackInput<'a> {
     /// The model (config and layers).
     pub model: &'a Model,
@@ -27,6 +28,8 @@ pub struct StackInput<'a> {
     pub rope_global: &'a [(f32, f32)],
     /// The same for sliding-window layers (equal to `rope_global` when the model has none).
     pub rope_local: &'a [(f32, f32)],
+    /// Every weight is prepared on the engine (resident); false: the engine streams them.
+    pub weights_resident: bool,
 }
 
 impl StackInput<'_> {

@@ -5,6 +5,7 @@ use crate::block::{rope_angles, run_block, StackInput};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
+use crate::matrix::dispatch::Stacked;
 use crate::matrix::Dispatcher;
 use crate::model::Model;
 use rayon::prelude::*;
@@ -121,11 +122,12 @@ impl Runner {
                 spans: &spans,
                 rope_global: &rope_global,
                 rope_local: if any_local { &rope_local } else { &rope_global },
+                weights_resident: true,
             };
             // An engine may take the whole stack (activations stay on it); otherwise block by
             // block here, each op placed on its own.
-            let stacked_on = self.dispatcher.stack(&input, &mut x, &mut caches);
-            if stacked_on.is_none() {
+            let stacked = self.dispatcher.stack(&input, &mut x, &mut caches);
+            if stacked == Stacked::No {
                 for il in 0..c.n_layer {
                     run_block(&self.dispatcher, &input, il, &mut x, &mut caches).expect("the dispatcher falls back by itself");
                 }
@@ -143,10 +145,10 @@ impl Runner {
             }
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
             let mut logits = vec![0f32; h.len() / d * c.n_vocab];
-            match stacked_on {
-                // The logits follow the stack (its engine holds the output weight too).
-                Some(engine) => self.dispatcher.matmul_on(engine, &self.model.output, &h, &mut logits),
-                None => self.dispatcher.matmul(&self.model.output, &h, &mut logits),
+            match stacked {
+                // The logits follow a resident stack (its engine holds the output weight too).
+                Stacked::Resident(engine) => self.dispatcher.matmul_on(engine, &self.model.output, &h, &mut logits),
+                _ => self.dispatcher.matmul(&self.model.output, &h, &mut logits),
             }
             if let Some(cap) = c.logit_softcap {
                 logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);

@@ -335,23 +335,49 @@ fn failed_stack_is_recomputed_and_its_cache_rows_rewritten() {
 }
 
 #[test]
-fn a_model_over_the_budget_is_not_run_as_a_stack() {
-    // Tiny's weights in f32 take 2.5 MiB: with 1 MiB they cannot all stay resident, so
-    // the ops are placed one by one (weights coming and going through the cache).
+fn a_model_over_the_budget_is_streamed_or_placed_op_by_op() {
+    use engine::matrix::policy::StackCost;
+    // Tiny's weights in f32 take 2.5 MiB: with 1 MiB they cannot all stay resident. An engine
+    // that streams runs the stack with weights converted per call (exactly what its ops one
+    // by one compute, with weights coming and going through the cache); one that does not
+    // leaves the ops to be placed one by one.
     let budget = CacheBudget { memory_bytes: 1 << 20, max_compiles: usize::MAX };
-    let r = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new().with_stacks())], Backend::Auto, 1, budget);
+    let tokens = prompt(80, 512);
+    let streamed = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new().with_stacks())], Backend::Auto, 1, budget);
+    let resident_only = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new().with_stacks().without_streaming())], Backend::Auto, 1, budget);
+    // Every op on the engine with room for all weights: what the streamed stack computes.
+    let unbounded = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, CacheBudget::default());
+    assert!(logits_of(&streamed, &tokens) == logits_of(&unbounded, &tokens), "streamed stack vs ops one by one");
+    // Ops one by one within the same small budget (a group may lose a member to eviction
+    // and run on the CPU): what the engine without streaming falls back to.
+    let ops = runner(tiny_model(GgmlType::Q8_0), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, budget);
+    assert!(logits_of(&resident_only, &tokens) == logits_of(&ops, &tokens), "no streaming: ops one by one");
+    let s = streamed.dispatcher.stats.snapshot()["ref"].clone();
+    // Nothing of the stack prepared: only the output projection (its logits are placed on their own).
+    assert!(s.blocks == 2 && s.compiles == 1 && s.matmuls == 1 && s.evictions == 0, "{s:?}");
+    let s = resident_only.dispatcher.stats.snapshot()["ref"].clone();
+    assert!(s.blocks == 0 && s.matmuls > 0 && s.evictions > 0, "{s:?}");
+
+    // The policy's reasons.
     let policy = PlacementPolicy::new(Backend::Auto, 1, None, SLOW_CPU);
-    let refe = ReferenceEngine::new().with_stacks();
     let model = tiny_model(GgmlType::Q8_0);
     let need = |_: &dyn MatrixEngine| 5 << 19;
-    let d = policy.decide_stack(&[&refe], &model.config, 80, (1e9, 1e6), &need, 1 << 20);
-    assert!(d.engine.is_none() && d.reason.contains("over its 0.00 GiB budget"), "{}", d.reason);
-    assert_eq!(policy.decide_stack(&[&refe], &model.config, 80, (1e9, 1e6), &need, 4 << 20).engine, Some(0));
-    let d = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&refe], &model.config, 63, (1e9, 1e6), &need, 4 << 20);
+    let cost = |n| StackCost { n, flops: 1e9, bytes: 1e6, weight_bytes: 1e6, resident: &need };
+    let (streams, no_streams) = (ReferenceEngine::new().with_stacks(), ReferenceEngine::new().with_stacks().without_streaming());
+    let (d, s) = policy.decide_stack(&[&streams], &model.config, &cost(80), 1 << 20);
+    assert!(d.engine == Some(0) && s && d.reason.contains("streamed") && d.reason.contains("over its 0.00 GiB budget"), "{}", d.reason);
+    let (d, s) = policy.decide_stack(&[&no_streams], &model.config, &cost(80), 1 << 20);
+    assert!(d.engine.is_none() && !s && d.reason.contains("ops placed one by one"), "{}", d.reason);
+    let (d, s) = policy.decide_stack(&[&no_streams], &model.config, &cost(80), 4 << 20);
+    assert!(d.engine == Some(0) && !s && d.reason.contains("resident"), "{}", d.reason);
+    let (d, _) = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&streams], &model.config, &cost(63), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("N=63 < --offload-min-batch 64"), "{}", d.reason);
-    let d = policy.decide_stack(&[&ReferenceEngine::new()], &model.config, 80, (1e9, 1e6), &need, 4 << 20);
+    let (d, _) = policy.decide_stack(&[&ReferenceEngine::new()], &model.config, &cost(80), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("whole stacks are off"), "{}", d.reason);
-    logits_of(&r, &prompt(80, 512));
-    let s = r.dispatcher.stats.snapshot();
-    assert!(s["ref"].blocks == 0 && s["ref"].matmuls > 0 && s["ref"].evictions > 0, "{s:?}");
+    // Streaming pays the weights' transfer: a fast enough CPU keeps the stack.
+    let fast_cpu = PlacementPolicy::new(Backend::Auto, 1, None, (5e12, 1e12));
+    let heavy = StackCost { weight_bytes: 1e12, ..cost(80) };
+    let (d, _) = fast_cpu.decide_stack(&[&streams], &model.config, &heavy, 1 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("cost model"), "{}", d.reason);
+    assert_eq!(fast_cpu.decide_stack(&[&streams], &model.config, &heavy, 4 << 20).0.engine, Some(0), "resident: no transfer to pay");
 }

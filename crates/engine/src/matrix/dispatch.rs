@@ -4,7 +4,7 @@
 //! and reports it once. No output is ever left uncomputed.
 
 use super::cache::{bucket_for, CacheBudget, PreparedCache};
-use super::policy::{Backend, Decision, PlacementPolicy};
+use super::policy::{Backend, Decision, PlacementPolicy, StackCost};
 use super::stats::Stats;
 use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
 use crate::arch::Activation;
@@ -31,6 +31,17 @@ pub struct Dispatcher {
     verbose: bool,
     reported: Mutex<HashSet<String>>,
     logged: Mutex<HashSet<(String, usize)>>,
+}
+
+/// What [`Dispatcher::stack`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stacked {
+    /// Nothing: the caller runs the blocks.
+    No,
+    /// Ran on accelerator `.0` with every weight resident there (the output weight too).
+    Resident(usize),
+    /// Ran with weights streamed to the engine (the logits stay with the caller).
+    Streamed,
 }
 
 /// Rough CPU speed for the cost model before calibration (2 cores of AVX-512 int8, DDR bandwidth).
@@ -206,27 +217,29 @@ impl Dispatcher {
     }
 
     /// A batch's whole decoder stack on one engine, when the policy places it there (see
-    /// [`MatrixEngine::stack`]): every weight is prepared first (the output projection's
-    /// too: the batch's logits follow on the same engine, see [`Dispatcher::matmul_on`]),
-    /// then the engine runs every block with the hidden states kept on it. Returns the
-    /// engine, or None when the stack stays here — not placed, or failed (then `x` is as it
-    /// was and the caller runs the blocks itself, rewriting any K/V rows the engine stored).
-    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Option<usize> {
+    /// [`MatrixEngine::stack`]). Resident: every weight is prepared first (the output
+    /// projection's too: the batch's logits then follow on the same engine, see
+    /// [`Dispatcher::matmul_on`]) and stays. Streamed (the model is over the budget): the
+    /// engine uploads each layer's weights as it goes. Failed: `x` is as it was and the
+    /// caller runs the blocks itself, rewriting any K/V rows the engine stored.
+    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Stacked {
         if self.accelerators.is_empty() && !self.verbose {
-            return None;
+            return Stacked::No;
         }
         let n = input.n();
         let model = input.model;
-        let cost = super::stack_cost(input);
+        let (flops, bytes) = super::stack_cost(input);
         let weights = || model.layers.iter().flat_map(StackInput::weights).chain(std::iter::once(&model.output));
-        let needed = |e: &dyn MatrixEngine| -> usize { weights().map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum() };
+        let resident = |e: &dyn MatrixEngine| -> usize { weights().map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum() };
+        let weight_bytes = model.layers.iter().flat_map(StackInput::weights).map(|w| MatmulShape::of(w, n).weight_bytes()).sum();
+        let cost = StackCost { n, flops, bytes, weight_bytes, resident: &resident };
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
-        let decision = self.policy.decide_stack(&engines, &model.config, n, cost, &needed, self.cache.budget().memory_bytes);
+        let (decision, streamed) = self.policy.decide_stack(&engines, &model.config, &cost, self.cache.budget().memory_bytes);
         if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack".into(), n)) {
             let name = decision.engine.map_or("cpu", |i| engines[i].name());
             eprintln!("placement: decoder stack N={n} -> {name}: {}", decision.reason);
         }
-        let index = decision.engine?;
+        let Some(index) = decision.engine else { return Stacked::No };
         let engine = engines[index];
         let unsupported = weights().find_map(|w| {
             engine.supports(&MatmulShape::of(w, n)).err().map(|why| format!("{}: {why}", w.name))
@@ -235,26 +248,32 @@ impl Dispatcher {
             if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack weights".into(), n)) {
                 eprintln!("placement: decoder stack N={n} stays here: {} cannot take {why}", engine.name());
             }
-            return None;
+            return Stacked::No;
         }
         let t0 = Instant::now();
         let bucket = bucket_for(engine.n_buckets(), n);
-        let prepared = weights().try_for_each(|w| {
-            self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats)
-        });
-        let result = prepared.and_then(|_| engine.stack(input, x, caches));
-        match result {
+        let prepared = if streamed {
+            Ok(())
+        } else {
+            weights().try_for_each(|w| self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats))
+        };
+        let input = StackInput { weights_resident: !streamed, ..*input };
+        match prepared.and_then(|_| engine.stack(&input, x, caches)) {
             Ok(()) => {
                 self.stats.with(engine.name(), |s| {
                     s.blocks += model.layers.len() as u64;
-                    s.flops += cost.0;
+                    s.flops += flops;
                     s.time += t0.elapsed();
                 });
-                Some(index)
+                if streamed {
+                    Stacked::Streamed
+                } else {
+                    Stacked::Resident(index)
+                }
             }
             Err(f) => {
                 self.report_failure(&f);
-                None
+                Stacked::No
             }
         }
     }

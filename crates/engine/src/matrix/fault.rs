@@ -120,6 +120,9 @@ impl MatrixEngine for FaultyEngine {
     fn supports_stack(&self, config: &Config) -> Result<(), String> {
         self.inner.supports_stack(config)
     }
+    fn streams_stack(&self) -> bool {
+        self.inner.streams_stack()
+    }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         if let Err(f) = self.maybe_fail() {
             // Garbage in the cache rows the batch would have filled (x stays: the contract).

@@ -189,10 +189,17 @@ pub trait MatrixEngine: Send + Sync {
         let _ = config;
         Err("no whole decoder stacks on this engine".into())
     }
+    /// Whether [`stack`](Self::stack) can also run with weights it has not prepared
+    /// (`StackInput::weights_resident` false: it uploads them per layer, for models larger
+    /// than its budget).
+    fn streams_stack(&self) -> bool {
+        false
+    }
     /// Every decoder block of the model over a batch, as [`crate::block::run_block`] defines
     /// them: `x` (`[n, n_embd]`, the embeddings) becomes the last block's output, and each
     /// sequence's cache receives the new tokens' K/V at their positions (its length is left
-    /// to the caller). Every weight of the stack is prepared before the call. On failure `x`
+    /// to the caller). Every weight of the stack is prepared before the call unless
+    /// `input.weights_resident` is false (streaming, see [`streams_stack`](Self::streams_stack)). On failure `x`
     /// is left as it was (the caller recomputes from it) and the caches' new rows may hold
     /// anything (the caller rewrites them).
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {

@@ -8,6 +8,20 @@ use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// What a decoder stack would cost an engine, for [`PlacementPolicy::decide_stack`].
+pub struct StackCost<'a> {
+    /// Tokens.
+    pub n: usize,
+    /// FLOPs of every matmul and attention.
+    pub flops: f64,
+    /// Bytes crossing to the engine and back (hidden states, new K/V).
+    pub bytes: f64,
+    /// Bytes of the weights as stored: they cross on every call when streamed.
+    pub weight_bytes: f64,
+    /// Bytes an engine holds with every weight prepared (resident).
+    pub resident: &'a dyn Fn(&dyn MatrixEngine) -> usize,
+}
+
 /// Which engines may take matmuls (`--backend`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -222,23 +236,17 @@ impl PlacementPolicy {
         Decision::cpu(why_not.join("; "))
     }
 
-    /// Decide whether an engine runs a batch's whole decoder stack: one that supports the
-    /// model, when N reaches the minimum batch, every prepared weight fits the budget at once
-    /// (`needed(engine)` bytes against `budget`: resident mode; otherwise ops are placed one
-    /// by one and weights come and go through the cache) and the cost model (`flops`, `bytes`
-    /// crossing) says it is faster than the CPU.
-    pub fn decide_stack(
-        &self,
-        engines: &[&dyn MatrixEngine],
-        config: &crate::arch::Config,
-        n: usize,
-        (flops, bytes): (f64, f64),
-        needed: &dyn Fn(&dyn MatrixEngine) -> usize,
-        budget: usize,
-    ) -> Decision {
+    /// Decide whether an engine runs a batch's whole decoder stack, and how: one that supports
+    /// the model, when N reaches the minimum batch and the cost model says it is faster than
+    /// the CPU. Resident when every prepared weight fits the budget at once; otherwise
+    /// streamed (weights uploaded per layer, their stored bytes counted in the cost) if the
+    /// engine can, else not at all (ops are then placed one by one). Returns the decision and
+    /// whether the stack is streamed.
+    pub fn decide_stack(&self, engines: &[&dyn MatrixEngine], config: &crate::arch::Config, cost: &StackCost<'_>, budget: usize) -> (Decision, bool) {
         if self.backend == Backend::Cpu {
-            return Decision::cpu("--backend cpu");
+            return (Decision::cpu("--backend cpu"), false);
         }
+        let n = cost.n;
         let mut why_not = Vec::new();
         for (i, e) in engines.iter().enumerate() {
             if let Backend::Named(name) = &self.backend {
@@ -254,28 +262,32 @@ impl PlacementPolicy {
                 why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch));
                 continue;
             }
-            let need = needed(*e);
-            if need > budget {
-                why_not.push(format!(
-                    "the model's weights need {:.2} GiB on {}, over its {:.2} GiB budget: ops placed one by one",
-                    need as f64 / GIB,
-                    e.name(),
-                    budget as f64 / GIB
-                ));
+            let need = (cost.resident)(*e);
+            let streamed = need > budget;
+            let over = format!(
+                "the model's weights need {:.2} GiB on {}, over its {:.2} GiB budget",
+                need as f64 / GIB,
+                e.name(),
+                budget as f64 / GIB
+            );
+            if streamed && !e.streams_stack() {
+                why_not.push(format!("{over}: ops placed one by one"));
                 continue;
             }
             let (e_flops, e_bw) = e.throughput_hint();
-            let (t_engine, t_cpu) = (flops / e_flops + bytes / e_bw, flops / self.cpu.0);
+            let moved = cost.bytes + if streamed { cost.weight_bytes } else { 0.0 };
+            let (t_engine, t_cpu) = (cost.flops / e_flops + moved / e_bw, cost.flops / self.cpu.0);
             let costs = format!("cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3);
             if t_engine < t_cpu {
-                return Decision { engine: Some(i), reason: format!("whole stack N={n}: {costs}") };
+                let how = if streamed { format!("streamed ({over})") } else { "resident".into() };
+                return (Decision { engine: Some(i), reason: format!("whole stack N={n}, {how}: {costs}") }, streamed);
             }
             why_not.push(costs);
         }
         if why_not.is_empty() {
             why_not.push("no accelerator".into());
         }
-        Decision::cpu(why_not.join("; "))
+        (Decision::cpu(why_not.join("; ")), false)
     }
 
     /// Estimated seconds on the engine (compute + activations in f16 both ways) and on the CPU

@@ -27,6 +27,7 @@ pub struct ReferenceEngine {
     prepared: Mutex<HashMap<(WeightKey, usize), Arc<Vec<f32>>>>,
     disk: Option<DiskCache>,
     stacks: bool,
+    streams: bool,
 }
 
 /// Bumped whenever the prepared format changes, so old disk entries are stale.
@@ -44,9 +45,17 @@ impl ReferenceEngine {
     }
 
     /// Also take whole decoder stacks (the shared block code over this engine's own ops),
-    /// as an engine that keeps activations resident would.
+    /// as an engine that keeps activations resident would — with its weights prepared, or
+    /// streamed (converted per call) when the model is over the budget.
     pub fn with_stacks(mut self) -> Self {
         self.stacks = true;
+        self.streams = true;
+        self
+    }
+
+    /// Whole stacks with prepared weights only (no streaming).
+    pub fn without_streaming(mut self) -> Self {
+        self.streams = false;
         self
     }
 
@@ -159,8 +168,11 @@ impl MatrixEngine for ReferenceEngine {
             Err("whole stacks are off (ReferenceEngine::with_stacks)".into())
         }
     }
+    fn streams_stack(&self) -> bool {
+        self.streams
+    }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
-        let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()) };
+        let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()), resident: input.weights_resident };
         // On a copy: a failure must leave x as it was.
         let mut y = x.to_vec();
         (0..input.model.layers.len()).try_for_each(|il| run_block(&ops, input, il, &mut y, caches))?;
@@ -207,19 +219,38 @@ impl MatrixEngine for ReferenceEngine {
 }
 
 /// The reference engine's own ops, for the shared block code: every matmul on its f32
-/// GEMM (weights prepared by the dispatcher for `bucket`), attention in f64.
+/// GEMM (weights prepared by the dispatcher for `bucket`, or converted on the spot when
+/// streamed), attention in f64.
 struct RefOps<'a> {
     engine: &'a ReferenceEngine,
     bucket: usize,
+    resident: bool,
 }
 
 impl BlockOps for RefOps<'_> {
     fn matmul_group(&self, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        let n = x.len() / ws[0].cols;
+        if !self.resident {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                gemm(&self.engine.load_or_convert(w, self.bucket), w.rows, w.cols, x, n, out);
+            }
+            return Ok(());
+        }
         let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
         let refs: Vec<&WeightKey> = keys.iter().collect();
-        self.engine.matmul(&refs, ws, self.bucket, x, x.len() / ws[0].cols, outs)
+        self.engine.matmul(&refs, ws, self.bucket, x, n, outs)
     }
     fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
+        if !self.resident {
+            let ff = f.gate.rows;
+            let (mut gate, mut up) = (vec![0f32; x.len() / f.gate.cols * ff], vec![0f32; x.len() / f.gate.cols * ff]);
+            self.matmul_group(&[f.gate, f.up], x, &mut [&mut gate, &mut up])?;
+            match f.activation {
+                Activation::Silu => ops::silu_mul(&mut gate, &up),
+                Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
+            }
+            return self.matmul_group(&[f.down], &gate, &mut [out]);
+        }
         let keys = f.weights().map(WeightKey::of);
         self.engine.feed_forward([&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
     }
