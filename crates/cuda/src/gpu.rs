@@ -256,11 +256,16 @@ impl Gpu {
 
     /// Launch a grid-stride elementwise kernel over `n` elements on the compute stream.
     pub(crate) fn launch_elementwise(&self, kernel: &str, src: u64, dst: u64, n: usize, seed: Option<u32>) -> Res<()> {
+        self.launch_elementwise_on(&self.s_comp, kernel, src, dst, n, seed)
+    }
+
+    /// [`Gpu::launch_elementwise`] on another stream.
+    pub(crate) fn launch_elementwise_on(&self, stream: &Arc<CudaStream>, kernel: &str, src: u64, dst: u64, n: usize, seed: Option<u32>) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
         let blocks = n.div_ceil(256).clamp(1, self.sms as usize * 32) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let n = n as i64;
-        let mut b = self.s_comp.launch_builder(f);
+        let mut b = stream.launch_builder(f);
         match seed {
             None => b.arg(&src).arg(&dst).arg(&n),
             Some(ref s) => b.arg(&dst).arg(&n).arg(s),

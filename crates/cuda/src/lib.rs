@@ -18,6 +18,7 @@ mod gpu;
 pub mod kernels;
 mod pipeline;
 mod stack;
+mod streaming;
 
 pub use pipeline::PhaseTimes;
 
@@ -375,11 +376,16 @@ impl MatrixEngine for CudaEngine {
         stack::check(config)
     }
 
+    fn streams_stack(&self) -> bool {
+        self.opts.stack
+    }
+
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let mut bufs = Vec::with_capacity(input.model.layers.len());
         let mut ptrs = Vec::with_capacity(input.model.layers.len());
-        for l in &input.model.layers {
+        // Resident: the prepared buffers, held until the call is over. Streamed: none.
+        for l in input.model.layers.iter().filter(|_| input.weights_resident) {
             let ws = StackInput::weights(l);
             let keys = ws.map(WeightKey::of);
             let b = self.resident(&keys.each_ref(), &ws)?;
@@ -389,7 +395,8 @@ impl MatrixEngine for CudaEngine {
         // One call at a time on the compute stream and cuBLAS handle.
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut buffers = self.stack.lock().unwrap_or_else(|e| e.into_inner());
-        let r = guarded("decoder stack", || stack::run(g, &mut buffers, input, &ptrs, x, caches)).map_err(fail);
+        let weights = input.weights_resident.then_some(&ptrs[..]);
+        let r = guarded("decoder stack", || stack::run(g, &mut buffers, input, weights, x, caches)).map_err(fail);
         drop(bufs);
         r
     }

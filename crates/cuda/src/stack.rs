@@ -16,6 +16,7 @@
 
 use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res, Strided};
 use crate::kernels::{activation_kernel, ATTN_MAX_DIM};
+use crate::streaming::Streamer;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
 use engine::arch::{Config, RopeStyle};
@@ -42,6 +43,8 @@ pub(crate) struct Buffers {
     staging: Option<HostBuf>,
     /// Pinned hidden states, up and down.
     x_host: Option<HostBuf>,
+    /// Weight slots of streamed stacks.
+    streaming: crate::streaming::Buffers,
     /// Per pinned slot: its rows are down (copy stream).
     copied: Vec<CudaEvent>,
     /// The rows of the current layer are ready to go down (compute stream).
@@ -137,14 +140,14 @@ impl Vectors {
 /// Runs every block of `input.model` over `x` (`[n, n_embd]`, in place) with the weights
 /// resident at `weights[layer]` (Q, K, V, O, gate, up, down: f16 `[rows, cols]`), storing
 /// the new K/V rows into `caches`.
-pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64; 7]], x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[[u64; 7]]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
     let c = &input.model.config;
     check(c)?;
     let n = input.n();
     if n == 0 {
         return Ok(());
     }
-    if x.len() != n * c.n_embd || caches.len() != input.spans.len() || weights.len() != c.n_layer {
+    if x.len() != n * c.n_embd || caches.len() != input.spans.len() || weights.is_some_and(|w| w.len() != c.n_layer) {
         return Err(format!("stack buffers do not match {n} tokens of {} sequences", input.spans.len()));
     }
     gpu.bind()?;
@@ -155,7 +158,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &
     r
 }
 
-fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64; 7]], x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[[u64; 7]]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
     let mut prof = Phases::start(gpu, b.profile)?;
     let c = &input.model.config;
     let n = input.n();
@@ -261,12 +264,25 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
         Ok(())
     };
 
+    // Streamed weights: the first layer's now, each next one while the card computes.
+    let streamer = match weights {
+        Some(_) => None,
+        None => {
+            let s = Streamer::new(gpu, &mut b.streaming, input)?;
+            s.stage(gpu, &mut b.streaming, 0)?;
+            Some(s)
+        }
+    };
     for il in 0..c.n_layer {
         if il >= slots {
             // Frees this layer's pinned slot.
             drain(b, il - slots, caches)?;
         }
-        let [wq, wk, wv, wo, wg, wu, wd] = weights[il];
+        let [wq, wk, wv, wo, wg, wu, wd] = match (weights, &streamer) {
+            (Some(w), _) => w[il],
+            (None, Some(s)) => s.weights(gpu, &b.streaming, il)?,
+            (None, None) => unreachable!("a streamer exists when weights are not resident"),
+        };
         let slot = il % slots;
         let region = regions[il % 2];
         let (reg_k, reg_v) = (region, region + (rows * kvd * 2) as u64);
@@ -362,6 +378,12 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: &[[u64
             gpu.gemm(wd, mid, d_o + (c0 * d * 4) as u64, d, ff, len, false)?;
         }
         Phases::mark(&mut prof, gpu, "feed-forward")?;
+        if let Some(s) = &streamer {
+            s.done(gpu, &b.streaming, il)?;
+            if il + 1 < c.n_layer {
+                s.stage(gpu, &mut b.streaming, il + 1)?;
+            }
+        }
         let next_norm = if il + 1 < c.n_layer { vptr(il + 1, 0) } else { 0 };
         gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 5)), KArg::P(next_norm), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
     }

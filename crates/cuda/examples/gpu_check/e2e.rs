@@ -42,24 +42,33 @@ pub fn run_all(ty: GgmlType, long: bool) {
     println!("\nend to end: llama3-8b {} random weights, {:.1} GB, built in {:.1} s, {threads} CPU threads", ty.name(), file.bytes().len() as f64 / 1e9, t.elapsed().as_secs_f64());
     let model = || Model::from_file(file.clone(), &mut |_, _| {}).expect("model");
     let cpu = Runner::new(model(), threads).expect("runner");
-    // The same engine twice: op by op (feed-forward blocks and attention on the card, the
-    // rest on the CPU, activations crossing per op), then whole decoder stacks on the card.
-    let offload = |stack: bool| {
+    // The same engine three ways: op by op (feed-forward blocks and attention on the card,
+    // the rest on the CPU, activations crossing per op); whole decoder stacks on the card
+    // with the weights resident; whole stacks with the weights streamed per prefill.
+    // `budget`: bytes of weights the card may keep (None: what it has); a budget under the
+    // model's size streams the weights on every prefill.
+    let offload = |stack: bool, budget: Option<usize>| {
         let engine = Arc::new(CudaEngine::new(CudaOptions { stack, profile_stack: stack, ..Default::default() }));
-        let budget = engine.memory_budget().expect("available");
+        let budget = budget.unwrap_or(engine.memory_budget().expect("available"));
         let cuda: Arc<dyn MatrixEngine> = engine.clone();
         let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
         let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
         let gpu = Runner::with_dispatcher(model(), threads, d).expect("runner");
         let t = Instant::now();
         run(&gpu, 64, 0); // prepares every offloaded weight once
-        println!("first offloaded pass (stack {stack}; prepares {:.1} GB on the card): {:.1} s", gpu.dispatcher.cache().used("cuda") as f64 / 1e9, t.elapsed().as_secs_f64());
+        println!(
+            "first offloaded pass (stack {stack}, budget {:.1} GB; prepares {:.1} GB on the card): {:.1} s",
+            budget as f64 / 1e9,
+            gpu.dispatcher.cache().used("cuda") as f64 / 1e9,
+            t.elapsed().as_secs_f64()
+        );
         gpu.dispatcher.stats.reset();
         (gpu, engine)
     };
-    let (ops, _) = offload(false);
-    let (stacked, stack_engine) = offload(true);
-    let runners = [("op by op", ops), ("stack", stacked)];
+    let (ops, _) = offload(false, None);
+    let (stacked, stack_engine) = offload(true, None);
+    let (streamed, _) = offload(true, Some(2 << 30));
+    let runners = [("op by op", ops), ("stack", stacked), ("streamed", streamed)];
     println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
     for &n in sizes {

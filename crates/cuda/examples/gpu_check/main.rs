@@ -346,7 +346,8 @@ fn check_model(e: &CudaEngine) -> usize {
             ("whole stack, flash 64", usize::MAX, true, 64),
             ("whole stack, cuBLAS attention", usize::MAX, true, 0),
             ("ops one by one", usize::MAX, false, 128),
-            ("1 MiB budget", 1 << 20, true, 128),
+            ("1 MiB budget: streamed stack", 1 << 20, true, 128),
+            ("1 MiB budget, ops one by one", 1 << 20, false, 128),
         ];
         for (label, budget, stack, flash_attention) in variants {
             let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, ..Default::default() }));
@@ -363,8 +364,9 @@ fn check_model(e: &CudaEngine) -> usize {
             // op, the feed-forward blocks run whole on the card when everything fits.
             let placed_ok = match (stack, budget) {
                 (true, usize::MAX) => s.blocks == 4,
-                (false, _) => s.blocks == 0 && s.fused_blocks == 4,
-                _ => s.blocks == 0 && s.evictions > 0,
+                (false, usize::MAX) => s.blocks == 0 && s.fused_blocks == 4,
+                (true, _) => s.blocks == 4 && s.evictions == 0,
+                (false, _) => s.blocks == 0 && s.evictions > 0,
             };
             let ok = err < TOL && s.failures == 0 && placed_ok;
             failures += usize::from(!ok);
