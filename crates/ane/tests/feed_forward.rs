@@ -82,14 +82,18 @@ fn random_models_take_whole_blocks_through_the_dispatcher() {
             "{arch}: fused vs cpu {d_cpu:.4}, vs ref {d_ref:.4}, vs unfused ane {d_split:.4} (unfused vs ref {:.4}); programs {planned} fused, {split_planned} unfused",
             max_diff(&split, &refe)
         );
-        assert!(d_ref < 0.05 && d_cpu < 0.1 && d_split < 0.05, "{arch}: {d_cpu} {d_ref} {d_split}");
+        // The CPU quantizes activations to 8 bits: the engine may sit as far from it as the
+        // exact reference does (plus a little), no further.
+        let cpu_noise = max_diff(&cpu, &refe);
+        assert!(d_ref < 0.05 && d_cpu < cpu_noise + 0.05 && d_split < 0.05, "{arch}: {d_cpu} (cpu vs ref {cpu_noise}) {d_ref} {d_split}");
         assert!(planned <= 100 && ane.compiles() <= planned);
         // Another bucket: the same programs hold its functions, nothing compiles.
         let before = ane.compiles();
         let short = logits(&r, &prompt(70));
         assert_eq!(ane.compiles(), before);
         let cpu_short = logits(&Runner::new(tiny(arch), 2).unwrap(), &prompt(70));
-        assert!(max_diff(&short, &cpu_short) < 0.1);
+        let ref_short = logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), &prompt(70));
+        assert!(max_diff(&short, &cpu_short) < max_diff(&cpu_short, &ref_short) + 0.05);
         assert_eq!(r.dispatcher.stats.snapshot()["ane-sim"].fused_blocks, 4);
     }
 }
@@ -114,8 +118,11 @@ fn a_refused_block_runs_as_matmuls_on_the_same_programs() {
     assert_eq!((s["ane-sim"].matmuls, s["cpu"].matmuls), (11, 4), "{s:?}");
     assert!(ane.compiles() <= ane.planned_programs());
     let d = max_diff(&got, &cpu);
-    eprintln!("refused blocks: max logit difference vs cpu {d:.4}");
-    assert!(d < 0.1, "{d}");
+    // Against the CPU's own distance from the exact reference (its 8-bit activations).
+    let refe = logits(&runner(tiny("llama"), Arc::new(ReferenceEngine::new()), None), &tokens);
+    let noise = max_diff(&cpu, &refe);
+    eprintln!("refused blocks: max logit difference vs cpu {d:.4} (cpu vs exact reference {noise:.4})");
+    assert!(d < noise + 0.05, "{d} vs {noise}");
 }
 
 fn mlp_weights(dim: usize, ff: usize) -> Vec<Weight> {

@@ -382,9 +382,9 @@ extern "C" __global__ void attn_softmax(const float* __restrict__ s, u16* __rest
 // Flash attention on tensor cores (mma.sync m16n8k16, f16 in, f32 accumulation) for head
 // sizes D = 64 and 128 (keys and values alike). A block takes BQ (64 or 128) consecutive
 // queries of one query head (a warp per 16); it walks the visible keys in tiles of 64, staged in shared
-// memory (K row-major, V transposed, rows padded against bank conflicts): S = Q·Kᵀ in
+// memory (row-major, rows padded against bank conflicts): S = Q·Kᵀ in
 // registers, masked causally and by the window, an online softmax, P rounded to f16 and
-// multiplied by V straight from the score registers (the accumulator layout of m16n8 is the
+// multiplied by V (read transposed by ldmatrix) straight from the score registers (the accumulator layout of m16n8 is the
 // operand layout of m16n8k16). Query t of the sequence sits at position pos0 + t; cache row
 // j holds position j. q: f16 [n, n_head, D] (scaled), kc/vc: f16 rows [.., n_kv, D], out: f16.
 __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
@@ -392,6 +392,15 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1)
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+// Four 8x8 f16 matrices from shared memory, transposed; lanes 8i..8i+7 give the row
+// addresses of matrix i.
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const u16* p) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("{ .reg .u64 g; .reg .u32 a; cvta.to.shared.u64 g, %4; cvt.u32.u64 a, g;\n"
+                 "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [a]; }"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
 #endif
 }
 // Two floats as an f16 pair, `lo` in the low half.
@@ -405,9 +414,9 @@ template <int D, int FA_BQ>
 __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
                                            u16* __restrict__ out, int n, int pos0, int n_head, int n_kv, int window) {
 #if __CUDA_ARCH__ >= 800
-    constexpr int KP = D + 8, VP = FA_BK + 8;
+    constexpr int KP = D + 8;  // row pitch (halves) of both tiles: 16-byte rows, no bank conflicts
     __shared__ __align__(16) u16 ks[FA_BK * KP];
-    __shared__ __align__(16) u16 vt[D * VP];
+    __shared__ __align__(16) u16 vs[FA_BK * KP];
     const float NEG_INF = -__int_as_float(0x7f800000);
     const int h = blockIdx.y, gk = h / (n_head / n_kv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, ti = lane & 3;
@@ -433,13 +442,13 @@ __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16*
     j_lo -= j_lo % FA_BK;
     for (int j0 = j_lo; j0 <= p_last; j0 += FA_BK) {
         __syncthreads();
-        for (int e = threadIdx.x; e < FA_BK * (D / 2); e += blockDim.x) {
-            const int r = e / (D / 2), w = e % (D / 2), j = j0 + r;
+        // 16 bytes (8 dims of one key) per thread and step, K and V alike.
+        for (int e = threadIdx.x; e < FA_BK * (D / 8); e += blockDim.x) {
+            const int r = e / (D / 8), w = e % (D / 8), j = j0 + r;
             const bool in = j <= p_last;
-            *(u32*)(ks + r * KP + 2 * w) = in ? ((const u32*)(kc + j * kvd + gk * D))[w] : 0u;
-            const u32 v = in ? ((const u32*)(vc + j * kvd + gk * D))[w] : 0u;
-            vt[(2 * w) * VP + r] = (u16)(v & 0xffffu);
-            vt[(2 * w + 1) * VP + r] = (u16)(v >> 16);
+            const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+            *(uint4*)(ks + r * KP + 8 * w) = in ? ((const uint4*)(kc + j * kvd + gk * D))[w] : zero;
+            *(uint4*)(vs + r * KP + 8 * w) = in ? ((const uint4*)(vc + j * kvd + gk * D))[w] : zero;
         }
         __syncthreads();
         float s[FA_BK / 8][4];
@@ -490,10 +499,14 @@ __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16*
         for (int kk = 0; kk < FA_BK / 16; kk++) {
             const u32 pa[4] = {pack_h2(s[2 * kk][0], s[2 * kk][1]), pack_h2(s[2 * kk][2], s[2 * kk][3]),
                                pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            // V's operand straight from its row-major tile: ldmatrix .trans hands lane (g, t)
+            // keys 2t, 2t+1 (and 2t+8, 2t+9) of dim g, two 8-dim column blocks per instruction.
             #pragma unroll
-            for (int jd = 0; jd < D / 8; jd++) {
-                const u16* vr = vt + (8 * jd + gi) * VP + 16 * kk + 2 * ti;
-                mma16816(o[jd], pa, *(const u32*)vr, *(const u32*)(vr + 8));
+            for (int jd = 0; jd < D / 8; jd += 2) {
+                u32 b[4];
+                ldsm_x4_trans(b, vs + (16 * kk + (lane & 15)) * KP + 8 * (jd + (lane >> 4)));
+                mma16816(o[jd], pa, b[0], b[1]);
+                mma16816(o[jd + 1], pa, b[2], b[3]);
             }
         }
     }

@@ -88,7 +88,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
-            flash_attention: 128,
+            flash_attention: 64,
             kernel_cache: None,
             bench_device_only: false,
         }

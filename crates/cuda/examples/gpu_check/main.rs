@@ -342,12 +342,12 @@ fn check_model(e: &CudaEngine) -> usize {
         println!("model tiny {arch} {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
         let mut first: Option<Vec<f32>> = None;
         let variants = [
-            ("whole stack", usize::MAX, true, 128),
-            ("whole stack, flash 64", usize::MAX, true, 64),
+            ("whole stack", usize::MAX, true, 64),
+            ("whole stack, flash 128", usize::MAX, true, 128),
             ("whole stack, cuBLAS attention", usize::MAX, true, 0),
-            ("ops one by one", usize::MAX, false, 128),
-            ("1 MiB budget: streamed stack", 1 << 20, true, 128),
-            ("1 MiB budget, ops one by one", 1 << 20, false, 128),
+            ("ops one by one", usize::MAX, false, 64),
+            ("1 MiB budget: streamed stack", 1 << 20, true, 64),
+            ("1 MiB budget, ops one by one", 1 << 20, false, 64),
         ];
         for (label, budget, stack, flash_attention) in variants {
             let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, ..Default::default() }));
