@@ -2,12 +2,14 @@
 //! a whole (tiny, random) model through the dispatcher, then the matmul benchmark.
 //!
 //!     gpu_check [--check] [--bench] [--e2e [--e2e-q4k]] [--quick] [--kernel-cache DIR]      (no flag: all three)
+//!     gpu_check --real MODEL.gguf      (a real model: teacher-forced greedy tokens, card vs CPU)
 //!
 //! Exits non-zero when any check fails or the engine is unavailable.
 
 mod bench;
 mod common;
 mod e2e;
+mod real;
 
 use common::*;
 use cuda::{CudaEngine, CudaOptions};
@@ -50,6 +52,10 @@ fn main() -> ExitCode {
     };
     // --kernel-cache DIR: the compiled kernels come from (and go to) DIR.
     let kernel_cache = args.iter().position(|a| a == "--kernel-cache").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
+    if let Some(model) = args.iter().position(|a| a == "--real").and_then(|i| args.get(i + 1)) {
+        let text = std::path::Path::new("tests/fixtures/reference/GPL-3.txt");
+        return if real::run(std::path::Path::new(model), text) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let t = std::time::Instant::now();
     let engine = CudaEngine::new(CudaOptions { kernel_cache, ..Default::default() });
     let _ = engine.availability();
