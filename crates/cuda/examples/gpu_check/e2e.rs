@@ -71,8 +71,11 @@ pub fn run_all(ty: GgmlType, long: bool) {
     let runners = [("op by op", ops), ("stack", stacked), ("streamed", streamed)];
     println!("{:>6} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>8} | {:>14} {:>14} | {:>12}", "prompt", "offload", "CPU s", "CPU t/s", "offload s", "t/s", "speedup", "CPU decode t/s", "offl decode t/s", "logits diff");
     let sizes: &[usize] = if long { &[512, 4096] } else { &[512] };
+    // (prompt, CPU t/s, t/s per runner, CPU decode t/s, decode t/s with the resident stack)
+    let mut summary: Vec<(usize, f64, Vec<f64>, f64, f64)> = Vec::new();
     for &n in sizes {
         let (tc, dc, lc) = run(&cpu, n, DECODE_STEPS);
+        let mut row = (n, n as f64 / tc, Vec::new(), 1.0 / dc, 0.0);
         for (label, gpu) in &runners {
             // A warm-up at this size (buffers grow once, as llama-bench warms up), then the
             // median of three prefills.
@@ -89,7 +92,12 @@ pub fn run_all(ty: GgmlType, long: bool) {
                 1.0 / dg,
                 rel_err(&lg, &lc)
             );
+            row.2.push(n as f64 / tg);
+            if *label == "stack" {
+                row.4 = 1.0 / dg;
+            }
         }
+        summary.push(row);
     }
     // The whole stack against its matmuls alone (the same GEMMs, back to back, on cuBLAS):
     // the share of the card's matmul ceiling the whole prefill reaches.
@@ -131,5 +139,13 @@ pub fn run_all(ty: GgmlType, long: bool) {
     for (label, gpu) in &runners {
         println!("{label}:");
         print!("{}", gpu.dispatcher.stats.summary());
+    }
+    // Last, the short table: prompt processing against the CPU, and decode (on the CPU either way).
+    println!("\nsummary ({} weights, {threads} CPU threads): prompt tokens/s, and how many times the CPU's", ty.name());
+    println!("| prompt | CPU | op by op | stack (resident) | stack (streamed) | decode CPU | decode with engine |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (n, cpu_ts, ts, dc, dg) in &summary {
+        let cells: Vec<String> = ts.iter().map(|t| format!("{t:.0} ({:.1}x)", t / cpu_ts)).collect();
+        println!("| pp{n} | {cpu_ts:.0} | {} | {dc:.1} | {dg:.1} |", cells.join(" | "));
     }
 }
