@@ -17,7 +17,9 @@ mod formulas;
 mod gpu;
 pub mod kernels;
 mod pipeline;
+mod phases;
 mod stack;
+mod stack_attention;
 mod streaming;
 
 pub use pipeline::PhaseTimes;
@@ -183,12 +185,12 @@ impl CudaEngine {
     pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize) -> Result<f64, String> {
         let g = self.gpu()?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        guarded("attention", || stack::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash))
+        guarded("attention", || stack_attention::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash))
     }
 
     /// Whether the whole stack's attention has a flash kernel for this shape here.
     pub fn has_flash_attention(&self, shape: &AttnShape) -> bool {
-        self.gpu().is_ok_and(|g| stack::flash_kernel(g, shape, 64).is_some())
+        self.gpu().is_ok_and(|g| stack_attention::flash_kernel(g, shape, 64).is_some())
     }
 
     /// Bytes of prepared weights held now.

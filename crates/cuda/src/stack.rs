@@ -5,17 +5,20 @@
 //!
 //! The steps mirror `engine::block::run_block`. Per layer, on the compute stream:
 //! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale; K/V as
-//! f16 rows of a device cache region) → attention per sequence (`attention` below) → output GEMM →
+//! f16 rows of a device cache region) → attention per sequence (`stack_attention.rs`) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
 //! down GEMM → `residual_norm` (post-norm, residual add, the next layer's attention norm).
 //! Each sequence's region holds its cached prefix (uploaded from the host cache) and its new
 //! rows; the new rows go down on the copy stream into a ring of pinned slots (every layer's,
 //! unless that passes STAGING_BYTES) and the host copies them into the caches while later
 //! layers compute. The host enqueues every layer without waiting for the card, except to
-//! free a pinned slot when the ring is shorter than the model.
+//! free a pinned slot when the ring is shorter than the model. Weights are the resident
+//! prepared buffers, or streamed layer by layer (`streaming.rs`) for models over the budget.
 
-use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res, Strided};
+use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res};
 use crate::kernels::{activation_kernel, ATTN_MAX_DIM};
+use crate::phases::Phases;
+use crate::stack_attention::{attention, flash_kernel, Scores, SeqAttention, SCORE_BYTES};
 use crate::streaming::Streamer;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
@@ -68,8 +71,6 @@ impl Buffers {
     }
 }
 
-/// Bytes of attention scores and probabilities per query chunk (6 per score).
-const SCORE_BYTES: usize = 1 << 30;
 /// Bytes of pinned memory for K/V on their way down (a slot per layer within this).
 const STAGING_BYTES: usize = 1 << 30;
 /// Threads of the row kernels.
@@ -423,197 +424,7 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
     Ok(())
 }
 
-/// Where the card's time goes (`CudaOptions::profile_stack`, or `TANDEM_CUDA_PROFILE=1` to also
-/// print it): events on the compute stream at phase ends, summed per phase.
-struct Phases {
-    marks: Vec<(&'static str, CudaEvent)>,
-}
-
-impl Phases {
-    fn start(gpu: &Gpu, on: bool) -> Res<Option<Phases>> {
-        if !on && std::env::var_os("TANDEM_CUDA_PROFILE").is_none() {
-            return Ok(None);
-        }
-        let e = gpu.event(true)?;
-        e.record(&gpu.s_comp).map_err(err("record"))?;
-        Ok(Some(Phases { marks: vec![("start", e)] }))
-    }
-
-    fn mark(p: &mut Option<Phases>, gpu: &Gpu, name: &'static str) -> Res<()> {
-        if let Some(p) = p {
-            let e = gpu.event(true)?;
-            e.record(&gpu.s_comp).map_err(err("record"))?;
-            p.marks.push((name, e));
-        }
-        Ok(())
-    }
-
-    /// Milliseconds per phase, in order of first appearance; printed with the env variable.
-    fn report(self, n: usize) -> Res<Vec<(&'static str, f64)>> {
-        // Per phase: total and longest single occurrence (an outlier points at a stall).
-        let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
-        for w in self.marks.windows(2) {
-            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(err("timing"))? as f64;
-            match sums.iter_mut().find(|s| s.0 == w[1].0) {
-                Some(s) => {
-                    s.1 += ms;
-                    s.2 = s.2.max(ms);
-                }
-                None => sums.push((w[1].0, ms, ms)),
-            }
-        }
-        let total: f64 = sums.iter().map(|s| s.1).sum();
-        let parts: Vec<String> = sums.iter().map(|(k, v, m)| format!("{k} {v:.2} (max {m:.2})")).collect();
-        if std::env::var_os("TANDEM_CUDA_PROFILE").is_some() {
-            eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
-        }
-        Ok(sums.into_iter().map(|(k, v, _)| (k, v)).collect())
-    }
-}
-
-/// The flash-attention kernel for this shape with `queries` per block (64 or 128; 0 = none),
-/// if one fits: tensor-core `mma.sync` (compute capability 8.0 or newer) and equal key and
-/// value head sizes of 64 or 128.
-pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, queries: usize) -> Option<&'static str> {
-    if gpu.cc.0 < 8 || sh.head_dim != sh.head_dim_v {
-        return None;
-    }
-    Some(match (sh.head_dim, queries) {
-        (64, 64) => "flash_d64_q64",
-        (128, 64) => "flash_d128_q64",
-        (64, 128) => "flash_d64_q128",
-        (128, 128) => "flash_d128_q128",
-        _ => return None,
-    })
-}
-
 /// `dst = src` in pieces across the thread pool.
 fn par_copy(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
-}
-
-/// Scratch of the attention GEMMs: scores (f32) and probabilities (f16) of `chunk` queries.
-struct Scores {
-    s: u64,
-    p: u64,
-    chunk: usize,
-}
-
-/// One sequence's attention operands on the card.
-struct SeqAttention {
-    /// Its queries, f16 `[len, n_head * d]` (scaled, rotated).
-    q_h: u64,
-    /// Its cache region: K f16 `[pos0 + len, n_kv * d]`, V f16 `[pos0 + len, n_kv * dv]`.
-    k: u64,
-    v: u64,
-    /// Its tokens' positions (i32).
-    pos: u64,
-    /// Output, f16 `[len, n_head * dv]`.
-    out: u64,
-    len: usize,
-    pos0: usize,
-}
-
-/// Causal attention on tensor cores, chunk by chunk of queries: scores `S = Q·Kᵀ` over the
-/// keys the chunk can see (one strided-batched GEMM per query head of a KV group, batched
-/// over the KV heads), a masked softmax to f16 probabilities, `O = P·V` written as f16 straight
-/// into the output projection's input.
-fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
-    let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
-    let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
-    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
-    if let Some(kernel) = flash_kernel(gpu, sh, flash) {
-        let args = [
-            KArg::P(a.q_h),
-            KArg::P(a.k),
-            KArg::P(a.v),
-            KArg::P(a.out),
-            KArg::I(int(a.len)?),
-            KArg::I(int(a.pos0)?),
-            KArg::I(int(sh.n_head)?),
-            KArg::I(int(nkv)?),
-            KArg::I(int(sh.window.unwrap_or(0))?),
-        ];
-        gpu.launch_grid(kernel, (int(a.len.div_ceil(flash))? as u32, int(sh.n_head)? as u32), (flash / 16 * 32) as u32, &args)?;
-        return Phases::mark(prof, gpu, "flash attention");
-    }
-    for c0 in (0..a.len).step_by(sc.chunk) {
-        let cl = sc.chunk.min(a.len - c0);
-        let hi = a.pos0 + c0 + cl;
-        let lo = sh.window.map_or(0, |w| (a.pos0 + c0 + 1).saturating_sub(w));
-        let keys = hi - lo;
-        let ld = keys.next_multiple_of(8);
-        let at = |base: u64, elems: usize, size: usize| Strided { ptr: base + (elems * size) as u64, ld: 0, stride: 0 };
-        for j in 0..group {
-            let k = Strided { ld: kvd, stride: d, ..at(a.k, lo * kvd, 2) };
-            let q = Strided { ld: qd, stride: group * d, ..at(a.q_h, c0 * qd + j * d, 2) };
-            let s = Strided { ld, stride: group * cl * ld, ..at(sc.s, j * cl * ld, 4) };
-            gpu.gemm_batched(true, k, q, s, (keys, cl, d), nkv, false)?;
-        }
-        Phases::mark(prof, gpu, "attention scores")?;
-        gpu.launch(
-            "attn_softmax",
-            int(sh.n_head * cl)? as u32,
-            ROW_THREADS,
-            &[KArg::P(sc.s), KArg::P(sc.p), KArg::P(a.pos + (c0 * 4) as u64), KArg::I(int(cl)?), KArg::I(int(keys)?), KArg::I(int(ld)?), KArg::I(int(lo)?), KArg::I(int(sh.window.unwrap_or(0))?)],
-        )?;
-        Phases::mark(prof, gpu, "softmax")?;
-        for j in 0..group {
-            let v = Strided { ld: vd, stride: dv, ..at(a.v, lo * vd, 2) };
-            let p = Strided { ld, stride: group * cl * ld, ..at(sc.p, j * cl * ld, 2) };
-            let o = Strided { ld: od, stride: group * dv, ..at(a.out, c0 * od + j * dv, 2) };
-            gpu.gemm_batched(false, v, p, o, (dv, cl, keys), nkv, true)?;
-        }
-        Phases::mark(prof, gpu, "attention values")?;
-    }
-    Ok(())
-}
-
-/// One sequence's attention through the stack's own kernels on host data (for the GPU
-/// check): queries f32 `[n, n_head * d]` (rounded to f16, as the stack's are) at positions
-/// `pos0..pos0 + n`, cache rows `0..pos0 + n`, output f32. Returns the card's milliseconds.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_once(
-    gpu: &Gpu,
-    sh: &engine::cpu::attention::AttnShape,
-    q: &[f32],
-    pos0: usize,
-    kc: &[half::f16],
-    vc: &[half::f16],
-    out: &mut [f32],
-    flash: usize,
-) -> Res<f64> {
-    let (qd, kvd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
-    let n = q.len() / qd;
-    let rows = pos0 + n;
-    if kc.len() < rows * kvd || vc.len() < rows * vd || out.len() < n * od {
-        return Err("attention buffers do not match".into());
-    }
-    gpu.bind()?;
-    let bits = |h: &[half::f16]| -> Vec<u16> { h.iter().map(|v| v.to_bits()).collect() };
-    let q_h: Vec<u16> = q.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
-    let pos: Vec<i32> = (pos0..rows).map(|p| p as i32).collect();
-    let (d_q, d_k, d_v) = (DevBuf::new(&gpu.ctx, n * qd * 2)?, DevBuf::new(&gpu.ctx, rows * kvd * 2)?, DevBuf::new(&gpu.ctx, rows * vd * 2)?);
-    let (d_pos, d_out) = (DevBuf::new(&gpu.ctx, n * 4)?, DevBuf::new(&gpu.ctx, n * od * 2)?);
-    let ld = rows.next_multiple_of(8);
-    let qc = (SCORE_BYTES / (sh.n_head * ld * 6)).clamp(16, 4096).min(n);
-    let (d_s, d_p) = (DevBuf::new(&gpu.ctx, sh.n_head * qc * ld * 4)?, DevBuf::new(&gpu.ctx, sh.n_head * qc * ld * 2)?);
-    let stream = gpu.s_comp.cu_stream();
-    unsafe {
-        drv::memcpy_htod_async(d_q.ptr, &q_h[..], stream).map_err(err("upload"))?;
-        drv::memcpy_htod_async(d_k.ptr, &bits(&kc[..rows * kvd])[..], stream).map_err(err("upload"))?;
-        drv::memcpy_htod_async(d_v.ptr, &bits(&vc[..rows * vd])[..], stream).map_err(err("upload"))?;
-        drv::memcpy_htod_async(d_pos.ptr, &pos[..], stream).map_err(err("upload"))?;
-    }
-    let seq = SeqAttention { q_h: d_q.ptr, k: d_k.ptr, v: d_v.ptr, pos: d_pos.ptr, out: d_out.ptr, len: n, pos0 };
-    let scores = Scores { s: d_s.ptr, p: d_p.ptr, chunk: qc };
-    let (e0, e1) = (gpu.event(true)?, gpu.event(true)?);
-    e0.record(&gpu.s_comp).map_err(err("record"))?;
-    attention(gpu, sh, &seq, &scores, flash, &mut None)?;
-    e1.record(&gpu.s_comp).map_err(err("record"))?;
-    let mut half_out = vec![0u16; n * od];
-    unsafe { drv::memcpy_dtoh_async(&mut half_out[..], d_out.ptr, stream) }.map_err(err("download"))?;
-    gpu.s_comp.synchronize().map_err(err("attention"))?;
-    out[..n * od].iter_mut().zip(&half_out).for_each(|(o, &h)| *o = half::f16::from_bits(h).to_f32());
-    Ok(e0.elapsed_ms(&e1).map_err(err("timing"))? as f64)
 }
