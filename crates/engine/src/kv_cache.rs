@@ -84,3 +84,38 @@ impl KvCache {
         (self.k[layer].reinterpret_cast(), self.v[layer].reinterpret_cast())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random_model::RandomModelSpec;
+
+    /// An engine's f16 write-back lands exactly where `store` puts the same values, in every
+    /// layer, and leaves the other rows alone.
+    #[test]
+    fn f16_write_back_matches_store() {
+        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
+        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
+        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let (mut a, mut b) = (KvCache::new(&c, 16), KvCache::new(&c, 16));
+        let (kd, vd) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        for layer in 0..c.n_layer {
+            let k: Vec<f32> = (0..3 * kd).map(|i| (i as f32 * 0.37 + layer as f32).sin()).collect();
+            let v: Vec<f32> = (0..3 * vd).map(|i| (i as f32 * 0.11 - layer as f32).cos()).collect();
+            a.store(layer, 5, &k, &v);
+            let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&f| f16::from_f32(f).to_bits()).collect() };
+            b.store_f16(layer, 5, &bits(&k), &bits(&v));
+        }
+        for layer in 0..c.n_layer {
+            assert_eq!(a.layer(layer), b.layer(layer));
+            let (k, _) = b.layer(layer);
+            assert!(k[..5 * kd].iter().chain(&k[8 * kd..]).all(|h| h.to_bits() == 0), "rows outside 5..8 untouched");
+        }
+        let mut layers = b.layers_mut();
+        assert_eq!(layers.len(), c.n_layer);
+        assert_eq!((layers[0].0.len(), layers[0].1.len()), (16 * kd, 16 * vd));
+        layers[1].0[0] = 0x3c00; // 1.0
+        drop(layers);
+        assert_eq!(b.layer(1).0[0].to_f32(), 1.0);
+    }
+}
