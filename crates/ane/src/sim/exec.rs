@@ -7,6 +7,7 @@
 
 use super::parse::{Arg, DType, Func, Lit, Program, Stmt, Ty};
 use crate::blob;
+use engine::cpu::ops::dot;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -401,17 +402,6 @@ fn finish(acc: &[f32; LANES], a_tail: &[f32], b_tail: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    finish(&acc, ta, tb)
-}
 
 /// Weight rows per tile of the vectorized kernels.
 const ROWS: usize = 4;
@@ -654,18 +644,8 @@ impl CFunc {
 mod tests {
     use super::*;
 
-    /// The dot every output was computed with before the tiled kernels: they must match it bit for bit.
-    fn plain_dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 16];
-        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-        for (x, y) in ca.zip(cb) {
-            for i in 0..16 {
-                acc[i] += x[i] * y[i];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
-    }
+    // The dot every output was computed with before the tiled kernels: they must match it bit for bit.
+    use engine::cpu::ops::dot as plain_dot;
 
     #[test]
     fn slice_rounding_is_the_scalar_rounding() {

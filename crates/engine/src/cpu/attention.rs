@@ -7,6 +7,7 @@
 //! row. The inner loops are written to auto-vectorize and compiled once more with AVX2/FMA
 //! and AVX-512, chosen at run time.
 
+use super::ops::dot;
 use super::SharedMut;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -216,20 +217,6 @@ fn decode_part(dj: &DecodeJob, job: usize) -> Part {
         }
     }
     (maxes, sums, acc)
-}
-
-/// Dot product in sixteen lanes (vectorizes without reassociation flags).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// What every job reads.

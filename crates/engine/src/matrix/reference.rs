@@ -9,6 +9,7 @@ use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine,
 use super::cache::bucket_for;
 use crate::arch::{Activation, Config};
 use crate::block::{run_block, BlockOps, StackInput};
+use crate::cpu::ops::dot;
 use crate::kv_cache::KvCache;
 use crate::cpu::attention::AttnShape;
 use half::f16;
@@ -308,16 +309,3 @@ unsafe fn block_body(wf: &[f32], k: usize, x: &[f32], tokens: std::ops::Range<us
     }
 }
 
-/// f32 dot product in sixteen partial sums (vectorizes; a plain GEMM, not the CPU's kernels).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
