@@ -12,22 +12,15 @@ use ane::{AneConfig, AneEngine};
 use engine::matrix::cache::CacheBudget;
 use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::{Dispatcher, MatrixEngine};
+use engine::parity::{follow, greedy_steps, PROMPT};
 use engine::perplexity::perplexity;
 use engine::{Model, Runner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Logit gap under which two engines may order the top two tokens differently.
-const NEAR_TIE: f32 = 1.0;
 /// A CPU so slow in the cost model that the threshold alone decides.
 const SLOW_CPU: (f64, f64) = (1.0, 1.0);
-const PROMPT: &str = "The GNU General Public License is a free, copyleft license for software and other kinds \
-of works. The licenses for most software and other practical works are designed to take away your freedom \
-to share and change the works. By contrast, the GNU General Public License is intended to guarantee your \
-freedom to share and change all versions of a program, to make sure it remains free software for all its \
-users. We, the Free Software Foundation, use the GNU General Public License for most of our software; it \
-applies also to any other work released this way by its authors. You can apply it to your programs, too.";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -61,13 +54,6 @@ fn tokenizer(path: &std::path::Path) -> tokenizer::Tokenizer {
     tokenizer::Tokenizer::from_gguf(&gguf::GgufFile::open(path).unwrap()).unwrap()
 }
 
-fn top2(l: &[f32]) -> (u32, f32) {
-    let mut idx: Vec<usize> = (0..l.len()).collect();
-    idx.select_nth_unstable_by(1, |&a, &b| l[b].total_cmp(&l[a]));
-    let (a, b) = if l[idx[0]] >= l[idx[1]] { (idx[0], idx[1]) } else { (idx[1], idx[0]) };
-    (a as u32, l[a] - l[b])
-}
-
 /// The ANE run's failures and matmuls on each side, after checking that no op failed.
 fn ane_stats(r: &Runner, what: &str) -> (u64, u64) {
     let s = r.dispatcher.stats.snapshot();
@@ -82,31 +68,15 @@ fn check_greedy(file: &str) {
     // The CPU's greedy run: its token and top-two gap at every step.
     let t0 = Instant::now();
     let (cpu, _) = runner(&path, None);
-    let mut cache = cpu.new_cache(256);
-    let mut logits = engine::generate::prefill(&cpu, &mut cache, &prompt, 512).unwrap();
-    let mut want = Vec::new();
-    for _ in 0..32 {
-        let (t, gap) = top2(&logits);
-        want.push((t, gap));
-        logits = cpu.forward(&mut cache, &[t], 0..1).unwrap();
-    }
+    let want = greedy_steps(&cpu, &prompt, 32).unwrap();
     eprintln!("{file}: CPU greedy in {:.1} s", t0.elapsed().as_secs_f64());
     for threshold in [1, 64] {
         let t0 = Instant::now();
         let (off, ane) = runner(&path, Some(threshold));
-        let mut cache = off.new_cache(256);
-        let mut logits = engine::generate::prefill(&off, &mut cache, &prompt, 512).unwrap();
-        let (mut ties, mut worst) = (0, 0f32);
-        for (step, &(t, gap)) in want.iter().enumerate() {
-            assert!(logits.iter().all(|v| v.is_finite()), "{file} threshold {threshold}: non-finite logits at step {step}");
-            let (o_top, _) = top2(&logits);
-            if o_top != t {
-                assert!(gap < NEAR_TIE, "{file} threshold {threshold}: step {step} gives {o_top}, CPU {t} by a margin of {gap}");
-                ties += 1;
-                worst = worst.max(gap);
-            }
-            logits = off.forward(&mut cache, &[t], 0..1).unwrap();
-        }
+        let a = follow(&off, &prompt, &want).unwrap();
+        assert_eq!(a.non_finite, None, "{file} threshold {threshold}: non-finite logits at this step");
+        assert!(a.differences.is_empty(), "{file} threshold {threshold}: (step, token, CPU's token, CPU's margin) {:?}", a.differences);
+        let (ties, worst) = (a.near_ties, a.worst_tie);
         let (on_ane, on_cpu) = ane_stats(&off, file);
         let ane = ane.unwrap();
         eprintln!(

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod matrix;
 pub mod model;
+pub mod parity;
 pub mod perplexity;
 pub mod random_model;
 pub mod sampler;

@@ -11,19 +11,12 @@ use engine::matrix::cache::CacheBudget;
 use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
 use engine::matrix::Dispatcher;
+use engine::parity::{follow, greedy_steps, PROMPT};
 use engine::perplexity::perplexity;
 use engine::{Model, Runner};
 
-/// Logit gap under which two engines may order the top two tokens differently.
-const NEAR_TIE: f32 = 1.0;
 /// A CPU so slow in the cost model that the threshold alone decides.
 const SLOW_CPU: (f64, f64) = (1.0, 1.0);
-const PROMPT: &str = "The GNU General Public License is a free, copyleft license for software and other kinds \
-of works. The licenses for most software and other practical works are designed to take away your freedom \
-to share and change the works. By contrast, the GNU General Public License is intended to guarantee your \
-freedom to share and change all versions of a program, to make sure it remains free software for all its \
-users. We, the Free Software Foundation, use the GNU General Public License for most of our software; it \
-applies also to any other work released this way by its authors. You can apply it to your programs, too.";
 
 /// CPU-only (`None`), or the reference engine taking every op of at least `threshold` tokens.
 fn runner(path: &std::path::Path, threshold: Option<usize>) -> Runner {
@@ -38,13 +31,6 @@ fn runner(path: &std::path::Path, threshold: Option<usize>) -> Runner {
     }
 }
 
-fn top2(l: &[f32]) -> (u32, f32) {
-    let mut idx: Vec<usize> = (0..l.len()).collect();
-    idx.select_nth_unstable_by(1, |&a, &b| l[b].total_cmp(&l[a]));
-    let (a, b) = if l[idx[0]] >= l[idx[1]] { (idx[0], idx[1]) } else { (idx[1], idx[0]) };
-    (a as u32, l[a] - l[b])
-}
-
 fn check_greedy(file: &str) {
     let path = common::model_path(file);
     let gguf = gguf::GgufFile::open(&path).unwrap();
@@ -56,23 +42,13 @@ fn check_greedy(file: &str) {
     let (want, _) = common::greedy(&cpu, &prompt, 32, &[]);
     let (never, _) = common::greedy(&runner(&path, Some(usize::MAX)), &prompt, 32, &[]);
     assert_eq!(never, want, "{file}: threshold never");
+    let steps = greedy_steps(&cpu, &prompt, 32).unwrap();
+    assert_eq!(steps.iter().map(|s| s.token).collect::<Vec<_>>(), want, "{file}: the CPU's own greedy tokens");
     for threshold in [1, 64] {
         let off = runner(&path, Some(threshold));
-        let (mut c_cache, mut o_cache) = (cpu.new_cache(256), off.new_cache(256));
-        let mut c_logits = engine::generate::prefill(&cpu, &mut c_cache, &prompt, 512).unwrap();
-        let mut o_logits = engine::generate::prefill(&off, &mut o_cache, &prompt, 512).unwrap();
-        let mut ties = 0;
-        for (step, &t) in want.iter().enumerate() {
-            let (c_top, c_gap) = top2(&c_logits);
-            let (o_top, _) = top2(&o_logits);
-            assert_eq!(c_top, t, "{file}: the CPU's own greedy token at step {step}");
-            if o_top != t {
-                assert!(c_gap < NEAR_TIE, "{file} threshold {threshold}: step {step} gives {o_top}, CPU {t} by a margin of {c_gap}");
-                ties += 1;
-            }
-            c_logits = cpu.forward(&mut c_cache, &[t], 0..1).unwrap();
-            o_logits = off.forward(&mut o_cache, &[t], 0..1).unwrap();
-        }
+        let a = follow(&off, &prompt, &steps).unwrap();
+        assert!(a.differences.is_empty(), "{file} threshold {threshold}: (step, token, CPU's token, CPU's margin) {:?}", a.differences);
+        let ties = a.near_ties;
         let stats = off.dispatcher.stats.snapshot();
         let on_ref = stats.get("ref").map_or(0, |s| s.matmuls);
         let on_cpu = stats.get("cpu").map_or(0, |s| s.matmuls);

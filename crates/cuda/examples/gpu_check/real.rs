@@ -10,20 +10,12 @@ use engine::matrix::cache::CacheBudget;
 use engine::matrix::dispatch::CPU_HINT;
 use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::{Dispatcher, MatrixEngine};
+use engine::parity::{follow, greedy_steps, NEAR_TIE};
 use engine::{Model, Runner};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Logit gap under which two engines may order the top two tokens differently.
-const NEAR_TIE: f32 = 1.0;
 const STEPS: usize = 32;
-
-fn top2(l: &[f32]) -> (u32, f32) {
-    let mut idx: Vec<usize> = (0..l.len()).collect();
-    idx.select_nth_unstable_by(1, |&a, &b| l[b].total_cmp(&l[a]));
-    let (a, b) = if l[idx[0]] >= l[idx[1]] { (idx[0], idx[1]) } else { (idx[1], idx[0]) };
-    (a as u32, l[a] - l[b])
-}
 
 /// Returns the number of failures (0 or 1).
 pub fn run(path: &Path, text: &Path) -> usize {
@@ -40,28 +32,18 @@ pub fn run(path: &Path, text: &Path) -> usize {
     let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, CPU_HINT);
     let d = Dispatcher::new(vec![engine], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
     let gpu = Runner::with_dispatcher(load(), threads, d).expect("runner");
-    let n_ctx = prompt.len() + STEPS + 1;
-    let (mut c_cache, mut g_cache) = (cpu.new_cache(n_ctx), gpu.new_cache(n_ctx));
-    let mut c_logits = engine::generate::prefill(&cpu, &mut c_cache, &prompt, 512).expect("prefill");
-    let mut g_logits = engine::generate::prefill(&gpu, &mut g_cache, &prompt, 512).expect("prefill");
-    println!("\nreal model {}: {} prompt tokens; last prompt token's logits, card vs CPU: rel err {:.2e}", path.display(), prompt.len(), rel_err(&g_logits, &c_logits));
-    let (mut ties, mut bad) = (0, 0);
-    let mut tokens = Vec::new();
-    for step in 0..STEPS {
-        let (c_top, c_gap) = top2(&c_logits);
-        let (g_top, _) = top2(&g_logits);
-        if g_top != c_top {
-            if c_gap < NEAR_TIE {
-                ties += 1;
-            } else {
-                bad += 1;
-                println!("step {step}: card {g_top}, CPU {c_top} by a margin of {c_gap:.3}");
-            }
-        }
-        tokens.push(c_top);
-        c_logits = cpu.forward(&mut c_cache, &[c_top], 0..1).expect("decode");
-        g_logits = gpu.forward(&mut g_cache, &[c_top], 0..1).expect("decode");
+    let want = greedy_steps(&cpu, &prompt, STEPS).expect("CPU greedy");
+    let last = |r: &Runner| {
+        let mut cache = r.new_cache(prompt.len());
+        engine::generate::prefill(r, &mut cache, &prompt, 512).expect("prefill")
+    };
+    println!("\nreal model {}: {} prompt tokens; last prompt token's logits, card vs CPU: rel err {:.2e}", path.display(), prompt.len(), rel_err(&last(&gpu), &last(&cpu)));
+    let a = follow(&gpu, &prompt, &want).expect("card run");
+    for (step, got, token, lead) in &a.differences {
+        println!("step {step}: card {got}, CPU {token} by a margin of {lead:.3}");
     }
+    let (ties, bad) = (a.near_ties, a.differences.len() + usize::from(a.non_finite.is_some()));
+    let tokens: Vec<u32> = want.iter().map(|s| s.token).collect();
     let s = gpu.dispatcher.stats.snapshot();
     let blocks = s.get("cuda").map_or(0, |s| s.blocks);
     let ok = bad == 0 && ties <= 3 && blocks > 0;
