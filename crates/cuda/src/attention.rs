@@ -3,7 +3,7 @@
 //! memory, where decode reads it. Worth it for long prompts, where the CPU's attention is
 //! quadratic work and the card's is a few milliseconds.
 
-use crate::gpu::{ensure_dev, err, DevBuf, Gpu, Res};
+use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, Res};
 use crate::kernels::ATTN_MAX_DIM;
 use cudarc::driver::result as drv;
 use engine::cpu::attention::AttnShape;
@@ -42,10 +42,6 @@ fn tiled_plan(s: &AttnShape) -> Option<(usize, u32)> {
     let tq = (8 / group).max(1);
     let words = 32 * (s.head_dim / 2 + 1) + 16 * s.head_dim_v + group * tq * s.head_dim;
     (s.head_dim.is_multiple_of(2) && words * 4 <= 48 << 10).then_some((tq, (words * 4) as u32))
-}
-
-fn int(v: usize) -> Res<i32> {
-    i32::try_from(v).map_err(|_| format!("{v} exceeds the kernel's int range"))
 }
 
 /// Launch attention of `n` tokens on the compute stream over device buffers `ptrs` = q (f32),

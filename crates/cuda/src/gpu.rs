@@ -18,6 +18,11 @@ pub(crate) fn err(what: &str) -> impl Fn(drv::DriverError) -> String + '_ {
     move |e| format!("{what}: {e:?}")
 }
 
+/// A size as a kernel's `int` argument.
+pub(crate) fn int(v: usize) -> Res<i32> {
+    i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"))
+}
+
 /// One kernel argument.
 pub(crate) enum KArg {
     /// A device pointer.

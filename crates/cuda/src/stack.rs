@@ -15,7 +15,7 @@
 //! free a pinned slot when the ring is shorter than the model. Weights are the resident
 //! prepared buffers, or streamed layer by layer (`streaming.rs`) for models over the budget.
 
-use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, KArg, Res};
+use crate::gpu::{ensure_dev, ensure_host, err, int, DevBuf, Gpu, HostBuf, KArg, Res};
 use crate::kernels::{activation_kernel, ATTN_MAX_DIM};
 use crate::phases::Phases;
 use crate::stack_attention::{attention, flash_kernel, Scores, SeqAttention, SCORE_BYTES};
@@ -74,14 +74,14 @@ impl Buffers {
 /// Bytes of pinned memory for K/V on their way down (a slot per layer within this).
 const STAGING_BYTES: usize = 1 << 30;
 /// Threads of the row kernels.
-const ROW_THREADS: u32 = 256;
+pub(crate) const ROW_THREADS: u32 = 256;
 
 /// Whether the kernels can run this model's blocks.
 pub(crate) fn check(c: &Config) -> Result<(), String> {
     if c.head_dim > ATTN_MAX_DIM || c.head_dim_v > ATTN_MAX_DIM {
         return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", c.head_dim, c.head_dim_v));
     }
-    if c.rope_dims > c.head_dim || c.rope_dims % 2 != 0 {
+    if c.rope_dims > c.head_dim || !c.rope_dims.is_multiple_of(2) {
         return Err(format!("RoPE over {} of {} dimensions", c.rope_dims, c.head_dim));
     }
     for window in [None, c.swa_window] {
@@ -94,7 +94,6 @@ pub(crate) fn check(c: &Config) -> Result<(), String> {
         };
         crate::attention::check(&s)?;
     }
-    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
     int(c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim))?;
     Ok(())
 }
@@ -165,7 +164,6 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
     let n = input.n();
     let (d, ff) = (c.n_embd, c.n_ff);
     let (qd, kvd, vd, od) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v, c.n_head * c.head_dim_v);
-    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
 
     // Each sequence's region of cache rows: its prefix, then its new tokens.
     let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
@@ -253,16 +251,13 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
     gpu.launch("residual_norm", int(n)? as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(0), KArg::P(0), KArg::P(vptr(0, 0)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
     Phases::mark(&mut prof, gpu, "upload + norm")?;
 
-    // Copies the new K/V rows of layer `il` from its pinned slot into the caches, once down.
+    // Layer `il`'s new K/V rows into the caches, once down in its pinned slot (a ring shorter
+    // than the model: the slot is needed again).
     let drain = |b: &mut Buffers, il: usize, caches: &mut [&mut KvCache]| -> Res<()> {
         let slot = il % slots;
-        b.copied[slot].synchronize().map_err(err("K/V write-back"))?;
         let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
-        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at(n * kvd);
-        for (cache, s) in caches.iter_mut().zip(input.spans) {
-            cache.store_f16(il, input.positions[s.start], &hk[s.start * kvd..s.end * kvd], &hv[s.start * vd..s.end * vd]);
-        }
-        Ok(())
+        let mut kv: Vec<_> = caches.iter_mut().map(|c| c.layers_mut().swap_remove(il)).collect();
+        land_rows(gpu, &b.copied[slot], &host[slot * staged..(slot + 1) * staged], &mut kv, input, (kvd, vd))
     };
 
     // Streamed weights: the first layer's now, each next one while the card computes.
@@ -401,17 +396,9 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
         }
     }
     let copied = &b.copied;
-    per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| -> Res<()> {
+    per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| {
         let slot = il % slots;
-        gpu.bind()?;
-        copied[slot].synchronize().map_err(err("K/V write-back"))?;
-        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at(n * kvd);
-        for ((k, v), s) in kv.iter_mut().zip(input.spans) {
-            let p0 = input.positions[s.start];
-            k[p0 * kvd..(p0 + s.len()) * kvd].copy_from_slice(&hk[s.start * kvd..s.end * kvd]);
-            v[p0 * vd..(p0 + s.len()) * vd].copy_from_slice(&hv[s.start * vd..s.end * vd]);
-        }
-        Ok(())
+        land_rows(gpu, &copied[slot], &host[slot * staged..(slot + 1) * staged], &mut kv, input, (kvd, vd))
     })?;
     let x_pinned = b.x_host.as_mut().expect("allocated above").slice_mut::<f32>(n * d);
     unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], d_x, stream) }.map_err(err("download hidden states"))?;
@@ -420,6 +407,21 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
     par_copy(x, x_pinned);
     if let Some(p) = prof {
         b.phases = p.report(n)?;
+    }
+    Ok(())
+}
+
+/// Waits until a layer's new K/V rows are down in their pinned slot (`rows`: K `[n, kvd]`
+/// then V `[n, vd]`), then copies each sequence's rows to their positions in its cache
+/// storage for that layer (`kv[i]`: sequence i's K and V).
+fn land_rows(gpu: &Gpu, copied: &CudaEvent, rows: &[u16], kv: &mut [(&mut [u16], &mut [u16])], input: &StackInput<'_>, (kvd, vd): (usize, usize)) -> Res<()> {
+    gpu.bind()?;
+    copied.synchronize().map_err(err("K/V write-back"))?;
+    let (hk, hv) = rows.split_at(input.n() * kvd);
+    for ((k, v), s) in kv.iter_mut().zip(input.spans) {
+        let p0 = input.positions[s.start];
+        k[p0 * kvd..(p0 + s.len()) * kvd].copy_from_slice(&hk[s.start * kvd..s.end * kvd]);
+        v[p0 * vd..(p0 + s.len()) * vd].copy_from_slice(&hv[s.start * vd..s.end * vd]);
     }
     Ok(())
 }

@@ -2,14 +2,13 @@
 //! `mma.sync`, head sizes 64 and 128), otherwise scores and values through cuBLAS with a
 //! masked softmax between; and a hook that runs either on host data for the GPU check.
 
-use crate::gpu::{err, DevBuf, Gpu, KArg, Res, Strided};
+use crate::gpu::{err, int, DevBuf, Gpu, KArg, Res, Strided};
+use crate::stack::ROW_THREADS;
 use crate::phases::Phases;
 use cudarc::driver::result as drv;
 
 /// Bytes of attention scores and probabilities per query chunk (6 per score).
 pub(crate) const SCORE_BYTES: usize = 1 << 30;
-/// Threads of the softmax kernel.
-const ROW_THREADS: u32 = 256;
 
 /// The flash-attention kernel for this shape with `queries` per block (64 or 128; 0 = none),
 /// if one fits: tensor-core `mma.sync` (compute capability 8.0 or newer) and equal key and
@@ -56,7 +55,6 @@ pub(crate) struct SeqAttention {
 pub(crate) fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
-    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} exceeds the kernels' int range"));
     if let Some(kernel) = flash_kernel(gpu, sh, flash) {
         let args = [
             KArg::P(a.q_h),

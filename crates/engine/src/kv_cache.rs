@@ -60,16 +60,8 @@ impl KvCache {
         vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
     }
 
-    /// Store K and V rows already in f16 (bit patterns, `[n, k_dim]` and `[n, v_dim]`) of
-    /// `layer` at positions `pos0..pos0+n` — an engine's write-back.
-    pub fn store_f16(&mut self, layer: usize, pos0: usize, k: &[u16], v: &[u16]) {
-        let n = k.len() / self.k_dim;
-        self.k[layer][pos0 * self.k_dim..(pos0 + n) * self.k_dim].copy_from_slice(k);
-        self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim].copy_from_slice(&v[..n * self.v_dim]);
-    }
-
-    /// Every layer's K and V storage as f16 bit patterns (`[n_ctx, k_dim]`, `[n_ctx, v_dim]`),
-    /// for writers that fill several layers at once.
+    /// Every layer's K and V storage as f16 bit patterns (`[n_ctx, k_dim]`, `[n_ctx, v_dim]`):
+    /// an engine's write-back, several layers at once.
     pub fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])> {
         self.k.iter_mut().zip(self.v.iter_mut()).map(|(k, v)| (k.as_mut_slice(), v.as_mut_slice())).collect()
     }
@@ -90,8 +82,8 @@ mod tests {
     use super::*;
     use crate::random_model::RandomModelSpec;
 
-    /// An engine's f16 write-back lands exactly where `store` puts the same values, in every
-    /// layer, and leaves the other rows alone.
+    /// An engine's f16 write-back through `layers_mut` lands exactly where `store` puts the
+    /// same values, in every layer, and leaves the other rows alone.
     #[test]
     fn f16_write_back_matches_store() {
         let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
@@ -104,7 +96,9 @@ mod tests {
             let v: Vec<f32> = (0..3 * vd).map(|i| (i as f32 * 0.11 - layer as f32).cos()).collect();
             a.store(layer, 5, &k, &v);
             let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&f| f16::from_f32(f).to_bits()).collect() };
-            b.store_f16(layer, 5, &bits(&k), &bits(&v));
+            let (bk, bv) = &mut b.layers_mut()[layer];
+            bk[5 * kd..8 * kd].copy_from_slice(&bits(&k));
+            bv[5 * vd..8 * vd].copy_from_slice(&bits(&v));
         }
         for layer in 0..c.n_layer {
             assert_eq!(a.layer(layer), b.layer(layer));

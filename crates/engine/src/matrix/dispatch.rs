@@ -119,21 +119,26 @@ impl Dispatcher {
             return self.run_on_cpu(ws, x, outs);
         }
         let n = x.len() / ws[0].cols;
-        if let Some(engine) = self.choose(ws, n) {
-            let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
-            let key_refs: Vec<&WeightKey> = keys.iter().collect();
-            let k = ws[0].cols;
-            let result = self.run_tiles(engine, ws, n, |bucket, start, len| {
-                let mut tile_outs: Vec<&mut [f32]> =
-                    outs.iter_mut().zip(ws).map(|(o, w)| &mut o[start * w.rows..(start + len) * w.rows]).collect();
-                engine.matmul(&key_refs, ws, bucket, &x[start * k..(start + len) * k], len, &mut tile_outs)
-            });
-            match result {
-                Ok(()) => return,
-                Err(f) => self.report_failure(&f),
-            }
+        match self.choose(ws, n) {
+            Some(engine) => self.run_group_on(engine, ws, x, outs),
+            None => self.run_on_cpu(ws, x, outs),
         }
-        self.run_on_cpu(ws, x, outs);
+    }
+
+    /// A group on `engine`, tiled into its buckets; on the CPU when the engine fails it.
+    fn run_group_on(&self, engine: &dyn MatrixEngine, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) {
+        let (n, k) = (x.len() / ws[0].cols, ws[0].cols);
+        let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
+        let key_refs: Vec<&WeightKey> = keys.iter().collect();
+        let result = self.run_tiles(engine, ws, n, |bucket, start, len| {
+            let mut tile_outs: Vec<&mut [f32]> =
+                outs.iter_mut().zip(ws).map(|(o, w)| &mut o[start * w.rows..(start + len) * w.rows]).collect();
+            engine.matmul(&key_refs, ws, bucket, &x[start * k..(start + len) * k], len, &mut tile_outs)
+        });
+        if let Err(f) = result {
+            self.report_failure(&f);
+            self.run_on_cpu(ws, x, outs);
+        }
     }
 
     /// A feed-forward block, `out = down · (act(gate · x) ⊙ (up · x))`. An engine that
@@ -227,6 +232,10 @@ impl Dispatcher {
             return Stacked::No;
         }
         let n = input.n();
+        if n < self.policy.min_batch() && !self.verbose {
+            // A decode step: the policy would refuse it for its N; skip pricing every layer.
+            return Stacked::No;
+        }
         let model = input.model;
         let (flops, bytes) = super::stack_cost(input);
         let weights = || model.layers.iter().flat_map(StackInput::weights).chain(std::iter::once(&model.output));
@@ -281,15 +290,9 @@ impl Dispatcher {
     /// `out = x · Wᵀ` on accelerator `engine` whatever N (a stack's logits, following its
     /// hidden states), on the CPU when that engine fails it.
     pub fn matmul_on(&self, engine: usize, w: &Weight, x: &[f32], out: &mut [f32]) {
-        let Some(e) = self.accelerators.get(engine).map(|e| e.as_ref()) else { return self.run_on_cpu(&[w], x, &mut [out]) };
-        let key = WeightKey::of(w);
-        let n = x.len() / w.cols;
-        let result = self.run_tiles(e, &[w], n, |bucket, start, len| {
-            e.matmul(&[&key], &[w], bucket, &x[start * w.cols..(start + len) * w.cols], len, &mut [&mut out[start * w.rows..(start + len) * w.rows]])
-        });
-        if let Err(f) = result {
-            self.report_failure(&f);
-            self.run_on_cpu(&[w], x, &mut [out]);
+        match self.accelerators.get(engine) {
+            Some(e) => self.run_group_on(e.as_ref(), &[w], x, &mut [out]),
+            None => self.run_on_cpu(&[w], x, &mut [out]),
         }
     }
 

@@ -137,12 +137,7 @@ impl PlacementPolicy {
             return Decision::cpu("--backend cpu");
         }
         let mut why_not = Vec::new();
-        for (i, e) in engines.iter().enumerate() {
-            if let Backend::Named(n) = &self.backend {
-                if n != e.name() {
-                    continue;
-                }
-            }
+        for (i, e) in self.candidates(engines) {
             if let Availability::Unavailable(r) = e.availability() {
                 why_not.push(format!("{} unavailable: {r}", e.name()));
                 continue;
@@ -166,7 +161,7 @@ impl PlacementPolicy {
                 why_not.push(format!("N={} < --offload-min-batch {}", shape.n, self.min_batch));
                 continue;
             }
-            let (t_engine, t_cpu) = self.estimate(*e, shape);
+            let (t_engine, t_cpu) = self.estimate(e, shape);
             if t_engine < t_cpu {
                 return Decision {
                     engine: Some(i),
@@ -206,12 +201,7 @@ impl PlacementPolicy {
             return Decision::cpu("--backend cpu");
         }
         let mut why_not = Vec::new();
-        for (i, e) in engines.iter().enumerate() {
-            if let Backend::Named(name) = &self.backend {
-                if name != e.name() {
-                    continue;
-                }
-            }
+        for (i, e) in self.candidates(engines) {
             if let Err(r) = e.supports_attention(shape) {
                 why_not.push(format!("{}: {r}", e.name()));
                 continue;
@@ -248,12 +238,7 @@ impl PlacementPolicy {
         }
         let n = cost.n;
         let mut why_not = Vec::new();
-        for (i, e) in engines.iter().enumerate() {
-            if let Backend::Named(name) = &self.backend {
-                if name != e.name() {
-                    continue;
-                }
-            }
+        for (i, e) in self.candidates(engines) {
             if let Err(r) = e.supports_stack(config) {
                 why_not.push(format!("{}: {r}", e.name()));
                 continue;
@@ -262,7 +247,7 @@ impl PlacementPolicy {
                 why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch));
                 continue;
             }
-            let need = (cost.resident)(*e);
+            let need = (cost.resident)(e);
             let streamed = need > budget;
             let over = format!(
                 "the model's weights need {:.2} GiB on {}, over its {:.2} GiB budget",
@@ -288,6 +273,19 @@ impl PlacementPolicy {
             why_not.push("no accelerator".into());
         }
         (Decision::cpu(why_not.join("; ")), false)
+    }
+
+    /// The engines `--backend` lets the policy consider, with their indices.
+    fn candidates<'a>(&'a self, engines: &'a [&'a dyn MatrixEngine]) -> impl Iterator<Item = (usize, &'a dyn MatrixEngine)> + 'a {
+        engines.iter().copied().enumerate().filter(move |(_, e)| match &self.backend {
+            Backend::Named(name) => name == e.name(),
+            _ => true,
+        })
+    }
+
+    /// The smallest N any engine takes without a calibration saying otherwise (`--offload-min-batch`).
+    pub fn min_batch(&self) -> usize {
+        self.min_batch
     }
 
     /// Estimated seconds on the engine (compute + activations in f16 both ways) and on the CPU
