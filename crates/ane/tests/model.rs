@@ -3,6 +3,8 @@
 //! logits must stay close to the CPU's. Also: compile-budget exhaustion falls back to
 //! the CPU without losing an output.
 
+mod common;
+
 use ane::sim::SimDriver;
 use ane::{AneConfig, AneEngine};
 use engine::matrix::cache::CacheBudget;
@@ -10,19 +12,10 @@ use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
 use engine::matrix::{Dispatcher, MatrixEngine};
 use engine::{Model, Runner};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A CPU so slow in the cost model that the accelerator takes every op with N ≥ 64.
 const SLOW_CPU: (f64, f64) = (1.0, 1.0);
-
-fn model_path(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
-    p
-}
 
 fn logits(r: &Runner, tokens: &[u32], rows: std::ops::Range<usize>) -> Vec<f32> {
     let mut cache = r.new_cache(tokens.len());
@@ -42,7 +35,7 @@ fn compare(name: &str, got: &[f32], cpu: &[f32], vocab: usize, max_diff: f32, mi
 
 #[test]
 fn smollm2_through_the_dispatcher() {
-    let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     let load = || Model::load(&path, &mut |_, _| {}).unwrap();
     let tokens: Vec<u32> = (0..100u32).map(|i| (i * 7919 + 13) % 49152).collect();
     let cpu = logits(&Runner::new(load(), 2).unwrap(), &tokens, 0..tokens.len());
@@ -77,7 +70,7 @@ fn smollm2_through_the_dispatcher() {
 
 #[test]
 fn exhausted_compile_budget_falls_back_to_the_cpu() {
-    let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     let load = || Model::load(&path, &mut |_, _| {}).unwrap();
     let tokens: Vec<u32> = (0..64u32).map(|i| (i * 31 + 7) % 49152).collect();
     let cpu = logits(&Runner::new(load(), 2).unwrap(), &tokens, 63..64);

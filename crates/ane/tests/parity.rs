@@ -7,6 +7,8 @@
 //! takes about 115 s; most of it is the
 //! interpreter's convs (decode steps at threshold 1 run padded to the 64 bucket).
 
+mod common;
+
 use ane::sim::SimDriver;
 use ane::{AneConfig, AneEngine};
 use engine::matrix::cache::CacheBudget;
@@ -15,24 +17,11 @@ use engine::matrix::{Dispatcher, MatrixEngine};
 use engine::parity::{follow, greedy_steps, PROMPT};
 use engine::perplexity::perplexity;
 use engine::{Model, Runner};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// A CPU so slow in the cost model that the threshold alone decides.
 const SLOW_CPU: (f64, f64) = (1.0, 1.0);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A test model by file name: fails (never skips) when it is absent.
-fn model_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("models"));
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
-    p
-}
 
 /// CPU-only (`None`), or the interpreted ANE taking every matmul of at least `threshold`
 /// tokens, planned for the model as `--backend ane-sim` plans it.
@@ -62,7 +51,7 @@ fn ane_stats(r: &Runner, what: &str) -> (u64, u64) {
 }
 
 fn check_greedy(file: &str) {
-    let path = model_path(file);
+    let path = common::model_path(file);
     let prompt = tokenizer(&path).encode(PROMPT, true, false);
     assert!(prompt.len() >= 64, "the prompt must reach the 64 threshold: {} tokens", prompt.len());
     // The CPU's greedy run: its token and top-two gap at every step.
@@ -93,9 +82,9 @@ fn check_greedy(file: &str) {
 }
 
 fn check_perplexity(file: &str) {
-    let path = model_path(file);
+    let path = common::model_path(file);
     let tok = tokenizer(&path);
-    let text = std::fs::read_to_string(root().join("tests/fixtures/reference/GPL-3.txt")).unwrap();
+    let text = std::fs::read_to_string(common::root().join("tests/fixtures/reference/GPL-3.txt")).unwrap();
     let tokens = tok.encode(&text, true, false);
     // Eight chunks of 512, as llama-perplexity -c 512 scores them (batches of 512, all
     // offloaded at threshold 64).

@@ -1,4 +1,4 @@
-//! Shared helpers: deterministic random data, weights of any shape and type in an
+//! Shared helpers: the test models' paths, deterministic random data, weights of any shape and type in an
 //! in-memory GGUF file, the f64 reference matmul, and the interpreter driver with a hook
 //! in front of every evaluation.
 #![allow(dead_code)]
@@ -7,7 +7,21 @@ use ane::ffi::{Driver, DriverError, WeightFile};
 use ane::sim::{SimDriver, SimProgram, SimSurface};
 use engine::weights::{TensorSource, Weight};
 use gguf::{GgmlType, GgufFile, GgufWriter};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A test model by file name: fails (never skips) when it is absent.
+pub fn model_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("models"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    p
+}
 
 /// xorshift64*: reproducible without a rand dependency.
 pub struct Rng(pub u64);
