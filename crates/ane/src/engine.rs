@@ -34,7 +34,8 @@ use crate::plan::{GroupKind, GroupShape, Plan, PlanConfig};
 use crate::store::{self, KeyUnit};
 use ::engine::matrix::disk_cache::{DiskCache, Lookup};
 use ::engine::arch::Activation;
-use ::engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use ::engine::matrix::{Availability, Capabilities, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, WeightKey};
+use ::engine::plan::{FeedForwardPart, GroupName};
 use ::engine::weights::Weight;
 use ::engine::Model;
 use std::collections::{HashMap, HashSet};
@@ -222,30 +223,36 @@ impl<D: Driver> AneEngine<D> {
         Ok(e)
     }
 
-    /// Plan `model`'s groups (Q/K/V, output, then the MLP — gate/up and down when
-    /// [`AneConfig::fuse_mlp`] is off — per layer, then the head).
+    /// Plan `model`'s groups: each layer's op groups as its plan lists them (Q/K/V, output,
+    /// gate/up, down; gate/up and down as one fused MLP when [`AneConfig::fuse_mlp`] is on),
+    /// then the head.
     /// Without it every weight gets a program of its own on first use, which exhausts
     /// the compile budget on a real model: call it once the model is loaded.
     pub fn plan_model(&self, model: &Model) -> Result<(), String> {
         let linear = GroupOp::Linear { concat: self.cfg.concat_groups };
-        let mlp = GroupOp::Mlp(act_of(model.config.activation));
         let mut groups = Vec::new();
         for l in &model.layers {
-            groups.push((vec![l.wq.clone(), l.wk.clone(), l.wv.clone()], linear, None));
-            groups.push((vec![l.wo.clone()], linear, None));
-            if self.cfg.fuse_mlp {
-                // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
-                // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
-                let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
-                // The bound is exact but loose when a few γ are large (Gemma: 500-1800 against
-                // real norms of 10-58), and a loose bound scales the fused block's fp16 output
-                // into subnormals: cap it; a call above the cap runs as parts on the engine.
-                let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound).min(MLP_BOUND_CAP);
-                let bound = (bound.is_finite() && bound > 0.0).then_some(bound);
-                groups.push((vec![l.w_gate.clone(), l.w_up.clone(), l.w_down.clone()], mlp, bound));
-            } else {
-                groups.push((vec![l.w_gate.clone(), l.w_up.clone()], linear, None));
-                groups.push((vec![l.w_down.clone()], linear, None));
+            for g in l.groups() {
+                let dense = match &l.ffn {
+                    FeedForwardPart::Dense(f) => f,
+                };
+                match g.name {
+                    GroupName::FfnGateUp if self.cfg.fuse_mlp => {
+                        // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
+                        // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
+                        let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        // The bound is exact but loose when a few γ are large (Gemma: 500-1800 against
+                        // real norms of 10-58), and a loose bound scales the fused block's fp16 output
+                        // into subnormals: cap it; a call above the cap runs as parts on the engine.
+                        let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound).min(MLP_BOUND_CAP);
+                        let bound = (bound.is_finite() && bound > 0.0).then_some(bound);
+                        let mlp = GroupOp::Mlp(act_of(dense.activation));
+                        groups.push((vec![dense.gate.clone(), dense.up.clone(), dense.down.clone()], mlp, bound));
+                    }
+                    // Inside the fused block above.
+                    GroupName::FfnDown if self.cfg.fuse_mlp => {}
+                    _ => groups.push((g.weights.iter().map(|(_, w)| (*w).clone()).collect(), linear, None)),
+                }
             }
         }
         groups.push((vec![model.output.clone()], linear, None));
@@ -601,9 +608,12 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         }
         Ok(())
     }
-    fn fuses_feed_forward(&self) -> bool {
-        self.cfg.fuse_mlp
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities { feed_forward: self.cfg.fuse_mlp.then_some(self as &dyn FusedFeedForward), ..Capabilities::default() }
     }
+}
+
+impl<D: Driver> FusedFeedForward for AneEngine<D> {
     fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let mut st = self.lock();
         let planned_mlp = st.key_group.get(keys[0]).is_some_and(|&g| matches!(st.groups[g].op, GroupOp::Mlp(_)));
@@ -618,10 +628,7 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         let ff = ffn.gate.rows;
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
-        match ffn.activation {
-            Activation::Silu => ::engine::cpu::ops::silu_mul(&mut gate, &up),
-            Activation::GeluTanh => ::engine::cpu::ops::gelu_mul(&mut gate, &up),
-        }
+        ::engine::cpu::ops::gated(ffn.activation, &mut gate, &up);
         self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
     }
 }

@@ -18,7 +18,7 @@ use engine::matrix::cache::CacheBudget;
 use engine::matrix::fault::FaultyEngine;
 use engine::matrix::policy::{Backend, Calibration, CalibrationEntry, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
-use engine::matrix::{Dispatcher, FeedForward, MatrixEngine, WeightKey};
+use engine::matrix::{Dispatcher, FeedForward, FusedFeedForward, MatrixEngine, WeightKey};
 use engine::random_model::RandomModelSpec;
 use engine::weights::Weight;
 use engine::{Model, Runner};

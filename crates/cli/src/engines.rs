@@ -41,6 +41,8 @@ pub static REGISTRY: &[EngineEntry] = &[
             Arc::new(cuda::CudaEngine::new(cuda::CudaOptions {
                 gpu_mem: a.gpu_mem.map(|m| m << 20),
                 kernel_cache: a.kernel_cache.clone(),
+                // --verbose also prints where the card's time goes in each whole-stack call.
+                profile_stack: a.verbose,
                 ..Default::default()
             }))
         },
@@ -93,7 +95,7 @@ fn ane_engine<D: ane::ffi::Driver + 'static>(driver: D, a: &PlacementArgs, model
 pub struct PlacementArgs {
     /// Where matmuls may run: cpu, auto (every available accelerator), or an engine name.
     #[arg(long, default_value = "auto")]
-    pub backend: String,
+    pub backend: Backend,
     /// Smallest token batch an accelerator takes (without calibration).
     #[arg(long = "offload-min-batch", default_value_t = 64)]
     pub offload_min_batch: usize,
@@ -130,10 +132,9 @@ impl PlacementArgs {
 
     /// The accelerators this backend choice may use, built for `model`.
     pub fn accelerators(&self, model: &Model) -> Vec<Arc<dyn MatrixEngine>> {
-        let backend = Backend::parse(&self.backend);
         REGISTRY
             .iter()
-            .filter(|e| match &backend {
+            .filter(|e| match &self.backend {
                 Backend::Cpu => false,
                 Backend::Auto => e.in_auto,
                 Backend::Named(n) => n == e.name,
@@ -149,7 +150,7 @@ impl PlacementArgs {
             None => default_calibration_path().filter(|p| p.exists()).and_then(|p| Calibration::load(&p).ok()),
         };
         let policy = PlacementPolicy::new(
-            Backend::parse(&self.backend),
+            self.backend.clone(),
             self.offload_min_batch,
             calibration.as_ref(),
             CPU_HINT,

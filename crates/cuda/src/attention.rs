@@ -6,7 +6,7 @@
 use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, Res};
 use crate::kernels::ATTN_MAX_DIM;
 use cudarc::driver::result as drv;
-use engine::cpu::attention::AttnShape;
+use engine::matrix::AttnShape;
 use half::f16;
 
 /// Device buffers reused across calls (grown on demand).

@@ -24,11 +24,9 @@ mod streaming;
 
 pub use pipeline::PhaseTimes;
 
-use engine::arch::Config;
-use engine::block::StackInput;
-use engine::cpu::attention::AttnShape;
 use engine::kv_cache::KvCache;
-use engine::matrix::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use engine::matrix::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
+use engine::plan::{Layer, WeightRole};
 use half::f16;
 use engine::weights::Weight;
 use gpu::{DevBuf, Gpu, Res};
@@ -346,10 +344,16 @@ impl MatrixEngine for CudaEngine {
         self.run_pipeline(None, &ws, k, x, n, outs)
     }
 
-    fn fuses_feed_forward(&self) -> bool {
-        self.opts.fuse_feed_forward
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities {
+            feed_forward: self.opts.fuse_feed_forward.then_some(self as &dyn FusedFeedForward),
+            attention: Some(self),
+            stack: Some(self),
+        }
     }
+}
 
+impl AttentionOp for CudaEngine {
     fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
         if !self.opts.attention {
             return Err("attention on the card is off".into());
@@ -370,12 +374,14 @@ impl MatrixEngine for CudaEngine {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("attention", || attention::run(g, &mut scratch.attention, shape, q, positions, k_cache, v_cache, out)).map_err(fail)
     }
+}
 
-    fn supports_stack(&self, config: &Config) -> Result<(), String> {
+impl DecoderStack for CudaEngine {
+    fn supports_stack(&self, layers: &[Layer]) -> Result<(), String> {
         if !self.opts.stack {
             return Err("whole stacks on the card are off".into());
         }
-        stack::check(config)
+        stack::check(layers)
     }
 
     fn streams_stack(&self) -> bool {
@@ -384,14 +390,14 @@ impl MatrixEngine for CudaEngine {
 
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         let g = self.gpu().map_err(fail)?;
-        let mut bufs = Vec::with_capacity(input.model.layers.len());
-        let mut ptrs = Vec::with_capacity(input.model.layers.len());
+        let mut bufs = Vec::with_capacity(input.layers.len());
+        let mut ptrs = Vec::with_capacity(input.layers.len());
         // Resident: the prepared buffers, held until the call is over. Streamed: none.
-        for l in input.model.layers.iter().filter(|_| input.weights_resident) {
-            let ws = StackInput::weights(l);
-            let keys = ws.map(WeightKey::of);
-            let b = self.resident(&keys.each_ref(), &ws)?;
-            ptrs.push(std::array::from_fn(|i| b[i].ptr));
+        for l in input.layers.iter().filter(|_| input.weights_resident) {
+            let (roles, ws): (Vec<WeightRole>, Vec<&Weight>) = l.weights().unzip();
+            let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
+            let b = self.resident(&keys.iter().collect::<Vec<_>>(), &ws)?;
+            ptrs.push(stack::LayerWeights(roles.into_iter().zip(b.iter().map(|b| b.ptr)).collect()));
             bufs.push(b);
         }
         // One call at a time on the compute stream and cuBLAS handle.
@@ -402,7 +408,9 @@ impl MatrixEngine for CudaEngine {
         drop(bufs);
         r
     }
+}
 
+impl FusedFeedForward for CudaEngine {
     fn feed_forward(
         &self,
         keys: [&WeightKey; 3],

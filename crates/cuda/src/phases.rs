@@ -4,15 +4,15 @@
 use crate::gpu::{err, Gpu, Res};
 use cudarc::driver::CudaEvent;
 
-/// Where the card's time goes (`CudaOptions::profile_stack`, or `TANDEM_CUDA_PROFILE=1` to also
-/// print it): events on the compute stream at phase ends, summed per phase.
+/// Where the card's time goes (`CudaOptions::profile_stack`, printed to stderr per call):
+/// events on the compute stream at phase ends, summed per phase.
 pub(crate) struct Phases {
     marks: Vec<(&'static str, CudaEvent)>,
 }
 
 impl Phases {
     pub(crate) fn start(gpu: &Gpu, on: bool) -> Res<Option<Phases>> {
-        if !on && std::env::var_os("TANDEM_CUDA_PROFILE").is_none() {
+        if !on {
             return Ok(None);
         }
         let e = gpu.event(true)?;
@@ -29,7 +29,7 @@ impl Phases {
         Ok(())
     }
 
-    /// Milliseconds per phase, in order of first appearance; printed with the env variable.
+    /// Milliseconds per phase, in order of first appearance (also printed).
     pub(crate) fn report(self, n: usize) -> Res<Vec<(&'static str, f64)>> {
         // Per phase: total and longest single occurrence (an outlier points at a stall).
         let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
@@ -45,9 +45,7 @@ impl Phases {
         }
         let total: f64 = sums.iter().map(|s| s.1).sum();
         let parts: Vec<String> = sums.iter().map(|(k, v, m)| format!("{k} {v:.2} (max {m:.2})")).collect();
-        if std::env::var_os("TANDEM_CUDA_PROFILE").is_some() {
-            eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
-        }
+        eprintln!("cuda stack N={n}: {total:.2} ms on the card: {}", parts.join(", "));
         Ok(sums.into_iter().map(|(k, v, _)| (k, v)).collect())
     }
 }

@@ -3,7 +3,7 @@
 //! the last block's output and the new tokens' K/V come back — the K/V into the host
 //! cache, where decode reads them.
 //!
-//! The steps mirror `engine::block::run_block`. Per layer, on the compute stream:
+//! The card implements the steps of `engine::block::run_layers` (`CardSteps`). Per layer, on the compute stream:
 //! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale; K/V as
 //! f16 rows of a device cache region) → attention per sequence (`stack_attention.rs`) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
@@ -22,10 +22,13 @@ use crate::stack_attention::{attention, flash_kernel, Scores, SeqAttention, SCOR
 use crate::streaming::Streamer;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
-use engine::arch::{Config, RopeStyle};
-use engine::block::StackInput;
+use engine::arch::RopeStyle;
+use engine::block::{run_layers, BlockSteps};
 use engine::kv_cache::KvCache;
+use engine::matrix::StackInput;
+use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, RopeKind, VectorId, VectorRole, WeightRole};
 use rayon::prelude::*;
+use std::collections::HashMap;
 
 /// Device and pinned buffers reused across calls (grown on demand).
 #[derive(Default)]
@@ -76,78 +79,62 @@ const STAGING_BYTES: usize = 1 << 30;
 /// Threads of the row kernels.
 pub(crate) const ROW_THREADS: u32 = 256;
 
-/// Whether the kernels can run this model's blocks.
-pub(crate) fn check(c: &Config) -> Result<(), String> {
-    if c.head_dim > ATTN_MAX_DIM || c.head_dim_v > ATTN_MAX_DIM {
-        return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", c.head_dim, c.head_dim_v));
+/// Whether the kernels can run these layers.
+pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
+    for l in layers {
+        let a = l.attention();
+        let s = &a.shape;
+        if s.head_dim > ATTN_MAX_DIM || s.head_dim_v > ATTN_MAX_DIM {
+            return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", s.head_dim, s.head_dim_v));
+        }
+        if a.rope_dims > s.head_dim || !a.rope_dims.is_multiple_of(2) {
+            return Err(format!("RoPE over {} of {} dimensions", a.rope_dims, s.head_dim));
+        }
+        crate::attention::check(s)?;
+        let FeedForwardPart::Dense(f) = &l.ffn;
+        int(l.n_embd().max(f.gate.rows).max(s.n_head * s.head_dim))?;
     }
-    if c.rope_dims > c.head_dim || !c.rope_dims.is_multiple_of(2) {
-        return Err(format!("RoPE over {} of {} dimensions", c.rope_dims, c.head_dim));
-    }
-    for window in [None, c.swa_window] {
-        let s = engine::cpu::attention::AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            head_dim_v: c.head_dim_v,
-            window,
-        };
-        crate::attention::check(&s)?;
-    }
-    int(c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim))?;
     Ok(())
+}
+
+/// A layer's weights on the card (f16 `[rows, cols]`), by role.
+pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, u64)>);
+
+impl LayerWeights {
+    fn get(&self, role: WeightRole) -> Res<u64> {
+        self.0.iter().find(|(r, _)| *r == role).map(|&(_, p)| p).ok_or_else(|| format!("no {role:?} weight on the card"))
+    }
 }
 
 /// The small per-layer vectors (norm weights, biases), packed for one upload: offsets in floats.
 struct Vectors {
     data: Vec<f32>,
-    /// Per layer: attn_norm, ffn_norm, q_norm, k_norm, post_attn, post_ffn, bq, bk, bv.
-    at: Vec<[Option<usize>; 9]>,
+    at: HashMap<VectorId, usize>,
 }
 
 impl Vectors {
-    fn pack(input: &StackInput<'_>) -> Vectors {
-        let mut data = Vec::new();
-        let mut put = |v: Option<&Vec<f32>>| {
-            v.map(|v| {
-                let at = data.len();
+    fn pack(layers: &[Layer]) -> Vectors {
+        let (mut data, mut at) = (Vec::new(), HashMap::new());
+        for (il, l) in layers.iter().enumerate() {
+            for (role, v) in l.vectors() {
+                at.insert((il, role), data.len());
                 data.extend_from_slice(v);
-                at
-            })
-        };
-        let at = input
-            .model
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    put(Some(&l.attn_norm)),
-                    put(Some(&l.ffn_norm)),
-                    put(l.q_norm.as_ref()),
-                    put(l.k_norm.as_ref()),
-                    put(l.post_attn_norm.as_ref()),
-                    put(l.post_ffn_norm.as_ref()),
-                    put(l.bq.as_ref()),
-                    put(l.bk.as_ref()),
-                    put(l.bv.as_ref()),
-                ]
-            })
-            .collect();
+            }
+        }
         Vectors { data, at }
     }
 }
 
-/// Runs every block of `input.model` over `x` (`[n, n_embd]`, in place) with the weights
-/// resident at `weights[layer]` (Q, K, V, O, gate, up, down: f16 `[rows, cols]`), storing
-/// the new K/V rows into `caches`.
-pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[[u64; 7]]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
-    let c = &input.model.config;
-    check(c)?;
+/// Runs every block of `input.layers` over `x` (`[n, n_embd]`, in place) with the weights
+/// resident at `weights[layer]`, or streamed when `None`, storing the new K/V rows into `caches`.
+pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+    check(input.layers)?;
     let n = input.n();
-    if n == 0 {
+    if n == 0 || input.layers.is_empty() {
         return Ok(());
     }
-    if x.len() != n * c.n_embd || caches.len() != input.spans.len() || weights.is_some_and(|w| w.len() != c.n_layer) {
+    let d = input.layers[0].n_embd();
+    if x.len() != n * d || caches.len() != input.spans.len() || weights.is_some_and(|w| w.len() != input.layers.len()) {
         return Err(format!("stack buffers do not match {n} tokens of {} sequences", input.spans.len()));
     }
     gpu.bind()?;
@@ -158,136 +145,276 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: O
     r
 }
 
-fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[[u64; 7]]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
-    let mut prof = Phases::start(gpu, b.profile)?;
-    let c = &input.model.config;
-    let n = input.n();
-    let (d, ff) = (c.n_embd, c.n_ff);
-    let (qd, kvd, vd, od) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v, c.n_head * c.head_dim_v);
+fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+    let prof = Phases::start(gpu, b.profile)?;
+    let mut steps = CardSteps::new(gpu, b, input, weights, x, caches, prof)?;
+    run_layers(&mut steps, input.layers, 0..input.layers.len())?;
+    steps.finish(x)
+}
 
-    // Each sequence's region of cache rows: its prefix, then its new tokens.
-    let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
-    let mut region_at = Vec::with_capacity(input.spans.len());
-    let mut rows = 0;
-    for (s, &p0) in input.spans.iter().zip(&pos0) {
-        region_at.push(rows);
-        rows += p0 + s.len();
-    }
-    let mut kv_row = vec![0i32; n];
-    let mut pos = vec![0i32; n];
-    for ((s, &p0), &at) in input.spans.iter().zip(&pos0).zip(&region_at) {
-        for t in s.clone() {
-            if input.positions[t] != p0 + (t - s.start) {
-                return Err("a sequence's positions must be consecutive".into());
+/// Sizes of one call, fixed before the first layer.
+struct Geometry {
+    n: usize,
+    d: usize,
+    /// Per sequence: its first new position, and where its region of cache rows starts.
+    pos0: Vec<usize>,
+    region_at: Vec<usize>,
+    /// Rows of every sequence's region together.
+    rows: usize,
+    /// Pinned slots for K/V rows on their way down, and elements per slot.
+    slots: usize,
+    staged: usize,
+    /// Tokens per feed-forward pass.
+    chunk: usize,
+    /// Queries per flash-attention block (0: the cuBLAS path).
+    flash: usize,
+}
+
+/// Device addresses of one call's buffers.
+struct Device {
+    x: u64,
+    h: u64,
+    q: u64,
+    k: u64,
+    v: u64,
+    q_h: u64,
+    att_h: u64,
+    o: u64,
+    ffn: u64,
+    regions: [u64; 2],
+    vec_at: u64,
+    rope_g: u64,
+    rope_l: u64,
+    pos: u64,
+    kv_row: u64,
+    scores: Scores,
+}
+
+/// The block's steps on the card (see `engine::block::run_layers`): the residual stream
+/// `x`, the normed input `h` (f16) and each part's output `o` stay on the card.
+struct CardSteps<'a, 'c> {
+    gpu: &'a Gpu,
+    b: &'a mut Buffers,
+    input: &'a StackInput<'a>,
+    caches: &'a mut [&'c mut KvCache],
+    weights: Option<&'a [LayerWeights]>,
+    streamer: Option<Streamer<'a>>,
+    prof: Option<Phases>,
+    vecs: Vectors,
+    geo: Geometry,
+    dev: Device,
+    /// The current layer's weights.
+    current: LayerWeights,
+}
+
+impl<'a, 'c> CardSteps<'a, 'c> {
+    /// Sizes the buffers, uploads the hidden states and the small inputs, and stages the
+    /// first streamed layer.
+    fn new(gpu: &'a Gpu, b: &'a mut Buffers, input: &'a StackInput<'a>, weights: Option<&'a [LayerWeights]>, x: &[f32], caches: &'a mut [&'c mut KvCache], prof: Option<Phases>) -> Res<Self> {
+        let layers = input.layers;
+        let n = input.n();
+        let d = layers[0].n_embd();
+        let shapes: Vec<_> = layers.iter().map(|l| l.attention().shape).collect();
+        let max = |f: &dyn Fn(&engine::matrix::AttnShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
+        let (qd, kvd, vd, od) = (max(&|s| s.n_head * s.head_dim), max(&|s| s.n_head_kv * s.head_dim), max(&|s| s.n_head_kv * s.head_dim_v), max(&|s| s.n_head * s.head_dim_v));
+        let n_head = max(&|s| s.n_head);
+        let ff = layers.iter().map(|l| match &l.ffn { FeedForwardPart::Dense(f) => f.gate.rows }).max().unwrap_or(0);
+
+        // Each sequence's region of cache rows: its prefix, then its new tokens.
+        let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
+        let mut region_at = Vec::with_capacity(input.spans.len());
+        let mut rows = 0;
+        for (s, &p0) in input.spans.iter().zip(&pos0) {
+            region_at.push(rows);
+            rows += p0 + s.len();
+        }
+        let mut kv_row = vec![0i32; n];
+        let mut pos = vec![0i32; n];
+        for ((s, &p0), &at) in input.spans.iter().zip(&pos0).zip(&region_at) {
+            for t in s.clone() {
+                if input.positions[t] != p0 + (t - s.start) {
+                    return Err("a sequence's positions must be consecutive".into());
+                }
+                pos[t] = int(input.positions[t])?;
+                kv_row[t] = int(at + input.positions[t])?;
             }
-            pos[t] = int(input.positions[t])?;
-            kv_row[t] = int(at + input.positions[t])?;
         }
-    }
-    let rope_flat = |r: &[(f32, f32)]| -> Vec<f32> { r.iter().flat_map(|&(s, c)| [s, c]).collect() };
-    let (rope_g, rope_l) = (rope_flat(input.rope_global), rope_flat(input.rope_local));
-    let vecs = Vectors::pack(input);
+        let rope_flat = |r: &[(f32, f32)]| -> Vec<f32> { r.iter().flat_map(|&(s, c)| [s, c]).collect() };
+        let (rope_g, rope_l) = (rope_flat(input.rope_global), rope_flat(input.rope_local));
+        let vecs = Vectors::pack(layers);
 
-    // Device memory: the small inputs in one buffer (f32/i32 words), then the activations.
-    let small_words = vecs.data.len() + rope_g.len() + rope_l.len() + 2 * n;
-    let small = ensure_dev(&gpu.ctx, &mut b.small, small_words * 4)?;
-    let (vec_at, rope_g_at) = (small, small + (vecs.data.len() * 4) as u64);
-    let rope_l_at = rope_g_at + (rope_g.len() * 4) as u64;
-    let pos_at = rope_l_at + (rope_l.len() * 4) as u64;
-    let kv_row_at = pos_at + (n * 4) as u64;
-    let chunk = n.min(FFN_CHUNK);
-    let d_x = ensure_dev(&gpu.ctx, &mut b.x, n * d * 4)?;
-    // The hidden states cross through pinned memory (full bus speed), copied on every core.
-    let x_pinned = ensure_host(&gpu.ctx, &mut b.x_host, n * d * 4, false)?.slice_mut::<f32>(n * d);
-    par_copy(x_pinned, x);
-    let x_pinned_ptr = x_pinned.as_mut_ptr();
-    let d_h = ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?;
-    let d_q = ensure_dev(&gpu.ctx, &mut b.q, n * qd * 4)?;
-    let d_k = ensure_dev(&gpu.ctx, &mut b.k, n * kvd * 4)?;
-    let d_v = ensure_dev(&gpu.ctx, &mut b.v, n * vd * 4)?;
-    let d_q_h = ensure_dev(&gpu.ctx, &mut b.q_h, n * qd * 2)?;
-    // Attention works through query chunks, so scores for every key of the longest sequence
-    // stay within SCORE_BYTES.
-    let ld_max = input.spans.iter().zip(&pos0).map(|(s, p0)| p0 + s.len()).max().unwrap_or(1).next_multiple_of(8);
-    let longest = input.spans.iter().map(|s| s.len()).max().unwrap_or(1);
-    let qc = (SCORE_BYTES / (c.n_head * ld_max * 6)).clamp(16, 4096).min(longest);
-    // The flash kernels need no score buffers.
-    let flash = if flash_kernel(gpu, &input.attn_shape(0), b.flash).is_some() { b.flash } else { 0 };
-    let score_elems = if flash > 0 { 0 } else { c.n_head * qc * ld_max };
-    let scores = Scores {
-        s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
-        p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
-        chunk: qc,
-    };
-    let d_att_h = ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?;
-    let d_o = ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?;
-    let d_ffn = ensure_dev(&gpu.ctx, &mut b.ffn, chunk * ff * 10)?;
-    let regions = [
-        ensure_dev(&gpu.ctx, &mut b.region[0], rows * (kvd + vd) * 2)?,
-        ensure_dev(&gpu.ctx, &mut b.region[1], rows * (kvd + vd) * 2)?,
-    ];
-    let staged = n * (kvd + vd);
-    let slots = (STAGING_BYTES / (staged * 2)).clamp(2, c.n_layer.max(2));
-    ensure_host(&gpu.ctx, &mut b.staging, slots * staged * 2, false)?;
-    while b.copied.len() < slots {
-        b.copied.push(gpu.event(false)?);
-    }
-    if b.prepped.is_none() {
-        b.prepped = Some(gpu.event(false)?);
-    }
-
-    let stream = gpu.s_comp.cu_stream();
-    unsafe {
-        drv::memcpy_htod_async(vec_at, &vecs.data[..], stream).map_err(err("upload norms"))?;
-        drv::memcpy_htod_async(rope_g_at, &rope_g[..], stream).map_err(err("upload RoPE"))?;
-        drv::memcpy_htod_async(rope_l_at, &rope_l[..], stream).map_err(err("upload RoPE"))?;
-        drv::memcpy_htod_async(pos_at, &pos[..], stream).map_err(err("upload positions"))?;
-        drv::memcpy_htod_async(kv_row_at, &kv_row[..], stream).map_err(err("upload rows"))?;
-        drv::memcpy_htod_async(d_x, std::slice::from_raw_parts(x_pinned_ptr as *const f32, n * d), stream).map_err(err("upload hidden states"))?;
-    }
-    let vptr = |il: usize, which: usize| vecs.at[il][which].map_or(0, |at| vec_at + (at * 4) as u64);
-    let (eps, dd) = (c.norm_eps, int(d)?);
-    // The first layer's attention norm: h = f16(rmsnorm(x) * w).
-    gpu.launch("residual_norm", int(n)? as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(0), KArg::P(0), KArg::P(vptr(0, 0)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
-    Phases::mark(&mut prof, gpu, "upload + norm")?;
-
-    // Layer `il`'s new K/V rows into the caches, once down in its pinned slot (a ring shorter
-    // than the model: the slot is needed again).
-    let drain = |b: &mut Buffers, il: usize, caches: &mut [&mut KvCache]| -> Res<()> {
-        let slot = il % slots;
-        let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
-        let mut kv: Vec<_> = caches.iter_mut().map(|c| c.layers_mut().swap_remove(il)).collect();
-        land_rows(gpu, &b.copied[slot], &host[slot * staged..(slot + 1) * staged], &mut kv, input, (kvd, vd))
-    };
-
-    // Streamed weights: the first layer's now, each next one while the card computes.
-    let streamer = match weights {
-        Some(_) => None,
-        None => {
-            let s = Streamer::new(gpu, &mut b.streaming, input)?;
-            s.stage(gpu, &mut b.streaming, 0)?;
-            Some(s)
+        // Device memory: the small inputs in one buffer (f32/i32 words), then the activations.
+        let small_words = vecs.data.len() + rope_g.len() + rope_l.len() + 2 * n;
+        let small = ensure_dev(&gpu.ctx, &mut b.small, small_words * 4)?;
+        let (vec_at, rope_g_at) = (small, small + (vecs.data.len() * 4) as u64);
+        let rope_l_at = rope_g_at + (rope_g.len() * 4) as u64;
+        let pos_at = rope_l_at + (rope_l.len() * 4) as u64;
+        let kv_row_at = pos_at + (n * 4) as u64;
+        let chunk = n.min(FFN_CHUNK);
+        let d_x = ensure_dev(&gpu.ctx, &mut b.x, n * d * 4)?;
+        // The hidden states cross through pinned memory (full bus speed), copied on every core.
+        let x_pinned = ensure_host(&gpu.ctx, &mut b.x_host, n * d * 4, false)?.slice_mut::<f32>(n * d);
+        par_copy(x_pinned, x);
+        let x_pinned = x_pinned.as_mut_ptr();
+        // Attention works through query chunks, so scores for every key of the longest sequence
+        // stay within SCORE_BYTES.
+        let ld_max = input.spans.iter().zip(&pos0).map(|(s, p0)| p0 + s.len()).max().unwrap_or(1).next_multiple_of(8);
+        let longest = input.spans.iter().map(|s| s.len()).max().unwrap_or(1);
+        let qc = (SCORE_BYTES / (n_head * ld_max * 6)).clamp(16, 4096).min(longest);
+        // The flash kernels need no score buffers (when every layer can use them).
+        let flash = if shapes.iter().all(|s| flash_kernel(gpu, s, b.flash).is_some()) { b.flash } else { 0 };
+        let score_elems = if flash > 0 { 0 } else { n_head * qc * ld_max };
+        let dev = Device {
+            x: d_x,
+            h: ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?,
+            q: ensure_dev(&gpu.ctx, &mut b.q, n * qd * 4)?,
+            k: ensure_dev(&gpu.ctx, &mut b.k, n * kvd * 4)?,
+            v: ensure_dev(&gpu.ctx, &mut b.v, n * vd * 4)?,
+            q_h: ensure_dev(&gpu.ctx, &mut b.q_h, n * qd * 2)?,
+            scores: Scores {
+                s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
+                p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
+                chunk: qc,
+            },
+            att_h: ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?,
+            o: ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?,
+            ffn: ensure_dev(&gpu.ctx, &mut b.ffn, chunk * ff * 10)?,
+            regions: [
+                ensure_dev(&gpu.ctx, &mut b.region[0], rows * (kvd + vd) * 2)?,
+                ensure_dev(&gpu.ctx, &mut b.region[1], rows * (kvd + vd) * 2)?,
+            ],
+            vec_at,
+            rope_g: rope_g_at,
+            rope_l: rope_l_at,
+            pos: pos_at,
+            kv_row: kv_row_at,
+        };
+        let staged = n * (kvd + vd);
+        let slots = (STAGING_BYTES / (staged * 2)).clamp(2, layers.len().max(2));
+        ensure_host(&gpu.ctx, &mut b.staging, slots * staged * 2, false)?;
+        while b.copied.len() < slots {
+            b.copied.push(gpu.event(false)?);
         }
-    };
-    for il in 0..c.n_layer {
-        if il >= slots {
-            // Frees this layer's pinned slot.
-            drain(b, il - slots, caches)?;
+        if b.prepped.is_none() {
+            b.prepped = Some(gpu.event(false)?);
         }
-        let [wq, wk, wv, wo, wg, wu, wd] = match (weights, &streamer) {
-            (Some(w), _) => w[il],
-            (None, Some(s)) => s.weights(gpu, &b.streaming, il)?,
+        let stream = gpu.s_comp.cu_stream();
+        unsafe {
+            drv::memcpy_htod_async(vec_at, &vecs.data[..], stream).map_err(err("upload norms"))?;
+            drv::memcpy_htod_async(rope_g_at, &rope_g[..], stream).map_err(err("upload RoPE"))?;
+            drv::memcpy_htod_async(rope_l_at, &rope_l[..], stream).map_err(err("upload RoPE"))?;
+            drv::memcpy_htod_async(pos_at, &pos[..], stream).map_err(err("upload positions"))?;
+            drv::memcpy_htod_async(kv_row_at, &kv_row[..], stream).map_err(err("upload rows"))?;
+            drv::memcpy_htod_async(d_x, std::slice::from_raw_parts(x_pinned as *const f32, n * d), stream).map_err(err("upload hidden states"))?;
+        }
+        // Streamed weights: the first layer's now, each next one while the card computes.
+        let streamer = match weights {
+            Some(_) => None,
+            None => {
+                let s = Streamer::new(gpu, &mut b.streaming, layers)?;
+                s.stage(gpu, &mut b.streaming, 0)?;
+                Some(s)
+            }
+        };
+        let geo = Geometry { n, d, pos0, region_at, rows, slots, staged, chunk, flash };
+        Ok(CardSteps { gpu, b, input, caches, weights, streamer, prof, vecs, geo, dev, current: LayerWeights(Vec::new()) })
+    }
+
+    /// The device address of a layer's vector (0 when the layer has none).
+    fn vptr(&self, id: Option<VectorId>) -> u64 {
+        id.and_then(|id| self.vecs.at.get(&id)).map_or(0, |&at| self.dev.vec_at + (at * 4) as u64)
+    }
+
+    /// `x += post(o)` when `o` is given, then `h = f16(rmsnorm(x) * next)` when `next` is.
+    fn residual_norm(&mut self, o: u64, post: Option<VectorId>, next: Option<VectorId>) -> Res<()> {
+        let eps = self.input.layers[post.or(next).map_or(0, |(il, _)| il)].norm_eps;
+        let args = [KArg::P(self.dev.x), KArg::P(o), KArg::P(self.vptr(post)), KArg::P(self.vptr(next)), KArg::P(self.dev.h), KArg::I(int(self.geo.d)?), KArg::F(eps)];
+        self.gpu.launch("residual_norm", int(self.geo.n)? as u32, ROW_THREADS, &args)
+    }
+
+    /// Layer `il`'s new K/V rows into the caches, once down in its pinned slot.
+    fn drain(&mut self, il: usize) -> Res<()> {
+        let g = &self.geo;
+        let slot = il % g.slots;
+        let host = self.b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
+        let mut kv: Vec<_> = self.caches.iter_mut().map(|c| c.layers_mut().swap_remove(il)).collect();
+        land_rows(self.gpu, &self.b.copied[slot], &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, self.input, kv_widths(&self.input.layers[il]))
+    }
+
+    /// After the last layer: the remaining K/V rows into the caches (a thread per layer,
+    /// since first writes to a cache's pages fault them in one by one), the hidden states
+    /// down, and only then `x` changed (a failure leaves it as it was).
+    fn finish(self, x: &mut [f32]) -> Res<()> {
+        let (gpu, b, input, g) = (self.gpu, self.b, self.input, &self.geo);
+        let n_layer = input.layers.len();
+        let rest = n_layer.saturating_sub(g.slots);
+        let host = b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
+        let host: &[u16] = host;
+        let mut per_cache: Vec<Vec<(&mut [u16], &mut [u16])>> = self.caches.iter_mut().map(|c| c.layers_mut()).collect();
+        let mut per_layer: Vec<Vec<(&mut [u16], &mut [u16])>> = (0..n_layer).map(|_| Vec::new()).collect();
+        for layers in per_cache.iter_mut() {
+            for (il, kv) in layers.drain(..).enumerate() {
+                per_layer[il].push(kv);
+            }
+        }
+        let copied = &b.copied;
+        per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| {
+            let slot = il % g.slots;
+            land_rows(gpu, &copied[slot], &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, input, kv_widths(&input.layers[il]))
+        })?;
+        let x_pinned = b.x_host.as_mut().expect("allocated in new").slice_mut::<f32>(g.n * g.d);
+        unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], self.dev.x, gpu.s_comp.cu_stream()) }.map_err(err("download hidden states"))?;
+        gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
+        par_copy(x, x_pinned);
+        if let Some(p) = self.prof {
+            b.phases = p.report(g.n)?;
+        }
+        Ok(())
+    }
+}
+
+/// A layer's K and V widths per token.
+fn kv_widths(l: &Layer) -> (usize, usize) {
+    let s = &l.attention().shape;
+    (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v)
+}
+
+impl BlockSteps for CardSteps<'_, '_> {
+    type Error = String;
+
+    fn norm(&mut self, id: VectorId) -> Res<()> {
+        self.residual_norm(0, None, Some(id))?;
+        Phases::mark(&mut self.prof, self.gpu, "upload + norm")
+    }
+
+    fn begin_layer(&mut self, il: usize) -> Res<()> {
+        if il >= self.geo.slots {
+            // Frees this layer's pinned slot (the ring is shorter than the model).
+            self.drain(il - self.geo.slots)?;
+        }
+        self.current = match (self.weights, &self.streamer) {
+            (Some(w), _) => LayerWeights(w[il].0.clone()),
+            (None, Some(s)) => s.weights(self.gpu, &self.b.streaming, il)?,
             (None, None) => unreachable!("a streamer exists when weights are not resident"),
         };
-        let slot = il % slots;
-        let region = regions[il % 2];
-        let (reg_k, reg_v) = (region, region + (rows * kvd * 2) as u64);
         if il >= 2 {
             // The region's rows from two layers back must be down before it is refilled.
-            gpu.s_comp.wait(&b.copied[(il - 2) % slots]).map_err(err("wait"))?;
+            self.gpu.s_comp.wait(&self.b.copied[(il - 2) % self.geo.slots]).map_err(err("wait"))?;
         }
+        Ok(())
+    }
+
+    fn attention(&mut self, il: usize, a: &Attention) -> Res<()> {
+        let (gpu, g, dev, input) = (self.gpu, &self.geo, &self.dev, self.input);
+        let s = &a.shape;
+        let (n, d, rows, slot) = (g.n, g.d, g.rows, il % g.slots);
+        let (qd, od) = (s.n_head * s.head_dim, s.n_head * s.head_dim_v);
+        let (kvd, vd) = kv_widths(&input.layers[il]);
+        let region = dev.regions[il % 2];
+        let (reg_k, reg_v) = (region, region + (rows * kvd * 2) as u64);
+        let stream = gpu.s_comp.cu_stream();
         // Cached prefixes (earlier turns of a conversation) from the host cache.
-        for ((cache, &p0), &at) in caches.iter().zip(&pos0).zip(&region_at) {
+        for ((cache, &p0), &at) in self.caches.iter().zip(&g.pos0).zip(&g.region_at) {
             if p0 > 0 {
                 let (kc, vc) = cache.layer(il);
                 let bits = |h: &[half::f16]| -> &[u16] { unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u16, h.len()) } };
@@ -297,118 +424,103 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
                 }
             }
         }
-        gpu.gemm(wq, d_h, d_q, qd, d, n, false)?;
-        gpu.gemm(wk, d_h, d_k, kvd, d, n, false)?;
-        gpu.gemm(wv, d_h, d_v, vd, d, n, false)?;
-        Phases::mark(&mut prof, gpu, "Q/K/V GEMMs")?;
-        let rope_at = if c.swa_layers[il] { rope_l_at } else { rope_g_at };
-        gpu.launch(
-            "qk_prep",
-            int(n)? as u32,
-            ROW_THREADS,
-            &[
-                KArg::P(d_q),
-                KArg::P(d_q_h),
-                KArg::P(d_k),
-                KArg::P(d_v),
-                KArg::P(vptr(il, 6)),
-                KArg::P(vptr(il, 7)),
-                KArg::P(vptr(il, 8)),
-                KArg::P(vptr(il, 2)),
-                KArg::P(vptr(il, 3)),
-                KArg::P(rope_at),
-                KArg::P(kv_row_at),
-                KArg::P(reg_k),
-                KArg::P(reg_v),
-                KArg::I(int(c.n_head)?),
-                KArg::I(int(c.n_head_kv)?),
-                KArg::I(int(c.head_dim)?),
-                KArg::I(int(c.head_dim_v)?),
-                KArg::I(int(c.rope_dims)?),
-                KArg::I((c.rope_style == RopeStyle::Neox) as i32),
-                KArg::F(eps),
-                KArg::F(c.attn_scale),
-            ],
-        )?;
-        Phases::mark(&mut prof, gpu, "qk_prep")?;
+        let w = &self.current;
+        gpu.gemm(w.get(WeightRole::AttnQ)?, dev.h, dev.q, qd, d, n, false)?;
+        gpu.gemm(w.get(WeightRole::AttnK)?, dev.h, dev.k, kvd, d, n, false)?;
+        gpu.gemm(w.get(WeightRole::AttnV)?, dev.h, dev.v, vd, d, n, false)?;
+        Phases::mark(&mut self.prof, gpu, "Q/K/V GEMMs")?;
+        let rope_at = match a.rope {
+            RopeKind::Local => dev.rope_l,
+            RopeKind::Global => dev.rope_g,
+        };
+        let v = |role| self.vptr(Some((il, role)));
+        let args = [
+            KArg::P(dev.q),
+            KArg::P(dev.q_h),
+            KArg::P(dev.k),
+            KArg::P(dev.v),
+            KArg::P(v(VectorRole::QBias)),
+            KArg::P(v(VectorRole::KBias)),
+            KArg::P(v(VectorRole::VBias)),
+            KArg::P(v(VectorRole::QNorm)),
+            KArg::P(v(VectorRole::KNorm)),
+            KArg::P(rope_at),
+            KArg::P(dev.kv_row),
+            KArg::P(reg_k),
+            KArg::P(reg_v),
+            KArg::I(int(s.n_head)?),
+            KArg::I(int(s.n_head_kv)?),
+            KArg::I(int(s.head_dim)?),
+            KArg::I(int(s.head_dim_v)?),
+            KArg::I(int(a.rope_dims)?),
+            KArg::I((a.rope_style == RopeStyle::Neox) as i32),
+            KArg::F(input.layers[il].norm_eps),
+            KArg::F(a.scale),
+        ];
+        gpu.launch("qk_prep", int(n)? as u32, ROW_THREADS, &args)?;
+        Phases::mark(&mut self.prof, gpu, "qk_prep")?;
         // The new rows go down on the copy stream while attention and the rest run.
-        let prepped = b.prepped.as_ref().expect("created above");
+        let prepped = self.b.prepped.as_ref().expect("created in new");
         prepped.record(&gpu.s_comp).map_err(err("record"))?;
         gpu.s_d2h.wait(prepped).map_err(err("wait"))?;
-        let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
-        let (hk, hv) = host[slot * staged..(slot + 1) * staged].split_at_mut(n * kvd);
-        for (s, (&p0, &at)) in input.spans.iter().zip(pos0.iter().zip(&region_at)) {
+        let host = self.b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
+        let (hk, hv) = host[slot * g.staged..(slot + 1) * g.staged].split_at_mut(n * kvd);
+        for (sp, (&p0, &at)) in input.spans.iter().zip(g.pos0.iter().zip(&g.region_at)) {
             let row = at + p0;
             unsafe {
-                drv::memcpy_dtoh_async(&mut hk[s.start * kvd..s.end * kvd], reg_k + (row * kvd * 2) as u64, gpu.s_d2h.cu_stream())
+                drv::memcpy_dtoh_async(&mut hk[sp.start * kvd..sp.end * kvd], reg_k + (row * kvd * 2) as u64, gpu.s_d2h.cu_stream())
                     .map_err(err("download keys"))?;
-                drv::memcpy_dtoh_async(&mut hv[s.start * vd..s.end * vd], reg_v + (row * vd * 2) as u64, gpu.s_d2h.cu_stream())
+                drv::memcpy_dtoh_async(&mut hv[sp.start * vd..sp.end * vd], reg_v + (row * vd * 2) as u64, gpu.s_d2h.cu_stream())
                     .map_err(err("download values"))?;
             }
         }
-        b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))?;
-
-        let shape = input.attn_shape(il);
-        for ((s, &p0), &at) in input.spans.iter().zip(&pos0).zip(&region_at) {
+        self.b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))?;
+        for ((sp, &p0), &at) in input.spans.iter().zip(&g.pos0).zip(&g.region_at) {
             let seq = SeqAttention {
-                q_h: d_q_h + (s.start * qd * 2) as u64,
+                q_h: dev.q_h + (sp.start * qd * 2) as u64,
                 k: reg_k + (at * kvd * 2) as u64,
                 v: reg_v + (at * vd * 2) as u64,
-                pos: pos_at + (s.start * 4) as u64,
-                out: d_att_h + (s.start * od * 2) as u64,
-                len: s.len(),
+                pos: dev.pos + (sp.start * 4) as u64,
+                out: dev.att_h + (sp.start * od * 2) as u64,
+                len: sp.len(),
                 pos0: p0,
             };
-            attention(gpu, &shape, &seq, &scores, flash, &mut prof)?;
+            attention(gpu, s, &seq, &dev.scores, g.flash, &mut self.prof)?;
         }
-        gpu.gemm(wo, d_att_h, d_o, d, od, n, false)?;
-        gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 4)), KArg::P(vptr(il, 1)), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
-        Phases::mark(&mut prof, gpu, "output GEMM + norm")?;
+        gpu.gemm(self.current.get(WeightRole::AttnOutput)?, dev.att_h, dev.o, d, od, n, false)?;
+        Phases::mark(&mut self.prof, gpu, "output GEMM")
+    }
+
+    fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Res<()> {
+        let (gpu, g, dev, w) = (self.gpu, &self.geo, &self.dev, &self.current);
+        let (n, d, ff, chunk) = (g.n, g.d, f.gate.rows, g.chunk);
+        let (wg, wu, wd) = (w.get(WeightRole::FfnGate)?, w.get(WeightRole::FfnUp)?, w.get(WeightRole::FfnDown)?);
         for c0 in (0..n).step_by(chunk) {
             let len = chunk.min(n - c0);
-            let (gate, up, mid) = (d_ffn, d_ffn + (len * ff * 4) as u64, d_ffn + (len * ff * 8) as u64);
-            let h_in = d_h + (c0 * d * 2) as u64;
+            let (gate, up, mid) = (dev.ffn, dev.ffn + (len * ff * 4) as u64, dev.ffn + (len * ff * 8) as u64);
+            let h_in = dev.h + (c0 * d * 2) as u64;
             gpu.gemm(wg, h_in, gate, ff, d, len, false)?;
             gpu.gemm(wu, h_in, up, ff, d, len, false)?;
-            gpu.launch_activation(activation_kernel(c.activation), gate, up, mid, len * ff)?;
-            gpu.gemm(wd, mid, d_o + (c0 * d * 4) as u64, d, ff, len, false)?;
+            gpu.launch_activation(activation_kernel(f.activation), gate, up, mid, len * ff)?;
+            gpu.gemm(wd, mid, dev.o + (c0 * d * 4) as u64, d, ff, len, false)?;
         }
-        Phases::mark(&mut prof, gpu, "feed-forward")?;
-        if let Some(s) = &streamer {
-            s.done(gpu, &b.streaming, il)?;
-            if il + 1 < c.n_layer {
-                s.stage(gpu, &mut b.streaming, il + 1)?;
+        Phases::mark(&mut self.prof, gpu, "feed-forward")
+    }
+
+    fn end_layer(&mut self, il: usize) -> Res<()> {
+        if let Some(s) = &self.streamer {
+            s.done(self.gpu, &self.b.streaming, il)?;
+            if il + 1 < self.input.layers.len() {
+                s.stage(self.gpu, &mut self.b.streaming, il + 1)?;
             }
         }
-        let next_norm = if il + 1 < c.n_layer { vptr(il + 1, 0) } else { 0 };
-        gpu.launch("residual_norm", n as u32, ROW_THREADS, &[KArg::P(d_x), KArg::P(d_o), KArg::P(vptr(il, 5)), KArg::P(next_norm), KArg::P(d_h), KArg::I(dd), KArg::F(eps)])?;
+        Ok(())
     }
-    // The remaining K/V rows go into the caches while the last layers still compute: a
-    // thread per layer, since first writes to a cache's pages fault them in one by one.
-    let rest = c.n_layer.saturating_sub(slots);
-    let host = b.staging.as_mut().expect("allocated above").slice_mut::<u16>(slots * staged);
-    let host: &[u16] = host;
-    let mut per_cache: Vec<Vec<(&mut [u16], &mut [u16])>> = caches.iter_mut().map(|c| c.layers_mut()).collect();
-    let mut per_layer: Vec<Vec<(&mut [u16], &mut [u16])>> = (0..c.n_layer).map(|_| Vec::new()).collect();
-    for layers in per_cache.iter_mut() {
-        for (il, kv) in layers.drain(..).enumerate() {
-            per_layer[il].push(kv);
-        }
+
+    fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Res<()> {
+        self.residual_norm(self.dev.o, post, next)?;
+        Phases::mark(&mut self.prof, self.gpu, "residual + norm")
     }
-    let copied = &b.copied;
-    per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| {
-        let slot = il % slots;
-        land_rows(gpu, &copied[slot], &host[slot * staged..(slot + 1) * staged], &mut kv, input, (kvd, vd))
-    })?;
-    let x_pinned = b.x_host.as_mut().expect("allocated above").slice_mut::<f32>(n * d);
-    unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], d_x, stream) }.map_err(err("download hidden states"))?;
-    gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
-    // Only now, with everything done, does x change (a failure leaves it as it was).
-    par_copy(x, x_pinned);
-    if let Some(p) = prof {
-        b.phases = p.report(n)?;
-    }
-    Ok(())
 }
 
 /// Waits until a layer's new K/V rows are down in their pinned slot (`rows`: K `[n, kvd]`

@@ -13,7 +13,7 @@ pub(crate) const SCORE_BYTES: usize = 1 << 30;
 /// The flash-attention kernel for this shape with `queries` per block (64 or 128; 0 = none),
 /// if one fits: tensor-core `mma.sync` (compute capability 8.0 or newer) and equal key and
 /// value head sizes of 64 or 128.
-pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, queries: usize) -> Option<&'static str> {
+pub(crate) fn flash_kernel(gpu: &Gpu, sh: &engine::matrix::AttnShape, queries: usize) -> Option<&'static str> {
     if gpu.cc.0 < 8 || sh.head_dim != sh.head_dim_v {
         return None;
     }
@@ -52,7 +52,7 @@ pub(crate) struct SeqAttention {
 /// keys the chunk can see (one strided-batched GEMM per query head of a KV group, batched
 /// over the KV heads), a masked softmax to f16 probabilities, `O = P·V` written as f16 straight
 /// into the output projection's input.
-pub(crate) fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
+pub(crate) fn attention(gpu: &Gpu, sh: &engine::matrix::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
     if let Some(kernel) = flash_kernel(gpu, sh, flash) {
@@ -108,7 +108,7 @@ pub(crate) fn attention(gpu: &Gpu, sh: &engine::cpu::attention::AttnShape, a: &S
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_once(
     gpu: &Gpu,
-    sh: &engine::cpu::attention::AttnShape,
+    sh: &engine::matrix::AttnShape,
     q: &[f32],
     pos0: usize,
     kc: &[half::f16],

@@ -9,8 +9,8 @@ use crate::gpu::{ensure_dev, ensure_host, err, DevBuf, Gpu, HostBuf, Res};
 use crate::kernels::dequant_kernel;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
-use engine::block::StackInput;
-use engine::model::Layer;
+use crate::stack::LayerWeights;
+use engine::plan::{Layer, WeightRole};
 use rayon::prelude::*;
 
 /// Buffers and events of the two slots (grown on demand, kept across calls).
@@ -25,6 +25,7 @@ pub(crate) struct Buffers {
 
 /// One weight of a layer: where its blocks sit in the raw slot, where its f16 goes, how.
 struct Part {
+    role: WeightRole,
     raw_at: usize,
     raw_len: usize,
     f16_at: usize,
@@ -35,24 +36,24 @@ struct Part {
 /// The plan for one stack call.
 pub(crate) struct Streamer<'a> {
     layers: &'a [Layer],
-    parts: Vec<[Part; 7]>,
+    /// Per layer, its weights in the plan's order.
+    parts: Vec<Vec<Part>>,
 }
 
 const ALIGN: usize = 256;
 
 impl<'a> Streamer<'a> {
     /// Plans every layer and makes sure both slots hold the largest.
-    pub(crate) fn new(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'a>) -> Res<Self> {
-        let layers = &input.model.layers[..];
+    pub(crate) fn new(gpu: &Gpu, b: &mut Buffers, layers: &'a [Layer]) -> Res<Self> {
         let mut parts = Vec::with_capacity(layers.len());
         let (mut raw_max, mut f16_max) = (0, 0);
         for l in layers {
             let (mut raw, mut f16) = (0, 0);
-            let mut plan = Vec::with_capacity(7);
-            for w in StackInput::weights(l) {
+            let mut plan = Vec::new();
+            for (role, w) in l.weights() {
                 let kernel = dequant_kernel(w.ty)?;
                 let elems = w.rows * w.cols;
-                plan.push(Part { raw_at: raw, raw_len: w.data().len(), f16_at: f16, elems, kernel });
+                plan.push(Part { role, raw_at: raw, raw_len: w.data().len(), f16_at: f16, elems, kernel });
                 raw += w.data().len().next_multiple_of(ALIGN);
                 if kernel.is_some() {
                     f16 += (elems * 2).next_multiple_of(ALIGN);
@@ -60,7 +61,7 @@ impl<'a> Streamer<'a> {
             }
             raw_max = raw_max.max(raw);
             f16_max = f16_max.max(f16);
-            parts.push(plan.try_into().map_err(|_| "seven weights per layer".to_string())?);
+            parts.push(plan);
         }
         for slot in 0..2 {
             ensure_dev(&gpu.ctx, &mut b.raw[slot], raw_max)?;
@@ -84,14 +85,13 @@ impl<'a> Streamer<'a> {
         let pinned = b.pinned[slot].as_mut().expect("allocated in new");
         let bytes = pinned.bytes;
         let host = pinned.slice_mut::<u8>(bytes);
-        let ws = StackInput::weights(&self.layers[il]);
         let parts = &self.parts[il];
         let end = parts.iter().map(|p| p.raw_at + p.raw_len).max().unwrap_or(0);
         // Each weight's bytes in pieces of 1 MiB, on every core.
         let mut pieces: Vec<(&mut [u8], &[u8])> = Vec::new();
         let mut rest: &mut [u8] = &mut host[..end];
         let mut at = 0;
-        for (p, w) in parts.iter().zip(ws) {
+        for (p, (_, w)) in parts.iter().zip(self.layers[il].weights()) {
             let tail = std::mem::take(&mut rest);
             let (_, tail) = tail.split_at_mut(p.raw_at - at);
             let (dst, tail) = tail.split_at_mut(p.raw_len);
@@ -112,19 +112,16 @@ impl<'a> Streamer<'a> {
         ready.record(&gpu.s_h2d).map_err(err("record"))
     }
 
-    /// Layer `il`'s weights (Q, K, V, O, gate, up, down) as f16 on the card, once staged:
-    /// the compute stream waits for them.
-    pub(crate) fn weights(&self, gpu: &Gpu, b: &Buffers, il: usize) -> Res<[u64; 7]> {
+    /// Layer `il`'s weights as f16 on the card, once staged: the compute stream waits for them.
+    pub(crate) fn weights(&self, gpu: &Gpu, b: &Buffers, il: usize) -> Res<LayerWeights> {
         let slot = il % 2;
         gpu.s_comp.wait(&b.events[2 + slot]).map_err(err("wait"))?;
         let (raw, f16) = (b.raw[slot].as_ref().expect("allocated").ptr, b.f16[slot].as_ref().expect("allocated").ptr);
-        Ok(std::array::from_fn(|i| {
-            let p = &self.parts[il][i];
-            match p.kernel {
-                Some(_) => f16 + p.f16_at as u64,
-                None => raw + p.raw_at as u64, // already f16
-            }
-        }))
+        let at = |p: &Part| match p.kernel {
+            Some(_) => f16 + p.f16_at as u64,
+            None => raw + p.raw_at as u64, // already f16
+        };
+        Ok(LayerWeights(self.parts[il].iter().map(|p| (p.role, at(p))).collect()))
     }
 
     /// The compute stream is done with layer `il`'s slot once it gets here.

@@ -1,69 +1,19 @@
-//! One decoder block over a batch, written once: the CPU path runs it through the
-//! [`Dispatcher`] (each matmul and attention placed on its own), an engine that takes
-//! whole stacks but computes with host code (the reference engine) runs it through its
-//! own ops. An engine with its own kernels (CUDA) mirrors these steps on the card.
+//! The decoder block, described once: [`run_layers`] walks the layer plan and calls the
+//! steps of [`BlockSteps`] (norm, token mixer, residual, feed-forward) in order. Every
+//! engine's stack follows it: the host path ([`HostSteps`], each op through [`BlockOps`]:
+//! the dispatcher's per-op placement or an engine's own host ops, as the reference engine
+//! does) and an engine with kernels of its own (CUDA) implements the steps on its device.
+//! An op added to a block is added to the plan, to this walk, and once per engine's step.
 
-use crate::arch::{Config, RopeStyle};
-use crate::cpu::attention::AttnShape;
 use crate::cpu::ops::{self, RopeTable};
 use crate::kv_cache::KvCache;
-use crate::matrix::{Dispatcher, EngineFailure, FeedForward};
-use crate::model::{Layer, Model};
+use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, StackInput};
+use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, VectorId, VectorRole};
 use crate::weights::Weight;
+use crate::arch::RopeStyle;
 use half::f16;
 use rayon::prelude::*;
 use std::ops::Range;
-
-/// A batch's pass through every decoder block: what an engine needs besides the hidden
-/// states and the caches.
-#[derive(Clone, Copy)]
-pub struct StackInput<'a> {
-    /// The model (config and layers).
-    pub model: &'a Model,
-    /// Absolute position of every token of the batch.
-    pub positions: &'a [usize],
-    /// The batch rows of each sequence (one KV cache each, in the same order).
-    pub spans: &'a [Range<usize>],
-    /// `(sin, cos)` of every RoPE pair for every token, `[n, rope_dims / 2]`: full-attention layers.
-    pub rope_global: &'a [(f32, f32)],
-    /// The same for sliding-window layers (equal to `rope_global` when the model has none).
-    pub rope_local: &'a [(f32, f32)],
-    /// Every weight is prepared on the engine (resident); false: the engine streams them.
-    pub weights_resident: bool,
-}
-
-impl StackInput<'_> {
-    /// Tokens in the batch.
-    pub fn n(&self) -> usize {
-        self.positions.len()
-    }
-
-    /// The RoPE angles of layer `il`.
-    pub fn rope(&self, il: usize) -> &[(f32, f32)] {
-        if self.model.config.swa_layers[il] {
-            self.rope_local
-        } else {
-            self.rope_global
-        }
-    }
-
-    /// The attention shape of layer `il`.
-    pub fn attn_shape(&self, il: usize) -> AttnShape {
-        let c = &self.model.config;
-        AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            head_dim_v: c.head_dim_v,
-            window: if c.swa_layers[il] { c.swa_window } else { None },
-        }
-    }
-
-    /// Every weight matrix of layer `il`, in a fixed order (Q, K, V, O, gate, up, down).
-    pub fn weights(l: &Layer) -> [&Weight; 7] {
-        [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-    }
-}
 
 /// `(sin, cos)` of every pair of `table` at each of `positions`, `[n, pairs]`.
 pub fn rope_angles(table: &RopeTable, positions: &[usize]) -> Vec<(f32, f32)> {
@@ -78,7 +28,58 @@ pub fn rope_angles(table: &RopeTable, positions: &[usize]) -> Vec<(f32, f32)> {
     per_token.concat()
 }
 
-/// The ops a block needs: weight matmuls (grouped), a feed-forward block, attention.
+/// The steps of a decoder stack over a batch. State: the residual stream `x`, the normed
+/// input `h` of the next part, and that part's output `o`.
+pub trait BlockSteps {
+    /// What a failed step returns.
+    type Error;
+    /// Layer `il` begins (an engine may fetch its weights here).
+    fn begin_layer(&mut self, il: usize) -> Result<(), Self::Error> {
+        let _ = il;
+        Ok(())
+    }
+    /// `h = norm(x)` with the weights of `norm` (the first layer's input norm).
+    fn norm(&mut self, norm: VectorId) -> Result<(), Self::Error>;
+    /// `o = attention(h)` for layer `il`, storing the batch's new K/V in the caches.
+    fn attention(&mut self, il: usize, a: &Attention) -> Result<(), Self::Error>;
+    /// `o = ffn(h)` for layer `il`.
+    fn dense_ffn(&mut self, il: usize, f: &DenseFfn) -> Result<(), Self::Error>;
+    /// `x += post(o)` (post-norm when given), then `h = next(x)` when given.
+    fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), Self::Error>;
+    /// Layer `il` is done (an engine may release its weights here).
+    fn end_layer(&mut self, il: usize) -> Result<(), Self::Error> {
+        let _ = il;
+        Ok(())
+    }
+}
+
+/// The decoder blocks `range` of `layers`, step by step: for each layer, its mixer on the
+/// normed stream, the residual add (with the post-norm, and the feed-forward norm
+/// next), its feed-forward part, the residual add (with the next layer's input norm).
+pub fn run_layers<S: BlockSteps>(steps: &mut S, layers: &[Layer], range: Range<usize>) -> Result<(), S::Error> {
+    let has = |il: usize, role: VectorRole| layers[il].vector(role).map(|_| (il, role));
+    if range.is_empty() {
+        return Ok(());
+    }
+    steps.norm((range.start, VectorRole::AttnNorm))?;
+    for il in range.clone() {
+        let l = &layers[il];
+        steps.begin_layer(il)?;
+        match &l.mixer {
+            Mixer::Attention(a) => steps.attention(il, a)?,
+        }
+        steps.residual(has(il, VectorRole::PostAttnNorm), Some((il, VectorRole::FfnNorm)))?;
+        match &l.ffn {
+            FeedForwardPart::Dense(f) => steps.dense_ffn(il, f)?,
+        }
+        steps.end_layer(il)?;
+        let next = (il + 1 < range.end).then_some((il + 1, VectorRole::AttnNorm));
+        steps.residual(has(il, VectorRole::PostFfnNorm), next)?;
+    }
+    Ok(())
+}
+
+/// The ops a host-side block needs: weight matmuls (grouped), a feed-forward block, attention.
 pub trait BlockOps {
     /// `outs[i] = x · W_iᵀ` for weights sharing one input.
     fn matmul_group(&self, ws: &[&Weight], x: &[f32], outs: &mut [&mut [f32]]) -> Result<(), EngineFailure>;
@@ -104,64 +105,102 @@ impl BlockOps for Dispatcher {
     }
 }
 
-/// Block `il` over the batch: `x` (the residual stream, `[n, n_embd]`) is updated in place
-/// and the new tokens' K/V are stored in each sequence's cache.
-pub fn run_block(ops: &dyn BlockOps, s: &StackInput<'_>, il: usize, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
-    let c: &Config = &s.model.config;
-    let l = &s.model.layers[il];
-    let (n, positions) = (s.n(), s.positions);
-    let mut h = vec![0f32; x.len()];
-    ops::rms_norm_into(x, &l.attn_norm, c.norm_eps, &mut h);
+/// The block's steps on the host, each op through `ops`.
+pub struct HostSteps<'a, 'c> {
+    ops: &'a dyn BlockOps,
+    input: &'a StackInput<'a>,
+    x: &'a mut [f32],
+    caches: &'a mut [&'c mut KvCache],
+    h: Vec<f32>,
+    o: Vec<f32>,
+}
 
-    // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
-    let mut q = vec![0f32; n * l.wq.rows];
-    let mut k = vec![0f32; n * l.wk.rows];
-    let mut v = vec![0f32; n * l.wv.rows];
-    ops.matmul_group(&[&l.wq, &l.wk, &l.wv], &h, &mut [&mut q, &mut k, &mut v])?;
-    for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-        if let Some(b) = b {
-            ops::add_bias(t, b);
-        }
+impl<'a, 'c> HostSteps<'a, 'c> {
+    /// Steps over the residual stream `x` (`[n, n_embd]`, updated in place) and the batch's caches.
+    pub fn new(ops: &'a dyn BlockOps, input: &'a StackInput<'a>, x: &'a mut [f32], caches: &'a mut [&'c mut KvCache]) -> Self {
+        HostSteps { ops, input, x, caches, h: Vec::new(), o: Vec::new() }
     }
-    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        ops::rms_norm(&mut q, qn, c.norm_eps);
-        ops::rms_norm(&mut k, kn, c.norm_eps);
-    }
-    let neox = c.rope_style == RopeStyle::Neox;
-    // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
-    let (qd, kd, hd, rd, pairs) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.head_dim, c.rope_dims, c.rope_dims / 2);
-    q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(s.rope(il).par_chunks(pairs)).for_each(|((qt, kt), angles)| {
-        for head in qt.chunks_exact_mut(hd) {
-            RopeTable::rotate(&mut head[..rd], angles, neox);
-            head.iter_mut().for_each(|v| *v *= c.attn_scale);
-        }
-        for head in kt.chunks_exact_mut(hd) {
-            RopeTable::rotate(&mut head[..rd], angles, neox);
-        }
-    });
-    let shape = s.attn_shape(il);
-    let (qd, kd, vd, od) = (l.wq.rows, l.wk.rows, l.wv.rows, c.n_head * c.head_dim_v);
-    let mut attn = vec![0f32; n * od];
-    for (cache, span) in caches.iter_mut().zip(s.spans) {
-        let (a, b) = (span.start, span.end);
-        cache.store(il, positions[a], &k[a * kd..b * kd], &v[a * vd..b * vd]);
-        let (kc, vc) = cache.layer(il);
-        ops.attention(&shape, &q[a * qd..b * qd], &positions[a..b], kc, vc, &mut attn[a * od..b * od])?;
-    }
-    let mut o = vec![0f32; n * c.n_embd];
-    ops.matmul_group(&[&l.wo], &attn, &mut [&mut o])?;
-    if let Some(w) = &l.post_attn_norm {
-        ops::rms_norm(&mut o, w, c.norm_eps);
-    }
-    ops::add_assign(x, &o);
 
-    ops::rms_norm_into(x, &l.ffn_norm, c.norm_eps, &mut h);
-    let mut down = vec![0f32; n * c.n_embd];
-    let ffn = FeedForward { gate: &l.w_gate, up: &l.w_up, down: &l.w_down, activation: c.activation };
-    ops.feed_forward(&ffn, &h, &mut down)?;
-    if let Some(w) = &l.post_ffn_norm {
-        ops::rms_norm(&mut down, w, c.norm_eps);
+    fn vector(&self, (il, role): VectorId) -> (&'a [f32], f32) {
+        let layers: &'a [Layer] = self.input.layers;
+        let l = &layers[il];
+        (l.vector(role).expect("run_layers names only vectors the layer has"), l.norm_eps)
     }
-    ops::add_assign(x, &down);
-    Ok(())
+}
+
+/// Every decoder block of `input` over `x` on the host, each op through `ops`.
+pub fn run_on_host(ops: &dyn BlockOps, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+    let layers = input.layers;
+    run_layers(&mut HostSteps::new(ops, input, x, caches), layers, 0..layers.len())
+}
+
+impl BlockSteps for HostSteps<'_, '_> {
+    type Error = EngineFailure;
+
+    fn norm(&mut self, id: VectorId) -> Result<(), EngineFailure> {
+        let (w, eps) = self.vector(id);
+        self.h.resize(self.x.len(), 0.0);
+        ops::rms_norm_into(self.x, w, eps, &mut self.h);
+        Ok(())
+    }
+
+    fn attention(&mut self, il: usize, a: &Attention) -> Result<(), EngineFailure> {
+        let (ops, s) = (self.ops, self.input);
+        let eps = s.layers[il].norm_eps;
+        let (n, positions) = (s.n(), s.positions);
+        // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
+        let mut q = vec![0f32; n * a.q.rows];
+        let mut k = vec![0f32; n * a.k.rows];
+        let mut v = vec![0f32; n * a.v.rows];
+        ops.matmul_group(&[&a.q, &a.k, &a.v], &self.h, &mut [&mut q, &mut k, &mut v])?;
+        for (t, b) in [(&mut q, &a.q_bias), (&mut k, &a.k_bias), (&mut v, &a.v_bias)] {
+            if let Some(b) = b {
+                ops::add_bias(t, b);
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            ops::rms_norm(&mut q, qn, eps);
+            ops::rms_norm(&mut k, kn, eps);
+        }
+        let neox = a.rope_style == RopeStyle::Neox;
+        let sh = &a.shape;
+        // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
+        let (qd, kd, hd, rd, pairs) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.head_dim, a.rope_dims, a.rope_dims / 2);
+        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(s.rope(il).par_chunks(pairs)).for_each(|((qt, kt), angles)| {
+            for head in qt.chunks_exact_mut(hd) {
+                RopeTable::rotate(&mut head[..rd], angles, neox);
+                head.iter_mut().for_each(|v| *v *= a.scale);
+            }
+            for head in kt.chunks_exact_mut(hd) {
+                RopeTable::rotate(&mut head[..rd], angles, neox);
+            }
+        });
+        let (qd, kd, vd, od) = (a.q.rows, a.k.rows, a.v.rows, sh.n_head * sh.head_dim_v);
+        let mut attn = vec![0f32; n * od];
+        for (cache, span) in self.caches.iter_mut().zip(s.spans) {
+            let (lo, hi) = (span.start, span.end);
+            cache.store(il, positions[lo], &k[lo * kd..hi * kd], &v[lo * vd..hi * vd]);
+            let (kc, vc) = cache.layer(il);
+            ops.attention(sh, &q[lo * qd..hi * qd], &positions[lo..hi], kc, vc, &mut attn[lo * od..hi * od])?;
+        }
+        self.o = vec![0f32; n * a.output.rows];
+        ops.matmul_group(&[&a.output], &attn, &mut [&mut self.o])
+    }
+
+    fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Result<(), EngineFailure> {
+        self.o = vec![0f32; self.input.n() * f.down.rows];
+        self.ops.feed_forward(&f.block(), &self.h, &mut self.o)
+    }
+
+    fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), EngineFailure> {
+        if let Some(id) = post {
+            let (w, eps) = self.vector(id);
+            ops::rms_norm(&mut self.o, w, eps);
+        }
+        ops::add_assign(self.x, &self.o);
+        match next {
+            Some(id) => self.norm(id),
+            None => Ok(()),
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! The forward pass over a batch of tokens: embeddings → decoder blocks → logits.
 //! One function serves every architecture; the config's options switch the parts on.
 
-use crate::block::{rope_angles, run_block, StackInput};
+use crate::block::{rope_angles, run_on_host};
 use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::matrix::dispatch::Stacked;
-use crate::matrix::Dispatcher;
+use crate::matrix::{Dispatcher, StackInput};
+use crate::plan::RopeKind;
 use crate::model::Model;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -114,10 +115,10 @@ impl Runner {
             }
             let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
             let rope_global = rope_angles(&self.rope_global, &positions);
-            let any_local = c.swa_layers.iter().any(|&l| l);
+            let any_local = self.model.layers.iter().any(|l| l.attention().rope == RopeKind::Local);
             let rope_local = if any_local { rope_angles(&self.rope_local, &positions) } else { Vec::new() };
             let input = StackInput {
-                model: &self.model,
+                layers: &self.model.layers,
                 positions: &positions,
                 spans: &spans,
                 rope_global: &rope_global,
@@ -126,11 +127,9 @@ impl Runner {
             };
             // An engine may take the whole stack (activations stay on it); otherwise block by
             // block here, each op placed on its own.
-            let stacked = self.dispatcher.stack(&input, &mut x, &mut caches);
+            let stacked = self.dispatcher.stack(&input, &self.model.output, &mut x, &mut caches);
             if stacked == Stacked::No {
-                for il in 0..c.n_layer {
-                    run_block(&self.dispatcher, &input, il, &mut x, &mut caches).expect("the dispatcher falls back by itself");
-                }
+                run_on_host(&self.dispatcher, &input, &mut x, &mut caches).expect("the dispatcher falls back by itself");
             }
             for (cache, span) in caches.iter_mut().zip(&spans) {
                 let len = cache.len() + span.len();

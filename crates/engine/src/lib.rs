@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod model;
 pub mod parity;
 pub mod perplexity;
+pub mod plan;
 pub mod random_model;
 pub mod sampler;
 pub mod weights;

@@ -1,47 +1,12 @@
 //! A loaded model: its config and weight views, read by the standard llama.cpp tensor names.
 
 use crate::arch::{self, Config, Meta};
+use crate::plan::Layer;
 use crate::error::{EngineError, Result};
 use crate::weights::{TensorSource, Weight};
 use gguf::GgufFile;
 use std::path::Path;
 use std::sync::Arc;
-
-/// One decoder block's weights.
-pub struct Layer {
-    /// RMSNorm before attention.
-    pub attn_norm: Vec<f32>,
-    /// Query projection.
-    pub wq: Weight,
-    /// Key projection.
-    pub wk: Weight,
-    /// Value projection.
-    pub wv: Weight,
-    /// Attention output projection.
-    pub wo: Weight,
-    /// Optional Q/K/V biases (qwen2).
-    pub bq: Option<Vec<f32>>,
-    /// Key bias.
-    pub bk: Option<Vec<f32>>,
-    /// Value bias.
-    pub bv: Option<Vec<f32>>,
-    /// Per-head RMSNorm weights on Q and K.
-    pub q_norm: Option<Vec<f32>>,
-    /// Per-head RMSNorm on K.
-    pub k_norm: Option<Vec<f32>>,
-    /// RMSNorm on the attention output (gemma).
-    pub post_attn_norm: Option<Vec<f32>>,
-    /// RMSNorm before the MLP.
-    pub ffn_norm: Vec<f32>,
-    /// MLP gate.
-    pub w_gate: Weight,
-    /// MLP up.
-    pub w_up: Weight,
-    /// MLP down.
-    pub w_down: Weight,
-    /// RMSNorm on the MLP output (gemma).
-    pub post_ffn_norm: Option<Vec<f32>>,
-}
 
 /// A model ready to run: config, weights (views into the mmap), and the file.
 pub struct Model {
@@ -49,7 +14,7 @@ pub struct Model {
     pub config: Config,
     /// Token embeddings, one row per token.
     pub tok_embd: Weight,
-    /// Decoder blocks.
+    /// Decoder blocks, as the architecture planned them.
     pub layers: Vec<Layer>,
     /// Final RMSNorm.
     pub output_norm: Vec<f32>,
@@ -91,7 +56,7 @@ impl Model {
         let mut layers = Vec::with_capacity(c.n_layer);
         for il in 0..c.n_layer {
             progress(il, c.n_layer);
-            layers.push(load_layer(&src, c, il)?);
+            layers.push((arch.layer)(&src, c, il)?);
         }
         progress(c.n_layer, c.n_layer);
         let rope_freqs = src.optional_vector("rope_freqs.weight", c.rope_dims / 2)?;
@@ -105,37 +70,4 @@ impl Model {
             file,
         })
     }
-}
-
-fn load_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
-    let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let b = |s: &str| format!("blk.{il}.{s}.bias");
-    let q_out = c.n_head * c.head_dim;
-    let k_out = c.n_head_kv * c.head_dim;
-    let v_out = c.n_head_kv * c.head_dim_v;
-    let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
-        if flag {
-            src.vector(&name, len).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    Ok(Layer {
-        attn_norm: src.vector(&n("attn_norm"), c.n_embd)?,
-        wq: src.matrix(&n("attn_q"), c.n_embd, q_out)?,
-        wk: src.matrix(&n("attn_k"), c.n_embd, k_out)?,
-        wv: src.matrix(&n("attn_v"), c.n_embd, v_out)?,
-        wo: src.matrix(&n("attn_output"), c.n_head * c.head_dim_v, c.n_embd)?,
-        bq: src.optional_vector(&b("attn_q"), q_out)?,
-        bk: src.optional_vector(&b("attn_k"), k_out)?,
-        bv: src.optional_vector(&b("attn_v"), v_out)?,
-        q_norm: required_if(c.qk_norm, n("attn_q_norm"), c.head_dim)?,
-        k_norm: required_if(c.qk_norm, n("attn_k_norm"), c.head_dim)?,
-        post_attn_norm: required_if(c.post_norms, n("post_attention_norm"), c.n_embd)?,
-        ffn_norm: src.vector(&n("ffn_norm"), c.n_embd)?,
-        w_gate: src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?,
-        w_up: src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?,
-        w_down: src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?,
-        post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
-    })
 }

@@ -8,10 +8,8 @@ use engine::matrix::cpu_engine::CpuEngine;
 use engine::matrix::fault::FaultyEngine;
 use engine::matrix::policy::{Backend, Calibration, CalibrationEntry, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
-use engine::matrix::{Availability, Dispatcher, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
-use engine::cpu::attention::AttnShape;
+use engine::matrix::{Availability, Capabilities, Dispatcher, EngineFailure, MatmulShape, MatrixEngine, WeightKey};
 use engine::random_model::RandomModelSpec;
-use half::f16;
 use engine::weights::Weight;
 use engine::{Model, Runner};
 use gguf::GgmlType;
@@ -173,11 +171,8 @@ impl MatrixEngine for Unfused {
     fn matmul(&self, k: &[&WeightKey], w: &[&Weight], b: usize, x: &[f32], n: usize, o: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
         self.0.matmul(k, w, b, x, n, o)
     }
-    fn supports_attention(&self, s: &AttnShape) -> Result<(), String> {
-        self.0.supports_attention(s)
-    }
-    fn attention(&self, s: &AttnShape, q: &[f32], p: &[usize], k: &[f16], v: &[f16], o: &mut [f32]) -> Result<(), EngineFailure> {
-        self.0.attention(s, q, p, k, v, o)
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities { attention: self.0.capabilities().attention, ..Capabilities::default() }
     }
 }
 
@@ -364,20 +359,20 @@ fn a_model_over_the_budget_is_streamed_or_placed_op_by_op() {
     let need = |_: &dyn MatrixEngine| 5 << 19;
     let cost = |n| StackCost { n, flops: 1e9, bytes: 1e6, weight_bytes: 1e6, resident: &need };
     let (streams, no_streams) = (ReferenceEngine::new().with_stacks(), ReferenceEngine::new().with_stacks().without_streaming());
-    let (d, s) = policy.decide_stack(&[&streams], &model.config, &cost(80), 1 << 20);
+    let (d, s) = policy.decide_stack(&[&streams], &model.layers, &cost(80), 1 << 20);
     assert!(d.engine == Some(0) && s && d.reason.contains("streamed") && d.reason.contains("over its 0.00 GiB budget"), "{}", d.reason);
-    let (d, s) = policy.decide_stack(&[&no_streams], &model.config, &cost(80), 1 << 20);
+    let (d, s) = policy.decide_stack(&[&no_streams], &model.layers, &cost(80), 1 << 20);
     assert!(d.engine.is_none() && !s && d.reason.contains("ops placed one by one"), "{}", d.reason);
-    let (d, s) = policy.decide_stack(&[&no_streams], &model.config, &cost(80), 4 << 20);
+    let (d, s) = policy.decide_stack(&[&no_streams], &model.layers, &cost(80), 4 << 20);
     assert!(d.engine == Some(0) && !s && d.reason.contains("resident"), "{}", d.reason);
-    let (d, _) = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&streams], &model.config, &cost(63), 4 << 20);
+    let (d, _) = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&streams], &model.layers, &cost(63), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("N=63 < --offload-min-batch 64"), "{}", d.reason);
-    let (d, _) = policy.decide_stack(&[&ReferenceEngine::new()], &model.config, &cost(80), 4 << 20);
+    let (d, _) = policy.decide_stack(&[&ReferenceEngine::new()], &model.layers, &cost(80), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("whole stacks are off"), "{}", d.reason);
     // Streaming pays the weights' transfer: a fast enough CPU keeps the stack.
     let fast_cpu = PlacementPolicy::new(Backend::Auto, 1, None, (5e12, 1e12));
     let heavy = StackCost { weight_bytes: 1e12, ..cost(80) };
-    let (d, _) = fast_cpu.decide_stack(&[&streams], &model.config, &heavy, 1 << 20);
+    let (d, _) = fast_cpu.decide_stack(&[&streams], &model.layers, &heavy, 1 << 20);
     assert!(d.engine.is_none() && d.reason.contains("cost model"), "{}", d.reason);
-    assert_eq!(fast_cpu.decide_stack(&[&streams], &model.config, &heavy, 4 << 20).0.engine, Some(0), "resident: no transfer to pay");
+    assert_eq!(fast_cpu.decide_stack(&[&streams], &model.layers, &heavy, 4 << 20).0.engine, Some(0), "resident: no transfer to pay");
 }

@@ -4,6 +4,7 @@
 use crate::engines::PlacementArgs;
 use crate::load;
 use anyhow::{bail, Result};
+use engine::matrix::policy::Backend;
 use engine::Runner;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -139,9 +140,9 @@ fn sweep_main(a: &Args, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn backend_label(r: &Runner, backend: &str) -> String {
+fn backend_label(r: &Runner, backend: &Backend) -> String {
     let accel: Vec<&str> = r.dispatcher.accelerators().iter().map(|e| e.name()).collect();
-    if backend == "cpu" || accel.is_empty() {
+    if *backend == Backend::Cpu || accel.is_empty() {
         "CPU".into()
     } else {
         format!("CPU+{}", accel.join("+"))

@@ -48,7 +48,7 @@ pub fn main(a: Args) -> Result<()> {
     let m = &runner.model;
     let mut shapes: BTreeMap<(usize, usize, &str), &Weight> = BTreeMap::new();
     for l in &m.layers {
-        for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+        for (_, w) in l.weights() {
             shapes.entry((w.rows, w.cols, w.ty.name())).or_insert(w);
         }
     }

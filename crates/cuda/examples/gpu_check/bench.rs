@@ -3,6 +3,7 @@
 //! against a plain cuBLAS f16 GEMM of the same shape with everything already on the
 //! card, measured in the same run; also the PCIe floor and the CPU.
 
+use engine::matrix::FusedFeedForward;
 use crate::common::*;
 use cuda::{CudaEngine, CudaOptions};
 use engine::matrix::MatrixEngine;

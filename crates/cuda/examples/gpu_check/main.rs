@@ -11,6 +11,7 @@ mod common;
 mod e2e;
 mod real;
 
+use engine::matrix::{AttentionOp, FusedFeedForward};
 use common::*;
 use cuda::{CudaEngine, CudaOptions};
 use engine::matrix::cache::CacheBudget;

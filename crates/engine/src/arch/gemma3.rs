@@ -3,8 +3,9 @@
 
 use super::{common, Activation, Architecture, Config, Meta, Rope, RopeStyle};
 use crate::error::Result;
+use crate::plan::standard_layer;
 
-pub(super) const ARCH: Architecture = Architecture { name: "gemma3", config };
+pub(super) const ARCH: Architecture = Architecture { name: "gemma3", config, layer: standard_layer };
 
 /// llama.cpp's defaults when the file does not say otherwise.
 const DEFAULT_SWA_PATTERN: usize = 6;

@@ -8,6 +8,8 @@ mod meta;
 pub use meta::Meta;
 
 use crate::error::{EngineError, Result};
+use crate::plan::Layer;
+use crate::weights::TensorSource;
 
 /// How RoPE pairs dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,8 @@ pub struct Architecture {
     pub name: &'static str,
     /// Builds the config from metadata.
     pub config: fn(&Meta) -> Result<Config>,
+    /// Builds layer `il`'s plan from the file's tensors and the config.
+    pub layer: fn(&TensorSource, &Config, usize) -> Result<Layer>,
 }
 
 /// Every supported architecture. Adding one is a file plus a line here.

@@ -13,19 +13,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// Shapes for one attention call.
-pub struct AttnShape {
-    /// Query heads.
-    pub n_head: usize,
-    /// Key/value heads.
-    pub n_head_kv: usize,
-    /// Query/key head dimension.
-    pub head_dim: usize,
-    /// Value head dimension.
-    pub head_dim_v: usize,
-    /// Sliding window (keys with pos_q - pos_k >= window are masked).
-    pub window: Option<usize>,
-}
+pub use crate::matrix::AttnShape;
 
 /// Keys per tile.
 const TILE: usize = 64;

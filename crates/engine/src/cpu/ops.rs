@@ -69,6 +69,14 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// `gate = act(gate) * up`: the feed-forward product for either activation.
+pub fn gated(act: crate::arch::Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        crate::arch::Activation::Silu => silu_mul(gate, up),
+        crate::arch::Activation::GeluTanh => gelu_mul(gate, up),
+    }
+}
+
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     zip_pieces(gate, up, |gate, up| {

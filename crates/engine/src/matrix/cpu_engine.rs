@@ -2,8 +2,8 @@
 //! and tests can treat it like one. Nothing to prepare: it reads the mmap directly.
 
 use super::dispatch::CPU_HINT;
-use super::{Availability, Dispatcher, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
-use crate::cpu::attention::{attention, AttnShape};
+use super::{AttentionOp, AttnShape, Availability, Capabilities, Dispatcher, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, WeightKey};
+use crate::cpu::attention::attention;
 use crate::cpu::matmul::matmul;
 use half::f16;
 use crate::weights::Weight;
@@ -43,9 +43,12 @@ impl MatrixEngine for CpuEngine {
         }
         Ok(())
     }
-    fn fuses_feed_forward(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities { feed_forward: Some(self), attention: Some(self), stack: None }
     }
+}
+
+impl FusedFeedForward for CpuEngine {
     fn feed_forward(
         &self,
         _: [&WeightKey; 3],
@@ -59,6 +62,9 @@ impl MatrixEngine for CpuEngine {
         Dispatcher::cpu_only().feed_forward(ffn, x, out);
         Ok(())
     }
+}
+
+impl AttentionOp for CpuEngine {
     fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
         Ok(())
     }

@@ -6,11 +6,9 @@
 use super::cache::{bucket_for, CacheBudget, PreparedCache};
 use super::policy::{Backend, Decision, PlacementPolicy, StackCost};
 use super::stats::Stats;
-use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
-use crate::arch::Activation;
-use crate::block::StackInput;
+use super::{AttnShape, Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use crate::kv_cache::KvCache;
-use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::attention::attention;
 use crate::cpu::ops;
 use half::f16;
 use crate::cpu::matmul::{matmul_quantized, QuantizedInput};
@@ -148,7 +146,8 @@ impl Dispatcher {
     pub fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) {
         let n = x.len() / f.gate.cols;
         if !self.accelerators.is_empty() || self.verbose {
-            if let Some(engine) = self.choose(&[f.gate, f.up], n).filter(|e| e.fuses_feed_forward()) {
+            let fused = self.choose(&[f.gate, f.up], n).and_then(|e| e.capabilities().feed_forward.map(|fuse| (e, fuse)));
+            if let Some((engine, fuse)) = fused {
                 let supported = engine.supports(&MatmulShape::of(f.down, n));
                 if let Err(why) = &supported {
                     self.log(f.down, n, &format!("{} fuses feed-forward blocks but not this one: {why}", engine.name()));
@@ -159,7 +158,7 @@ impl Dispatcher {
                     let result = self.run_tiles(engine, &f.weights(), n, |bucket, start, len| {
                         let tile_x = &x[start * k..(start + len) * k];
                         let tile_out = &mut out[start * m..(start + len) * m];
-                        engine.feed_forward([&keys[0], &keys[1], &keys[2]], f, bucket, tile_x, len, tile_out)
+                        fuse.feed_forward([&keys[0], &keys[1], &keys[2]], f, bucket, tile_x, len, tile_out)
                     });
                     match result {
                         Ok(()) => return self.stats.with(engine.name(), |s| s.fused_blocks += 1),
@@ -191,7 +190,7 @@ impl Dispatcher {
             return attention(shape, q, positions, k_cache, v_cache, out);
         }
         let n = positions.len();
-        let cost = super::attention_cost(shape, positions);
+        let cost = super::cost::attention_cost(shape, positions);
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
         let decision = self.policy.decide_attention(&engines, shape, n, cost);
         if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("attention".into(), n)) {
@@ -200,8 +199,8 @@ impl Dispatcher {
         }
         let t0 = Instant::now();
         let engine = decision.engine.map(|i| engines[i]);
-        if let Some(e) = engine {
-            match e.attention(shape, q, positions, k_cache, v_cache, out) {
+        if let Some((e, op)) = engine.and_then(|e| e.capabilities().attention.map(|op| (e, op))) {
+            match op.attention(shape, q, positions, k_cache, v_cache, out) {
                 Ok(()) => {
                     return self.stats.with(e.name(), |s| {
                         s.attention += 1;
@@ -227,7 +226,8 @@ impl Dispatcher {
     /// [`Dispatcher::matmul_on`]) and stays. Streamed (the model is over the budget): the
     /// engine uploads each layer's weights as it goes. Failed: `x` is as it was and the
     /// caller runs the blocks itself, rewriting any K/V rows the engine stored.
-    pub fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Stacked {
+    /// `head` is the output projection the batch's logits go through afterwards.
+    pub fn stack(&self, input: &StackInput<'_>, head: &Weight, x: &mut [f32], caches: &mut [&mut KvCache]) -> Stacked {
         if self.accelerators.is_empty() && !self.verbose {
             return Stacked::No;
         }
@@ -236,20 +236,22 @@ impl Dispatcher {
             // A decode step: the policy would refuse it for its N; skip pricing every layer.
             return Stacked::No;
         }
-        let model = input.model;
-        let (flops, bytes) = super::stack_cost(input);
-        let weights = || model.layers.iter().flat_map(StackInput::weights).chain(std::iter::once(&model.output));
+        let layers = input.layers;
+        let (flops, bytes) = super::cost::stack_cost(input);
+        let layer_weights = || layers.iter().flat_map(|l| l.weights().map(|(_, w)| w));
+        let weights = || layer_weights().chain(std::iter::once(head));
         let resident = |e: &dyn MatrixEngine| -> usize { weights().map(|w| e.prepared_bytes(&MatmulShape::of(w, n))).sum() };
-        let weight_bytes = model.layers.iter().flat_map(StackInput::weights).map(|w| MatmulShape::of(w, n).weight_bytes()).sum();
+        let weight_bytes = layer_weights().map(|w| MatmulShape::of(w, n).weight_bytes()).sum();
         let cost = StackCost { n, flops, bytes, weight_bytes, resident: &resident };
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
-        let (decision, streamed) = self.policy.decide_stack(&engines, &model.config, &cost, self.cache.budget().memory_bytes);
+        let (decision, streamed) = self.policy.decide_stack(&engines, layers, &cost, self.cache.budget().memory_bytes);
         if self.verbose && self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(("stack".into(), n)) {
             let name = decision.engine.map_or("cpu", |i| engines[i].name());
             eprintln!("placement: decoder stack N={n} -> {name}: {}", decision.reason);
         }
         let Some(index) = decision.engine else { return Stacked::No };
         let engine = engines[index];
+        let Some(stack) = engine.capabilities().stack else { return Stacked::No };
         let unsupported = weights().find_map(|w| {
             engine.supports(&MatmulShape::of(w, n)).err().map(|why| format!("{}: {why}", w.name))
         });
@@ -267,10 +269,10 @@ impl Dispatcher {
             weights().try_for_each(|w| self.cache.ensure(engine, &WeightKey::of(w), w, bucket, &self.stats))
         };
         let input = StackInput { weights_resident: !streamed, ..*input };
-        match prepared.and_then(|_| engine.stack(&input, x, caches)) {
+        match prepared.and_then(|_| stack.stack(&input, x, caches)) {
             Ok(()) => {
                 self.stats.with(engine.name(), |s| {
-                    s.blocks += model.layers.len() as u64;
+                    s.blocks += layers.len() as u64;
                     s.flops += flops;
                     s.time += t0.elapsed();
                 });
@@ -308,10 +310,7 @@ impl Dispatcher {
         let mut gate = vec![0f32; n * f.gate.rows];
         let mut up = vec![0f32; n * f.up.rows];
         group(&[f.gate, f.up], x, &mut [&mut gate, &mut up]);
-        match f.activation {
-            Activation::Silu => ops::silu_mul(&mut gate, &up),
-            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
-        }
+        ops::gated(f.activation, &mut gate, &up);
         group(&[f.down], &gate, &mut [out]);
     }
 

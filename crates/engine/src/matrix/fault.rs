@@ -1,11 +1,9 @@
 //! Fault injection: an engine wrapper that fails every k-th op, to prove that a
 //! failing accelerator never leaves an output uncomputed.
 
-use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
-use crate::arch::Config;
-use crate::block::StackInput;
-use crate::cpu::attention::AttnShape;
+use super::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use crate::kv_cache::KvCache;
+use crate::plan::Layer;
 use crate::weights::Weight;
 use half::f16;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,9 +76,27 @@ impl MatrixEngine for FaultyEngine {
         }
         self.inner.matmul(keys, weights, bucket, x, n, outs)
     }
-    fn fuses_feed_forward(&self) -> bool {
-        self.inner.fuses_feed_forward()
+    fn prepared_bytes(&self, shape: &MatmulShape) -> usize {
+        self.inner.prepared_bytes(shape)
     }
+    /// The inner engine's capabilities, each wrapped so it fails like the matmuls.
+    fn capabilities(&self) -> Capabilities<'_> {
+        let inner = self.inner.capabilities();
+        Capabilities {
+            feed_forward: inner.feed_forward.map(|_| self as &dyn FusedFeedForward),
+            attention: inner.attention.map(|_| self as &dyn AttentionOp),
+            stack: inner.stack.map(|_| self as &dyn DecoderStack),
+        }
+    }
+}
+
+impl FaultyEngine {
+    fn inner_capabilities(&self) -> Capabilities<'_> {
+        self.inner.capabilities()
+    }
+}
+
+impl FusedFeedForward for FaultyEngine {
     fn feed_forward(
         &self,
         keys: [&WeightKey; 3],
@@ -94,10 +110,14 @@ impl MatrixEngine for FaultyEngine {
             out.fill(f32::NAN);
             return Err(f);
         }
-        self.inner.feed_forward(keys, ffn, bucket, x, n, out)
+        let inner = self.inner_capabilities().feed_forward.expect("offered only when the inner engine fuses");
+        inner.feed_forward(keys, ffn, bucket, x, n, out)
     }
+}
+
+impl AttentionOp for FaultyEngine {
     fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
-        self.inner.supports_attention(shape)
+        self.inner_capabilities().attention.expect("offered only when the inner engine has it").supports_attention(shape)
     }
     fn attention(
         &self,
@@ -112,21 +132,22 @@ impl MatrixEngine for FaultyEngine {
             out.fill(f32::NAN);
             return Err(f);
         }
-        self.inner.attention(shape, q, positions, k_cache, v_cache, out)
+        let inner = self.inner_capabilities().attention.expect("offered only when the inner engine has it");
+        inner.attention(shape, q, positions, k_cache, v_cache, out)
     }
-    fn prepared_bytes(&self, shape: &MatmulShape) -> usize {
-        self.inner.prepared_bytes(shape)
-    }
-    fn supports_stack(&self, config: &Config) -> Result<(), String> {
-        self.inner.supports_stack(config)
+}
+
+impl DecoderStack for FaultyEngine {
+    fn supports_stack(&self, layers: &[Layer]) -> Result<(), String> {
+        self.inner_capabilities().stack.expect("offered only when the inner engine has it").supports_stack(layers)
     }
     fn streams_stack(&self) -> bool {
-        self.inner.streams_stack()
+        self.inner_capabilities().stack.is_some_and(|s| s.streams_stack())
     }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
         if let Err(f) = self.maybe_fail() {
             // Garbage in the cache rows the batch would have filled (x stays: the contract).
-            for (il, _) in input.model.layers.iter().enumerate() {
+            for il in 0..input.layers.len() {
                 for (cache, span) in caches.iter_mut().zip(input.spans) {
                     let pos0 = input.positions[span.start];
                     let (kd, vd) = (cache.layer(il).0.len() / cache.n_ctx(), cache.layer(il).1.len() / cache.n_ctx());
@@ -136,6 +157,7 @@ impl MatrixEngine for FaultyEngine {
             }
             return Err(f);
         }
-        self.inner.stack(input, x, caches)
+        let inner = self.inner_capabilities().stack.expect("offered only when the inner engine has it");
+        inner.stack(input, x, caches)
     }
 }

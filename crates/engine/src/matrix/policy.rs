@@ -34,12 +34,30 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Parse `cpu`, `auto` or an engine name.
+    /// Parse `cpu`, `auto` or an engine name (whether the engine exists is the registry's
+    /// question: [`super::Dispatcher::new`] answers it).
     pub fn parse(s: &str) -> Self {
         match s {
             "cpu" => Backend::Cpu,
             "auto" => Backend::Auto,
             other => Backend::Named(other.to_string()),
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Backend::parse(s))
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Cpu => f.write_str("cpu"),
+            Backend::Auto => f.write_str("auto"),
+            Backend::Named(n) => f.write_str(n),
         }
     }
 }
@@ -193,7 +211,7 @@ impl PlacementPolicy {
     pub fn decide_attention(
         &self,
         engines: &[&dyn MatrixEngine],
-        shape: &crate::cpu::attention::AttnShape,
+        shape: &super::AttnShape,
         n: usize,
         (flops, bytes): (f64, f64),
     ) -> Decision {
@@ -202,7 +220,8 @@ impl PlacementPolicy {
         }
         let mut why_not = Vec::new();
         for (i, e) in self.candidates(engines) {
-            if let Err(r) = e.supports_attention(shape) {
+            let supported = e.capabilities().attention.map_or(Err("no attention on this engine".to_string()), |a| a.supports_attention(shape));
+            if let Err(r) = supported {
                 why_not.push(format!("{}: {r}", e.name()));
                 continue;
             }
@@ -232,14 +251,18 @@ impl PlacementPolicy {
     /// streamed (weights uploaded per layer, their stored bytes counted in the cost) if the
     /// engine can, else not at all (ops are then placed one by one). Returns the decision and
     /// whether the stack is streamed.
-    pub fn decide_stack(&self, engines: &[&dyn MatrixEngine], config: &crate::arch::Config, cost: &StackCost<'_>, budget: usize) -> (Decision, bool) {
+    pub fn decide_stack(&self, engines: &[&dyn MatrixEngine], layers: &[crate::plan::Layer], cost: &StackCost<'_>, budget: usize) -> (Decision, bool) {
         if self.backend == Backend::Cpu {
             return (Decision::cpu("--backend cpu"), false);
         }
         let n = cost.n;
         let mut why_not = Vec::new();
         for (i, e) in self.candidates(engines) {
-            if let Err(r) = e.supports_stack(config) {
+            let Some(stack) = e.capabilities().stack else {
+                why_not.push(format!("{}: no whole decoder stacks on this engine", e.name()));
+                continue;
+            };
+            if let Err(r) = stack.supports_stack(layers) {
                 why_not.push(format!("{}: {r}", e.name()));
                 continue;
             }
@@ -255,7 +278,7 @@ impl PlacementPolicy {
                 e.name(),
                 budget as f64 / GIB
             );
-            if streamed && !e.streams_stack() {
+            if streamed && !stack.streams_stack() {
                 why_not.push(format!("{over}: ops placed one by one"));
                 continue;
             }

@@ -5,13 +5,12 @@
 //! against. Chosen only with `--backend ref`, never by `auto`.
 
 use super::disk_cache::{DiskCache, Lookup};
-use super::{Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, WeightKey};
+use super::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use super::cache::bucket_for;
-use crate::arch::{Activation, Config};
-use crate::block::{run_block, BlockOps, StackInput};
+use crate::block::{run_on_host, BlockOps};
 use crate::cpu::ops::dot;
 use crate::kv_cache::KvCache;
-use crate::cpu::attention::AttnShape;
+use crate::plan::Layer;
 use half::f16;
 use crate::cpu::ops;
 use crate::weights::Weight;
@@ -134,9 +133,15 @@ impl MatrixEngine for ReferenceEngine {
         }
         Ok(())
     }
-    fn fuses_feed_forward(&self) -> bool {
-        true
+    fn prepared_bytes(&self, s: &MatmulShape) -> usize {
+        s.m * s.k * 4
     }
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities { feed_forward: Some(self), attention: Some(self), stack: Some(self) }
+    }
+}
+
+impl FusedFeedForward for ReferenceEngine {
     fn feed_forward(
         &self,
         keys: [&WeightKey; 3],
@@ -150,19 +155,13 @@ impl MatrixEngine for ReferenceEngine {
         let ff = ffn.gate.rows;
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
-        match ffn.activation {
-            Activation::Silu => ops::silu_mul(&mut gate, &up),
-            Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
-        }
+        ops::gated(ffn.activation, &mut gate, &up);
         self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
     }
-    fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
-        Ok(())
-    }
-    fn prepared_bytes(&self, s: &MatmulShape) -> usize {
-        s.m * s.k * 4
-    }
-    fn supports_stack(&self, _: &Config) -> Result<(), String> {
+}
+
+impl DecoderStack for ReferenceEngine {
+    fn supports_stack(&self, _: &[Layer]) -> Result<(), String> {
         if self.stacks {
             Ok(())
         } else {
@@ -176,8 +175,14 @@ impl MatrixEngine for ReferenceEngine {
         let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()), resident: input.weights_resident };
         // On a copy: a failure must leave x as it was.
         let mut y = x.to_vec();
-        (0..input.model.layers.len()).try_for_each(|il| run_block(&ops, input, il, &mut y, caches))?;
+        run_on_host(&ops, input, &mut y, caches)?;
         x.copy_from_slice(&y);
+        Ok(())
+    }
+}
+
+impl AttentionOp for ReferenceEngine {
+    fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
         Ok(())
     }
     fn attention(
@@ -246,17 +251,14 @@ impl BlockOps for RefOps<'_> {
             let ff = f.gate.rows;
             let (mut gate, mut up) = (vec![0f32; x.len() / f.gate.cols * ff], vec![0f32; x.len() / f.gate.cols * ff]);
             self.matmul_group(&[f.gate, f.up], x, &mut [&mut gate, &mut up])?;
-            match f.activation {
-                Activation::Silu => ops::silu_mul(&mut gate, &up),
-                Activation::GeluTanh => ops::gelu_mul(&mut gate, &up),
-            }
+            ops::gated(f.activation, &mut gate, &up);
             return self.matmul_group(&[f.down], &gate, &mut [out]);
         }
         let keys = f.weights().map(WeightKey::of);
-        self.engine.feed_forward([&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
+        FusedFeedForward::feed_forward(self.engine, [&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
     }
     fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
-        self.engine.attention(s, q, positions, kc, vc, out)
+        AttentionOp::attention(self.engine, s, q, positions, kc, vc, out)
     }
 }
 

@@ -1,0 +1,290 @@
+//! The layer plan: each decoder layer declared as named parts — a token mixer (full
+//! attention today; recurrent layers to come) and a feed-forward part (dense today;
+//! mixture of experts to come) with the norms around them. Architecture files build it
+//! from GGUF metadata ([`standard_layer`] serves the llama-like ones); everything that
+//! needs a layer's weights (placement, cost models, engines' stacks, the ANE planner,
+//! `calibrate`) walks [`Layer::groups`], [`Layer::weights`] or [`Layer::vectors`] by role,
+//! never by position.
+
+use crate::arch::{Activation, Config, RopeStyle};
+use crate::error::Result;
+use crate::matrix::{AttnShape, FeedForward};
+use crate::weights::{TensorSource, Weight};
+
+/// What a weight matrix does in its layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightRole {
+    /// Query projection.
+    AttnQ,
+    /// Key projection.
+    AttnK,
+    /// Value projection.
+    AttnV,
+    /// Attention output projection.
+    AttnOutput,
+    /// Feed-forward gate.
+    FfnGate,
+    /// Feed-forward up projection.
+    FfnUp,
+    /// Feed-forward down projection.
+    FfnDown,
+}
+
+/// What a small per-layer vector (norm weights, biases) does in its layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VectorRole {
+    /// RMSNorm before the token mixer.
+    AttnNorm,
+    /// Query bias.
+    QBias,
+    /// Key bias.
+    KBias,
+    /// Value bias.
+    VBias,
+    /// Per-head RMSNorm of the queries.
+    QNorm,
+    /// Per-head RMSNorm of the keys.
+    KNorm,
+    /// RMSNorm of the mixer's output before the residual add.
+    PostAttnNorm,
+    /// RMSNorm before the feed-forward part.
+    FfnNorm,
+    /// RMSNorm of the feed-forward output before the residual add.
+    PostFfnNorm,
+}
+
+/// A layer's vector by identity: engines that upload vectors address them this way.
+pub type VectorId = (usize, VectorRole);
+
+/// Weights that share one input and are dispatched together, in the order a block runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupName {
+    /// Q, K and V projections of the normed input.
+    AttnQkv,
+    /// The attention output projection.
+    AttnOutput,
+    /// Feed-forward gate and up projections.
+    FfnGateUp,
+    /// Feed-forward down projection.
+    FfnDown,
+}
+
+/// One op group of a layer.
+pub struct OpGroup<'a> {
+    /// Which group.
+    pub name: GroupName,
+    /// Its weights with their roles (all share one input width).
+    pub weights: Vec<(WeightRole, &'a Weight)>,
+}
+
+/// Which RoPE angles a layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeKind {
+    /// The full-attention base.
+    Global,
+    /// The sliding-window layers' base.
+    Local,
+}
+
+/// Full (grouped-query) attention with its options.
+pub struct Attention {
+    /// Query projection.
+    pub q: Weight,
+    /// Key projection.
+    pub k: Weight,
+    /// Value projection.
+    pub v: Weight,
+    /// Output projection.
+    pub output: Weight,
+    /// Q/K/V biases (qwen2).
+    pub q_bias: Option<Vec<f32>>,
+    /// Key bias.
+    pub k_bias: Option<Vec<f32>>,
+    /// Value bias.
+    pub v_bias: Option<Vec<f32>>,
+    /// Per-head RMSNorm on the queries (gemma3, qwen3).
+    pub q_norm: Option<Vec<f32>>,
+    /// Per-head RMSNorm on the keys.
+    pub k_norm: Option<Vec<f32>>,
+    /// Heads, head sizes and the sliding window.
+    pub shape: AttnShape,
+    /// Which RoPE angles.
+    pub rope: RopeKind,
+    /// How RoPE pairs dimensions.
+    pub rope_style: RopeStyle,
+    /// Rotated dimensions per head (≤ head_dim).
+    pub rope_dims: usize,
+    /// Scale applied to queries before attention.
+    pub scale: f32,
+}
+
+/// How a layer mixes information across tokens.
+pub enum Mixer {
+    /// Full attention over the KV cache.
+    Attention(Attention),
+}
+
+/// A dense gated feed-forward part: `down · (act(gate · x) ⊙ (up · x))`.
+pub struct DenseFfn {
+    /// Gate projection `[n_ff, n_embd]`.
+    pub gate: Weight,
+    /// Up projection `[n_ff, n_embd]`.
+    pub up: Weight,
+    /// Down projection `[n_embd, n_ff]`.
+    pub down: Weight,
+    /// Applied to the gate.
+    pub activation: Activation,
+}
+
+impl DenseFfn {
+    /// The block as engines take it.
+    pub fn block(&self) -> FeedForward<'_> {
+        FeedForward { gate: &self.gate, up: &self.up, down: &self.down, activation: self.activation }
+    }
+}
+
+/// A layer's feed-forward part.
+pub enum FeedForwardPart {
+    /// Dense gate/up/down.
+    Dense(DenseFfn),
+}
+
+/// One decoder layer: `x += post(mixer(norm(x)))`, then `x += post(ffn(norm(x)))`.
+pub struct Layer {
+    /// RMSNorm epsilon of every norm in the layer.
+    pub norm_eps: f32,
+    /// RMSNorm before the mixer.
+    pub attn_norm: Vec<f32>,
+    /// The token mixer.
+    pub mixer: Mixer,
+    /// RMSNorm on the mixer's output (gemma).
+    pub post_attn_norm: Option<Vec<f32>>,
+    /// RMSNorm before the feed-forward part.
+    pub ffn_norm: Vec<f32>,
+    /// The feed-forward part.
+    pub ffn: FeedForwardPart,
+    /// RMSNorm on the feed-forward output (gemma).
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+impl Layer {
+    /// Hidden size (the residual stream's width).
+    pub fn n_embd(&self) -> usize {
+        self.attn_norm.len()
+    }
+
+    /// The attention part (every layer has one today).
+    pub fn attention(&self) -> &Attention {
+        let Mixer::Attention(a) = &self.mixer;
+        a
+    }
+
+    /// The op groups in the order the block runs them.
+    pub fn groups(&self) -> Vec<OpGroup<'_>> {
+        use WeightRole::*;
+        let mut groups = Vec::with_capacity(4);
+        match &self.mixer {
+            Mixer::Attention(a) => {
+                groups.push(OpGroup { name: GroupName::AttnQkv, weights: vec![(AttnQ, &a.q), (AttnK, &a.k), (AttnV, &a.v)] });
+                groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &a.output)] });
+            }
+        }
+        match &self.ffn {
+            FeedForwardPart::Dense(f) => {
+                groups.push(OpGroup { name: GroupName::FfnGateUp, weights: vec![(FfnGate, &f.gate), (FfnUp, &f.up)] });
+                groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &f.down)] });
+            }
+        }
+        groups
+    }
+
+    /// Every weight matrix with its role.
+    pub fn weights(&self) -> impl Iterator<Item = (WeightRole, &Weight)> {
+        self.groups().into_iter().flat_map(|g| g.weights)
+    }
+
+    /// The weight playing `role`, if the layer has one.
+    pub fn weight(&self, role: WeightRole) -> Option<&Weight> {
+        self.weights().find(|(r, _)| *r == role).map(|(_, w)| w)
+    }
+
+    /// Every vector (norm weights, biases) the layer has, with its role.
+    pub fn vectors(&self) -> impl Iterator<Item = (VectorRole, &[f32])> {
+        use VectorRole::*;
+        let a = self.attention();
+        [
+            (AttnNorm, Some(&self.attn_norm)),
+            (QBias, a.q_bias.as_ref()),
+            (KBias, a.k_bias.as_ref()),
+            (VBias, a.v_bias.as_ref()),
+            (QNorm, a.q_norm.as_ref()),
+            (KNorm, a.k_norm.as_ref()),
+            (PostAttnNorm, self.post_attn_norm.as_ref()),
+            (FfnNorm, Some(&self.ffn_norm)),
+            (PostFfnNorm, self.post_ffn_norm.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(role, v)| v.map(|v| (role, v.as_slice())))
+    }
+
+    /// The vector playing `role`, if the layer has one.
+    pub fn vector(&self, role: VectorRole) -> Option<&[f32]> {
+        self.vectors().find(|(r, _)| *r == role).map(|(_, v)| v)
+    }
+}
+
+/// A llama-like layer as the config's options describe it: GQA attention (biases when the
+/// file has them, QK-norm, post-norms and sliding windows where the config says) and a
+/// dense gated feed-forward part.
+pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let b = |s: &str| format!("blk.{il}.{s}.bias");
+    let q_out = c.n_head * c.head_dim;
+    let k_out = c.n_head_kv * c.head_dim;
+    let v_out = c.n_head_kv * c.head_dim_v;
+    let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
+        if flag {
+            src.vector(&name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let local = c.swa_layers[il];
+    let attention = Attention {
+        q: src.matrix(&n("attn_q"), c.n_embd, q_out)?,
+        k: src.matrix(&n("attn_k"), c.n_embd, k_out)?,
+        v: src.matrix(&n("attn_v"), c.n_embd, v_out)?,
+        output: src.matrix(&n("attn_output"), c.n_head * c.head_dim_v, c.n_embd)?,
+        q_bias: src.optional_vector(&b("attn_q"), q_out)?,
+        k_bias: src.optional_vector(&b("attn_k"), k_out)?,
+        v_bias: src.optional_vector(&b("attn_v"), v_out)?,
+        q_norm: required_if(c.qk_norm, n("attn_q_norm"), c.head_dim)?,
+        k_norm: required_if(c.qk_norm, n("attn_k_norm"), c.head_dim)?,
+        shape: AttnShape {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            head_dim_v: c.head_dim_v,
+            window: if local { c.swa_window } else { None },
+        },
+        rope: if local { RopeKind::Local } else { RopeKind::Global },
+        rope_style: c.rope_style,
+        rope_dims: c.rope_dims,
+        scale: c.attn_scale,
+    };
+    let ffn = DenseFfn {
+        gate: src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?,
+        up: src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?,
+        down: src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?,
+        activation: c.activation,
+    };
+    Ok(Layer {
+        norm_eps: c.norm_eps,
+        attn_norm: src.vector(&n("attn_norm"), c.n_embd)?,
+        mixer: Mixer::Attention(attention),
+        post_attn_norm: required_if(c.post_norms, n("post_attention_norm"), c.n_embd)?,
+        ffn_norm: src.vector(&n("ffn_norm"), c.n_embd)?,
+        ffn: FeedForwardPart::Dense(ffn),
+        post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
+    })
+}
