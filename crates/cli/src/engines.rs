@@ -146,7 +146,7 @@ impl PlacementArgs {
     /// Build the dispatcher for `model`: policy, calibration, budgets.
     pub fn dispatcher(&self, model: &Model) -> Result<Dispatcher> {
         let calibration = match &self.calibration {
-            Some(p) => Some(Calibration::load(p).map_err(anyhow::Error::msg)?),
+            Some(p) => Some(Calibration::load(p)?),
             None => default_calibration_path().filter(|p| p.exists()).and_then(|p| Calibration::load(&p).ok()),
         };
         let policy = PlacementPolicy::new(

@@ -37,6 +37,14 @@ pub enum EngineError {
     /// A token id outside the vocabulary.
     #[error("token id {0} is outside the vocabulary ({1} tokens)")]
     BadToken(u32, usize),
+    /// A file of tandem's own (calibration, cache) cannot be read or written.
+    #[error("{path}: {what}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        what: String,
+    },
     /// Anything else the caller asked for that cannot be done.
     #[error("{0}")]
     Invalid(String),

@@ -2,6 +2,7 @@
 //! without downloading a model. Weights are uniform with std 1/sqrt(fan-in), norms are 1,
 //! and the vocabulary is a minimal SentencePiece one (control tokens, 256 byte tokens, fillers).
 
+use crate::error::EngineError;
 use gguf::{Array, GgmlType, GgufWriter, Value};
 use rayon::prelude::*;
 
@@ -61,7 +62,11 @@ impl RandomModelSpec {
     /// The preset names.
     pub const PRESETS: [&'static str; 5] = ["llama3-8b", "llama2-7b", "llama3-1b", "smollm2-135m", "tiny"];
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), EngineError> {
+        self.check_shape().map_err(EngineError::Invalid)
+    }
+
+    fn check_shape(&self) -> Result<(), String> {
         let bs = self.ty.block_size();
         if !["llama", "gemma3"].contains(&self.arch.as_str()) {
             return Err(format!("gen-model supports the llama and gemma3 architectures, not '{}'", self.arch));
@@ -86,7 +91,7 @@ impl RandomModelSpec {
     }
 
     /// Build the file in memory.
-    pub fn build(&self) -> Result<GgufWriter, String> {
+    pub fn build(&self) -> Result<GgufWriter, EngineError> {
         self.check()?;
         let mut w = GgufWriter::new();
         let a = self.arch.as_str();
@@ -144,7 +149,7 @@ impl RandomModelSpec {
             .map(|(i, (_, cols, rows))| self.random_matrix(i as u64, *cols, *rows))
             .collect();
         for ((name, cols, rows), data) in mats.iter().zip(datas) {
-            w.add_tensor(name, &[*cols as u64, *rows as u64], self.ty, data).map_err(|e| e.to_string())?;
+            w.add_tensor(name, &[*cols as u64, *rows as u64], self.ty, data).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
         for (i, (name, n)) in vecs.into_iter().enumerate() {
@@ -155,7 +160,7 @@ impl RandomModelSpec {
                     (0.5 + (st >> 40) as f32 / (1u64 << 24) as f32).to_le_bytes()
                 })
                 .collect();
-            w.add_tensor(&name, &[n as u64], GgmlType::F32, data).map_err(|e| e.to_string())?;
+            w.add_tensor(&name, &[n as u64], GgmlType::F32, data).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
         Ok(w)
     }

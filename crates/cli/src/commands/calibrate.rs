@@ -80,7 +80,7 @@ pub fn main(a: Args) -> Result<()> {
         Ok(())
     })?;
     let path = a.output.or_else(default_calibration_path).ok_or_else(|| anyhow!("no HOME: pass -o FILE"))?;
-    cal.save(&path).map_err(anyhow::Error::msg)?;
+    cal.save(&path)?;
     for e in &cal.entries {
         println!("{:<6} {:>6}x{:<6} {:<5} crossover N = {}", e.engine, e.m, e.k, e.ty, e.crossover_n.map_or("never".into(), |n| n.to_string()));
     }

@@ -63,7 +63,7 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(v) = a.vocab { spec.vocab = v; }
     if let Some(v) = a.ctx { spec.ctx = v; }
     let t0 = std::time::Instant::now();
-    let writer = spec.build().map_err(|e| anyhow!(e))?;
+    let writer = spec.build()?;
     writer.write_file(&a.output).map_err(|e| anyhow!("cannot write {}: {e}", a.output.display()))?;
     eprintln!("wrote {} ({:?}) in {:.1} s", a.output.display(), spec, t0.elapsed().as_secs_f64());
     Ok(())

@@ -4,6 +4,7 @@
 
 use crate::engines::PlacementArgs;
 use crate::load;
+use engine::matrix::policy::Backend;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -25,7 +26,7 @@ pub fn run(model: &Path, threads: usize, placement: &PlacementArgs, ns: &[usize]
     let mut points = Vec::new();
     for engine in engines {
         // Every matmul of every N on this engine alone: min batch 1, no calibration.
-        let forced = PlacementArgs { backend: engine.clone(), offload_min_batch: 1, calibration: None, ..placement.clone() };
+        let forced = PlacementArgs { backend: Backend::parse(&engine), offload_min_batch: 1, calibration: None, ..placement.clone() };
         let (runner, _) = load::model(model, threads, &forced)?;
         for &n in ns {
             let mut best = 0f64;

@@ -2,6 +2,7 @@
 //! where the matmul runs and say why. One object, unit-tested; nothing else decides.
 
 use super::{Availability, MatmulShape, MatrixEngine};
+use crate::error::EngineError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -105,23 +106,27 @@ pub struct CalibrationEntry {
 
 impl Calibration {
     /// Read a calibration file; a corrupt file is an error naming it.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a calibration file: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        serde_json::from_str(&text).map_err(|e| file_error(path, format!("not a calibration file: {e}")))
     }
 
     /// Write it.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
         }
         let text = serde_json::to_string_pretty(self).expect("serializable");
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(path, text).map_err(|e| file_error(path, e))
     }
 
     fn index(&self) -> HashMap<(String, usize, usize, String), Option<usize>> {
         self.entries.iter().map(|e| ((e.engine.clone(), e.m, e.k, e.ty.clone()), e.crossover_n)).collect()
     }
+}
+
+fn file_error(path: &Path, what: impl std::fmt::Display) -> EngineError {
+    EngineError::File { path: path.display().to_string(), what: what.to_string() }
 }
 
 /// The policy: backend choice, minimum batch, optional calibration, CPU speed for the cost model.
