@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod block;
+pub mod conformance;
 pub mod cpu;
 pub mod error;
 pub mod forward;

@@ -1,7 +1,8 @@
 //! On a GPU machine: every supported weight format × shapes against the CPU reference,
-//! a whole (tiny, random) model through the dispatcher, then the matmul benchmark.
+//! a whole (tiny, random) model through the dispatcher, the conformance suite every engine
+//! runs (`engine::conformance`), then the matmul benchmark.
 //!
-//!     gpu_check [--check] [--bench] [--e2e [--e2e-q4k]] [--quick] [--kernel-cache DIR]      (no flag: all three)
+//!     gpu_check [--check] [--conformance] [--bench] [--e2e [--e2e-q4k]] [--quick] [--kernel-cache DIR]      (no flag: all four)
 //!     gpu_check --real MODEL.gguf      (a real model: teacher-forced greedy tokens, card vs CPU)
 //!
 //! Exits non-zero when any check fails or the engine is unavailable.
@@ -47,8 +48,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let has = |f: &str| args.iter().any(|a| a == f);
     let quick = has("--quick");
-    let (check, bench, e2e) = match (has("--check"), has("--bench"), has("--e2e")) {
-        (false, false, false) => (true, true, true),
+    let (check, conformance, bench, e2e) = match (has("--check"), has("--conformance"), has("--bench"), has("--e2e")) {
+        (false, false, false, false) => (true, true, true, true),
         other => other,
     };
     // --kernel-cache DIR: the compiled kernels come from (and go to) DIR.
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
         return if real::run(std::path::Path::new(model), text) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let t = std::time::Instant::now();
-    let engine = CudaEngine::new(CudaOptions { kernel_cache, ..Default::default() });
+    let engine = CudaEngine::new(CudaOptions { kernel_cache: kernel_cache.clone(), ..Default::default() });
     let _ = engine.availability();
     println!("start-up (context, cuBLAS, kernels): {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     if let Availability::Unavailable(why) = engine.availability() {
@@ -85,6 +86,9 @@ fn main() -> ExitCode {
             println!("\nvariant: {name}");
             failures += check_formats(&e, true);
         }
+    }
+    if conformance {
+        failures += check_conformance(kernel_cache);
     }
     if bench {
         bench::run(&engine, quick);
@@ -197,7 +201,6 @@ fn check_feed_forward(e: &CudaEngine) -> usize {
     for w in [&gate, &up, &down] {
         prepare(e, w);
     }
-    let (gf, uf, df) = (dequantized(&gate), dequantized(&up), dequantized(&down));
     let mut failures = 0;
     println!();
     for activation in [Activation::Silu, Activation::GeluTanh] {
@@ -211,22 +214,7 @@ fn check_feed_forward(e: &CudaEngine) -> usize {
                 failures += 1;
                 continue;
             }
-            let (g, _) = reference(&gf, ff, k, &x, n);
-            let (u, _) = reference(&uf, ff, k, &x, n);
-            let mid: Vec<f32> = g
-                .iter()
-                .zip(&u)
-                .map(|(&g, &u)| {
-                    let g = g as f64;
-                    let a = match activation {
-                        Activation::Silu => g / (1.0 + (-g).exp()),
-                        Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_560_802_865_4 * g * (1.0 + 0.044715 * g * g)).tanh()),
-                    };
-                    (a * u as f64) as f32
-                })
-                .collect();
-            let (want, scale) = reference(&df, m, ff, &mid, n);
-            let err = rel_err_scaled(&out, &want, scale);
+            let err = rel_err(&out, &engine::conformance::feed_forward_reference(&ffn, &x, n));
             let ok = err < TOL;
             failures += usize::from(!ok);
             println!("feed-forward {activation:?} (K {k}, FF {ff}, M {m}) N={n:>4}: rel err {err:.2e}  {}", if ok { "ok" } else { "FAIL" });
@@ -236,6 +224,15 @@ fn check_feed_forward(e: &CudaEngine) -> usize {
         e.evict(&key(w), 0);
     }
     failures
+}
+
+/// The conformance suite on a fresh engine (default options) through the dispatcher: the
+/// cases the CPU, reference and ane-sim engines pass in CI. Returns the failed cases.
+fn check_conformance(kernel_cache: Option<std::path::PathBuf>) -> usize {
+    let engine: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { kernel_cache, ..Default::default() }));
+    let report = engine::conformance::run(engine, &engine::conformance::Options::default());
+    println!("\n{report}");
+    report.failures().len()
 }
 
 /// Causal attention on the card against the CPU's (itself tested against an f64 reference):
