@@ -323,15 +323,7 @@ impl MatrixEngine for CudaEngine {
         self.weights.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
-    fn matmul(
-        &self,
-        keys: &[&WeightKey],
-        weights: &[&Weight],
-        _bucket: usize,
-        x: &[f32],
-        n: usize,
-        outs: &mut [&mut [f32]],
-    ) -> Result<(), EngineFailure> {
+    fn matmul(&self, keys: &[&WeightKey], weights: &[&Weight], _bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
         if keys.is_empty() || keys.len() != weights.len() || outs.len() != weights.len() {
             return Err(fail("a group needs one key and one output per weight"));
         }

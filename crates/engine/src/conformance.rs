@@ -18,11 +18,9 @@ use crate::matrix::cache::CacheBudget;
 use crate::matrix::policy::{Backend, PlacementPolicy};
 use crate::matrix::stats::{EngineStats, Stats};
 use crate::matrix::{
-    AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, Dispatcher, EngineFailure, FeedForward, FusedFeedForward,
-    MatmulShape, MatrixEngine, StackInput, WeightKey,
+    AttnShape, Availability, Dispatcher, EngineFailure, FeedForward, MatmulShape, MatrixEngine,
 };
-use crate::kv_cache::KvCache;
-use crate::plan::Layer;
+use crate::matrix::wrap::{OpHook, Wrapped};
 use crate::random_model::RandomModelSpec;
 use crate::weights::{TensorSource, Weight};
 use crate::{Model, Runner};
@@ -314,14 +312,14 @@ impl<'a> Ctx<'a> {
             return Err(format!("{} is unavailable: {why}", engine.name()));
         }
         let budget = CacheBudget { memory_bytes: engine.memory_budget().unwrap_or(usize::MAX), ..CacheBudget::default() };
-        let engine = Arc::new(UnderTest::new(engine));
+        let engine = Arc::new(under_test(engine));
         let dispatcher = Self::dispatcher(&engine, budget)?;
         Ok(Ctx { engine, dispatcher, budget, opts, weights: HashMap::new(), matmul_data: HashMap::new(), files: Vec::new() })
     }
 
     /// A dispatcher that places every op `engine` supports on it, whatever N.
     fn dispatcher(engine: &Arc<UnderTest>, budget: CacheBudget) -> Result<Dispatcher, String> {
-        let policy = PlacementPolicy::new(Backend::Named(engine.name.clone()), 1, None, SLOW_CPU);
+        let policy = PlacementPolicy::new(Backend::Named(engine.name().to_string()), 1, None, SLOW_CPU);
         Dispatcher::new(vec![engine.clone() as Arc<dyn MatrixEngine>], policy, budget, false).map_err(|e| e.to_string())
     }
 
@@ -371,7 +369,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn feed_forward(&mut self, activation: Activation, n: usize) -> Result<f64, Verdict> {
-        if self.engine.inner.capabilities().feed_forward.is_none() {
+        if self.engine.inner().capabilities().feed_forward.is_none() {
             return Err(Verdict::Lacks("no FusedFeedForward".into()));
         }
         let (k, ff) = FFN_DIMS;
@@ -389,7 +387,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn attention(&self, shape: &AttnShape, pos0: usize, n: usize) -> Result<f64, Verdict> {
-        let op = self.engine.inner.capabilities().attention.ok_or_else(|| Verdict::Lacks("no AttentionOp".into()))?;
+        let op = self.engine.inner().capabilities().attention.ok_or_else(|| Verdict::Lacks("no AttentionOp".into()))?;
         op.supports_attention(shape).map_err(|why| Verdict::Lacks(format!("unsupported: {why}")))?;
         let (ctx, kvd, vd) = (pos0 + n, shape.n_head_kv * shape.head_dim, shape.n_head_kv * shape.head_dim_v);
         let seed = seed_of(&format!("{shape:?} {pos0} {n}"));
@@ -408,7 +406,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn stack(&mut self, arch: &str, ty: GgmlType) -> Result<f64, Verdict> {
-        let stack = self.engine.inner.capabilities().stack.ok_or_else(|| Verdict::Lacks("no DecoderStack".into()))?;
+        let stack = self.engine.inner().capabilities().stack.ok_or_else(|| Verdict::Lacks("no DecoderStack".into()))?;
         let spec = RandomModelSpec { arch: arch.into(), ..RandomModelSpec::preset("tiny", ty).expect("the tiny preset exists") };
         let bytes = spec.build().map_err(|e| fail(format!("random model: {e}")))?.to_bytes();
         let file = Arc::new(GgufFile::from_bytes(bytes).map_err(|e| fail(format!("random model: {e}")))?);
@@ -423,9 +421,9 @@ impl<'a> Ctx<'a> {
         let dispatcher = Self::dispatcher(&self.engine, self.budget).map_err(fail)?;
         let runner = Runner::with_dispatcher(model, THREADS, dispatcher).map_err(|e| fail(e.to_string()))?;
         let got = session(&runner)?;
-        let s = snapshot(&runner.dispatcher.stats, &self.engine.name);
+        let s = snapshot(&runner.dispatcher.stats, self.engine.name());
         if s.failures > 0 {
-            return Err(fail(format!("the engine failed {} stack(s), recomputed on the CPU: {}", s.failures, self.engine.take_failure())));
+            return Err(fail(format!("the engine failed {} stack(s), recomputed on the CPU: {}", s.failures, self.engine.hook().take())));
         }
         if s.blocks != SESSION_CALLS * n_layer as u64 {
             return Err(fail(format!("{} of {SESSION_CALLS} batches ran as a stack on the engine", s.blocks / n_layer as u64)));
@@ -478,7 +476,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn stats(&self) -> EngineStats {
-        snapshot(&self.dispatcher.stats, &self.engine.name)
+        snapshot(&self.dispatcher.stats, self.engine.name())
     }
 
     /// Ok when the op just dispatched ran on the engine: `count` grew by `want` and the
@@ -486,7 +484,7 @@ impl<'a> Ctx<'a> {
     fn ran_on_engine(&self, before: &EngineStats, count: fn(&EngineStats) -> u64, want: u64) -> Result<(), Verdict> {
         let after = self.stats();
         if after.failures > before.failures {
-            return Err(fail(format!("the engine failed it, recomputed on the CPU: {}", self.engine.take_failure())));
+            return Err(fail(format!("the engine failed it, recomputed on the CPU: {}", self.engine.hook().take())));
         }
         if count(&after) - count(before) != want {
             return Err(fail("placed on the CPU, not on the engine"));
@@ -659,103 +657,26 @@ pub fn attention_reference(s: &AttnShape, q: &[f32], positions: &[usize], k: &[f
 }
 
 /// The engine under test, renamed so that its work is counted apart from the CPU's
-/// fallback, keeping its last failure's reason for the report.
-struct UnderTest {
-    inner: Arc<dyn MatrixEngine>,
-    name: String,
-    failure: Mutex<Option<String>>,
+/// fallback; its hook keeps the last failure's reason for the report.
+type UnderTest = Wrapped<LastFailure>;
+
+fn under_test(inner: Arc<dyn MatrixEngine>) -> UnderTest {
+    let name = format!("{} (under test)", inner.name());
+    Wrapped::with_hook(inner, name, LastFailure::default())
 }
 
-impl UnderTest {
-    fn new(inner: Arc<dyn MatrixEngine>) -> Self {
-        let name = format!("{} (under test)", inner.name());
-        UnderTest { inner, name, failure: Mutex::new(None) }
-    }
+/// Remembers the last failure.
+#[derive(Default)]
+struct LastFailure(Mutex<Option<String>>);
 
-    /// `r`, its failure remembered and renamed to this engine.
-    fn record<T>(&self, r: Result<T, EngineFailure>) -> Result<T, EngineFailure> {
-        r.map_err(|f| {
-            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.to_string());
-            EngineFailure { engine: self.name.clone(), what: f.what }
-        })
-    }
-
-    fn take_failure(&self) -> String {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "no reason given".into())
-    }
-
-    fn missing(&self, what: &str) -> EngineFailure {
-        EngineFailure { engine: self.name.clone(), what: format!("no {what}") }
+impl OpHook for LastFailure {
+    fn failed(&self, f: &EngineFailure) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.to_string());
     }
 }
 
-impl MatrixEngine for UnderTest {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn availability(&self) -> Availability {
-        self.inner.availability()
-    }
-    fn supports(&self, shape: &MatmulShape) -> Result<(), String> {
-        self.inner.supports(shape)
-    }
-    fn n_buckets(&self) -> Option<&[usize]> {
-        self.inner.n_buckets()
-    }
-    fn memory_budget(&self) -> Option<usize> {
-        self.inner.memory_budget()
-    }
-    fn throughput_hint(&self) -> (f64, f64) {
-        self.inner.throughput_hint()
-    }
-    fn prepare(&self, key: &WeightKey, w: &Weight, bucket: usize) -> Result<usize, EngineFailure> {
-        self.record(self.inner.prepare(key, w, bucket))
-    }
-    fn evict(&self, key: &WeightKey, bucket: usize) {
-        self.inner.evict(key, bucket)
-    }
-    fn prepared_bytes(&self, shape: &MatmulShape) -> usize {
-        self.inner.prepared_bytes(shape)
-    }
-    fn matmul(&self, keys: &[&WeightKey], ws: &[&Weight], bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
-        self.record(self.inner.matmul(keys, ws, bucket, x, n, outs))
-    }
-    fn capabilities(&self) -> Capabilities<'_> {
-        let inner = self.inner.capabilities();
-        Capabilities {
-            feed_forward: inner.feed_forward.map(|_| self as &dyn FusedFeedForward),
-            attention: inner.attention.map(|_| self as &dyn AttentionOp),
-            stack: inner.stack.map(|_| self as &dyn DecoderStack),
-        }
-    }
-}
-
-impl FusedFeedForward for UnderTest {
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
-        let op = self.inner.capabilities().feed_forward.ok_or_else(|| self.missing("FusedFeedForward"))?;
-        self.record(op.feed_forward(keys, ffn, bucket, x, n, out))
-    }
-}
-
-impl AttentionOp for UnderTest {
-    fn supports_attention(&self, shape: &AttnShape) -> Result<(), String> {
-        self.inner.capabilities().attention.map_or(Err("no AttentionOp".into()), |op| op.supports_attention(shape))
-    }
-    fn attention(&self, shape: &AttnShape, q: &[f32], positions: &[usize], k: &[f16], v: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
-        let op = self.inner.capabilities().attention.ok_or_else(|| self.missing("AttentionOp"))?;
-        self.record(op.attention(shape, q, positions, k, v, out))
-    }
-}
-
-impl DecoderStack for UnderTest {
-    fn supports_stack(&self, layers: &[Layer]) -> Result<(), String> {
-        self.inner.capabilities().stack.map_or(Err("no DecoderStack".into()), |op| op.supports_stack(layers))
-    }
-    fn streams_stack(&self) -> bool {
-        self.inner.capabilities().stack.is_some_and(|op| op.streams_stack())
-    }
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
-        let op = self.inner.capabilities().stack.ok_or_else(|| self.missing("DecoderStack"))?;
-        self.record(op.stack(input, x, caches))
+impl LastFailure {
+    fn take(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "no reason given".into())
     }
 }

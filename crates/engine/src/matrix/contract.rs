@@ -149,15 +149,7 @@ pub trait MatrixEngine: Send + Sync {
     }
     /// `outs[i][t * M_i + m] = Σ_k x[t, k] · W_i[m, k]` for weights prepared under `keys`
     /// (all sharing K), `n` tokens padded to `bucket` as the engine needs.
-    fn matmul(
-        &self,
-        keys: &[&WeightKey],
-        weights: &[&Weight],
-        bucket: usize,
-        x: &[f32],
-        n: usize,
-        outs: &mut [&mut [f32]],
-    ) -> Result<(), EngineFailure>;
+    fn matmul(&self, keys: &[&WeightKey], weights: &[&Weight], bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure>;
     /// The larger units this engine runs besides matmuls (none by default).
     fn capabilities(&self) -> Capabilities<'_> {
         Capabilities::default()

@@ -29,15 +29,7 @@ impl MatrixEngine for CpuEngine {
         Ok(0)
     }
     fn evict(&self, _: &WeightKey, _: usize) {}
-    fn matmul(
-        &self,
-        _: &[&WeightKey],
-        weights: &[&Weight],
-        _: usize,
-        x: &[f32],
-        _: usize,
-        outs: &mut [&mut [f32]],
-    ) -> Result<(), EngineFailure> {
+    fn matmul(&self, _: &[&WeightKey], weights: &[&Weight], _: usize, x: &[f32], _: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
         for (w, out) in weights.iter().zip(outs.iter_mut()) {
             matmul(w, x, out);
         }

@@ -19,6 +19,7 @@ pub mod fault;
 pub mod policy;
 pub mod reference;
 pub mod stats;
+pub mod wrap;
 
 pub use contract::*;
 pub use dispatch::Dispatcher;

@@ -112,15 +112,7 @@ impl MatrixEngine for ReferenceEngine {
     fn evict(&self, key: &WeightKey, bucket: usize) {
         self.prepared.lock().unwrap_or_else(|e| e.into_inner()).remove(&(key.clone(), bucket));
     }
-    fn matmul(
-        &self,
-        keys: &[&WeightKey],
-        weights: &[&Weight],
-        bucket: usize,
-        x: &[f32],
-        n: usize,
-        outs: &mut [&mut [f32]],
-    ) -> Result<(), EngineFailure> {
+    fn matmul(&self, keys: &[&WeightKey], weights: &[&Weight], bucket: usize, x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
         for ((key, w), out) in keys.iter().zip(weights).zip(outs.iter_mut()) {
             let wf = self
                 .prepared
