@@ -1,9 +1,22 @@
-//! Prompt → tokens: prefill in batches, then decode one token at a time.
+//! Prompt → tokens → text, the one loop `tandem run`, `tandem chat` and the server's slots share:
+//!
+//! * [`prefill`] / [`prefill_while`] run a prompt in equal chunks of at most `batch` tokens
+//!   ([`chunk_size`]), so no short tail chunk takes a different CPU kernel than another
+//!   caller's split of the same prompt would;
+//! * [`Generation`] is one request's per-token state machine: given logits it samples and
+//!   decides (stream this text and feed this token, or stop and why), with the stop rules,
+//!   stop strings and UTF-8-safe streaming in one place. It never runs the model, so the
+//!   server can batch many requests' forward passes;
+//! * [`generate`] drives both for one request on one cache (the CLI's loop).
+
+mod step;
+mod stop;
+
+pub use step::{Generation, Step, StopRules};
 
 use crate::error::{EngineError, Result};
 use crate::forward::Runner;
 use crate::kv_cache::KvCache;
-use crate::sampler::Sampler;
 use std::time::{Duration, Instant};
 
 /// Timings of one generation.
@@ -35,16 +48,41 @@ impl GenerationStats {
 pub enum StopReason {
     /// An end-of-generation token was sampled.
     EndOfGeneration,
+    /// A stop string was generated.
+    StopString,
     /// The requested number of tokens was reached.
     Length,
     /// The context is full.
     ContextFull,
-    /// The callback asked to stop.
+    /// The caller asked to stop.
     Cancelled,
 }
 
-/// Run the prompt through the model in batches of `batch` tokens; return the logits of its last token.
+/// The size of the fewest equal chunks of at most `max` that `len` items split into
+/// (`items.chunks(chunk_size(items.len(), max))`). Equal, because a short tail chunk can
+/// take another kernel (e.g. the CPU's per-row dots instead of its tiled ones) and so
+/// other float sums than the same tokens split by someone else.
+pub fn chunk_size(len: usize, max: usize) -> usize {
+    let max = max.max(1);
+    len.div_ceil(len.div_ceil(max).max(1)).max(1)
+}
+
+/// Run the prompt through the model in equal chunks of at most `batch` tokens; return the
+/// logits of its last token.
 pub fn prefill(runner: &Runner, cache: &mut KvCache, prompt: &[u32], batch: usize) -> Result<Vec<f32>> {
+    let logits = prefill_while(runner, cache, prompt, batch, &mut || true)?;
+    Ok(logits.expect("a prefill that is never cancelled finishes"))
+}
+
+/// [`prefill`], asking `keep_going` before each chunk: None when it said no (the cache then
+/// holds the chunks run so far).
+pub fn prefill_while(
+    runner: &Runner,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    batch: usize,
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Result<Option<Vec<f32>>> {
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty (no tokens to start from)".into()));
     }
@@ -52,55 +90,73 @@ pub fn prefill(runner: &Runner, cache: &mut KvCache, prompt: &[u32], batch: usiz
     if needed > cache.n_ctx() {
         return Err(EngineError::ContextFull { tokens: needed, ctx: cache.n_ctx() });
     }
+    let size = chunk_size(prompt.len(), batch);
+    let last = (prompt.len() - 1) / size;
     let mut logits = Vec::new();
-    let chunks: Vec<&[u32]> = prompt.chunks(batch.max(1)).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let rows = if i + 1 == chunks.len() { chunk.len() - 1..chunk.len() } else { 0..0 };
+    for (i, chunk) in prompt.chunks(size).enumerate() {
+        if !keep_going() {
+            return Ok(None);
+        }
+        let rows = if i == last { chunk.len() - 1..chunk.len() } else { 0..0 };
         logits = runner.forward(cache, chunk, rows)?;
     }
-    Ok(logits)
+    Ok(Some(logits))
 }
 
-/// Generate up to `n_predict` tokens (negative: until end of generation or a full context)
-/// after `prompt`, calling `on_token` for each; it returns false to stop.
+/// Prefill `prompt`, then step `gen` and run its tokens one at a time until it stops,
+/// handing each piece of text to `on_text` (false: stop, [`StopReason::Cancelled`]).
 pub fn generate(
     runner: &Runner,
     cache: &mut KvCache,
     prompt: &[u32],
     batch: usize,
-    n_predict: i64,
-    sampler: &mut Sampler,
-    is_eog: &dyn Fn(u32) -> bool,
-    on_token: &mut dyn FnMut(u32) -> bool,
+    gen: &mut Generation,
+    on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(StopReason, GenerationStats)> {
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
     let t0 = Instant::now();
     let mut logits = prefill(runner, cache, prompt, batch)?;
     stats.prompt_time = t0.elapsed();
-    for &t in prompt {
-        sampler.accept(t);
-    }
+    gen.accept_prompt(prompt);
     let t1 = Instant::now();
+    let first = gen.tokens().len();
     let reason = loop {
-        if n_predict >= 0 && stats.generated_tokens as i64 >= n_predict {
-            break StopReason::Length;
+        match gen.step(&logits, cache) {
+            Step::Continue { token, text } => {
+                if !on_text(&text) {
+                    break StopReason::Cancelled;
+                }
+                logits = runner.forward(cache, &[token], 0..1)?;
+            }
+            Step::Done { reason, text } => {
+                on_text(&text);
+                break reason;
+            }
         }
-        let token = sampler.sample(&logits);
-        if is_eog(token) {
-            break StopReason::EndOfGeneration;
-        }
-        stats.generated_tokens += 1;
-        if !on_token(token) {
-            break StopReason::Cancelled;
-        }
-        if cache.len() >= cache.n_ctx() {
-            break StopReason::ContextFull;
-        }
-        if n_predict >= 0 && stats.generated_tokens as i64 >= n_predict {
-            break StopReason::Length;
-        }
-        logits = runner.forward(cache, &[token], 0..1)?;
     };
+    stats.generated_tokens = gen.tokens().len() - first;
     stats.generation_time = t1.elapsed();
     Ok((reason, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn chunks_are_equal_and_at_most_max() {
+        for len in 1..300 {
+            for max in 1..70 {
+                let size = chunk_size(len, max);
+                let n = len.div_ceil(size);
+                assert!(size <= max, "len {len} max {max}: size {size}");
+                assert_eq!(n, len.div_ceil(max), "len {len} max {max}: fewest chunks");
+                // The tail is short of the others by less than one token per chunk.
+                assert!(size * n - len < n, "len {len} max {max}: size {size} leaves a short tail");
+            }
+        }
+        assert_eq!(chunk_size(0, 8), 1);
+        assert_eq!(chunk_size(5, 0), 1);
+        assert_eq!(chunk_size(600, 512), 300);
+    }
 }

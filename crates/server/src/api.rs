@@ -4,6 +4,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use engine::generate::StopRules;
 use engine::sampler::SamplerConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -168,14 +169,10 @@ pub struct DetokenizeRequest {
 /// What generation does with a request once its prompt is tokenized.
 #[derive(Debug, Clone)]
 pub struct GenParams {
-    /// Most tokens to generate (None: until end of generation or a full context).
-    pub max_tokens: Option<usize>,
     /// Sampling.
     pub sampler: SamplerConfig,
-    /// Stop strings (not included in the output).
-    pub stop: Vec<String>,
-    /// Keep going past end-of-generation tokens.
-    pub ignore_eos: bool,
+    /// Token limit, end-of-generation rule, stop strings.
+    pub rules: StopRules,
 }
 
 /// Most stop strings per request.
@@ -245,7 +242,7 @@ impl CommonFields {
             return Err(ApiError::bad("invalid_value", format!("at most {MAX_STOPS} stop strings")));
         }
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        Ok(GenParams { max_tokens, sampler, stop, ignore_eos: self.ignore_eos })
+        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop } })
     }
 
     /// Whether a streamed response ends with a usage chunk.

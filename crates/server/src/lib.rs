@@ -6,14 +6,15 @@
 //!   every active slot's step into one `forward_batch`; a bounded queue (503 when full);
 //!   cancellation when a client goes away.
 //! * [`template`] — chat templates (the GGUF's, with minijinja, or a built-in one).
-//! * [`api`] — request validation and OpenAI-style errors; [`stop`] — stop strings;
-//!   [`metrics`] — Prometheus counters.
+//! * [`api`] — request validation and OpenAI-style errors; [`metrics`] — Prometheus counters.
+//!
+//! Sampling, stop rules and streamed text are the engine's [`engine::generate::Generation`],
+//! the same one `tandem run` and `tandem chat` drive.
 
 pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod scheduler;
-pub mod stop;
 pub mod template;
 
 use anyhow::{Context, Result};

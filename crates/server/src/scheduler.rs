@@ -13,8 +13,8 @@
 
 use crate::api::GenParams;
 use crate::metrics::{add_time, Metrics};
-use crate::stop::StopMatcher;
 use engine::forward::Sequence;
+use engine::generate::{chunk_size, prefill_while, Generation, Step, StopReason};
 use engine::kv_cache::KvCache;
 use engine::sampler::Sampler;
 use engine::Runner;
@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokenizer::{StreamDecoder, Tokenizer};
+use tokenizer::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Sizes.
@@ -60,6 +60,16 @@ pub enum FinishReason {
     Length,
     /// The client went away or the server is shutting down.
     Cancelled,
+}
+
+impl From<StopReason> for FinishReason {
+    fn from(r: StopReason) -> Self {
+        match r {
+            StopReason::EndOfGeneration | StopReason::StopString => FinishReason::Stop,
+            StopReason::Length | StopReason::ContextFull => FinishReason::Length,
+            StopReason::Cancelled => FinishReason::Cancelled,
+        }
+    }
 }
 
 impl FinishReason {
@@ -285,36 +295,21 @@ fn prefill_loop(shared: &Shared, runner: &Runner, ready: mpsc::Sender<Ready>) {
         };
         cache.truncate(0);
         let t0 = Instant::now();
-        let mut logits = Vec::new();
-        let mut outcome = Ok(true);
-        // Equal chunks: no short tail chunk taking a different kernel than `tandem run`'s.
-        let size = job.prompt.len().div_ceil(job.prompt.len().div_ceil(shared.cfg.chunk).max(1)).max(1);
-        let n_chunks = job.prompt.len().div_ceil(size);
-        for (i, chunk) in job.prompt.chunks(size).enumerate() {
-            if job.gone() || shared.abort.load(Relaxed) {
-                outcome = Ok(false);
-                break;
-            }
-            let rows = if i + 1 == n_chunks { chunk.len() - 1..chunk.len() } else { 0..0 };
-            match runner.forward(&mut cache, chunk, rows) {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
+        // The same chunks as `tandem run`'s, so the same kernels and the same tokens.
+        let outcome = prefill_while(runner, &mut cache, &job.prompt, shared.cfg.chunk, &mut || {
+            !job.gone() && !shared.abort.load(Relaxed)
+        });
         add_time(&shared.metrics.prefill_ns, t0.elapsed());
         shared.metrics.prompt_tokens.fetch_add(cache.len() as u64, Relaxed);
         match outcome {
-            Ok(true) => {
+            Ok(Some(logits)) => {
                 if let Err(mpsc::SendError(r)) = ready.send(Ready { job, cache, logits }) {
                     let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: r.job.prompt.len(), completion_tokens: 0 };
                     let _ = r.job.tx.send(Event::Done(finish));
                     shared.give_back(r.cache);
                 }
             }
-            Ok(false) => {
+            Ok(None) => {
                 shared.metrics.cancelled.fetch_add(1, Relaxed);
                 let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: job.prompt.len(), completion_tokens: 0 };
                 let _ = job.tx.send(Event::Done(finish));
@@ -332,84 +327,51 @@ fn prefill_loop(shared: &Shared, runner: &Runner, ready: mpsc::Sender<Ready>) {
 struct Slot<'t> {
     job: Job,
     cache: KvCache,
-    sampler: Sampler,
-    decoder: StreamDecoder<'t>,
-    stop: StopMatcher,
+    gen: Generation<'t>,
     logits: Vec<f32>,
     next: u32,
-    generated: usize,
     done: bool,
 }
 
 impl<'t> Slot<'t> {
     fn new(r: Ready, tok: &'t Tokenizer) -> Self {
-        let mut sampler = Sampler::new(r.job.params.sampler.clone());
-        for &t in &r.job.prompt {
-            sampler.accept(t);
-        }
-        let stop = StopMatcher::new(r.job.params.stop.clone());
-        Slot {
-            job: r.job,
-            cache: r.cache,
-            sampler,
-            decoder: StreamDecoder::new(tok),
-            stop,
-            logits: r.logits,
-            next: 0,
-            generated: 0,
-            done: false,
-        }
-    }
-
-    fn send_text(&self, text: String) {
-        if !text.is_empty() {
-            let _ = self.job.tx.send(Event::Text(text));
-        }
+        let sampler = Sampler::new(r.job.params.sampler.clone());
+        let mut gen = Generation::new(tok, sampler, r.job.params.rules.clone());
+        gen.accept_prompt(&r.job.prompt);
+        Slot { job: r.job, cache: r.cache, gen, logits: r.logits, next: 0, done: false }
     }
 
     /// Sample from the pending logits and act on the token.
-    fn step(&mut self, tok: &Tokenizer, m: &Metrics, abort: bool) {
+    fn step(&mut self, m: &Metrics, abort: bool) {
         if abort || self.job.gone() {
             return self.finish(FinishReason::Cancelled, m);
         }
-        let t = self.sampler.sample(&self.logits);
-        if !self.job.params.ignore_eos && tok.is_eog(t) {
-            return self.finish(FinishReason::Stop, m);
+        let before = self.gen.tokens().len();
+        let step = self.gen.step(&self.logits, &self.cache);
+        m.generated_tokens.fetch_add((self.gen.tokens().len() - before) as u64, Relaxed);
+        let (text, end) = match step {
+            Step::Continue { token, text } => {
+                self.next = token;
+                (text, None)
+            }
+            Step::Done { reason, text } => (text, Some(reason)),
+        };
+        if !text.is_empty() {
+            let _ = self.job.tx.send(Event::Text(text));
         }
-        self.generated += 1;
-        m.generated_tokens.fetch_add(1, Relaxed);
-        let piece = self.decoder.push(t);
-        let (text, stopped) = self.stop.push(&piece);
-        self.send_text(text);
-        if stopped {
-            return self.finish(FinishReason::Stop, m);
+        if let Some(reason) = end {
+            self.finish(reason.into(), m);
         }
-        let max = self.job.params.max_tokens.unwrap_or(usize::MAX);
-        if self.generated >= max || self.cache.len() >= self.cache.n_ctx() {
-            return self.finish(FinishReason::Length, m);
-        }
-        self.next = t;
     }
 
-    fn finish(&mut self, mut reason: FinishReason, m: &Metrics) {
-        if reason != FinishReason::Cancelled {
-            let rest = self.decoder.finish();
-            let (text, stopped) = self.stop.push(&rest);
-            self.send_text(text);
-            if stopped {
-                reason = FinishReason::Stop;
-            } else {
-                let held = self.stop.flush();
-                self.send_text(held);
-            }
-        }
+    fn finish(&mut self, reason: FinishReason, m: &Metrics) {
         let counter = match reason {
             FinishReason::Stop => &m.finished_stop,
             FinishReason::Length => &m.finished_length,
             FinishReason::Cancelled => &m.cancelled,
         };
         counter.fetch_add(1, Relaxed);
-        let finish = Finish { reason, prompt_tokens: self.job.prompt.len(), completion_tokens: self.generated };
+        let finish = Finish { reason, prompt_tokens: self.job.prompt.len(), completion_tokens: self.gen.tokens().len() };
         let _ = self.job.tx.send(Event::Done(finish));
         self.done = true;
     }
@@ -444,7 +406,7 @@ fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::R
         }
         let abort = shared.abort.load(Relaxed);
         for s in active.iter_mut() {
-            s.step(tok, &shared.metrics, abort);
+            s.step(&shared.metrics, abort);
         }
         let mut i = 0;
         while i < active.len() {
@@ -460,7 +422,7 @@ fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::R
         let t0 = Instant::now();
         let per_pass = match shared.cfg.decode_batch {
             0 => active.len(),
-            n => active.len().div_ceil(active.len().div_ceil(n)),
+            n => chunk_size(active.len(), n),
         };
         let mut failed = None;
         for group in active.chunks_mut(per_pass) {

@@ -5,12 +5,11 @@ use crate::engines::PlacementArgs;
 use crate::load;
 use crate::sampling::SamplingArgs;
 use anyhow::Result;
-use engine::generate::{generate, StopReason};
+use engine::generate::{generate, Generation, StopReason, StopRules};
 use engine::sampler::Sampler;
 use server::serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use tokenizer::StreamDecoder;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -93,32 +92,21 @@ pub fn main(a: Args) -> Result<()> {
         // Keep the cached prefix the new prompt shares (at least one token is re-run for logits).
         let common = cached.iter().zip(&tokens).take_while(|(x, y)| x == y).count().min(tokens.len() - 1);
         cache.truncate(common);
-        let mut decoder = StreamDecoder::new(&tok);
+        let rules = StopRules { max_tokens: usize::try_from(a.n_predict).ok(), ..StopRules::default() };
+        let mut gen = Generation::new(&tok, sampler, rules);
         let mut reply = String::new();
-        let mut generated = Vec::new();
         let mut write_err = None;
-        let (reason, _) = generate(
-            &runner,
-            &mut cache,
-            &tokens[common..],
-            a.batch_size,
-            a.n_predict,
-            &mut sampler,
-            &|t| tok.is_eog(t),
-            &mut |t| {
-                generated.push(t);
-                let piece = decoder.push(t);
-                reply.push_str(&piece);
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+        let (reason, _) = generate(&runner, &mut cache, &tokens[common..], a.batch_size, &mut gen, &mut |piece| {
+            reply.push_str(piece);
+            match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => true,
+                Err(e) => {
                     write_err = Some(e);
-                    return false;
+                    false
                 }
-                true
-            },
-        )?;
-        let rest = decoder.finish();
-        reply.push_str(&rest);
-        let _ = writeln!(out, "{rest}");
+            }
+        })?;
+        let _ = writeln!(out);
         let _ = out.flush();
         if let Some(e) = write_err {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -129,7 +117,8 @@ pub fn main(a: Args) -> Result<()> {
         if reason == StopReason::ContextFull {
             eprintln!("(the context of {n_ctx} tokens is full; /reset to start over)");
         }
-        cached = tokens.iter().chain(&generated).copied().take(cache.len()).collect();
+        cached = tokens.iter().chain(gen.tokens()).copied().take(cache.len()).collect();
+        sampler = gen.into_sampler();
         messages.push(json!({"role": "assistant", "content": reply}));
     }
     Ok(())

@@ -4,11 +4,10 @@ use crate::engines::PlacementArgs;
 use crate::load;
 use crate::sampling::SamplingArgs;
 use anyhow::Result;
-use engine::generate::{generate, StopReason};
+use engine::generate::{generate, Generation, StopReason, StopRules};
 use engine::sampler::Sampler;
 use std::io::Write;
 use std::path::PathBuf;
-use tokenizer::StreamDecoder;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,31 +65,21 @@ pub fn main(a: Args) -> Result<()> {
     if tokens.len() > n_ctx {
         anyhow::bail!("prompt has {} tokens but the context holds {n_ctx} (raise -c or shorten the prompt)", tokens.len());
     }
-    let mut sampler = Sampler::new(a.sampling.config());
+    let rules = StopRules { max_tokens: usize::try_from(a.n_predict).ok(), ignore_eos: a.ignore_eos, stop: Vec::new() };
+    let mut gen = Generation::new(&tok, Sampler::new(a.sampling.config()), rules);
     let mut cache = runner.new_cache(n_ctx);
-    let mut decoder = StreamDecoder::new(&tok);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_err = None;
-    let (reason, stats) = generate(
-        &runner,
-        &mut cache,
-        &tokens,
-        a.batch_size,
-        a.n_predict,
-        &mut sampler,
-        &|t| !a.ignore_eos && tok.is_eog(t),
-        &mut |t| {
-            let text = decoder.push(t);
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+    let (reason, stats) = generate(&runner, &mut cache, &tokens, a.batch_size, &mut gen, &mut |text| {
+        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
                 write_err = Some(e);
-                return false;
+                false
             }
-            true
-        },
-    )?;
-    let rest = decoder.finish();
-    let _ = out.write_all(rest.as_bytes());
+        }
+    })?;
     let _ = writeln!(out);
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {

@@ -47,17 +47,18 @@ pub fn start(name: &str, cfg: server::Config) -> server::RunningServer {
 
 /// Greedy continuation of `prompt` with the engine alone (what `tandem run --temp 0` prints).
 pub fn reference(runner: &engine::Runner, tok: &tokenizer::Tokenizer, prompt: &[u32], n: i64) -> String {
+    use engine::generate::{generate, Generation, StopRules};
     use engine::sampler::{Sampler, SamplerConfig};
     let mut cache = runner.new_cache(1024);
-    let mut sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() });
-    let mut dec = tokenizer::StreamDecoder::new(tok);
+    let sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() });
+    let rules = StopRules { max_tokens: usize::try_from(n).ok(), ..StopRules::default() };
+    let mut gen = Generation::new(tok, sampler, rules);
     let mut text = String::new();
-    engine::generate::generate(runner, &mut cache, prompt, 512, n, &mut sampler, &|t| tok.is_eog(t), &mut |t| {
-        text.push_str(&dec.push(t));
+    generate(runner, &mut cache, prompt, 512, &mut gen, &mut |t| {
+        text.push_str(t);
         true
     })
     .unwrap();
-    text.push_str(&dec.finish());
     text
 }
 
