@@ -196,7 +196,7 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
     let st = s.clone();
     let prompt = blocking(move || st.template.tokenize(&st.tok, &messages))
         .await?
-        .map_err(|e| ApiError::bad("invalid_messages", e))?;
+        .map_err(|e| ApiError::bad("invalid_messages", e.to_string()))?;
     run(s, Kind::Chat, prompt, params, common.stream, common.include_usage()).await
 }
 

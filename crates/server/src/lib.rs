@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod scheduler;
 pub mod template;
 
-use anyhow::{Context, Result};
 use engine::Runner;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -26,7 +25,32 @@ use std::time::Duration;
 use tokenizer::Tokenizer;
 
 pub use scheduler::SchedConfig;
-pub use template::ChatTemplate;
+pub use template::{ChatTemplate, TemplateError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The chat template does not compile.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// host:port asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A socket or runtime operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The HTTP thread or task died.
+    #[error("the server {0}")]
+    Crashed(String),
+}
+
+/// The server's result.
+pub type Result<T> = std::result::Result<T, ServerError>;
 /// Re-exported for the CLI (message lists for chat templates).
 pub use serde_json;
 
@@ -96,7 +120,7 @@ impl RunningServer {
 
     fn wait_inner(&mut self) -> Result<()> {
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
+            Some(t) => t.join().map_err(|_| ServerError::Crashed("thread panicked".into()))?,
             None => Ok(()),
         }
     }
@@ -115,9 +139,9 @@ impl Drop for RunningServer {
 /// down gracefully: stop accepting, let running requests finish for up to
 /// `cfg.shutdown_grace`, cancel the rest, return.
 pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
-    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref()).map_err(anyhow::Error::msg)?;
+    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref())?;
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
+        .map_err(|source| ServerError::Listen { addr: format!("{}:{}", cfg.host, cfg.port), source })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runner = Arc::new(runner);
@@ -178,7 +202,7 @@ async fn serve(
         r = &mut server => {
             // The server stopped by itself: an accept error.
             state.sched.shutdown(Duration::ZERO);
-            return r.context("the server task failed")?.context("the server failed");
+            return r.map_err(|e| ServerError::Crashed(format!("task failed: {e}")))?.map_err(ServerError::Io);
         }
         _ = trigger => {}
     }

@@ -37,10 +37,15 @@ pub fn builtin_for(arch: &str, tok: &Tokenizer) -> &'static str {
     }
 }
 
+/// Why a chat template cannot be compiled or rendered (its own message, for the user or client).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
+
 impl ChatTemplate {
     /// The template for a model: `choice` (a built-in name or Jinja source) if given, else the
     /// GGUF's `tokenizer.chat_template`, else the built-in one for its architecture.
-    pub fn for_model(file: &gguf::GgufFile, tok: &Tokenizer, choice: Option<&str>) -> Result<Self, String> {
+    pub fn for_model(file: &gguf::GgufFile, tok: &Tokenizer, choice: Option<&str>) -> Result<Self, TemplateError> {
         let named = |n: &str| BUILTIN.iter().find(|(name, _)| *name == n).map(|(_, s)| *s);
         let (origin, source) = match choice {
             Some(c) => match named(c) {
@@ -60,7 +65,7 @@ impl ChatTemplate {
     }
 
     /// Compile `source`.
-    pub fn new(origin: String, source: String, bos: String, eos: String, add_bos: bool) -> Result<Self, String> {
+    pub fn new(origin: String, source: String, bos: String, eos: String, add_bos: bool) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         // Hugging Face renders with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
@@ -70,13 +75,13 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_utc(&fmt, unix_now()) });
-        env.add_template_owned("chat", source).map_err(|e| format!("invalid chat template: {e:#}"))?;
+        env.add_template_owned("chat", source).map_err(|e| TemplateError(format!("invalid chat template: {e:#}")))?;
         Ok(ChatTemplate { env, origin, bos, eos, add_bos })
     }
 
     /// Render messages (objects with role and content) to the prompt text.
-    pub fn render(&self, messages: &[serde_json::Value], add_generation_prompt: bool) -> Result<String, String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
+    pub fn render(&self, messages: &[serde_json::Value], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
@@ -85,17 +90,17 @@ impl ChatTemplate {
         };
         tmpl.render(ctx).map_err(|e| {
             // raise_exception's message alone; other errors with their detail.
-            if e.kind() == ErrorKind::InvalidOperation {
+            TemplateError(if e.kind() == ErrorKind::InvalidOperation {
                 e.detail().unwrap_or("the chat template failed").to_string()
             } else {
                 format!("the chat template failed: {e}")
-            }
+            })
         })
     }
 
     /// Render and tokenize as llama-server does: special tokens parsed, the tokenizer's BOS
     /// added once (a BOS the template wrote is dropped first).
-    pub fn tokenize(&self, tok: &Tokenizer, messages: &[serde_json::Value]) -> Result<Vec<u32>, String> {
+    pub fn tokenize(&self, tok: &Tokenizer, messages: &[serde_json::Value]) -> Result<Vec<u32>, TemplateError> {
         let text = self.render(messages, true)?;
         let text = match text.strip_prefix(self.bos.as_str()) {
             Some(rest) if self.add_bos && !self.bos.is_empty() => rest,
@@ -187,7 +192,7 @@ mod tests {
         let out = t(GEMMA).render(&msgs, true).unwrap();
         assert_eq!(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
         let bad = [json!({"role":"user","content":"a"}), json!({"role":"user","content":"b"})];
-        let err = t(GEMMA).render(&bad, true).unwrap_err();
+        let err = t(GEMMA).render(&bad, true).unwrap_err().to_string();
         assert!(err.contains("must alternate"), "{err}");
     }
 

@@ -42,8 +42,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
-    let template = server::ChatTemplate::for_model(&runner.model.file, &tok, a.chat_template.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let template = server::ChatTemplate::for_model(&runner.model.file, &tok, a.chat_template.as_deref())?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
     let mut sampler = Sampler::new(a.sampling.config());
     let interactive = std::io::stdin().is_terminal();
