@@ -24,8 +24,7 @@ mod streaming;
 
 pub use pipeline::PhaseTimes;
 
-use engine::kv_cache::KvCache;
-use engine::matrix::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
+use engine::matrix::{KvRows, AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use engine::plan::{Layer, WeightRole};
 use half::f16;
 use engine::weights::Weight;
@@ -380,7 +379,7 @@ impl DecoderStack for CudaEngine {
         self.opts.stack
     }
 
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let mut bufs = Vec::with_capacity(input.layers.len());
         let mut ptrs = Vec::with_capacity(input.layers.len());

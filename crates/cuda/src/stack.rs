@@ -24,8 +24,7 @@ use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
 use engine::arch::RopeStyle;
 use engine::block::{run_layers, BlockSteps};
-use engine::kv_cache::KvCache;
-use engine::matrix::StackInput;
+use engine::matrix::{KvRows, StackInput};
 use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, RopeKind, VectorId, VectorRole, WeightRole};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -127,7 +126,7 @@ impl Vectors {
 
 /// Runs every block of `input.layers` over `x` (`[n, n_embd]`, in place) with the weights
 /// resident at `weights[layer]`, or streamed when `None`, storing the new K/V rows into `caches`.
-pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Res<()> {
     check(input.layers)?;
     let n = input.n();
     if n == 0 || input.layers.is_empty() {
@@ -145,7 +144,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: O
     r
 }
 
-fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Res<()> {
+fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Res<()> {
     let prof = Phases::start(gpu, b.profile)?;
     let mut steps = CardSteps::new(gpu, b, input, weights, x, caches, prof)?;
     run_layers(&mut steps, input.layers, 0..input.layers.len())?;
@@ -196,7 +195,7 @@ struct CardSteps<'a, 'c> {
     gpu: &'a Gpu,
     b: &'a mut Buffers,
     input: &'a StackInput<'a>,
-    caches: &'a mut [&'c mut KvCache],
+    caches: &'a mut [&'c mut dyn KvRows],
     weights: Option<&'a [LayerWeights]>,
     streamer: Option<Streamer<'a>>,
     prof: Option<Phases>,
@@ -210,7 +209,7 @@ struct CardSteps<'a, 'c> {
 impl<'a, 'c> CardSteps<'a, 'c> {
     /// Sizes the buffers, uploads the hidden states and the small inputs, and stages the
     /// first streamed layer.
-    fn new(gpu: &'a Gpu, b: &'a mut Buffers, input: &'a StackInput<'a>, weights: Option<&'a [LayerWeights]>, x: &[f32], caches: &'a mut [&'c mut KvCache], prof: Option<Phases>) -> Res<Self> {
+    fn new(gpu: &'a Gpu, b: &'a mut Buffers, input: &'a StackInput<'a>, weights: Option<&'a [LayerWeights]>, x: &[f32], caches: &'a mut [&'c mut dyn KvRows], prof: Option<Phases>) -> Res<Self> {
         let layers = input.layers;
         let n = input.n();
         let d = layers[0].n_embd();

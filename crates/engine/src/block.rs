@@ -6,8 +6,7 @@
 //! An op added to a block is added to the plan, to this walk, and once per engine's step.
 
 use crate::cpu::ops::{self, RopeTable};
-use crate::kv_cache::KvCache;
-use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, StackInput};
+use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, KvRows, StackInput};
 use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, VectorId, VectorRole};
 use crate::weights::Weight;
 use crate::arch::RopeStyle;
@@ -110,14 +109,14 @@ pub struct HostSteps<'a, 'c> {
     ops: &'a dyn BlockOps,
     input: &'a StackInput<'a>,
     x: &'a mut [f32],
-    caches: &'a mut [&'c mut KvCache],
+    caches: &'a mut [&'c mut dyn KvRows],
     h: Vec<f32>,
     o: Vec<f32>,
 }
 
 impl<'a, 'c> HostSteps<'a, 'c> {
     /// Steps over the residual stream `x` (`[n, n_embd]`, updated in place) and the batch's caches.
-    pub fn new(ops: &'a dyn BlockOps, input: &'a StackInput<'a>, x: &'a mut [f32], caches: &'a mut [&'c mut KvCache]) -> Self {
+    pub fn new(ops: &'a dyn BlockOps, input: &'a StackInput<'a>, x: &'a mut [f32], caches: &'a mut [&'c mut dyn KvRows]) -> Self {
         HostSteps { ops, input, x, caches, h: Vec::new(), o: Vec::new() }
     }
 
@@ -129,7 +128,7 @@ impl<'a, 'c> HostSteps<'a, 'c> {
 }
 
 /// Every decoder block of `input` over `x` on the host, each op through `ops`.
-pub fn run_on_host(ops: &dyn BlockOps, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+pub fn run_on_host(ops: &dyn BlockOps, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
     let layers = input.layers;
     run_layers(&mut HostSteps::new(ops, input, x, caches), layers, 0..layers.len())
 }

@@ -6,7 +6,7 @@ use crate::cpu::ops::{self, RopeTable};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::matrix::dispatch::Stacked;
-use crate::matrix::{Dispatcher, StackInput};
+use crate::matrix::{Dispatcher, KvRows, StackInput};
 use crate::plan::RopeKind;
 use crate::model::Model;
 use rayon::prelude::*;
@@ -113,7 +113,7 @@ impl Runner {
                 positions.extend(pos0..pos0 + s.tokens.len());
                 row += s.tokens.len();
             }
-            let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+            let mut caches: Vec<&mut dyn KvRows> = seqs.iter_mut().map(|s| &mut *s.cache as &mut dyn KvRows).collect();
             let rope_global = rope_angles(&self.rope_global, &positions);
             let any_local = self.model.layers.iter().any(|l| l.attention().rope == RopeKind::Local);
             let rope_local = if any_local { rope_angles(&self.rope_local, &positions) } else { Vec::new() };
@@ -131,9 +131,10 @@ impl Runner {
             if stacked == Stacked::No {
                 run_on_host(&self.dispatcher, &input, &mut x, &mut caches).expect("the dispatcher falls back by itself");
             }
-            for (cache, span) in caches.iter_mut().zip(&spans) {
-                let len = cache.len() + span.len();
-                cache.set_len(len);
+            drop(caches);
+            for (s, span) in seqs.iter_mut().zip(&spans) {
+                let len = s.cache.len() + span.len();
+                s.cache.set_len(len);
             }
             // Only the requested rows go through the (large) vocabulary projection.
             let d = c.n_embd;

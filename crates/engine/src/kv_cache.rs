@@ -77,6 +77,18 @@ impl KvCache {
     }
 }
 
+impl crate::matrix::KvRows for KvCache {
+    fn layer(&self, il: usize) -> (&[f16], &[f16]) {
+        KvCache::layer(self, il)
+    }
+    fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])> {
+        KvCache::layers_mut(self)
+    }
+    fn store(&mut self, il: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        KvCache::store(self, il, pos0, k, v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,10 @@
 
 use engine::arch::Activation;
 use engine::conformance::{self, Options, Report, Verdict};
-use engine::kv_cache::KvCache;
 use engine::matrix::cpu_engine::CpuEngine;
 use engine::matrix::reference::ReferenceEngine;
 use engine::matrix::{
+    KvRows,
     AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape,
     MatrixEngine, StackInput, WeightKey,
 };
@@ -138,7 +138,7 @@ impl DecoderStack for Broken {
     fn supports_stack(&self, layers: &[Layer]) -> Result<(), String> {
         self.inner.supports_stack(layers)
     }
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let before = x.to_vec();
         self.inner.stack(input, x, caches)?;
         let last = x.len() - x.len() / input.n();

@@ -5,7 +5,6 @@
 //! shapes engines need live here; nothing here knows a model's file or its architecture.
 
 use crate::arch::Activation;
-use crate::kv_cache::KvCache;
 use crate::plan::{Layer, RopeKind};
 use crate::weights::Weight;
 use half::f16;
@@ -199,7 +198,19 @@ pub trait DecoderStack: Sync {
     /// to the caller). Every weight is prepared before the call unless
     /// `input.weights_resident` is false. On failure `x` is left as it was (the caller
     /// recomputes from it) and the caches' new rows may hold anything (the caller rewrites them).
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure>;
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure>;
+}
+
+/// One sequence's K/V rows as a stack reads and writes them: per layer, f16 rows of every
+/// position (`[n_ctx, n_head_kv * head_dim]` for K, the value width for V). The engine's
+/// KV cache is one; the contract needs no more of it.
+pub trait KvRows: Send {
+    /// Layer `il`'s K and V rows.
+    fn layer(&self, il: usize) -> (&[f16], &[f16]);
+    /// Every layer's K and V rows as f16 bit patterns, writable (an engine's write-back).
+    fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])>;
+    /// Store f32 K and V rows of layer `il` at positions `pos0..`, rounded to f16.
+    fn store(&mut self, il: usize, pos0: usize, k: &[f32], v: &[f32]);
 }
 
 /// A batch's pass through every decoder block: what an engine needs besides the hidden

@@ -6,8 +6,7 @@
 use super::cache::{bucket_for, CacheBudget, PreparedCache};
 use super::policy::{Backend, Decision, PlacementPolicy, StackCost};
 use super::stats::Stats;
-use super::{AttnShape, Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
-use crate::kv_cache::KvCache;
+use super::{KvRows, AttnShape, Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use crate::cpu::attention::attention;
 use crate::cpu::ops;
 use half::f16;
@@ -227,7 +226,7 @@ impl Dispatcher {
     /// engine uploads each layer's weights as it goes. Failed: `x` is as it was and the
     /// caller runs the blocks itself, rewriting any K/V rows the engine stored.
     /// `head` is the output projection the batch's logits go through afterwards.
-    pub fn stack(&self, input: &StackInput<'_>, head: &Weight, x: &mut [f32], caches: &mut [&mut KvCache]) -> Stacked {
+    pub fn stack(&self, input: &StackInput<'_>, head: &Weight, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Stacked {
         if self.accelerators.is_empty() && !self.verbose {
             return Stacked::No;
         }

@@ -5,11 +5,10 @@
 //! against. Chosen only with `--backend ref`, never by `auto`.
 
 use super::disk_cache::{DiskCache, Lookup};
-use super::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
+use super::{KvRows, AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use super::cache::bucket_for;
 use crate::block::{run_on_host, BlockOps};
 use crate::cpu::ops::dot;
-use crate::kv_cache::KvCache;
 use crate::plan::Layer;
 use half::f16;
 use crate::cpu::ops;
@@ -163,7 +162,7 @@ impl DecoderStack for ReferenceEngine {
     fn streams_stack(&self) -> bool {
         self.streams
     }
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()), resident: input.weights_resident };
         // On a copy: a failure must leave x as it was.
         let mut y = x.to_vec();

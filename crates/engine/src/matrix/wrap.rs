@@ -3,8 +3,7 @@
 //! Every failure — the hook's or the inner engine's — carries the wrapper's name, since
 //! that is the engine the dispatcher placed the op on.
 
-use super::{AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
-use crate::kv_cache::KvCache;
+use super::{KvRows, AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use crate::plan::Layer;
 use crate::weights::Weight;
 use half::f16;
@@ -145,7 +144,7 @@ impl<H: OpHook> DecoderStack for Wrapped<H> {
     fn streams_stack(&self) -> bool {
         self.inner.capabilities().stack.is_some_and(|op| op.streams_stack())
     }
-    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut KvCache]) -> Result<(), EngineFailure> {
+    fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let op = self.inner.capabilities().stack.ok_or_else(|| self.missing("DecoderStack"))?;
         if let Err(f) = self.injected() {
             // A failed stack leaves `x` as it was (the contract), garbage in the new cache rows.
@@ -157,11 +156,12 @@ impl<H: OpHook> DecoderStack for Wrapped<H> {
 }
 
 /// NaN in every cache row the batch would have written.
-fn poison_new_rows(input: &StackInput<'_>, caches: &mut [&mut KvCache]) {
-    for il in 0..input.layers.len() {
+fn poison_new_rows(input: &StackInput<'_>, caches: &mut [&mut dyn KvRows]) {
+    for (il, l) in input.layers.iter().enumerate() {
+        let s = &l.attention().shape;
+        let (kd, vd) = (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
         for (cache, span) in caches.iter_mut().zip(input.spans) {
             let pos0 = input.positions[span.start];
-            let (kd, vd) = (cache.layer(il).0.len() / cache.n_ctx(), cache.layer(il).1.len() / cache.n_ctx());
             let nan = vec![f32::NAN; span.len() * kd.max(vd)];
             cache.store(il, pos0, &nan[..span.len() * kd], &nan[..span.len() * vd]);
         }
