@@ -486,8 +486,7 @@ impl BlockSteps for CardSteps<'_, '_> {
             };
             attention(gpu, s, &seq, &dev.scores, g.flash, &mut self.prof)?;
         }
-        gpu.gemm(self.current.get(WeightRole::AttnOutput)?, dev.att_h, dev.o, d, od, n, false)?;
-        Phases::mark(&mut self.prof, gpu, "output GEMM")
+        gpu.gemm(self.current.get(WeightRole::AttnOutput)?, dev.att_h, dev.o, d, od, n, false)
     }
 
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Res<()> {
@@ -518,7 +517,12 @@ impl BlockSteps for CardSteps<'_, '_> {
 
     fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Res<()> {
         self.residual_norm(self.dev.o, post, next)?;
-        Phases::mark(&mut self.prof, self.gpu, "residual + norm")
+        // One mark per layer for the mixer's output projection and its residual; the
+        // feed-forward's residual counts with the next phase (fewer events, less overhead).
+        match next {
+            Some((_, VectorRole::FfnNorm)) => Phases::mark(&mut self.prof, self.gpu, "output GEMM + norm"),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -125,7 +125,7 @@ pub fn run_all(ty: GgmlType, long: bool) {
         let phases = stack_engine.stack_phases();
         let phase = |name: &str| phases.iter().find(|p| p.0 == name).map_or(f64::NAN, |p| p.1);
         let on_card: f64 = phases.iter().map(|p| p.1).sum();
-        let parts = [("Q/K/V", phase("Q/K/V GEMMs"), alone[..3].iter().sum::<f64>()), ("output", phase("output GEMM"), alone[3]), ("feed-forward", phase("feed-forward"), alone[4..].iter().sum::<f64>())];
+        let parts = [("Q/K/V", phase("Q/K/V GEMMs"), alone[..3].iter().sum::<f64>()), ("output", phase("output GEMM + norm"), alone[3]), ("feed-forward", phase("feed-forward"), alone[4..].iter().sum::<f64>())];
         let (mm, mm_alone): (f64, f64) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2 * 1e3));
         let text: Vec<String> = parts.iter().map(|(k, t, a)| format!("{k} {t:.2} ms vs {:.2} alone ({:.0} %)", a * 1e3, a * 1e3 / t * 100.0)).collect();
         println!(
