@@ -625,11 +625,10 @@ impl<D: Driver> FusedFeedForward for AneEngine<D> {
         drop(st);
         // Weights not planned as one MLP (no plan_model, or planned on first use): the
         // matmuls on the engine, the activation on the host, as the CPU computes it.
-        let ff = ffn.gate.rows;
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
-        ::engine::cpu::ops::gated(ffn.activation, &mut gate, &up);
-        self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
+        ffn.run_with(&x[..n * ffn.gate.cols], out, |ws, x, outs| {
+            let at = if ws.len() == 2 { &keys[..2] } else { &keys[2..] };
+            self.matmul(at, ws, bucket, x, n, outs)
+        })
     }
 }
 

@@ -352,15 +352,7 @@ impl AttentionOp for CudaEngine {
         attention::check(shape)
     }
 
-    fn attention(
-        &self,
-        shape: &AttnShape,
-        q: &[f32],
-        positions: &[usize],
-        k_cache: &[f16],
-        v_cache: &[f16],
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn attention(&self, shape: &AttnShape, q: &[f32], positions: &[usize], k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("attention", || attention::run(g, &mut scratch.attention, shape, q, positions, k_cache, v_cache, out)).map_err(fail)
@@ -402,15 +394,7 @@ impl DecoderStack for CudaEngine {
 }
 
 impl FusedFeedForward for CudaEngine {
-    fn feed_forward(
-        &self,
-        keys: [&WeightKey; 3],
-        ffn: &FeedForward<'_>,
-        _bucket: usize,
-        x: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, _bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let [gate, up, down] = ffn.weights();
         let (k, ff) = (gate.cols, gate.rows);
         if up.rows != ff || up.cols != k || down.cols != ff {

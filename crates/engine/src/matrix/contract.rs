@@ -76,6 +76,16 @@ impl FeedForward<'_> {
     pub fn weights(&self) -> [&Weight; 3] {
         [self.gate, self.up, self.down]
     }
+
+    /// The block as separate steps, for whoever does not fuse it: gate and up through
+    /// `group` (one shared input), `act(gate) ⊙ up` on the host, down through `group`.
+    pub fn run_with<E>(&self, x: &[f32], out: &mut [f32], mut group: impl FnMut(&[&Weight], &[f32], &mut [&mut [f32]]) -> Result<(), E>) -> Result<(), E> {
+        let n = x.len() / self.gate.cols;
+        let (mut gate, mut up) = (vec![0f32; n * self.gate.rows], vec![0f32; n * self.up.rows]);
+        group(&[self.gate, self.up], x, &mut [&mut gate, &mut up])?;
+        crate::cpu::ops::gated(self.activation, &mut gate, &up);
+        group(&[self.down], &gate, &mut [out])
+    }
 }
 
 /// Whether an engine can run at all on this machine.

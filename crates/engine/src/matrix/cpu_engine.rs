@@ -41,15 +41,7 @@ impl MatrixEngine for CpuEngine {
 }
 
 impl FusedFeedForward for CpuEngine {
-    fn feed_forward(
-        &self,
-        _: [&WeightKey; 3],
-        ffn: &FeedForward<'_>,
-        _: usize,
-        x: &[f32],
-        _: usize,
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, _: [&WeightKey; 3], ffn: &FeedForward<'_>, _: usize, x: &[f32], _: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         // Exactly the CPU path's block, so fused and unfused placements agree bit for bit.
         Dispatcher::cpu_only().feed_forward(ffn, x, out);
         Ok(())
@@ -60,15 +52,7 @@ impl AttentionOp for CpuEngine {
     fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
         Ok(())
     }
-    fn attention(
-        &self,
-        shape: &AttnShape,
-        q: &[f32],
-        positions: &[usize],
-        k_cache: &[f16],
-        v_cache: &[f16],
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn attention(&self, shape: &AttnShape, q: &[f32], positions: &[usize], k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
         attention(shape, q, positions, k_cache, v_cache, out);
         Ok(())
     }

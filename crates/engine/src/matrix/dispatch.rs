@@ -8,7 +8,6 @@ use super::policy::{Backend, Decision, PlacementPolicy, StackCost};
 use super::stats::Stats;
 use super::{KvRows, AttnShape, Availability, EngineFailure, FeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use crate::cpu::attention::attention;
-use crate::cpu::ops;
 use half::f16;
 use crate::cpu::matmul::{matmul_quantized, QuantizedInput};
 use crate::error::{EngineError, Result};
@@ -176,15 +175,7 @@ impl Dispatcher {
     /// Causal attention of one sequence's new tokens over a layer's KV cache (see
     /// [`crate::cpu::attention::attention`]): on an engine when the policy places it there,
     /// on the CPU otherwise or when the engine fails it.
-    pub fn attention(
-        &self,
-        shape: &AttnShape,
-        q: &[f32],
-        positions: &[usize],
-        k_cache: &[f16],
-        v_cache: &[f16],
-        out: &mut [f32],
-    ) {
+    pub fn attention(&self, shape: &AttnShape, q: &[f32], positions: &[usize], k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) {
         if self.accelerators.is_empty() && !self.verbose {
             return attention(shape, q, positions, k_cache, v_cache, out);
         }
@@ -297,20 +288,13 @@ impl Dispatcher {
         }
     }
 
-    /// The unfused block: gate and up through `group`, the activation on the CPU, down through `group`.
-    fn feed_forward_with(
-        &self,
-        f: &FeedForward<'_>,
-        x: &[f32],
-        out: &mut [f32],
-        group: impl Fn(&[&Weight], &[f32], &mut [&mut [f32]]),
-    ) {
-        let n = x.len() / f.gate.cols;
-        let mut gate = vec![0f32; n * f.gate.rows];
-        let mut up = vec![0f32; n * f.up.rows];
-        group(&[f.gate, f.up], x, &mut [&mut gate, &mut up]);
-        ops::gated(f.activation, &mut gate, &up);
-        group(&[f.down], &gate, &mut [out]);
+    /// The unfused block with every group through `group` (which never fails: it falls back itself).
+    fn feed_forward_with(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32], group: impl Fn(&[&Weight], &[f32], &mut [&mut [f32]])) {
+        let run = f.run_with(x, out, |ws, x, outs| {
+            group(ws, x, outs);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        run.unwrap_or_else(|never| match never {});
     }
 
     /// The accelerator the policy picks for a group of `n` tokens, if any (every member must be supported).

@@ -11,7 +11,6 @@ use crate::block::{run_on_host, BlockOps};
 use crate::cpu::ops::dot;
 use crate::plan::Layer;
 use half::f16;
-use crate::cpu::ops;
 use crate::weights::Weight;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -133,21 +132,13 @@ impl MatrixEngine for ReferenceEngine {
 }
 
 impl FusedFeedForward for ReferenceEngine {
-    fn feed_forward(
-        &self,
-        keys: [&WeightKey; 3],
-        ffn: &FeedForward<'_>,
-        bucket: usize,
-        x: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         // The intermediate stays inside the engine: exact f32 throughout.
-        let ff = ffn.gate.rows;
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        self.matmul(&keys[..2], &[ffn.gate, ffn.up], bucket, x, n, &mut [&mut gate, &mut up])?;
-        ops::gated(ffn.activation, &mut gate, &up);
-        self.matmul(&keys[2..], &[ffn.down], bucket, &gate, n, &mut [out])
+        debug_assert_eq!(x.len(), n * ffn.gate.cols);
+        ffn.run_with(x, out, |ws, x, outs| {
+            let at = if ws.len() == 2 { &keys[..2] } else { &keys[2..] };
+            self.matmul(at, ws, bucket, x, x.len() / ws[0].cols, outs)
+        })
     }
 }
 
@@ -176,15 +167,7 @@ impl AttentionOp for ReferenceEngine {
     fn supports_attention(&self, _: &AttnShape) -> Result<(), String> {
         Ok(())
     }
-    fn attention(
-        &self,
-        s: &AttnShape,
-        q: &[f32],
-        positions: &[usize],
-        k_cache: &[f16],
-        v_cache: &[f16],
-        out: &mut [f32],
-    ) -> Result<(), EngineFailure> {
+    fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
         // The textbook definition: full softmax per (token, head) in f64 over f32 scores of
         // unrounded queries; the cache rows are converted to f32 once per call.
         let (d, dv, group) = (s.head_dim, s.head_dim_v, s.n_head / s.n_head_kv);
@@ -239,11 +222,7 @@ impl BlockOps for RefOps<'_> {
     }
     fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
         if !self.resident {
-            let ff = f.gate.rows;
-            let (mut gate, mut up) = (vec![0f32; x.len() / f.gate.cols * ff], vec![0f32; x.len() / f.gate.cols * ff]);
-            self.matmul_group(&[f.gate, f.up], x, &mut [&mut gate, &mut up])?;
-            ops::gated(f.activation, &mut gate, &up);
-            return self.matmul_group(&[f.down], &gate, &mut [out]);
+            return f.run_with(x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
         }
         let keys = f.weights().map(WeightKey::of);
         FusedFeedForward::feed_forward(self.engine, [&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
