@@ -4,6 +4,7 @@ mod commands;
 mod engines;
 mod load;
 mod sampling;
+mod text_out;
 
 use clap::{Parser, Subcommand};
 

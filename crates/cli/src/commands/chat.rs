@@ -4,6 +4,7 @@
 use crate::engines::PlacementArgs;
 use crate::load;
 use crate::sampling::SamplingArgs;
+use crate::text_out::TextOut;
 use anyhow::Result;
 use engine::generate::{generate, Generation, StopReason, StopRules};
 use engine::sampler::Sampler;
@@ -94,24 +95,14 @@ pub fn main(a: Args) -> Result<()> {
         let rules = StopRules { max_tokens: usize::try_from(a.n_predict).ok(), ..StopRules::default() };
         let mut gen = Generation::new(&tok, sampler, rules);
         let mut reply = String::new();
-        let mut write_err = None;
+        let mut text = TextOut::new(&mut out);
         let (reason, _) = generate(&runner, &mut cache, &tokens[common..], a.batch_size, &mut gen, &mut |piece| {
             reply.push_str(piece);
-            match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                Ok(()) => true,
-                Err(e) => {
-                    write_err = Some(e);
-                    false
-                }
-            }
+            text.write(piece)
         })?;
-        let _ = writeln!(out);
-        let _ = out.flush();
-        if let Some(e) = write_err {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
-            return Err(e.into());
+        if !text.finish()? {
+            // The reader went away.
+            return Ok(());
         }
         if reason == StopReason::ContextFull {
             eprintln!("(the context of {n_ctx} tokens is full; /reset to start over)");

@@ -3,10 +3,10 @@
 use crate::engines::PlacementArgs;
 use crate::load;
 use crate::sampling::SamplingArgs;
+use crate::text_out::TextOut;
 use anyhow::Result;
 use engine::generate::{generate, Generation, StopReason, StopRules};
 use engine::sampler::Sampler;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -68,24 +68,9 @@ pub fn main(a: Args) -> Result<()> {
     let rules = StopRules { max_tokens: usize::try_from(a.n_predict).ok(), ignore_eos: a.ignore_eos, stop: Vec::new() };
     let mut gen = Generation::new(&tok, Sampler::new(a.sampling.config()), rules);
     let mut cache = runner.new_cache(n_ctx);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut write_err = None;
-    let (reason, stats) = generate(&runner, &mut cache, &tokens, a.batch_size, &mut gen, &mut |text| {
-        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                write_err = Some(e);
-                false
-            }
-        }
-    })?;
-    let _ = writeln!(out);
-    if let Some(e) = write_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
+    let mut out = TextOut::new(std::io::stdout().lock());
+    let (reason, stats) = generate(&runner, &mut cache, &tokens, a.batch_size, &mut gen, &mut |text| out.write(text))?;
+    out.finish()?;
     if reason == StopReason::ContextFull {
         eprintln!("stopped: the context ({n_ctx} tokens) is full");
     }
