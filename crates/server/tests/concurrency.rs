@@ -105,6 +105,8 @@ fn a_client_that_goes_away_frees_its_slot_and_a_full_queue_answers_503() {
     let queued = Conn::open_nowait(a, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 3}));
     wait_for("the queued request", Duration::from_secs(10), || metric(a, "tandem_queue_depth") == 1.0);
     queued.close();
+    // The server notices the departure asynchronously (when the connection's close reaches it).
+    wait_for("the queued request to leave", Duration::from_secs(10), || metric(a, "tandem_queue_depth") == 0.0);
     // The queue has room again: the next request is queued, not refused, and runs once client 1 leaves.
     let next = Conn::open(a, "POST", "/v1/completions", &[], json!({"prompt": "Hi", "max_tokens": 3, "stream": true}).to_string().as_bytes());
     assert_eq!(next.status, 200);
