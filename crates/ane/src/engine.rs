@@ -28,6 +28,7 @@
 use crate::blob::{guard_scale, RowSource, BLOB_PATH};
 use crate::build::{build_program, Act, BuildConfig, BuiltProgram, FnIo, GroupOp, GroupSpec, Part, WeightFormat};
 use crate::convert::{self, as_f16, as_f16_mut, SurfaceShape};
+use crate::error::AneError;
 use crate::ffi::{Driver, WeightFile};
 use crate::mil::Layout;
 use crate::plan::{GroupKind, GroupShape, Plan, PlanConfig};
@@ -217,7 +218,7 @@ impl<D: Driver> AneEngine<D> {
     }
 
     /// An engine planned for `model`'s matmul groups, as the forward pass dispatches them.
-    pub fn for_model(driver: D, model: &Model, cfg: AneConfig) -> Result<Self, String> {
+    pub fn for_model(driver: D, model: &Model, cfg: AneConfig) -> Result<Self, AneError> {
         let e = Self::new(driver, cfg);
         e.plan_model(model)?;
         Ok(e)
@@ -228,7 +229,7 @@ impl<D: Driver> AneEngine<D> {
     /// then the head.
     /// Without it every weight gets a program of its own on first use, which exhausts
     /// the compile budget on a real model: call it once the model is loaded.
-    pub fn plan_model(&self, model: &Model) -> Result<(), String> {
+    pub fn plan_model(&self, model: &Model) -> Result<(), AneError> {
         let linear = GroupOp::Linear { concat: self.cfg.concat_groups };
         let mut groups = Vec::new();
         for l in &model.layers {
@@ -260,7 +261,7 @@ impl<D: Driver> AneEngine<D> {
     }
 
     /// Plan weight groups (each shares one input and is dispatched together).
-    pub fn add_groups(&self, groups: Vec<(Vec<Weight>, GroupOp)>) -> Result<(), String> {
+    pub fn add_groups(&self, groups: Vec<(Vec<Weight>, GroupOp)>) -> Result<(), AneError> {
         self.add_groups_bounded(groups.into_iter().map(|(ws, op)| (ws, op, None)).collect())
     }
 
@@ -268,14 +269,14 @@ impl<D: Driver> AneEngine<D> {
     /// function is scaled for (`None`: [`BuildConfig::activation_bound`]). A tighter bound
     /// keeps the intermediate far from fp16's subnormals; a call whose input exceeds it
     /// runs as separate matmuls on the engine (counted in [`AneStats::mlp_over_bound`]).
-    pub fn add_groups_bounded(&self, groups: Vec<(Vec<Weight>, GroupOp, Option<f32>)>) -> Result<(), String> {
+    pub fn add_groups_bounded(&self, groups: Vec<(Vec<Weight>, GroupOp, Option<f32>)>) -> Result<(), AneError> {
         let mut st = self.lock();
         let first = st.groups.len();
         let mut shapes = Vec::new();
         for (ws, op, input_bound) in groups {
             let keys: Vec<WeightKey> = ws.iter().map(WeightKey::of).collect();
             if let Some(k) = keys.iter().find(|k| st.key_group.contains_key(*k)) {
-                return Err(format!("{} is already planned", k.tensor));
+                return Err(AneError::AlreadyPlanned(k.tensor.clone()));
             }
             let gi = st.groups.len();
             keys.iter().for_each(|k| {
@@ -288,7 +289,7 @@ impl<D: Driver> AneEngine<D> {
         }
         let mut pc = self.cfg.plan.clone();
         pc.max_programs = usize::MAX; // the budget is enforced on compiles, across all plans
-        let plan = Plan::pack(shapes, &pc)?;
+        let plan = Plan::pack(shapes, &pc).map_err(AneError::Budget)?;
         for p in plan.programs {
             let units = p.units.iter().map(|u| (first + u.group, u.rows.as_ref().map_or(0, |r| r.start))).collect();
             let plan_units = p.units.iter().map(|u| crate::plan::Unit { group: first + u.group, ..u.clone() }).collect();
@@ -537,7 +538,7 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
         let mut st = self.lock();
         if !st.key_group.contains_key(key) {
             drop(st);
-            self.add_groups(vec![(vec![w.clone()], GroupOp::Linear { concat: false })]).map_err(|e| self.fail(e))?;
+            self.add_groups(vec![(vec![w.clone()], GroupOp::Linear { concat: false })]).map_err(|e| self.fail(e.to_string()))?;
             st = self.lock();
         }
         let g = st.key_group[key];

@@ -16,6 +16,7 @@ pub mod blob;
 pub mod build;
 pub mod convert;
 pub mod engine;
+pub mod error;
 pub mod evaluator;
 pub mod ffi;
 pub mod mil;
@@ -24,6 +25,7 @@ pub mod sim;
 pub mod store;
 
 pub use crate::engine::{AneConfig, AneEngine, AneStats, EvalTimeout, WarmUp};
+pub use crate::error::AneError;
 
 /// Largest width, height and matmul K the ANE takes on M1–M3 (§4); every tile stays within it.
 pub const MAX_DIM: usize = 16384;

@@ -16,14 +16,14 @@ use std::sync::Arc;
 fn run(cfg: AneConfig, filter: Option<&str>) -> Report {
     let engine = Arc::new(AneEngine::new(SimDriver::new(), cfg));
     let plan = |p: Planned<'_>| match p {
-        Planned::Group(ws) => engine.add_groups(vec![(ws.to_vec(), GroupOp::Linear { concat: false })]),
+        Planned::Group(ws) => engine.add_groups(vec![(ws.to_vec(), GroupOp::Linear { concat: false })]).map_err(Into::into),
         Planned::FeedForward(f) => {
             let act = match f.activation {
                 Activation::Silu => Act::Silu,
                 Activation::GeluTanh => Act::GeluTanh,
             };
             // Scaled for inputs up to the cap, as `plan_model` scales a model's blocks.
-            engine.add_groups_bounded(vec![(f.weights().map(|w| w.clone()).to_vec(), GroupOp::Mlp(act), Some(MLP_BOUND_CAP))])
+            engine.add_groups_bounded(vec![(f.weights().map(|w| w.clone()).to_vec(), GroupOp::Mlp(act), Some(MLP_BOUND_CAP))]).map_err(Into::into)
         }
     };
     let report = conformance::run(engine.clone(), &Options { plan: Some(&plan), filter });

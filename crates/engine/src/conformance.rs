@@ -173,7 +173,7 @@ pub enum Planned<'a> {
 
 /// Told about each weight group and feed-forward block before its first case; an error
 /// fails the case.
-pub type Planner<'a> = &'a (dyn Fn(Planned<'_>) -> Result<(), String> + Sync);
+pub type Planner<'a> = &'a (dyn Fn(Planned<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Sync);
 
 /// How to run the suite.
 #[derive(Default, Clone, Copy)]
