@@ -179,10 +179,10 @@ impl CudaEngine {
     /// at positions `pos0..`, cache rows from 0. Returns the card's milliseconds.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize) -> Result<f64, String> {
-        let g = self.gpu()?;
+    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize) -> Result<f64, EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        guarded("attention", || stack_attention::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash))
+        guarded("attention", || stack_attention::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash)).map_err(fail)
     }
 
     /// Whether the whole stack's attention has a flash kernel for this shape here.
@@ -197,8 +197,8 @@ impl CudaEngine {
 
     /// Median seconds of a plain cuBLAS GEMM of `m × k` f16 weights by `n × k` f16
     /// activations (f32 out), all on the card: the ceiling the engine is measured against.
-    pub fn bench_cublas(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64, String> {
-        let g = self.gpu()?;
+    pub fn bench_cublas(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64, EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("cuBLAS benchmark", || {
             g.bind()?;
@@ -222,11 +222,12 @@ impl CudaEngine {
             times.sort_by(f64::total_cmp);
             Ok(times[times.len() / 2])
         })
+        .map_err(fail)
     }
 
     /// Pinned host↔device bandwidth in bytes/s (host to device, device to host) for `bytes` per copy.
-    pub fn bench_bus(&self, bytes: usize) -> Result<(f64, f64), String> {
-        let g = self.gpu()?;
+    pub fn bench_bus(&self, bytes: usize) -> Result<(f64, f64), EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         guarded("bus benchmark", || {
             g.bind()?;
@@ -247,6 +248,7 @@ impl CudaEngine {
             }
             Ok(best)
         })
+        .map_err(fail)
     }
 }
 
