@@ -59,6 +59,9 @@ impl RandomModelSpec {
         })
     }
 
+    /// The architectures it writes.
+    pub const ARCHITECTURES: [&'static str; 4] = ["llama", "gemma3", "qwen2", "qwen3"];
+
     /// The preset names.
     pub const PRESETS: [&'static str; 5] = ["llama3-8b", "llama2-7b", "llama3-1b", "smollm2-135m", "tiny"];
 
@@ -68,8 +71,8 @@ impl RandomModelSpec {
 
     fn check_shape(&self) -> Result<(), String> {
         let bs = self.ty.block_size();
-        if !["llama", "gemma3"].contains(&self.arch.as_str()) {
-            return Err(format!("gen-model supports the llama and gemma3 architectures, not '{}'", self.arch));
+        if !Self::ARCHITECTURES.contains(&self.arch.as_str()) {
+            return Err(format!("gen-model writes the {} architectures, not '{}'", Self::ARCHITECTURES.join(", "), self.arch));
         }
         if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 || self.dim % self.heads != 0 {
             return Err(format!("{} heads and {} kv heads do not divide dim {}", self.heads, self.kv_heads, self.dim));
@@ -134,13 +137,15 @@ impl RandomModelSpec {
                 (n("ffn_down"), self.ff, self.dim),
             ]);
             vecs.extend([(n("attn_norm"), self.dim), (n("ffn_norm"), self.dim)]);
+            if a == "gemma3" || a == "qwen3" {
+                vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
+            }
             if a == "gemma3" {
-                vecs.extend([
-                    (n("attn_q_norm"), hd),
-                    (n("attn_k_norm"), hd),
-                    (n("post_attention_norm"), self.dim),
-                    (n("post_ffw_norm"), self.dim),
-                ]);
+                vecs.extend([(n("post_attention_norm"), self.dim), (n("post_ffw_norm"), self.dim)]);
+            }
+            if a == "qwen2" {
+                let b = |s: &str| format!("blk.{l}.{s}.bias");
+                vecs.extend([(b("attn_q"), self.dim), (b("attn_k"), kv), (b("attn_v"), kv)]);
             }
         }
         let datas: Vec<Vec<u8>> = mats

@@ -4,6 +4,8 @@
 mod gemma3;
 mod llama;
 mod meta;
+mod qwen2;
+mod qwen3;
 
 pub use meta::Meta;
 
@@ -100,7 +102,7 @@ pub struct Architecture {
 }
 
 /// Every supported architecture. Adding one is a file plus a line here.
-pub static REGISTRY: &[Architecture] = &[llama::ARCH, gemma3::ARCH];
+pub static REGISTRY: &[Architecture] = &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
