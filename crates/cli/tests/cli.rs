@@ -156,6 +156,39 @@ fn perplexity_prints_llama_cpp_final_line() {
 }
 
 #[test]
+fn kl_divergence_base_is_written_and_compared_in_llama_perplexity_format() {
+    let dir = std::env::temp_dir().join(format!("tandem-kld-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("smollm.kld");
+    let text = root().join("tests/fixtures/reference/GPL-3.txt");
+    let o = tandem(&["perplexity", "-m", p(&model(SMOLLM)), "-f", p(&text), "-c", "128", "--chunks", "2", "-t", "2", "--kl-divergence-base", p(&base)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Header (8 + 3×4 bytes), 2×128 tokens, then 2 chunks × 63 rows × (49152 + 4) u16.
+    let len = std::fs::metadata(&base).unwrap().len();
+    assert_eq!(len, 20 + 2 * 128 * 4 + 2 * 63 * 49156 * 2);
+    // The same model on the CPU against its own base: only the stored rounding differs.
+    let same = tandem(&["perplexity", "-m", p(&model(SMOLLM)), "--kl-divergence-base", p(&base), "--kl-divergence", "-t", "2"]);
+    assert!(same.status.success(), "{}", stderr(&same));
+    let out = stdout(&same);
+    let stat = |name: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no '{name}' in {out}"));
+        line[name.len()..].trim_start_matches([' ', ':']).split_whitespace().next().unwrap().trim_end_matches('%').parse().unwrap()
+    };
+    assert!(stat("Mean    KLD") < 1e-4, "{out}");
+    assert!(stat("Same top p") >= 99.0, "{out}");
+    // Another engine (f32 weights, unquantized activations) diverges a little, not a lot.
+    let other = tandem(&["perplexity", "-m", p(&model(SMOLLM)), "--kl-divergence-base", p(&base), "--kl-divergence", "-t", "2", "--backend", "ref", "--offload-min-batch", "1"]);
+    assert!(other.status.success(), "{}", stderr(&other));
+    let out = stdout(&other);
+    let kld = out.lines().find(|l| l.starts_with("Mean    KLD")).unwrap().split_whitespace().nth(2).unwrap().parse::<f64>().unwrap();
+    assert!(kld > 1e-5 && kld < 0.05, "{out}");
+    // A file that is not a base is one clear error.
+    let o = tandem(&["perplexity", "-m", p(&model(SMOLLM)), "--kl-divergence-base", p(&text), "--kl-divergence"]);
+    assert_clean_error(&o, "_logits_");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_prints_a_llama_bench_table() {
     let o = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "32", "-n", "4", "-r", "1", "-t", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod error;
 pub mod forward;
 pub mod generate;
+pub mod kl_divergence;
 pub mod kv_cache;
 pub mod matrix;
 pub mod model;

@@ -4,6 +4,8 @@
 
 use crate::error::{EngineError, Result};
 use crate::forward::Runner;
+use crate::kl_divergence::{encode_row, row_words, BaseHeader, KldStats};
+use std::io::{Read, Write};
 
 /// Running result after each chunk.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +27,20 @@ pub fn perplexity(
     bos: Option<u32>,
     on_chunk: &mut dyn FnMut(PerplexityResult),
 ) -> Result<PerplexityResult> {
+    perplexity_saving(runner, tokens, n_ctx, batch, bos, None, on_chunk)
+}
+
+/// [`perplexity`], also writing the scored rows' log-probabilities to `base` in
+/// llama-perplexity's `--kl-divergence-base` format (see [`crate::kl_divergence`]).
+pub fn perplexity_saving(
+    runner: &Runner,
+    tokens: &[u32],
+    n_ctx: usize,
+    batch: usize,
+    bos: Option<u32>,
+    mut base: Option<&mut dyn Write>,
+    on_chunk: &mut dyn FnMut(PerplexityResult),
+) -> Result<PerplexityResult> {
     if n_ctx < 4 {
         return Err(EngineError::Invalid(format!("context {n_ctx} is too small for perplexity")));
     }
@@ -40,23 +56,27 @@ pub fn perplexity(
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut result = PerplexityResult { chunks: 0, ppl: f64::NAN, ppl_err: f64::NAN };
     let n_vocab = runner.model.config.n_vocab;
+    let io = |e: std::io::Error| EngineError::Invalid(format!("cannot write the log-probabilities: {e}"));
+    if let Some(w) = base.as_mut() {
+        let header = BaseHeader { n_ctx, n_vocab, n_chunk, tokens: tokens[..n_chunk * n_ctx].to_vec() };
+        header.write(w).map_err(io)?;
+    }
+    let mut row_buf = vec![0u16; row_words(n_vocab)];
     for i in 0..n_chunk {
-        let mut chunk = tokens[i * n_ctx..(i + 1) * n_ctx].to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
-        let mut cache = runner.new_cache(n_ctx);
-        let mut scored_logits = Vec::with_capacity((n_ctx - first) * n_vocab);
-        for (b, piece) in chunk.chunks(batch.max(1)).enumerate() {
-            let start = b * batch.max(1);
-            let lo = first.saturating_sub(start).min(piece.len());
-            let logits = runner.forward(&mut cache, piece, lo..piece.len())?;
-            scored_logits.extend_from_slice(&logits);
+        let chunk = &tokens[i * n_ctx..(i + 1) * n_ctx];
+        let scored_logits = scored_logits(runner, chunk, batch, bos)?;
+        if let Some(w) = base.as_mut() {
+            let mut bytes = Vec::with_capacity((n_ctx - 1 - first) * row_buf.len() * 2);
+            for j in 0..n_ctx - 1 - first {
+                encode_row(&scored_logits[j * n_vocab..(j + 1) * n_vocab], chunk[first + j + 1] as usize, &mut row_buf);
+                bytes.extend(row_buf.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            w.write_all(&bytes).map_err(io)?;
         }
         // Row j of scored_logits is position first + j and predicts the token after it.
         for j in 0..n_ctx - 1 - first {
             let row = &scored_logits[j * n_vocab..(j + 1) * n_vocab];
-            let target = tokens[i * n_ctx + first + j + 1] as usize;
+            let target = chunk[first + j + 1] as usize;
             let v = -log_softmax_at(row, target);
             nll += v;
             nll2 += v * v;
@@ -70,6 +90,62 @@ pub fn perplexity(
         on_chunk(result);
     }
     Ok(result)
+}
+
+/// The logits of the second half of one chunk (positions `n_ctx / 2..n_ctx`, `[rows, n_vocab]`),
+/// the chunk run from an empty cache in batches of `batch`, its first token replaced by `bos`.
+pub fn scored_logits(runner: &Runner, chunk: &[u32], batch: usize, bos: Option<u32>) -> Result<Vec<f32>> {
+    let n_ctx = chunk.len();
+    let first = n_ctx / 2;
+    let mut chunk = chunk.to_vec();
+    if let Some(b) = bos {
+        chunk[0] = b;
+    }
+    let mut cache = runner.new_cache(n_ctx);
+    let mut scored = Vec::with_capacity((n_ctx - first) * runner.model.config.n_vocab);
+    for (b, piece) in chunk.chunks(batch.max(1)).enumerate() {
+        let start = b * batch.max(1);
+        let lo = first.saturating_sub(start).min(piece.len());
+        let logits = runner.forward(&mut cache, piece, lo..piece.len())?;
+        scored.extend_from_slice(&logits);
+    }
+    Ok(scored)
+}
+
+/// Score the model against a base file's log-probabilities (`header` already read from
+/// `rows`), chunk by chunk as llama-perplexity `--kl-divergence` does; `on_chunk` sees the
+/// statistics after each chunk.
+pub fn kl_divergence(
+    runner: &Runner,
+    header: &BaseHeader,
+    rows: &mut dyn Read,
+    batch: usize,
+    bos: Option<u32>,
+    on_chunk: &mut dyn FnMut(usize, &KldStats),
+) -> Result<KldStats> {
+    let n_vocab = runner.model.config.n_vocab;
+    if header.n_vocab != n_vocab {
+        return Err(EngineError::Invalid(format!(
+            "the base log-probabilities are over {} tokens, this model's vocabulary has {n_vocab}: not the same vocabulary",
+            header.n_vocab
+        )));
+    }
+    let (n_ctx, first, per_chunk) = (header.n_ctx, header.n_ctx / 2, header.rows_per_chunk());
+    let words = row_words(n_vocab);
+    let mut bytes = vec![0u8; per_chunk * words * 2];
+    let mut stats = KldStats::default();
+    for i in 0..header.n_chunk {
+        rows.read_exact(&mut bytes)
+            .map_err(|_| EngineError::Invalid(format!("the base file ends before chunk {} of {}", i + 1, header.n_chunk)))?;
+        let base: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let chunk = &header.tokens[i * n_ctx..(i + 1) * n_ctx];
+        let logits = scored_logits(runner, chunk, batch.min(n_ctx), bos)?;
+        for j in 0..per_chunk {
+            stats.add(&logits[j * n_vocab..(j + 1) * n_vocab], &base[j * words..(j + 1) * words], chunk[first + j + 1] as usize);
+        }
+        on_chunk(i + 1, &stats);
+    }
+    Ok(stats)
 }
 
 fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
