@@ -272,3 +272,23 @@ fn faults_in_the_fused_op_fall_back_to_the_cpu() {
     eprintln!("faults every 2nd op: {} failures, {} fused blocks, max logit difference vs cpu {d:.4}", e.failures, e.fused_blocks);
     assert!(d < 0.1, "{d}");
 }
+
+#[test]
+fn qwen_layers_run_through_ane_sim_like_the_exact_reference() {
+    // Q/K/V biases (qwen2) and QK-norm (qwen3) stay on the host; the engine takes every matmul
+    // and fused block, and lands where the exact reference engine does.
+    for arch in ["qwen2", "qwen3"] {
+        let tokens = prompt(100);
+        let cpu = logits(&Runner::new(tiny(arch), 2).unwrap(), &tokens);
+        let refe = logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), &tokens);
+        let model = tiny(arch);
+        let ane = Arc::new(AneEngine::for_model(SimDriver::new(), &model, AneConfig::default()).unwrap());
+        let r = runner(model, ane, None);
+        let got = logits(&r, &tokens);
+        let s = r.dispatcher.stats.snapshot()["ane-sim"].clone();
+        assert_eq!((s.matmuls, s.fused_blocks, s.failures), (15, 2, 0), "{arch}: {s:?}");
+        let (d_ref, d_cpu, cpu_noise) = (max_diff(&got, &refe), max_diff(&got, &cpu), max_diff(&cpu, &refe));
+        eprintln!("{arch}: ane-sim vs ref {d_ref:.4}, vs cpu {d_cpu:.4} (cpu vs ref {cpu_noise:.4})");
+        assert!(d_ref < 0.05 && d_cpu < cpu_noise + 0.05, "{arch}: {d_ref} {d_cpu} {cpu_noise}");
+    }
+}
