@@ -615,13 +615,16 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
 }
 
 impl<D: Driver> FusedFeedForward for AneEngine<D> {
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+        let ws = [ffn.gate, ffn.up, ffn.down];
+        let owned = ws.map(WeightKey::of);
+        let keys = owned.each_ref();
         let mut st = self.lock();
         let planned_mlp = st.key_group.get(keys[0]).is_some_and(|&g| matches!(st.groups[g].op, GroupOp::Mlp(_)));
         if planned_mlp {
             // Prepared by the dispatcher (gate, up, down for this bucket): nothing compiles here.
             let g = self.mlp_group(&st, keys, Some(act_of(ffn.activation)))?;
-            return self.run_mlp(&mut st, g, ffn.weights(), bucket, x, n, out);
+            return self.run_mlp(&mut st, g, ws, bucket, x, n, out);
         }
         drop(st);
         // Weights not planned as one MLP (no plan_model, or planned on first use): the

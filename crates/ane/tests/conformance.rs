@@ -23,7 +23,7 @@ fn run(cfg: AneConfig, filter: Option<&str>) -> Report {
                 Activation::GeluTanh => Act::GeluTanh,
             };
             // Scaled for inputs up to the cap, as `plan_model` scales a model's blocks.
-            engine.add_groups_bounded(vec![(f.weights().map(|w| w.clone()).to_vec(), GroupOp::Mlp(act), Some(MLP_BOUND_CAP))]).map_err(Into::into)
+            engine.add_groups_bounded(vec![(vec![f.gate.clone(), f.up.clone(), f.down.clone()], GroupOp::Mlp(act), Some(MLP_BOUND_CAP))]).map_err(Into::into)
         }
     };
     let report = conformance::run(engine.clone(), &Options { plan: Some(&plan), filter });

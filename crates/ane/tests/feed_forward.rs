@@ -48,6 +48,12 @@ fn logits(r: &Runner, tokens: &[u32]) -> Vec<f32> {
     r.forward(&mut cache, tokens, 0..tokens.len()).unwrap()
 }
 
+/// The CPU's logits and the exact reference engine's for `tokens` on a tiny `arch` model.
+fn cpu_and_reference(arch: &str, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let cpu = logits(&Runner::new(tiny(arch), 2).unwrap(), tokens);
+    (cpu, logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), tokens))
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert!(a.iter().all(|v| v.is_finite()));
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
@@ -58,8 +64,7 @@ fn random_models_take_whole_blocks_through_the_dispatcher() {
     // 150 tokens: bucket 256; a second prompt of 70 tokens: bucket 128, same programs.
     for arch in ["llama", "gemma3"] {
         let tokens = prompt(150);
-        let cpu = logits(&Runner::new(tiny(arch), 2).unwrap(), &tokens);
-        let refe = logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), &tokens);
+        let (cpu, refe) = cpu_and_reference(arch, &tokens);
         let model = tiny(arch);
         let ane = Arc::new(AneEngine::for_model(SimDriver::new(), &model, AneConfig::default()).unwrap());
         let planned = ane.planned_programs();
@@ -91,8 +96,7 @@ fn random_models_take_whole_blocks_through_the_dispatcher() {
         let before = ane.compiles();
         let short = logits(&r, &prompt(70));
         assert_eq!(ane.compiles(), before);
-        let cpu_short = logits(&Runner::new(tiny(arch), 2).unwrap(), &prompt(70));
-        let ref_short = logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), &prompt(70));
+        let (cpu_short, ref_short) = cpu_and_reference(arch, &prompt(70));
         assert!(max_diff(&short, &cpu_short) < max_diff(&cpu_short, &ref_short) + 0.05);
         assert_eq!(r.dispatcher.stats.snapshot()["ane-sim"].fused_blocks, 4);
     }
@@ -182,41 +186,40 @@ fn prepare_and_evict_follow_the_cache_keys() {
     let e = AneEngine::new(SimDriver::new(), cfg);
     e.add_groups(vec![(ws.clone(), GroupOp::Mlp(Act::GeluTanh))]).unwrap();
     let keys: Vec<WeightKey> = ws.iter().map(WeightKey::of).collect();
-    let kr = [&keys[0], &keys[1], &keys[2]];
     for (k, w) in keys.iter().zip(&ws) {
         assert_eq!(e.prepare(k, w, 64).unwrap(), (2 * w.rows * w.cols).div_ceil(1));
     }
     let f = ffn(&ws, Activation::GeluTanh);
     let mut out = vec![0f32; n * dim];
-    e.feed_forward(kr, &f, 64, &x, n, &mut out).unwrap();
+    e.feed_forward(&f, 64, &x, n, &mut out).unwrap();
     let mut cpu = vec![0f32; n * dim];
     Dispatcher::cpu_only().feed_forward(&f, &x, &mut cpu);
     assert!(rel_err(&out, &cpu) < 1e-2);
     // The block asked with another activation than planned is refused, not miscomputed.
-    assert!(e.feed_forward(kr, &ffn(&ws, Activation::Silu), 64, &x, n, &mut out).is_err());
+    assert!(e.feed_forward(&ffn(&ws, Activation::Silu), 64, &x, n, &mut out).is_err());
     // The program stays loaded while any of the three is held for the bucket.
     e.evict(&keys[0], 64);
     e.evict(&keys[1], 64);
-    e.feed_forward(kr, &f, 64, &x, n, &mut out).unwrap();
+    e.feed_forward(&f, 64, &x, n, &mut out).unwrap();
     e.evict(&keys[2], 64);
-    let err = e.feed_forward(kr, &f, 64, &x, n, &mut out).unwrap_err();
+    let err = e.feed_forward(&f, 64, &x, n, &mut out).unwrap_err();
     assert!(err.what.contains("not loaded"), "{err}");
     for (k, w) in keys.iter().zip(&ws) {
         e.prepare(k, w, 64).unwrap();
     }
-    e.feed_forward(kr, &f, 64, &x, n, &mut out).unwrap();
+    e.feed_forward(&f, 64, &x, n, &mut out).unwrap();
     assert_eq!(e.compiles(), 2);
     // A non-finite output is a failure (the dispatcher then recomputes on the CPU).
     let mut bad = x.clone();
     bad[5] = f32::NAN;
-    let err = e.feed_forward(kr, &f, 64, &bad, n, &mut out).unwrap_err();
+    let err = e.feed_forward(&f, 64, &bad, n, &mut out).unwrap_err();
     assert!(err.what.contains("non-finite"), "{err}");
     // Weights not planned as one MLP: the block still runs on the engine, as separate matmuls.
     let e2 = AneEngine::new(SimDriver::new(), AneConfig { plan: PlanConfig { buckets: vec![64], ..PlanConfig::default() }, ..AneConfig::default() });
     for (k, w) in keys.iter().zip(&ws) {
         e2.prepare(k, w, 64).unwrap();
     }
-    e2.feed_forward(kr, &f, 64, &x, n, &mut out).unwrap();
+    e2.feed_forward(&f, 64, &x, n, &mut out).unwrap();
     assert!(rel_err(&out, &cpu) < 1e-2);
 }
 
@@ -279,8 +282,7 @@ fn qwen_layers_run_through_ane_sim_like_the_exact_reference() {
     // and fused block, and lands where the exact reference engine does.
     for arch in ["qwen2", "qwen3"] {
         let tokens = prompt(100);
-        let cpu = logits(&Runner::new(tiny(arch), 2).unwrap(), &tokens);
-        let refe = logits(&runner(tiny(arch), Arc::new(ReferenceEngine::new()), None), &tokens);
+        let (cpu, refe) = cpu_and_reference(arch, &tokens);
         let model = tiny(arch);
         let ane = Arc::new(AneEngine::for_model(SimDriver::new(), &model, AneConfig::default()).unwrap());
         let r = runner(model, ane, None);

@@ -396,13 +396,14 @@ impl DecoderStack for CudaEngine {
 }
 
 impl FusedFeedForward for CudaEngine {
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, _bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
-        let [gate, up, down] = ffn.weights();
+    fn feed_forward(&self, ffn: &FeedForward<'_>, _bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+        let (gate, up, down) = (ffn.gate, ffn.up, ffn.down);
         let (k, ff) = (gate.cols, gate.rows);
         if up.rows != ff || up.cols != k || down.cols != ff {
             return Err(fail(format!("feed-forward shapes do not chain: gate {ff}x{k}, up {}x{}, down {}x{}", up.rows, up.cols, down.rows, down.cols)));
         }
-        let bufs = self.resident(&keys, &[gate, up, down])?;
+        let keys = [gate, up, down].map(WeightKey::of);
+        let bufs = self.resident(&keys.each_ref(), &[gate, up, down])?;
         let stage = pipeline::FfnStage { gate: bufs[0].ptr, up: bufs[1].ptr, ff, kernel: kernels::activation_kernel(ffn.activation) };
         self.run_pipeline(Some(stage), &[(bufs[2].ptr, down.rows)], k, x, n, &mut [out])
     }

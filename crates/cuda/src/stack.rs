@@ -180,6 +180,7 @@ struct Device {
     att_h: u64,
     o: u64,
     ffn: u64,
+    /// K/V row regions, alternating by layer parity (a layer's rows go down while the next fills the other).
     regions: [u64; 2],
     vec_at: u64,
     rope_g: u64,

@@ -221,11 +221,6 @@ impl KldStats {
         self.p_diff_values.push(p_diff);
     }
 
-    /// Rows scored.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// Mean KL divergence (nats per token).
     pub fn mean_kld(&self) -> f64 {
         mean_and_uncertainty(self.sum_kld, self.sum_kld2, self.count).0

@@ -203,11 +203,6 @@ impl Layer {
         self.groups().into_iter().flat_map(|g| g.weights)
     }
 
-    /// The weight playing `role`, if the layer has one.
-    pub fn weight(&self, role: WeightRole) -> Option<&Weight> {
-        self.weights().find(|(r, _)| *r == role).map(|(_, w)| w)
-    }
-
     /// Every vector (norm weights, biases) the layer has, with its role.
     pub fn vectors(&self) -> impl Iterator<Item = (VectorRole, &[f32])> {
         use VectorRole::*;

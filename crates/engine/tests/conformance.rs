@@ -111,13 +111,13 @@ impl MatrixEngine for Broken {
 }
 
 impl FusedFeedForward for Broken {
-    fn feed_forward(&self, keys: [&WeightKey; 3], f: &FeedForward<'_>, b: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, f: &FeedForward<'_>, b: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let other = match f.activation {
             Activation::Silu => Activation::GeluTanh,
             Activation::GeluTanh => Activation::Silu,
         };
         let activation = if self.defect == Defect::WrongActivation { other } else { f.activation };
-        FusedFeedForward::feed_forward(&self.inner, keys, &FeedForward { activation, ..*f }, b, x, n, out)
+        FusedFeedForward::feed_forward(&self.inner, &FeedForward { activation, ..*f }, b, x, n, out)
     }
 }
 

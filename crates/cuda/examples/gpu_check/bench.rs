@@ -244,14 +244,13 @@ fn feed_forward(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>
         prepare(e, w);
     }
     let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation: Activation::Silu };
-    let keys = [key(&gate), key(&up), key(&down)];
     for n in [64, 128, 256, 512, 1024, 2048, 4096] {
         let x = random(n * k, next_seed());
         let mut out = vec![0f32; n * k];
         let mut times = Vec::new();
         for r in 0..reps + 2 {
             let t = Instant::now();
-            e.feed_forward([&keys[0], &keys[1], &keys[2]], &ffn, 0, &x, n, &mut out).unwrap_or_else(|f| panic!("feed-forward: {f}"));
+            e.feed_forward(&ffn, 0, &x, n, &mut out).unwrap_or_else(|f| panic!("feed-forward: {f}"));
             if r >= 2 {
                 times.push(t.elapsed().as_secs_f64());
             }

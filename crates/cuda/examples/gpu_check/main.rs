@@ -208,7 +208,7 @@ fn check_feed_forward(e: &CudaEngine) -> usize {
         for n in [1, 65, 300, 2100] {
             let x = random(n * k, next_seed());
             let mut out = vec![f32::NAN; n * m];
-            let r = e.feed_forward([&key(&gate), &key(&up), &key(&down)], &ffn, 0, &x, n, &mut out);
+            let r = e.feed_forward(&ffn, 0, &x, n, &mut out);
             if let Err(f) = r {
                 println!("feed-forward {activation:?} N={n}: engine failure: {f}");
                 failures += 1;

@@ -72,11 +72,6 @@ pub struct FeedForward<'a> {
 }
 
 impl FeedForward<'_> {
-    /// The three weights in the order engines take their keys: gate, up, down.
-    pub fn weights(&self) -> [&Weight; 3] {
-        [self.gate, self.up, self.down]
-    }
-
     /// The block as separate steps, for whoever does not fuse it: gate and up through
     /// `group` (one shared input), `act(gate) ⊙ up` on the host, down through `group`.
     pub fn run_with<E>(&self, x: &[f32], out: &mut [f32], mut group: impl FnMut(&[&Weight], &[f32], &mut [&mut [f32]]) -> Result<(), E>) -> Result<(), E> {
@@ -178,9 +173,9 @@ pub struct Capabilities<'a> {
 
 /// Capability: a whole feed-forward block as one call.
 pub trait FusedFeedForward: Sync {
-    /// `out[t] = down · (act(gate · x_t) ⊙ (up · x_t))` for the block's weights prepared
-    /// under `keys` (gate, up, down), `n` tokens padded to `bucket` as the engine needs.
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure>;
+    /// `out[t] = down · (act(gate · x_t) ⊙ (up · x_t))` for the block's weights, each prepared
+    /// under its [`WeightKey::of`], `n` tokens padded to `bucket` as the engine needs.
+    fn feed_forward(&self, ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure>;
 }
 
 /// Capability: causal attention of a batch of queries over a layer's f16 KV cache,

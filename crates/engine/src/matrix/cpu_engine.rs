@@ -41,7 +41,7 @@ impl MatrixEngine for CpuEngine {
 }
 
 impl FusedFeedForward for CpuEngine {
-    fn feed_forward(&self, _: [&WeightKey; 3], ffn: &FeedForward<'_>, _: usize, x: &[f32], _: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, ffn: &FeedForward<'_>, _: usize, x: &[f32], _: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         // Exactly the CPU path's block, so fused and unfused placements agree bit for bit.
         Dispatcher::cpu_only().feed_forward(ffn, x, out);
         Ok(())

@@ -151,12 +151,11 @@ impl Dispatcher {
                     self.log(f.down, n, &format!("{} fuses feed-forward blocks but not this one: {why}", engine.name()));
                 }
                 if supported.is_ok() {
-                    let keys = f.weights().map(WeightKey::of);
                     let (k, m) = (f.gate.cols, f.down.rows);
-                    let result = self.run_tiles(engine, &f.weights(), n, |bucket, start, len| {
+                    let result = self.run_tiles(engine, &[f.gate, f.up, f.down], n, |bucket, start, len| {
                         let tile_x = &x[start * k..(start + len) * k];
                         let tile_out = &mut out[start * m..(start + len) * m];
-                        fuse.feed_forward([&keys[0], &keys[1], &keys[2]], f, bucket, tile_x, len, tile_out)
+                        fuse.feed_forward(f, bucket, tile_x, len, tile_out)
                     });
                     match result {
                         Ok(()) => return self.stats.with(engine.name(), |s| s.fused_blocks += 1),

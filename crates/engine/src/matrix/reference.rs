@@ -132,12 +132,12 @@ impl MatrixEngine for ReferenceEngine {
 }
 
 impl FusedFeedForward for ReferenceEngine {
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         // The intermediate stays inside the engine: exact f32 throughout.
         debug_assert_eq!(x.len(), n * ffn.gate.cols);
         ffn.run_with(x, out, |ws, x, outs| {
-            let at = if ws.len() == 2 { &keys[..2] } else { &keys[2..] };
-            self.matmul(at, ws, bucket, x, x.len() / ws[0].cols, outs)
+            let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
+            self.matmul(&keys.iter().collect::<Vec<_>>(), ws, bucket, x, x.len() / ws[0].cols, outs)
         })
     }
 }
@@ -224,8 +224,7 @@ impl BlockOps for RefOps<'_> {
         if !self.resident {
             return f.run_with(x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
         }
-        let keys = f.weights().map(WeightKey::of);
-        FusedFeedForward::feed_forward(self.engine, [&keys[0], &keys[1], &keys[2]], f, self.bucket, x, x.len() / f.gate.cols, out)
+        FusedFeedForward::feed_forward(self.engine, f, self.bucket, x, x.len() / f.gate.cols, out)
     }
     fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
         AttentionOp::attention(self.engine, s, q, positions, kc, vc, out)

@@ -113,13 +113,13 @@ impl<H: OpHook> MatrixEngine for Wrapped<H> {
 }
 
 impl<H: OpHook> FusedFeedForward for Wrapped<H> {
-    fn feed_forward(&self, keys: [&WeightKey; 3], ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
+    fn feed_forward(&self, ffn: &FeedForward<'_>, bucket: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let op = self.inner.capabilities().feed_forward.ok_or_else(|| self.missing("FusedFeedForward"))?;
         if let Err(f) = self.injected() {
             out.fill(f32::NAN);
             return Err(f);
         }
-        self.renamed(op.feed_forward(keys, ffn, bucket, x, n, out))
+        self.renamed(op.feed_forward(ffn, bucket, x, n, out))
     }
 }
 
