@@ -3,6 +3,7 @@
 //! every format. The GPU check binary tests the kernels themselves; this catches a
 //! wrong index on a machine without a GPU.
 
+use quant::tables::{KVALUES_FP4, KVALUES_IQ4NL};
 use quant::GgmlType;
 
 fn ldh(b: &[u8], o: usize) -> f32 {
@@ -19,6 +20,15 @@ fn scale_min_k4(q: &[u8], is: usize) -> (i32, i32) {
     } else {
         (((q[is + 4] & 15) | ((q[is - 4] >> 6) << 4)) as i32, ((q[is + 4] >> 4) | ((q[is] >> 6) << 4)) as i32)
     }
+}
+
+/// Nibble `j` of a 32-element group packed in 16 bytes (`nib32`).
+fn nib32(qs: &[u8], j: usize) -> usize {
+    (if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 }) as usize
+}
+
+fn e8m0_half(e: u8) -> f32 {
+    f32::from_bits(if e < 2 { 0x0020_0000 << e } else { (e as u32 - 1) << 23 })
 }
 
 /// Element `j` of block `b`, as the kernel for `ty` computes it (before rounding to f16).
@@ -84,6 +94,14 @@ fn element(ty: GgmlType, b: &[u8], j: usize) -> f32 {
             let q = ((if qt >= 2 { x >> 4 } else { x & 15 }) | (((b[128 + 32 * h + l] >> (2 * qt)) & 3) << 4)) as i32 - 32;
             ldh(b, 208) * (b[192 + 8 * h + (l >> 4) + 2 * qt] as i8 as f32) * q as f32
         }
+        IQ4_NL => ldh(b, 0) * KVALUES_IQ4NL[nib32(&b[2..], j)] as f32,
+        MXFP4 => e8m0_half(b[0]) * KVALUES_FP4[nib32(&b[1..], j)] as f32,
+        IQ4_XS => {
+            let ib = j >> 5;
+            let h = u16::from_le_bytes([b[2], b[3]]) as i32;
+            let ls = ((b[4 + (ib >> 1)] as i32 >> (4 * (ib & 1))) & 15) | (((h >> (2 * ib)) & 3) << 4);
+            ldh(b, 0) * (ls - 32) as f32 * KVALUES_IQ4NL[nib32(&b[8 + 16 * ib..], j & 31)] as f32
+        }
         Q8_1 | Q8_K => unreachable!("not weight formats"),
     }
 }
@@ -111,7 +129,8 @@ fn kernel_index_arithmetic_matches_the_scalar_dequantizers() {
                     GgmlType::Q2_K => &[80, 81, 82, 83],
                     GgmlType::Q3_K => &[108, 109],
                     GgmlType::Q6_K => &[208, 209],
-                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0, 1],
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0, 1],
+                    GgmlType::MXFP4 => &[0],
                     _ => &[0, 1, 2, 3],
                 };
                 for (i, v) in blk.iter_mut().enumerate() {

@@ -11,12 +11,95 @@
 //! The formulas mirror `quant::blocks` (ggml's scalar dequantizers) term by term; the
 //! unit tests in `formulas.rs` run the same index arithmetic in Rust against
 //! `quant::dequantize_row` for every format, so a wrong index fails in CI, not on the GPU.
-//! No headers: half conversions are inline PTX, so NVRTC needs no include path.
+//! No headers: half conversions are inline PTX, so NVRTC needs no include path. The
+//! codebooks of the non-linear formats are `quant::tables`, written into the source as
+//! `__constant__` arrays at compile time (one copy of the data for CPU and GPU).
 
+use quant::tables;
 use quant::GgmlType;
 
-/// The program text.
-pub const SOURCE: &str = r#"
+/// The program text: the helpers, the codebooks, the kernels.
+pub const SOURCE: &str = {
+    const PARTS: &[Part] = &[
+        Part::Text(HELPERS),
+        Part::Table("signed char kvalues_iq4nl[16]", Vals::I8(&tables::KVALUES_IQ4NL)),
+        Part::Table("signed char kvalues_fp4[16]", Vals::I8(&tables::KVALUES_FP4)),
+        Part::Text(KERNELS),
+    ];
+    const LEN: usize = render(PARTS, &mut []);
+    const BYTES: [u8; LEN] = {
+        let mut b = [0u8; LEN];
+        render(PARTS, &mut b);
+        b
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("the kernel source is ASCII"),
+    }
+};
+
+/// A piece of [`SOURCE`]: CUDA text, or a table rendered as `__constant__ DECL = {..};`.
+enum Part {
+    Text(&'static str),
+    Table(&'static str, Vals),
+}
+
+enum Vals {
+    I8(&'static [i8]),
+}
+
+/// Writes `parts` into `out` (when it is long enough; `&mut []` only counts) and returns
+/// the length: a const fn, so the text is built by the compiler.
+const fn render(parts: &[Part], out: &mut [u8]) -> usize {
+    const fn put(out: &mut [u8], pos: usize, s: &[u8]) -> usize {
+        let mut i = 0;
+        while i < s.len() {
+            if pos + i < out.len() {
+                out[pos + i] = s[i];
+            }
+            i += 1;
+        }
+        pos + s.len()
+    }
+    const fn num(out: &mut [u8], pos: usize, v: i128) -> usize {
+        let mut digits = [0u8; 40];
+        let (mut n, mut len) = (v.unsigned_abs(), 0);
+        loop {
+            digits[39 - len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let pos = if v < 0 { put(out, pos, b"-") } else { pos };
+        put(out, pos, digits.split_at(40 - len).1)
+    }
+    let mut pos = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        match parts[p] {
+            Part::Text(t) => pos = put(out, pos, t.as_bytes()),
+            Part::Table(decl, ref vals) => {
+                pos = put(out, pos, b"__constant__ ");
+                pos = put(out, pos, decl.as_bytes());
+                pos = put(out, pos, b" = {");
+                let Vals::I8(v) = *vals;
+                let mut i = 0;
+                while i < v.len() {
+                    pos = num(out, pos, v[i] as i128);
+                    pos = put(out, pos, b",");
+                    i += 1;
+                }
+                pos = put(out, pos, b"};\n");
+            }
+        }
+        p += 1;
+    }
+    pos
+}
+
+const HELPERS: &str = r#"
 typedef unsigned char u8;
 typedef signed char i8;
 typedef unsigned short u16;
@@ -37,7 +120,9 @@ extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ ds
         dst[i] = f2h(v); \
     } \
 }
+"#;
 
+const KERNELS: &str = r#"
 DEQ(deq_f32, 1, 4, v = __int_as_float((int)ldu32(b)); (void)j)
 DEQ(deq_bf16, 1, 2, v = __int_as_float((int)((u32)(b[0] | (b[1] << 8)) << 16)); (void)j)
 
@@ -99,6 +184,18 @@ DEQ(deq_q6_k, 256, 210, {
     u8 x = b[64 * h + l + 32 * (qt & 1)];
     int q = ((qt >= 2 ? (x >> 4) : (x & 15)) | (((b[128 + 32 * h + l] >> (2 * qt)) & 3) << 4)) - 32;
     v = ldh(b + 208) * (float)(i8)b[192 + 8 * h + (l >> 4) + 2 * qt] * q;
+})
+
+// The codebook formats: nibble j of a 32-element group (low nibbles first) indexes a table.
+__device__ __forceinline__ int nib32(const u8* qs, int j) { return j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4); }
+// Half the E8M0 scale 2^(e-127) (the FP4 table is doubled); e < 2 are f32 subnormals.
+__device__ __forceinline__ float e8m0_half(u8 e) { return __int_as_float(e < 2 ? (0x00200000 << e) : ((e - 1) << 23)); }
+DEQ(deq_iq4_nl, 32, 18, v = ldh(b) * kvalues_iq4nl[nib32(b + 2, j)])
+DEQ(deq_mxfp4, 32, 17, v = e8m0_half(b[0]) * kvalues_fp4[nib32(b + 1, j)])
+DEQ(deq_iq4_xs, 256, 136, {
+    int ib = j >> 5;
+    int ls = ((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | ((((b[2] | (b[3] << 8)) >> (2 * ib)) & 3) << 4);
+    v = ldh(b) * (ls - 32) * kvalues_iq4nl[nib32(b + 8 + 16 * ib, j & 31)];
 })
 
 // Feed-forward activation on the card: mid = f16(act(gate) * up), saturated to the f16
@@ -545,9 +642,9 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 24] = [
+pub const NAMES: [&str; 27] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
-    "deq_q4_k", "deq_q5_k", "deq_q6_k", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
+    "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
     "attn_tiled", "residual_norm", "qk_prep", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
     "flash_d64_q128", "flash_d128_q128",
 ];
@@ -581,6 +678,9 @@ pub fn dequant_kernel(ty: GgmlType) -> Result<Option<&'static str>, String> {
         Q4_K => "deq_q4_k",
         Q5_K => "deq_q5_k",
         Q6_K => "deq_q6_k",
+        IQ4_NL => "deq_iq4_nl",
+        IQ4_XS => "deq_iq4_xs",
+        MXFP4 => "deq_mxfp4",
         Q8_1 | Q8_K => return Err(format!("{} is an activation format, not a weight format", ty.name())),
     }))
 }
@@ -598,6 +698,13 @@ mod tests {
                 Err(_) => assert!(matches!(ty, GgmlType::Q8_1 | GgmlType::Q8_K)),
             }
         }
+    }
+
+    #[test]
+    fn codebooks_are_rendered_into_the_source() {
+        assert!(SOURCE.contains("__constant__ signed char kvalues_iq4nl[16] = {-127,-104,-83,-65,-49,-35,-22,-10,1,13,25,38,53,69,89,113,};\n"));
+        assert!(SOURCE.contains("__constant__ signed char kvalues_fp4[16] = {0,1,2,3,4,6,8,12,0,-1,"));
+        assert!(SOURCE.starts_with(HELPERS) && SOURCE.ends_with(KERNELS));
     }
 
     /// Compiles the source when an NVRTC library is on the library path (not in CI);

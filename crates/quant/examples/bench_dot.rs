@@ -24,7 +24,8 @@ fn main() {
     let act: Vec<f32> = (0..n).map(|_| rnd()).collect();
     println!("detected: {}", quant::simd_level());
     for ty in [
-        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+        MXFP4,
     ] {
         let row_bytes = ty.bytes_for(n as u64).unwrap() as usize;
         let mut w = vec![0u8; row_bytes * rows];

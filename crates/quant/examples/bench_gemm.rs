@@ -32,7 +32,7 @@ fn main() {
     let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
     let act: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
     println!("M={m} K={k} N={n}, detected {}", quant::simd_level());
-    for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+    for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4] {
         if gemm_kernel(ty).is_none() {
             continue;
         }

@@ -9,8 +9,8 @@
 //! float work (block scales) is shared by 16 tokens.
 //!
 //! The integer sums per block are exact, as in the dot kernels; weight offsets (Q4_0's
-//! -8, Q5_0's -16, Q8_0 stored +128, Q6_K's -32) are taken out exactly through the
-//! activations' block sums. Only the float accumulation order differs from the scalar
+//! -8, Q5_0's -16, Q6_K's -32, Q8_0 and the codebook formats stored +128) are taken out
+//! exactly through the activations' block sums. Only the float accumulation order differs from the scalar
 //! reference, so results agree with [`crate::dot_kernel_scalar`] to f32 re-association
 //! error.
 
@@ -139,7 +139,8 @@ impl ActPanels {
 pub type GemmFn = unsafe fn(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize);
 
 /// The tiled kernel for weight type `ty` on this CPU, if there is one (AVX-512 VNNI:
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). Callers fall back to dot kernels.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4). Callers fall
+/// back to dot kernels.
 pub fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::x86::has_avx512vnni() {

@@ -19,6 +19,7 @@ mod blocks;
 mod dispatch;
 mod gemm;
 mod simd;
+pub mod tables;
 mod types;
 mod util;
 

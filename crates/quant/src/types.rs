@@ -43,12 +43,27 @@ pub enum GgmlType {
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
+    IQ4_NL = 20,
+    IQ4_XS = 23,
     BF16 = 30,
+    MXFP4 = 39,
+}
+
+/// A type's block geometry and the block type its dot product consumes.
+struct Layout {
+    name: &'static str,
+    block_size: usize,
+    block_bytes: usize,
+    vec_dot: GgmlType,
+}
+
+const fn layout(name: &'static str, block_size: usize, block_bytes: usize, vec_dot: GgmlType) -> Layout {
+    Layout { name, block_size, block_bytes, vec_dot }
 }
 
 impl GgmlType {
     /// All types this crate knows.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 18] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -63,8 +78,37 @@ impl GgmlType {
         Self::Q5_K,
         Self::Q6_K,
         Self::Q8_K,
+        Self::IQ4_NL,
+        Self::IQ4_XS,
         Self::BF16,
+        Self::MXFP4,
     ];
+
+    /// ggml's block layouts (ggml-common.h) and the CPU backend's `vec_dot_type`
+    /// (ggml-cpu.c `type_traits_cpu`).
+    const fn layout(self) -> Layout {
+        use GgmlType::*;
+        match self {
+            F32 => layout("F32", 1, 4, F32),
+            F16 => layout("F16", 1, 2, F16),
+            BF16 => layout("BF16", 1, 2, BF16),
+            Q4_0 => layout("Q4_0", 32, 18, Q8_0),
+            Q4_1 => layout("Q4_1", 32, 20, Q8_1),
+            Q5_0 => layout("Q5_0", 32, 22, Q8_0),
+            Q5_1 => layout("Q5_1", 32, 24, Q8_1),
+            Q8_0 => layout("Q8_0", 32, 34, Q8_0),
+            Q8_1 => layout("Q8_1", 32, 36, Q8_1),
+            Q2_K => layout("Q2_K", 256, 84, Q8_K),
+            Q3_K => layout("Q3_K", 256, 110, Q8_K),
+            Q4_K => layout("Q4_K", 256, 144, Q8_K),
+            Q5_K => layout("Q5_K", 256, 176, Q8_K),
+            Q6_K => layout("Q6_K", 256, 210, Q8_K),
+            Q8_K => layout("Q8_K", 256, 292, Q8_K),
+            IQ4_NL => layout("IQ4_NL", 32, 18, Q8_0),
+            IQ4_XS => layout("IQ4_XS", 256, 136, Q8_K),
+            MXFP4 => layout("MXFP4", 32, 17, Q8_0),
+        }
+    }
 
     /// The type for a GGUF type id.
     pub fn from_id(id: u32) -> Result<Self, QuantError> {
@@ -75,7 +119,7 @@ impl GgmlType {
             .ok_or(QuantError::UnknownType(id))
     }
 
-    /// The type for a name as llama.cpp writes it (`q4_k`, `Q4_K`, `f16`...).
+    /// The type for a name as llama.cpp writes it (`q4_k`, `Q4_K`, `f16`, `iq4_nl`...).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL
             .iter()
@@ -83,54 +127,19 @@ impl GgmlType {
             .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
-    /// The name llama.cpp prints (`Q4_K`, `F32`...).
+    /// The name llama.cpp prints, upper case (`Q4_K`, `F32`, `IQ4_NL`...).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "F32",
-            Self::F16 => "F16",
-            Self::Q4_0 => "Q4_0",
-            Self::Q4_1 => "Q4_1",
-            Self::Q5_0 => "Q5_0",
-            Self::Q5_1 => "Q5_1",
-            Self::Q8_0 => "Q8_0",
-            Self::Q8_1 => "Q8_1",
-            Self::Q2_K => "Q2_K",
-            Self::Q3_K => "Q3_K",
-            Self::Q4_K => "Q4_K",
-            Self::Q5_K => "Q5_K",
-            Self::Q6_K => "Q6_K",
-            Self::Q8_K => "Q8_K",
-            Self::BF16 => "BF16",
-        }
+        self.layout().name
     }
 
     /// Elements per block.
     pub fn block_size(self) -> usize {
-        match self {
-            Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
-            Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q8_K => 256,
-        }
+        self.layout().block_size
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::BF16 => 2,
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q5_0 => 22,
-            Self::Q5_1 => 24,
-            Self::Q8_0 => 34,
-            Self::Q8_1 => 36,
-            Self::Q2_K => 84,
-            Self::Q3_K => 110,
-            Self::Q4_K => 144,
-            Self::Q5_K => 176,
-            Self::Q6_K => 210,
-            Self::Q8_K => 292,
-        }
+        self.layout().block_bytes
     }
 
     /// Bytes for `n` elements, or `None` when `n` is not a whole number of blocks
@@ -146,16 +155,7 @@ impl GgmlType {
     /// The block type a dot product with this weight type consumes: activations are
     /// quantized to it once per matmul (ggml's `vec_dot_type`).
     pub fn vec_dot_type(self) -> GgmlType {
-        match self {
-            Self::F32 => Self::F32,
-            Self::F16 => Self::F16,
-            Self::BF16 => Self::BF16,
-            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => Self::Q8_0,
-            Self::Q4_1 | Self::Q5_1 | Self::Q8_1 => Self::Q8_1,
-            Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q8_K => {
-                Self::Q8_K
-            }
-        }
+        self.layout().vec_dot
     }
 }
 
@@ -178,5 +178,9 @@ mod tests {
         assert_eq!(GgmlType::Q4_K.bytes_for(256), Some(144));
         assert_eq!(GgmlType::Q6_K.bytes_for(512), Some(420));
         assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
+        // sizeof(block_iq4_nl) = 2 + 16, block_iq4_xs = 2 + 2 + 4 + 128, block_mxfp4 = 1 + 16.
+        assert_eq!(GgmlType::IQ4_NL.bytes_for(64), Some(36));
+        assert_eq!(GgmlType::IQ4_XS.bytes_for(256), Some(136));
+        assert_eq!(GgmlType::MXFP4.bytes_for(32), Some(17));
     }
 }

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use quant::{dot_kernel_scalar, gemm, gemm_kernel, quantize_activations, ActPanels, GgmlType};
 
-const TYPES: [GgmlType; 8] = {
+const TYPES: [GgmlType; 11] = {
     use GgmlType::*;
-    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4]
 };
 
 /// Sum of |w_i * a_i| of the dequantized operands: the scale of rounding errors.

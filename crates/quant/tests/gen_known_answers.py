@@ -64,11 +64,20 @@ TYPES = {
     "Q6_K": (14, 256, 210, [208]),
     "Q8_K": (15, 256, 292, []),
     "BF16": (30, 1, 2, []),
+    "IQ4_NL": (20, 32, 18, [0]),
+    "IQ4_XS": (23, 256, 136, [0]),
+    "MXFP4": (39, 32, 17, []),
 }
 VEC_DOT_TYPE = {
     "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
     "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
+    "IQ4_NL": "Q8_0", "IQ4_XS": "Q8_K", "MXFP4": "Q8_0",
 }
+# Formats checked against ggml's C only (dequantize_row_*, quantize_row_*_ref, the generic
+# dots), with an RNG stream of their own so that the cases above stay as they were.
+C_ONLY = ["IQ4_NL", "IQ4_XS", "MXFP4"]
+# Those with a reference quantizer.
+C_ONLY_QUANT = ["IQ4_NL", "IQ4_XS", "MXFP4"]
 
 STUB_C = r"""
 #include <stdlib.h>
@@ -164,6 +173,16 @@ def c_dequantize_q8_k(lib, blocks):
     return out
 
 
+def c_dequantize(lib, name, blocks):
+    _, bs, bb, _ = TYPES[name]
+    n = len(blocks) // bb * bs
+    out = np.zeros(n, dtype=np.float32)
+    fn = getattr(lib, "dequantize_row_%s" % name.lower().replace("_k", "_K"))
+    fn.restype = None
+    fn(blocks.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n))
+    return out
+
+
 def c_dot(lib, name, w, a, n):
     fn = getattr(lib, "ggml_vec_dot_%s_%s_generic" % (name.lower().replace("_k", "_K"), VEC_DOT_TYPE[name].lower().replace("_k", "_K")))
     fn.restype = None
@@ -181,6 +200,8 @@ def random_blocks(rng, name, nblocks):
         d = (rng.uniform(0.5, 2.0, size=nblocks) * 10.0 ** rng.integers(-4, 0, size=nblocks)).astype(np.float32)
         d *= np.where(rng.random(nblocks) < 0.2, -1, 1).astype(np.float32)
         b[:, off:off + 2] = d.astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+    if name == "MXFP4":
+        b[:, 0] = rng.integers(110, 135, size=nblocks)  # E8M0 exponents of moderate scales
     return b.reshape(-1)
 
 
@@ -296,6 +317,36 @@ def main():
         if lib is not None:
             assert differs > 0, "x86 quantizers never differ from *_ref: wrong functions called?"
             print("x86 activation quantizers differ from *_ref on %d of the inputs" % differs)
+
+    # ---- formats checked against ggml's C only
+    if lib is not None:
+        rngc = np.random.default_rng(20260611)
+        for name in C_ONLY:
+            _, bs, bb, _ = TYPES[name]
+            nblocks = 4 if bs == 256 else 8
+            raw = random_blocks(rngc, name, nblocks)
+            out = c_dequantize(lib, name, raw)
+            assert np.all(np.isfinite(out)), name
+            for i in range(nblocks):
+                lines.append("deq %s %s %s" % (name, hexs(raw[i * bb:(i + 1) * bb]), hexs(out[i * bs:(i + 1) * bs])))
+        for name in C_ONLY_QUANT:
+            _, bs, _, _ = TYPES[name]
+            for x in test_inputs(rngc, 256 if bs == 256 else 64):
+                if name == "IQ4_NL" and np.any(np.all(x.reshape(-1, 32) == 0, axis=1)):
+                    continue  # ggml leaves an all-zero block's indices unset (stack garbage)
+                lines.append("quant %s %s %s ggml-c" % (name, hexs(x), hexs(c_quantize(lib, name, x))))
+        for name in C_ONLY:
+            _, bs, bb, _ = TYPES[name]
+            for nblocks in (1, 2, 3):
+                n = nblocks * bs
+                w = random_blocks(rngc, name, nblocks)
+                a = c_quantize(lib, VEC_DOT_TYPE[name], rngc.standard_normal(n).astype(np.float32))
+                lines.append("dot %s %s %s %s" % (name, hexs(w), hexs(a), hexs(np.array([c_dot(lib, name, w, a, n)], dtype=np.float32))))
+            if name in C_ONLY_QUANT:
+                n = 2 * bs
+                w = c_quantize(lib, name, rngc.standard_normal(n).astype(np.float32))
+                a = c_quantize(lib, VEC_DOT_TYPE[name], rngc.standard_normal(n).astype(np.float32))
+                lines.append("dot %s %s %s %s" % (name, hexs(w), hexs(a), hexs(np.array([c_dot(lib, name, w, a, n)], dtype=np.float32))))
 
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

@@ -123,3 +123,20 @@ fn x86_activation_quantizers_are_byte_exact() {
     }
     assert!(count >= 20, "fixture has {count} quant_x86 cases");
 }
+
+/// Every format has fixtures: dequantize cases for all block formats (Q8_1 has no ggml
+/// dequantizer), dot cases for every quantized weight format.
+#[test]
+fn fixtures_cover_every_format() {
+    use GgmlType::*;
+    for ty in GgmlType::ALL {
+        let deq = cases("deq").filter(|(t, _)| *t == ty).count();
+        let dot = cases("dot").filter(|(t, _)| *t == ty).count();
+        if !matches!(ty, F32 | Q8_1) {
+            assert!(deq > 0, "no dequantize fixture for {}", ty.name());
+        }
+        if ty.block_size() > 1 && dot_kernel_scalar(ty).is_ok() {
+            assert!(dot >= 2, "{} dot fixtures for {}", dot, ty.name());
+        }
+    }
+}

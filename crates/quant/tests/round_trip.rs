@@ -81,7 +81,7 @@ fn legacy_and_q8_error_bounds() {
     }
 }
 
-/// K-quants pick scales by search, so the bound is statistical: RMSE relative to RMS of
+/// K-quants (and IQ4) pick scales by search, so the bound is statistical: RMSE relative to RMS of
 /// Gaussian data, thresholds a little above what ggml's reference quantizers reach.
 #[test]
 fn k_quant_rmse() {
@@ -98,6 +98,9 @@ fn k_quant_rmse() {
         (GgmlType::Q5_0, 0.065),
         (GgmlType::Q5_1, 0.06),
         (GgmlType::Q8_0, 0.009),
+        (GgmlType::IQ4_NL, 0.12),
+        (GgmlType::IQ4_XS, 0.11),
+        (GgmlType::MXFP4, 0.16), // power-of-two block scales: coarser
     ] {
         let r = rmse_over_rms(ty, &x);
         eprintln!("{}: rmse/rms = {r:.4}", ty.name());

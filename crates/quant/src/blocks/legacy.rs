@@ -90,7 +90,7 @@ pub(crate) fn dequant_q8_1(src: &[u8], dst: &mut [f32]) {
 
 /// The signed value with the largest magnitude (first one on ties), as ggml picks it.
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {

@@ -4,6 +4,8 @@ pub(crate) mod float;
 pub(crate) mod k_quantize;
 pub(crate) mod k_quants;
 pub(crate) mod legacy;
+pub(crate) mod nl_quantize;
+pub(crate) mod nonlinear;
 
 use crate::{DotFn, GgmlType, QuantError};
 
@@ -28,6 +30,9 @@ fn dequant_fn(ty: GgmlType) -> DequantFn {
         Q5_K => k_quants::dequant_q5_k,
         Q6_K => k_quants::dequant_q6_k,
         Q8_K => k_quants::dequant_q8_k,
+        IQ4_NL => nonlinear::dequant_iq4_nl,
+        IQ4_XS => nonlinear::dequant_iq4_xs,
+        MXFP4 => nonlinear::dequant_mxfp4,
     }
 }
 
@@ -49,6 +54,9 @@ fn quant_fn(ty: GgmlType) -> QuantFn {
         Q5_K => k_quantize::quant_q5_k,
         Q6_K => k_quantize::quant_q6_k,
         Q8_K => k_quants::quant_q8_k,
+        IQ4_NL => nl_quantize::quant_iq4_nl,
+        IQ4_XS => nl_quantize::quant_iq4_xs,
+        MXFP4 => nl_quantize::quant_mxfp4,
     }
 }
 
@@ -114,6 +122,9 @@ pub fn dot_kernel_scalar(ty: GgmlType) -> Result<DotFn, QuantError> {
         Q4_K => k_quants::dot_q4_k_q8_k,
         Q5_K => k_quants::dot_q5_k_q8_k,
         Q6_K => k_quants::dot_q6_k_q8_k,
+        IQ4_NL => nonlinear::dot_iq4_nl_q8_0,
+        IQ4_XS => nonlinear::dot_iq4_xs_q8_k,
+        MXFP4 => nonlinear::dot_mxfp4_q8_0,
         Q8_1 | Q8_K => {
             return Err(QuantError::Unsupported {
                 op: "dot (as weight type)",

@@ -38,7 +38,7 @@ impl Rng {
 pub fn f16_fields(ty: GgmlType) -> &'static [usize] {
     use GgmlType::*;
     match ty {
-        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS => &[0],
         Q4_1 | Q5_1 | Q8_1 | Q4_K | Q5_K => &[0, 2],
         Q2_K => &[80, 82],
         Q3_K => &[108],
@@ -57,6 +57,9 @@ pub fn random_weights(rng: &mut Rng, ty: GgmlType, nb: usize) -> Vec<u8> {
     let bb = ty.block_bytes();
     let mut b = rng.bytes(nb * bb);
     for blk in b.chunks_exact_mut(bb) {
+        if ty == GgmlType::MXFP4 {
+            blk[0] = 110 + (rng.next_u64() % 25) as u8; // E8M0 exponent of a moderate scale
+        }
         for &off in f16_fields(ty) {
             let sign = if rng.unit() < 0.2 { -1.0 } else { 1.0 };
             let d =
@@ -89,10 +92,10 @@ pub fn dequantized(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
 }
 
 /// The weight types that have dot kernels.
-pub const WEIGHT_TYPES: [GgmlType; 13] = {
+pub const WEIGHT_TYPES: [GgmlType; 16] = {
     use GgmlType::*;
     [
-        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4,
     ]
 };
 

@@ -9,8 +9,10 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm_tiles::{k4_tile, legacy_tile, q6k_tile, MR};
+use super::gemm_tiles::{k4_tile, legacy_tile, offset_tile, MR};
 use crate::blocks::k_quants::scale_min_k4;
+use crate::blocks::nonlinear::{e8m0_half, iq4_xs_scale};
+use crate::tables::{KVALUES_FP4, KVALUES_IQ4NL};
 use crate::gemm::{ActPanels, GemmFn, PANEL_TOKENS};
 use crate::util::rd_f16;
 use crate::GgmlType;
@@ -95,6 +97,31 @@ legacy_family!(FQ8_0, GgmlType::Q8_0, false, 7, |b, q, f0, _f1| {
         q[j] = b[2 + j] ^ 0x80; // i8 + 128
     }
 });
+/// 16 packed bytes -> 32 codebook values + 128 (low nibbles first), by byte shuffles.
+#[inline(always)]
+fn codebook(qs: &[u8], table: &[i8; 16], q: &mut [u8]) {
+    assert!(qs.len() >= 16 && q.len() >= 32);
+    // SAFETY: in bounds (checked above); SSSE3 is part of the AVX-512 level, and `expand`
+    // runs only inside the entry points below, handed out after run-time detection.
+    unsafe {
+        let t = _mm_xor_si128(_mm_loadu_si128(table.as_ptr() as *const __m128i), _mm_set1_epi8(-128));
+        let raw = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+        let m4 = _mm_set1_epi8(0x0F);
+        let lo = _mm_shuffle_epi8(t, _mm_and_si128(raw, m4));
+        let hi = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+        _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, lo);
+        _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, hi);
+    }
+}
+
+legacy_family!(FIq4Nl, GgmlType::IQ4_NL, false, 7, |b, q, f0, _f1| {
+    *f0 = rd_f16(b, 0);
+    codebook(&b[2..18], &KVALUES_IQ4NL, q);
+});
+legacy_family!(FMxfp4, GgmlType::MXFP4, false, 7, |b, q, f0, _f1| {
+    *f0 = e8m0_half(b[0]);
+    codebook(&b[1..17], &KVALUES_FP4, q);
+});
 legacy_family!(FQ4_1, GgmlType::Q4_1, true, 0, |b, q, f0, f1| {
     (*f0, *f1) = (rd_f16(b, 0), rd_f16(b, 2));
     nibbles(&b[4..20], q);
@@ -168,7 +195,29 @@ impl Family for Q6K {
     }
     #[inline(always)]
     unsafe fn tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanels, g0: usize) -> [[__m512; NR]; MR] {
-        q6k_tile::<NR>(w, r0, a, g0)
+        offset_tile::<NR, 16, 5>(w, r0, a, g0)
+    }
+}
+
+/// IQ4_XS: eight sub-blocks of 32 with scales `ls - 32`, values stored +128.
+pub(super) struct Iq4Xs;
+impl Family for Iq4Xs {
+    const TY: GgmlType = GgmlType::IQ4_XS;
+    const NI0: usize = 8;
+    const NI1: usize = 8;
+    #[inline(always)]
+    fn expand(b: &[u8], q: &mut [u8], f0: &mut f32, _f1: &mut f32, i0: &mut [i32], i1: &mut [i32]) {
+        *f0 = rd_f16(b, 0);
+        for ib in 0..8 {
+            let ls = iq4_xs_scale(b, ib) - 32;
+            i0[ib] = ls;
+            i1[ib] = (ls & 0xFFFF) | (ls << 16);
+            codebook(&b[8 + 16 * ib..24 + 16 * ib], &KVALUES_IQ4NL, &mut q[32 * ib..32 * ib + 32]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanels, g0: usize) -> [[__m512; NR]; MR] {
+        offset_tile::<NR, 8, 7>(w, r0, a, g0)
     }
 }
 
@@ -295,6 +344,9 @@ entry!(gemm_q8_0, FQ8_0);
 entry!(gemm_q4_k, K4<false>);
 entry!(gemm_q5_k, K4<true>);
 entry!(gemm_q6_k, Q6K);
+entry!(gemm_iq4_nl, FIq4Nl);
+entry!(gemm_iq4_xs, Iq4Xs);
+entry!(gemm_mxfp4, FMxfp4);
 
 /// The tiled kernel for a weight type (AVX-512 VNNI checked by the caller).
 pub(crate) fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
@@ -308,6 +360,9 @@ pub(crate) fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
         Q4_K => gemm_q4_k,
         Q5_K => gemm_q5_k,
         Q6_K => gemm_q6_k,
+        IQ4_NL => gemm_iq4_nl,
+        IQ4_XS => gemm_iq4_xs,
+        MXFP4 => gemm_mxfp4,
         _ => return None,
     })
 }

@@ -171,25 +171,28 @@ pub(super) unsafe fn k4_tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanels
     acc
 }
 
-/// Q6_K: 16 groups of 16 with i8 scales; the quants are stored +32, taken out as
-/// `32 * sum_g scale_g * bsum_g` (scale pairs in `i1` against Q8_K's bsum pairs).
+/// Formats whose unsigned bytes carry an offset of `1 << SH` and whose `G` equal groups
+/// per super-block have signed i32 scales (`i0`): the offset is taken out exactly as
+/// `(1 << SH) * sum_g scale_g * bsum_g`, the scales also stored as i16 pairs (`i1`, one
+/// per two Q8_K bsums) for `dpwssd`. Q6_K: 16 groups of 16, +32; IQ4_XS: 8 groups of 32
+/// (pairs of equal scales), +128.
 #[inline(always)]
-pub(super) unsafe fn q6k_tile<const NR: usize>(w: &Rows, r0: usize, a: &ActPanels, g0: usize) -> Acc<NR> {
+pub(super) unsafe fn offset_tile<const NR: usize, const G: usize, const SH: u32>(w: &Rows, r0: usize, a: &ActPanels, g0: usize) -> Acc<NR> {
     let k = a.k;
     let (nb, stride) = (k / 256, k / 4);
     let q = w.q.as_ptr().add(r0 * k);
     let d = w.f0.as_ptr().add(r0 * nb);
-    let (sc, sp) = (w.i0.as_ptr().add(r0 * nb * 16), w.i1.as_ptr().add(r0 * nb * 8));
+    let (sc, sp) = (w.i0.as_ptr().add(r0 * nb * G), w.i1.as_ptr().add(r0 * nb * 8));
     let qs = panel_ptr(a, g0);
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     for b in 0..nb {
-        let s1 = scaled_group_sums::<NR, 16>(q, k, qs, stride, b, sc.add(b * 16), nb * 16);
+        let s1 = scaled_group_sums::<NR, G>(q, k, qs, stride, b, sc.add(b * G), nb * G);
         let s2 = bsum_pair_sums::<NR>(a, g0, b, sp.add(b * 8), nb * 8);
         for g in 0..NR {
             let da = ld(&a.d[(g0 + g) * nb + b]);
             for r in 0..MR {
                 let dd = _mm512_mul_ps(da, _mm512_set1_ps(*d.add(r * nb + b)));
-                let tot = _mm512_sub_epi32(s1[r][g], _mm512_slli_epi32::<5>(s2[r][g]));
+                let tot = _mm512_sub_epi32(s1[r][g], _mm512_slli_epi32::<SH>(s2[r][g]));
                 acc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), dd, acc[r][g]);
             }
         }

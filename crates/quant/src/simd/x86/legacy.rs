@@ -38,10 +38,11 @@ macro_rules! blocks2 {
         hsum_ps(_mm256_add_ps(acc0, acc1))
     }};
 }
+pub(super) use blocks2;
 
 /// 16 packed bytes at `p` -> 32 bytes: low nibbles (elements 0..16), then high nibbles.
 #[inline(always)]
-unsafe fn nibbles32(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(p as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))

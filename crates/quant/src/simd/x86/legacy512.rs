@@ -1,4 +1,5 @@
-//! AVX-512 kernels for the 32-element formats: two blocks per 512-bit vector.
+//! AVX-512 kernels for the 32-element formats (legacy and codebook): two blocks per
+//! 512-bit vector.
 //!
 //! Same integer sums and per-block scale products as the 256-bit kernels; the pair of
 //! block scales is converted and multiplied in one go and spread over the two halves.
@@ -7,7 +8,10 @@
 use std::arch::x86_64::*;
 
 use super::legacy::{q4_0_body, q4_1_body, q5_0_body, q5_1_body, q8_0_body};
+use super::nonlinear::{iq4_nl_body, mxfp4_body};
 use super::{check_blocks, Avx512};
+use crate::blocks::nonlinear::e8m0_half;
+use crate::tables::{KVALUES_FP4, KVALUES_IQ4NL};
 
 #[inline(always)]
 unsafe fn rd16(p: *const u8) -> i32 {
@@ -37,12 +41,16 @@ unsafe fn spread(v: __m128, i: i32, j: i32) -> __m512 {
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
 }
 
+/// `[h0, h1, ..]`: the halves at `p0` and `p1` as floats.
+#[inline(always)]
+unsafe fn h_pair(p0: *const u8, p1: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_insert_epi16::<1>(_mm_cvtsi32_si128(rd16(p0)), rd16(p1)))
+}
+
 /// `[dx0*dy0, dx1*dy1, ..]` for two "_0" blocks (f16 scale at offset 0 of each).
 #[inline(always)]
 unsafe fn d_pair(x0: *const u8, x1: *const u8, y0: *const u8, y1: *const u8) -> __m128 {
-    let hx = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(rd16(x0)), rd16(x1));
-    let hy = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(rd16(y0)), rd16(y1));
-    _mm_mul_ps(_mm_cvtph_ps(hx), _mm_cvtph_ps(hy))
+    _mm_mul_ps(h_pair(x0, x1), h_pair(y0, y1))
 }
 
 /// `[dx0*dy0, mx0*sy0, dx1*dy1, mx1*sy1]` for two "_1" blocks against Q8_1.
@@ -76,6 +84,19 @@ unsafe fn dot(u: __m512i, s: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
 }
 
+/// Signed i8 x i8: `|x|` times `y` negated where `x < 0` (no 512-bit sign instruction).
+#[inline(always)]
+unsafe fn dot_signed(qx: __m512i, qy: __m512i) -> __m512i {
+    let sy = _mm512_mask_sub_epi8(qy, _mm512_movepi8_mask(qx), _mm512_setzero_si512(), qy);
+    dot(_mm512_abs_epi8(qx), sy)
+}
+
+/// A 16-value codebook in every 128-bit lane, for `vpshufb` lookups.
+#[inline(always)]
+unsafe fn table(t: &[i8; 16]) -> __m512i {
+    _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
 /// Sum over block pairs of `d * sumi`, where `$body` gives `(d: __m512, sumi: __m512i)`
 /// for the pair starting at block `$i`; then the odd block, if any, via `$tail`.
 macro_rules! pairs {
@@ -103,10 +124,33 @@ unsafe fn q8_0(n: usize, w: *const u8, a: *const u8) -> f32 {
         let d = spread(d_pair(x, x.add(34), y, y.add(34)), 0, 1);
         let qx = cat(ld256(x.add(2)), ld256(x.add(36)));
         let qy = cat(ld256(y.add(2)), ld256(y.add(36)));
-        // |x| times y negated where x < 0 (no 512-bit sign instruction).
-        let sy = _mm512_mask_sub_epi8(qy, _mm512_movepi8_mask(qx), _mm512_setzero_si512(), qy);
-        (d, dot(_mm512_abs_epi8(qx), sy))
+        (d, dot_signed(qx, qy))
     }, q8_0_body::<Avx512>(32, w.add(i * 34), a.add(i * 34)))
+}
+
+/// IQ4_NL: the nibbles of two blocks looked up in the codebook, signed dot.
+#[inline(always)]
+unsafe fn iq4_nl(n: usize, w: *const u8, a: *const u8) -> f32 {
+    let t = table(&KVALUES_IQ4NL);
+    pairs!(n, i => {
+        let (x, y) = (w.add(i * 18), a.add(i * 34));
+        let d = spread(d_pair(x, x.add(18), y, y.add(34)), 0, 1);
+        let q = _mm512_shuffle_epi8(t, nibbles64(x.add(2), x.add(20)));
+        (d, dot_signed(q, cat(ld256(y.add(2)), ld256(y.add(36)))))
+    }, iq4_nl_body::<Avx512>(32, w.add(i * 18), a.add(i * 34)))
+}
+
+/// MXFP4: as IQ4_NL with the FP4 codebook and E8M0 block scales.
+#[inline(always)]
+unsafe fn mxfp4(n: usize, w: *const u8, a: *const u8) -> f32 {
+    let t = table(&KVALUES_FP4);
+    pairs!(n, i => {
+        let (x, y) = (w.add(i * 17), a.add(i * 34));
+        let dx = _mm_setr_ps(e8m0_half(*x), e8m0_half(*x.add(17)), 0.0, 0.0);
+        let d = spread(_mm_mul_ps(h_pair(y, y.add(34)), dx), 0, 1);
+        let q = _mm512_shuffle_epi8(t, nibbles64(x.add(1), x.add(18)));
+        (d, dot_signed(q, cat(ld256(y.add(2)), ld256(y.add(36)))))
+    }, mxfp4_body::<Avx512>(32, w.add(i * 17), a.add(i * 34)))
 }
 
 #[inline(always)]
@@ -185,3 +229,5 @@ entry!(dot_q4_0, q4_0, 18, 34);
 entry!(dot_q5_0, q5_0, 22, 34);
 entry!(dot_q4_1, q4_1, 20, 36);
 entry!(dot_q5_1, q5_1, 24, 36);
+entry!(dot_iq4_nl, iq4_nl, 18, 34);
+entry!(dot_mxfp4, mxfp4, 17, 34);

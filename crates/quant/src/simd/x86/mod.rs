@@ -17,6 +17,7 @@ mod k_low;
 mod k_quants;
 mod legacy;
 mod legacy512;
+mod nonlinear;
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -187,6 +188,9 @@ pub(crate) fn kernel_avx2(ty: GgmlType) -> Option<DotFn> {
         Q4_K => k_quants::dot_q4_k_avx2,
         Q5_K => k_quants::dot_q5_k_avx2,
         Q6_K => k_quants::dot_q6_k_avx2,
+        IQ4_NL => nonlinear::dot_iq4_nl_avx2,
+        IQ4_XS => nonlinear::dot_iq4_xs_avx2,
+        MXFP4 => nonlinear::dot_mxfp4_avx2,
         _ => return None,
     })
 }
@@ -211,6 +215,9 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
         Q4_K => k_quants::dot_q4_k_avx512,
         Q5_K => k_quants::dot_q5_k_avx512,
         Q6_K => k_quants::dot_q6_k_avx512,
+        IQ4_NL => legacy512::dot_iq4_nl,
+        IQ4_XS => nonlinear::dot_iq4_xs_avx512,
+        MXFP4 => legacy512::dot_mxfp4,
         _ => return None,
     })
 }
