@@ -9,6 +9,7 @@ use anyhow::Result;
 use engine::generate::{generate, Generation, StopReason, StopRules};
 use engine::sampler::Sampler;
 use server::serde_json::{json, Value};
+use server::template::ChatInput;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -37,11 +38,21 @@ pub struct Args {
     /// Chat template: a built-in name (chatml, gemma, llama3) or Jinja source; default: the model's.
     #[arg(long = "chat-template")]
     chat_template: Option<String>,
+    /// More template variables as a JSON object, e.g. '{"enable_thinking": false}' or
+    /// '{"reasoning_effort": "high"}' (llama.cpp's --chat-template-kwargs).
+    #[arg(long = "chat-template-kwargs")]
+    chat_template_kwargs: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    let kwargs = match a.chat_template_kwargs.as_deref().map(server::serde_json::from_str::<Value>) {
+        None => None,
+        Some(Ok(Value::Object(map))) => Some(map),
+        Some(Ok(_)) => anyhow::bail!("--chat-template-kwargs must be a JSON object"),
+        Some(Err(e)) => anyhow::bail!("--chat-template-kwargs is not valid JSON: {e}"),
+    };
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     let template = server::ChatTemplate::for_model(&runner.model.file, &tok, a.chat_template.as_deref())?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size };
@@ -76,7 +87,8 @@ pub fn main(a: Args) -> Result<()> {
             _ => {}
         }
         messages.push(json!({"role": "user", "content": text}));
-        let tokens = match template.tokenize(&tok, &messages) {
+        let input = ChatInput { kwargs: kwargs.as_ref(), ..ChatInput::new(&messages) };
+        let tokens = match template.tokenize_input(&tok, &input) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
