@@ -233,12 +233,11 @@ impl<D: Driver> AneEngine<D> {
         let linear = GroupOp::Linear { concat: self.cfg.concat_groups };
         let mut groups = Vec::new();
         for l in &model.layers {
+            // A mixture of experts' router is planned like any weight; its experts are not
+            // (a program per expert would exhaust the compile budget): they stay on the CPU.
             for g in l.groups() {
-                let dense = match &l.ffn {
-                    FeedForwardPart::Dense(f) => f,
-                };
-                match g.name {
-                    GroupName::FfnGateUp if self.cfg.fuse_mlp => {
+                match (g.name, &l.ffn) {
+                    (GroupName::FfnGateUp, FeedForwardPart::Dense(dense)) if self.cfg.fuse_mlp => {
                         // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
                         // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
                         let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -251,7 +250,7 @@ impl<D: Driver> AneEngine<D> {
                         groups.push((vec![dense.gate.clone(), dense.up.clone(), dense.down.clone()], mlp, bound));
                     }
                     // Inside the fused block above.
-                    GroupName::FfnDown if self.cfg.fuse_mlp => {}
+                    (GroupName::FfnDown, _) if self.cfg.fuse_mlp => {}
                     _ => groups.push((g.weights.iter().map(|(_, w)| (*w).clone()).collect(), linear, None)),
                 }
             }

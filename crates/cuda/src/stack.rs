@@ -25,7 +25,7 @@ use cudarc::driver::CudaEvent;
 use engine::arch::RopeStyle;
 use engine::block::{run_layers, BlockSteps};
 use engine::matrix::{KvRows, StackInput};
-use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, RopeKind, VectorId, VectorRole, WeightRole};
+use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, MoeFfn, RopeKind, VectorId, VectorRole, WeightRole};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -90,7 +90,11 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
             return Err(format!("RoPE over {} of {} dimensions", a.rope_dims, s.head_dim));
         }
         crate::attention::check(s)?;
-        let FeedForwardPart::Dense(f) = &l.ffn;
+        // Experts run per op through the dispatcher (router on the host, each active expert's
+        // block placed on its own), not inside a stack.
+        let FeedForwardPart::Dense(f) = &l.ffn else {
+            return Err("mixture-of-experts layers run op by op, not as a stack on the card".into());
+        };
         int(l.n_embd().max(f.gate.rows).max(s.n_head * s.head_dim))?;
     }
     Ok(())
@@ -218,7 +222,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let max = |f: &dyn Fn(&engine::matrix::AttnShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
         let (qd, kvd, vd, od) = (max(&|s| s.n_head * s.head_dim), max(&|s| s.n_head_kv * s.head_dim), max(&|s| s.n_head_kv * s.head_dim_v), max(&|s| s.n_head * s.head_dim_v));
         let n_head = max(&|s| s.n_head);
-        let ff = layers.iter().map(|l| match &l.ffn { FeedForwardPart::Dense(f) => f.gate.rows }).max().unwrap_or(0);
+        let ff = layers.iter().map(|l| match &l.ffn { FeedForwardPart::Dense(f) => f.gate.rows, FeedForwardPart::Moe(_) => 0 }).max().unwrap_or(0);
 
         // Each sequence's region of cache rows: its prefix, then its new tokens.
         let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
@@ -488,6 +492,10 @@ impl BlockSteps for CardSteps<'_, '_> {
             attention(gpu, s, &seq, &dev.scores, g.flash, &mut self.prof)?;
         }
         gpu.gemm(self.current.get(WeightRole::AttnOutput)?, dev.att_h, dev.o, d, od, n, false)
+    }
+
+    fn moe_ffn(&mut self, il: usize, _m: &MoeFfn) -> Res<()> {
+        Err(format!("layer {il}: mixture-of-experts layers are refused by check()"))
     }
 
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Res<()> {

@@ -7,7 +7,7 @@
 
 use crate::cpu::ops::{self, RopeTable};
 use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, KvRows, StackInput};
-use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, VectorId, VectorRole};
+use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, VectorId, VectorRole};
 use crate::weights::Weight;
 use crate::arch::RopeStyle;
 use half::f16;
@@ -43,6 +43,8 @@ pub trait BlockSteps {
     fn attention(&mut self, il: usize, a: &Attention) -> Result<(), Self::Error>;
     /// `o = ffn(h)` for layer `il`.
     fn dense_ffn(&mut self, il: usize, f: &DenseFfn) -> Result<(), Self::Error>;
+    /// `o = moe(h)` for layer `il`: the router, then each token's chosen experts.
+    fn moe_ffn(&mut self, il: usize, m: &MoeFfn) -> Result<(), Self::Error>;
     /// `x += post(o)` (post-norm when given), then `h = next(x)` when given.
     fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), Self::Error>;
     /// Layer `il` is done (an engine may release its weights here).
@@ -70,6 +72,7 @@ pub fn run_layers<S: BlockSteps>(steps: &mut S, layers: &[Layer], range: Range<u
         steps.residual(has(il, VectorRole::PostAttnNorm), Some((il, VectorRole::FfnNorm)))?;
         match &l.ffn {
             FeedForwardPart::Dense(f) => steps.dense_ffn(il, f)?,
+            FeedForwardPart::Moe(m) => steps.moe_ffn(il, m)?,
         }
         steps.end_layer(il)?;
         let next = (il + 1 < range.end).then_some((il + 1, VectorRole::AttnNorm));
@@ -189,6 +192,11 @@ impl BlockSteps for HostSteps<'_, '_> {
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Result<(), EngineFailure> {
         self.o = vec![0f32; self.input.n() * f.down.rows];
         self.ops.feed_forward(&f.block(), &self.h, &mut self.o)
+    }
+
+    fn moe_ffn(&mut self, _il: usize, m: &MoeFfn) -> Result<(), EngineFailure> {
+        self.o = vec![0f32; self.input.n() * m.router.cols];
+        crate::moe::run(self.ops, m, &self.h, &mut self.o)
     }
 
     fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), EngineFailure> {

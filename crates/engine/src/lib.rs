@@ -17,6 +17,7 @@ pub mod kl_divergence;
 pub mod kv_cache;
 pub mod matrix;
 pub mod model;
+pub mod moe;
 pub mod parity;
 pub mod perplexity;
 pub mod plan;

@@ -6,8 +6,8 @@
 //! `calibrate`) walks [`Layer::groups`], [`Layer::weights`] or [`Layer::vectors`] by role,
 //! never by position.
 
-use crate::arch::{Activation, Config, RopeStyle};
-use crate::error::Result;
+use crate::arch::{Activation, Config, MoeConfig, RopeStyle};
+use crate::error::{EngineError, Result};
 use crate::matrix::{AttnShape, FeedForward};
 use crate::weights::{TensorSource, Weight};
 
@@ -28,6 +28,14 @@ pub enum WeightRole {
     FfnUp,
     /// Feed-forward down projection.
     FfnDown,
+    /// Mixture-of-experts router (`[n_expert, n_embd]`).
+    FfnRouter,
+    /// One expert's gate projection (one per expert, in expert order).
+    ExpertGate,
+    /// One expert's up projection.
+    ExpertUp,
+    /// One expert's down projection.
+    ExpertDown,
 }
 
 /// What a small per-layer vector (norm weights, biases) does in its layer.
@@ -67,6 +75,8 @@ pub enum GroupName {
     FfnGateUp,
     /// Feed-forward down projection.
     FfnDown,
+    /// The mixture-of-experts router.
+    FfnRouter,
 }
 
 /// One op group of a layer.
@@ -143,10 +153,45 @@ impl DenseFfn {
     }
 }
 
+/// How router logits become expert probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over all experts, then top-k of the probabilities (qwen3moe, mixtral).
+    Softmax,
+    /// Top-k of the logits, then softmax over the k chosen (gpt-oss).
+    SoftmaxOfTopK,
+}
+
+/// A mixture of experts: a router picks `n_used` of the experts for each token; the token's
+/// output is the weighted sum of theirs.
+pub struct MoeFfn {
+    /// Router `[n_expert, n_embd]`.
+    pub router: Weight,
+    /// The experts, each a dense gated block (views into the file's 3-D expert tensors).
+    pub experts: Vec<DenseFfn>,
+    /// How the router's logits choose and weight the experts.
+    pub routing: Routing,
+}
+
+/// How a router's logits choose each token's experts and weight their outputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Routing {
+    /// Experts per token.
+    pub n_used: usize,
+    /// How the logits become weights.
+    pub gating: Gating,
+    /// Divide the chosen experts' weights by their sum.
+    pub normalize: bool,
+    /// Multiply the weights by this (1 when the file does not say).
+    pub scale: f32,
+}
+
 /// A layer's feed-forward part.
 pub enum FeedForwardPart {
     /// Dense gate/up/down.
     Dense(DenseFfn),
+    /// Mixture of experts.
+    Moe(MoeFfn),
 }
 
 /// One decoder layer: `x += post(mixer(norm(x)))`, then `x += post(ffn(norm(x)))`.
@@ -194,13 +239,28 @@ impl Layer {
                 groups.push(OpGroup { name: GroupName::FfnGateUp, weights: vec![(FfnGate, &f.gate), (FfnUp, &f.up)] });
                 groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &f.down)] });
             }
+            FeedForwardPart::Moe(m) => {
+                groups.push(OpGroup { name: GroupName::FfnRouter, weights: vec![(FfnRouter, &m.router)] });
+            }
         }
         groups
     }
 
-    /// Every weight matrix with its role.
+    /// The experts of a mixture-of-experts layer (none for a dense one). They are not op
+    /// groups: which of them run, and on how many tokens, depends on the router.
+    pub fn experts(&self) -> &[DenseFfn] {
+        match &self.ffn {
+            FeedForwardPart::Dense(_) => &[],
+            FeedForwardPart::Moe(m) => &m.experts,
+        }
+    }
+
+    /// Every weight matrix with its role: the op groups', then each expert's.
     pub fn weights(&self) -> impl Iterator<Item = (WeightRole, &Weight)> {
-        self.groups().into_iter().flat_map(|g| g.weights)
+        let experts = self.experts().iter().flat_map(|e| {
+            [(WeightRole::ExpertGate, &e.gate), (WeightRole::ExpertUp, &e.up), (WeightRole::ExpertDown, &e.down)]
+        });
+        self.groups().into_iter().flat_map(|g| g.weights).chain(experts)
     }
 
     /// Every vector (norm weights, biases) the layer has, with its role.
@@ -267,11 +327,15 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         rope_dims: c.rope_dims,
         scale: c.attn_scale,
     };
-    let ffn = DenseFfn {
-        gate: src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?,
-        up: src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?,
-        down: src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?,
-        activation: c.activation,
+    let ffn = match &c.moe {
+        None if c.n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
+        None => FeedForwardPart::Dense(DenseFfn {
+            gate: src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?,
+            up: src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?,
+            down: src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?,
+            activation: c.activation,
+        }),
+        Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
     Ok(Layer {
         norm_eps: c.norm_eps,
@@ -279,7 +343,28 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         mixer: Mixer::Attention(attention),
         post_attn_norm: required_if(c.post_norms, n("post_attention_norm"), c.n_embd)?,
         ffn_norm: src.vector(&n("ffn_norm"), c.n_embd)?,
-        ffn: FeedForwardPart::Dense(ffn),
+        ffn,
         post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
+    })
+}
+
+/// A mixture-of-experts part from the file's router and 3-D expert tensors
+/// (`ffn_{gate,up,down}_exps`, one slab of rows per expert).
+fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<MoeFfn> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let (e, ff) = (m.n_expert, m.n_ff_exp);
+    let gate = src.experts(&n("ffn_gate_exps"), c.n_embd, ff, e)?;
+    let up = src.experts(&n("ffn_up_exps"), c.n_embd, ff, e)?;
+    let down = src.experts(&n("ffn_down_exps"), ff, c.n_embd, e)?;
+    let experts = gate
+        .into_iter()
+        .zip(up)
+        .zip(down)
+        .map(|((gate, up), down)| DenseFfn { gate, up, down, activation: c.activation })
+        .collect();
+    Ok(MoeFfn {
+        router: src.matrix(&n("ffn_gate_inp"), c.n_embd, e)?,
+        experts,
+        routing: m.routing,
     })
 }

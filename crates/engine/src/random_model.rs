@@ -31,7 +31,17 @@ pub struct RandomModelSpec {
     pub rope_base: f32,
     /// Seed of the weights.
     pub seed: u64,
+    /// Experts per layer of a mixture-of-experts architecture (0: [`DEFAULT_EXPERTS`]);
+    /// each expert is `ff` wide.
+    pub experts: usize,
+    /// Experts each token uses (0: [`DEFAULT_EXPERTS_USED`]).
+    pub experts_used: usize,
 }
+
+/// Experts per layer when a MoE spec does not say.
+pub const DEFAULT_EXPERTS: usize = 8;
+/// Experts per token when a MoE spec does not say.
+pub const DEFAULT_EXPERTS_USED: usize = 2;
 
 impl RandomModelSpec {
     /// Named shapes of well-known models.
@@ -56,11 +66,19 @@ impl RandomModelSpec {
             ctx,
             rope_base,
             seed: 1,
+            experts: 0,
+            experts_used: 0,
         })
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 4] = ["llama", "gemma3", "qwen2", "qwen3"];
+    pub const ARCHITECTURES: [&'static str; 5] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe"];
+
+    /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
+    pub fn moe(&self) -> Option<(usize, usize)> {
+        let or = |v: usize, d: usize| if v == 0 { d } else { v };
+        (self.arch == "qwen3moe").then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
+    }
 
     /// The preset names.
     pub const PRESETS: [&'static str; 5] = ["llama3-8b", "llama2-7b", "llama3-1b", "smollm2-135m", "tiny"];
@@ -85,6 +103,11 @@ impl RandomModelSpec {
         }
         if self.vocab < 260 {
             return Err("vocab must be at least 260 (3 control + 256 byte tokens + 1)".into());
+        }
+        if let Some((e, k)) = self.moe() {
+            if k > e {
+                return Err(format!("{k} experts used of {e}"));
+            }
         }
         if self.layers == 0 {
             return Err("layers must be at least 1".into());
@@ -116,28 +139,48 @@ impl RandomModelSpec {
                 .set(&key("attention.sliding_window_pattern"), Value::U32(2))
                 .set(&key("rope.freq_base_swa"), Value::F32(self.rope_base / 100.0));
         }
+        if let Some((e, k)) = self.moe() {
+            w.set(&key("expert_count"), Value::U32(e as u32))
+                .set(&key("expert_used_count"), Value::U32(k as u32))
+                .set(&key("expert_feed_forward_length"), Value::U32(self.ff as u32));
+        }
         self.add_vocab(&mut w);
 
         let hd = self.dim / self.heads;
         let kv = self.kv_heads * hd;
-        let mut mats: Vec<(String, usize, usize)> = vec![
-            ("token_embd.weight".into(), self.dim, self.vocab),
-            ("output.weight".into(), self.dim, self.vocab),
+        // (name, cols, rows, experts): one slab of `rows` per expert in a 3-D expert tensor.
+        let mut mats: Vec<(String, usize, usize, usize)> = vec![
+            ("token_embd.weight".into(), self.dim, self.vocab, 1),
+            ("output.weight".into(), self.dim, self.vocab, 1),
         ];
+        // MoE routers stay F32, as llama.cpp's quantizer leaves them.
+        let mut routers: Vec<(String, usize, usize)> = Vec::new();
         let mut vecs: Vec<(String, usize)> = vec![("output_norm.weight".into(), self.dim)];
         for l in 0..self.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             mats.extend([
-                (n("attn_q"), self.dim, self.dim),
-                (n("attn_k"), self.dim, kv),
-                (n("attn_v"), self.dim, kv),
-                (n("attn_output"), self.dim, self.dim),
-                (n("ffn_gate"), self.dim, self.ff),
-                (n("ffn_up"), self.dim, self.ff),
-                (n("ffn_down"), self.ff, self.dim),
+                (n("attn_q"), self.dim, self.dim, 1),
+                (n("attn_k"), self.dim, kv, 1),
+                (n("attn_v"), self.dim, kv, 1),
+                (n("attn_output"), self.dim, self.dim, 1),
             ]);
+            match self.moe() {
+                None => mats.extend([
+                    (n("ffn_gate"), self.dim, self.ff, 1),
+                    (n("ffn_up"), self.dim, self.ff, 1),
+                    (n("ffn_down"), self.ff, self.dim, 1),
+                ]),
+                Some((e, _)) => {
+                    routers.push((n("ffn_gate_inp"), self.dim, e));
+                    mats.extend([
+                        (n("ffn_gate_exps"), self.dim, self.ff, e),
+                        (n("ffn_up_exps"), self.dim, self.ff, e),
+                        (n("ffn_down_exps"), self.ff, self.dim, e),
+                    ]);
+                }
+            }
             vecs.extend([(n("attn_norm"), self.dim), (n("ffn_norm"), self.dim)]);
-            if a == "gemma3" || a == "qwen3" {
+            if a == "gemma3" || a.starts_with("qwen3") {
                 vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             }
             if a == "gemma3" {
@@ -151,10 +194,18 @@ impl RandomModelSpec {
         let datas: Vec<Vec<u8>> = mats
             .par_iter()
             .enumerate()
-            .map(|(i, (_, cols, rows))| self.random_matrix(i as u64, *cols, *rows))
+            .map(|(i, (_, cols, rows, e))| self.random_matrix(i as u64, self.ty, *cols, rows * e))
             .collect();
-        for ((name, cols, rows), data) in mats.iter().zip(datas) {
-            w.add_tensor(name, &[*cols as u64, *rows as u64], self.ty, data).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let add = |w: &mut GgufWriter, name: &str, shape: &[u64], ty: GgmlType, data: Vec<u8>| {
+            w.add_tensor(name, shape, ty, data).map(|_| ()).map_err(|e| EngineError::Invalid(e.to_string()))
+        };
+        for ((name, cols, rows, e), data) in mats.iter().zip(datas) {
+            let shape = [*cols as u64, *rows as u64, *e as u64];
+            add(&mut w, name, if *e == 1 { &shape[..2] } else { &shape }, self.ty, data)?;
+        }
+        for (i, (name, cols, rows)) in routers.iter().enumerate() {
+            let data = self.random_matrix((mats.len() + i) as u64, GgmlType::F32, *cols, *rows);
+            add(&mut w, name, &[*cols as u64, *rows as u64], GgmlType::F32, data)?;
         }
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
         for (i, (name, n)) in vecs.into_iter().enumerate() {
@@ -170,8 +221,8 @@ impl RandomModelSpec {
         Ok(w)
     }
 
-    fn random_matrix(&self, index: u64, cols: usize, rows: usize) -> Vec<u8> {
-        let row_bytes = self.ty.bytes_for(cols as u64).expect("checked") as usize;
+    fn random_matrix(&self, index: u64, ty: GgmlType, cols: usize, rows: usize) -> Vec<u8> {
+        let row_bytes = ty.bytes_for(cols as u64).expect("checked") as usize;
         let amp = (3.0 / cols as f32).sqrt(); // uniform [-a, a] has std a/sqrt(3) = 1/sqrt(cols)
         let mut out = vec![0u8; rows * row_bytes];
         out.par_chunks_mut(row_bytes).enumerate().for_each_init(
@@ -182,7 +233,7 @@ impl RandomModelSpec {
                     s = splitmix(s);
                     *v = ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp;
                 }
-                quant::quantize_row(self.ty, buf, dst).expect("type checked");
+                quant::quantize_row(ty, buf, dst).expect("type checked");
             },
         );
         out

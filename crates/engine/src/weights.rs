@@ -86,10 +86,7 @@ impl TensorSource {
                 what: format!("shape {:?}, expected [{cols}, {rows}]", info.shape),
             });
         }
-        quant::dot_kernel(info.ty).map_err(|e| EngineError::BadTensor {
-            name: name.into(),
-            what: format!("type {} cannot be used as a matrix: {e}", info.ty.name()),
-        })?;
+        usable_as_matrix(name, info)?;
         let start = (self.file.header().data_offset + info.offset) as usize;
         Ok(Weight {
             name: name.into(),
@@ -101,6 +98,33 @@ impl TensorSource {
             start,
             len: info.n_bytes as usize,
         })
+    }
+
+    /// The `n` experts of a 3-D expert tensor (GGUF shape `[cols, rows, n]`), each a matrix
+    /// of `rows` × `cols` viewing its own slab of the tensor (named `<tensor>[e]`).
+    pub fn experts(&self, name: &str, cols: usize, rows: usize, n: usize) -> Result<Vec<Weight>> {
+        let info = self.info(name)?;
+        if info.shape != [cols as u64, rows as u64, n as u64] {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                what: format!("shape {:?}, expected [{cols}, {rows}, {n}]", info.shape),
+            });
+        }
+        usable_as_matrix(name, info)?;
+        let slab = info.n_bytes as usize / n;
+        let start = (self.file.header().data_offset + info.offset) as usize;
+        Ok((0..n)
+            .map(|e| Weight {
+                name: format!("{name}[{e}]"),
+                ty: info.ty,
+                rows,
+                cols,
+                file: self.file.clone(),
+                file_id: self.file_id.clone(),
+                start: start + e * slab,
+                len: slab,
+            })
+            .collect())
     }
 
     /// A matrix if present.
@@ -136,6 +160,14 @@ impl TensorSource {
             Ok(None)
         }
     }
+}
+
+/// A tensor type with a dot product (not every ggml type has one).
+fn usable_as_matrix(name: &str, info: &TensorInfo) -> Result<()> {
+    quant::dot_kernel(info.ty).map(|_| ()).map_err(|e| EngineError::BadTensor {
+        name: name.into(),
+        what: format!("type {} cannot be used as a matrix: {e}", info.ty.name()),
+    })
 }
 
 /// Path, size and modification time: changes whenever the file's content could have.

@@ -37,16 +37,20 @@ fn each_architecture_builds_the_plan_its_file_describes() {
             let biases = [VectorRole::QBias, VectorRole::KBias, VectorRole::VBias].map(|r| has(l, r));
             assert_eq!(biases, [arch == "qwen2"; 3], "{arch}: Q/K/V biases");
             let qk_norm = [VectorRole::QNorm, VectorRole::KNorm].map(|r| has(l, r));
-            assert_eq!(qk_norm, [arch == "gemma3" || arch == "qwen3"; 2], "{arch}: QK-norm");
+            assert_eq!(qk_norm, [arch == "gemma3" || arch.starts_with("qwen3"); 2], "{arch}: QK-norm");
             assert_eq!(has(l, VectorRole::PostAttnNorm), arch == "gemma3", "{arch}: post-norms");
-            assert_eq!(l.weights().count(), 7, "{arch}: Q, K, V, O, gate, up, down");
+            let ffn_weights = match arch {
+                "qwen3moe" => 1 + 3 * engine::random_model::DEFAULT_EXPERTS,
+                _ => 3,
+            };
+            assert_eq!(l.weights().count(), 4 + ffn_weights, "{arch}: Q, K, V, O, then gate, up, down (per expert, after the router)");
         }
     }
 }
 
 #[test]
 fn qwen_models_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
-    for arch in ["qwen2", "qwen3"] {
+    for arch in ["qwen2", "qwen3", "qwen3moe"] {
         let bytes = spec(arch).build().unwrap().to_bytes();
         let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
         let logits = |r: &Runner| {
@@ -65,7 +69,10 @@ fn qwen_models_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
         }
         // 8-bit activations on the CPU against f32 on the reference: a small, not a structural,
         // gap (measured 1.2e-4 for qwen2, 5.5e-4 for qwen3; a wrong op gives order 1).
-        assert!(err / norm < 2e-3, "{arch}: normalized squared error {:.2e}", err / norm);
+        // A mixture of experts also amplifies it where a router near-tie picks another expert
+        // for a token (measured 6.7e-3 for qwen3moe).
+        let limit = if arch == "qwen3moe" { 2e-2 } else { 2e-3 };
+        assert!(err / norm < limit, "{arch}: normalized squared error {:.2e}", err / norm);
         let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         let same = cpu.chunks(512).zip(exact.chunks(512)).filter(|(a, b)| argmax(a) == argmax(b)).count();
         assert!(same * 10 >= tokens.len() * 9, "{arch}: only {same}/{} argmaxes agree", tokens.len());

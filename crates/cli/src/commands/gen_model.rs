@@ -37,6 +37,12 @@ pub struct Args {
     /// Training context written to the metadata.
     #[arg(long)]
     ctx: Option<usize>,
+    /// Experts per layer (mixture-of-experts architectures such as qwen3moe; default 8).
+    #[arg(long)]
+    experts: Option<usize>,
+    /// Experts each token uses (default 2).
+    #[arg(long = "experts-used")]
+    experts_used: Option<usize>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -62,6 +68,8 @@ pub fn main(a: Args) -> Result<()> {
     spec.kv_heads = a.kv_heads.unwrap_or(if a.heads.is_some() { spec.heads } else { spec.kv_heads });
     if let Some(v) = a.vocab { spec.vocab = v; }
     if let Some(v) = a.ctx { spec.ctx = v; }
+    if let Some(v) = a.experts { spec.experts = v; }
+    if let Some(v) = a.experts_used { spec.experts_used = v; }
     let t0 = std::time::Instant::now();
     let writer = spec.build()?;
     writer.write_file(&a.output).map_err(|e| anyhow!("cannot write {}: {e}", a.output.display()))?;

@@ -6,11 +6,12 @@ mod llama;
 mod meta;
 mod qwen2;
 mod qwen3;
+mod qwen3moe;
 
 pub use meta::Meta;
 
 use crate::error::{EngineError, Result};
-use crate::plan::Layer;
+use crate::plan::{Gating, Layer, Routing};
 use crate::weights::TensorSource;
 
 /// How RoPE pairs dimensions.
@@ -89,6 +90,41 @@ pub struct Config {
     pub post_norms: bool,
     /// Final logit soft-capping (tanh), if any.
     pub logit_softcap: Option<f32>,
+    /// Mixture-of-experts feed-forward parts, if the model has them.
+    pub moe: Option<MoeConfig>,
+}
+
+/// The mixture-of-experts hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct MoeConfig {
+    /// Experts per layer.
+    pub n_expert: usize,
+    /// Inner size of each expert.
+    pub n_ff_exp: usize,
+    /// How the router chooses and weights experts.
+    pub routing: Routing,
+}
+
+impl MoeConfig {
+    /// Expert counts and sizes as llama.cpp reads them (`expert_count`, `expert_used_count`,
+    /// `expert_feed_forward_length`, else `feed_forward_length / expert_used_count`), with
+    /// the architecture's gating; normalization and scale as the caller sets them.
+    pub(crate) fn read(m: &Meta, n_ff: usize, gating: Gating) -> Result<Self> {
+        let n_expert = m.usize("expert_count")?;
+        let n_used = m.usize("expert_used_count")?;
+        if n_expert == 0 || n_used == 0 || n_used > n_expert {
+            return Err(EngineError::BadMetadata(format!("{n_used} experts used of {n_expert}")));
+        }
+        let n_ff_exp = match m.opt_usize("expert_feed_forward_length")? {
+            Some(f) if f > 0 => f,
+            _ => n_ff / n_used,
+        };
+        if n_ff_exp == 0 {
+            return Err(EngineError::MissingKey(format!("{}.expert_feed_forward_length", m.arch)));
+        }
+        let routing = Routing { n_used, gating, normalize: false, scale: 1.0 };
+        Ok(MoeConfig { n_expert, n_ff_exp, routing })
+    }
 }
 
 /// One registry entry: an architecture name and how to read its hyper-parameters.
@@ -102,7 +138,7 @@ pub struct Architecture {
 }
 
 /// Every supported architecture. Adding one is a file plus a line here.
-pub static REGISTRY: &[Architecture] = &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH];
+pub static REGISTRY: &[Architecture] = &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
@@ -159,7 +195,8 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         arch: m.arch.to_string(),
         n_layer,
         n_embd,
-        n_ff: m.usize("feed_forward_length")?,
+        // Required by dense layers (checked there); MoE models may give only the experts' size.
+        n_ff: m.opt_usize("feed_forward_length")?.unwrap_or(0),
         n_head,
         n_head_kv,
         head_dim,
@@ -179,5 +216,6 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         qk_norm: false,
         post_norms: false,
         logit_softcap: None,
+        moe: None,
     })
 }
