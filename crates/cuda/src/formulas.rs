@@ -3,7 +3,9 @@
 //! every format. The GPU check binary tests the kernels themselves; this catches a
 //! wrong index on a machine without a GPU.
 
-use quant::tables::{KVALUES_FP4, KVALUES_IQ4NL};
+use quant::tables::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_FP4, KVALUES_IQ4NL,
+};
 use quant::GgmlType;
 
 fn ldh(b: &[u8], o: usize) -> f32 {
@@ -29,6 +31,31 @@ fn nib32(qs: &[u8], j: usize) -> usize {
 
 fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(if e < 2 { 0x0020_0000 << e } else { (e as u32 - 1) << 23 })
+}
+
+fn ue4m3_half(x: u8) -> f32 {
+    if x == 0 || x == 0x7F {
+        return 0.0;
+    }
+    let (e, m) = (((x >> 3) & 15) as i32, (x & 7) as f32);
+    let raw = if e == 0 { m * (1.0 / 512.0) } else { (1.0 + m / 8.0) * f32::from_bits(((e + 120) as u32) << 23) };
+    raw * 0.5
+}
+
+fn gsign(signs: u8, k: usize) -> f32 {
+    if (signs >> k) & 1 != 0 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+fn gbyte(e: u64, k: usize) -> f32 {
+    ((e >> (8 * k)) & 255) as f32
+}
+
+fn g1(idx: usize, k: usize) -> f32 {
+    ((IQ1S_GRID[idx] >> (8 * k)) & 255) as u8 as i8 as f32
 }
 
 /// Element `j` of block `b`, as the kernel for `ty` computes it (before rounding to f16).
@@ -102,6 +129,78 @@ fn element(ty: GgmlType, b: &[u8], j: usize) -> f32 {
             let ls = ((b[4 + (ib >> 1)] as i32 >> (4 * (ib & 1))) & 15) | (((h >> (2 * ib)) & 3) << 4);
             ldh(b, 0) * (ls - 32) as f32 * KVALUES_IQ4NL[nib32(&b[8 + 16 * ib..], j & 31)] as f32
         }
+        NVFP4 => {
+            let (sb, l) = (j >> 4, j & 15);
+            let x = b[4 + 8 * sb + (l & 7)];
+            ue4m3_half(b[sb]) * KVALUES_FP4[if l < 8 { x & 15 } else { x >> 4 } as usize] as f32
+        }
+        Q1_0 => {
+            if (b[2 + (j >> 3)] >> (j & 7)) & 1 != 0 {
+                ldh(b, 0)
+            } else {
+                -ldh(b, 0)
+            }
+        }
+        Q2_0 => (((b[2 + (j >> 2)] >> (2 * (j & 3))) & 3) as i32 - 1) as f32 * ldh(b, 0),
+        TQ1_0 => {
+            let (i, n) = if j < 160 {
+                (j & 31, j >> 5)
+            } else if j < 240 {
+                (32 + ((j - 160) & 15), (j - 160) >> 4)
+            } else {
+                (48 + ((j - 240) & 3), (j - 240) >> 2)
+            };
+            let t = ((b[i].wrapping_mul([1u8, 3, 9, 27, 81][n]) as i32) * 3) >> 8;
+            (t - 1) as f32 * ldh(b, 52)
+        }
+        TQ2_0 => ((((b[32 * (j >> 7) + (j & 31)] >> (2 * ((j >> 5) & 3))) & 3) as i32 - 1) as f32) * ldh(b, 64),
+        IQ2_XXS => {
+            let (ib, l, k) = (j >> 5, (j >> 3) & 3, j & 7);
+            let aux = ldu32(b, 6 + 8 * ib);
+            let db = ldh(b, 0) * (0.5 + (aux >> 28) as f32) * 0.25;
+            db * gbyte(IQ2XXS_GRID[b[2 + 8 * ib + l] as usize], k) * gsign(KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize], k)
+        }
+        IQ2_XS => {
+            let (ib, l, k) = (j >> 5, (j >> 3) & 3, j & 7);
+            let q = b[2 + 8 * ib + 2 * l] as usize | ((b[3 + 8 * ib + 2 * l] as usize) << 8);
+            let db = ldh(b, 0) * (0.5 + ((b[66 + ib] >> (4 * (l >> 1))) & 15) as f32) * 0.25;
+            db * gbyte(IQ2XS_GRID[q & 511], k) * gsign(KSIGNS_IQ2XS[q >> 9], k)
+        }
+        IQ2_S => {
+            let (ib, l, k) = (j >> 5, (j >> 3) & 3, j & 7);
+            let idx = b[2 + 4 * ib + l] as usize | (((b[66 + ib] as usize) << (8 - 2 * l)) & 0x300);
+            let db = ldh(b, 0) * (0.5 + ((b[74 + ib] >> (4 * (l >> 1))) & 15) as f32) * 0.25;
+            db * gbyte(IQ2S_GRID[idx], k) * gsign(b[34 + 4 * ib + l], k)
+        }
+        IQ3_XXS => {
+            let (ib, g) = (j >> 5, (j >> 2) & 7);
+            let aux = ldu32(b, 66 + 4 * ib);
+            let db = ldh(b, 0) * (0.5 + (aux >> 28) as f32) * 0.5;
+            db * gbyte(IQ3XXS_GRID[b[2 + 8 * ib + g] as usize], j & 3) * gsign(KSIGNS_IQ2XS[((aux >> (7 * (g >> 1))) & 127) as usize], j & 7)
+        }
+        IQ3_S => {
+            let (ib, g) = (j >> 5, (j >> 2) & 7);
+            let idx = b[2 + 8 * ib + g] as usize | (((b[66 + ib] as usize) << (8 - g)) & 256);
+            let db = ldh(b, 0) * (1 + 2 * ((b[106 + (ib >> 1)] >> (4 * (ib & 1))) & 15) as i32) as f32;
+            db * gbyte(IQ3S_GRID[idx], j & 3) * gsign(b[74 + 4 * ib + (g >> 1)], j & 7)
+        }
+        IQ1_S => {
+            let (ib, l) = (j >> 5, (j >> 3) & 3);
+            let qh = b[34 + 2 * ib] as usize | ((b[35 + 2 * ib] as usize) << 8);
+            let idx = b[2 + 4 * ib + l] as usize | (((qh >> (3 * l)) & 7) << 8);
+            let dl = ldh(b, 0) * (2 * ((qh >> 12) & 7) + 1) as f32;
+            dl * (g1(idx, j & 7) + if qh & 0x8000 != 0 { -0.125 } else { 0.125 })
+        }
+        IQ1_M => {
+            let (ib, l) = (j >> 5, (j >> 3) & 3);
+            let h = (b[49] >> 4) as u16 | (b[51] & 0xF0) as u16 | (((b[53] >> 4) as u16) << 8) | (((b[55] & 0xF0) as u16) << 8);
+            let sc = b[48 + 2 * (ib >> 1)] as usize | ((b[49 + 2 * (ib >> 1)] as usize) << 8);
+            let dl = half::f16::from_bits(h).to_f32() * (2 * ((sc >> (6 * (ib & 1) + 3 * (l >> 1))) & 7) + 1) as f32;
+            let qh = b[32 + 2 * ib + (l >> 1)] as usize;
+            let nib = if l & 1 == 1 { qh >> 4 } else { qh & 15 };
+            let idx = b[4 * ib + l] as usize | ((nib & 7) << 8);
+            dl * (g1(idx, j & 7) + if nib & 8 != 0 { -0.125 } else { 0.125 })
+        }
         Q8_1 | Q8_K => unreachable!("not weight formats"),
     }
 }
@@ -125,12 +224,19 @@ fn kernel_index_arithmetic_matches_the_scalar_dequantizers() {
         if bs > 1 {
             for blk in bytes.chunks_exact_mut(bb).skip(1) {
                 // Keep the f16 scale fields finite: scramble only the quants and sub-scales.
+                use GgmlType::*;
                 let scales: &[usize] = match ty {
-                    GgmlType::Q2_K => &[80, 81, 82, 83],
-                    GgmlType::Q3_K => &[108, 109],
-                    GgmlType::Q6_K => &[208, 209],
-                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0, 1],
-                    GgmlType::MXFP4 => &[0],
+                    Q2_K => &[80, 81, 82, 83],
+                    Q3_K => &[108, 109],
+                    Q6_K => &[208, 209],
+                    Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS | Q1_0 | Q2_0 => &[0, 1],
+                    IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S => &[0, 1],
+                    TQ1_0 => &[52, 53],
+                    TQ2_0 => &[64, 65],
+                    MXFP4 => &[0],
+                    NVFP4 => &[],
+                    // The f16 scale lives in the top nibbles of bytes 49, 51, 53, 55.
+                    IQ1_M => &[49, 51, 53, 55],
                     _ => &[0, 1, 2, 3],
                 };
                 for (i, v) in blk.iter_mut().enumerate() {

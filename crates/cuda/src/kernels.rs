@@ -24,6 +24,13 @@ pub const SOURCE: &str = {
         Part::Text(HELPERS),
         Part::Table("signed char kvalues_iq4nl[16]", Vals::I8(&tables::KVALUES_IQ4NL)),
         Part::Table("signed char kvalues_fp4[16]", Vals::I8(&tables::KVALUES_FP4)),
+        Part::Table("unsigned char ksigns_iq2xs[128]", Vals::U8(&tables::KSIGNS_IQ2XS)),
+        Part::Table("unsigned long long iq2xxs_grid[256]", Vals::U64(&tables::IQ2XXS_GRID)),
+        Part::Table("unsigned long long iq2xs_grid[512]", Vals::U64(&tables::IQ2XS_GRID)),
+        Part::Table("unsigned long long iq2s_grid[1024]", Vals::U64(&tables::IQ2S_GRID)),
+        Part::Table("unsigned long long iq3xxs_grid[256]", Vals::U64(&tables::IQ3XXS_GRID)),
+        Part::Table("unsigned long long iq3s_grid[512]", Vals::U64(&tables::IQ3S_GRID)),
+        Part::Table("unsigned long long iq1s_grid[2048]", Vals::U64(&tables::IQ1S_GRID)),
         Part::Text(KERNELS),
     ];
     const LEN: usize = render(PARTS, &mut []);
@@ -46,6 +53,8 @@ enum Part {
 
 enum Vals {
     I8(&'static [i8]),
+    U8(&'static [u8]),
+    U64(&'static [u64]),
 }
 
 /// Writes `parts` into `out` (when it is long enough; `&mut []` only counts) and returns
@@ -84,10 +93,21 @@ const fn render(parts: &[Part], out: &mut [u8]) -> usize {
                 pos = put(out, pos, b"__constant__ ");
                 pos = put(out, pos, decl.as_bytes());
                 pos = put(out, pos, b" = {");
-                let Vals::I8(v) = *vals;
+                let n = match *vals {
+                    Vals::I8(v) => v.len(),
+                    Vals::U8(v) => v.len(),
+                    Vals::U64(v) => v.len(),
+                };
                 let mut i = 0;
-                while i < v.len() {
-                    pos = num(out, pos, v[i] as i128);
+                while i < n {
+                    pos = match *vals {
+                        Vals::I8(v) => num(out, pos, v[i] as i128),
+                        Vals::U8(v) => num(out, pos, v[i] as i128),
+                        Vals::U64(v) => {
+                            let end = num(out, pos, v[i] as i128);
+                            put(out, end, b"ull")
+                        }
+                    };
                     pos = put(out, pos, b",");
                     i += 1;
                 }
@@ -196,6 +216,84 @@ DEQ(deq_iq4_xs, 256, 136, {
     int ib = j >> 5;
     int ls = ((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | ((((b[2] | (b[3] << 8)) >> (2 * ib)) & 3) << 4);
     v = ldh(b) * (ls - 32) * kvalues_iq4nl[nib32(b + 8 + 16 * ib, j & 31)];
+})
+// NVFP4: four sub-blocks of 16 with UE4M3 scales (halved: the FP4 table is doubled).
+__device__ __forceinline__ float ue4m3_half(u8 x) {
+    if (x == 0 || x == 0x7F) return 0.0f;
+    int e = (x >> 3) & 15, m = x & 7;
+    float raw = e == 0 ? m * (1.0f / 512.0f) : (1.0f + m / 8.0f) * __int_as_float((e + 120) << 23);
+    return raw * 0.5f;
+}
+DEQ(deq_nvfp4, 64, 36, {
+    int s = j >> 4, l = j & 15;
+    u8 x = b[4 + 8 * s + (l & 7)];
+    v = ue4m3_half(b[s]) * kvalues_fp4[l < 8 ? (x & 15) : (x >> 4)];
+})
+DEQ(deq_q1_0, 128, 18, v = ((b[2 + (j >> 3)] >> (j & 7)) & 1) ? ldh(b) : -ldh(b))
+DEQ(deq_q2_0, 64, 18, v = (((b[2 + (j >> 2)] >> (2 * (j & 3))) & 3) - 1) * ldh(b))
+// TQ1_0: five base-3 digits per byte of qs[0..32] (elements 0..160), of qs[32..48]
+// (160..240), four per byte of qh (240..256); digit n = top trit of (q * 3^n) mod 256.
+DEQ(deq_tq1_0, 256, 54, {
+    int i, n;
+    if (j < 160) { i = j & 31; n = j >> 5; }
+    else if (j < 240) { i = 32 + ((j - 160) & 15); n = (j - 160) >> 4; }
+    else { i = 48 + ((j - 240) & 3); n = (j - 240) >> 2; }
+    const u8 pow3[5] = {1, 3, 9, 27, 81};
+    int t = ((u8)(b[i] * pow3[n]) * 3) >> 8;
+    v = (t - 1) * ldh(b + 52);
+})
+DEQ(deq_tq2_0, 256, 66, v = (((b[32 * (j >> 7) + (j & 31)] >> (2 * ((j >> 5) & 3))) & 3) - 1) * ldh(b + 64))
+// The grid i-quants: element k of 8 (IQ3: of 4) is byte k of a grid entry, with a sign bit.
+__device__ __forceinline__ float gsign(u8 signs, int k) { return (signs >> k) & 1 ? -1.0f : 1.0f; }
+__device__ __forceinline__ int gbyte(unsigned long long e, int k) { return (int)((e >> (8 * k)) & 255); }
+DEQ(deq_iq2_xxs, 256, 66, {
+    int ib = j >> 5, l = (j >> 3) & 3, k = j & 7;
+    u32 aux = ldu32(b + 6 + 8 * ib);
+    float db = ldh(b) * (0.5f + (aux >> 28)) * 0.25f;
+    v = db * gbyte(iq2xxs_grid[b[2 + 8 * ib + l]], k) * gsign(ksigns_iq2xs[(aux >> (7 * l)) & 127], k);
+})
+DEQ(deq_iq2_xs, 256, 74, {
+    int ib = j >> 5, l = (j >> 3) & 3, k = j & 7;
+    int q = b[2 + 8 * ib + 2 * l] | (b[3 + 8 * ib + 2 * l] << 8);
+    float db = ldh(b) * (0.5f + ((b[66 + ib] >> (4 * (l >> 1))) & 15)) * 0.25f;
+    v = db * gbyte(iq2xs_grid[q & 511], k) * gsign(ksigns_iq2xs[q >> 9], k);
+})
+DEQ(deq_iq2_s, 256, 82, {
+    int ib = j >> 5, l = (j >> 3) & 3, k = j & 7;
+    int idx = b[2 + 4 * ib + l] | ((b[66 + ib] << (8 - 2 * l)) & 0x300);
+    float db = ldh(b) * (0.5f + ((b[74 + ib] >> (4 * (l >> 1))) & 15)) * 0.25f;
+    v = db * gbyte(iq2s_grid[idx], k) * gsign(b[34 + 4 * ib + l], k);
+})
+DEQ(deq_iq3_xxs, 256, 98, {
+    int ib = j >> 5, g = (j >> 2) & 7;
+    u32 aux = ldu32(b + 66 + 4 * ib);
+    float db = ldh(b) * (0.5f + (aux >> 28)) * 0.5f;
+    v = db * gbyte(iq3xxs_grid[b[2 + 8 * ib + g]], j & 3) * gsign(ksigns_iq2xs[(aux >> (7 * (g >> 1))) & 127], j & 7);
+})
+DEQ(deq_iq3_s, 256, 110, {
+    int ib = j >> 5, g = (j >> 2) & 7;
+    int idx = b[2 + 8 * ib + g] | ((b[66 + ib] << (8 - g)) & 256);
+    float db = ldh(b) * (1 + 2 * ((b[106 + (ib >> 1)] >> (4 * (ib & 1))) & 15));
+    v = db * gbyte(iq3s_grid[idx], j & 3) * gsign(b[74 + 4 * ib + (g >> 1)], j & 7);
+})
+// IQ1: a ternary grid point (i8 bytes) plus a shift of +-1/8, times the scale 2s + 1.
+__device__ __forceinline__ float g1(int idx, int k) { return (float)(i8)((iq1s_grid[idx] >> (8 * k)) & 255); }
+DEQ(deq_iq1_s, 256, 50, {
+    int ib = j >> 5, l = (j >> 3) & 3;
+    int qh = b[34 + 2 * ib] | (b[35 + 2 * ib] << 8);
+    int idx = b[2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8);
+    float dl = ldh(b) * (2 * ((qh >> 12) & 7) + 1);
+    v = dl * (g1(idx, j & 7) + ((qh & 0x8000) ? -0.125f : 0.125f));
+})
+DEQ(deq_iq1_m, 256, 56, {
+    int ib = j >> 5, l = (j >> 3) & 3;
+    // The f16 scale: the top nibbles of the four u16 scale words.
+    u16 h = (u16)((b[49] >> 4) | (b[51] & 0xF0) | ((b[53] >> 4) << 8) | ((b[55] & 0xF0) << 8));
+    int sc = b[48 + 2 * (ib >> 1)] | (b[49 + 2 * (ib >> 1)] << 8);
+    float dl = h2f(h) * (2 * ((sc >> (6 * (ib & 1) + 3 * (l >> 1))) & 7) + 1);
+    int qh = b[32 + 2 * ib + (l >> 1)], nib = (l & 1) ? (qh >> 4) : (qh & 15);
+    int idx = b[4 * ib + l] | ((nib & 7) << 8);
+    v = dl * (g1(idx, j & 7) + ((nib & 8) ? -0.125f : 0.125f));
 })
 
 // Feed-forward activation on the card: mid = f16(act(gate) * up), saturated to the f16
@@ -642,9 +740,11 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 27] = [
+pub const NAMES: [&str; 39] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
-    "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
+    "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
+    "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
+    "deq_iq1_s", "deq_iq1_m", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
     "attn_tiled", "residual_norm", "qk_prep", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
     "flash_d64_q128", "flash_d128_q128",
 ];
@@ -681,6 +781,18 @@ pub fn dequant_kernel(ty: GgmlType) -> Result<Option<&'static str>, String> {
         IQ4_NL => "deq_iq4_nl",
         IQ4_XS => "deq_iq4_xs",
         MXFP4 => "deq_mxfp4",
+        NVFP4 => "deq_nvfp4",
+        Q1_0 => "deq_q1_0",
+        Q2_0 => "deq_q2_0",
+        TQ1_0 => "deq_tq1_0",
+        TQ2_0 => "deq_tq2_0",
+        IQ2_XXS => "deq_iq2_xxs",
+        IQ2_XS => "deq_iq2_xs",
+        IQ2_S => "deq_iq2_s",
+        IQ3_XXS => "deq_iq3_xxs",
+        IQ3_S => "deq_iq3_s",
+        IQ1_S => "deq_iq1_s",
+        IQ1_M => "deq_iq1_m",
         Q8_1 | Q8_K => return Err(format!("{} is an activation format, not a weight format", ty.name())),
     }))
 }
@@ -704,6 +816,8 @@ mod tests {
     fn codebooks_are_rendered_into_the_source() {
         assert!(SOURCE.contains("__constant__ signed char kvalues_iq4nl[16] = {-127,-104,-83,-65,-49,-35,-22,-10,1,13,25,38,53,69,89,113,};\n"));
         assert!(SOURCE.contains("__constant__ signed char kvalues_fp4[16] = {0,1,2,3,4,6,8,12,0,-1,"));
+        assert!(SOURCE.contains("__constant__ unsigned long long iq1s_grid[2048] = {18446744073709551615ull,"));
+        assert!(SOURCE.contains("__constant__ unsigned char ksigns_iq2xs[128] = {0,129,130,3,"));
         assert!(SOURCE.starts_with(HELPERS) && SOURCE.ends_with(KERNELS));
     }
 

@@ -43,10 +43,22 @@ pub enum GgmlType {
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
+    IQ2_XXS = 16,
+    IQ2_XS = 17,
+    IQ3_XXS = 18,
+    IQ1_S = 19,
     IQ4_NL = 20,
+    IQ3_S = 21,
+    IQ2_S = 22,
     IQ4_XS = 23,
+    IQ1_M = 29,
     BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
+    Q2_0 = 42,
 }
 
 /// A type's block geometry and the block type its dot product consumes.
@@ -63,7 +75,7 @@ const fn layout(name: &'static str, block_size: usize, block_bytes: usize, vec_d
 
 impl GgmlType {
     /// All types this crate knows.
-    pub const ALL: [GgmlType; 18] = [
+    pub const ALL: [GgmlType; 30] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -78,10 +90,22 @@ impl GgmlType {
         Self::Q5_K,
         Self::Q6_K,
         Self::Q8_K,
+        Self::IQ2_XXS,
+        Self::IQ2_XS,
+        Self::IQ3_XXS,
+        Self::IQ1_S,
         Self::IQ4_NL,
+        Self::IQ3_S,
+        Self::IQ2_S,
         Self::IQ4_XS,
+        Self::IQ1_M,
         Self::BF16,
+        Self::TQ1_0,
+        Self::TQ2_0,
         Self::MXFP4,
+        Self::NVFP4,
+        Self::Q1_0,
+        Self::Q2_0,
     ];
 
     /// ggml's block layouts (ggml-common.h) and the CPU backend's `vec_dot_type`
@@ -104,9 +128,21 @@ impl GgmlType {
             Q5_K => layout("Q5_K", 256, 176, Q8_K),
             Q6_K => layout("Q6_K", 256, 210, Q8_K),
             Q8_K => layout("Q8_K", 256, 292, Q8_K),
+            IQ2_XXS => layout("IQ2_XXS", 256, 66, Q8_K),
+            IQ2_XS => layout("IQ2_XS", 256, 74, Q8_K),
+            IQ2_S => layout("IQ2_S", 256, 82, Q8_K),
+            IQ3_XXS => layout("IQ3_XXS", 256, 98, Q8_K),
+            IQ3_S => layout("IQ3_S", 256, 110, Q8_K),
+            IQ1_S => layout("IQ1_S", 256, 50, Q8_K),
+            IQ1_M => layout("IQ1_M", 256, 56, Q8_K),
             IQ4_NL => layout("IQ4_NL", 32, 18, Q8_0),
             IQ4_XS => layout("IQ4_XS", 256, 136, Q8_K),
+            TQ1_0 => layout("TQ1_0", 256, 54, Q8_K),
+            TQ2_0 => layout("TQ2_0", 256, 66, Q8_K),
             MXFP4 => layout("MXFP4", 32, 17, Q8_0),
+            NVFP4 => layout("NVFP4", 64, 36, Q8_0),
+            Q1_0 => layout("Q1_0", 128, 18, Q8_0),
+            Q2_0 => layout("Q2_0", 64, 18, Q8_0),
         }
     }
 
@@ -182,5 +218,11 @@ mod tests {
         assert_eq!(GgmlType::IQ4_NL.bytes_for(64), Some(36));
         assert_eq!(GgmlType::IQ4_XS.bytes_for(256), Some(136));
         assert_eq!(GgmlType::MXFP4.bytes_for(32), Some(17));
+        // block_iq1_m has no f16 field: 32 + 16 + 8; block_nvfp4 = 4 + 32; block_tq1_0 = 48 + 4 + 2.
+        assert_eq!(GgmlType::IQ1_M.bytes_for(256), Some(56));
+        assert_eq!(GgmlType::NVFP4.bytes_for(128), Some(72));
+        assert_eq!(GgmlType::TQ1_0.bytes_for(256), Some(54));
+        assert_eq!(GgmlType::from_name("iq2_xxs"), Some(GgmlType::IQ2_XXS));
+        assert_eq!(GgmlType::from_id(40), Ok(GgmlType::NVFP4));
     }
 }

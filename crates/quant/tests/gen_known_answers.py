@@ -67,17 +67,32 @@ TYPES = {
     "IQ4_NL": (20, 32, 18, [0]),
     "IQ4_XS": (23, 256, 136, [0]),
     "MXFP4": (39, 32, 17, []),
+    "IQ2_XXS": (16, 256, 66, [0]),
+    "IQ2_XS": (17, 256, 74, [0]),
+    "IQ3_XXS": (18, 256, 98, [0]),
+    "IQ1_S": (19, 256, 50, [0]),
+    "IQ3_S": (21, 256, 110, [0]),
+    "IQ2_S": (22, 256, 82, [0]),
+    "IQ1_M": (29, 256, 56, []),  # f16 scale in the top nibbles of scales[]: see random_blocks
+    "TQ1_0": (34, 256, 54, [52]),
+    "TQ2_0": (35, 256, 66, [64]),
+    "NVFP4": (40, 64, 36, []),
+    "Q1_0": (41, 128, 18, [0]),
+    "Q2_0": (42, 64, 18, [0]),
 }
 VEC_DOT_TYPE = {
     "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
     "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
-    "IQ4_NL": "Q8_0", "IQ4_XS": "Q8_K", "MXFP4": "Q8_0",
+    "IQ4_NL": "Q8_0", "IQ4_XS": "Q8_K", "MXFP4": "Q8_0", "NVFP4": "Q8_0", "Q1_0": "Q8_0", "Q2_0": "Q8_0",
+    "IQ2_XXS": "Q8_K", "IQ2_XS": "Q8_K", "IQ2_S": "Q8_K", "IQ3_XXS": "Q8_K", "IQ3_S": "Q8_K",
+    "IQ1_S": "Q8_K", "IQ1_M": "Q8_K", "TQ1_0": "Q8_K", "TQ2_0": "Q8_K",
 }
 # Formats checked against ggml's C only (dequantize_row_*, quantize_row_*_ref, the generic
 # dots), with an RNG stream of their own so that the cases above stay as they were.
-C_ONLY = ["IQ4_NL", "IQ4_XS", "MXFP4"]
-# Those with a reference quantizer.
-C_ONLY_QUANT = ["IQ4_NL", "IQ4_XS", "MXFP4"]
+C_ONLY = ["IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "Q1_0", "Q2_0", "TQ1_0", "TQ2_0",
+          "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+# Those with a reference quantizer we match (the grid i-quants' quantizers are our own).
+C_ONLY_QUANT = ["IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "Q1_0", "Q2_0", "TQ1_0", "TQ2_0"]
 
 STUB_C = r"""
 #include <stdlib.h>
@@ -184,7 +199,10 @@ def c_dequantize(lib, name, blocks):
 
 
 def c_dot(lib, name, w, a, n):
-    fn = getattr(lib, "ggml_vec_dot_%s_%s_generic" % (name.lower().replace("_k", "_K"), VEC_DOT_TYPE[name].lower().replace("_k", "_K")))
+    base = "ggml_vec_dot_%s_%s" % (name.lower().replace("_k", "_K"), VEC_DOT_TYPE[name].lower().replace("_k", "_K"))
+    # arch-fallback.h renames `*_generic` to the plain name where an architecture has no
+    # kernel of its own: the same generic code under the other name.
+    fn = getattr(lib, base + "_generic", None) or getattr(lib, base)
     fn.restype = None
     s = ctypes.c_float(0)
     fn(ctypes.c_int(n), ctypes.byref(s), ctypes.c_size_t(0), w.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(0),
@@ -202,6 +220,13 @@ def random_blocks(rng, name, nblocks):
         b[:, off:off + 2] = d.astype(np.float16).view(np.uint8).reshape(nblocks, 2)
     if name == "MXFP4":
         b[:, 0] = rng.integers(110, 135, size=nblocks)  # E8M0 exponents of moderate scales
+    if name == "IQ1_M":
+        # The f16 scale is nibble k of it in the top nibble of the u16 scales[k] (bytes 48..56).
+        d = (rng.uniform(0.5, 2.0, size=nblocks) * 10.0 ** rng.integers(-4, 0, size=nblocks)).astype(np.float16)
+        h = d.view(np.uint16).astype(np.int64)
+        for k in range(4):
+            hi = 49 + 2 * k
+            b[:, hi] = (b[:, hi] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
     return b.reshape(-1)
 
 
@@ -331,7 +356,7 @@ def main():
                 lines.append("deq %s %s %s" % (name, hexs(raw[i * bb:(i + 1) * bb]), hexs(out[i * bs:(i + 1) * bs])))
         for name in C_ONLY_QUANT:
             _, bs, _, _ = TYPES[name]
-            for x in test_inputs(rngc, 256 if bs == 256 else 64):
+            for x in test_inputs(rngc, 256 if bs >= 64 else 64):
                 if name == "IQ4_NL" and np.any(np.all(x.reshape(-1, 32) == 0, axis=1)):
                     continue  # ggml leaves an all-zero block's indices unset (stack garbage)
                 lines.append("quant %s %s %s ggml-c" % (name, hexs(x), hexs(c_quantize(lib, name, x))))

@@ -101,6 +101,20 @@ fn k_quant_rmse() {
         (GgmlType::IQ4_NL, 0.12),
         (GgmlType::IQ4_XS, 0.11),
         (GgmlType::MXFP4, 0.16), // power-of-two block scales: coarser
+        (GgmlType::NVFP4, 0.11),
+        // Binary / ternary formats are for models trained that way: coarse on Gaussian data.
+        (GgmlType::Q2_0, 0.75),
+        (GgmlType::Q1_0, 0.65),
+        (GgmlType::TQ2_0, 0.85),
+        (GgmlType::TQ1_0, 0.85),
+        // The grid i-quants through our nearest-grid-point quantizers (not ggml's).
+        (GgmlType::IQ3_S, 0.16),
+        (GgmlType::IQ3_XXS, 0.21),
+        (GgmlType::IQ2_S, 0.29),
+        (GgmlType::IQ2_XS, 0.34),
+        (GgmlType::IQ2_XXS, 0.40),
+        (GgmlType::IQ1_M, 0.55),
+        (GgmlType::IQ1_S, 0.63),
     ] {
         let r = rmse_over_rms(ty, &x);
         eprintln!("{}: rmse/rms = {r:.4}", ty.name());

@@ -1,9 +1,13 @@
 //! Scalar layouts: dequantizers, quantizers and reference dot kernels per type.
 
 pub(crate) mod float;
+pub(crate) mod iq1;
+pub(crate) mod iq_grids;
+pub(crate) mod iq_quantize;
 pub(crate) mod k_quantize;
 pub(crate) mod k_quants;
 pub(crate) mod legacy;
+pub(crate) mod lowbit;
 pub(crate) mod nl_quantize;
 pub(crate) mod nonlinear;
 
@@ -33,6 +37,18 @@ fn dequant_fn(ty: GgmlType) -> DequantFn {
         IQ4_NL => nonlinear::dequant_iq4_nl,
         IQ4_XS => nonlinear::dequant_iq4_xs,
         MXFP4 => nonlinear::dequant_mxfp4,
+        NVFP4 => nonlinear::dequant_nvfp4,
+        Q1_0 => lowbit::dequant_q1_0,
+        Q2_0 => lowbit::dequant_q2_0,
+        TQ1_0 => lowbit::dequant_tq1_0,
+        TQ2_0 => lowbit::dequant_tq2_0,
+        IQ2_XXS => iq_grids::dequant_iq2_xxs,
+        IQ2_XS => iq_grids::dequant_iq2_xs,
+        IQ2_S => iq_grids::dequant_iq2_s,
+        IQ3_XXS => iq_grids::dequant_iq3_xxs,
+        IQ3_S => iq_grids::dequant_iq3_s,
+        IQ1_S => iq1::dequant_iq1_s,
+        IQ1_M => iq1::dequant_iq1_m,
     }
 }
 
@@ -57,6 +73,18 @@ fn quant_fn(ty: GgmlType) -> QuantFn {
         IQ4_NL => nl_quantize::quant_iq4_nl,
         IQ4_XS => nl_quantize::quant_iq4_xs,
         MXFP4 => nl_quantize::quant_mxfp4,
+        NVFP4 => nl_quantize::quant_nvfp4,
+        Q1_0 => lowbit::quant_q1_0,
+        Q2_0 => lowbit::quant_q2_0,
+        TQ1_0 => lowbit::quant_tq1_0,
+        TQ2_0 => lowbit::quant_tq2_0,
+        IQ2_XXS => iq_quantize::quant_iq2_xxs,
+        IQ2_XS => iq_quantize::quant_iq2_xs,
+        IQ2_S => iq_quantize::quant_iq2_s,
+        IQ3_XXS => iq_quantize::quant_iq3_xxs,
+        IQ3_S => iq_quantize::quant_iq3_s,
+        IQ1_S => iq_quantize::quant_iq1_s,
+        IQ1_M => iq_quantize::quant_iq1_m,
     }
 }
 
@@ -93,7 +121,10 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 }
 
 /// Quantize `src.len()` elements (a whole number of blocks) into `dst`
-/// (exactly `ty.bytes_for(n)` bytes), with ggml's reference (`*_ref`) algorithms.
+/// (exactly `ty.bytes_for(n)` bytes), with ggml's reference (`*_ref`) algorithms, except
+/// for the grid i-quants (IQ1_*, IQ2_*, IQ3_*): ggml has no reference quantizer for
+/// some of them without an importance matrix, and ours (`iq_quantize`) is a simpler
+/// nearest-grid-point search whose bytes differ from llama-quantize's.
 ///
 /// Every type this crate knows is supported; the error cases are bad lengths.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
@@ -125,6 +156,18 @@ pub fn dot_kernel_scalar(ty: GgmlType) -> Result<DotFn, QuantError> {
         IQ4_NL => nonlinear::dot_iq4_nl_q8_0,
         IQ4_XS => nonlinear::dot_iq4_xs_q8_k,
         MXFP4 => nonlinear::dot_mxfp4_q8_0,
+        NVFP4 => nonlinear::dot_nvfp4_q8_0,
+        Q1_0 => lowbit::dot_q1_0_q8_0,
+        Q2_0 => lowbit::dot_q2_0_q8_0,
+        TQ1_0 => lowbit::dot_tq1_0_q8_k,
+        TQ2_0 => lowbit::dot_tq2_0_q8_k,
+        IQ2_XXS => iq_grids::dot_iq2_xxs_q8_k,
+        IQ2_XS => iq_grids::dot_iq2_xs_q8_k,
+        IQ2_S => iq_grids::dot_iq2_s_q8_k,
+        IQ3_XXS => iq_grids::dot_iq3_xxs_q8_k,
+        IQ3_S => iq_grids::dot_iq3_s_q8_k,
+        IQ1_S => iq1::dot_iq1_s_q8_k,
+        IQ1_M => iq1::dot_iq1_m_q8_k,
         Q8_1 | Q8_K => {
             return Err(QuantError::Unsupported {
                 op: "dot (as weight type)",

@@ -1,10 +1,10 @@
 //! Quantizers of the 4-bit codebook formats: `quantize_row_iq4_nl_ref`,
 //! `quantize_row_iq4_xs_ref` (both `quantize_row_iq4_nl_impl` without importance
-//! weights) and `quantize_row_mxfp4_ref`, operation for operation.
+//! weights), `quantize_row_mxfp4_ref` and `quantize_row_nvfp4_ref`, operation for operation.
 
 use super::k_quants::QK_K;
 use super::legacy::signed_absmax;
-use super::nonlinear::e8m0_half;
+use super::nonlinear::{e8m0_half, ue4m3_half};
 use crate::tables::{KVALUES_FP4, KVALUES_IQ4NL};
 use crate::util::{f32_to_f16_bits, nearest_int};
 
@@ -168,6 +168,45 @@ pub(crate) fn quant_mxfp4(src: &[f32], dst: &mut [u8]) {
         b[0] = e;
         for j in 0..16 {
             b[1 + j] = best_index_fp4(x[j], d) | (best_index_fp4(x[j + 16], d) << 4);
+        }
+    }
+}
+
+/// `ggml_fp32_to_ue4m3`: round to nearest (ties up) into 4 exponent and 3 mantissa bits,
+/// saturating at 0x7E (448); non-positive values give 0.
+fn f32_to_ue4m3(x: f32) -> u8 {
+    if x.is_nan() || x <= 0.0 {
+        return 0;
+    }
+    let x = x.min(448.0);
+    let bits = x.to_bits();
+    let exp = ((bits >> 23) & 0xFF) as i32 - 127 + 7;
+    if exp <= 0 {
+        // Subnormal: man * 2^-9 (C's (int) truncation of x * 512 + 0.5).
+        let man = ((x * 512.0 + 0.5) as i32).min(7);
+        return if man < 1 { 0 } else { man as u8 };
+    }
+    if exp >= 15 {
+        return 0x7E;
+    }
+    let man = ((bits >> 20) & 7) as i32 + ((bits >> 19) & 1) as i32;
+    let (exp, man) = if man > 7 { (exp + 1, 0) } else { (exp, man) };
+    if exp >= 15 {
+        return 0x7E;
+    }
+    ((exp << 3) | man) as u8
+}
+
+pub(crate) fn quant_nvfp4(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.chunks_exact(64).zip(dst.chunks_exact_mut(36)) {
+        for s in 0..4 {
+            let xb = &x[16 * s..16 * s + 16];
+            let amax = xb.iter().fold(0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+            b[s] = f32_to_ue4m3(amax / 6.0);
+            let d = ue4m3_half(b[s]);
+            for j in 0..8 {
+                b[4 + 8 * s + j] = best_index_fp4(xb[j], d) | (best_index_fp4(xb[j + 8], d) << 4);
+            }
         }
     }
 }

@@ -38,11 +38,14 @@ impl Rng {
 pub fn f16_fields(ty: GgmlType) -> &'static [usize] {
     use GgmlType::*;
     match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS => &[0],
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS | Q1_0 | Q2_0 => &[0],
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S => &[0],
         Q4_1 | Q5_1 | Q8_1 | Q4_K | Q5_K => &[0, 2],
         Q2_K => &[80, 82],
         Q3_K => &[108],
         Q6_K => &[208],
+        TQ1_0 => &[52],
+        TQ2_0 => &[64],
         _ => &[],
     }
 }
@@ -59,6 +62,15 @@ pub fn random_weights(rng: &mut Rng, ty: GgmlType, nb: usize) -> Vec<u8> {
     for blk in b.chunks_exact_mut(bb) {
         if ty == GgmlType::MXFP4 {
             blk[0] = 110 + (rng.next_u64() % 25) as u8; // E8M0 exponent of a moderate scale
+        }
+        if ty == GgmlType::IQ1_M {
+            // The f16 scale: nibble k in the top nibble of the u16 scales[k] (bytes 48..56).
+            let mut h = [0u8; 2];
+            quant::f32_to_f16_slice(&[(0.5 + rng.unit()) * 1e-2], &mut h);
+            let h = u16::from_le_bytes(h);
+            for k in 0..4 {
+                blk[49 + 2 * k] = (blk[49 + 2 * k] & 0x0F) | ((((h >> (4 * k)) & 0xF) as u8) << 4);
+            }
         }
         for &off in f16_fields(ty) {
             let sign = if rng.unit() < 0.2 { -1.0 } else { 1.0 };
@@ -92,10 +104,11 @@ pub fn dequantized(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
 }
 
 /// The weight types that have dot kernels.
-pub const WEIGHT_TYPES: [GgmlType; 16] = {
+pub const WEIGHT_TYPES: [GgmlType; 28] = {
     use GgmlType::*;
     [
         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4,
+        NVFP4, Q1_0, Q2_0, TQ1_0, TQ2_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M,
     ]
 };
 

@@ -11,7 +11,7 @@ use crate::blocks::k_quants::scales_q3k;
 
 /// The 2-bit plane `s` (0..4) of 32 packed bytes, as bytes 0..3.
 #[inline(always)]
-unsafe fn plane(q: __m256i, s: usize) -> __m256i {
+pub(super) unsafe fn plane(q: __m256i, s: usize) -> __m256i {
     let v = match s {
         0 => q,
         1 => _mm256_srli_epi16(q, 2),

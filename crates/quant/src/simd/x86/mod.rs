@@ -17,6 +17,7 @@ mod k_low;
 mod k_quants;
 mod legacy;
 mod legacy512;
+mod lowbit;
 mod nonlinear;
 
 use std::arch::x86_64::*;
@@ -191,6 +192,10 @@ pub(crate) fn kernel_avx2(ty: GgmlType) -> Option<DotFn> {
         IQ4_NL => nonlinear::dot_iq4_nl_avx2,
         IQ4_XS => nonlinear::dot_iq4_xs_avx2,
         MXFP4 => nonlinear::dot_mxfp4_avx2,
+        NVFP4 => nonlinear::dot_nvfp4_avx2,
+        Q1_0 => lowbit::dot_q1_0_avx2,
+        Q2_0 => lowbit::dot_q2_0_avx2,
+        TQ2_0 => lowbit::dot_tq2_0_avx2,
         _ => return None,
     })
 }
@@ -218,6 +223,10 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
         IQ4_NL => legacy512::dot_iq4_nl,
         IQ4_XS => nonlinear::dot_iq4_xs_avx512,
         MXFP4 => legacy512::dot_mxfp4,
+        NVFP4 => nonlinear::dot_nvfp4_avx512,
+        Q1_0 => lowbit::dot_q1_0_avx512,
+        Q2_0 => lowbit::dot_q2_0_avx512,
+        TQ2_0 => lowbit::dot_tq2_0_avx512,
         _ => return None,
     })
 }
