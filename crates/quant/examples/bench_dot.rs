@@ -25,7 +25,7 @@ fn main() {
     println!("detected: {}", quant::simd_level());
     for ty in [
         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
-        MXFP4,
+        MXFP4, NVFP4, Q1_0, Q2_0, TQ1_0, TQ2_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M,
     ] {
         let row_bytes = ty.bytes_for(n as u64).unwrap() as usize;
         let mut w = vec![0u8; row_bytes * rows];

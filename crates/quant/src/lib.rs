@@ -15,10 +15,9 @@
 //! - [`tables`]: the codebooks and grids of the non-linear formats (IQ*, MXFP4, NVFP4),
 //!   shared with other back ends.
 //!
-//! Every type llama.cpp's quantizer writes is here (see [`GgmlType::ALL`]). SIMD dot
-//! kernels exist for all but TQ1_0 and the grid i-quants (IQ1_*, IQ2_*, IQ3_*), which
-//! use the scalar reference; tiled GEMM kernels for the legacy formats, Q4_K..Q6_K,
-//! IQ4_NL, IQ4_XS and MXFP4.
+//! Every type llama.cpp's quantizer writes is here (see [`GgmlType::ALL`]). x86 SIMD dot
+//! kernels exist for all weight formats but TQ1_0 (scalar reference); tiled GEMM kernels
+//! for the legacy formats, Q4_K..Q6_K, IQ4_NL, IQ4_XS and MXFP4.
 #![deny(missing_docs)]
 
 mod activations;

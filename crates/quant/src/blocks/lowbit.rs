@@ -29,12 +29,24 @@ fn trit(q: u8, n: usize) -> i32 {
     ((q.wrapping_mul(POW3[n]) as u16 * 3) >> 8) as i32
 }
 
-/// TQ1_0's element order: (byte index, digit) for each of the 256 elements.
-fn tq1_order() -> impl Iterator<Item = (usize, usize)> {
-    let first = (0..5).flat_map(|n| (0..32).map(move |m| (m, n)));
-    let second = (0..5).flat_map(|n| (0..16).map(move |m| (32 + m, n)));
-    let high = (0..4).flat_map(|n| (0..4).map(move |j| (48 + j, n)));
-    first.chain(second).chain(high)
+/// TQ1_0's 256 digits (0..=2) in element order: five per byte of qs[0..32] (elements
+/// 32n + m), of qs[32..48] (160 + 16n + m), four per byte of qh (240 + 4n + j).
+fn tq1_digits(b: &[u8]) -> [i8; QK_K] {
+    let mut t = [0i8; QK_K];
+    for n in 0..5 {
+        for m in 0..32 {
+            t[32 * n + m] = trit(b[m], n) as i8;
+        }
+        for m in 0..16 {
+            t[160 + 16 * n + m] = trit(b[32 + m], n) as i8;
+        }
+    }
+    for n in 0..4 {
+        for j in 0..4 {
+            t[240 + 4 * n + j] = trit(b[48 + j], n) as i8;
+        }
+    }
+    t
 }
 
 // ---------------------------------------------------------------- dequantize
@@ -60,8 +72,8 @@ pub(crate) fn dequant_q2_0(src: &[u8], dst: &mut [f32]) {
 pub(crate) fn dequant_tq1_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(54).zip(dst.chunks_exact_mut(QK_K)) {
         let d = rd_f16(b, 52);
-        for (v, (i, n)) in y.iter_mut().zip(tq1_order()) {
-            *v = (trit(b[i], n) - 1) as f32 * d;
+        for (v, t) in y.iter_mut().zip(tq1_digits(b)) {
+            *v = (t as i32 - 1) as f32 * d;
         }
     }
 }
@@ -191,7 +203,7 @@ pub(crate) fn dot_tq1_0_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in w.chunks_exact(54).zip(a.chunks_exact(292)) {
         let q8 = &y[Q8K_QS..Q8K_QS + QK_K];
-        let sum: i32 = tq1_order().zip(q8).map(|((i, n), &q)| (trit(x[i], n) - 1) * q as i8 as i32).sum();
+        let sum: i32 = tq1_digits(x).iter().zip(q8).map(|(&t, &q)| (t as i32 - 1) * q as i8 as i32).sum();
         sumf += sum as f32 * (rd_f16(x, 52) * rd_f32(y, 0));
     }
     sumf

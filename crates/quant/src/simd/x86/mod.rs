@@ -13,6 +13,7 @@ mod act;
 mod float;
 mod gemm;
 mod gemm_tiles;
+mod iq_grids;
 mod k_low;
 mod k_quants;
 mod legacy;
@@ -196,6 +197,13 @@ pub(crate) fn kernel_avx2(ty: GgmlType) -> Option<DotFn> {
         Q1_0 => lowbit::dot_q1_0_avx2,
         Q2_0 => lowbit::dot_q2_0_avx2,
         TQ2_0 => lowbit::dot_tq2_0_avx2,
+        IQ2_XXS => iq_grids::dot_iq2_xxs_avx2,
+        IQ2_XS => iq_grids::dot_iq2_xs_avx2,
+        IQ2_S => iq_grids::dot_iq2_s_avx2,
+        IQ3_XXS => iq_grids::dot_iq3_xxs_avx2,
+        IQ3_S => iq_grids::dot_iq3_s_avx2,
+        IQ1_S => iq_grids::dot_iq1_s_avx2,
+        IQ1_M => iq_grids::dot_iq1_m_avx2,
         _ => return None,
     })
 }
@@ -227,6 +235,13 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
         Q1_0 => lowbit::dot_q1_0_avx512,
         Q2_0 => lowbit::dot_q2_0_avx512,
         TQ2_0 => lowbit::dot_tq2_0_avx512,
+        IQ2_XXS => iq_grids::dot_iq2_xxs_avx512,
+        IQ2_XS => iq_grids::dot_iq2_xs_avx512,
+        IQ2_S => iq_grids::dot_iq2_s_avx512,
+        IQ3_XXS => iq_grids::dot_iq3_xxs_avx512,
+        IQ3_S => iq_grids::dot_iq3_s_avx512,
+        IQ1_S => iq_grids::dot_iq1_s_avx512,
+        IQ1_M => iq_grids::dot_iq1_m_avx512,
         _ => return None,
     })
 }
@@ -236,29 +251,24 @@ pub(crate) use gemm::gemm_kernel;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
 
 /// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:
-/// lengths are checked here, the body then reads within bounds.
+/// lengths are checked here, the body then reads within bounds. `body<Fmt>` instantiates
+/// a body generic over the ISA and a format type (`body::<Isa, Fmt>`).
 macro_rules! dot_entry {
-    ($avx2:ident, $avx512:ident, $body:ident, $check:expr) => {
-        dot_entry!($avx2, $body, $check);
-        pub(crate) fn $avx512(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            unsafe fn inner(n: usize, w: &[u8], a: &[u8]) -> f32 {
-                $body::<$crate::simd::x86::Avx512>(n, w.as_ptr(), a.as_ptr())
-            }
-            ($check)(n, w, a);
-            debug_assert!($crate::simd::x86::has_avx512vnni());
-            // SAFETY: handed out only after run-time detection; lengths checked above.
-            unsafe { inner(n, w, a) }
-        }
+    ($avx2:ident, $avx512:ident, $body:ident $(<$fmt:ty>)?, $check:expr) => {
+        dot_entry!($avx2, $body $(<$fmt>)?, $check);
+        dot_entry!(@one $avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, has_avx512vnni, $body [$($fmt)?], $check);
     };
-    ($avx2:ident, $body:ident, $check:expr) => {
-        pub(crate) fn $avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            #[target_feature(enable = "avx2,fma,f16c")]
+    ($avx2:ident, $body:ident $(<$fmt:ty>)?, $check:expr) => {
+        dot_entry!(@one $avx2, "avx2,fma,f16c", Avx2, has_avx2, $body [$($fmt)?], $check);
+    };
+    (@one $name:ident, $features:literal, $isa:ident, $has:ident, $body:ident [$($fmt:ty)?], $check:expr) => {
+        pub(crate) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            #[target_feature(enable = $features)]
             unsafe fn inner(n: usize, w: &[u8], a: &[u8]) -> f32 {
-                $body::<$crate::simd::x86::Avx2>(n, w.as_ptr(), a.as_ptr())
+                $body::<$crate::simd::x86::$isa $(, $fmt)?>(n, w.as_ptr(), a.as_ptr())
             }
             ($check)(n, w, a);
-            debug_assert!($crate::simd::x86::has_avx2());
+            debug_assert!($crate::simd::x86::$has());
             // SAFETY: handed out only after run-time detection; lengths checked above.
             unsafe { inner(n, w, a) }
         }
