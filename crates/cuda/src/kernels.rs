@@ -34,6 +34,9 @@ pub const SOURCE: &str = {
         Part::Text(KERNELS),
     ];
     const LEN: usize = render(PARTS, &mut []);
+    // Only read here, at compile time. Not a static: clippy 1.95 crashes (ICE) on a
+    // const that refers to one.
+    #[allow(clippy::large_const_arrays)]
     const BYTES: [u8; LEN] = {
         let mut b = [0u8; LEN];
         render(PARTS, &mut b);

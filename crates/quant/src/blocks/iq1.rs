@@ -54,7 +54,7 @@ fn iq1m_sub_scale(b: &[u8], ib: usize, h: usize) -> i32 {
 #[inline(always)]
 fn iq1m_group(b: &[u8], ib: usize, l: usize) -> (usize, bool) {
     let qh = b[32 + 2 * ib + l / 2] as usize;
-    let nib = if l % 2 == 0 { qh & 0xF } else { qh >> 4 };
+    let nib = if l.is_multiple_of(2) { qh & 0xF } else { qh >> 4 };
     (b[4 * ib + l] as usize | ((nib & 7) << 8), nib & 8 != 0)
 }
 

@@ -131,7 +131,7 @@ pub(crate) fn quant_tq1_0(src: &[f32], dst: &mut [u8]) {
         // Base-3 digits, the first the most significant, as a fraction of 243 rounded up.
         let pack = |digits: &mut dyn Iterator<Item = u8>, extra: u16| -> u8 {
             let q = digits.fold(0u8, |q, t| q * 3 + t) as u16 * extra;
-            ((q * 256 + 242) / 243) as u8
+            (q * 256).div_ceil(243) as u8
         };
         for m in 0..32 {
             b[m] = pack(&mut (0..5).map(|n| digit(x[m + 32 * n])), 1);
