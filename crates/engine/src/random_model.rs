@@ -36,6 +36,9 @@ pub struct RandomModelSpec {
     pub experts: usize,
     /// Experts each token uses (0: [`DEFAULT_EXPERTS_USED`]).
     pub experts_used: usize,
+    /// Scale of the output projection: random weights give nearly flat next-token
+    /// distributions; a larger scale peaks them, so that comparisons of logits bite.
+    pub output_scale: f32,
 }
 
 /// Experts per layer when a MoE spec does not say.
@@ -68,6 +71,7 @@ impl RandomModelSpec {
             seed: 1,
             experts: 0,
             experts_used: 0,
+            output_scale: 1.0,
         })
     }
 
@@ -108,6 +112,9 @@ impl RandomModelSpec {
             if k > e {
                 return Err(format!("{k} experts used of {e}"));
             }
+        }
+        if !(self.output_scale.is_finite() && self.output_scale > 0.0) {
+            return Err(format!("output scale {} must be positive", self.output_scale));
         }
         if self.layers == 0 {
             return Err("layers must be at least 1".into());
@@ -194,7 +201,10 @@ impl RandomModelSpec {
         let datas: Vec<Vec<u8>> = mats
             .par_iter()
             .enumerate()
-            .map(|(i, (_, cols, rows, e))| self.random_matrix(i as u64, self.ty, *cols, rows * e))
+            .map(|(i, (name, cols, rows, e))| {
+                let scale = if name == "output.weight" { self.output_scale } else { 1.0 };
+                self.random_matrix(i as u64, self.ty, *cols, rows * e, scale)
+            })
             .collect();
         let add = |w: &mut GgufWriter, name: &str, shape: &[u64], ty: GgmlType, data: Vec<u8>| {
             w.add_tensor(name, shape, ty, data).map(|_| ()).map_err(|e| EngineError::Invalid(e.to_string()))
@@ -204,7 +214,7 @@ impl RandomModelSpec {
             add(&mut w, name, if *e == 1 { &shape[..2] } else { &shape }, self.ty, data)?;
         }
         for (i, (name, cols, rows)) in routers.iter().enumerate() {
-            let data = self.random_matrix((mats.len() + i) as u64, GgmlType::F32, *cols, *rows);
+            let data = self.random_matrix((mats.len() + i) as u64, GgmlType::F32, *cols, *rows, 1.0);
             add(&mut w, name, &[*cols as u64, *rows as u64], GgmlType::F32, data)?;
         }
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
@@ -221,9 +231,9 @@ impl RandomModelSpec {
         Ok(w)
     }
 
-    fn random_matrix(&self, index: u64, ty: GgmlType, cols: usize, rows: usize) -> Vec<u8> {
+    fn random_matrix(&self, index: u64, ty: GgmlType, cols: usize, rows: usize, scale: f32) -> Vec<u8> {
         let row_bytes = ty.bytes_for(cols as u64).expect("checked") as usize;
-        let amp = (3.0 / cols as f32).sqrt(); // uniform [-a, a] has std a/sqrt(3) = 1/sqrt(cols)
+        let amp = scale * (3.0 / cols as f32).sqrt(); // uniform [-a, a] has std a/sqrt(3) = 1/sqrt(cols)
         let mut out = vec![0u8; rows * row_bytes];
         out.par_chunks_mut(row_bytes).enumerate().for_each_init(
             || vec![0f32; cols],

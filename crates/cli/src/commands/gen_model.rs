@@ -31,7 +31,7 @@ pub struct Args {
     /// Vocabulary size.
     #[arg(long)]
     vocab: Option<usize>,
-    /// Weight type (q4_0, q4_1, q5_0, q8_0, q4_k, q6_k, f16, bf16, f32).
+    /// Weight type: any ggml type tandem quantizes (q4_0 … q8_0, q2_k … q6_k, iq4_nl, iq4_xs, mxfp4, the other i-quants, tq1_0, tq2_0, f16, bf16, f32).
     #[arg(long = "type", default_value = "q4_k")]
     ty: String,
     /// Training context written to the metadata.
@@ -43,6 +43,9 @@ pub struct Args {
     /// Experts each token uses (default 2).
     #[arg(long = "experts-used")]
     experts_used: Option<usize>,
+    /// Scale of the output projection (peaks the next-token distributions; 1 = std 1/sqrt(dim)).
+    #[arg(long = "output-scale", default_value_t = 1.0)]
+    output_scale: f32,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -68,6 +71,7 @@ pub fn main(a: Args) -> Result<()> {
     spec.kv_heads = a.kv_heads.unwrap_or(if a.heads.is_some() { spec.heads } else { spec.kv_heads });
     if let Some(v) = a.vocab { spec.vocab = v; }
     if let Some(v) = a.ctx { spec.ctx = v; }
+    spec.output_scale = a.output_scale;
     if let Some(v) = a.experts { spec.experts = v; }
     if let Some(v) = a.experts_used { spec.experts_used = v; }
     let t0 = std::time::Instant::now();
