@@ -1,5 +1,6 @@
 //! Request parsing and validation, OpenAI-style errors and response bodies.
 
+use crate::template::ChatInput;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,7 +9,7 @@ use engine::generate::StopRules;
 use engine::sampler::SamplerConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// An error answered as `{"error": {"message", "type", "code"}}`.
 #[derive(Debug, Clone)]
@@ -132,10 +133,24 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// POST /v1/chat/completions (besides [`CommonFields`]).
+/// POST /v1/chat/completions and /apply-template (besides [`CommonFields`]): the messages
+/// and what llama-server's `oaicompat_chat_params_parse` reads for the template. Checked by
+/// [`ChatFields::options`].
 #[derive(Debug, Deserialize)]
 pub struct ChatFields {
     pub messages: Vec<Value>,
+    #[serde(default)]
+    pub tools: Value,
+    #[serde(default)]
+    pub tool_choice: Value,
+    #[serde(default)]
+    pub parallel_tool_calls: Value,
+    #[serde(default)]
+    pub chat_template_kwargs: Value,
+    #[serde(default)]
+    pub reasoning_effort: Value,
+    #[serde(default)]
+    pub add_generation_prompt: Value,
 }
 
 /// POST /v1/completions (besides [`CommonFields`]).
@@ -252,7 +267,7 @@ impl CommonFields {
 }
 
 /// Chat messages as template input: each an object with a string role; content a string,
-/// an array of text parts (joined), or null.
+/// an array of text parts (joined as llama.cpp joins them), or null.
 pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad("invalid_value", "'messages' must not be empty"));
@@ -269,21 +284,8 @@ pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
             let content = match obj.get("content") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                            (Some("text"), Some(t)) => text.push_str(t),
-                            _ => {
-                                return Err(ApiError::bad(
-                                    "invalid_value",
-                                    format!("messages[{i}].content[{j}]: only text parts are supported"),
-                                ))
-                            }
-                        }
-                    }
-                    text
-                }
+                Some(Value::Array(parts)) => join_text_parts(parts)
+                    .map_err(|(j, why)| ApiError::bad("invalid_value", format!("messages[{i}].content[{j}]: {why}")))?,
                 Some(_) => {
                     return Err(ApiError::bad("invalid_value", format!("messages[{i}].content must be a string or an array")))
                 }
@@ -291,6 +293,174 @@ pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
             let mut out = obj.clone();
             out.insert("content".into(), Value::String(content));
             Ok(Value::Object(out))
+        })
+        .collect()
+}
+
+/// Content parts as one string, as llama.cpp's `concat_content_parts`: a newline before each
+/// text part except while nothing has been written yet. Media parts are refused with
+/// llama-server's words for a model without a multimodal projector.
+fn join_text_parts(parts: &[Value]) -> Result<String, (usize, String)> {
+    let mut text = String::new();
+    for (j, p) in parts.iter().enumerate() {
+        let why = match p.get("type").and_then(Value::as_str) {
+            Some("text") => match p.get("text").and_then(Value::as_str) {
+                Some(t) => {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(t);
+                    continue;
+                }
+                None => "a text part needs a 'text' string".to_string(),
+            },
+            Some("image_url") => "image input is not supported by this model".to_string(),
+            Some("input_audio") => "audio input is not supported by this model".to_string(),
+            Some("input_video" | "video_url") => "video input is not supported by this model".to_string(),
+            Some(other) => format!("unsupported content part type '{other}' (only text parts are supported)"),
+            None => "a content part needs a string 'type'".to_string(),
+        };
+        return Err((j, why));
+    }
+    Ok(text)
+}
+
+/// `tool_choice`. Checked and kept for the tool-call parser; the prompt does not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model may call tools (also OpenAI's object form naming a function, which
+    /// llama-server reads as `auto`).
+    Auto,
+    /// The model must not call tools (they are still shown to the template).
+    None,
+    /// The model must call a tool.
+    Required,
+}
+
+/// What a chat request asks of the template, checked and merged as llama-server's
+/// `oaicompat_chat_params_parse` does.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// Tool definitions as llama.cpp passes them on: `{"type": "function", "function":
+    /// {"name", "description" ("" when absent), "parameters" ({} when absent)}}`.
+    pub tools: Vec<Value>,
+    /// `tool_choice` (default `auto`).
+    pub tool_choice: ToolChoice,
+    /// `parallel_tool_calls`; `None`: the template's own default.
+    pub parallel_tool_calls: Option<bool>,
+    /// `add_generation_prompt` (default true).
+    pub add_generation_prompt: bool,
+    /// true unless the kwargs' `enable_thinking` is false or `reasoning_effort` is "none".
+    pub enable_thinking: bool,
+    /// The server's `--chat-template-kwargs`, the request's `chat_template_kwargs` over them,
+    /// then `reasoning_effort`.
+    pub kwargs: Map<String, Value>,
+}
+
+impl ChatOptions {
+    /// The template input for (normalized) messages.
+    pub fn input<'a>(&'a self, messages: &'a [Value]) -> ChatInput<'a> {
+        ChatInput {
+            tools: &self.tools,
+            add_generation_prompt: self.add_generation_prompt,
+            enable_thinking: self.enable_thinking,
+            kwargs: Some(&self.kwargs),
+            ..ChatInput::new(messages)
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::bad("invalid_value", msg)
+}
+
+fn opt_bool(name: &str, v: &Value) -> Result<Option<bool>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        _ => Err(invalid(format!("'{name}' must be a boolean"))),
+    }
+}
+
+impl ChatFields {
+    /// Check the template fields and merge the kwargs over the server's `defaults`.
+    pub fn options(&self, defaults: &Map<String, Value>) -> Result<ChatOptions, ApiError> {
+        let tools = parse_tools(&self.tools)?;
+        let choice_err = || invalid("'tool_choice' must be \"auto\", \"none\", \"required\" or an object naming a function");
+        let tool_choice = match &self.tool_choice {
+            Value::Null => ToolChoice::Auto,
+            Value::String(s) => match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                _ => return Err(choice_err()),
+            },
+            Value::Object(_) => ToolChoice::Auto,
+            _ => return Err(choice_err()),
+        };
+        let parallel_tool_calls = opt_bool("parallel_tool_calls", &self.parallel_tool_calls)?;
+        let add_generation_prompt = opt_bool("add_generation_prompt", &self.add_generation_prompt)?.unwrap_or(true);
+        let mut kwargs = defaults.clone();
+        match &self.chat_template_kwargs {
+            Value::Null => {}
+            Value::Object(m) => kwargs.extend(m.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            _ => return Err(invalid("'chat_template_kwargs' must be a JSON object")),
+        }
+        // llama-server: a boolean kwarg sets the flag, a string one is refused, others pass.
+        let mut enable_thinking = true;
+        match kwargs.get("enable_thinking") {
+            Some(Value::Bool(b)) => enable_thinking = *b,
+            Some(Value::String(_)) => {
+                return Err(invalid("invalid type for 'enable_thinking' in 'chat_template_kwargs' (expected boolean, got string)"))
+            }
+            _ => {}
+        }
+        match &self.reasoning_effort {
+            Value::Null => {}
+            Value::String(e) if e == "none" => {
+                enable_thinking = false;
+                kwargs.remove("reasoning_effort");
+            }
+            Value::String(e) if !e.is_empty() => {
+                kwargs.insert("reasoning_effort".into(), Value::String(e.clone()));
+            }
+            Value::String(_) => {}
+            _ => return Err(invalid("'reasoning_effort' must be a string")),
+        }
+        Ok(ChatOptions { tools, tool_choice, parallel_tool_calls, add_generation_prompt, enable_thinking, kwargs })
+    }
+}
+
+/// `tools` as llama.cpp's `common_chat_tools_parse_oaicompat` reads them and passes them on.
+fn parse_tools(v: &Value) -> Result<Vec<Value>, ApiError> {
+    let list = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) => a,
+        _ => return Err(invalid("'tools' must be an array of tool definitions")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let err = |why: &str| invalid(format!("tools[{i}]: {why}"));
+            if !t.is_object() {
+                return Err(err("a tool must be an object"));
+            }
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(err("'type' must be \"function\""));
+            }
+            let f = t.get("function").and_then(Value::as_object).ok_or_else(|| err("'function' must be an object"))?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| err("'function.name' must be a string"))?;
+            let description = match f.get("description") {
+                None | Some(Value::Null) => "",
+                Some(Value::String(d)) => d,
+                Some(_) => return Err(err("'function.description' must be a string")),
+            };
+            let parameters = match f.get("parameters") {
+                None | Some(Value::Null) => json!({}),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => return Err(err("'function.parameters' must be a JSON Schema object")),
+            };
+            Ok(json!({"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}))
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use engine::Runner;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokenizer::Tokenizer;
@@ -28,6 +28,8 @@ pub struct AppState {
     pub tok: Arc<Tokenizer>,
     /// The chat template.
     pub template: ChatTemplate,
+    /// `--chat-template-kwargs`: template variables every chat request starts from.
+    pub chat_template_kwargs: Map<String, Value>,
     /// The model id clients name.
     pub model: String,
     /// Counters.
@@ -55,6 +57,7 @@ pub fn router(state: S, cors: bool, max_body: usize) -> Router {
         .route("/models", get(models))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/apply-template", post(apply_template))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
@@ -188,16 +191,36 @@ enum Kind {
     Text,
 }
 
+/// The messages and template input of a chat request, checked as llama-server checks them.
+fn chat_request(s: &AppState, body: &Value) -> Result<(Vec<Value>, api::ChatOptions), ApiError> {
+    let req: ChatFields = api::fields(body)?;
+    let options = req.options(&s.chat_template_kwargs)?;
+    Ok((api::normalize_messages(&req.messages)?, options))
+}
+
+fn template_error(e: crate::template::TemplateError) -> ApiError {
+    ApiError::bad("invalid_messages", e.to_string())
+}
+
 async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
-    let req: ChatFields = api::fields(&body)?;
     let params = common.params(&s.model)?;
-    let messages = api::normalize_messages(&req.messages)?;
+    let (messages, options) = chat_request(&s, &body)?;
     let st = s.clone();
-    let prompt = blocking(move || st.template.tokenize(&st.tok, &messages))
-        .await?
-        .map_err(|e| ApiError::bad("invalid_messages", e.to_string()))?;
+    let prompt = blocking(move || st.template.tokenize_input(&st.tok, &options.input(&messages))).await?.map_err(template_error)?;
     run(s, Kind::Chat, prompt, params, common.stream, common.include_usage()).await
+}
+
+/// llama-server's /apply-template: the chat request's prompt as text, without generating.
+/// A BOS the template wrote is left out when the tokenizer adds one (as the chat endpoint
+/// tokenizes it).
+async fn apply_template(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiError> {
+    let (messages, options) = chat_request(&s, &body)?;
+    let st = s.clone();
+    let text = blocking(move || st.template.render_input(&options.input(&messages))).await?.map_err(template_error)?;
+    let bos = s.tok.bos().and_then(|id| s.tok.token_text(id)).filter(|b| s.tok.add_bos() && !b.is_empty());
+    let prompt = bos.and_then(|b| text.strip_prefix(b)).unwrap_or(&text);
+    Ok(Json(json!({"prompt": prompt})))
 }
 
 async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {

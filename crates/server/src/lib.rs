@@ -1,7 +1,8 @@
 //! `tandem serve`: an OpenAI-compatible HTTP server (llama-server's extra endpoints too).
 //!
 //! * [`http`] — routes: /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models,
-//!   /health, /tokenize, /detokenize, /metrics; bearer auth, optional CORS, body limit.
+//!   /health, /tokenize, /detokenize, /apply-template, /metrics; bearer auth, optional CORS,
+//!   body limit.
 //! * [`scheduler`] — `--parallel` slots; a prefill thread and a decode thread that batches
 //!   every active slot's step into one `forward_batch`; a bounded queue (503 when full);
 //!   cancellation when a client goes away.
@@ -71,6 +72,9 @@ pub struct Config {
     pub model_name: String,
     /// A built-in template name or Jinja source replacing the GGUF's.
     pub chat_template: Option<String>,
+    /// Template variables every chat request starts from; a request's `chat_template_kwargs`
+    /// go over them (llama-server's `--chat-template-kwargs`).
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Largest request body in bytes.
     pub max_body: usize,
     /// How long running requests may go on after SIGINT/SIGTERM.
@@ -89,6 +93,7 @@ impl Default for Config {
             sched: SchedConfig { parallel: 4, queue: 16, n_ctx: 4096, chunk: 512, decode_batch: scheduler::BATCH_INVARIANT },
             model_name: "model".into(),
             chat_template: None,
+            chat_template_kwargs: serde_json::Map::new(),
             max_body: 4 << 20,
             shutdown_grace: Duration::from_secs(5),
             announce: false,
@@ -164,6 +169,7 @@ pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Resu
         runner,
         tok,
         template,
+        chat_template_kwargs: cfg.chat_template_kwargs.clone(),
         model: cfg.model_name.clone(),
         metrics,
         api_key: cfg.api_key.clone(),

@@ -92,7 +92,7 @@ fn api_key_guards_everything_but_health_and_cors_when_asked() {
     let a = srv.addr;
     let body = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
     for (path, method) in [("/v1/completions", "POST"), ("/v1/chat/completions", "POST"), ("/v1/models", "GET"),
-                           ("/tokenize", "POST"), ("/detokenize", "POST"), ("/metrics", "GET")] {
+                           ("/tokenize", "POST"), ("/detokenize", "POST"), ("/apply-template", "POST"), ("/metrics", "GET")] {
         let r = request(a, method, path, &[], body.as_bytes());
         assert_eq!(r.error(401), "invalid_api_key", "{path}");
         let r = request(a, method, path, &[("Authorization", "Bearer wrong")], body.as_bytes());
