@@ -3,6 +3,7 @@
 use crate::engines::PlacementArgs;
 use crate::load;
 use anyhow::Result;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ pub struct Args {
     /// Read the chat template from a file.
     #[arg(long = "chat-template-file", conflicts_with = "chat_template")]
     chat_template_file: Option<PathBuf>,
+    /// Template variables every chat request starts from, as a JSON object, e.g.
+    /// '{"reasoning_effort": "high"}'; a request's "chat_template_kwargs" go over them.
+    /// As in llama-server, "preserve_reasoning" is true unless given here.
+    #[arg(long = "chat-template-kwargs")]
+    chat_template_kwargs: Option<String>,
     /// Largest request body, in KiB.
     #[arg(long = "max-body-kib", default_value_t = 4096)]
     max_body_kib: usize,
@@ -72,6 +78,16 @@ pub fn main(a: Args) -> Result<()> {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?),
         None => a.chat_template.clone(),
     };
+    let mut chat_template_kwargs = match a.chat_template_kwargs.as_deref().map(serde_json::from_str::<Value>) {
+        None => serde_json::Map::new(),
+        Some(Ok(Value::Object(map))) => map,
+        Some(Ok(_)) => anyhow::bail!("--chat-template-kwargs must be a JSON object"),
+        Some(Err(e)) => anyhow::bail!("--chat-template-kwargs is not valid JSON: {e}"),
+    };
+    if chat_template_kwargs.get("enable_thinking").is_some_and(Value::is_string) {
+        anyhow::bail!("--chat-template-kwargs: \"enable_thinking\" must be a boolean");
+    }
+    chat_template_kwargs.entry("preserve_reasoning").or_insert(Value::Bool(true));
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size / a.parallel };
     if n_ctx < 16 {
@@ -95,6 +111,7 @@ pub fn main(a: Args) -> Result<()> {
         },
         model_name,
         chat_template,
+        chat_template_kwargs,
         max_body: a.max_body_kib.max(1) << 10,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         announce: true,
