@@ -44,6 +44,19 @@ impl Weight {
         &self.data()[r * rb..(r + 1) * rb]
     }
 
+    /// A view of rows `range` of this matrix (the same bytes in the map), named `<name>[a..b]`.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Weight {
+        assert!(range.start <= range.end && range.end <= self.rows, "rows {range:?} of {} ({} rows)", self.name, self.rows);
+        let rb = self.row_bytes();
+        Weight {
+            name: format!("{}[{}..{}]", self.name, range.start, range.end),
+            rows: range.len(),
+            start: self.start + range.start * rb,
+            len: range.len() * rb,
+            ..self.clone()
+        }
+    }
+
     /// Dequantize one row into `out` (len == cols).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         quant::dequantize_row(self.ty, self.row(r), out).expect("row length validated at load");
@@ -123,6 +136,23 @@ impl TensorSource {
                 file_id: self.file_id.clone(),
                 start: start + e * slab,
                 len: slab,
+            })
+            .collect())
+    }
+
+    /// Consecutive row ranges of a fused matrix of `cols` inputs and `Σ parts` outputs (GGUF
+    /// shape `[cols, Σ parts]`): one weight per part, viewing its rows in the map (named
+    /// `<tensor>[a..b]`) — phi3's `attn_qkv` (Q, K, V) and `ffn_up` (gate, up).
+    pub fn split_rows(&self, name: &str, cols: usize, parts: &[usize]) -> Result<Vec<Weight>> {
+        let rows: usize = parts.iter().sum();
+        let whole = self.matrix(name, cols, rows)?;
+        let mut at = 0;
+        Ok(parts
+            .iter()
+            .map(|&n| {
+                let part = whole.rows(at..at + n);
+                at += n;
+                part
             })
             .collect())
     }
