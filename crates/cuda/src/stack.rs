@@ -4,7 +4,7 @@
 //! cache, where decode reads them.
 //!
 //! The card implements the steps of `engine::block::run_layers` (`CardSteps`). Per layer, on the compute stream:
-//! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale; K/V as
+//! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale and temperature; K/V as
 //! f16 rows of a device cache region) → attention per sequence (`stack_attention.rs`) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
 //! down GEMM → `residual_norm` (post-norm, residual add, the next layer's attention norm).
@@ -460,6 +460,11 @@ impl BlockSteps for CardSteps<'_, '_> {
             KArg::I((a.rope_style == RopeStyle::Neox) as i32),
             KArg::F(input.layers[il].norm_eps),
             KArg::F(a.scale),
+            // The query temperature (mistral3), from each token's position; off when absent.
+            KArg::P(dev.pos),
+            KArg::F(a.temperature.map_or(0.0, |t| t.scale)),
+            KArg::F(a.temperature.map_or(1.0, |t| t.floor_scale as f32)),
+            KArg::F(a.temperature.map_or(0.0, |t| t.offset)),
         ];
         gpu.launch("qk_prep", int(n)? as u32, ROW_THREADS, &args)?;
         Phases::mark(&mut self.prof, gpu, "qk_prep")?;

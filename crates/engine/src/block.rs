@@ -168,10 +168,12 @@ impl BlockSteps for HostSteps<'_, '_> {
         let sh = &a.shape;
         // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
         let (qd, kd, hd, rd, pairs) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.head_dim, a.rope_dims, a.rope_dims / 2);
-        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(s.rope(il).par_chunks(pairs)).for_each(|((qt, kt), angles)| {
+        let rows = q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(s.rope(il).par_chunks(pairs)).zip(positions.par_iter());
+        rows.for_each(|(((qt, kt), angles), &pos)| {
+            let scale = a.temperature.map_or(a.scale, |t| t.factor(pos) * a.scale);
             for head in qt.chunks_exact_mut(hd) {
                 RopeTable::rotate(&mut head[..rd], angles, neox);
-                head.iter_mut().for_each(|v| *v *= a.scale);
+                head.iter_mut().for_each(|v| *v *= scale);
             }
             for head in kt.chunks_exact_mut(hd) {
                 RopeTable::rotate(&mut head[..rd], angles, neox);

@@ -155,7 +155,10 @@ pub fn cases() -> Vec<Case> {
         let name = format!("attention {label} pos {pos0}..{}", pos0 + n);
         cases.push(Case { name, limit: LIMIT_ATTENTION, op: Op::Attention { shape, pos0, n } });
     }
-    for (arch, ty) in [("llama", GgmlType::Q8_0), ("gemma3", GgmlType::Q4_K)] {
+    // phi3: fused projections as row views, partial RoPE, LongRoPE factors; mistral3: YaRN and
+    // the query temperature (the longer sequence passes its original context of 64).
+    let stacks = [("llama", GgmlType::Q8_0), ("gemma3", GgmlType::Q4_K), ("phi3", GgmlType::Q8_0), ("mistral3", GgmlType::Q8_0)];
+    for (arch, ty) in stacks {
         let name = format!("stack tiny {arch} {}, two sequences, cached prefix", ty.name());
         cases.push(Case { name, limit: LIMIT_STACK, op: Op::Stack { arch, ty } });
     }

@@ -7,6 +7,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::matrix::dispatch::Stacked;
 use crate::matrix::{Dispatcher, KvRows, StackInput};
+use crate::arch::{Config, Rope};
 use crate::plan::RopeKind;
 use crate::model::Model;
 use rayon::prelude::*;
@@ -22,12 +23,31 @@ pub struct Sequence<'a> {
     pub logit_rows: Range<usize>,
 }
 
+/// The RoPE tables of full-attention and sliding-window layers.
+struct RopeTables {
+    global: RopeTable,
+    local: RopeTable,
+}
+
+impl RopeTables {
+    /// Both tables with the given frequency factors; YaRN's parameters as llama.cpp's context
+    /// derives them (the same for both kinds of layer, each with its own base and scale).
+    fn new(c: &Config, factors: Option<&[f32]>) -> Self {
+        let yarn = c.rope_scaling.yarn(c.rope_global.freq_scale, c.n_ctx_train);
+        let table = |r: &Rope| RopeTable::new(c.rope_dims, r.base, r.freq_scale, yarn, factors);
+        RopeTables { global: table(&c.rope_global), local: table(&c.rope_local) }
+    }
+}
+
 /// Runs a model: holds the RoPE tables and the thread pool.
 pub struct Runner {
     /// The model.
     pub model: Model,
-    rope_global: RopeTable,
-    rope_local: RopeTable,
+    /// RoPE for sequences whose context is within the original one (every sequence, unless
+    /// the model has LongRoPE factors).
+    rope: RopeTables,
+    /// LongRoPE's tables for sequences whose context exceeds the original one.
+    rope_long: Option<RopeTables>,
     pool: rayon::ThreadPool,
     /// Prefill (batches with more than one token per sequence) runs on its own pool, so a
     /// server's long prefill on one thread cannot starve the decode steps of another.
@@ -45,9 +65,9 @@ impl Runner {
     /// Like [`Runner::new`], with matmuls routed by `dispatcher`.
     pub fn with_dispatcher(model: Model, threads: usize, dispatcher: Dispatcher) -> Result<Self> {
         let c = &model.config;
-        let freqs = model.rope_freqs.as_deref();
-        let rope_global = RopeTable::new(c.rope_dims, c.rope_global.base, c.rope_global.freq_scale, freqs);
-        let rope_local = RopeTable::new(c.rope_dims, c.rope_local.base, c.rope_local.freq_scale, freqs);
+        let (f, orig) = (&model.rope_factors, c.rope_scaling.n_ctx_orig);
+        let rope = RopeTables::new(c, f.for_context(orig, orig));
+        let rope_long = f.by_context().then(|| RopeTables::new(c, f.for_context(orig + 1, orig)));
         let make_pool = |role: &str| {
             let role = role.to_string();
             rayon::ThreadPoolBuilder::new()
@@ -57,7 +77,7 @@ impl Runner {
                 .map_err(|e| EngineError::Invalid(format!("cannot start {threads} threads: {e}")))
         };
         let (pool, prefill_pool) = (make_pool("decode")?, make_pool("prefill")?);
-        Ok(Runner { model, rope_global, rope_local, pool, prefill_pool, dispatcher })
+        Ok(Runner { model, rope, rope_long, pool, prefill_pool, dispatcher })
     }
 
     /// A new empty KV cache of `n_ctx` positions.
@@ -113,10 +133,20 @@ impl Runner {
                 positions.extend(pos0..pos0 + s.tokens.len());
                 row += s.tokens.len();
             }
-            let mut caches: Vec<&mut dyn KvRows> = seqs.iter_mut().map(|s| &mut *s.cache as &mut dyn KvRows).collect();
-            let rope_global = rope_angles(&self.rope_global, &positions);
+            // Each sequence's angles from the tables of its context (LongRoPE picks by it).
             let any_local = self.model.layers.iter().any(|l| l.attention().rope == RopeKind::Local);
-            let rope_local = if any_local { rope_angles(&self.rope_local, &positions) } else { Vec::new() };
+            let (mut rope_global, mut rope_local) = (Vec::new(), Vec::new());
+            for (s, span) in seqs.iter().zip(&spans) {
+                let tables = match &self.rope_long {
+                    Some(long) if s.cache.n_ctx() > c.rope_scaling.n_ctx_orig => long,
+                    _ => &self.rope,
+                };
+                rope_global.extend(rope_angles(&tables.global, &positions[span.clone()]));
+                if any_local {
+                    rope_local.extend(rope_angles(&tables.local, &positions[span.clone()]));
+                }
+            }
+            let mut caches: Vec<&mut dyn KvRows> = seqs.iter_mut().map(|s| &mut *s.cache as &mut dyn KvRows).collect();
             let input = StackInput {
                 layers: &self.model.layers,
                 positions: &positions,

@@ -1,6 +1,6 @@
 //! A loaded model: its config and weight views, read by the standard llama.cpp tensor names.
 
-use crate::arch::{self, Config, Meta};
+use crate::arch::{self, Config, Meta, RopeFactorTensors};
 use crate::plan::Layer;
 use crate::error::{EngineError, Result};
 use crate::weights::{TensorSource, Weight};
@@ -20,8 +20,8 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     /// Vocabulary projection (the embedding itself when tied).
     pub output: Weight,
-    /// Llama 3.1-style per-dimension RoPE frequency divisors.
-    pub rope_freqs: Option<Vec<f32>>,
+    /// Per-dimension RoPE frequency divisors (Llama 3.1, LongRoPE), as the architecture loads them.
+    pub rope_factors: RopeFactors,
     /// The file everything maps into.
     pub file: Arc<GgufFile>,
 }
@@ -59,15 +59,54 @@ impl Model {
             layers.push((arch.layer)(&src, c, il)?);
         }
         progress(c.n_layer, c.n_layer);
-        let rope_freqs = src.optional_vector("rope_freqs.weight", c.rope_dims / 2)?;
+        let pairs = c.rope_dims / 2;
+        let rope_factors = match c.rope_factors {
+            RopeFactorTensors::None => RopeFactors::default(),
+            RopeFactorTensors::Freqs => {
+                RopeFactors { freqs: src.optional_vector("rope_freqs.weight", pairs)?, ..Default::default() }
+            }
+            RopeFactorTensors::LongShort => RopeFactors {
+                long: src.optional_vector("rope_factors_long.weight", pairs)?,
+                short: src.optional_vector("rope_factors_short.weight", pairs)?,
+                ..Default::default()
+            },
+        };
         Ok(Model {
             output_norm: src.vector("output_norm.weight", c.n_embd)?,
             config,
             tok_embd,
             layers,
             output,
-            rope_freqs,
+            rope_factors,
             file,
         })
+    }
+}
+
+/// Per-dimension RoPE frequency divisors of a model.
+#[derive(Debug, Clone, Default)]
+pub struct RopeFactors {
+    /// `rope_freqs.weight` (Llama 3.1): whatever the context.
+    pub freqs: Option<Vec<f32>>,
+    /// `rope_factors_long.weight` (LongRoPE): for contexts beyond the original one.
+    pub long: Option<Vec<f32>>,
+    /// `rope_factors_short.weight`: for contexts within it.
+    pub short: Option<Vec<f32>>,
+}
+
+impl RopeFactors {
+    /// The factors for a sequence context of `n_ctx` positions, as llama.cpp's
+    /// `get_rope_factors` picks them: `rope_freqs` if present, else long beyond `n_ctx_orig`, else short.
+    pub fn for_context(&self, n_ctx: usize, n_ctx_orig: usize) -> Option<&[f32]> {
+        match &self.freqs {
+            Some(f) => Some(f),
+            None if n_ctx > n_ctx_orig => self.long.as_deref(),
+            None => self.short.as_deref(),
+        }
+    }
+
+    /// Whether the choice depends on the context (LongRoPE).
+    pub fn by_context(&self) -> bool {
+        self.freqs.is_none() && self.long != self.short
     }
 }

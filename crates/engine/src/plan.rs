@@ -126,6 +126,28 @@ pub struct Attention {
     pub rope_dims: usize,
     /// Scale applied to queries before attention.
     pub scale: f32,
+    /// A further per-position query scale (mistral3's Llama 4-style temperature tuning).
+    pub temperature: Option<AttnTemperature>,
+}
+
+/// Llama 4-style attention temperature (llama.cpp's `inp_attn_scale`): queries at position p
+/// are multiplied by `ln(floor((p + offset) / floor_scale) + 1) · scale + 1`, after RoPE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnTemperature {
+    /// `attention.temperature_scale`.
+    pub scale: f32,
+    /// Positions per step of the logarithm (mistral3: the original context length).
+    pub floor_scale: usize,
+    /// Added to the position first.
+    pub offset: f32,
+}
+
+impl AttnTemperature {
+    /// The query multiplier at `pos`, computed as llama.cpp does (f32 floor, f64 logarithm).
+    pub fn factor(&self, pos: usize) -> f32 {
+        let steps = ((pos as f32 + self.offset) / self.floor_scale as f32).floor();
+        ((steps as f64 + 1.0).ln() * self.scale as f64 + 1.0) as f32
+    }
 }
 
 /// How a layer mixes information across tokens.
@@ -288,15 +310,11 @@ impl Layer {
     }
 }
 
-/// A llama-like layer as the config's options describe it: GQA attention (biases when the
-/// file has them, QK-norm, post-norms and sliding windows where the config says) and a
-/// dense gated feed-forward part.
+/// A llama-like layer as the config's options describe it: GQA attention (Q/K/V separate or
+/// fused, biases when the file has them, QK-norm, post-norms, sliding windows and the query
+/// temperature where the config says) and a dense gated feed-forward part (gate/up fused for phi3).
 pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let b = |s: &str| format!("blk.{il}.{s}.bias");
-    let q_out = c.n_head * c.head_dim;
-    let k_out = c.n_head_kv * c.head_dim;
-    let v_out = c.n_head_kv * c.head_dim_v;
     let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
         if flag {
             src.vector(&name, len).map(Some)
@@ -305,14 +323,15 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         }
     };
     let local = c.swa_layers[il];
+    let Qkv { q, k, v, q_bias, k_bias, v_bias } = qkv(src, c, il)?;
     let attention = Attention {
-        q: src.matrix(&n("attn_q"), c.n_embd, q_out)?,
-        k: src.matrix(&n("attn_k"), c.n_embd, k_out)?,
-        v: src.matrix(&n("attn_v"), c.n_embd, v_out)?,
+        q,
+        k,
+        v,
         output: src.matrix(&n("attn_output"), c.n_head * c.head_dim_v, c.n_embd)?,
-        q_bias: src.optional_vector(&b("attn_q"), q_out)?,
-        k_bias: src.optional_vector(&b("attn_k"), k_out)?,
-        v_bias: src.optional_vector(&b("attn_v"), v_out)?,
+        q_bias,
+        k_bias,
+        v_bias,
         q_norm: required_if(c.qk_norm, n("attn_q_norm"), c.head_dim)?,
         k_norm: required_if(c.qk_norm, n("attn_k_norm"), c.head_dim)?,
         shape: AttnShape {
@@ -326,15 +345,21 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         rope_style: c.rope_style,
         rope_dims: c.rope_dims,
         scale: c.attn_scale,
+        temperature: c.attn_temperature,
     };
     let ffn = match &c.moe {
         None if c.n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
-        None => FeedForwardPart::Dense(DenseFfn {
-            gate: src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?,
-            up: src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?,
-            down: src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?,
-            activation: c.activation,
-        }),
+        None => {
+            let (gate, up) = if c.fused_gate_up {
+                // One `ffn_up` of 2·n_ff rows: the gate's, then the up projection's (ggml_swiglu's halves).
+                let mut parts = src.split_rows(&n("ffn_up"), c.n_embd, &[c.n_ff, c.n_ff])?.into_iter();
+                (parts.next().expect("two parts"), parts.next().expect("two parts"))
+            } else {
+                (src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?, src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?)
+            };
+            let down = src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?;
+            FeedForwardPart::Dense(DenseFfn { gate, up, down, activation: c.activation })
+        }
         Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
     Ok(Layer {
@@ -346,6 +371,55 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         ffn,
         post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
     })
+}
+
+/// Q, K and V projections with their biases.
+struct Qkv {
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+}
+
+/// Q/K/V as llama.cpp's `create_tensor_qkv` finds them: views of the rows of a fused
+/// `attn_qkv` (Q's, then K's, then V's; its bias split likewise, or separate biases) when the
+/// file has one, else the three tensors.
+fn qkv(src: &TensorSource, c: &Config, il: usize) -> Result<Qkv> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let b = |s: &str| format!("blk.{il}.{s}.bias");
+    let parts = [c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v];
+    let [q_out, k_out, v_out] = parts;
+    let separate_biases = || -> Result<[Option<Vec<f32>>; 3]> {
+        Ok([src.optional_vector(&b("attn_q"), q_out)?, src.optional_vector(&b("attn_k"), k_out)?, src.optional_vector(&b("attn_v"), v_out)?])
+    };
+    if !src.has(&n("attn_qkv")) {
+        let [q_bias, k_bias, v_bias] = separate_biases()?;
+        return Ok(Qkv {
+            q: src.matrix(&n("attn_q"), c.n_embd, q_out)?,
+            k: src.matrix(&n("attn_k"), c.n_embd, k_out)?,
+            v: src.matrix(&n("attn_v"), c.n_embd, v_out)?,
+            q_bias,
+            k_bias,
+            v_bias,
+        });
+    }
+    let mut w = src.split_rows(&n("attn_qkv"), c.n_embd, &parts)?.into_iter();
+    let [q_bias, k_bias, v_bias] = match src.optional_vector(&b("attn_qkv"), q_out + k_out + v_out)? {
+        Some(fused) => [
+            Some(fused[..q_out].to_vec()),
+            Some(fused[q_out..q_out + k_out].to_vec()),
+            Some(fused[q_out + k_out..].to_vec()),
+        ],
+        // llama.cpp adds separate biases to a fused projection only when all three are there.
+        None => match separate_biases()? {
+            [Some(q), Some(k), Some(v)] => [Some(q), Some(k), Some(v)],
+            _ => [None, None, None],
+        },
+    };
+    let mut next = || w.next().expect("three parts");
+    Ok(Qkv { q: next(), k: next(), v: next(), q_bias, k_bias, v_bias })
 }
 
 /// A mixture-of-experts part from the file's router and 3-D expert tensors

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// The shape and type of a generated model.
 #[derive(Debug, Clone)]
 pub struct RandomModelSpec {
-    /// Architecture (`llama` or `gemma3`).
+    /// Architecture (one of [`RandomModelSpec::ARCHITECTURES`]).
     pub arch: String,
     /// Decoder blocks.
     pub layers: usize,
@@ -39,7 +39,30 @@ pub struct RandomModelSpec {
     /// Scale of the output projection: random weights give nearly flat next-token
     /// distributions; a larger scale peaks them, so that comparisons of logits bite.
     pub output_scale: f32,
+    /// RoPE scaling written to the metadata: `none`, `linear`, `yarn` or `longrope`; empty:
+    /// the architecture's own (YaRN for mistral3, nothing for the others).
+    pub rope_scaling: String,
+    /// Its factor (0: [`DEFAULT_ROPE_SCALE`]).
+    pub rope_scale: f32,
+    /// `rope.scaling.original_context_length` where written (0: an eighth of `ctx`).
+    pub rope_orig_ctx: usize,
+    /// Rotated dims per head (0: the whole head; half of it for phi3).
+    pub rope_dims: usize,
+    /// Write Llama 3.1-style per-pair frequency divisors (`rope_freqs.weight`; llama, mistral3).
+    pub rope_freqs: bool,
 }
+
+/// The RoPE scaling factor when a spec does not say.
+pub const DEFAULT_ROPE_SCALE: f32 = 4.0;
+/// YaRN keys written beside `rope.scaling.type = yarn`, none of them llama.cpp's defaults, so a
+/// reader that takes them where llama.cpp does not (or the reverse) shows: beta_fast, beta_slow,
+/// log multiplier.
+pub const YARN_KEYS: (f32, f32, f32) = (16.0, 2.0, 0.5);
+/// mistral3's `attention.temperature_scale` (Ministral 3's `llama_4_scaling_beta`).
+pub const MISTRAL3_TEMPERATURE: f32 = 0.1;
+/// The sliding window written to phi3 files, which llama.cpp (and so tandem) ignores: short,
+/// so that applying it would show.
+pub const PHI3_WINDOW: u32 = 16;
 
 /// Experts per layer when a MoE spec does not say.
 pub const DEFAULT_EXPERTS: usize = 8;
@@ -72,11 +95,44 @@ impl RandomModelSpec {
             experts: 0,
             experts_used: 0,
             output_scale: 1.0,
+            rope_scaling: String::new(),
+            rope_scale: 0.0,
+            rope_orig_ctx: 0,
+            rope_dims: 0,
+            rope_freqs: false,
         })
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 5] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe"];
+    pub const ARCHITECTURES: [&'static str; 7] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3"];
+
+    /// The RoPE scaling type written (`""`: none written).
+    pub fn rope_scaling_type(&self) -> &str {
+        match (self.rope_scaling.as_str(), self.arch.as_str()) {
+            ("", "mistral3") => "yarn",
+            (t, _) => t,
+        }
+    }
+
+    /// Rotated dims per head.
+    pub fn rope_dims(&self) -> usize {
+        let hd = self.dim / self.heads;
+        match self.rope_dims {
+            0 if self.arch == "phi3" => hd / 2,
+            0 => hd,
+            d => d,
+        }
+    }
+
+    /// `rope.scaling.original_context_length` (written for YaRN, LongRoPE and phi3).
+    pub fn rope_orig_ctx(&self) -> usize {
+        if self.rope_orig_ctx == 0 { (self.ctx / 8).max(1) } else { self.rope_orig_ctx }
+    }
+
+    /// Whether the file has LongRoPE's long/short factors (phi3; llama and mistral3 when `longrope`).
+    pub fn long_short_factors(&self) -> bool {
+        self.arch == "phi3" || (self.rope_scaling_type() == "longrope" && matches!(self.arch.as_str(), "llama" | "mistral3"))
+    }
 
     /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
     pub fn moe(&self) -> Option<(usize, usize)> {
@@ -119,6 +175,22 @@ impl RandomModelSpec {
         if self.layers == 0 {
             return Err("layers must be at least 1".into());
         }
+        let (hd, rd) = (self.dim / self.heads, self.rope_dims());
+        if rd == 0 || rd > hd || rd % 2 != 0 {
+            return Err(format!("{rd} RoPE dims do not fit the head dimension {hd} (even, at most the head)"));
+        }
+        if rd != hd && matches!(self.arch.as_str(), "llama" | "mistral3") {
+            return Err(format!("{} rotates the whole head ({hd} dims; llama.cpp refuses {rd})", self.arch));
+        }
+        if !matches!(self.rope_scaling_type(), "" | "none" | "linear" | "yarn" | "longrope") {
+            return Err(format!("RoPE scaling '{}' is not one of none, linear, yarn, longrope", self.rope_scaling));
+        }
+        if self.rope_freqs && (!matches!(self.arch.as_str(), "llama" | "mistral3") || self.long_short_factors()) {
+            return Err("rope_freqs.weight is read by llama and mistral3 files without LongRoPE factors".into());
+        }
+        if !(self.rope_scale >= 0.0 && self.rope_scale.is_finite()) {
+            return Err(format!("RoPE scale {} must be positive", self.rope_scale));
+        }
         quant::quantize_row(self.ty, &vec![0.0; bs], &mut vec![0u8; self.ty.block_bytes()])
             .map_err(|e| format!("cannot write {} weights: {e}", self.ty.name()))
     }
@@ -146,6 +218,7 @@ impl RandomModelSpec {
                 .set(&key("attention.sliding_window_pattern"), Value::U32(2))
                 .set(&key("rope.freq_base_swa"), Value::F32(self.rope_base / 100.0));
         }
+        self.add_rope_metadata(&mut w);
         if let Some((e, k)) = self.moe() {
             w.set(&key("expert_count"), Value::U32(e as u32))
                 .set(&key("expert_used_count"), Value::U32(k as u32))
@@ -165,13 +238,24 @@ impl RandomModelSpec {
         let mut vecs: Vec<(String, usize)> = vec![("output_norm.weight".into(), self.dim)];
         for l in 0..self.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
-            mats.extend([
-                (n("attn_q"), self.dim, self.dim, 1),
-                (n("attn_k"), self.dim, kv, 1),
-                (n("attn_v"), self.dim, kv, 1),
-                (n("attn_output"), self.dim, self.dim, 1),
-            ]);
+            if a == "phi3" {
+                // Fused Q/K/V and gate/up, as Phi-3's converter writes them.
+                mats.extend([
+                    (n("attn_qkv"), self.dim, self.dim + 2 * kv, 1),
+                    (n("attn_output"), self.dim, self.dim, 1),
+                    (n("ffn_up"), self.dim, 2 * self.ff, 1),
+                    (n("ffn_down"), self.ff, self.dim, 1),
+                ]);
+            } else {
+                mats.extend([
+                    (n("attn_q"), self.dim, self.dim, 1),
+                    (n("attn_k"), self.dim, kv, 1),
+                    (n("attn_v"), self.dim, kv, 1),
+                    (n("attn_output"), self.dim, self.dim, 1),
+                ]);
+            }
             match self.moe() {
+                None if a == "phi3" => {}
                 None => mats.extend([
                     (n("ffn_gate"), self.dim, self.ff, 1),
                     (n("ffn_up"), self.dim, self.ff, 1),
@@ -217,6 +301,10 @@ impl RandomModelSpec {
             let data = self.random_matrix((mats.len() + i) as u64, GgmlType::F32, *cols, *rows, 1.0);
             add(&mut w, name, &[*cols as u64, *rows as u64], GgmlType::F32, data)?;
         }
+        for (name, factors) in self.rope_factor_tensors() {
+            let data = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
+            add(&mut w, &name, &[factors.len() as u64], GgmlType::F32, data)?;
+        }
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
         for (i, (name, n)) in vecs.into_iter().enumerate() {
             let mut st = splitmix(self.seed ^ 0x6e6f_726d ^ ((i as u64) << 32));
@@ -229,6 +317,64 @@ impl RandomModelSpec {
             w.add_tensor(&name, &[n as u64], GgmlType::F32, data).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
         Ok(w)
+    }
+
+    /// The RoPE keys beyond the base: scaling type, factor, original context and YaRN's keys,
+    /// rotated dims, LongRoPE's magnitude, mistral3's temperature, phi3's (ignored) window.
+    fn add_rope_metadata(&self, w: &mut GgufWriter) {
+        let key = |k: &str| format!("{}.{k}", self.arch);
+        let (hd, rd) = (self.dim / self.heads, self.rope_dims());
+        let factor = if self.rope_scale == 0.0 { DEFAULT_ROPE_SCALE } else { self.rope_scale };
+        let orig = self.rope_orig_ctx();
+        if rd != hd || self.arch == "phi3" {
+            w.set(&key("rope.dimension_count"), Value::U32(rd as u32));
+        }
+        let kind = self.rope_scaling_type();
+        if !kind.is_empty() {
+            w.set(&key("rope.scaling.type"), Value::String(kind.into()));
+        }
+        if matches!(kind, "linear" | "yarn") {
+            w.set(&key("rope.scaling.factor"), Value::F32(factor));
+        }
+        if kind == "yarn" {
+            let (fast, slow, log_mul) = YARN_KEYS;
+            w.set(&key("rope.scaling.yarn_beta_fast"), Value::F32(fast))
+                .set(&key("rope.scaling.yarn_beta_slow"), Value::F32(slow))
+                .set(&key("rope.scaling.yarn_log_multiplier"), Value::F32(log_mul));
+        }
+        if matches!(kind, "yarn" | "longrope") || self.arch == "phi3" {
+            w.set(&key("rope.scaling.original_context_length"), Value::U32(orig as u32));
+        }
+        if self.long_short_factors() {
+            // Phi-3's converter: sqrt(1 + ln(ctx / orig) / ln(orig)) beyond the original context.
+            let scale = self.ctx as f64 / orig as f64;
+            let attn = if scale > 1.0 { (1.0 + scale.ln() / (orig as f64).ln()).sqrt() } else { 1.0 };
+            w.set(&key("rope.scaling.attn_factor"), Value::F32(attn as f32));
+        }
+        if self.arch == "phi3" {
+            w.set(&key("attention.sliding_window"), Value::U32(PHI3_WINDOW));
+        }
+        if self.arch == "mistral3" {
+            w.set(&key("attention.temperature_scale"), Value::F32(MISTRAL3_TEMPERATURE));
+        }
+    }
+
+    /// Per-pair RoPE frequency divisors the file holds: LongRoPE's long (growing to 8 over the
+    /// low frequencies) and short (near 1) factors, or Llama 3.1's `rope_freqs` (1 to 8).
+    fn rope_factor_tensors(&self) -> Vec<(String, Vec<f32>)> {
+        let pairs = self.rope_dims() / 2;
+        let ramp = |lo: f32, hi: f32| -> Vec<f32> {
+            (0..pairs).map(|i| lo + (hi - lo) * (i as f32 / (pairs - 1).max(1) as f32).powi(2)).collect()
+        };
+        let mut out = Vec::new();
+        if self.long_short_factors() {
+            out.push(("rope_factors_long.weight".to_string(), ramp(1.0, 8.0)));
+            out.push(("rope_factors_short.weight".to_string(), ramp(1.0, 1.5)));
+        }
+        if self.rope_freqs {
+            out.push(("rope_freqs.weight".to_string(), ramp(1.0, 8.0)));
+        }
+        out
     }
 
     fn random_matrix(&self, index: u64, ty: GgmlType, cols: usize, rows: usize, scale: f32) -> Vec<u8> {
@@ -255,6 +401,12 @@ impl RandomModelSpec {
         for b in 0..=255u8 {
             tokens.push(format!("<0x{b:02X}>"));
             types.push(6);
+        }
+        if self.arch == "phi3" {
+            // llama.cpp sets attributes on Phi-3's end-of-text token by name and refuses a
+            // "phi3"-named vocabulary without it.
+            tokens.push("<|endoftext|>".into());
+            types.push(3);
         }
         for i in 0..self.vocab - tokens.len() {
             tokens.push(format!("\u{2581}w{i}"));

@@ -7,7 +7,7 @@ use engine::matrix::cache::CacheBudget;
 use engine::matrix::policy::{Backend, PlacementPolicy};
 use engine::matrix::reference::ReferenceEngine;
 use engine::matrix::Dispatcher;
-use engine::plan::{Layer, VectorRole};
+use engine::plan::{FeedForwardPart, Layer, VectorRole};
 use engine::random_model::RandomModelSpec;
 use engine::{Model, Runner};
 use gguf::{GgmlType, Value};
@@ -32,7 +32,7 @@ fn each_architecture_builds_the_plan_its_file_describes() {
         assert_eq!(m.config.arch, arch);
         for l in &m.layers {
             let a = l.attention();
-            let neox = arch != "llama";
+            let neox = !matches!(arch, "llama" | "mistral3");
             assert_eq!(a.rope_style == RopeStyle::Neox, neox, "{arch}: RoPE style");
             let biases = [VectorRole::QBias, VectorRole::KBias, VectorRole::VBias].map(|r| has(l, r));
             assert_eq!(biases, [arch == "qwen2"; 3], "{arch}: Q/K/V biases");
@@ -48,34 +48,132 @@ fn each_architecture_builds_the_plan_its_file_describes() {
     }
 }
 
+/// The logits of `tokens` on the CPU and on the exact reference engine (every matmul and
+/// attention there: f32 weights, unquantized activations), both with a cache of `n_ctx`.
+fn cpu_and_reference(bytes: Vec<u8>, tokens: &[u32], n_ctx: usize) -> (Vec<f32>, Vec<f32>) {
+    let logits = |r: &Runner| {
+        let mut cache = r.new_cache(n_ctx);
+        r.forward(&mut cache, tokens, 0..tokens.len()).unwrap()
+    };
+    let cpu = logits(&Runner::new(load(bytes.clone()).unwrap(), 2).unwrap());
+    let policy = PlacementPolicy::new(Backend::Auto, 1, None, (1.0, 1.0));
+    let d = Dispatcher::new(vec![Arc::new(ReferenceEngine::new())], policy, CacheBudget::default(), false).unwrap();
+    let exact = logits(&Runner::with_dispatcher(load(bytes).unwrap(), 2, d).unwrap());
+    (cpu, exact)
+}
+
+/// Normalized squared error of `a` against `b`, and how many rows of `row` share their argmax.
+fn agreement(a: &[f32], b: &[f32], row: usize) -> (f64, usize) {
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        err += ((x - y) as f64).powi(2);
+        norm += (*y as f64).powi(2);
+    }
+    let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let same = a.chunks(row).zip(b.chunks(row)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    (err / norm, same)
+}
+
 #[test]
 fn qwen_models_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
     for arch in ["qwen2", "qwen3", "qwen3moe"] {
         let bytes = spec(arch).build().unwrap().to_bytes();
         let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
-        let logits = |r: &Runner| {
-            let mut cache = r.new_cache(tokens.len());
-            r.forward(&mut cache, &tokens, 0..tokens.len()).unwrap()
-        };
-        let cpu = logits(&Runner::new(load(bytes.clone()).unwrap(), 2).unwrap());
-        // Every matmul and attention on the reference engine (f32 weights, unquantized activations).
-        let policy = PlacementPolicy::new(Backend::Auto, 1, None, (1.0, 1.0));
-        let d = Dispatcher::new(vec![Arc::new(ReferenceEngine::new())], policy, CacheBudget::default(), false).unwrap();
-        let exact = logits(&Runner::with_dispatcher(load(bytes).unwrap(), 2, d).unwrap());
-        let (mut err, mut norm) = (0f64, 0f64);
-        for (a, b) in cpu.iter().zip(&exact) {
-            err += ((a - b) as f64).powi(2);
-            norm += (*b as f64).powi(2);
-        }
+        let (cpu, exact) = cpu_and_reference(bytes, &tokens, tokens.len());
+        let (nmse, same) = agreement(&cpu, &exact, 512);
         // 8-bit activations on the CPU against f32 on the reference: a small, not a structural,
         // gap (measured 1.2e-4 for qwen2, 5.5e-4 for qwen3; a wrong op gives order 1).
         // A mixture of experts also amplifies it where a router near-tie picks another expert
         // for a token (measured 6.7e-3 for qwen3moe).
         let limit = if arch == "qwen3moe" { 2e-2 } else { 2e-3 };
-        assert!(err / norm < limit, "{arch}: normalized squared error {:.2e}", err / norm);
-        let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-        let same = cpu.chunks(512).zip(exact.chunks(512)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        assert!(nmse < limit, "{arch}: normalized squared error {nmse:.2e}");
         assert!(same * 10 >= tokens.len() * 9, "{arch}: only {same}/{} argmaxes agree", tokens.len());
+    }
+}
+
+#[test]
+fn phi3_and_mistral3_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
+    // 96 tokens in a cache of 128: beyond the original context (64): phi3's long factors,
+    // mistral3's temperature on the later half.
+    for arch in ["phi3", "mistral3"] {
+        let bytes = spec(arch).build().unwrap().to_bytes();
+        let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+        let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
+        let (nmse, same) = agreement(&cpu, &exact, 512);
+        assert!(nmse < 2e-3, "{arch}: normalized squared error {nmse:.2e}");
+        assert!(same * 10 >= tokens.len() * 9, "{arch}: only {same}/{} argmaxes agree", tokens.len());
+    }
+}
+
+#[test]
+fn phi3_takes_row_views_of_its_fused_tensors() {
+    let s = spec("phi3");
+    let m = load(s.build().unwrap().to_bytes()).unwrap();
+    let c = &m.config;
+    let (hd, kv) = (s.dim / s.heads, s.kv_heads * (s.dim / s.heads));
+    assert_eq!((c.head_dim, c.rope_dims), (hd, hd / 2), "partial rotary: half of each head");
+    assert_eq!(c.swa_window, None, "the sliding window is ignored, as llama.cpp ignores it");
+    for (il, l) in m.layers.iter().enumerate() {
+        let a = l.attention();
+        let qkv = format!("blk.{il}.attn_qkv.weight");
+        let names = [&a.q, &a.k, &a.v].map(|w| (w.name.clone(), w.rows));
+        assert_eq!(
+            names,
+            [
+                (format!("{qkv}[0..{}]", s.dim), s.dim),
+                (format!("{qkv}[{}..{}]", s.dim, s.dim + kv), kv),
+                (format!("{qkv}[{}..{}]", s.dim + kv, s.dim + 2 * kv), kv),
+            ]
+        );
+        assert_eq!(a.shape.window, None);
+        let FeedForwardPart::Dense(f) = &l.ffn else { panic!("phi3 is dense") };
+        let up = format!("blk.{il}.ffn_up.weight");
+        assert_eq!([&f.gate.name, &f.up.name], [&format!("{up}[0..{}]", s.ff), &format!("{up}[{}..{}]", s.ff, 2 * s.ff)]);
+        // The views are the fused tensor's bytes: the gate's rows, then the up projection's.
+        let whole = m.file.tensor(&up).unwrap();
+        let bytes = m.file.tensor_data(whole);
+        assert_eq!(f.gate.data(), &bytes[..bytes.len() / 2]);
+        assert_eq!(f.up.data(), &bytes[bytes.len() / 2..]);
+    }
+    // LongRoPE's factors, both loaded; the long ones beyond the original context.
+    let f = &m.rope_factors;
+    let orig = c.rope_scaling.n_ctx_orig;
+    assert_eq!(orig, s.ctx / 8);
+    assert!(f.freqs.is_none() && f.long.is_some() && f.short.is_some());
+    assert_eq!(f.for_context(orig, orig), f.short.as_deref());
+    assert_eq!(f.for_context(orig + 1, orig), f.long.as_deref());
+}
+
+#[test]
+fn phi3_picks_its_rope_factors_by_the_context() {
+    // The same tokens in a cache within the original context (short factors) and beyond it (long).
+    let s = spec("phi3");
+    let orig = s.ctx / 8;
+    let runner = Runner::new(load(s.build().unwrap().to_bytes()).unwrap(), 2).unwrap();
+    let tokens: Vec<u32> = (0..48u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let run = |n_ctx: usize| {
+        let mut cache = runner.new_cache(n_ctx);
+        runner.forward(&mut cache, &tokens, 0..tokens.len()).unwrap()
+    };
+    assert_eq!(run(orig), run(orig - 1), "both within the original context");
+    assert_eq!(run(orig + 1), run(4 * orig), "both beyond it");
+    assert_ne!(run(orig), run(orig + 1), "short and long factors differ");
+}
+
+#[test]
+fn mistral3_reads_yarn_and_the_attention_temperature() {
+    let s = spec("mistral3");
+    let m = load(s.build().unwrap().to_bytes()).unwrap();
+    let c = &m.config;
+    let (fast, slow, log_mul) = engine::random_model::YARN_KEYS;
+    let r = &c.rope_scaling;
+    assert_eq!(r.kind, engine::arch::RopeScalingType::Yarn);
+    assert_eq!((r.yarn_beta_fast, r.yarn_beta_slow, r.yarn_log_mul), (fast, slow, log_mul));
+    assert_eq!(c.rope_global.freq_scale, 1.0 / engine::random_model::DEFAULT_ROPE_SCALE);
+    let t = c.attn_temperature.expect("a temperature");
+    assert_eq!((t.scale, t.floor_scale, t.offset), (engine::random_model::MISTRAL3_TEMPERATURE, s.ctx / 8, 0.0));
+    for l in &m.layers {
+        assert_eq!(l.attention().temperature, Some(t));
     }
 }
 

@@ -10,7 +10,7 @@ pub struct Args {
     /// Start from a named shape (llama3-8b, llama2-7b, llama3-1b, smollm2-135m, tiny); flags override it.
     #[arg(long)]
     preset: Option<String>,
-    /// Architecture.
+    /// Architecture: llama, gemma3, qwen2, qwen3, qwen3moe, phi3, mistral3.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Decoder blocks.
@@ -46,6 +46,22 @@ pub struct Args {
     /// Scale of the output projection (peaks the next-token distributions; 1 = std 1/sqrt(dim)).
     #[arg(long = "output-scale", default_value_t = 1.0)]
     output_scale: f32,
+    /// RoPE scaling written to the metadata: none, linear, yarn or longrope (default: the
+    /// architecture's own — YaRN for mistral3, nothing for the others).
+    #[arg(long = "rope-scaling")]
+    rope_scaling: Option<String>,
+    /// RoPE scaling factor (linear, yarn; default 4).
+    #[arg(long = "rope-scale")]
+    rope_scale: Option<f32>,
+    /// rope.scaling.original_context_length (yarn, longrope, phi3; default ctx / 8).
+    #[arg(long = "rope-orig-ctx")]
+    rope_orig_ctx: Option<usize>,
+    /// Rotated dims per head (default: the whole head; half of it for phi3).
+    #[arg(long = "rope-dims")]
+    rope_dims: Option<usize>,
+    /// Write Llama 3.1-style rope_freqs.weight (llama, mistral3).
+    #[arg(long = "rope-freqs")]
+    rope_freqs: bool,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -74,6 +90,11 @@ pub fn main(a: Args) -> Result<()> {
     spec.output_scale = a.output_scale;
     if let Some(v) = a.experts { spec.experts = v; }
     if let Some(v) = a.experts_used { spec.experts_used = v; }
+    if let Some(v) = a.rope_scaling { spec.rope_scaling = v; }
+    if let Some(v) = a.rope_scale { spec.rope_scale = v; }
+    if let Some(v) = a.rope_orig_ctx { spec.rope_orig_ctx = v; }
+    if let Some(v) = a.rope_dims { spec.rope_dims = v; }
+    spec.rope_freqs = a.rope_freqs;
     let t0 = std::time::Instant::now();
     let writer = spec.build()?;
     writer.write_file(&a.output).map_err(|e| anyhow!("cannot write {}: {e}", a.output.display()))?;

@@ -4,14 +4,17 @@
 mod gemma3;
 mod llama;
 mod meta;
+mod mistral3;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod qwen3moe;
 
 pub use meta::Meta;
 
+use crate::cpu::ops::Yarn;
 use crate::error::{EngineError, Result};
-use crate::plan::{Gating, Layer, Routing};
+use crate::plan::{AttnTemperature, Gating, Layer, Routing};
 use crate::weights::TensorSource;
 
 /// How RoPE pairs dimensions.
@@ -39,6 +42,114 @@ pub struct Rope {
     pub base: f32,
     /// Position multiplier (1 / linear scaling factor).
     pub freq_scale: f32,
+}
+
+/// `rope.scaling.type`: how positions beyond the training context are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeScalingType {
+    /// No scaling: the factor is ignored.
+    None,
+    /// Positions divided by the factor (llama.cpp's default when the key is absent).
+    Linear,
+    /// YaRN: interpolation ramped by dimension, magnitude-corrected.
+    Yarn,
+    /// Phi-3's LongRoPE: per-dimension factors, long or short by context.
+    LongRope,
+}
+
+/// The RoPE scaling hyper-parameters, as llama.cpp's model loader reads them (`rope.scaling.*`);
+/// [`RopeScaling::yarn`] turns them into ggml_rope_ext's parameters as its context does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    /// `rope.scaling.type`.
+    pub kind: RopeScalingType,
+    /// `rope.scaling.original_context_length`, else the training context: YaRN's correction
+    /// dims and LongRoPE's choice of factors (llama.cpp's `n_ctx_orig_yarn`).
+    pub n_ctx_orig: usize,
+    /// `rope.scaling.yarn_ext_factor` where the architecture reads it; `None`: 1 for YaRN, else 0.
+    pub yarn_ext_factor: Option<f32>,
+    /// `rope.scaling.yarn_attn_factor` (only used without YaRN's own magnitude correction).
+    pub yarn_attn_factor: f32,
+    /// `rope.scaling.yarn_beta_fast` where the architecture reads it (32).
+    pub yarn_beta_fast: f32,
+    /// `rope.scaling.yarn_beta_slow` where the architecture reads it (1).
+    pub yarn_beta_slow: f32,
+    /// `rope.scaling.yarn_log_multiplier` where the architecture reads it (0: none).
+    pub yarn_log_mul: f32,
+    /// `rope.scaling.attn_factor`: a further magnitude scale of cos/sin (Phi-3's LongRoPE).
+    pub attn_factor: f32,
+}
+
+impl RopeScaling {
+    /// ggml_rope_ext's YaRN parameters for a model whose full-attention `freq_scale` is this,
+    /// derived as llama.cpp's context does (`llama_context::llama_context`): the extrapolation mix
+    /// on for YaRN, the magnitude `mscale(f, 1) / mscale(f, log_mul)` with ggml's own
+    /// `1 + 0.1 ln f` divided out, times `rope.scaling.attn_factor`.
+    pub fn yarn(&self, freq_scale: f32, n_ctx_train: usize) -> Yarn {
+        let ext_factor = self.yarn_ext_factor.filter(|&e| e >= 0.0).unwrap_or(match self.kind {
+            RopeScalingType::Yarn => 1.0,
+            _ => 0.0,
+        });
+        let mut attn_factor = self.yarn_attn_factor;
+        if ext_factor != 0.0 {
+            let mscale = |scale: f32, m: f32| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            let factor = 1.0 / freq_scale;
+            attn_factor = if self.yarn_log_mul != 0.0 {
+                mscale(factor, 1.0) / mscale(factor, self.yarn_log_mul)
+            } else {
+                mscale(factor, 1.0)
+            };
+            attn_factor *= 1.0 / (1.0 + 0.1 * factor.ln());
+        }
+        attn_factor *= self.attn_factor;
+        let n_ctx_orig = if self.n_ctx_orig != 0 { self.n_ctx_orig } else { n_ctx_train };
+        Yarn { ext_factor, attn_factor, beta_fast: self.yarn_beta_fast, beta_slow: self.yarn_beta_slow, n_ctx_orig }
+    }
+
+    /// Read the YaRN keys that only some architectures read in llama.cpp (mistral3, grok).
+    pub(crate) fn read_yarn_keys(&mut self, m: &Meta, ext_and_attn: bool) -> Result<()> {
+        if ext_and_attn {
+            if let Some(v) = m.opt_f32("rope.scaling.yarn_ext_factor")? {
+                self.yarn_ext_factor = Some(v);
+            }
+            if let Some(v) = m.opt_f32("rope.scaling.yarn_attn_factor")? {
+                self.yarn_attn_factor = v;
+            }
+        }
+        if let Some(v) = m.opt_f32("rope.scaling.yarn_beta_fast")? {
+            self.yarn_beta_fast = v;
+        }
+        if let Some(v) = m.opt_f32("rope.scaling.yarn_beta_slow")? {
+            self.yarn_beta_slow = v;
+        }
+        if let Some(v) = m.opt_f32("rope.scaling.yarn_log_multiplier")? {
+            self.yarn_log_mul = v;
+        }
+        Ok(())
+    }
+}
+
+/// Which per-dimension RoPE frequency factors an architecture loads (llama.cpp's
+/// `get_rope_factors`): `rope_freqs.weight` (Llama 3.1) applies always; LongRoPE's
+/// `rope_factors_long.weight` when the context exceeds the original one, else `rope_factors_short.weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeFactorTensors {
+    /// None (the architecture declares no such tensors).
+    None,
+    /// `rope_freqs.weight`, if present.
+    Freqs,
+    /// `rope_factors_long.weight` / `rope_factors_short.weight`, each if present.
+    LongShort,
+}
+
+impl RopeFactorTensors {
+    /// Llama's choice (also mistral3's): LongRoPE's pair for a `longrope` file, else `rope_freqs`.
+    pub fn llama(scaling: &RopeScaling) -> Self {
+        match scaling.kind {
+            RopeScalingType::LongRope => RopeFactorTensors::LongShort,
+            _ => RopeFactorTensors::Freqs,
+        }
+    }
 }
 
 /// Everything the forward pass needs to know about a model's shape and options.
@@ -74,6 +185,14 @@ pub struct Config {
     pub rope_global: Rope,
     /// RoPE for sliding-window layers.
     pub rope_local: Rope,
+    /// RoPE scaling beyond the base and linear factor (YaRN, LongRoPE, magnitude).
+    pub rope_scaling: RopeScaling,
+    /// Which RoPE frequency-factor tensors the architecture loads.
+    pub rope_factors: RopeFactorTensors,
+    /// Llama 4-style attention temperature on the queries, growing with the position (mistral3).
+    pub attn_temperature: Option<AttnTemperature>,
+    /// Gate and up projections fused in one `ffn_up` tensor, gate rows first (phi3).
+    pub fused_gate_up: bool,
     /// Sliding-window size, if the model has sliding-window layers.
     pub swa_window: Option<usize>,
     /// Per layer: does it use the sliding window?
@@ -138,7 +257,8 @@ pub struct Architecture {
 }
 
 /// Every supported architecture. Adding one is a file plus a line here.
-pub static REGISTRY: &[Architecture] = &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH];
+pub static REGISTRY: &[Architecture] =
+    &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
@@ -166,19 +286,37 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
             "rope dimension count {rope_dims} does not fit head dimension {head_dim}"
         )));
     }
-    match m.opt_str("rope.scaling.type")? {
-        None | Some("none") | Some("linear") => {}
-        Some(other) => {
-            return Err(EngineError::BadMetadata(format!("RoPE scaling '{other}' is not supported yet")))
+    let kind = match m.opt_str("rope.scaling.type")?.unwrap_or("linear") {
+        "none" => RopeScalingType::None,
+        "linear" => RopeScalingType::Linear,
+        "yarn" => RopeScalingType::Yarn,
+        "longrope" => RopeScalingType::LongRope,
+        other => {
+            return Err(EngineError::BadMetadata(format!(
+                "{}.rope.scaling.type '{other}' is not one of none, linear, yarn, longrope",
+                m.arch
+            )))
         }
-    }
+    };
     let factor = match m.opt_f32("rope.scaling.factor")? {
         Some(f) => Some(f),
         None => m.opt_f32("rope.scale_linear")?,
     };
+    // llama.cpp never scales positions when the type says none.
     let freq_scale = match factor {
-        Some(f) if f != 0.0 => 1.0 / f,
+        Some(f) if f != 0.0 && kind != RopeScalingType::None => 1.0 / f,
         _ => 1.0,
+    };
+    let n_ctx_train = m.opt_usize("context_length")?.unwrap_or(2048);
+    let rope_scaling = RopeScaling {
+        kind,
+        n_ctx_orig: m.opt_usize("rope.scaling.original_context_length")?.unwrap_or(n_ctx_train),
+        yarn_ext_factor: None,
+        yarn_attn_factor: 1.0,
+        yarn_beta_fast: 32.0,
+        yarn_beta_slow: 1.0,
+        yarn_log_mul: 0.0,
+        attn_factor: m.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
     };
     let n_layer = m.usize("block_count")?;
     let n_vocab = match m.opt_usize("vocab_size")? {
@@ -202,12 +340,16 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         head_dim,
         head_dim_v,
         n_vocab,
-        n_ctx_train: m.opt_usize("context_length")?.unwrap_or(2048),
+        n_ctx_train,
         norm_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
         rope_dims,
         rope_style,
         rope_global: global,
         rope_local: global,
+        rope_scaling,
+        rope_factors: RopeFactorTensors::None,
+        attn_temperature: None,
+        fused_gate_up: false,
         swa_window: None,
         swa_layers: vec![false; n_layer],
         embed_scale: None,

@@ -133,23 +133,64 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// RoPE angle tables for one position: cos/sin per rotated pair.
+/// ggml_rope_ext's YaRN parameters (after llama.cpp's context set-up): `ext_factor` 0 and
+/// `attn_factor` 1 give plain RoPE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// Mix of extrapolated (unscaled) angles into the low-frequency dims' interpolated ones
+    /// (ggml's ramp between the correction dims); 0 switches YaRN off.
+    pub ext_factor: f32,
+    /// Magnitude of cos/sin (further multiplied by `1 + 0.1 ln(1/freq_scale)` when `ext_factor != 0`).
+    pub attn_factor: f32,
+    /// Rotations at the original context above which a dim is extrapolated.
+    pub beta_fast: f32,
+    /// Rotations below which a dim is fully interpolated.
+    pub beta_slow: f32,
+    /// The context the model was trained for before scaling (the correction dims depend on it).
+    pub n_ctx_orig: usize,
+}
+
+impl Yarn {
+    /// Plain RoPE (llama.cpp's defaults when no scaling applies).
+    pub const NONE: Yarn = Yarn { ext_factor: 0.0, attn_factor: 1.0, beta_fast: 32.0, beta_slow: 1.0, n_ctx_orig: 0 };
+
+    /// ggml_rope_yarn_corr_dims: the first and last dims of the ramp, as ggml computes them in f32.
+    pub fn corr_dims(&self, dims: usize, base: f32) -> [f32; 2] {
+        let corr_dim = |rotations: f32| {
+            dims as f32 * (self.n_ctx_orig as f32 / (rotations * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let start = corr_dim(self.beta_fast).floor();
+        let end = corr_dim(self.beta_slow).ceil();
+        [start.max(0.0), end.min(dims as f32 - 1.0)]
+    }
+}
+
+/// RoPE angles of one kind of layer: ggml_rope_ext's cache, position by position.
 pub struct RopeTable {
-    /// θ_i for pair i (before multiplying by the position).
-    inv_freq: Vec<f32>,
+    /// `base^(-2/dims)`: each pair's θ is the previous one's times this.
+    theta_scale: f32,
     freq_scale: f32,
+    /// Per-pair frequency divisors (Llama 3.1's `rope_freqs`, LongRoPE's factors); empty when none.
+    freq_factors: Vec<f32>,
+    pairs: usize,
+    yarn: Yarn,
+    corr_dims: [f32; 2],
 }
 
 impl RopeTable {
-    /// θ_i = base^(-2i/dims) / factor_i, as ggml computes it.
-    pub fn new(dims: usize, base: f32, freq_scale: f32, freq_factors: Option<&[f32]>) -> Self {
-        let inv_freq = (0..dims / 2)
-            .map(|i| {
-                let theta = base.powf(-2.0 * i as f32 / dims as f32);
-                theta / freq_factors.map_or(1.0, |f| f[i])
-            })
-            .collect();
-        RopeTable { inv_freq, freq_scale }
+    /// Angles for `dims` rotated dims: pair i turns by `pos · base^(-2i/dims) / factor_i`, scaled
+    /// by `freq_scale` and, with YaRN, ramped between interpolation and extrapolation, its cos and
+    /// sin multiplied by the magnitude scale — as ggml's CPU rope computes them (f32, θ built by
+    /// repeated multiplication, the same order of operations).
+    pub fn new(dims: usize, base: f32, freq_scale: f32, yarn: Yarn, freq_factors: Option<&[f32]>) -> Self {
+        RopeTable {
+            theta_scale: base.powf(-2.0 / dims as f32),
+            freq_scale,
+            freq_factors: freq_factors.map_or_else(Vec::new, |f| f[..dims / 2].to_vec()),
+            pairs: dims / 2,
+            yarn,
+            corr_dims: yarn.corr_dims(dims, base),
+        }
     }
 
     /// Rotate one head vector `x` (the first `2 * pairs` dims) at `pos`.
@@ -160,11 +201,32 @@ impl RopeTable {
         Self::rotate(x, &angles, neox);
     }
 
-    /// (sin, cos) of every pair's angle at `pos`: computed once per token, shared by its heads.
+    /// (sin, cos) of every pair's angle at `pos`, magnitude-scaled: computed once per token,
+    /// shared by its heads.
     pub fn angles(&self, pos: usize, out: &mut Vec<(f32, f32)>) {
-        let p = pos as f32 * self.freq_scale;
+        let y = &self.yarn;
+        // The magnitude correction YaRN adds for interpolation (rope_yarn's mscale).
+        let mscale = if y.ext_factor != 0.0 {
+            y.attn_factor * (1.0 + 0.1 * (1.0 / self.freq_scale).ln())
+        } else {
+            y.attn_factor
+        };
+        let [low, high] = self.corr_dims;
+        let mut theta = pos as f32;
         out.clear();
-        out.extend(self.inv_freq.iter().map(|&f| (p * f).sin_cos()));
+        for i in 0..self.pairs {
+            let extrap = theta / self.freq_factors.get(i).copied().unwrap_or(1.0);
+            let interp = self.freq_scale * extrap;
+            let angle = if y.ext_factor != 0.0 {
+                let ramp = 1.0 - ((i as f32 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                let mix = ramp * y.ext_factor;
+                interp * (1.0 - mix) + extrap * mix
+            } else {
+                interp
+            };
+            out.push((angle.sin() * mscale, angle.cos() * mscale));
+            theta *= self.theta_scale;
+        }
     }
 
     /// Rotate one head vector by precomputed [`angles`](Self::angles).
@@ -203,7 +265,7 @@ mod tests {
 
     #[test]
     fn rope_preserves_norm_and_is_identity_at_zero() {
-        let t = RopeTable::new(8, 10000.0, 1.0, None);
+        let t = RopeTable::new(8, 10000.0, 1.0, Yarn::NONE, None);
         let x0: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
         for neox in [false, true] {
             let mut x = x0.clone();
@@ -216,8 +278,83 @@ mod tests {
         }
         // Pair 0 rotates by exactly `pos` radians.
         let mut x = vec![1.0, 0.0, 0.0, 0.0];
-        RopeTable::new(4, 10000.0, 1.0, None).apply(&mut x, 1, false);
+        RopeTable::new(4, 10000.0, 1.0, Yarn::NONE, None).apply(&mut x, 1, false);
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    /// ggml's rope_yarn and ggml_rope_yarn_corr_dims written out directly in f64.
+    fn yarn_f64(dims: usize, base: f64, fs: f64, y: &Yarn, ff: Option<&[f32]>, pos: usize) -> Vec<(f64, f64)> {
+        let corr = |rot: f64| dims as f64 * (y.n_ctx_orig as f64 / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+        let (low, high) = (corr(y.beta_fast as f64).floor().max(0.0), corr(y.beta_slow as f64).ceil().min(dims as f64 - 1.0));
+        let ext = y.ext_factor as f64;
+        let mut mscale = y.attn_factor as f64;
+        if ext != 0.0 {
+            mscale *= 1.0 + 0.1 * (1.0 / fs).ln();
+        }
+        (0..dims / 2)
+            .map(|i| {
+                let extrap = pos as f64 * base.powf(-2.0 * i as f64 / dims as f64) / ff.map_or(1.0, |f| f[i] as f64);
+                let interp = fs * extrap;
+                let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                let mix = ramp * ext;
+                let theta = interp * (1.0 - mix) + extrap * mix;
+                (theta.sin() * mscale, theta.cos() * mscale)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rope_yarn_matches_the_f64_transcription_of_ggml() {
+        let mut st = 0x5eed_u64;
+        let mut next = |n: u64| {
+            st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (st >> 33) % n
+        };
+        let mut mixed = 0;
+        for case in 0..300 {
+            let dims = [8, 16, 32, 64, 96, 128][next(6) as usize];
+            let base = [10_000.0f32, 500_000.0, 1_000_000.0][next(3) as usize];
+            let fs = [1.0f32, 0.5, 0.25, 1.0 / 40.0][next(4) as usize];
+            let y = Yarn {
+                ext_factor: [0.0f32, 1.0, 0.5][next(3) as usize],
+                attn_factor: [1.0f32, 0.8, 1.19][next(3) as usize],
+                beta_fast: [32.0f32, 16.0][next(2) as usize],
+                beta_slow: [1.0f32, 2.0][next(2) as usize],
+                n_ctx_orig: [64, 4096, 32_768][next(3) as usize],
+            };
+            let ff: Option<Vec<f32>> = (case % 2 == 1).then(|| (0..dims / 2).map(|_| 1.0 + next(700) as f32 / 100.0).collect());
+            let table = RopeTable::new(dims, base, fs, y, ff.as_deref());
+            let mut got = Vec::new();
+            for _ in 0..8 {
+                let pos = next(8192) as usize;
+                table.angles(pos, &mut got);
+                let want = yarn_f64(dims, base as f64, fs as f64, &y, ff.as_deref(), pos);
+                assert_eq!(got.len(), want.len());
+                for (i, (&(s, c), &(ws, wc))) in got.iter().zip(&want).enumerate() {
+                    // f32 θ built by i multiplications: relative error ~ (2i + 4) ulp of the angle.
+                    let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / dims as f64);
+                    let tol = 1.3 * (theta * (2 * i + 4) as f64 * 6e-8 + 2e-6);
+                    assert!(
+                        (s as f64 - ws).abs() <= tol && (c as f64 - wc).abs() <= tol,
+                        "case {case} dims {dims} base {base} fs {fs} {y:?} pos {pos} pair {i}: ({s}, {c}) vs ({ws}, {wc})"
+                    );
+                }
+                mixed += (y.ext_factor != 0.0 && fs != 1.0) as usize;
+            }
+        }
+        assert!(mixed > 100, "the cases exercise the YaRN ramp ({mixed})");
+    }
+
+    #[test]
+    fn yarn_scales_cos_and_sin_by_its_magnitude_factor() {
+        // ext_factor 1, freq_scale 1/4: |(sin, cos)| = attn_factor · (1 + 0.1 ln 4) for every pair.
+        let y = Yarn { ext_factor: 1.0, attn_factor: 0.9, beta_fast: 32.0, beta_slow: 1.0, n_ctx_orig: 256 };
+        let mut a = Vec::new();
+        RopeTable::new(32, 10_000.0, 0.25, y, None).angles(77, &mut a);
+        let want = 0.9 * (1.0 + 0.1 * 4f32.ln());
+        for (s, c) in a {
+            assert!(((s * s + c * c).sqrt() - want).abs() < 1e-5);
+        }
     }
 
     #[test]
