@@ -42,6 +42,12 @@ CASES = [
     {"name": "qwen3", "arch": "qwen3", "type": "q8_0"},
     {"name": "qwen3moe", "arch": "qwen3moe", "type": "q8_0", "experts": 8, "experts_used": 2},
     {"name": "qwen3moe-q4_k", "arch": "qwen3moe", "type": "q4_k", "experts": 16, "experts_used": 4},
+    {"name": "phi3", "arch": "phi3", "type": "q8_0"},
+    {"name": "mistral3", "arch": "mistral3", "type": "q8_0"},
+    # gpt-oss as its files come: MXFP4 experts, Q8_0 elsewhere, heads narrower than dim / heads;
+    # 256-token chunks so that the sliding window (128) of the even layers is crossed.
+    {"name": "gpt-oss", "arch": "gpt-oss", "type": "q8_0", "expert_type": "mxfp4", "head_dim": 32,
+     "experts": 8, "experts_used": 4, "n_ctx": 256, "chunks": 2},
 ] + [
     # Every weight type through a whole model: tandem's dot products against ggml's.
     {"name": f"llama-{t}", "arch": "llama", "type": t, "chunks": 2}
@@ -74,7 +80,7 @@ def fnv1a64(path):
 
 def spec_of(case):
     s = dict(SHAPE)
-    s.update({k: case[k] for k in ("arch", "type", "experts", "experts_used") if k in case})
+    s.update({k: case[k] for k in ("arch", "type", "experts", "experts_used", "head_dim", "expert_type") if k in case})
     return s
 
 
@@ -83,7 +89,7 @@ def gen_args(spec):
          "--ff", str(spec["ff"]), "--heads", str(spec["heads"]), "--kv-heads", str(spec["kv_heads"]),
          "--vocab", str(spec["vocab"]), "--ctx", str(spec["ctx"]), "--output-scale", str(spec["output_scale"]),
          "--seed", str(spec["seed"])]
-    for k in ("experts", "experts_used"):
+    for k in ("experts", "experts_used", "head_dim", "expert_type"):
         if k in spec:
             a += ["--" + k.replace("_", "-"), str(spec[k])]
     return a
@@ -143,8 +149,9 @@ def main():
             # llama-perplexity's logger sometimes loses its last lines at exit when not on a
             # terminal: run it again until the final estimate is there.
             for attempt in range(5):
-                log = run([perplexity, "-m", model, "-f", TEXT, "-c", str(N_CTX), "--chunks", str(case.get("chunks", 4)),
-                           "--kl-divergence-base", base, "-t", "2", "-b", str(N_CTX)])
+                n_ctx = case.get("n_ctx", N_CTX)
+                log = run([perplexity, "-m", model, "-f", TEXT, "-c", str(n_ctx), "--chunks", str(case.get("chunks", 4)),
+                           "--kl-divergence-base", base, "-t", "2", "-b", str(n_ctx)])
                 m = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
                 if m:
                     break

@@ -237,7 +237,7 @@ impl<D: Driver> AneEngine<D> {
             // (a program per expert would exhaust the compile budget): they stay on the CPU.
             for g in l.groups() {
                 match (g.name, &l.ffn) {
-                    (GroupName::FfnGateUp, FeedForwardPart::Dense(dense)) if self.cfg.fuse_mlp => {
+                    (GroupName::FfnGateUp, FeedForwardPart::Dense(dense)) if self.cfg.fuse_mlp && dense.block().is_plain() => {
                         // The block's input is RMSNorm's output x̂ ⊙ γ with ‖x̂‖₂ ≤ √K: so
                         // ‖x‖₂ ≤ √K · max|γ|, far tighter than the generic bound, and exact.
                         let gmax = l.ffn_norm.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -246,11 +246,11 @@ impl<D: Driver> AneEngine<D> {
                         // into subnormals: cap it; a call above the cap runs as parts on the engine.
                         let bound = ((l.ffn_norm.len() as f32).sqrt() * gmax * 1.001).min(self.cfg.build.activation_bound).min(MLP_BOUND_CAP);
                         let bound = (bound.is_finite() && bound > 0.0).then_some(bound);
-                        let mlp = GroupOp::Mlp(act_of(dense.activation));
+                        let mlp = GroupOp::Mlp(act_of(dense.activation).expect("a plain block's activation"));
                         groups.push((vec![dense.gate.clone(), dense.up.clone(), dense.down.clone()], mlp, bound));
                     }
                     // Inside the fused block above.
-                    (GroupName::FfnDown, _) if self.cfg.fuse_mlp => {}
+                    (GroupName::FfnDown, FeedForwardPart::Dense(dense)) if self.cfg.fuse_mlp && dense.block().is_plain() => {}
                     _ => groups.push((g.weights.iter().map(|(_, w)| (*w).clone()).collect(), linear, None)),
                 }
             }
@@ -620,9 +620,9 @@ impl<D: Driver> FusedFeedForward for AneEngine<D> {
         let keys = owned.each_ref();
         let mut st = self.lock();
         let planned_mlp = st.key_group.get(keys[0]).is_some_and(|&g| matches!(st.groups[g].op, GroupOp::Mlp(_)));
-        if planned_mlp {
+        if let (true, Some(act)) = (planned_mlp && ffn.biases.is_none(), act_of(ffn.activation)) {
             // Prepared by the dispatcher (gate, up, down for this bucket): nothing compiles here.
-            let g = self.mlp_group(&st, keys, Some(act_of(ffn.activation)))?;
+            let g = self.mlp_group(&st, keys, Some(act))?;
             return self.run_mlp(&mut st, g, ws, bucket, x, n, out);
         }
         drop(st);
@@ -635,10 +635,12 @@ impl<D: Driver> FusedFeedForward for AneEngine<D> {
     }
 }
 
-/// The build's activation for the model's.
-fn act_of(a: Activation) -> Act {
+/// The build's activation for the model's (gpt-oss's clamped SwiGLU has none: its blocks
+/// run as parts, the activation on the host).
+fn act_of(a: Activation) -> Option<Act> {
     match a {
-        Activation::Silu => Act::Silu,
-        Activation::GeluTanh => Act::GeluTanh,
+        Activation::Silu => Some(Act::Silu),
+        Activation::GeluTanh => Some(Act::GeluTanh),
+        Activation::SwigluOai => None,
     }
 }

@@ -21,6 +21,7 @@ fn run(cfg: AneConfig, filter: Option<&str>) -> Report {
             let act = match f.activation {
                 Activation::Silu => Act::Silu,
                 Activation::GeluTanh => Act::GeluTanh,
+                Activation::SwigluOai => return Err("no fused program for gpt-oss's SwiGLU".to_string().into()),
             };
             // Scaled for inputs up to the cap, as `plan_model` scales a model's blocks.
             engine.add_groups_bounded(vec![(vec![f.gate.clone(), f.up.clone(), f.down.clone()], GroupOp::Mlp(act), Some(MLP_BOUND_CAP))]).map_err(Into::into)

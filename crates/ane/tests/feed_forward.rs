@@ -134,7 +134,7 @@ fn mlp_weights(dim: usize, ff: usize) -> Vec<Weight> {
 }
 
 fn ffn(ws: &[Weight], activation: Activation) -> FeedForward<'_> {
-    FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation }
+    FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation, biases: None }
 }
 
 #[test]

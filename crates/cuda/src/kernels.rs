@@ -763,11 +763,13 @@ pub const NAMES: [&str; 39] = [
 /// Largest head dimension the attention kernel holds in registers (8 per lane).
 pub const ATTN_MAX_DIM: usize = 256;
 
-/// The kernel applying a feed-forward activation between the gate/up and down GEMMs.
-pub fn activation_kernel(a: engine::arch::Activation) -> &'static str {
+/// The kernel applying a feed-forward activation between the gate/up and down GEMMs (none
+/// yet for gpt-oss's clamped SwiGLU: its blocks run as parts, the activation on the host).
+pub fn activation_kernel(a: engine::arch::Activation) -> Option<&'static str> {
     match a {
-        engine::arch::Activation::Silu => "ffn_silu",
-        engine::arch::Activation::GeluTanh => "ffn_gelu",
+        engine::arch::Activation::Silu => Some("ffn_silu"),
+        engine::arch::Activation::GeluTanh => Some("ffn_gelu"),
+        engine::arch::Activation::SwigluOai => None,
     }
 }
 

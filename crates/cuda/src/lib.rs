@@ -404,7 +404,10 @@ impl FusedFeedForward for CudaEngine {
         }
         let keys = [gate, up, down].map(WeightKey::of);
         let bufs = self.resident(&keys.each_ref(), &[gate, up, down])?;
-        let stage = pipeline::FfnStage { gate: bufs[0].ptr, up: bufs[1].ptr, ff, kernel: kernels::activation_kernel(ffn.activation) };
+        let kernel = kernels::activation_kernel(ffn.activation)
+            .filter(|_| ffn.biases.is_none())
+            .ok_or_else(|| fail(format!("no fused kernel for {:?} blocks with biases {}", ffn.activation, ffn.biases.is_some())))?;
+        let stage = pipeline::FfnStage { gate: bufs[0].ptr, up: bufs[1].ptr, ff, kernel };
         self.run_pipeline(Some(stage), &[(bufs[2].ptr, down.rows)], k, x, n, &mut [out])
     }
 }

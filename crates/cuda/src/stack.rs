@@ -95,6 +95,13 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
         let FeedForwardPart::Dense(f) = &l.ffn else {
             return Err("mixture-of-experts layers run op by op, not as a stack on the card".into());
         };
+        if !f.block().is_plain() {
+            return Err(format!("no kernels for {:?} feed-forward blocks with biases {}", f.activation, f.biases.is_some()));
+        }
+        // gpt-oss's sinks and output bias: its layers are MoE (refused above) but say why anyway.
+        if a.sinks.is_some() || a.output_bias.is_some() {
+            return Err("attention sinks and output biases run op by op, not as a stack on the card".into());
+        }
         int(l.n_embd().max(f.gate.rows).max(s.n_head * s.head_dim))?;
     }
     Ok(())
@@ -513,7 +520,8 @@ impl BlockSteps for CardSteps<'_, '_> {
             let h_in = dev.h + (c0 * d * 2) as u64;
             gpu.gemm(wg, h_in, gate, ff, d, len, false)?;
             gpu.gemm(wu, h_in, up, ff, d, len, false)?;
-            gpu.launch_activation(activation_kernel(f.activation), gate, up, mid, len * ff)?;
+            let kernel = activation_kernel(f.activation).ok_or("the stack was checked for its activations")?;
+            gpu.launch_activation(kernel, gate, up, mid, len * ff)?;
             gpu.gemm(wd, mid, dev.o + (c0 * d * 4) as u64, d, ff, len, false)?;
         }
         Phases::mark(&mut self.prof, gpu, "feed-forward")

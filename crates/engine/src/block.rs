@@ -89,6 +89,20 @@ pub trait BlockOps {
     fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure>;
     /// Causal attention of one sequence's queries over a layer's cache.
     fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure>;
+    /// [`Self::attention`] with one sink logit per query head in every softmax (gpt-oss). No
+    /// engine takes sinks yet: the CPU runs it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_with_sinks(&self, s: &AttnShape, sinks: &[f32], q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
+        crate::cpu::attention::attention_with_sinks(s, Some(sinks), q, positions, kc, vc, out);
+        Ok(())
+    }
+    /// `outs[i] = blocks[i](xs[i])`: a mixture of experts' active experts on their tokens.
+    fn experts(&self, blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        for ((b, x), out) in blocks.iter().zip(xs).zip(outs.iter_mut()) {
+            self.feed_forward(b, x, out)?;
+        }
+        Ok(())
+    }
 }
 
 /// The CPU path: every op placed by the dispatcher (which never fails: it falls back itself).
@@ -103,6 +117,14 @@ impl BlockOps for Dispatcher {
     }
     fn attention(&self, s: &AttnShape, q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
         Dispatcher::attention(self, s, q, positions, kc, vc, out);
+        Ok(())
+    }
+    fn experts(&self, blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        Dispatcher::experts(self, blocks, xs, outs);
+        Ok(())
+    }
+    fn attention_with_sinks(&self, s: &AttnShape, sinks: &[f32], q: &[f32], positions: &[usize], kc: &[f16], vc: &[f16], out: &mut [f32]) -> Result<(), EngineFailure> {
+        Dispatcher::attention_with_sinks(self, s, sinks, q, positions, kc, vc, out);
         Ok(())
     }
 }
@@ -185,10 +207,18 @@ impl BlockSteps for HostSteps<'_, '_> {
             let (lo, hi) = (span.start, span.end);
             cache.store(il, positions[lo], &k[lo * kd..hi * kd], &v[lo * vd..hi * vd]);
             let (kc, vc) = cache.layer(il);
-            ops.attention(sh, &q[lo * qd..hi * qd], &positions[lo..hi], kc, vc, &mut attn[lo * od..hi * od])?;
+            let (q, pos, out) = (&q[lo * qd..hi * qd], &positions[lo..hi], &mut attn[lo * od..hi * od]);
+            match &a.sinks {
+                Some(sinks) => ops.attention_with_sinks(sh, sinks, q, pos, kc, vc, out)?,
+                None => ops.attention(sh, q, pos, kc, vc, out)?,
+            }
         }
         self.o = vec![0f32; n * a.output.rows];
-        ops.matmul_group(&[&a.output], &attn, &mut [&mut self.o])
+        ops.matmul_group(&[&a.output], &attn, &mut [&mut self.o])?;
+        if let Some(b) = &a.output_bias {
+            ops::add_bias(&mut self.o, b);
+        }
+        Ok(())
     }
 
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Result<(), EngineFailure> {

@@ -379,7 +379,7 @@ impl<'a> Ctx<'a> {
         let specs = [(GgmlType::Q4_K, ff, k), (GgmlType::Q6_K, ff, k), (GgmlType::Q8_0, k, ff)];
         self.supports(&specs.map(|(ty, m, k)| MatmulShape { m, k, n, ty }))?;
         let ws = self.weights(&format!("ffn.{activation:?}"), &specs, Some(activation))?;
-        let ffn = FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation };
+        let ffn = FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation, biases: None };
         // Gates of std about 1.5 (0.4 to 3 with the row scales): both activations' curved part.
         let x = inputs(n, k, (6.75 * 3.0 / k as f32).sqrt(), seed_of("ffn input") ^ n as u64);
         let mut out = vec![f32::NAN; n * k];
@@ -456,7 +456,7 @@ impl<'a> Ctx<'a> {
             .collect();
         if let Some(plan) = self.opts.plan {
             let planned = match ffn {
-                Some(activation) => plan(Planned::FeedForward(&FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation })),
+                Some(activation) => plan(Planned::FeedForward(&FeedForward { gate: &ws[0], up: &ws[1], down: &ws[2], activation, biases: None })),
                 None => plan(Planned::Group(&ws)),
             };
             planned.map_err(|e| fail(format!("planning {group}: {e}")))?;
@@ -613,25 +613,38 @@ pub fn reference(wf: &[f32], m: usize, k: usize, x: &[f32], n: usize) -> (Vec<f3
     (out, sq.iter().sum::<f64>().sqrt())
 }
 
-/// A feed-forward block in f64: gate and up through [`reference`], the activation (GELU's
-/// tanh form, not the CPU's f16 table) and product in f64, then down.
+/// A feed-forward block in f64: gate and up through [`reference`], biases, the activation
+/// (GELU's tanh form, not the CPU's f16 table) and product in f64, then down and its bias.
 pub fn feed_forward_reference(f: &FeedForward<'_>, x: &[f32], n: usize) -> Vec<f32> {
+    use crate::arch::{SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT};
     let (k, ff) = (f.gate.cols, f.gate.rows);
     let (gate, _) = reference(&dequantized(f.gate), ff, k, x, n);
     let (up, _) = reference(&dequantized(f.up), ff, k, x, n);
+    let bias = |b: Option<&Vec<f32>>, i: usize, len: usize| b.map_or(0.0, |b| b[i % len] as f64);
     let mid: Vec<f32> = gate
         .iter()
         .zip(&up)
-        .map(|(&g, &u)| {
-            let g = g as f64;
-            let a = match f.activation {
-                Activation::Silu => g / (1.0 + (-g).exp()),
-                Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_560_802_865_4 * g * (1.0 + 0.044715 * g * g)).tanh()),
+        .enumerate()
+        .map(|(i, (&g, &u))| {
+            let g = g as f64 + bias(f.biases.map(|b| &b.gate), i, ff);
+            let u = u as f64 + bias(f.biases.map(|b| &b.up), i, ff);
+            let (a, u) = match f.activation {
+                Activation::Silu => (g / (1.0 + (-g).exp()), u),
+                Activation::GeluTanh => (0.5 * g * (1.0 + (0.797_884_560_802_865_4 * g * (1.0 + 0.044715 * g * g)).tanh()), u),
+                Activation::SwigluOai => {
+                    let (limit, alpha) = (SWIGLU_OAI_LIMIT as f64, SWIGLU_OAI_ALPHA as f64);
+                    let g = g.min(limit);
+                    (g / (1.0 + (-alpha * g).exp()), u.clamp(-limit, limit) + 1.0)
+                }
             };
-            (a * u as f64) as f32
+            (a * u) as f32
         })
         .collect();
-    reference(&dequantized(f.down), f.down.rows, ff, &mid, n).0
+    let mut out = reference(&dequantized(f.down), f.down.rows, ff, &mid, n).0;
+    if let Some(b) = f.biases {
+        crate::cpu::ops::add_bias(&mut out, &b.down);
+    }
+    out
 }
 
 /// Causal attention in f64 (scores, softmax and the weighted sum), as

@@ -5,7 +5,8 @@
 
 use crate::block::BlockOps;
 use crate::cpu::ops;
-use crate::matrix::EngineFailure;
+use crate::cpu::matmul::{matmul_many, QuantizedInput};
+use crate::matrix::{EngineFailure, FeedForward};
 use crate::plan::{Gating, MoeFfn, Routing};
 
 /// Each token's chosen experts and their weights, `[n, n_used]` in the router's order
@@ -73,6 +74,9 @@ pub fn run(ops: &dyn BlockOps, m: &MoeFfn, x: &[f32], out: &mut [f32]) -> Result
     let n_expert = m.experts.len();
     let mut logits = vec![0f32; n * n_expert];
     ops.matmul_group(&[&m.router], x, &mut [&mut logits])?;
+    if let Some(b) = &m.router_bias {
+        ops::add_bias(&mut logits, b);
+    }
     let routes = route(&m.routing, &logits, n_expert);
     let k = routes.n_used;
     // Each expert's (token, slot) pairs, in token order.
@@ -80,17 +84,21 @@ pub fn run(ops: &dyn BlockOps, m: &MoeFfn, x: &[f32], out: &mut [f32]) -> Result
     for (i, &e) in routes.experts.iter().enumerate() {
         assigned[e].push((i / k, i % k));
     }
+    let active: Vec<usize> = (0..n_expert).filter(|&e| !assigned[e].is_empty()).collect();
+    // Each active expert's rows of x, and its outputs.
+    let xs: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&e| assigned[e].iter().flat_map(|&(t, _)| &x[t * n_embd..(t + 1) * n_embd]).copied().collect())
+        .collect();
+    let mut ys: Vec<Vec<f32>> = active.iter().map(|&e| vec![0f32; assigned[e].len() * n_embd]).collect();
+    let blocks: Vec<FeedForward<'_>> = active.iter().map(|&e| m.experts[e].block()).collect();
+    let x_refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+    let mut y_refs: Vec<&mut [f32]> = ys.iter_mut().map(|v| v.as_mut_slice()).collect();
+    ops.experts(&blocks, &x_refs, &mut y_refs)?;
     // Each (token, slot)'s weighted expert output.
     let mut slots = vec![0f32; n * k * n_embd];
-    let (mut xe, mut ye) = (Vec::new(), Vec::new());
-    for (e, pairs) in assigned.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-        xe.clear();
-        for &(t, _) in pairs {
-            xe.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
-        }
-        ye.clear();
-        ye.resize(pairs.len() * n_embd, 0.0);
-        ops.feed_forward(&m.experts[e].block(), &xe, &mut ye)?;
+    for (&e, ye) in active.iter().zip(&ys) {
+        let pairs = &assigned[e];
         for (&(t, s), y) in pairs.iter().zip(ye.chunks_exact(n_embd)) {
             let w = routes.weights[t * k + s];
             let dst = &mut slots[(t * k + s) * n_embd..(t * k + s + 1) * n_embd];
@@ -104,6 +112,44 @@ pub fn run(ops: &dyn BlockOps, m: &MoeFfn, x: &[f32], out: &mut [f32]) -> Result
         }
     }
     Ok(())
+}
+
+/// `outs[i] = blocks[i](xs[i])` on the CPU, every expert's gate/up in one parallel region,
+/// then every down: a decode step's few-row blocks would otherwise each pay fork/joins.
+pub fn experts_on_cpu(blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mut [f32]]) {
+    let quantized = |ty: quant::GgmlType, x: &[f32], k: usize| QuantizedInput::new(ty.vec_dot_type(), x, k);
+    let ins_gate: Vec<QuantizedInput> = blocks.iter().zip(xs).map(|(b, x)| quantized(b.gate.ty, x, b.gate.cols)).collect();
+    // Up shares gate's input unless its type wants other activations.
+    let ins_up: Vec<Option<QuantizedInput>> = blocks
+        .iter()
+        .zip(xs)
+        .map(|(b, x)| (b.up.ty.vec_dot_type() != b.gate.ty.vec_dot_type()).then(|| quantized(b.up.ty, x, b.up.cols)))
+        .collect();
+    let rows = |b: &FeedForward<'_>, x: &[f32]| x.len() / b.gate.cols;
+    let mut gates: Vec<Vec<f32>> = blocks.iter().zip(xs).map(|(b, x)| vec![0f32; rows(b, x) * b.gate.rows]).collect();
+    let mut ups: Vec<Vec<f32>> = blocks.iter().zip(xs).map(|(b, x)| vec![0f32; rows(b, x) * b.up.rows]).collect();
+    {
+        let ws: Vec<&crate::weights::Weight> = blocks.iter().flat_map(|b| [b.gate, b.up]).collect();
+        let ins: Vec<&QuantizedInput> = ins_gate.iter().zip(&ins_up).flat_map(|(g, u)| [g, u.as_ref().unwrap_or(g)]).collect();
+        let mut outs_gu: Vec<&mut [f32]> = gates.iter_mut().zip(ups.iter_mut()).flat_map(|(g, u)| [g.as_mut_slice(), u.as_mut_slice()]).collect();
+        matmul_many(&ws, &ins, &mut outs_gu);
+    }
+    for ((b, g), u) in blocks.iter().zip(&mut gates).zip(&mut ups) {
+        if let Some(bias) = b.biases {
+            ops::add_bias(g, &bias.gate);
+            ops::add_bias(u, &bias.up);
+        }
+        ops::gated(b.activation, g, u);
+    }
+    let ins_down: Vec<QuantizedInput> = blocks.iter().zip(&gates).map(|(b, g)| quantized(b.down.ty, g, b.down.cols)).collect();
+    let ws: Vec<&crate::weights::Weight> = blocks.iter().map(|b| b.down).collect();
+    let ins: Vec<&QuantizedInput> = ins_down.iter().collect();
+    matmul_many(&ws, &ins, outs);
+    for (b, out) in blocks.iter().zip(outs.iter_mut()) {
+        if let Some(bias) = b.biases {
+            ops::add_bias(out, &bias.down);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,12 @@ pub enum VectorRole {
     FfnNorm,
     /// RMSNorm of the feed-forward output before the residual add.
     PostFfnNorm,
+    /// Attention sinks: one logit per query head joining every softmax (gpt-oss).
+    AttnSinks,
+    /// Bias of the attention output projection (gpt-oss).
+    OutputBias,
+    /// Bias of the mixture-of-experts router's logits (gpt-oss).
+    RouterBias,
 }
 
 /// A layer's vector by identity: engines that upload vectors address them this way.
@@ -128,6 +134,10 @@ pub struct Attention {
     pub scale: f32,
     /// A further per-position query scale (mistral3's Llama 4-style temperature tuning).
     pub temperature: Option<AttnTemperature>,
+    /// Attention sinks, one logit per query head (gpt-oss).
+    pub sinks: Option<Vec<f32>>,
+    /// Bias added to the output projection (gpt-oss).
+    pub output_bias: Option<Vec<f32>>,
 }
 
 /// Llama 4-style attention temperature (llama.cpp's `inp_attn_scale`): queries at position p
@@ -166,12 +176,25 @@ pub struct DenseFfn {
     pub down: Weight,
     /// Applied to the gate.
     pub activation: Activation,
+    /// Biases of the three projections (gpt-oss's experts).
+    pub biases: Option<FfnBiases>,
+}
+
+/// The biases of a feed-forward block's projections, added to their outputs.
+#[derive(Debug, Clone)]
+pub struct FfnBiases {
+    /// `[n_ff]`, added to the gate projection (before the activation).
+    pub gate: Vec<f32>,
+    /// `[n_ff]`, added to the up projection.
+    pub up: Vec<f32>,
+    /// `[n_embd]`, added to the down projection.
+    pub down: Vec<f32>,
 }
 
 impl DenseFfn {
     /// The block as engines take it.
     pub fn block(&self) -> FeedForward<'_> {
-        FeedForward { gate: &self.gate, up: &self.up, down: &self.down, activation: self.activation }
+        FeedForward { gate: &self.gate, up: &self.up, down: &self.down, activation: self.activation, biases: self.biases.as_ref() }
     }
 }
 
@@ -189,6 +212,8 @@ pub enum Gating {
 pub struct MoeFfn {
     /// Router `[n_expert, n_embd]`.
     pub router: Weight,
+    /// Bias added to the router's logits (gpt-oss).
+    pub router_bias: Option<Vec<f32>>,
     /// The experts, each a dense gated block (views into the file's 3-D expert tensors).
     pub experts: Vec<DenseFfn>,
     /// How the router's logits choose and weight the experts.
@@ -289,6 +314,10 @@ impl Layer {
     pub fn vectors(&self) -> impl Iterator<Item = (VectorRole, &[f32])> {
         use VectorRole::*;
         let a = self.attention();
+        let router_bias = match &self.ffn {
+            FeedForwardPart::Moe(m) => m.router_bias.as_ref(),
+            FeedForwardPart::Dense(_) => None,
+        };
         [
             (AttnNorm, Some(&self.attn_norm)),
             (QBias, a.q_bias.as_ref()),
@@ -299,6 +328,9 @@ impl Layer {
             (PostAttnNorm, self.post_attn_norm.as_ref()),
             (FfnNorm, Some(&self.ffn_norm)),
             (PostFfnNorm, self.post_ffn_norm.as_ref()),
+            (AttnSinks, a.sinks.as_ref()),
+            (OutputBias, a.output_bias.as_ref()),
+            (RouterBias, router_bias),
         ]
         .into_iter()
         .filter_map(|(role, v)| v.map(|v| (role, v.as_slice())))
@@ -346,6 +378,11 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         rope_dims: c.rope_dims,
         scale: c.attn_scale,
         temperature: c.attn_temperature,
+        sinks: required_if(c.attn_sinks, n("attn_sinks"), c.n_head)?,
+        output_bias: match c.attn_output_bias {
+            true => Some(src.vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?),
+            false => src.optional_vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?,
+        },
     };
     let ffn = match &c.moe {
         None if c.n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
@@ -358,7 +395,7 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
                 (src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?, src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?)
             };
             let down = src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?;
-            FeedForwardPart::Dense(DenseFfn { gate, up, down, activation: c.activation })
+            FeedForwardPart::Dense(DenseFfn { gate, up, down, activation: c.activation, biases: None })
         }
         Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
@@ -367,7 +404,7 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         attn_norm: src.vector(&n("attn_norm"), c.n_embd)?,
         mixer: Mixer::Attention(attention),
         post_attn_norm: required_if(c.post_norms, n("post_attention_norm"), c.n_embd)?,
-        ffn_norm: src.vector(&n("ffn_norm"), c.n_embd)?,
+        ffn_norm: src.vector(&n(c.ffn_norm_name), c.n_embd)?,
         ffn,
         post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
     })
@@ -430,14 +467,30 @@ fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<M
     let gate = src.experts(&n("ffn_gate_exps"), c.n_embd, ff, e)?;
     let up = src.experts(&n("ffn_up_exps"), c.n_embd, ff, e)?;
     let down = src.experts(&n("ffn_down_exps"), ff, c.n_embd, e)?;
+    // gpt-oss's per-expert biases: one `[len, n_expert]` tensor per projection.
+    let (mut biases, mut router_bias) = (None, None);
+    if m.biases {
+        let b = |s: &str| format!("blk.{il}.{s}.bias");
+        let gate = src.vectors(&b("ffn_gate_exps"), ff, e)?;
+        let up = src.vectors(&b("ffn_up_exps"), ff, e)?;
+        let down = src.vectors(&b("ffn_down_exps"), c.n_embd, e)?;
+        let per_expert = gate.into_iter().zip(up).zip(down).map(|((gate, up), down)| FfnBiases { gate, up, down });
+        biases = Some(per_expert.collect::<Vec<_>>());
+        router_bias = Some(src.vector(&b("ffn_gate_inp"), e)?);
+    }
+    let mut biases = biases.map(|v| v.into_iter());
     let experts = gate
         .into_iter()
         .zip(up)
         .zip(down)
-        .map(|((gate, up), down)| DenseFfn { gate, up, down, activation: c.activation })
+        .map(|((gate, up), down)| {
+            let biases = biases.as_mut().and_then(|b| b.next());
+            DenseFfn { gate, up, down, activation: c.activation, biases }
+        })
         .collect();
     Ok(MoeFfn {
         router: src.matrix(&n("ffn_gate_inp"), c.n_embd, e)?,
+        router_bias,
         experts,
         routing: m.routing,
     })

@@ -50,6 +50,11 @@ pub struct RandomModelSpec {
     pub rope_dims: usize,
     /// Write Llama 3.1-style per-pair frequency divisors (`rope_freqs.weight`; llama, mistral3).
     pub rope_freqs: bool,
+    /// Dimension of each attention head (0: `dim / heads`); written as `attention.key_length`
+    /// and `value_length` when it differs (gpt-oss: 64 with dim 2880 and 64 heads).
+    pub head_dim: usize,
+    /// Type of the experts' matrices (`None`: `ty`; real gpt-oss files: MXFP4).
+    pub expert_ty: Option<GgmlType>,
 }
 
 /// The RoPE scaling factor when a spec does not say.
@@ -100,23 +105,30 @@ impl RandomModelSpec {
             rope_orig_ctx: 0,
             rope_dims: 0,
             rope_freqs: false,
+            head_dim: 0,
+            expert_ty: None,
         })
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 7] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3"];
+    pub const ARCHITECTURES: [&'static str; 8] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
 
     /// The RoPE scaling type written (`""`: none written).
     pub fn rope_scaling_type(&self) -> &str {
         match (self.rope_scaling.as_str(), self.arch.as_str()) {
-            ("", "mistral3") => "yarn",
+            ("", "mistral3" | "gpt-oss") => "yarn",
             (t, _) => t,
         }
     }
 
+    /// The attention head's dimension.
+    pub fn head_dim(&self) -> usize {
+        if self.head_dim != 0 { self.head_dim } else { self.dim / self.heads.max(1) }
+    }
+
     /// Rotated dims per head.
     pub fn rope_dims(&self) -> usize {
-        let hd = self.dim / self.heads;
+        let hd = self.head_dim();
         match self.rope_dims {
             0 if self.arch == "phi3" => hd / 2,
             0 => hd,
@@ -137,7 +149,7 @@ impl RandomModelSpec {
     /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
     pub fn moe(&self) -> Option<(usize, usize)> {
         let or = |v: usize, d: usize| if v == 0 { d } else { v };
-        (self.arch == "qwen3moe").then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
+        matches!(self.arch.as_str(), "qwen3moe" | "gpt-oss").then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
     }
 
     /// The preset names.
@@ -152,14 +164,23 @@ impl RandomModelSpec {
         if !Self::ARCHITECTURES.contains(&self.arch.as_str()) {
             return Err(format!("gen-model writes the {} architectures, not '{}'", Self::ARCHITECTURES.join(", "), self.arch));
         }
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 || (self.head_dim == 0 && self.dim % self.heads != 0) {
             return Err(format!("{} heads and {} kv heads do not divide dim {}", self.heads, self.kv_heads, self.dim));
         }
-        if (self.dim / self.heads) % 2 != 0 {
+        if self.head_dim() % 2 != 0 {
             return Err("the head dimension must be even".into());
         }
-        if self.dim % bs != 0 || self.ff % bs != 0 {
-            return Err(format!("dim {} and ff {} must be multiples of {}'s block size {bs}", self.dim, self.ff, self.ty.name()));
+        let q_dim = self.heads * self.head_dim();
+        if self.dim % bs != 0 || self.ff % bs != 0 || q_dim % bs != 0 {
+            return Err(format!("dim {}, ff {} and heads × head dim {q_dim} must be multiples of {}'s block size {bs}", self.dim, self.ff, self.ty.name()));
+        }
+        if let Some(et) = self.expert_ty {
+            let ebs = et.block_size();
+            if self.dim % ebs != 0 || self.ff % ebs != 0 {
+                return Err(format!("dim {} and ff {} must be multiples of {}'s block size {ebs}", self.dim, self.ff, et.name()));
+            }
+            quant::quantize_row(et, &vec![0.0; ebs], &mut vec![0u8; et.block_bytes()])
+                .map_err(|e| format!("cannot write {} expert weights: {e}", et.name()))?;
         }
         if self.vocab < 260 {
             return Err("vocab must be at least 260 (3 control + 256 byte tokens + 1)".into());
@@ -175,7 +196,7 @@ impl RandomModelSpec {
         if self.layers == 0 {
             return Err("layers must be at least 1".into());
         }
-        let (hd, rd) = (self.dim / self.heads, self.rope_dims());
+        let (hd, rd) = (self.head_dim(), self.rope_dims());
         if rd == 0 || rd > hd || rd % 2 != 0 {
             return Err(format!("{rd} RoPE dims do not fit the head dimension {hd} (even, at most the head)"));
         }
@@ -218,6 +239,14 @@ impl RandomModelSpec {
                 .set(&key("attention.sliding_window_pattern"), Value::U32(2))
                 .set(&key("rope.freq_base_swa"), Value::F32(self.rope_base / 100.0));
         }
+        if a == "gpt-oss" {
+            // gpt-oss's window; its alternation is llama.cpp's default for the architecture (no key).
+            w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW));
+        }
+        if self.head_dim() * self.heads != self.dim {
+            w.set(&key("attention.key_length"), Value::U32(self.head_dim() as u32))
+                .set(&key("attention.value_length"), Value::U32(self.head_dim() as u32));
+        }
         self.add_rope_metadata(&mut w);
         if let Some((e, k)) = self.moe() {
             w.set(&key("expert_count"), Value::U32(e as u32))
@@ -226,8 +255,8 @@ impl RandomModelSpec {
         }
         self.add_vocab(&mut w);
 
-        let hd = self.dim / self.heads;
-        let kv = self.kv_heads * hd;
+        let hd = self.head_dim();
+        let (q_dim, kv) = (self.heads * hd, self.kv_heads * hd);
         // (name, cols, rows, experts): one slab of `rows` per expert in a 3-D expert tensor.
         let mut mats: Vec<(String, usize, usize, usize)> = vec![
             ("token_embd.weight".into(), self.dim, self.vocab, 1),
@@ -236,22 +265,23 @@ impl RandomModelSpec {
         // MoE routers stay F32, as llama.cpp's quantizer leaves them.
         let mut routers: Vec<(String, usize, usize)> = Vec::new();
         let mut vecs: Vec<(String, usize)> = vec![("output_norm.weight".into(), self.dim)];
+        let mut biases: Vec<(String, Vec<usize>, f32)> = Vec::new();
         for l in 0..self.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             if a == "phi3" {
                 // Fused Q/K/V and gate/up, as Phi-3's converter writes them.
                 mats.extend([
-                    (n("attn_qkv"), self.dim, self.dim + 2 * kv, 1),
-                    (n("attn_output"), self.dim, self.dim, 1),
+                    (n("attn_qkv"), self.dim, q_dim + 2 * kv, 1),
+                    (n("attn_output"), q_dim, self.dim, 1),
                     (n("ffn_up"), self.dim, 2 * self.ff, 1),
                     (n("ffn_down"), self.ff, self.dim, 1),
                 ]);
             } else {
                 mats.extend([
-                    (n("attn_q"), self.dim, self.dim, 1),
+                    (n("attn_q"), self.dim, q_dim, 1),
                     (n("attn_k"), self.dim, kv, 1),
                     (n("attn_v"), self.dim, kv, 1),
-                    (n("attn_output"), self.dim, self.dim, 1),
+                    (n("attn_output"), q_dim, self.dim, 1),
                 ]);
             }
             match self.moe() {
@@ -270,7 +300,25 @@ impl RandomModelSpec {
                     ]);
                 }
             }
-            vecs.extend([(n("attn_norm"), self.dim), (n("ffn_norm"), self.dim)]);
+            // gpt-oss's norm before the experts is named after the attention, as its converter writes it.
+            let ffn_norm = if a == "gpt-oss" { "post_attention_norm" } else { "ffn_norm" };
+            vecs.extend([(n("attn_norm"), self.dim), (n(ffn_norm), self.dim)]);
+            if a == "gpt-oss" {
+                let b = |s: &str| format!("blk.{l}.{s}.bias");
+                let e = self.moe().map_or(0, |m| m.0);
+                // (name, shape, amplitude): biases small beside the products; sinks on the scores' scale.
+                biases.extend([
+                    (b("attn_q"), vec![q_dim], 0.2),
+                    (b("attn_k"), vec![kv], 0.2),
+                    (b("attn_v"), vec![kv], 0.2),
+                    (b("attn_output"), vec![self.dim], 0.2),
+                    (n("attn_sinks"), vec![self.heads], 2.0),
+                    (b("ffn_gate_inp"), vec![e], 0.5),
+                    (b("ffn_gate_exps"), vec![self.ff, e], 0.5),
+                    (b("ffn_up_exps"), vec![self.ff, e], 0.5),
+                    (b("ffn_down_exps"), vec![self.dim, e], 0.2),
+                ]);
+            }
             if a == "gemma3" || a.starts_with("qwen3") {
                 vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             }
@@ -287,7 +335,7 @@ impl RandomModelSpec {
             .enumerate()
             .map(|(i, (name, cols, rows, e))| {
                 let scale = if name == "output.weight" { self.output_scale } else { 1.0 };
-                self.random_matrix(i as u64, self.ty, *cols, rows * e, scale)
+                self.random_matrix(i as u64, self.matrix_type(name), *cols, rows * e, scale)
             })
             .collect();
         let add = |w: &mut GgufWriter, name: &str, shape: &[u64], ty: GgmlType, data: Vec<u8>| {
@@ -295,7 +343,7 @@ impl RandomModelSpec {
         };
         for ((name, cols, rows, e), data) in mats.iter().zip(datas) {
             let shape = [*cols as u64, *rows as u64, *e as u64];
-            add(&mut w, name, if *e == 1 { &shape[..2] } else { &shape }, self.ty, data)?;
+            add(&mut w, name, if *e == 1 { &shape[..2] } else { &shape }, self.matrix_type(name), data)?;
         }
         for (i, (name, cols, rows)) in routers.iter().enumerate() {
             let data = self.random_matrix((mats.len() + i) as u64, GgmlType::F32, *cols, *rows, 1.0);
@@ -304,6 +352,19 @@ impl RandomModelSpec {
         for (name, factors) in self.rope_factor_tensors() {
             let data = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
             add(&mut w, &name, &[factors.len() as u64], GgmlType::F32, data)?;
+        }
+        // Biases and sinks uniform in [-amp, amp], F32 as converters write them.
+        for (i, (name, shape, amp)) in biases.into_iter().enumerate() {
+            let mut st = splitmix(self.seed ^ 0x6269_6173 ^ ((i as u64) << 32));
+            let n: usize = shape.iter().product();
+            let data: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    st = splitmix(st);
+                    (((st >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp).to_le_bytes()
+                })
+                .collect();
+            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            add(&mut w, &name, &dims, GgmlType::F32, data)?;
         }
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
         for (i, (name, n)) in vecs.into_iter().enumerate() {
@@ -319,11 +380,19 @@ impl RandomModelSpec {
         Ok(w)
     }
 
+    /// The type of the matrix `name` (the experts' may differ).
+    fn matrix_type(&self, name: &str) -> GgmlType {
+        match self.expert_ty {
+            Some(t) if name.contains("_exps.") => t,
+            _ => self.ty,
+        }
+    }
+
     /// The RoPE keys beyond the base: scaling type, factor, original context and YaRN's keys,
     /// rotated dims, LongRoPE's magnitude, mistral3's temperature, phi3's (ignored) window.
     fn add_rope_metadata(&self, w: &mut GgufWriter) {
         let key = |k: &str| format!("{}.{k}", self.arch);
-        let (hd, rd) = (self.dim / self.heads, self.rope_dims());
+        let (hd, rd) = (self.head_dim(), self.rope_dims());
         let factor = if self.rope_scale == 0.0 { DEFAULT_ROPE_SCALE } else { self.rope_scale };
         let orig = self.rope_orig_ctx();
         if rd != hd || self.arch == "phi3" {

@@ -182,6 +182,26 @@ impl TensorSource {
         Ok(out)
     }
 
+    /// The `n` rows of a 2-D tensor of vectors (GGUF shape `[len, n]`: per-expert biases),
+    /// each converted to f32.
+    pub fn vectors(&self, name: &str, len: usize, n: usize) -> Result<Vec<Vec<f32>>> {
+        let info = self.info(name)?;
+        if info.shape != [len as u64, n as u64] {
+            return Err(EngineError::BadTensor { name: name.into(), what: format!("shape {:?}, expected [{len}, {n}]", info.shape) });
+        }
+        let data = self.file.tensor_data(info);
+        let row_bytes = data.len() / n.max(1);
+        data.chunks_exact(row_bytes.max(1))
+            .take(n)
+            .map(|row| {
+                let mut out = vec![0f32; len];
+                quant::dequantize_row(info.ty, row, &mut out)
+                    .map_err(|e| EngineError::BadTensor { name: name.into(), what: e.to_string() })?;
+                Ok(out)
+            })
+            .collect()
+    }
+
     /// A vector if present.
     pub fn optional_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
         if self.has(name) {

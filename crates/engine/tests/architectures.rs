@@ -35,12 +35,14 @@ fn each_architecture_builds_the_plan_its_file_describes() {
             let neox = !matches!(arch, "llama" | "mistral3");
             assert_eq!(a.rope_style == RopeStyle::Neox, neox, "{arch}: RoPE style");
             let biases = [VectorRole::QBias, VectorRole::KBias, VectorRole::VBias].map(|r| has(l, r));
-            assert_eq!(biases, [arch == "qwen2"; 3], "{arch}: Q/K/V biases");
+            assert_eq!(biases, [matches!(arch, "qwen2" | "gpt-oss"); 3], "{arch}: Q/K/V biases");
+            let gpt_oss = [VectorRole::AttnSinks, VectorRole::OutputBias, VectorRole::RouterBias].map(|r| has(l, r));
+            assert_eq!(gpt_oss, [arch == "gpt-oss"; 3], "{arch}: sinks, output and router biases");
             let qk_norm = [VectorRole::QNorm, VectorRole::KNorm].map(|r| has(l, r));
             assert_eq!(qk_norm, [arch == "gemma3" || arch.starts_with("qwen3"); 2], "{arch}: QK-norm");
             assert_eq!(has(l, VectorRole::PostAttnNorm), arch == "gemma3", "{arch}: post-norms");
             let ffn_weights = match arch {
-                "qwen3moe" => 1 + 3 * engine::random_model::DEFAULT_EXPERTS,
+                "qwen3moe" | "gpt-oss" => 1 + 3 * engine::random_model::DEFAULT_EXPERTS,
                 _ => 3,
             };
             assert_eq!(l.weights().count(), 4 + ffn_weights, "{arch}: Q, K, V, O, then gate, up, down (per expert, after the router)");
@@ -88,6 +90,53 @@ fn qwen_models_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
         let limit = if arch == "qwen3moe" { 2e-2 } else { 2e-3 };
         assert!(nmse < limit, "{arch}: normalized squared error {nmse:.2e}");
         assert!(same * 10 >= tokens.len() * 9, "{arch}: only {same}/{} argmaxes agree", tokens.len());
+    }
+}
+
+#[test]
+fn gpt_oss_runs_the_same_on_the_cpu_and_the_exact_reference_engine() {
+    // 160 tokens: past the sliding window (128) of layer 0; layer 1 sees everything.
+    let s = RandomModelSpec { head_dim: 32, ..spec("gpt-oss") };
+    let bytes = s.build().unwrap().to_bytes();
+    let tokens: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let (cpu, exact) = cpu_and_reference(bytes, &tokens, 192);
+    let (nmse, same) = agreement(&cpu, &exact, 512);
+    // As qwen3moe: router near-ties amplify the CPU's 8-bit activations.
+    assert!(nmse < 2e-2, "normalized squared error {nmse:.2e}");
+    assert!(same * 10 >= tokens.len() * 9, "only {same}/{} argmaxes agree", tokens.len());
+}
+
+#[test]
+fn gpt_oss_builds_its_plan_from_its_file() {
+    let s = RandomModelSpec { head_dim: 32, ..spec("gpt-oss") };
+    let m = load(s.build().unwrap().to_bytes()).unwrap();
+    let c = &m.config;
+    assert_eq!((c.head_dim, c.n_head), (32, s.heads), "attention.key_length read");
+    assert_eq!(c.swa_window, Some(engine::random_model::SWA_WINDOW as usize));
+    assert_eq!(c.swa_layers, vec![true, false], "even layers slide (llama.cpp's default period 2)");
+    assert_eq!(c.rope_scaling.kind, engine::arch::RopeScalingType::Yarn);
+    // YaRN's keys in the file are not read for this architecture (llama.cpp's defaults stand).
+    assert_eq!((c.rope_scaling.yarn_beta_fast, c.rope_scaling.yarn_beta_slow, c.rope_scaling.yarn_log_mul), (32.0, 1.0, 0.0));
+    assert_eq!(c.rope_local, c.rope_global, "sliding layers keep the base and the position scale");
+    let file = |name: &str| {
+        let t = m.file.tensor(name).unwrap();
+        m.file.tensor_data(t).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<f32>>()
+    };
+    for (il, l) in m.layers.iter().enumerate() {
+        assert_eq!(l.attention().shape.window, c.swa_layers[il].then_some(128));
+        assert_eq!(l.ffn_norm, file(&format!("blk.{il}.post_attention_norm.weight")), "the experts' norm");
+        assert_eq!(l.post_attn_norm, None);
+        assert_eq!(l.vector(VectorRole::AttnSinks).unwrap(), file(&format!("blk.{il}.attn_sinks.weight")));
+        let FeedForwardPart::Moe(moe) = &l.ffn else { panic!("gpt-oss is MoE") };
+        assert_eq!(moe.routing.gating, engine::plan::Gating::SoftmaxOfTopK);
+        assert!(!moe.routing.normalize);
+        // Expert e's biases are row e of each [len, n_expert] tensor.
+        let down = file(&format!("blk.{il}.ffn_down_exps.bias"));
+        for (e, x) in moe.experts.iter().enumerate() {
+            let b = x.biases.as_ref().expect("expert biases");
+            assert_eq!(b.down, down[e * s.dim..(e + 1) * s.dim]);
+            assert_eq!(x.activation, engine::arch::Activation::SwigluOai);
+        }
     }
 }
 

@@ -114,7 +114,7 @@ impl FusedFeedForward for Broken {
     fn feed_forward(&self, f: &FeedForward<'_>, b: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), EngineFailure> {
         let other = match f.activation {
             Activation::Silu => Activation::GeluTanh,
-            Activation::GeluTanh => Activation::Silu,
+            Activation::GeluTanh | Activation::SwigluOai => Activation::Silu,
         };
         let activation = if self.defect == Defect::WrongActivation { other } else { f.activation };
         FusedFeedForward::feed_forward(&self.inner, &FeedForward { activation, ..*f }, b, x, n, out)

@@ -1,6 +1,7 @@
 //! Mixture of experts: routing as llama.cpp's `build_moe_ffn` does it, and the expert-grouped
 //! host path against a plain f64 reference that runs every token through its experts one by one.
 
+use engine::arch::Activation;
 use engine::matrix::Dispatcher;
 use engine::moe::{route, run};
 use engine::plan::{FeedForwardPart, Gating, MoeFfn, Routing};
@@ -11,7 +12,11 @@ use gguf::GgmlType;
 use std::sync::Arc;
 
 fn moe_model(ty: GgmlType, experts: usize, used: usize) -> Model {
-    let spec = RandomModelSpec { arch: "qwen3moe".into(), experts, experts_used: used, ..RandomModelSpec::preset("tiny", ty).unwrap() };
+    arch_model("qwen3moe", ty, None, experts, used)
+}
+
+fn arch_model(arch: &str, ty: GgmlType, expert_ty: Option<GgmlType>, experts: usize, used: usize) -> Model {
+    let spec = RandomModelSpec { arch: arch.into(), experts, experts_used: used, expert_ty, ..RandomModelSpec::preset("tiny", ty).unwrap() };
     let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
     Model::from_file(Arc::new(file), &mut |_, _| {}).unwrap()
 }
@@ -37,27 +42,62 @@ fn matvec(w: &[Vec<f64>], x: &[f64]) -> Vec<f64> {
     w.iter().map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
 
-/// One token through the layer's MoE in f64: softmax over all router logits, top-k,
-/// renormalized, each chosen expert's SiLU-gated block.
-fn reference(m: &MoeFfn, x: &[f64]) -> Vec<f64> {
-    let logits = matvec(&dense(&m.router), x);
-    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+fn softmax(v: &[f64]) -> Vec<f64> {
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = v.iter().map(|l| (l - max).exp()).collect();
     let sum: f64 = e.iter().sum();
-    let probs: Vec<f64> = e.iter().map(|v| v / sum).collect();
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+    e.iter().map(|x| x / sum).collect()
+}
+
+fn plus(a: Vec<f64>, b: Option<&Vec<f32>>) -> Vec<f64> {
+    match b {
+        Some(b) => a.iter().zip(b).map(|(a, b)| a + *b as f64).collect(),
+        None => a,
+    }
+}
+
+/// One token through the layer's MoE in f64, as llama.cpp's `build_moe_ffn` defines it: the
+/// router's logits (+ bias); qwen3moe: softmax over all, top-k, renormalized; gpt-oss: top-k
+/// of the logits, softmax over those; each chosen expert's gated block (+ biases; SiLU, or
+/// gpt-oss's clamped SwiGLU).
+fn reference(m: &MoeFfn, x: &[f64]) -> Vec<f64> {
+    let logits = plus(matvec(&dense(&m.router), x), m.router_bias.as_ref());
+    let scores = match m.routing.gating {
+        Gating::Softmax => softmax(&logits),
+        Gating::SoftmaxOfTopK => logits.clone(),
+    };
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
     let chosen = &order[..m.routing.n_used];
-    let total: f64 = chosen.iter().map(|&i| probs[i]).sum();
+    let mut weights: Vec<f64> = chosen.iter().map(|&i| scores[i]).collect();
+    if m.routing.gating == Gating::SoftmaxOfTopK {
+        weights = softmax(&weights);
+    }
+    if m.routing.normalize {
+        let total: f64 = weights.iter().sum();
+        weights.iter_mut().for_each(|w| *w /= total);
+    }
     let mut out = vec![0f64; x.len()];
-    for &i in chosen {
+    for (&i, w) in chosen.iter().zip(weights) {
         let ex = &m.experts[i];
-        let g = matvec(&dense(&ex.gate), x);
-        let u = matvec(&dense(&ex.up), x);
-        let mid: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-        let y = matvec(&dense(&ex.down), &mid);
+        let b = ex.biases.as_ref();
+        let g = plus(matvec(&dense(&ex.gate), x), b.map(|b| &b.gate));
+        let u = plus(matvec(&dense(&ex.up), x), b.map(|b| &b.up));
+        let mid: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| match ex.activation {
+                Activation::Silu => g / (1.0 + (-g).exp()) * u,
+                Activation::SwigluOai => {
+                    let g = g.min(7.0);
+                    g / (1.0 + (-1.702 * g).exp()) * (u.clamp(-7.0, 7.0) + 1.0)
+                }
+                other => panic!("{other:?} is no expert activation here"),
+            })
+            .collect();
+        let y = plus(matvec(&dense(&ex.down), &mid), b.map(|b| &b.down));
         for (o, v) in out.iter_mut().zip(y) {
-            *o += probs[i] / total * v;
+            *o += w * v;
         }
     }
     out
@@ -102,8 +142,15 @@ fn routing_picks_the_top_k_and_weights_them_as_llama_cpp() {
 
 #[test]
 fn grouped_experts_match_a_token_by_token_f64_reference() {
-    for (ty, experts, used) in [(GgmlType::Q8_0, 8, 2), (GgmlType::Q4_K, 6, 3), (GgmlType::F16, 4, 4)] {
-        let model = moe_model(ty, experts, used);
+    let cases = [
+        ("qwen3moe", GgmlType::Q8_0, None, 8, 2),
+        ("qwen3moe", GgmlType::Q4_K, None, 6, 3),
+        ("qwen3moe", GgmlType::F16, None, 4, 4),
+        ("gpt-oss", GgmlType::Q8_0, Some(GgmlType::MXFP4), 8, 4),
+        ("gpt-oss", GgmlType::F16, None, 6, 2),
+    ];
+    for (arch, ty, expert_ty, experts, used) in cases {
+        let model = arch_model(arch, ty, expert_ty, experts, used);
         let m = moe_of(&model, 1);
         let d = m.router.cols;
         // 40 tokens: some experts get ≥ 8 (the tiled GEMM path), some fewer (the dot kernels).
@@ -120,7 +167,7 @@ fn grouped_experts_match_a_token_by_token_f64_reference() {
             }
         }
         // 8-bit activations against f64: small; a wrong expert, weight or order gives order 1.
-        assert!(err / norm < 2e-3, "{}: normalized squared error {:.2e}", ty.name(), err / norm);
+        assert!(err / norm < 2e-3, "{arch} {}: normalized squared error {:.2e}", ty.name(), err / norm);
     }
 }
 

@@ -10,7 +10,7 @@ pub struct Args {
     /// Start from a named shape (llama3-8b, llama2-7b, llama3-1b, smollm2-135m, tiny); flags override it.
     #[arg(long)]
     preset: Option<String>,
-    /// Architecture: llama, gemma3, qwen2, qwen3, qwen3moe, phi3, mistral3.
+    /// Architecture: llama, gemma3, qwen2, qwen3, qwen3moe, phi3, mistral3, gpt-oss.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Decoder blocks.
@@ -28,6 +28,9 @@ pub struct Args {
     /// Key/value heads.
     #[arg(long = "kv-heads")]
     kv_heads: Option<usize>,
+    /// Dimension of each attention head (default dim / heads; gpt-oss-20b: 64 with dim 2880).
+    #[arg(long = "head-dim")]
+    head_dim: Option<usize>,
     /// Vocabulary size.
     #[arg(long)]
     vocab: Option<usize>,
@@ -37,7 +40,10 @@ pub struct Args {
     /// Training context written to the metadata.
     #[arg(long)]
     ctx: Option<usize>,
-    /// Experts per layer (mixture-of-experts architectures such as qwen3moe; default 8).
+    /// Type of the experts' matrices (default: --type; gpt-oss files have mxfp4 experts).
+    #[arg(long = "expert-type")]
+    expert_type: Option<String>,
+    /// Experts per layer (mixture-of-experts architectures: qwen3moe, gpt-oss; default 8).
     #[arg(long)]
     experts: Option<usize>,
     /// Experts each token uses (default 2).
@@ -47,7 +53,7 @@ pub struct Args {
     #[arg(long = "output-scale", default_value_t = 1.0)]
     output_scale: f32,
     /// RoPE scaling written to the metadata: none, linear, yarn or longrope (default: the
-    /// architecture's own — YaRN for mistral3, nothing for the others).
+    /// architecture's own — YaRN for mistral3 and gpt-oss, nothing for the others).
     #[arg(long = "rope-scaling")]
     rope_scaling: Option<String>,
     /// RoPE scaling factor (linear, yarn; default 4).
@@ -88,6 +94,10 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(v) = a.vocab { spec.vocab = v; }
     if let Some(v) = a.ctx { spec.ctx = v; }
     spec.output_scale = a.output_scale;
+    if let Some(v) = a.head_dim { spec.head_dim = v; }
+    if let Some(t) = &a.expert_type {
+        spec.expert_ty = Some(GgmlType::from_name(t).ok_or_else(|| anyhow!("unknown expert weight type '{t}'"))?);
+    }
     if let Some(v) = a.experts { spec.experts = v; }
     if let Some(v) = a.experts_used { spec.experts_used = v; }
     if let Some(v) = a.rope_scaling { spec.rope_scaling = v; }

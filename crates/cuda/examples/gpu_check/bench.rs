@@ -243,7 +243,7 @@ fn feed_forward(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>
     for w in [&gate, &up, &down] {
         prepare(e, w);
     }
-    let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation: Activation::Silu };
+    let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation: Activation::Silu, biases: None };
     for n in [64, 128, 256, 512, 1024, 2048, 4096] {
         let x = random(n * k, next_seed());
         let mut out = vec![0f32; n * k];

@@ -204,7 +204,7 @@ fn check_feed_forward(e: &CudaEngine) -> usize {
     let mut failures = 0;
     println!();
     for activation in [Activation::Silu, Activation::GeluTanh] {
-        let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation };
+        let ffn = FeedForward { gate: &gate, up: &up, down: &down, activation, biases: None };
         for n in [1, 65, 300, 2100] {
             let x = random(n * k, next_seed());
             let mut out = vec![f32::NAN; n * m];

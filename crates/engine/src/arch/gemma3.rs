@@ -1,7 +1,7 @@
 //! Gemma 3: scaled embeddings, QK-norm, post-attention and post-MLP norms, GELU-gated MLP,
 //! sliding-window layers (every `pattern`-th layer global) with their own RoPE base.
 
-use super::{common, Activation, Architecture, Config, Meta, Rope, RopeStyle};
+use super::{common, swa_layers, Activation, Architecture, Config, Meta, Rope, RopeStyle};
 use crate::error::Result;
 use crate::plan::standard_layer;
 
@@ -23,13 +23,7 @@ fn config(m: &Meta) -> Result<Config> {
     }
     if let Some(window) = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0) {
         c.swa_window = Some(window);
-        c.swa_layers = match m.opt_bool_array("attention.sliding_window_pattern") {
-            Some(flags) if flags.len() == c.n_layer => flags,
-            _ => {
-                let p = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(DEFAULT_SWA_PATTERN);
-                (0..c.n_layer).map(|il| p == 0 || il % p < p - 1).collect()
-            }
-        };
+        c.swa_layers = swa_layers(m, c.n_layer, DEFAULT_SWA_PATTERN)?;
         c.rope_local = Rope {
             base: m.opt_f32("rope.freq_base_swa")?.unwrap_or(DEFAULT_LOCAL_ROPE_BASE),
             freq_scale: 1.0,

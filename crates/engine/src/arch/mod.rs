@@ -2,6 +2,7 @@
 //! decoder block; [`REGISTRY`] is the one place that lists them.
 
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod meta;
 mod mistral3;
@@ -33,7 +34,15 @@ pub enum Activation {
     Silu,
     /// GELU (tanh approximation)(gate) * up.
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g·σ(α·g) · (u + 1)` with `g = min(gate, limit)`,
+    /// `u = clamp(up, ±limit)` ([`SWIGLU_OAI_ALPHA`], [`SWIGLU_OAI_LIMIT`]).
+    SwigluOai,
 }
+
+/// gpt-oss's SwiGLU slope α (llama.cpp's constant for `LLM_FFN_SWIGLU_OAI_MOE`).
+pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
+/// gpt-oss's SwiGLU clamp.
+pub const SWIGLU_OAI_LIMIT: f32 = 7.0;
 
 /// RoPE parameters for one kind of layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -211,6 +220,12 @@ pub struct Config {
     pub logit_softcap: Option<f32>,
     /// Mixture-of-experts feed-forward parts, if the model has them.
     pub moe: Option<MoeConfig>,
+    /// Attention sinks (`attn_sinks`, one logit per query head) in every layer (gpt-oss).
+    pub attn_sinks: bool,
+    /// The attention output projection's bias is required (gpt-oss); otherwise read if present.
+    pub attn_output_bias: bool,
+    /// Name of the norm before the feed-forward part (`ffn_norm`; gpt-oss: `post_attention_norm`).
+    pub ffn_norm_name: &'static str,
 }
 
 /// The mixture-of-experts hyper-parameters.
@@ -222,6 +237,8 @@ pub struct MoeConfig {
     pub n_ff_exp: usize,
     /// How the router chooses and weights experts.
     pub routing: Routing,
+    /// Router and experts carry biases (gpt-oss).
+    pub biases: bool,
 }
 
 impl MoeConfig {
@@ -242,7 +259,7 @@ impl MoeConfig {
             return Err(EngineError::MissingKey(format!("{}.expert_feed_forward_length", m.arch)));
         }
         let routing = Routing { n_used, gating, normalize: false, scale: 1.0 };
-        Ok(MoeConfig { n_expert, n_ff_exp, routing })
+        Ok(MoeConfig { n_expert, n_ff_exp, routing, biases: false })
     }
 }
 
@@ -258,13 +275,26 @@ pub struct Architecture {
 
 /// Every supported architecture. Adding one is a file plus a line here.
 pub static REGISTRY: &[Architecture] =
-    &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH];
+    &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
     REGISTRY.iter().find(|a| a.name == name).ok_or_else(|| {
         let known: Vec<_> = REGISTRY.iter().map(|a| a.name).collect();
         EngineError::UnsupportedArchitecture(name.to_string(), known.join(", "))
+    })
+}
+
+/// Which layers use the sliding window, as llama.cpp's `load_swa_pattern` reads it: a per-layer
+/// `attention.sliding_window_pattern` array, else its period `p` (the architecture's default
+/// when absent): layer `il` slides unless `il % p == p - 1`; `p = 0`: every layer slides.
+pub(crate) fn swa_layers(m: &Meta, n_layer: usize, default_pattern: usize) -> Result<Vec<bool>> {
+    Ok(match m.opt_bool_array("attention.sliding_window_pattern") {
+        Some(flags) if flags.len() == n_layer => flags,
+        _ => {
+            let p = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(default_pattern);
+            (0..n_layer).map(|il| p == 0 || il % p < p - 1).collect()
+        }
     })
 }
 
@@ -359,5 +389,8 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         post_norms: false,
         logit_softcap: None,
         moe: None,
+        attn_sinks: false,
+        attn_output_bias: false,
+        ffn_norm_name: "ffn_norm",
     })
 }

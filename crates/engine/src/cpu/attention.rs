@@ -34,12 +34,29 @@ pub fn attention(
     v_cache: &[f16],
     out: &mut [f32],
 ) {
+    attention_with_sinks(s, None, q, positions, k_cache, v_cache, out)
+}
+
+/// [`attention`] with attention sinks (gpt-oss): one learned logit per query head that
+/// joins every softmax's denominator and carries no value, so a head can attend to nothing.
+pub fn attention_with_sinks(
+    s: &AttnShape,
+    sinks: Option<&[f32]>,
+    q: &[f32],
+    positions: &[usize],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    out: &mut [f32],
+) {
     let n = positions.len();
     if n == 0 {
         return;
     }
+    if let Some(sinks) = sinks {
+        assert_eq!(sinks.len(), s.n_head, "one sink per query head");
+    }
     if n == 1 {
-        return decode(s, q, positions[0], k_cache, v_cache, out);
+        return decode(s, sinks, q, positions[0], k_cache, v_cache, out);
     }
     let (d, kvd, vd) = (s.head_dim, s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
     // Convert the cached rows the batch needs to f32 once (not once per query): keys
@@ -69,7 +86,7 @@ pub fn attention(
     let tokens_per_job = (JOB_ROWS / group).max(1);
     let blocks = n.div_ceil(tokens_per_job);
     let kernel = pick_kernel();
-    let ctx = Ctx { s, q, positions, keys_t: &keys_t, vals: &vals, first, rows, out: SharedMut(out.as_mut_ptr()) };
+    let ctx = Ctx { s, sinks, q, positions, keys_t: &keys_t, vals: &vals, first, rows, out: SharedMut(out.as_mut_ptr()) };
     (0..blocks * s.n_head_kv).into_par_iter().for_each_init(Scratch::default, |scratch, job| {
         let (g, b) = (job % s.n_head_kv, job / s.n_head_kv);
         let tokens = b * tokens_per_job..((b + 1) * tokens_per_job).min(n);
@@ -82,7 +99,7 @@ pub fn attention(
 /// One token (a decode step): memory-bound, so the cache is read once, straight from f16
 /// (no conversion pass), split by KV head and by key chunk across threads; the chunks'
 /// partial softmaxes are merged at the end.
-fn decode(s: &AttnShape, q: &[f32], pos: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) {
+fn decode(s: &AttnShape, sinks: Option<&[f32]>, q: &[f32], pos: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) {
     let dv = s.head_dim_v;
     let group = s.n_head / s.n_head_kv;
     let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -102,8 +119,9 @@ fn decode(s: &AttnShape, q: &[f32], pos: usize, k_cache: &[f16], v_cache: &[f16]
     for g in 0..s.n_head_kv {
         let parts = &parts[g * chunks..][..chunks];
         for r in 0..group {
+            let h = g * group + r;
             let m = parts.iter().map(|p| p.0[r]).fold(f32::NEG_INFINITY, f32::max);
-            let o = &mut out[(g * group + r) * dv..][..dv];
+            let o = &mut out[h * dv..][..dv];
             o.fill(0.0);
             let mut total = 0.0;
             for (maxes, sums, acc) in parts {
@@ -113,6 +131,7 @@ fn decode(s: &AttnShape, q: &[f32], pos: usize, k_cache: &[f16], v_cache: &[f16]
                     *o += w * a;
                 }
             }
+            total += sink_weight(sinks, h, m);
             o.iter_mut().for_each(|v| *v /= total);
         }
     }
@@ -207,9 +226,17 @@ fn decode_part(dj: &DecodeJob, job: usize) -> Part {
     (maxes, sums, acc)
 }
 
+/// A sink's term in the softmax denominator of head `h` whose scores' maximum is `max`
+/// (0 without sinks). Past f32's range it is infinite and the head's output 0, its limit.
+#[inline]
+fn sink_weight(sinks: Option<&[f32]>, h: usize, max: f32) -> f32 {
+    sinks.map_or(0.0, |s| (s[h] - max).exp())
+}
+
 /// What every job reads.
 struct Ctx<'a> {
     s: &'a AttnShape,
+    sinks: Option<&'a [f32]>,
     q: &'a [f32],
     positions: &'a [usize],
     keys_t: &'a [f32],
@@ -369,7 +396,7 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
     let mut r = 0;
     for t in tokens {
         for h in g * group..(g + 1) * group {
-            let inv = 1.0 / sc.sum[r];
+            let inv = 1.0 / (sc.sum[r] + sink_weight(c.sinks, h, sc.max[r]));
             // SAFETY: the (t, h) output row belongs to this job alone.
             let o = unsafe { std::slice::from_raw_parts_mut(c.out.ptr().add(t * od + h * dv), dv) };
             for (o, a) in o.iter_mut().zip(&sc.acc[r * dv..][..dv]) {
@@ -494,6 +521,11 @@ mod tests {
 
     /// Plain reference: full softmax attention in f64 over the same f16 values.
     fn reference(s: &AttnShape, q: &[f32], pos: &[usize], k: &[f16], v: &[f16]) -> Vec<f32> {
+        reference_with_sinks(s, None, q, pos, k, v)
+    }
+
+    /// The reference with one extra logit per head in each softmax (its value: none).
+    fn reference_with_sinks(s: &AttnShape, sinks: Option<&[f32]>, q: &[f32], pos: &[usize], k: &[f16], v: &[f16]) -> Vec<f32> {
         let group = s.n_head / s.n_head_kv;
         let mut out = vec![0f32; pos.len() * s.n_head * s.head_dim_v];
         for (t, &p) in pos.iter().enumerate() {
@@ -512,7 +544,8 @@ mod tests {
                     sc.push((j, d));
                 }
                 let m = sc.iter().map(|x| x.1).fold(f64::MIN, f64::max);
-                let z: f64 = sc.iter().map(|x| (x.1 - m).exp()).sum();
+                let sink = sinks.map_or(0.0, |s| (s[h] as f64 - m).exp());
+                let z: f64 = sc.iter().map(|x| (x.1 - m).exp()).sum::<f64>() + sink;
                 for &(j, d) in &sc {
                     let p = (d - m).exp() / z;
                     for i in 0..s.head_dim_v {
@@ -594,6 +627,38 @@ mod tests {
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }
+        }
+    }
+
+    /// Sinks from far below the scores (no effect) to far above them (output near 0), in
+    /// prefill and decode, with GQA and a window.
+    #[test]
+    fn sinks_join_every_softmax() {
+        let mut seed = 777u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 2000) as f32 / 1000.0 - 1.0
+        };
+        for (window, pos0, n) in [(None, 0, 70), (Some(16), 40, 33), (None, 90, 1), (Some(8), 30, 1)] {
+            let s = AttnShape { n_head: 8, n_head_kv: 2, head_dim: 64, head_dim_v: 64, window };
+            let ctx = pos0 + n;
+            let k: Vec<f16> = (0..ctx * 2 * 64).map(|_| f16::from_f32(rnd())).collect();
+            let v: Vec<f16> = (0..ctx * 2 * 64).map(|_| f16::from_f32(rnd())).collect();
+            let pos: Vec<usize> = (pos0..ctx).collect();
+            let q: Vec<f32> = (0..n * 8 * 64).map(|_| rnd() * 0.4).collect();
+            let sinks = [-30.0, -1.0, 0.0, 0.5, 2.0, 5.0, 20.0, 200.0];
+            let mut out = vec![f32::NAN; n * 8 * 64];
+            attention_with_sinks(&s, Some(&sinks), &q, &pos, &k, &v, &mut out);
+            let want = reference_with_sinks(&s, Some(&sinks), &q, &pos, &k, &v);
+            let worst = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "window {window:?} pos0 {pos0} n {n}: {worst}");
+            // The sinks changed something (the test would pass for an attention ignoring them otherwise).
+            let plain = reference(&s, &q, &pos, &k, &v);
+            let moved = plain.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-2, "sinks had no effect: {moved}");
+            assert!(out.iter().all(|v| v.is_finite()));
         }
     }
 }

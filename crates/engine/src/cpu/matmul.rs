@@ -69,51 +69,74 @@ pub fn matmul(w: &Weight, x: &[f32], out: &mut [f32]) {
 
 /// Like [`matmul`], with the activations already quantized (shared by Q/K/V and gate/up).
 pub fn matmul_quantized(w: &Weight, input: &QuantizedInput, out: &mut [f32]) {
-    let (m, n) = (w.rows, input.n);
-    assert_eq!(input.ty, w.ty.vec_dot_type());
-    assert_eq!(input.k, w.cols);
-    assert_eq!(out.len(), n * m);
-    if n >= GEMM_MIN_TOKENS {
-        if let Some(kernel) = quant::gemm_kernel(w.ty) {
-            return gemm_quantized(w, kernel, input.panels(), out);
-        }
-    }
-    let k = w.cols;
-    let dot = quant::dot_kernel(w.ty).expect("checked when the weight was loaded");
+    matmul_many(&[w], &[input], &mut [out]);
+}
+
+/// Independent matmuls `outs[i] = inputs[i] · ws[i]ᵀ` in one parallel region: the row
+/// chunks of all of them share the pool (a mixture of experts' many small blocks would
+/// otherwise pay a fork/join each).
+pub fn matmul_many(ws: &[&Weight], inputs: &[&QuantizedInput], outs: &mut [&mut [f32]]) {
     let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance load, big enough to amortize scheduling.
-    let rows_per_chunk = m.div_ceil(threads * 4).max(4);
-    let dst = SharedMut(out.as_mut_ptr());
-    (0..m.div_ceil(rows_per_chunk)).into_par_iter().for_each(|chunk| {
-        let r0 = chunk * rows_per_chunk;
-        let r1 = (r0 + rows_per_chunk).min(m);
-        for r in r0..r1 {
-            let wrow = w.row(r);
-            for t in 0..n {
-                let v = dot(k, wrow, input.row(t));
-                // SAFETY: each (t, r) pair is written by exactly one chunk; out has n*m elements.
-                unsafe { *dst.ptr().add(t * m + r) = v };
+    let rows: usize = ws.iter().map(|w| w.rows).sum();
+    let tiled = |w: &Weight, input: &QuantizedInput| input.n >= GEMM_MIN_TOKENS && quant::gemm_kernel(w.ty).is_some();
+    // Enough chunks to balance load, big enough to amortize scheduling; the tiled kernel
+    // takes multiples of 4 rows, at most one 32-row slab per chunk.
+    let chunk_for = |w: &Weight, input: &QuantizedInput| {
+        let even = rows.div_ceil(threads * 4);
+        if tiled(w, input) {
+            even.next_multiple_of(4).clamp(4, 32)
+        } else {
+            even.max(4)
+        }
+    };
+    let mut tasks = Vec::new();
+    for (i, ((w, input), out)) in ws.iter().zip(inputs).zip(outs.iter()).enumerate() {
+        assert_eq!(input.ty, w.ty.vec_dot_type());
+        assert_eq!(input.k, w.cols);
+        assert_eq!(out.len(), input.n * w.rows);
+        let chunk = chunk_for(w, input);
+        tasks.extend((0..w.rows).step_by(chunk).map(|r0| (i, r0, (r0 + chunk).min(w.rows))));
+    }
+    let dsts: Vec<SharedMut<f32>> = outs.iter_mut().map(|o| SharedMut(o.as_mut_ptr())).collect();
+    tasks.into_par_iter().for_each(|(i, r0, r1)| {
+        let (w, input) = (ws[i], inputs[i]);
+        // SAFETY: task (i, r0..r1) writes outs[i][t * m + r] for r in r0..r1, t < n only;
+        // tasks of one matmul cover disjoint rows; outs[i] has n * m elements (asserted).
+        unsafe {
+            if tiled(w, input) {
+                rows_tiled(w, input, r0, r1, dsts[i]);
+            } else {
+                rows_dot(w, input, r0, r1, dsts[i]);
             }
         }
     });
 }
 
-/// The tiled path: row chunks (multiples of 4 rows) over the pool, each one kernel call.
-fn gemm_quantized(w: &Weight, kernel: quant::GemmFn, panels: &ActPanels, out: &mut [f32]) {
-    let m = w.rows;
-    let threads = rayon::current_num_threads().max(1);
-    // At most 32 rows (one slab of the kernel): enough chunks for work stealing to
-    // balance threads even when M is not a multiple of threads * 32.
-    let rows_per_chunk = m.div_ceil(threads * 4).next_multiple_of(4).clamp(4, 32);
+/// Rows `r0..r1` of `out[n, m]` with the dot kernel, each weight row loaded once for every token.
+///
+/// # Safety
+/// `dst` points at `input.n * w.rows` floats; nothing else writes these rows meanwhile.
+unsafe fn rows_dot(w: &Weight, input: &QuantizedInput, r0: usize, r1: usize, dst: SharedMut<f32>) {
+    let (m, k) = (w.rows, w.cols);
+    let dot = quant::dot_kernel(w.ty).expect("checked when the weight was loaded");
+    for r in r0..r1 {
+        let wrow = w.row(r);
+        for t in 0..input.n {
+            *dst.ptr().add(t * m + r) = dot(k, wrow, input.row(t));
+        }
+    }
+}
+
+/// Rows `r0..r1` (`r0` a multiple of 4) of `out[n, m]` with the tiled kernel, which expands
+/// each weight row once and reuses every loaded chunk across 16 tokens.
+///
+/// # Safety
+/// As [`rows_dot`].
+unsafe fn rows_tiled(w: &Weight, input: &QuantizedInput, r0: usize, r1: usize, dst: SharedMut<f32>) {
+    let kernel = quant::gemm_kernel(w.ty).expect("only called for types with a tiled kernel");
     let (data, rb) = (w.data(), w.row_bytes());
-    let dst = SharedMut(out.as_mut_ptr());
-    (0..m.div_ceil(rows_per_chunk)).into_par_iter().for_each(|chunk| {
-        let r0 = chunk * rows_per_chunk;
-        let r1 = (r0 + rows_per_chunk).min(m);
-        // SAFETY: this chunk writes out[t * m + r] for r in r0..r1 and t < n only (the
-        // kernel's contract with ldo = m); chunks are disjoint; out has n * m elements.
-        unsafe { kernel(&data[r0 * rb..r1 * rb], panels, dst.ptr().add(r0), m) };
-    });
+    // The kernel's contract with ldo = m: it writes out[t * m + r] for the rows it is given.
+    kernel(&data[r0 * rb..r1 * rb], input.panels(), dst.ptr().add(r0), w.rows);
 }
 
 #[cfg(test)]

@@ -74,7 +74,21 @@ pub fn gated(act: crate::arch::Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         crate::arch::Activation::Silu => silu_mul(gate, up),
         crate::arch::Activation::GeluTanh => gelu_mul(gate, up),
+        crate::arch::Activation::SwigluOai => swiglu_oai_mul(gate, up),
     }
+}
+
+/// gpt-oss's clamped SwiGLU, as ggml's `swiglu_oai`: `x = min(gate, limit)`,
+/// `y = clamp(up, -limit, limit)`, `gate = x / (1 + e^(-α·x)) · (y + 1)`.
+pub fn swiglu_oai_mul(gate: &mut [f32], up: &[f32]) {
+    use crate::arch::{SWIGLU_OAI_ALPHA as ALPHA, SWIGLU_OAI_LIMIT as LIMIT};
+    zip_pieces(gate, up, |gate, up| {
+        for (g, u) in gate.iter_mut().zip(up) {
+            let x = g.min(LIMIT);
+            let y = u.clamp(-LIMIT, LIMIT);
+            *g = x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0);
+        }
+    });
 }
 
 /// `gate = silu(gate) * up`.

@@ -69,17 +69,32 @@ pub struct FeedForward<'a> {
     pub down: &'a Weight,
     /// Applied to the gate before the product with up.
     pub activation: Activation,
+    /// Biases of the projections, if any (gpt-oss's experts).
+    pub biases: Option<&'a crate::plan::FfnBiases>,
 }
 
 impl FeedForward<'_> {
+    /// Whether engines that fuse blocks can take it: no biases, a SiLU or GELU gate.
+    pub fn is_plain(&self) -> bool {
+        self.biases.is_none() && matches!(self.activation, Activation::Silu | Activation::GeluTanh)
+    }
+
     /// The block as separate steps, for whoever does not fuse it: gate and up through
     /// `group` (one shared input), `act(gate) ⊙ up` on the host, down through `group`.
     pub fn run_with<E>(&self, x: &[f32], out: &mut [f32], mut group: impl FnMut(&[&Weight], &[f32], &mut [&mut [f32]]) -> Result<(), E>) -> Result<(), E> {
         let n = x.len() / self.gate.cols;
         let (mut gate, mut up) = (vec![0f32; n * self.gate.rows], vec![0f32; n * self.up.rows]);
         group(&[self.gate, self.up], x, &mut [&mut gate, &mut up])?;
+        if let Some(b) = self.biases {
+            crate::cpu::ops::add_bias(&mut gate, &b.gate);
+            crate::cpu::ops::add_bias(&mut up, &b.up);
+        }
         crate::cpu::ops::gated(self.activation, &mut gate, &up);
-        group(&[self.down], &gate, &mut [out])
+        group(&[self.down], &gate, &mut [out])?;
+        if let Some(b) = self.biases {
+            crate::cpu::ops::add_bias(out, &b.down);
+        }
+        Ok(())
     }
 }
 

@@ -143,7 +143,8 @@ impl Dispatcher {
     /// its own and the activation runs on the CPU.
     pub fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) {
         let n = x.len() / f.gate.cols;
-        if !self.accelerators.is_empty() || self.verbose {
+        // Engines fuse plain blocks only; biases and gpt-oss's SwiGLU run on the host between matmuls.
+        if (!self.accelerators.is_empty() || self.verbose) && f.is_plain() {
             let fused = self.choose(&[f.gate, f.up], n).and_then(|e| e.capabilities().feed_forward.map(|fuse| (e, fuse)));
             if let Some((engine, fuse)) = fused {
                 let supported = engine.supports(&MatmulShape::of(f.down, n));
@@ -169,6 +170,29 @@ impl Dispatcher {
             }
         }
         self.feed_forward_with(f, x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
+    }
+
+    /// A mixture of experts' active blocks, `outs[i] = blocks[i](xs[i])`. On a CPU-only
+    /// machine all of them run in shared parallel regions (decode's few-row blocks would each
+    /// pay fork/joins); otherwise each block is placed as [`Self::feed_forward`] places it.
+    pub fn experts(&self, blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mut [f32]]) {
+        if self.accelerators.is_empty() && !self.verbose {
+            let t0 = Instant::now();
+            crate::moe::experts_on_cpu(blocks, xs, outs);
+            let flops: f64 = blocks
+                .iter()
+                .zip(xs)
+                .map(|(b, x)| [b.gate, b.up, b.down].iter().map(|w| MatmulShape::of(w, x.len() / b.gate.cols).flops()).sum::<f64>())
+                .sum();
+            return self.stats.with("cpu", |s| {
+                s.matmuls += 3 * blocks.len() as u64;
+                s.flops += flops;
+                s.time += t0.elapsed();
+            });
+        }
+        for ((b, x), out) in blocks.iter().zip(xs).zip(outs.iter_mut()) {
+            self.feed_forward(b, x, out);
+        }
     }
 
     /// Causal attention of one sequence's new tokens over a layer's KV cache (see
@@ -202,6 +226,23 @@ impl Dispatcher {
         }
         let t0 = Instant::now();
         attention(shape, q, positions, k_cache, v_cache, out);
+        self.stats.with("cpu", |s| {
+            s.attention += 1;
+            s.flops += cost.0;
+            s.time += t0.elapsed();
+        });
+    }
+
+    /// Attention with one sink logit per query head (gpt-oss): on the CPU, which alone has
+    /// the kernel (see [`crate::cpu::attention::attention_with_sinks`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_with_sinks(&self, shape: &AttnShape, sinks: &[f32], q: &[f32], positions: &[usize], k_cache: &[f16], v_cache: &[f16], out: &mut [f32]) {
+        let t0 = Instant::now();
+        crate::cpu::attention::attention_with_sinks(shape, Some(sinks), q, positions, k_cache, v_cache, out);
+        if self.accelerators.is_empty() && !self.verbose {
+            return;
+        }
+        let cost = super::cost::attention_cost(shape, positions);
         self.stats.with("cpu", |s| {
             s.attention += 1;
             s.flops += cost.0;

@@ -221,7 +221,7 @@ impl BlockOps for RefOps<'_> {
         self.engine.matmul(&refs, ws, self.bucket, x, n, outs)
     }
     fn feed_forward(&self, f: &FeedForward<'_>, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
-        if !self.resident {
+        if !self.resident || !f.is_plain() {
             return f.run_with(x, out, |ws, x, outs| self.matmul_group(ws, x, outs));
         }
         FusedFeedForward::feed_forward(self.engine, f, self.bucket, x, x.len() / f.gate.cols, out)
