@@ -49,7 +49,9 @@ fn smollm2_through_the_dispatcher() {
     let got = logits(&r, &tokens, 0..tokens.len());
     // The CPU quantizes activations to 8 bits; we round them to fp16: compare with both
     // the CPU and the reference engine (f32 weights and activations), which isolates fp16.
-    compare("smollm2 vs cpu", &got, &cpu, 49152, 2.0, 0.9);
+    // Measured: under 2 against the AVX-512 kernels, 2.149 against the AVX2 ones (AMD EPYC, no
+    // AVX-512), the same before and after the gpt-oss changes; the f32 reference below is the tight check.
+    compare("smollm2 vs cpu", &got, &cpu, 49152, 2.5, 0.9);
     let refe: Vec<Arc<dyn MatrixEngine>> = vec![Arc::new(ReferenceEngine::new())];
     let policy = PlacementPolicy::new(Backend::Named("ref".into()), 64, None, SLOW_CPU);
     let rr = Runner::with_dispatcher(load(), 2, Dispatcher::new(refe, policy, CacheBudget::default(), false).unwrap()).unwrap();
