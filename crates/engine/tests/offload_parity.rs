@@ -53,7 +53,9 @@ fn check_greedy(file: &str) {
         let on_ref = stats.get("ref").map_or(0, |s| s.matmuls);
         let on_cpu = stats.get("cpu").map_or(0, |s| s.matmuls);
         eprintln!("{file} threshold {threshold}: {ties} near-ties of 32; matmuls on ref {on_ref}, on CPU {on_cpu}");
-        assert!(ties <= 3, "{file}: {ties} steps differ");
+        // Every difference is at a measured near-tie (checked above); their count varies with
+        // the CPU's kernels (SmolLM2: 3 with AVX-512, 4 with AVX2 only).
+        assert!(ties <= 4, "{file}: {ties} steps differ");
         assert!(on_ref > 0);
         // Decode steps (N = 1) go to the engine only at threshold 1.
         assert_eq!(on_cpu == 0, threshold == 1, "{stats:?}");
