@@ -136,8 +136,7 @@ pub fn experts_on_cpu(blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mu
     }
     for ((b, g), u) in blocks.iter().zip(&mut gates).zip(&mut ups) {
         if let Some(bias) = b.biases {
-            ops::add_bias(g, &bias.gate);
-            ops::add_bias(u, &bias.up);
+            bias.add_to_gate_up(g, u);
         }
         ops::gated(b.activation, g, u);
     }
@@ -147,7 +146,7 @@ pub fn experts_on_cpu(blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mu
     matmul_many(&ws, &ins, outs);
     for (b, out) in blocks.iter().zip(outs.iter_mut()) {
         if let Some(bias) = b.biases {
-            ops::add_bias(out, &bias.down);
+            bias.add_to_down(out);
         }
     }
 }

@@ -191,6 +191,19 @@ pub struct FfnBiases {
     pub down: Vec<f32>,
 }
 
+impl FfnBiases {
+    /// Adds the gate's and up projection's biases to their outputs (`[n, n_ff]` each).
+    pub fn add_to_gate_up(&self, gate: &mut [f32], up: &mut [f32]) {
+        crate::cpu::ops::add_bias(gate, &self.gate);
+        crate::cpu::ops::add_bias(up, &self.up);
+    }
+
+    /// Adds the down projection's bias to its output (`[n, n_embd]`).
+    pub fn add_to_down(&self, out: &mut [f32]) {
+        crate::cpu::ops::add_bias(out, &self.down);
+    }
+}
+
 impl DenseFfn {
     /// The block as engines take it.
     pub fn block(&self) -> FeedForward<'_> {
@@ -468,25 +481,21 @@ fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<M
     let up = src.experts(&n("ffn_up_exps"), c.n_embd, ff, e)?;
     let down = src.experts(&n("ffn_down_exps"), ff, c.n_embd, e)?;
     // gpt-oss's per-expert biases: one `[len, n_expert]` tensor per projection.
-    let (mut biases, mut router_bias) = (None, None);
+    let (mut biases, mut router_bias): (Vec<Option<FfnBiases>>, _) = ((0..e).map(|_| None).collect(), None);
     if m.biases {
         let b = |s: &str| format!("blk.{il}.{s}.bias");
         let gate = src.vectors(&b("ffn_gate_exps"), ff, e)?;
         let up = src.vectors(&b("ffn_up_exps"), ff, e)?;
         let down = src.vectors(&b("ffn_down_exps"), c.n_embd, e)?;
-        let per_expert = gate.into_iter().zip(up).zip(down).map(|((gate, up), down)| FfnBiases { gate, up, down });
-        biases = Some(per_expert.collect::<Vec<_>>());
+        biases = gate.into_iter().zip(up).zip(down).map(|((gate, up), down)| Some(FfnBiases { gate, up, down })).collect();
         router_bias = Some(src.vector(&b("ffn_gate_inp"), e)?);
     }
-    let mut biases = biases.map(|v| v.into_iter());
     let experts = gate
         .into_iter()
         .zip(up)
         .zip(down)
-        .map(|((gate, up), down)| {
-            let biases = biases.as_mut().and_then(|b| b.next());
-            DenseFfn { gate, up, down, activation: c.activation, biases }
-        })
+        .zip(biases)
+        .map(|(((gate, up), down), biases)| DenseFfn { gate, up, down, activation: c.activation, biases })
         .collect();
     Ok(MoeFfn {
         router: src.matrix(&n("ffn_gate_inp"), c.n_embd, e)?,

@@ -86,13 +86,12 @@ impl FeedForward<'_> {
         let (mut gate, mut up) = (vec![0f32; n * self.gate.rows], vec![0f32; n * self.up.rows]);
         group(&[self.gate, self.up], x, &mut [&mut gate, &mut up])?;
         if let Some(b) = self.biases {
-            crate::cpu::ops::add_bias(&mut gate, &b.gate);
-            crate::cpu::ops::add_bias(&mut up, &b.up);
+            b.add_to_gate_up(&mut gate, &mut up);
         }
         crate::cpu::ops::gated(self.activation, &mut gate, &up);
         group(&[self.down], &gate, &mut [out])?;
         if let Some(b) = self.biases {
-            crate::cpu::ops::add_bias(out, &b.down);
+            b.add_to_down(out);
         }
         Ok(())
     }
