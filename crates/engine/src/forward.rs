@@ -30,12 +30,14 @@ struct RopeTables {
 }
 
 impl RopeTables {
-    /// Both tables with the given frequency factors; YaRN's parameters as llama.cpp's context
-    /// derives them (the same for both kinds of layer, each with its own base and scale).
+    /// Both tables, the frequency factors on the full-attention layers' (no architecture
+    /// applies them to sliding-window layers: gemma4 loads them for its full layers only);
+    /// YaRN's parameters as llama.cpp's context derives them (the same for both kinds of
+    /// layer, each with its own base, scale and rotated dims).
     fn new(c: &Config, factors: Option<&[f32]>) -> Self {
         let yarn = c.rope_scaling.yarn(c.rope_global.freq_scale, c.n_ctx_train);
-        let table = |r: &Rope| RopeTable::new(c.rope_dims, r.base, r.freq_scale, yarn, factors);
-        RopeTables { global: table(&c.rope_global), local: table(&c.rope_local) }
+        let table = |dims: usize, r: &Rope, factors| RopeTable::new(dims, r.base, r.freq_scale, yarn, factors);
+        RopeTables { global: table(c.rope_dims, &c.rope_global, factors), local: table(c.rope_dims_swa, &c.rope_local, None) }
     }
 }
 
@@ -146,6 +148,7 @@ impl Runner {
                     rope_local.extend(rope_angles(&tables.local, &positions[span.clone()]));
                 }
             }
+            let per_layer_inputs = self.per_layer_inputs(&tokens, &x);
             let mut caches: Vec<&mut dyn KvRows> = seqs.iter_mut().map(|s| &mut *s.cache as &mut dyn KvRows).collect();
             let input = StackInput {
                 layers: &self.model.layers,
@@ -154,6 +157,7 @@ impl Runner {
                 rope_global: &rope_global,
                 rope_local: if any_local { &rope_local } else { &rope_global },
                 weights_resident: true,
+                per_layer_inputs: &per_layer_inputs,
             };
             // An engine may take the whole stack (activations stay on it); otherwise block by
             // block here, each op placed on its own.
@@ -192,6 +196,38 @@ impl Runner {
             }
             Ok(out)
         })
+    }
+
+    /// Gemma 4's per-layer inputs of the batch, `[n_layer, n, width]` (empty without them), as
+    /// llama.cpp computes them: the scaled embeddings `x` projected (÷ √n_embd) and RMS-normed
+    /// per layer, plus the token's per-layer embedding (× √width), the sum ÷ √2.
+    fn per_layer_inputs(&self, tokens: &[u32], x: &[f32]) -> Vec<f32> {
+        let Some(p) = &self.model.per_layer else { return Vec::new() };
+        let c = &self.model.config;
+        let (n, w, l) = (tokens.len(), p.width, c.n_layer);
+        let mut proj = vec![0f32; n * l * w];
+        self.dispatcher.matmul(&p.model_proj, x, &mut proj);
+        let proj_scale = 1.0 / (c.n_embd as f32).sqrt();
+        proj.iter_mut().for_each(|v| *v *= proj_scale);
+        ops::rms_norm(&mut proj, &p.proj_norm, c.norm_eps);
+        let (embd_scale, sum_scale) = ((w as f32).sqrt(), std::f32::consts::FRAC_1_SQRT_2);
+        proj.par_chunks_mut(l * w).zip(tokens.par_iter()).for_each_init(
+            || vec![0f32; l * w],
+            |row, (token_proj, &t)| {
+                p.tok_embd.dequantize_row(t as usize, row);
+                for (v, e) in token_proj.iter_mut().zip(row.iter()) {
+                    *v = (*v + e * embd_scale) * sum_scale;
+                }
+            },
+        );
+        // Token-major to layer-major: each layer's block reads one contiguous slice.
+        let mut out = vec![0f32; n * l * w];
+        for (t, token_proj) in proj.chunks_exact(l * w).enumerate() {
+            for (il, slice) in token_proj.chunks_exact(w).enumerate() {
+                out[(il * n + t) * w..(il * n + t + 1) * w].copy_from_slice(slice);
+            }
+        }
+        out
     }
 
     fn embed(&self, tokens: &[u32]) -> Vec<f32> {

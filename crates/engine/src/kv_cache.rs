@@ -12,22 +12,20 @@ pub struct KvCache {
     // a cache sized for a long context costs memory only as positions fill.
     k: Vec<Vec<u16>>,
     v: Vec<Vec<u16>>,
-    k_dim: usize,
-    v_dim: usize,
+    /// Per layer: K and V widths (zero for a layer that reads another layer's cache).
+    widths: Vec<(usize, usize)>,
 }
 
 impl KvCache {
     /// An empty cache for `n_ctx` positions.
     pub fn new(c: &Config, n_ctx: usize) -> Self {
-        let k_dim = c.n_head_kv * c.head_dim;
-        let v_dim = c.n_head_kv * c.head_dim_v;
+        let widths: Vec<(usize, usize)> = (0..c.n_layer).map(|il| c.kv_widths(il)).collect();
         KvCache {
             n_ctx,
             len: 0,
-            k: (0..c.n_layer).map(|_| vec![0u16; n_ctx * k_dim]).collect(),
-            v: (0..c.n_layer).map(|_| vec![0u16; n_ctx * v_dim]).collect(),
-            k_dim,
-            v_dim,
+            k: widths.iter().map(|&(kd, _)| vec![0u16; n_ctx * kd]).collect(),
+            v: widths.iter().map(|&(_, vd)| vec![0u16; n_ctx * vd]).collect(),
+            widths,
         }
     }
 
@@ -53,10 +51,11 @@ impl KvCache {
 
     /// Store K and V rows (`[n, k_dim]`, `[n, v_dim]`) of `layer` at positions `pos0..pos0+n`.
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
-        let n = k.len() / self.k_dim;
-        let kd = &mut self.k[layer][pos0 * self.k_dim..(pos0 + n) * self.k_dim];
+        let (k_dim, v_dim) = self.widths[layer];
+        let n = k.len() / k_dim;
+        let kd = &mut self.k[layer][pos0 * k_dim..(pos0 + n) * k_dim];
         kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
-        let vd = &mut self.v[layer][pos0 * self.v_dim..(pos0 + n) * self.v_dim];
+        let vd = &mut self.v[layer][pos0 * v_dim..(pos0 + n) * v_dim];
         vd.iter_mut().zip(v).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
     }
 

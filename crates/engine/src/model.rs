@@ -22,6 +22,8 @@ pub struct Model {
     pub output: Weight,
     /// Per-dimension RoPE frequency divisors (Llama 3.1, LongRoPE), as the architecture loads them.
     pub rope_factors: RopeFactors,
+    /// Per-layer token inputs (gemma4 E2B/E4B).
+    pub per_layer: Option<PerLayerEmbeddings>,
     /// The file everything maps into.
     pub file: Arc<GgufFile>,
 }
@@ -65,14 +67,31 @@ impl Model {
             RopeFactorTensors::Freqs => {
                 RopeFactors { freqs: src.optional_vector("rope_freqs.weight", pairs)?, ..Default::default() }
             }
+            RopeFactorTensors::FreqsOfHead => {
+                let freqs = src.optional_vector("rope_freqs.weight", c.head_dim / 2)?.map(|mut f| {
+                    f.truncate(pairs);
+                    f
+                });
+                RopeFactors { freqs, ..Default::default() }
+            }
             RopeFactorTensors::LongShort => RopeFactors {
                 long: src.optional_vector("rope_factors_long.weight", pairs)?,
                 short: src.optional_vector("rope_factors_short.weight", pairs)?,
                 ..Default::default()
             },
         };
+        let per_layer = match c.n_embd_per_layer {
+            0 => None,
+            width => Some(PerLayerEmbeddings {
+                tok_embd: src.matrix("per_layer_token_embd.weight", width * c.n_layer, c.n_vocab)?,
+                model_proj: src.matrix("per_layer_model_proj.weight", c.n_embd, width * c.n_layer)?,
+                proj_norm: src.vector("per_layer_proj_norm.weight", width)?,
+                width,
+            }),
+        };
         Ok(Model {
             output_norm: src.vector("output_norm.weight", c.n_embd)?,
+            per_layer,
             config,
             tok_embd,
             layers,
@@ -81,6 +100,20 @@ impl Model {
             file,
         })
     }
+}
+
+/// Gemma 4's per-layer token inputs (E2B/E4B): for each token, every layer's input to its
+/// per-layer block ([`crate::plan::PerLayerInput`]), from a second embedding table and a
+/// projection of the token's (scaled) embedding.
+pub struct PerLayerEmbeddings {
+    /// `per_layer_token_embd`: one row of `n_layer · width` per token.
+    pub tok_embd: Weight,
+    /// `per_layer_model_proj`: `[n_layer · width, n_embd]`.
+    pub model_proj: Weight,
+    /// `per_layer_proj_norm`: RMSNorm of each layer's slice of the projection.
+    pub proj_norm: Vec<f32>,
+    /// Each layer's slice.
+    pub width: usize,
 }
 
 /// Per-dimension RoPE frequency divisors of a model.

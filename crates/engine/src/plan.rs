@@ -36,6 +36,10 @@ pub enum WeightRole {
     ExpertUp,
     /// One expert's down projection.
     ExpertDown,
+    /// Gate of the per-layer input block (`[n_embd_per_layer, n_embd]`, gemma4).
+    PerLayerGate,
+    /// Projection of the per-layer input block back to the stream (`[n_embd, n_embd_per_layer]`).
+    PerLayerProj,
 }
 
 /// What a small per-layer vector (norm weights, biases) does in its layer.
@@ -65,6 +69,8 @@ pub enum VectorRole {
     OutputBias,
     /// Bias of the mixture-of-experts router's logits (gpt-oss).
     RouterBias,
+    /// RMSNorm of the per-layer input block's output (gemma4).
+    PerLayerPostNorm,
 }
 
 /// A layer's vector by identity: engines that upload vectors address them this way.
@@ -83,6 +89,10 @@ pub enum GroupName {
     FfnDown,
     /// The mixture-of-experts router.
     FfnRouter,
+    /// The per-layer input block's gate (of the stream after the feed-forward part).
+    PerLayerGate,
+    /// The per-layer input block's projection back to the stream.
+    PerLayerProj,
 }
 
 /// One op group of a layer.
@@ -102,14 +112,30 @@ pub enum RopeKind {
     Local,
 }
 
+/// Where a layer's keys and values come from.
+pub enum KvSource {
+    /// Its own key and value projections of the normed input.
+    Own {
+        /// Key projection.
+        k: Weight,
+        /// Value projection.
+        v: Weight,
+    },
+    /// One projection serves both: the values are the keys' projection, taken before the keys'
+    /// norm and RoPE (gemma4's layers without `attn_v`).
+    KeysAsValues(Weight),
+    /// No projections: the layer attends over layer `.0`'s cache (gemma4's shared-KV tail).
+    Shared(usize),
+}
+
 /// Full (grouped-query) attention with its options.
 pub struct Attention {
     /// Query projection.
     pub q: Weight,
-    /// Key projection.
-    pub k: Weight,
-    /// Value projection.
-    pub v: Weight,
+    /// Key and value projections, or the earlier layer whose cache this one reads.
+    pub kv: KvSource,
+    /// Values RMS-normed per head (no weight) before caching (gemma4).
+    pub v_norm: bool,
     /// Output projection.
     pub output: Weight,
     /// Q/K/V biases (qwen2).
@@ -150,6 +176,32 @@ pub struct AttnTemperature {
     pub floor_scale: usize,
     /// Added to the position first.
     pub offset: f32,
+}
+
+impl Attention {
+    /// The key projection and the value projection (`None` when the keys' serves both),
+    /// or `None` for a layer that reads another's cache.
+    pub fn kv_projections(&self) -> Option<(&Weight, Option<&Weight>)> {
+        match &self.kv {
+            KvSource::Own { k, v } => Some((k, Some(v))),
+            KvSource::KeysAsValues(k) => Some((k, None)),
+            KvSource::Shared(_) => None,
+        }
+    }
+
+    /// The layer whose cache this one (layer `il`) attends over.
+    pub fn kv_layer(&self, il: usize) -> usize {
+        match self.kv {
+            KvSource::Shared(source) => source,
+            _ => il,
+        }
+    }
+
+    /// Whether the layer is the plain kind every engine runs: own K/V, no value norm, no sinks,
+    /// no output bias.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.kv, KvSource::Own { .. }) && !self.v_norm && self.sinks.is_none() && self.output_bias.is_none()
+    }
 }
 
 impl AttnTemperature {
@@ -254,7 +306,20 @@ pub enum FeedForwardPart {
     Moe(MoeFfn),
 }
 
-/// One decoder layer: `x += post(mixer(norm(x)))`, then `x += post(ffn(norm(x)))`.
+/// Gemma 4's per-layer input block (E2B/E4B), after the feed-forward residual:
+/// `x += norm(proj · (gelu(gate · x) ⊙ p))`, `p` the token's input for this layer
+/// (from the per-layer token embeddings and a projection of the token's embedding).
+pub struct PerLayerInput {
+    /// `[n_embd_per_layer, n_embd]`.
+    pub gate: Weight,
+    /// `[n_embd, n_embd_per_layer]`.
+    pub proj: Weight,
+    /// RMSNorm of the projection.
+    pub post_norm: Vec<f32>,
+}
+
+/// One decoder layer: `x += post(mixer(norm(x)))`, then `x += post(ffn(norm(x)))`, then
+/// (gemma4) the per-layer input block and the output scale.
 pub struct Layer {
     /// RMSNorm epsilon of every norm in the layer.
     pub norm_eps: f32,
@@ -270,6 +335,10 @@ pub struct Layer {
     pub ffn: FeedForwardPart,
     /// RMSNorm on the feed-forward output (gemma).
     pub post_ffn_norm: Option<Vec<f32>>,
+    /// The per-layer input block (gemma4 E2B/E4B).
+    pub per_layer: Option<PerLayerInput>,
+    /// The layer's output multiplied by this (gemma4's `layer_output_scale`).
+    pub out_scale: Option<f32>,
 }
 
 impl Layer {
@@ -290,7 +359,13 @@ impl Layer {
         let mut groups = Vec::with_capacity(4);
         match &self.mixer {
             Mixer::Attention(a) => {
-                groups.push(OpGroup { name: GroupName::AttnQkv, weights: vec![(AttnQ, &a.q), (AttnK, &a.k), (AttnV, &a.v)] });
+                let mut qkv = vec![(AttnQ, &a.q)];
+                match &a.kv {
+                    KvSource::Own { k, v } => qkv.extend([(AttnK, k), (AttnV, v)]),
+                    KvSource::KeysAsValues(k) => qkv.push((AttnK, k)),
+                    KvSource::Shared(_) => {}
+                }
+                groups.push(OpGroup { name: GroupName::AttnQkv, weights: qkv });
                 groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &a.output)] });
             }
         }
@@ -302,6 +377,10 @@ impl Layer {
             FeedForwardPart::Moe(m) => {
                 groups.push(OpGroup { name: GroupName::FfnRouter, weights: vec![(FfnRouter, &m.router)] });
             }
+        }
+        if let Some(p) = &self.per_layer {
+            groups.push(OpGroup { name: GroupName::PerLayerGate, weights: vec![(PerLayerGate, &p.gate)] });
+            groups.push(OpGroup { name: GroupName::PerLayerProj, weights: vec![(PerLayerProj, &p.proj)] });
         }
         groups
     }
@@ -344,6 +423,7 @@ impl Layer {
             (AttnSinks, a.sinks.as_ref()),
             (OutputBias, a.output_bias.as_ref()),
             (RouterBias, router_bias),
+            (PerLayerPostNorm, self.per_layer.as_ref().map(|p| &p.post_norm)),
         ]
         .into_iter()
         .filter_map(|(role, v)| v.map(|v| (role, v.as_slice())))
@@ -367,49 +447,36 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
             Ok(None)
         }
     };
+    let shape = c.attn_shape(il);
     let local = c.swa_layers[il];
-    let Qkv { q, k, v, q_bias, k_bias, v_bias } = qkv(src, c, il)?;
+    let Qkv { q, kv, q_bias, k_bias, v_bias } = qkv(src, c, il)?;
+    let own_kv = !matches!(kv, KvSource::Shared(_));
     let attention = Attention {
         q,
-        k,
-        v,
-        output: src.matrix(&n("attn_output"), c.n_head * c.head_dim_v, c.n_embd)?,
+        kv,
+        v_norm: c.v_norm && own_kv,
+        output: src.matrix(&n("attn_output"), shape.n_head * shape.head_dim_v, c.n_embd)?,
         q_bias,
         k_bias,
         v_bias,
-        q_norm: required_if(c.qk_norm, n("attn_q_norm"), c.head_dim)?,
-        k_norm: required_if(c.qk_norm, n("attn_k_norm"), c.head_dim)?,
-        shape: AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            head_dim_v: c.head_dim_v,
-            window: if local { c.swa_window } else { None },
-        },
+        q_norm: required_if(c.qk_norm, n("attn_q_norm"), shape.head_dim)?,
+        k_norm: required_if(c.qk_norm && own_kv, n("attn_k_norm"), shape.head_dim)?,
+        shape,
         rope: if local { RopeKind::Local } else { RopeKind::Global },
         rope_style: c.rope_style,
-        rope_dims: c.rope_dims,
+        rope_dims: c.rope_dims_of(il),
         scale: c.attn_scale,
         temperature: c.attn_temperature,
-        sinks: required_if(c.attn_sinks, n("attn_sinks"), c.n_head)?,
+        sinks: required_if(c.attn_sinks, n("attn_sinks"), shape.n_head)?,
         output_bias: match c.attn_output_bias {
             true => Some(src.vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?),
             false => src.optional_vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?,
         },
     };
+    let n_ff = c.layer_n_ff[il];
     let ffn = match &c.moe {
-        None if c.n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
-        None => {
-            let (gate, up) = if c.fused_gate_up {
-                // One `ffn_up` of 2·n_ff rows: the gate's, then the up projection's (ggml_swiglu's halves).
-                let mut parts = src.split_rows(&n("ffn_up"), c.n_embd, &[c.n_ff, c.n_ff])?.into_iter();
-                (parts.next().expect("two parts"), parts.next().expect("two parts"))
-            } else {
-                (src.matrix(&n("ffn_gate"), c.n_embd, c.n_ff)?, src.matrix(&n("ffn_up"), c.n_embd, c.n_ff)?)
-            };
-            let down = src.matrix(&n("ffn_down"), c.n_ff, c.n_embd)?;
-            FeedForwardPart::Dense(DenseFfn { gate, up, down, activation: c.activation, biases: None })
-        }
+        None if n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
+        None => FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?),
         Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
     Ok(Layer {
@@ -420,14 +487,29 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         ffn_norm: src.vector(&n(c.ffn_norm_name), c.n_embd)?,
         ffn,
         post_ffn_norm: required_if(c.post_norms, n("post_ffw_norm"), c.n_embd)?,
+        per_layer: None,
+        out_scale: None,
     })
+}
+
+/// Layer `il`'s dense gated feed-forward block of width `n_ff` (gate/up fused for phi3).
+pub(crate) fn dense_ffn(src: &TensorSource, c: &Config, il: usize, n_ff: usize) -> Result<DenseFfn> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let (gate, up) = if c.fused_gate_up {
+        // One `ffn_up` of 2·n_ff rows: the gate's, then the up projection's (ggml_swiglu's halves).
+        let mut parts = src.split_rows(&n("ffn_up"), c.n_embd, &[n_ff, n_ff])?.into_iter();
+        (parts.next().expect("two parts"), parts.next().expect("two parts"))
+    } else {
+        (src.matrix(&n("ffn_gate"), c.n_embd, n_ff)?, src.matrix(&n("ffn_up"), c.n_embd, n_ff)?)
+    };
+    let down = src.matrix(&n("ffn_down"), n_ff, c.n_embd)?;
+    Ok(DenseFfn { gate, up, down, activation: c.activation, biases: None })
 }
 
 /// Q, K and V projections with their biases.
 struct Qkv {
     q: Weight,
-    k: Weight,
-    v: Weight,
+    kv: KvSource,
     q_bias: Option<Vec<f32>>,
     k_bias: Option<Vec<f32>>,
     v_bias: Option<Vec<f32>>,
@@ -435,25 +517,40 @@ struct Qkv {
 
 /// Q/K/V as llama.cpp's `create_tensor_qkv` finds them: views of the rows of a fused
 /// `attn_qkv` (Q's, then K's, then V's; its bias split likewise, or separate biases) when the
-/// file has one, else the three tensors.
+/// file has one, else the three tensors. A layer of the shared-KV tail has only Q; where the
+/// config allows, a missing `attn_v` makes the keys' projection serve as values (gemma4).
 fn qkv(src: &TensorSource, c: &Config, il: usize) -> Result<Qkv> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let b = |s: &str| format!("blk.{il}.{s}.bias");
-    let parts = [c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v];
+    let sh = c.attn_shape(il);
+    let parts = [sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v];
     let [q_out, k_out, v_out] = parts;
+    let source = c.kv_layer(il);
+    if source != il {
+        if c.attn_shape(source) != sh {
+            return Err(EngineError::BadMetadata(format!(
+                "layer {il} reads layer {source}'s keys and values, whose heads differ ({:?} vs {sh:?})",
+                c.attn_shape(source)
+            )));
+        }
+        let q_bias = src.optional_vector(&b("attn_q"), q_out)?;
+        return Ok(Qkv { q: src.matrix(&n("attn_q"), c.n_embd, q_out)?, kv: KvSource::Shared(source), q_bias, k_bias: None, v_bias: None });
+    }
     let separate_biases = || -> Result<[Option<Vec<f32>>; 3]> {
         Ok([src.optional_vector(&b("attn_q"), q_out)?, src.optional_vector(&b("attn_k"), k_out)?, src.optional_vector(&b("attn_v"), v_out)?])
     };
     if !src.has(&n("attn_qkv")) {
         let [q_bias, k_bias, v_bias] = separate_biases()?;
-        return Ok(Qkv {
-            q: src.matrix(&n("attn_q"), c.n_embd, q_out)?,
-            k: src.matrix(&n("attn_k"), c.n_embd, k_out)?,
-            v: src.matrix(&n("attn_v"), c.n_embd, v_out)?,
-            q_bias,
-            k_bias,
-            v_bias,
-        });
+        let k = src.matrix(&n("attn_k"), c.n_embd, k_out)?;
+        let kv = if c.optional_v && !src.has(&n("attn_v")) {
+            if k_out != v_out {
+                return Err(EngineError::BadMetadata(format!("layer {il}: keys ({k_out}) cannot serve as values ({v_out})")));
+            }
+            KvSource::KeysAsValues(k)
+        } else {
+            KvSource::Own { k, v: src.matrix(&n("attn_v"), c.n_embd, v_out)? }
+        };
+        return Ok(Qkv { q: src.matrix(&n("attn_q"), c.n_embd, q_out)?, kv, q_bias, k_bias, v_bias });
     }
     let mut w = src.split_rows(&n("attn_qkv"), c.n_embd, &parts)?.into_iter();
     let [q_bias, k_bias, v_bias] = match src.optional_vector(&b("attn_qkv"), q_out + k_out + v_out)? {
@@ -469,7 +566,8 @@ fn qkv(src: &TensorSource, c: &Config, il: usize) -> Result<Qkv> {
         },
     };
     let mut next = || w.next().expect("three parts");
-    Ok(Qkv { q: next(), k: next(), v: next(), q_bias, k_bias, v_bias })
+    let (q, k, v) = (next(), next(), next());
+    Ok(Qkv { q, kv: KvSource::Own { k, v }, q_bias, k_bias, v_bias })
 }
 
 /// A mixture-of-experts part from the file's router and 3-D expert tensors

@@ -111,7 +111,7 @@ impl RandomModelSpec {
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 8] = ["llama", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
+    pub const ARCHITECTURES: [&'static str; 9] = ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
 
     /// The RoPE scaling type written (`""`: none written).
     pub fn rope_scaling_type(&self) -> &str {
@@ -144,6 +144,35 @@ impl RandomModelSpec {
     /// Whether the file has LongRoPE's long/short factors (phi3; llama and mistral3 when `longrope`).
     pub fn long_short_factors(&self) -> bool {
         self.arch == "phi3" || (self.rope_scaling_type() == "longrope" && matches!(self.arch.as_str(), "llama" | "mistral3"))
+    }
+
+    /// Layer `il`'s shape in a gemma4 file, chosen so that every Gemma 4 feature shows:
+    /// odd layers full (heads twice as wide, half the KV heads when that divides, no `attn_v`:
+    /// the keys serve as values), the rest sliding; the last layers (a quarter, rounded to
+    /// pairs) without K/V of their own and with a feed-forward part twice as wide.
+    pub fn gemma4_layer(&self, il: usize) -> Gemma4Layer {
+        let full = il % 2 == 1;
+        let kv_heads = if full && self.kv_heads % 2 == 0 { self.kv_heads / 2 } else { self.kv_heads };
+        let n_kv = self.gemma4_layers_with_kv();
+        Gemma4Layer {
+            swa: !full,
+            head_dim: if full { 2 * self.head_dim() } else { self.head_dim() },
+            kv_heads,
+            own_kv: il < n_kv,
+            ff: if il < n_kv { self.ff } else { 2 * self.ff },
+        }
+    }
+
+    /// gemma4 files: layers with a cache of their own (an even count, so that the last two are
+    /// a sliding one and a full one, as llama.cpp's reuse rule needs).
+    pub fn gemma4_layers_with_kv(&self) -> usize {
+        let n = 2 * self.layers.div_ceil(4);
+        if n >= self.layers { self.layers } else { n }
+    }
+
+    /// Width of each layer's per-layer input in gemma4 files (a whole number of blocks).
+    pub fn gemma4_per_layer_width(&self) -> usize {
+        self.ty.block_size().max(64)
     }
 
     /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
@@ -243,7 +272,9 @@ impl RandomModelSpec {
             // gpt-oss's window; its alternation is llama.cpp's default for the architecture (no key).
             w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW));
         }
-        if self.head_dim() * self.heads != self.dim {
+        if a == "gemma4" {
+            self.add_gemma4_metadata(&mut w);
+        } else if self.head_dim() * self.heads != self.dim {
             w.set(&key("attention.key_length"), Value::U32(self.head_dim() as u32))
                 .set(&key("attention.value_length"), Value::U32(self.head_dim() as u32));
         }
@@ -276,6 +307,27 @@ impl RandomModelSpec {
                     (n("ffn_up"), self.dim, 2 * self.ff, 1),
                     (n("ffn_down"), self.ff, self.dim, 1),
                 ]);
+            } else if a == "gemma4" {
+                let g = self.gemma4_layer(l);
+                let (q_dim, kv) = (self.heads * g.head_dim, g.kv_heads * g.head_dim);
+                mats.extend([(n("attn_q"), self.dim, q_dim, 1), (n("attn_output"), q_dim, self.dim, 1)]);
+                vecs.push((n("attn_q_norm"), g.head_dim));
+                if g.own_kv {
+                    mats.push((n("attn_k"), self.dim, kv, 1));
+                    vecs.push((n("attn_k_norm"), g.head_dim));
+                    if g.swa {
+                        mats.push((n("attn_v"), self.dim, kv, 1));
+                    }
+                }
+                mats.extend([
+                    (n("ffn_gate"), self.dim, g.ff, 1),
+                    (n("ffn_up"), self.dim, g.ff, 1),
+                    (n("ffn_down"), g.ff, self.dim, 1),
+                    (n("inp_gate"), self.dim, self.gemma4_per_layer_width(), 1),
+                    (n("proj"), self.gemma4_per_layer_width(), self.dim, 1),
+                ]);
+                vecs.extend([(n("post_attention_norm"), self.dim), (n("post_ffw_norm"), self.dim), (n("post_norm"), self.dim)]);
+                vecs.push((n("layer_output_scale"), 1));
             } else {
                 mats.extend([
                     (n("attn_q"), self.dim, q_dim, 1),
@@ -285,7 +337,7 @@ impl RandomModelSpec {
                 ]);
             }
             match self.moe() {
-                None if a == "phi3" => {}
+                None if a == "phi3" || a == "gemma4" => {}
                 None => mats.extend([
                     (n("ffn_gate"), self.dim, self.ff, 1),
                     (n("ffn_up"), self.dim, self.ff, 1),
@@ -330,6 +382,14 @@ impl RandomModelSpec {
                 vecs.extend([(b("attn_q"), self.dim), (b("attn_k"), kv), (b("attn_v"), kv)]);
             }
         }
+        if a == "gemma4" {
+            let width = self.gemma4_per_layer_width() * self.layers;
+            mats.extend([
+                ("per_layer_token_embd.weight".into(), width, self.vocab, 1),
+                ("per_layer_model_proj.weight".into(), self.dim, width, 1),
+            ]);
+            vecs.push(("per_layer_proj_norm.weight".into(), self.gemma4_per_layer_width()));
+        }
         let datas: Vec<Vec<u8>> = mats
             .par_iter()
             .enumerate()
@@ -369,10 +429,16 @@ impl RandomModelSpec {
         // Norm weights around 1 (never all equal: an engine reading the wrong one must show).
         for (i, (name, n)) in vecs.into_iter().enumerate() {
             let mut st = splitmix(self.seed ^ 0x6e6f_726d ^ ((i as u64) << 32));
+            // Gemma 4 does not scale its scores (the QK-norm's weights do): with weights
+            // around 1, scores of unit-RMS heads would reach ±head_dim and every softmax
+            // would be one-hot, so a rounding difference would flip it. Around head_dim^-1/4
+            // each, the scores are of order one, as trained weights make them.
+            let qk = self.arch == "gemma4" && (name.ends_with("attn_q_norm.weight") || name.ends_with("attn_k_norm.weight"));
+            let scale = if qk { (n as f32).powf(-0.25) } else { 1.0 };
             let data: Vec<u8> = (0..n)
                 .flat_map(|_| {
                     st = splitmix(st);
-                    (0.5 + (st >> 40) as f32 / (1u64 << 24) as f32).to_le_bytes()
+                    ((0.5 + (st >> 40) as f32 / (1u64 << 24) as f32) * scale).to_le_bytes()
                 })
                 .collect();
             w.add_tensor(&name, &[n as u64], GgmlType::F32, data).map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -386,6 +452,29 @@ impl RandomModelSpec {
             Some(t) if name.contains("_exps.") => t,
             _ => self.ty,
         }
+    }
+
+    /// Gemma 4's keys: head sizes of both kinds of layer, per-layer KV heads and feed-forward
+    /// widths, the sliding pattern and window, shared-KV layers, per-layer input width.
+    fn add_gemma4_metadata(&self, w: &mut GgufWriter) {
+        let key = |k: &str| format!("gemma4.{k}");
+        let layers: Vec<Gemma4Layer> = (0..self.layers).map(|il| self.gemma4_layer(il)).collect();
+        let full_dim = 2 * self.head_dim() as u32;
+        let ints = |f: &dyn Fn(&Gemma4Layer) -> usize| Value::Array(Array::I32(layers.iter().map(|g| f(g) as i32).collect()));
+        w.set(&key("attention.key_length"), Value::U32(full_dim))
+            .set(&key("attention.value_length"), Value::U32(full_dim))
+            .set(&key("attention.key_length_swa"), Value::U32(self.head_dim() as u32))
+            .set(&key("rope.dimension_count"), Value::U32(full_dim))
+            .set(&key("rope.dimension_count_swa"), Value::U32(self.head_dim() as u32))
+            .set(&key("attention.value_length_swa"), Value::U32(self.head_dim() as u32))
+            .set(&key("attention.head_count_kv"), ints(&|g| g.kv_heads))
+            .set(&key("feed_forward_length"), ints(&|g| g.ff))
+            .set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW))
+            .set(&key("attention.sliding_window_pattern"), Value::Array(Array::Bool(layers.iter().map(|g| g.swa).collect())))
+            .set(&key("attention.shared_kv_layers"), Value::U32((self.layers - self.gemma4_layers_with_kv()) as u32))
+            .set(&key("rope.freq_base_swa"), Value::F32(self.rope_base / 100.0))
+            .set(&key("embedding_length_per_layer_input"), Value::U32(self.gemma4_per_layer_width() as u32))
+            .set(&key("final_logit_softcapping"), Value::F32(30.0));
     }
 
     /// The RoPE keys beyond the base: scaling type, factor, original context and YaRN's keys,
@@ -443,6 +532,13 @@ impl RandomModelSpec {
         if self.rope_freqs {
             out.push(("rope_freqs.weight".to_string(), ramp(1.0, 8.0)));
         }
+        if self.arch == "gemma4" {
+            // Proportional RoPE on the full layers: a quarter of the pairs rotate (slowed
+            // down a little), the rest stand still (a divisor of 1e30), as Gemma 4's converter writes.
+            let pairs = self.gemma4_layer(1).head_dim / 2;
+            let f = (0..pairs).map(|i| if i < pairs / 4 { 1.0 + i as f32 / pairs as f32 } else { 1e30 }).collect();
+            out.push(("rope_freqs.weight".to_string(), f));
+        }
         out
     }
 
@@ -491,6 +587,21 @@ impl RandomModelSpec {
             .set("tokenizer.ggml.unknown_token_id", Value::U32(0))
             .set("tokenizer.ggml.add_bos_token", Value::Bool(true));
     }
+}
+
+/// One layer of a generated gemma4 file ([`RandomModelSpec::gemma4_layer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Gemma4Layer {
+    /// Sliding-window layer.
+    pub swa: bool,
+    /// Head size.
+    pub head_dim: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Has keys and values of its own (else reads an earlier layer's).
+    pub own_kv: bool,
+    /// Feed-forward width.
+    pub ff: usize,
 }
 
 /// The sliding window of generated gemma3 models: short, so tests' prompts cross it.

@@ -2,6 +2,7 @@
 //! decoder block; [`REGISTRY`] is the one place that lists them.
 
 mod gemma3;
+mod gemma4;
 mod gpt_oss;
 mod llama;
 mod meta;
@@ -15,6 +16,7 @@ pub use meta::Meta;
 
 use crate::cpu::ops::Yarn;
 use crate::error::{EngineError, Result};
+use crate::matrix::AttnShape;
 use crate::plan::{AttnTemperature, Gating, Layer, Routing};
 use crate::weights::TensorSource;
 
@@ -149,6 +151,9 @@ pub enum RopeFactorTensors {
     Freqs,
     /// `rope_factors_long.weight` / `rope_factors_short.weight`, each if present.
     LongShort,
+    /// `rope_freqs.weight` of half the full head (gemma4's proportional RoPE), if present,
+    /// for full-attention layers only; the rotated pairs take its first entries.
+    FreqsOfHead,
 }
 
 impl RopeFactorTensors {
@@ -172,14 +177,33 @@ pub struct Config {
     pub n_embd: usize,
     /// Feed-forward inner size.
     pub n_ff: usize,
-    /// Query heads.
+    /// Query heads (the first layer's; [`Config::layer_heads`] per layer).
     pub n_head: usize,
-    /// Key/value heads (GQA when fewer than query heads).
+    /// Key/value heads (GQA when fewer than query heads; the first layer's).
     pub n_head_kv: usize,
-    /// Dimension of each query/key head.
+    /// Dimension of each query/key head (full-attention layers).
     pub head_dim: usize,
-    /// Dimension of each value head.
+    /// Dimension of each value head (full-attention layers).
     pub head_dim_v: usize,
+    /// Per layer: (query heads, key/value heads): `head_count`/`head_count_kv` may be arrays.
+    pub layer_heads: Vec<(usize, usize)>,
+    /// Per layer: feed-forward size (`feed_forward_length` may be an array; 0: none given).
+    pub layer_n_ff: Vec<usize>,
+    /// Query/key head dimension of sliding-window layers (`attention.key_length_swa`).
+    pub head_dim_swa: usize,
+    /// Value head dimension of sliding-window layers (`attention.value_length_swa`).
+    pub head_dim_v_swa: usize,
+    /// Rotated dimensions of sliding-window layers (`rope.dimension_count_swa`).
+    pub rope_dims_swa: usize,
+    /// Layers `0..n_layer_kv` keep keys and values of their own; later ones read an earlier
+    /// layer's ([`Config::kv_layer`]; gemma4's `attention.shared_kv_layers`).
+    pub n_layer_kv: usize,
+    /// Values RMS-normed per head without a weight before caching (gemma4).
+    pub v_norm: bool,
+    /// `attn_v` may be absent: the keys' projection then serves as values (gemma4).
+    pub optional_v: bool,
+    /// Width of each layer's slice of the per-layer token embeddings (gemma4's E2B/E4B; 0: none).
+    pub n_embd_per_layer: usize,
     /// Vocabulary size (rows of the embedding).
     pub n_vocab: usize,
     /// Context the model was trained for.
@@ -226,6 +250,47 @@ pub struct Config {
     pub attn_output_bias: bool,
     /// Name of the norm before the feed-forward part (`ffn_norm`; gpt-oss: `post_attention_norm`).
     pub ffn_norm_name: &'static str,
+}
+
+impl Config {
+    /// Layer `il`'s attention shape: its heads, the head sizes and window of its kind of layer.
+    pub fn attn_shape(&self, il: usize) -> AttnShape {
+        let (n_head, n_head_kv) = self.layer_heads[il];
+        let local = self.swa_layers[il];
+        AttnShape {
+            n_head,
+            n_head_kv,
+            head_dim: if local { self.head_dim_swa } else { self.head_dim },
+            head_dim_v: if local { self.head_dim_v_swa } else { self.head_dim_v },
+            window: if local { self.swa_window } else { None },
+        }
+    }
+
+    /// Rotated dimensions per head of layer `il`.
+    pub fn rope_dims_of(&self, il: usize) -> usize {
+        if self.swa_layers[il] { self.rope_dims_swa } else { self.rope_dims }
+    }
+
+    /// The layer whose cached keys and values layer `il` attends over: itself, or for the
+    /// shared tail (`il >= n_layer_kv`) the last layer with a cache of the same kind, as
+    /// llama.cpp's gemma3n/gemma4 reuse rule has it (the two layers before the tail are a
+    /// sliding one and then a full one).
+    pub fn kv_layer(&self, il: usize) -> usize {
+        if il < self.n_layer_kv {
+            il
+        } else {
+            self.n_layer_kv - if self.swa_layers[il] { 2 } else { 1 }
+        }
+    }
+
+    /// Key and value widths layer `il` stores per position (zero for a layer that reads another's).
+    pub fn kv_widths(&self, il: usize) -> (usize, usize) {
+        if self.kv_layer(il) != il {
+            return (0, 0);
+        }
+        let s = self.attn_shape(il);
+        (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v)
+    }
 }
 
 /// The mixture-of-experts hyper-parameters.
@@ -275,7 +340,7 @@ pub struct Architecture {
 
 /// Every supported architecture. Adding one is a file plus a line here.
 pub static REGISTRY: &[Architecture] =
-    &[llama::ARCH, gemma3::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
+    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
@@ -301,21 +366,36 @@ pub(crate) fn swa_layers(m: &Meta, n_layer: usize, default_pattern: usize) -> Re
 /// The hyper-parameters shared by llama-like architectures, with llama.cpp's defaults.
 pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) -> Result<Config> {
     let n_embd = m.usize("embedding_length")?;
-    let n_head = m.usize("attention.head_count")?;
-    let n_head_kv = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_head);
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        return Err(EngineError::BadMetadata(format!(
-            "{n_head} query heads cannot share {n_head_kv} key/value heads"
-        )));
+    let n_layer = m.usize("block_count")?;
+    if n_layer == 0 {
+        return Err(EngineError::BadMetadata(format!("{}.block_count is 0", m.arch)));
     }
+    let heads = m.opt_per_layer("attention.head_count", n_layer)?.ok_or_else(|| EngineError::MissingKey(format!("{}.attention.head_count", m.arch)))?;
+    let heads_kv = m.opt_per_layer("attention.head_count_kv", n_layer)?.unwrap_or_else(|| heads.clone());
+    for (&n_head, &n_head_kv) in heads.iter().zip(&heads_kv) {
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(EngineError::BadMetadata(format!(
+                "{n_head} query heads cannot share {n_head_kv} key/value heads"
+            )));
+        }
+    }
+    let (n_head, n_head_kv) = (heads[0], heads_kv[0]);
     let head_dim = m.opt_usize("attention.key_length")?.unwrap_or(n_embd / n_head);
     let head_dim_v = m.opt_usize("attention.value_length")?.unwrap_or(head_dim);
     let rope_dims = m.opt_usize("rope.dimension_count")?.unwrap_or(head_dim);
-    if head_dim == 0 || rope_dims > head_dim || rope_dims % 2 != 0 {
-        return Err(EngineError::BadMetadata(format!(
-            "rope dimension count {rope_dims} does not fit head dimension {head_dim}"
-        )));
+    // Sliding-window layers may have heads and rotations of their own (gemma4).
+    let head_dim_swa = m.opt_usize("attention.key_length_swa")?.unwrap_or(head_dim);
+    let head_dim_v_swa = m.opt_usize("attention.value_length_swa")?.unwrap_or(head_dim_v);
+    let rope_dims_swa = m.opt_usize("rope.dimension_count_swa")?.unwrap_or(rope_dims);
+    for (rd, hd) in [(rope_dims, head_dim), (rope_dims_swa, head_dim_swa)] {
+        if hd == 0 || rd > hd || rd % 2 != 0 {
+            return Err(EngineError::BadMetadata(format!("rope dimension count {rd} does not fit head dimension {hd}")));
+        }
     }
+    if head_dim_v == 0 || head_dim_v_swa == 0 {
+        return Err(EngineError::BadMetadata(format!("{}: value heads of dimension 0", m.arch)));
+    }
+    let layer_n_ff = m.opt_per_layer("feed_forward_length", n_layer)?.unwrap_or_else(|| vec![0; n_layer]);
     let kind = match m.opt_str("rope.scaling.type")?.unwrap_or("linear") {
         "none" => RopeScalingType::None,
         "linear" => RopeScalingType::Linear,
@@ -348,7 +428,6 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         yarn_log_mul: 0.0,
         attn_factor: m.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
     };
-    let n_layer = m.usize("block_count")?;
     let n_vocab = match m.opt_usize("vocab_size")? {
         Some(v) => v,
         None => m
@@ -364,11 +443,20 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         n_layer,
         n_embd,
         // Required by dense layers (checked there); MoE models may give only the experts' size.
-        n_ff: m.opt_usize("feed_forward_length")?.unwrap_or(0),
+        n_ff: layer_n_ff[0],
         n_head,
         n_head_kv,
         head_dim,
         head_dim_v,
+        layer_heads: heads.into_iter().zip(heads_kv).collect(),
+        layer_n_ff,
+        head_dim_swa,
+        head_dim_v_swa,
+        rope_dims_swa,
+        n_layer_kv: n_layer,
+        v_norm: false,
+        optional_v: false,
+        n_embd_per_layer: 0,
         n_vocab,
         n_ctx_train,
         norm_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),

@@ -248,6 +248,9 @@ pub struct StackInput<'a> {
     pub rope_local: &'a [(f32, f32)],
     /// Every weight is prepared on the engine (resident); false: the engine streams them.
     pub weights_resident: bool,
+    /// Each layer's per-token inputs of the per-layer input block, `[n_layer, n, width]`
+    /// (gemma4 E2B/E4B; empty for other models).
+    pub per_layer_inputs: &'a [f32],
 }
 
 impl StackInput<'_> {
