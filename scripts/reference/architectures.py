@@ -53,6 +53,9 @@ CASES = [
     # values on full layers, the last 2 layers reading earlier caches, per-layer inputs;
     # 256-token chunks cross the window (128).
     {"name": "gemma4", "arch": "gemma4", "type": "q8_0", "layers": 6, "n_ctx": 256, "chunks": 2},
+    # gemma4's 26B-A4B form: experts (fused gate/up, per-expert scales) beside the dense MLP.
+    {"name": "gemma4-moe", "arch": "gemma4", "type": "q8_0", "layers": 4, "experts": 8, "experts_used": 2,
+     "n_ctx": 256, "chunks": 2},
 ] + [
     # Every weight type through a whole model: tandem's dot products against ggml's.
     {"name": f"llama-{t}", "arch": "llama", "type": t, "chunks": 2}

@@ -267,9 +267,23 @@ impl BlockSteps for HostSteps<'_, '_> {
         self.ops.feed_forward(&f.block(), &self.h, &mut self.o)
     }
 
-    fn moe_ffn(&mut self, _il: usize, m: &MoeFfn) -> Result<(), EngineFailure> {
-        self.o = vec![0f32; self.input.n() * m.router.cols];
-        crate::moe::run(self.ops, m, &self.h, &mut self.o)
+    fn moe_ffn(&mut self, il: usize, m: &MoeFfn) -> Result<(), EngineFailure> {
+        let len = self.input.n() * m.router.cols;
+        self.o = vec![0f32; len];
+        let Some(s) = &m.shared else { return crate::moe::run(self.ops, m, &self.h, &self.h, &mut self.o) };
+        // Gemma 4: the dense MLP on h, the experts on their own norm of the stream, the
+        // router on the stream's plain RMS norm, weighted.
+        let eps = self.input.layers[il].norm_eps;
+        let mut mlp = vec![0f32; len];
+        self.ops.feed_forward(&s.mlp.block(), &self.h, &mut mlp)?;
+        ops::rms_norm(&mut mlp, &s.post_norm, eps);
+        let (mut experts_in, mut router_in) = (vec![0f32; len], vec![0f32; len]);
+        ops::rms_norm_into(self.x, &s.experts_norm, eps, &mut experts_in);
+        ops::rms_norm_into(self.x, &s.router_input_scale, eps, &mut router_in);
+        crate::moe::run(self.ops, m, &router_in, &experts_in, &mut self.o)?;
+        ops::rms_norm(&mut self.o, &s.experts_post_norm, eps);
+        ops::add_assign(&mut self.o, &mlp);
+        Ok(())
     }
 
     fn residual(&mut self, post: Option<VectorId>, next: Option<VectorId>) -> Result<(), EngineFailure> {

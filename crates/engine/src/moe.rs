@@ -66,14 +66,14 @@ fn top_k(v: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// `out = Σ_slot weight · expert(x)` for the `n` tokens of `x` (`[n, n_embd]`): the router
-/// through `ops`, then each active expert once on the rows routed to it, its outputs summed
-/// per token in slot order (llama.cpp's order of additions).
-pub fn run(ops: &dyn BlockOps, m: &MoeFfn, x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
+/// (on `router_in`, usually `x` itself) through `ops`, then each active expert once on the
+/// rows routed to it, its outputs summed per token in slot order (llama.cpp's order of additions).
+pub fn run(ops: &dyn BlockOps, m: &MoeFfn, router_in: &[f32], x: &[f32], out: &mut [f32]) -> Result<(), EngineFailure> {
     let n_embd = m.router.cols;
     let n = x.len() / n_embd;
     let n_expert = m.experts.len();
     let mut logits = vec![0f32; n * n_expert];
-    ops.matmul_group(&[&m.router], x, &mut [&mut logits])?;
+    ops.matmul_group(&[&m.router], router_in, &mut [&mut logits])?;
     if let Some(b) = &m.router_bias {
         ops::add_bias(&mut logits, b);
     }
@@ -100,7 +100,7 @@ pub fn run(ops: &dyn BlockOps, m: &MoeFfn, x: &[f32], out: &mut [f32]) -> Result
     for (&e, ye) in active.iter().zip(&ys) {
         let pairs = &assigned[e];
         for (&(t, s), y) in pairs.iter().zip(ye.chunks_exact(n_embd)) {
-            let w = routes.weights[t * k + s];
+            let w = routes.weights[t * k + s] * m.expert_scales.as_ref().map_or(1.0, |sc| sc[e]);
             let dst = &mut slots[(t * k + s) * n_embd..(t * k + s + 1) * n_embd];
             dst.iter_mut().zip(y).for_each(|(d, v)| *d = v * w);
         }

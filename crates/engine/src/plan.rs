@@ -71,6 +71,16 @@ pub enum VectorRole {
     RouterBias,
     /// RMSNorm of the per-layer input block's output (gemma4).
     PerLayerPostNorm,
+    /// RMSNorm of the dense MLP's output beside the experts (gemma4's `post_ffw_norm_1`).
+    SharedPostNorm,
+    /// RMSNorm of the stream for the experts (gemma4's `pre_ffw_norm_2`).
+    ExpertsNorm,
+    /// RMSNorm of the experts' summed output (gemma4's `post_ffw_norm_2`).
+    ExpertsPostNorm,
+    /// Per-dimension weight of the router's input (gemma4's `ffn_gate_inp.scale`, ÷ √n_embd).
+    RouterInputScale,
+    /// Per-expert scale of the experts' outputs (gemma4's `ffn_down_exps.scale`).
+    ExpertScales,
 }
 
 /// A layer's vector by identity: engines that upload vectors address them this way.
@@ -283,6 +293,26 @@ pub struct MoeFfn {
     pub experts: Vec<DenseFfn>,
     /// How the router's logits choose and weight the experts.
     pub routing: Routing,
+    /// Each expert's output multiplied by its scale (gemma4).
+    pub expert_scales: Option<Vec<f32>>,
+    /// A dense MLP beside the experts, with norms of its own (gemma4's arrangement).
+    pub shared: Option<SharedMlp>,
+}
+
+/// Gemma 4's MoE layers (26B-A4B): `ffn = post₁(mlp(h)) + post₂(experts(norm₂(x)))`, `h` the
+/// layer's feed-forward norm of the stream `x`, the router fed `rms(x) ⊙ scale / √n_embd`.
+pub struct SharedMlp {
+    /// The dense MLP, on the layer's feed-forward norm of the stream.
+    pub mlp: DenseFfn,
+    /// RMSNorm of its output.
+    pub post_norm: Vec<f32>,
+    /// RMSNorm of the stream, the experts' input.
+    pub experts_norm: Vec<f32>,
+    /// RMSNorm of the experts' summed output.
+    pub experts_post_norm: Vec<f32>,
+    /// The router's input is the stream RMS-normed without a weight, times this (the file's
+    /// `ffn_gate_inp.scale` ÷ √n_embd).
+    pub router_input_scale: Vec<f32>,
 }
 
 /// How a router's logits choose each token's experts and weight their outputs.
@@ -375,6 +405,10 @@ impl Layer {
                 groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &f.down)] });
             }
             FeedForwardPart::Moe(m) => {
+                if let Some(s) = &m.shared {
+                    groups.push(OpGroup { name: GroupName::FfnGateUp, weights: vec![(FfnGate, &s.mlp.gate), (FfnUp, &s.mlp.up)] });
+                    groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &s.mlp.down)] });
+                }
                 groups.push(OpGroup { name: GroupName::FfnRouter, weights: vec![(FfnRouter, &m.router)] });
             }
         }
@@ -406,9 +440,9 @@ impl Layer {
     pub fn vectors(&self) -> impl Iterator<Item = (VectorRole, &[f32])> {
         use VectorRole::*;
         let a = self.attention();
-        let router_bias = match &self.ffn {
-            FeedForwardPart::Moe(m) => m.router_bias.as_ref(),
-            FeedForwardPart::Dense(_) => None,
+        let (router_bias, expert_scales, shared) = match &self.ffn {
+            FeedForwardPart::Moe(m) => (m.router_bias.as_ref(), m.expert_scales.as_ref(), m.shared.as_ref()),
+            FeedForwardPart::Dense(_) => (None, None, None),
         };
         [
             (AttnNorm, Some(&self.attn_norm)),
@@ -424,6 +458,11 @@ impl Layer {
             (OutputBias, a.output_bias.as_ref()),
             (RouterBias, router_bias),
             (PerLayerPostNorm, self.per_layer.as_ref().map(|p| &p.post_norm)),
+            (SharedPostNorm, shared.map(|s| &s.post_norm)),
+            (ExpertsNorm, shared.map(|s| &s.experts_norm)),
+            (ExpertsPostNorm, shared.map(|s| &s.experts_post_norm)),
+            (RouterInputScale, shared.map(|s| &s.router_input_scale)),
+            (ExpertScales, expert_scales),
         ]
         .into_iter()
         .filter_map(|(role, v)| v.map(|v| (role, v.as_slice())))
@@ -439,6 +478,18 @@ impl Layer {
 /// fused, biases when the file has them, QK-norm, post-norms, sliding windows and the query
 /// temperature where the config says) and a dense gated feed-forward part (gate/up fused for phi3).
 pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
+    let attention = standard_attention(src, c, il)?;
+    let n_ff = c.layer_n_ff[il];
+    let ffn = match &c.moe {
+        None if n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
+        None => FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?),
+        Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
+    };
+    layer_with_ffn(src, c, il, attention, ffn)
+}
+
+/// Layer `il`'s attention as the config describes it.
+pub(crate) fn standard_attention(src: &TensorSource, c: &Config, il: usize) -> Result<Attention> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
         if flag {
@@ -451,7 +502,7 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
     let local = c.swa_layers[il];
     let Qkv { q, kv, q_bias, k_bias, v_bias } = qkv(src, c, il)?;
     let own_kv = !matches!(kv, KvSource::Shared(_));
-    let attention = Attention {
+    Ok(Attention {
         q,
         kv,
         v_norm: c.v_norm && own_kv,
@@ -472,12 +523,18 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
             true => Some(src.vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?),
             false => src.optional_vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?,
         },
-    };
-    let n_ff = c.layer_n_ff[il];
-    let ffn = match &c.moe {
-        None if n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
-        None => FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?),
-        Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
+    })
+}
+
+/// Layer `il` from its attention and feed-forward parts, with the norms around them.
+pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, attention: Attention, ffn: FeedForwardPart) -> Result<Layer> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
+        if flag {
+            src.vector(&name, len).map(Some)
+        } else {
+            Ok(None)
+        }
     };
     Ok(Layer {
         norm_eps: c.norm_eps,
@@ -600,5 +657,7 @@ fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<M
         router_bias,
         experts,
         routing: m.routing,
+        expert_scales: None,
+        shared: None,
     })
 }

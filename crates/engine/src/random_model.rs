@@ -178,7 +178,9 @@ impl RandomModelSpec {
     /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
     pub fn moe(&self) -> Option<(usize, usize)> {
         let or = |v: usize, d: usize| if v == 0 { d } else { v };
-        matches!(self.arch.as_str(), "qwen3moe" | "gpt-oss").then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
+        // gemma4 has experts only when asked (its 26B-A4B); the others always.
+        let moe = matches!(self.arch.as_str(), "qwen3moe" | "gpt-oss") || (self.arch == "gemma4" && self.experts > 0);
+        moe.then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
     }
 
     /// The preset names.
@@ -328,6 +330,19 @@ impl RandomModelSpec {
                 ]);
                 vecs.extend([(n("post_attention_norm"), self.dim), (n("post_ffw_norm"), self.dim), (n("post_norm"), self.dim)]);
                 vecs.push((n("layer_output_scale"), 1));
+                if let Some((e, _)) = self.moe() {
+                    // 26B-A4B's experts beside the dense MLP: gate/up fused, per-expert scales.
+                    routers.push((n("ffn_gate_inp"), self.dim, e));
+                    mats.extend([(n("ffn_gate_up_exps"), self.dim, 2 * self.ff, e), (n("ffn_down_exps"), self.ff, self.dim, e)]);
+                    let s = |name: &str| format!("blk.{l}.{name}");
+                    vecs.extend([
+                        (n("pre_ffw_norm_2"), self.dim),
+                        (n("post_ffw_norm_1"), self.dim),
+                        (n("post_ffw_norm_2"), self.dim),
+                        (s("ffn_gate_inp.scale"), self.dim),
+                        (s("ffn_down_exps.scale"), e),
+                    ]);
+                }
             } else {
                 mats.extend([
                     (n("attn_q"), self.dim, q_dim, 1),
@@ -337,7 +352,8 @@ impl RandomModelSpec {
                 ]);
             }
             match self.moe() {
-                None if a == "phi3" || a == "gemma4" => {}
+                _ if a == "gemma4" => {}
+                None if a == "phi3" => {}
                 None => mats.extend([
                     (n("ffn_gate"), self.dim, self.ff, 1),
                     (n("ffn_up"), self.dim, self.ff, 1),

@@ -167,6 +167,34 @@ fn gemma4_runs_the_same_on_the_cpu_and_the_exact_reference_engine() {
 }
 
 #[test]
+fn gemma4_with_experts_runs_them_beside_its_dense_mlp() {
+    let s = RandomModelSpec { layers: 4, experts: 8, experts_used: 2, ..spec("gemma4") };
+    let bytes = s.build().unwrap().to_bytes();
+    let m = load(bytes.clone()).unwrap();
+    for (il, l) in m.layers.iter().enumerate() {
+        let FeedForwardPart::Moe(moe) = &l.ffn else { panic!("every layer has experts") };
+        let shared = moe.shared.as_ref().expect("the dense MLP beside the experts");
+        assert_eq!((moe.experts.len(), moe.routing.n_used, moe.routing.normalize), (8, 2, true));
+        let fused = format!("blk.{il}.ffn_gate_up_exps.weight[3]");
+        let (gate, up) = (&moe.experts[3].gate.name, &moe.experts[3].up.name);
+        assert_eq!([gate, up], [&format!("{fused}[0..{}]", s.ff), &format!("{fused}[{}..{}]", s.ff, 2 * s.ff)], "row views of the fused slab");
+        assert!(moe.expert_scales.as_ref().is_some_and(|sc| sc.len() == 8));
+        assert_eq!(shared.router_input_scale.len(), s.dim);
+        for role in [VectorRole::SharedPostNorm, VectorRole::ExpertsNorm, VectorRole::ExpertsPostNorm, VectorRole::RouterInputScale, VectorRole::ExpertScales] {
+            assert!(has(l, role), "{role:?}");
+        }
+        // Q, O (+ K, V own or not), the dense MLP's three, the router; then 3 per expert.
+        assert_eq!(l.weights().filter(|(r, _)| matches!(r, engine::plan::WeightRole::FfnGate | engine::plan::WeightRole::FfnRouter)).count(), 2);
+    }
+    let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
+    let (nmse, same) = agreement(&cpu, &exact, 512);
+    // As the other MoE models: router near-ties amplify the CPU's 8-bit activations.
+    assert!(nmse < 2e-2, "normalized squared error {nmse:.2e}");
+    assert!(same * 10 >= tokens.len() * 9, "only {same}/{} argmaxes agree", tokens.len());
+}
+
+#[test]
 fn gpt_oss_builds_its_plan_from_its_file() {
     let s = RandomModelSpec { head_dim: 32, ..spec("gpt-oss") };
     let m = load(s.build().unwrap().to_bytes()).unwrap();

@@ -7,14 +7,15 @@
 //! - a tail of layers without K/V of their own (`shared_kv_layers`), reading the last
 //!   cached layer of their kind;
 //! - per-layer feed-forward widths; a per-layer output scale;
-//! - per-layer token inputs (E2B/E4B: `embedding_length_per_layer_input`).
-//!
-//! Not yet: the mixture-of-experts variant (26B-A4B: a shared MLP beside the experts with
-//! norms of their own and a scaled router input) is refused with that reason.
+//! - per-layer token inputs (E2B/E4B: `embedding_length_per_layer_input`);
+//! - mixture-of-experts layers (26B-A4B: wherever the file has a router): a dense MLP beside
+//!   the experts, each with norms of its own, the router fed the stream's plain RMS norm
+//!   times `ffn_gate_inp.scale` ÷ √n_embd, softmax gating with the top-k renormalized,
+//!   GELU experts (gate/up fused or not), per-expert output scales.
 
-use super::{common, Activation, Architecture, Config, Meta, Rope, RopeFactorTensors, RopeStyle};
+use super::{common, Activation, Architecture, Config, Meta, MoeConfig, Rope, RopeFactorTensors, RopeStyle};
 use crate::error::{EngineError, Result};
-use crate::plan::{standard_layer, Layer, PerLayerInput};
+use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, DenseFfn, FeedForwardPart, Gating, Layer, MoeFfn, PerLayerInput, SharedMlp};
 use crate::weights::TensorSource;
 
 pub(super) const ARCH: Architecture = Architecture { name: "gemma4", config, layer };
@@ -25,9 +26,9 @@ const DEFAULT_LOCAL_ROPE_BASE: f32 = 10_000.0;
 fn config(m: &Meta) -> Result<Config> {
     let mut c = common(m, RopeStyle::Neox, Activation::GeluTanh)?;
     if m.opt_usize("expert_count")?.unwrap_or(0) > 0 {
-        return Err(EngineError::Invalid(
-            "gemma4 with experts (26B-A4B: a shared MLP beside the experts) is not supported yet; the dense Gemma 4 models are".into(),
-        ));
+        let mut moe = MoeConfig::read(m, c.n_ff, Gating::Softmax)?;
+        moe.routing.normalize = true;
+        c.moe = Some(moe);
     }
     if c.head_dim != c.head_dim_v || c.head_dim_swa != c.head_dim_v_swa {
         return Err(EngineError::BadMetadata("gemma4 needs keys and values of one head size".into()));
@@ -64,7 +65,16 @@ fn config(m: &Meta) -> Result<Config> {
 
 fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let mut l = standard_layer(src, c, il)?;
+    let n_ff = c.layer_n_ff[il];
+    if n_ff == 0 {
+        return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch)));
+    }
+    let mlp = dense_ffn(src, c, il, n_ff)?;
+    let ffn = match &c.moe {
+        Some(moe) if src.has(&n("ffn_gate_inp")) => FeedForwardPart::Moe(experts(src, c, moe, il, mlp)?),
+        _ => FeedForwardPart::Dense(mlp),
+    };
+    let mut l = layer_with_ffn(src, c, il, standard_attention(src, c, il)?, ffn)?;
     if c.n_embd_per_layer > 0 {
         let w = c.n_embd_per_layer;
         l.per_layer = Some(PerLayerInput {
@@ -75,4 +85,41 @@ fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     }
     l.out_scale = src.optional_vector(&n("layer_output_scale"), 1)?.map(|s| s[0]);
     Ok(l)
+}
+
+/// Layer `il`'s experts beside its dense MLP `mlp`.
+fn experts(src: &TensorSource, c: &Config, moe: &MoeConfig, il: usize, mlp: DenseFfn) -> Result<MoeFfn> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let (d, e, ff) = (c.n_embd, moe.n_expert, moe.n_ff_exp);
+    let (gates, ups) = if src.has(&n("ffn_gate_up_exps")) {
+        // Each expert's slab: its gate's rows, then its up projection's.
+        let fused = src.experts(&n("ffn_gate_up_exps"), d, 2 * ff, e)?;
+        fused.into_iter().map(|w| (w.rows(0..ff), w.rows(ff..2 * ff))).unzip()
+    } else {
+        (src.experts(&n("ffn_gate_exps"), d, ff, e)?, src.experts(&n("ffn_up_exps"), d, ff, e)?)
+    };
+    let downs = src.experts(&n("ffn_down_exps"), ff, d, e)?;
+    let experts = gates
+        .into_iter()
+        .zip(ups)
+        .zip(downs)
+        .map(|((gate, up), down)| DenseFfn { gate, up, down, activation: c.activation, biases: None })
+        .collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    let router_input_scale = src.vector(&format!("blk.{il}.ffn_gate_inp.scale"), d)?.into_iter().map(|s| s * scale).collect();
+    let shared = SharedMlp {
+        mlp,
+        post_norm: src.vector(&n("post_ffw_norm_1"), d)?,
+        experts_norm: src.vector(&n("pre_ffw_norm_2"), d)?,
+        experts_post_norm: src.vector(&n("post_ffw_norm_2"), d)?,
+        router_input_scale,
+    };
+    Ok(MoeFfn {
+        router: src.matrix(&n("ffn_gate_inp"), d, e)?,
+        router_bias: None,
+        experts,
+        routing: moe.routing,
+        expert_scales: src.optional_vector(&format!("blk.{il}.ffn_down_exps.scale"), e)?,
+        shared: Some(shared),
+    })
 }

@@ -316,9 +316,13 @@ impl MoeConfig {
         if n_expert == 0 || n_used == 0 || n_used > n_expert {
             return Err(EngineError::BadMetadata(format!("{n_used} experts used of {n_expert}")));
         }
-        let n_ff_exp = match m.opt_usize("expert_feed_forward_length")? {
-            Some(f) if f > 0 => f,
-            _ => n_ff / n_used,
+        // One width for every layer's experts (the key may be an array; layers without experts say 0).
+        let widths: Vec<usize> = m.opt_per_layer("expert_feed_forward_length", m.usize("block_count")?)?.unwrap_or_default();
+        let mut given = widths.iter().copied().filter(|&f| f > 0);
+        let n_ff_exp = match given.next() {
+            Some(f) if given.all(|g| g == f) => f,
+            Some(_) => return Err(EngineError::BadMetadata(format!("{}.expert_feed_forward_length differs between layers", m.arch))),
+            None => n_ff / n_used,
         };
         if n_ff_exp == 0 {
             return Err(EngineError::MissingKey(format!("{}.expert_feed_forward_length", m.arch)));
