@@ -514,6 +514,10 @@ impl<D: Driver> MatrixEngine for AneEngine<D> {
     fn name(&self) -> &str {
         self.driver.name()
     }
+    fn takes_experts(&self) -> Result<(), String> {
+        // plan_model plans no expert: a program each would exhaust the compile budget.
+        Err("a program per expert would exhaust the ANE's compile budget".into())
+    }
     fn availability(&self) -> Availability {
         match self.driver.availability() {
             Ok(()) => Availability::Available,

@@ -111,6 +111,12 @@ pub struct PlacementArgs {
     /// Log every placement decision and its reason.
     #[arg(long)]
     pub verbose: bool,
+    /// Keep every mixture-of-experts layer's experts on the CPU (llama.cpp's --cpu-moe).
+    #[arg(long = "cpu-moe", alias = "cmoe")]
+    pub cpu_moe: bool,
+    /// Keep the experts of the first N layers on the CPU (llama.cpp's --n-cpu-moe).
+    #[arg(long = "n-cpu-moe", alias = "ncmoe", value_name = "N")]
+    pub n_cpu_moe: Option<usize>,
 }
 
 /// The default calibration path.
@@ -162,6 +168,20 @@ impl PlacementArgs {
             memory_bytes: self.gpu_mem.map(|m| m << 20).or(engine_budget).unwrap_or(usize::MAX),
             ..CacheBudget::default()
         };
-        Dispatcher::new(accelerators, policy, budget, self.verbose).context("cannot set up the matrix engines")
+        let mut dispatcher = Dispatcher::new(accelerators, policy, budget, self.verbose).context("cannot set up the matrix engines")?;
+        if let Some((layers, flag)) = self.experts_on_cpu(model.layers.len()) {
+            let experts = model.layers[..layers].iter().flat_map(|l| l.experts()).flat_map(|e| [&e.gate, &e.up, &e.down]);
+            dispatcher.keep_on_cpu(experts, flag);
+        }
+        Ok(dispatcher)
+    }
+
+    /// How many leading layers keep their experts on the CPU, and the flag that asked.
+    pub fn experts_on_cpu(&self, n_layer: usize) -> Option<(usize, &'static str)> {
+        match (self.cpu_moe, self.n_cpu_moe) {
+            (true, _) => Some((n_layer, "--cpu-moe")),
+            (false, Some(n)) if n > 0 => Some((n.min(n_layer), "--n-cpu-moe")),
+            _ => None,
+        }
     }
 }

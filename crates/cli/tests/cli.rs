@@ -145,6 +145,21 @@ fn gen_model_writes_a_model_that_runs() {
 }
 
 #[test]
+fn n_cpu_moe_keeps_experts_on_the_cpu_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("moe.gguf");
+    let o = tandem(&["gen-model", "--preset", "tiny", "--arch", "gemma4", "--layers", "4", "--experts", "4", "--type", "q8_0", "-o", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = |flags: &[&str]| tandem(&[&["run", "-m", p(&out), "-p", "hello", "-n", "4", "--temp", "0", "--ignore-eos"], flags].concat());
+    let r = run(&["--n-cpu-moe", "3"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("placement: experts of 3 of 4 layers kept on the CPU (--n-cpu-moe)"), "{}", stderr(&r));
+    let all = run(&["--cpu-moe"]);
+    assert!(stderr(&all).contains("experts of 4 of 4 layers kept on the CPU (--cpu-moe)"), "{}", stderr(&all));
+    assert_eq!(stdout(&r), stdout(&run(&[])), "placement flags do not change a CPU run's text");
+}
+
+#[test]
 fn perplexity_prints_llama_cpp_final_line() {
     let o = tandem(&[
         "perplexity", "-m", p(&model(SMOLLM)), "-f", p(&root().join("tests/fixtures/reference/GPL-3.txt")),

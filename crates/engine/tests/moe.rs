@@ -157,7 +157,7 @@ fn grouped_experts_match_a_token_by_token_f64_reference() {
         let n = 40;
         let x = random_rows(n, d, experts as u64);
         let mut out = vec![0f32; n * d];
-        run(&Dispatcher::cpu_only(), m, &x, &mut out).unwrap();
+        run(&Dispatcher::cpu_only(), m, &x, &x, &mut out).unwrap();
         let (mut err, mut norm) = (0f64, 0f64);
         for (t, got) in out.chunks(d).enumerate() {
             let xt: Vec<f64> = x[t * d..(t + 1) * d].iter().map(|&v| v as f64).collect();
@@ -180,10 +180,10 @@ fn a_batch_gives_what_its_tokens_give_one_at_a_time() {
     let x = random_rows(n, d, 7);
     let cpu = Dispatcher::cpu_only();
     let mut batch = vec![0f32; n * d];
-    run(&cpu, m, &x, &mut batch).unwrap();
+    run(&cpu, m, &x, &x, &mut batch).unwrap();
     for t in 0..n {
         let mut one = vec![0f32; d];
-        run(&cpu, m, &x[t * d..(t + 1) * d], &mut one).unwrap();
+        run(&cpu, m, &x[t * d..(t + 1) * d], &x[t * d..(t + 1) * d], &mut one).unwrap();
         let dev = one.iter().zip(&batch[t * d..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let scale = one.iter().map(|v| v.abs()).fold(0f32, f32::max);
         assert!(dev <= 1e-4 * scale, "token {t}: batch and decode differ by {dev} (scale {scale})");

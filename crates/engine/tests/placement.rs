@@ -376,3 +376,70 @@ fn a_model_over_the_budget_is_streamed_or_placed_op_by_op() {
     assert!(d.engine.is_none() && d.reason.contains("cost model"), "{}", d.reason);
     assert_eq!(fast_cpu.decide_stack(&[&streams], &model.layers, &heavy, 4 << 20).0.engine, Some(0), "resident: no transfer to pay");
 }
+
+/// The reference engine, recording the weights it is asked to prepare; optionally refusing experts.
+struct Recording {
+    inner: ReferenceEngine,
+    prepared: std::sync::Mutex<Vec<String>>,
+    refuse_experts: bool,
+}
+impl MatrixEngine for Recording {
+    fn name(&self) -> &str {
+        "rec"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available
+    }
+    fn supports(&self, s: &MatmulShape) -> Result<(), String> {
+        self.inner.supports(s)
+    }
+    fn throughput_hint(&self) -> (f64, f64) {
+        self.inner.throughput_hint()
+    }
+    fn prepare(&self, k: &WeightKey, w: &Weight, b: usize) -> Result<usize, EngineFailure> {
+        self.prepared.lock().unwrap().push(w.name.clone());
+        self.inner.prepare(k, w, b)
+    }
+    fn evict(&self, k: &WeightKey, b: usize) {
+        self.inner.evict(k, b)
+    }
+    fn matmul(&self, k: &[&WeightKey], w: &[&Weight], b: usize, x: &[f32], n: usize, o: &mut [&mut [f32]]) -> Result<(), EngineFailure> {
+        self.inner.matmul(k, w, b, x, n, o)
+    }
+    fn takes_experts(&self) -> Result<(), String> {
+        if self.refuse_experts { Err("no programs for experts".into()) } else { Ok(()) }
+    }
+}
+
+#[test]
+fn experts_kept_on_the_cpu_never_reach_an_engine() {
+    let spec = RandomModelSpec { arch: "qwen3moe".into(), ..RandomModelSpec::preset("tiny", GgmlType::Q8_0).unwrap() };
+    let bytes = spec.build().unwrap().to_bytes();
+    let model = || Model::from_file(Arc::new(gguf::GgufFile::from_bytes(bytes.clone()).unwrap()), &mut |_, _| {}).unwrap();
+    let tokens = prompt(32, 512);
+    let cpu = logits_of(&Runner::new(model(), 2).unwrap(), &tokens);
+    for (refuse, pin_first) in [(false, true), (true, false)] {
+        let engine = Arc::new(Recording { inner: ReferenceEngine::new(), prepared: Default::default(), refuse_experts: refuse });
+        let policy = PlacementPolicy::new(Backend::Auto, 1, None, SLOW_CPU);
+        let mut d = Dispatcher::new(vec![engine.clone()], policy, CacheBudget::default(), false).unwrap();
+        let m = model();
+        if pin_first {
+            // --n-cpu-moe 1: layer 0's experts stay on the CPU.
+            d.keep_on_cpu(m.layers[0].experts().iter().flat_map(|e| [&e.gate, &e.up, &e.down]), "--n-cpu-moe");
+        }
+        let r = Runner::with_dispatcher(m, 2, d).unwrap();
+        let logits = logits_of(&r, &tokens);
+        let prepared = engine.prepared.lock().unwrap().clone();
+        let experts_of = |il: usize| prepared.iter().filter(|n| n.starts_with(&format!("blk.{il}.ffn_")) && n.contains("_exps")).count();
+        assert!(prepared.iter().any(|n| n.contains("attn_q")), "the engine still takes the dense weights: {prepared:?}");
+        assert_eq!(experts_of(0), 0, "layer 0's experts reached the engine");
+        assert_eq!(experts_of(1) > 0, !refuse, "layer 1's experts on the engine unless it refuses experts");
+        let summary = r.dispatcher.summary(&r.model.layers);
+        let line = if refuse { "experts on the CPU, not rec: no programs for experts" } else { "experts of 1 of 2 layers kept on the CPU (--n-cpu-moe)" };
+        assert!(summary.contains(line), "{summary}");
+        // The engine's f32 products against the CPU's 8-bit activations, amplified where a
+        // router near-tie picks another expert (as the MoE tests measure): close, not equal.
+        let (err, norm) = logits.iter().zip(&cpu).fold((0f64, 0f64), |(e, n), (a, b)| (e + ((a - b) as f64).powi(2), n + (*b as f64).powi(2)));
+        assert!(err / norm < 2e-2, "normalized squared error {:.2e}", err / norm);
+    }
+}

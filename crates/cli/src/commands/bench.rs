@@ -111,7 +111,7 @@ pub fn main(a: Args) -> Result<()> {
                 sd,
             });
         }
-        eprint!("{}", runner.dispatcher.stats.summary());
+        eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     }
     print!("{}", render(&rows, &a.output));
     Ok(())

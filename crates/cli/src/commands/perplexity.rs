@@ -73,7 +73,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     eprintln!();
     eprintln!("{:.2} s", t0.elapsed().as_secs_f64());
-    eprint!("{}", runner.dispatcher.stats.summary());
+    eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
     Ok(())
 }
@@ -94,6 +94,6 @@ fn compare(a: &Args) -> Result<()> {
     let stats = kl_divergence(&runner, &header, &mut rows, a.batch_size, bos, &mut |chunk, s| println!("{}", s.chunk_line(chunk)))?;
     println!();
     print!("{}", stats.report());
-    eprint!("{}", runner.dispatcher.stats.summary());
+    eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     Ok(())
 }

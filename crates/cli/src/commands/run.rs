@@ -74,7 +74,7 @@ pub fn main(a: Args) -> Result<()> {
     if reason == StopReason::ContextFull {
         eprintln!("stopped: the context ({n_ctx} tokens) is full");
     }
-    eprint!("{}", runner.dispatcher.stats.summary());
+    eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     eprintln!(
         "prompt: {} tokens, {:.2} tokens/s | generation: {} tokens, {:.2} tokens/s",
         stats.prompt_tokens,

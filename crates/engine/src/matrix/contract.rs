@@ -172,6 +172,10 @@ pub trait MatrixEngine: Send + Sync {
     fn capabilities(&self) -> Capabilities<'_> {
         Capabilities::default()
     }
+    /// Whether it takes a mixture of experts' blocks (`Err` says why not: they then stay on the CPU).
+    fn takes_experts(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What an engine offers besides matmuls; each is asked for at run time.

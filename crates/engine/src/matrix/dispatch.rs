@@ -27,6 +27,9 @@ pub struct Dispatcher {
     verbose: bool,
     reported: Mutex<HashSet<String>>,
     logged: Mutex<HashSet<(String, usize)>>,
+    /// Weights (by name) that never leave the CPU, and why (`--n-cpu-moe`).
+    cpu_weights: HashSet<String>,
+    cpu_weights_reason: String,
 }
 
 /// What [`Dispatcher::stack`] did.
@@ -95,7 +98,41 @@ impl Dispatcher {
             verbose,
             reported: Mutex::new(HashSet::new()),
             logged: Mutex::new(HashSet::new()),
+            cpu_weights: HashSet::new(),
+            cpu_weights_reason: String::new(),
         })
+    }
+
+    /// Keep these weights on the CPU whatever the policy says (llama.cpp's `--n-cpu-moe`:
+    /// the experts of the first layers stay in host memory); `reason` names the flag.
+    pub fn keep_on_cpu<'w>(&mut self, weights: impl IntoIterator<Item = &'w Weight>, reason: &str) {
+        self.cpu_weights.extend(weights.into_iter().map(|w| w.name.clone()));
+        self.cpu_weights_reason = reason.to_string();
+    }
+
+    /// The per-engine counters, then where a model's experts run when not where the policy
+    /// would put other weights: kept by a flag, or refused by every accelerator.
+    pub fn summary(&self, layers: &[crate::plan::Layer]) -> String {
+        let mut s = self.stats.summary();
+        let moe_layers: Vec<usize> = (0..layers.len()).filter(|&il| !layers[il].experts().is_empty()).collect();
+        if moe_layers.is_empty() {
+            return s;
+        }
+        let kept = moe_layers.iter().filter(|&&il| self.is_kept_on_cpu(&layers[il].experts()[0].gate)).count();
+        if kept > 0 {
+            s.push_str(&format!("placement: experts of {kept} of {} layers kept on the CPU ({})\n", moe_layers.len(), self.cpu_weights_reason));
+        }
+        for e in &self.accelerators {
+            if let Err(why) = e.takes_experts() {
+                s.push_str(&format!("placement: experts on the CPU, not {}: {why}\n", e.name()));
+            }
+        }
+        s
+    }
+
+    /// Whether `w` is kept on the CPU.
+    pub fn is_kept_on_cpu(&self, w: &Weight) -> bool {
+        self.cpu_weights.contains(&w.name)
     }
 
     /// The prepared-weight cache.
@@ -176,7 +213,14 @@ impl Dispatcher {
     /// machine all of them run in shared parallel regions (decode's few-row blocks would each
     /// pay fork/joins); otherwise each block is placed as [`Self::feed_forward`] places it.
     pub fn experts(&self, blocks: &[FeedForward<'_>], xs: &[&[f32]], outs: &mut [&mut [f32]]) {
-        if self.accelerators.is_empty() && !self.verbose {
+        let all_kept = || blocks.iter().all(|b| [b.gate, b.up, b.down].iter().all(|w| self.is_kept_on_cpu(w)));
+        let none_takes = || self.accelerators.iter().all(|e| e.takes_experts().is_err());
+        if (self.accelerators.is_empty() && !self.verbose) || none_takes() || (!self.cpu_weights.is_empty() && all_kept()) {
+            if self.verbose {
+                if let (Some(b), Some(x)) = (blocks.first(), xs.first()) {
+                    self.log(b.gate, x.len() / b.gate.cols, "-> cpu: experts run on the CPU (see the placement summary)");
+                }
+            }
             let t0 = Instant::now();
             crate::moe::experts_on_cpu(blocks, xs, outs);
             let flops: f64 = blocks
@@ -267,6 +311,10 @@ impl Dispatcher {
             return Stacked::No;
         }
         let layers = input.layers;
+        // A stack holds all its weights on the engine: not when some must stay on the CPU.
+        if !self.cpu_weights.is_empty() && layers.iter().any(|l| l.weights().any(|(_, w)| self.is_kept_on_cpu(w))) {
+            return Stacked::No;
+        }
         let (flops, bytes) = super::cost::stack_cost(input);
         let layer_weights = || layers.iter().flat_map(|l| l.weights().map(|(_, w)| w));
         let weights = || layer_weights().chain(std::iter::once(head));
@@ -339,6 +387,10 @@ impl Dispatcher {
 
     /// The accelerator the policy picks for a group of `n` tokens, if any (every member must be supported).
     fn choose(&self, ws: &[&Weight], n: usize) -> Option<&dyn MatrixEngine> {
+        if ws.iter().any(|w| self.is_kept_on_cpu(w)) {
+            self.log(ws[0], n, &format!("-> cpu: {}", self.cpu_weights_reason));
+            return None;
+        }
         let shape = MatmulShape { m: ws.iter().map(|w| w.rows).sum(), ..MatmulShape::of(ws[0], n) };
         let engines: Vec<&dyn MatrixEngine> = self.accelerators.iter().map(|e| e.as_ref()).collect();
         let mut decision = self.policy.decide(&engines, &shape);

@@ -76,6 +76,9 @@ impl<H: OpHook> MatrixEngine for Wrapped<H> {
     fn supports(&self, shape: &MatmulShape) -> Result<(), String> {
         self.inner.supports(shape)
     }
+    fn takes_experts(&self) -> Result<(), String> {
+        self.inner.takes_experts()
+    }
     fn n_buckets(&self) -> Option<&[usize]> {
         self.inner.n_buckets()
     }
