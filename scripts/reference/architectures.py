@@ -56,6 +56,8 @@ CASES = [
     # gemma4's 26B-A4B form: experts (fused gate/up, per-expert scales) beside the dense MLP.
     {"name": "gemma4-moe", "arch": "gemma4", "type": "q8_0", "layers": 4, "experts": 8, "experts_used": 2,
      "n_ctx": 256, "chunks": 2},
+    # A real vocabulary (gen-model --vocab-from): llama.cpp tokenizes GPL-3 with Phi-3's.
+    {"name": "phi3-vocab", "arch": "phi3", "type": "q8_0", "vocab_from": "models/llama-cpp/vocab/ggml-vocab-phi-3.gguf"},
 ] + [
     # Every weight type through a whole model: tandem's dot products against ggml's.
     {"name": f"llama-{t}", "arch": "llama", "type": t, "chunks": 2}
@@ -88,7 +90,8 @@ def fnv1a64(path):
 
 def spec_of(case):
     s = dict(SHAPE)
-    s.update({k: case[k] for k in ("arch", "type", "layers", "experts", "experts_used", "head_dim", "expert_type") if k in case})
+    s.update({k: case[k] for k in ("arch", "type", "layers", "experts", "experts_used", "head_dim", "expert_type", "vocab_from")
+              if k in case})
     return s
 
 
@@ -100,6 +103,10 @@ def gen_args(spec):
     for k in ("experts", "experts_used", "head_dim", "expert_type"):
         if k in spec:
             a += ["--" + k.replace("_", "-"), str(spec[k])]
+    if "vocab_from" in spec:
+        # The vocabulary sets the size: --vocab is not passed with it.
+        a = [x for i, x in enumerate(a) if x != "--vocab" and (i == 0 or a[i - 1] != "--vocab")]
+        a += ["--vocab-from", os.path.join(REPO, spec["vocab_from"])]
     return a
 
 

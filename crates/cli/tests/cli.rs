@@ -160,6 +160,23 @@ fn n_cpu_moe_keeps_experts_on_the_cpu_and_says_so() {
 }
 
 #[test]
+fn gen_model_takes_a_real_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("phi3.gguf");
+    let vocab = model("llama-cpp/vocab/ggml-vocab-phi-3.gguf");
+    let o = tandem(&["gen-model", "--arch", "phi3", "--layers", "2", "--type", "q8_0", "--vocab-from", p(&vocab), "-o", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("vocab 32064"), "{}", stderr(&o));
+    let text = "Hello world, <|user|> ünïcödé 1234\n  spaces";
+    let ids = |m: &Path| stdout(&tandem(&["tokenize", "-m", p(m), "-p", text, "--ids"]));
+    assert_eq!(ids(&out), ids(&vocab), "the generated model tokenizes as the vocabulary file does");
+    let r = tandem(&["run", "-m", p(&out), "-p", text, "-n", "4", "--temp", "0", "--ignore-eos"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let bad = tandem(&["gen-model", "--vocab-from", p(&model(SMOLLM)).replace(".gguf", ".missing").as_str(), "-o", p(&dir.path().join("x.gguf"))]);
+    assert_clean_error(&bad, "cannot read");
+}
+
+#[test]
 fn perplexity_prints_llama_cpp_final_line() {
     let o = tandem(&[
         "perplexity", "-m", p(&model(SMOLLM)), "-f", p(&root().join("tests/fixtures/reference/GPL-3.txt")),

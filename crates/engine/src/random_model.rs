@@ -55,6 +55,9 @@ pub struct RandomModelSpec {
     pub head_dim: usize,
     /// Type of the experts' matrices (`None`: `ty`; real gpt-oss files: MXFP4).
     pub expert_ty: Option<GgmlType>,
+    /// A real vocabulary's `tokenizer.*` metadata (from llama.cpp's `ggml-vocab-*.gguf`, or any
+    /// model), written instead of the minimal one; `vocab` must be its token count.
+    pub tokenizer: Option<std::sync::Arc<Vec<(String, Value)>>>,
 }
 
 /// The RoPE scaling factor when a spec does not say.
@@ -107,7 +110,22 @@ impl RandomModelSpec {
             rope_freqs: false,
             head_dim: 0,
             expert_ty: None,
+            tokenizer: None,
         })
+    }
+
+    /// Take the vocabulary of `file` (every `tokenizer.*` key; its token count becomes `vocab`).
+    pub fn with_vocabulary_of(&mut self, file: &gguf::GgufFile) -> Result<(), EngineError> {
+        let keys: Vec<(String, Value)> = file.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect();
+        let tokens = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len());
+        match tokens {
+            Some(n) if n > 0 => {
+                self.vocab = n;
+                self.tokenizer = Some(std::sync::Arc::new(keys));
+                Ok(())
+            }
+            _ => Err(EngineError::Invalid("that file has no vocabulary (tokenizer.ggml.tokens)".into())),
+        }
     }
 
     /// The architectures it writes.
@@ -213,7 +231,7 @@ impl RandomModelSpec {
             quant::quantize_row(et, &vec![0.0; ebs], &mut vec![0u8; et.block_bytes()])
                 .map_err(|e| format!("cannot write {} expert weights: {e}", et.name()))?;
         }
-        if self.vocab < 260 {
+        if self.tokenizer.is_none() && self.vocab < 260 {
             return Err("vocab must be at least 260 (3 control + 256 byte tokens + 1)".into());
         }
         if let Some((e, k)) = self.moe() {
@@ -577,6 +595,12 @@ impl RandomModelSpec {
     }
 
     fn add_vocab(&self, w: &mut GgufWriter) {
+        if let Some(keys) = &self.tokenizer {
+            for (k, v) in keys.iter() {
+                w.set(k, v.clone());
+            }
+            return;
+        }
         let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
         let mut types = vec![2i32, 3, 3];
         for b in 0..=255u8 {

@@ -28,7 +28,7 @@ fn fnv1a64(bytes: &[u8]) -> String {
 fn spec_of(v: &Value) -> RandomModelSpec {
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("spec.{k}")) as usize;
     let ty = GgmlType::from_name(v["type"].as_str().unwrap()).expect("a known type");
-    RandomModelSpec {
+    let mut spec = RandomModelSpec {
         arch: v["arch"].as_str().unwrap().into(),
         layers: n("layers"),
         dim: n("dim"),
@@ -44,7 +44,18 @@ fn spec_of(v: &Value) -> RandomModelSpec {
         head_dim: v["head_dim"].as_u64().unwrap_or(0) as usize,
         expert_ty: v["expert_type"].as_str().map(|t| GgmlType::from_name(t).expect("a known type")),
         ..RandomModelSpec::preset("tiny", ty).unwrap()
+    };
+    if let Some(rel) = v["vocab_from"].as_str() {
+        // `models/...` in the fixture; TANDEM_MODELS_DIR moves the models directory.
+        let models = std::env::var_os("TANDEM_MODELS_DIR").map(std::path::PathBuf::from);
+        let path = match (models, rel.strip_prefix("models/")) {
+            (Some(dir), Some(inside)) => dir.join(inside),
+            _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel),
+        };
+        let file = gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-models.sh)", path.display()));
+        spec.with_vocabulary_of(&file).unwrap();
     }
+    spec
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {

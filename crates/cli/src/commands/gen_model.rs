@@ -10,7 +10,7 @@ pub struct Args {
     /// Start from a named shape (llama3-8b, llama2-7b, llama3-1b, smollm2-135m, tiny); flags override it.
     #[arg(long)]
     preset: Option<String>,
-    /// Architecture: llama, gemma3, qwen2, qwen3, qwen3moe, phi3, mistral3, gpt-oss.
+    /// Architecture: llama, gemma3, gemma4, qwen2, qwen3, qwen3moe, phi3, mistral3, gpt-oss.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Decoder blocks.
@@ -31,9 +31,13 @@ pub struct Args {
     /// Dimension of each attention head (default dim / heads; gpt-oss-20b: 64 with dim 2880).
     #[arg(long = "head-dim")]
     head_dim: Option<usize>,
-    /// Vocabulary size.
+    /// Vocabulary size (of the minimal generated vocabulary).
     #[arg(long)]
     vocab: Option<usize>,
+    /// Take the vocabulary (every tokenizer.* key) of this GGUF instead: llama.cpp's
+    /// models/ggml-vocab-*.gguf or any model of the family; its size sets --vocab.
+    #[arg(long = "vocab-from", value_name = "GGUF", conflicts_with = "vocab")]
+    vocab_from: Option<PathBuf>,
     /// Weight type: any ggml type tandem quantizes (q4_0 … q8_0, q2_k … q6_k, iq4_nl, iq4_xs, mxfp4, the other i-quants, tq1_0, tq2_0, f16, bf16, f32).
     #[arg(long = "type", default_value = "q4_k")]
     ty: String,
@@ -43,7 +47,7 @@ pub struct Args {
     /// Type of the experts' matrices (default: --type; gpt-oss files have mxfp4 experts).
     #[arg(long = "expert-type")]
     expert_type: Option<String>,
-    /// Experts per layer (mixture-of-experts architectures: qwen3moe, gpt-oss; default 8).
+    /// Experts per layer (mixture-of-experts architectures: qwen3moe, gpt-oss, default 8; gemma4: none unless given).
     #[arg(long)]
     experts: Option<usize>,
     /// Experts each token uses (default 2).
@@ -92,6 +96,10 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(v) = a.heads { spec.heads = v; }
     spec.kv_heads = a.kv_heads.unwrap_or(if a.heads.is_some() { spec.heads } else { spec.kv_heads });
     if let Some(v) = a.vocab { spec.vocab = v; }
+    if let Some(path) = &a.vocab_from {
+        let file = gguf::GgufFile::open(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        spec.with_vocabulary_of(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
     if let Some(v) = a.ctx { spec.ctx = v; }
     spec.output_scale = a.output_scale;
     if let Some(v) = a.head_dim { spec.head_dim = v; }
@@ -108,6 +116,11 @@ pub fn main(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let writer = spec.build()?;
     writer.write_file(&a.output).map_err(|e| anyhow!("cannot write {}: {e}", a.output.display()))?;
-    eprintln!("wrote {} ({:?}) in {:.1} s", a.output.display(), spec, t0.elapsed().as_secs_f64());
+    let vocab = a.vocab_from.as_ref().map_or("generated".to_string(), |p| p.display().to_string());
+    eprintln!(
+        "wrote {} ({} {}L dim {} ff {} heads {}/{} {} vocab {} ({vocab})) in {:.1} s",
+        a.output.display(), spec.arch, spec.layers, spec.dim, spec.ff, spec.heads, spec.kv_heads, spec.ty.name(), spec.vocab,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
