@@ -81,7 +81,9 @@ pub(crate) const ROW_THREADS: u32 = 256;
 /// Whether the kernels can run these layers.
 pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
     for l in layers {
-        let a = l.attention();
+        let Some(a) = l.attention() else {
+            return Err("recurrent (Gated DeltaNet) layers run op by op, not as a stack on the card".into());
+        };
         let s = &a.shape;
         if s.head_dim > ATTN_MAX_DIM || s.head_dim_v > ATTN_MAX_DIM {
             return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", s.head_dim, s.head_dim_v));
@@ -229,7 +231,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let layers = input.layers;
         let n = input.n();
         let d = layers[0].n_embd();
-        let shapes: Vec<_> = layers.iter().map(|l| l.attention().shape).collect();
+        let shapes: Vec<_> = layers.iter().map(|l| l.attention().expect("checked: every layer attends").shape).collect();
         let max = |f: &dyn Fn(&engine::matrix::AttnShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
         let (qd, kvd, vd, od) = (max(&|s| s.n_head * s.head_dim), max(&|s| s.n_head_kv * s.head_dim), max(&|s| s.n_head_kv * s.head_dim_v), max(&|s| s.n_head * s.head_dim_v));
         let n_head = max(&|s| s.n_head);
@@ -390,12 +392,16 @@ impl<'a, 'c> CardSteps<'a, 'c> {
 
 /// A layer's K and V widths per token.
 fn kv_widths(l: &Layer) -> (usize, usize) {
-    let s = &l.attention().shape;
+    let s = &l.attention().expect("checked: every layer attends").shape;
     (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v)
 }
 
 impl BlockSteps for CardSteps<'_, '_> {
     type Error = String;
+
+    fn delta_net(&mut self, _il: usize, _d: &engine::plan::DeltaNet) -> Res<()> {
+        Err("recurrent layers are refused by the stack check".into())
+    }
 
     fn per_layer_input(&mut self, _il: usize, _p: &engine::plan::PerLayerInput) -> Res<()> {
         Err("per-layer inputs are refused by the stack check".into())

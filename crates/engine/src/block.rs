@@ -7,7 +7,7 @@
 
 use crate::cpu::ops::{self, RopeTable};
 use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, KvRows, StackInput};
-use crate::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, PerLayerInput, VectorId, VectorRole};
+use crate::plan::{Attention, DeltaNet, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, PerLayerInput, VectorId, VectorRole};
 use crate::weights::Weight;
 use crate::arch::RopeStyle;
 use half::f16;
@@ -41,6 +41,8 @@ pub trait BlockSteps {
     fn norm(&mut self, norm: VectorId) -> Result<(), Self::Error>;
     /// `o = attention(h)` for layer `il`, storing the batch's new K/V in the caches.
     fn attention(&mut self, il: usize, a: &Attention) -> Result<(), Self::Error>;
+    /// `o = delta_net(h)` for layer `il`, advancing each sequence's recurrent state.
+    fn delta_net(&mut self, il: usize, d: &DeltaNet) -> Result<(), Self::Error>;
     /// `o = ffn(h)` for layer `il`.
     fn dense_ffn(&mut self, il: usize, f: &DenseFfn) -> Result<(), Self::Error>;
     /// `o = moe(h)` for layer `il`: the router, then each token's chosen experts.
@@ -72,6 +74,7 @@ pub fn run_layers<S: BlockSteps>(steps: &mut S, layers: &[Layer], range: Range<u
         steps.begin_layer(il)?;
         match &l.mixer {
             Mixer::Attention(a) => steps.attention(il, a)?,
+            Mixer::DeltaNet(d) => steps.delta_net(il, d)?,
         }
         steps.residual(has(il, VectorRole::PostAttnNorm), Some((il, VectorRole::FfnNorm)))?;
         match &l.ffn {
@@ -193,7 +196,7 @@ impl BlockSteps for HostSteps<'_, '_> {
         let sh = &a.shape;
         let (qd, kd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
         // Q, K and V share one input (one quantization on the CPU, one transfer on an accelerator).
-        let mut q = vec![0f32; n * qd];
+        let mut q = vec![0f32; n * a.q.rows];
         let (mut k, mut v) = (Vec::new(), Vec::new());
         match a.kv_projections() {
             Some((kw, Some(vw))) => {
@@ -212,6 +215,16 @@ impl BlockSteps for HostSteps<'_, '_> {
                 ops::add_bias(t, b);
             }
         }
+        // Qwen3.5's gated attention: each head's projection is [query, gate].
+        let gate = a.output_gate.then(|| {
+            let (mut queries, mut gates) = (Vec::with_capacity(n * qd), Vec::with_capacity(n * qd));
+            for head in q.chunks_exact(2 * sh.head_dim) {
+                queries.extend_from_slice(&head[..sh.head_dim]);
+                gates.extend(head[sh.head_dim..].iter().map(|&g| 1.0 / (1.0 + (-g).exp())));
+            }
+            q = queries;
+            gates
+        });
         if let Some(qn) = &a.q_norm {
             ops::rms_norm(&mut q, qn, eps);
         }
@@ -254,12 +267,39 @@ impl BlockSteps for HostSteps<'_, '_> {
                 None => ops.attention(sh, q, pos, kc, vc, out)?,
             }
         }
+        if let Some(gate) = &gate {
+            attn.iter_mut().zip(gate).for_each(|(v, g)| *v *= g);
+        }
         self.o = vec![0f32; n * a.output.rows];
         ops.matmul_group(&[&a.output], &attn, &mut [&mut self.o])?;
         if let Some(b) = &a.output_bias {
             ops::add_bias(&mut self.o, b);
         }
         Ok(())
+    }
+
+    fn delta_net(&mut self, il: usize, d: &DeltaNet) -> Result<(), EngineFailure> {
+        let (ops, s) = (self.ops, self.input);
+        let n = s.n();
+        let sh = d.shape;
+        let (cd, vd, hv) = (sh.conv_dim(), sh.value_dim(), sh.n_v_heads);
+        let (mut mixed, mut z, mut beta, mut alpha) = (vec![0f32; n * cd], vec![0f32; n * vd], vec![0f32; n * hv], vec![0f32; n * hv]);
+        ops.matmul_group(&[&d.qkv, &d.gate, &d.beta, &d.alpha], &self.h, &mut [&mut mixed, &mut z, &mut beta, &mut alpha])?;
+        let mut out = vec![0f32; n * vd];
+        let eps = s.layers[il].norm_eps;
+        for (cache, span) in self.caches.iter_mut().zip(s.spans) {
+            let (lo, hi) = (span.start, span.end);
+            let (conv, state) = cache.recurrent(il);
+            let inputs = crate::cpu::delta_net::DeltaInputs {
+                mixed: &mut mixed[lo * cd..hi * cd],
+                z: &z[lo * vd..hi * vd],
+                beta: &beta[lo * hv..hi * hv],
+                alpha: &alpha[lo * hv..hi * hv],
+            };
+            crate::cpu::delta_net::forward(d, eps, inputs, conv, state, &mut out[lo * vd..hi * vd]);
+        }
+        self.o = vec![0f32; n * d.output.rows];
+        ops.matmul_group(&[&d.output], &out, &mut [&mut self.o])
     }
 
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Result<(), EngineFailure> {

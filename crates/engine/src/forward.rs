@@ -136,7 +136,7 @@ impl Runner {
                 row += s.tokens.len();
             }
             // Each sequence's angles from the tables of its context (LongRoPE picks by it).
-            let any_local = self.model.layers.iter().any(|l| l.attention().rope == RopeKind::Local);
+            let any_local = self.model.layers.iter().any(|l| l.attention().is_some_and(|a| a.rope == RopeKind::Local));
             let (mut rope_global, mut rope_local) = (Vec::new(), Vec::new());
             for (s, span) in seqs.iter().zip(&spans) {
                 let tables = match &self.rope_long {

@@ -1,4 +1,5 @@
-//! The key/value cache: f16 rows per layer, one row per position, sized by `-c`.
+//! The key/value cache: f16 rows per layer, one row per position, sized by `-c`; and the
+//! recurrent layers' state (Qwen3.5's Gated DeltaNet), which holds the whole past in a fixed size.
 
 use crate::arch::Config;
 use half::f16;
@@ -14,6 +15,9 @@ pub struct KvCache {
     v: Vec<Vec<u16>>,
     /// Per layer: K and V widths (zero for a layer that reads another layer's cache).
     widths: Vec<(usize, usize)>,
+    /// Per recurrent layer: its convolution inputs and delta-rule state after `len` positions.
+    conv: Vec<Vec<f32>>,
+    ssm: Vec<Vec<f32>>,
 }
 
 impl KvCache {
@@ -26,7 +30,14 @@ impl KvCache {
             k: widths.iter().map(|&(kd, _)| vec![0u16; n_ctx * kd]).collect(),
             v: widths.iter().map(|&(_, vd)| vec![0u16; n_ctx * vd]).collect(),
             widths,
+            conv: (0..c.n_layer).map(|il| vec![0f32; c.recurrent_widths(il).0]).collect(),
+            ssm: (0..c.n_layer).map(|il| vec![0f32; c.recurrent_widths(il).1]).collect(),
         }
+    }
+
+    /// Whether the model has recurrent layers: their state cannot go back to an earlier position.
+    pub fn is_recurrent(&self) -> bool {
+        self.ssm.iter().any(|s| !s.is_empty())
     }
 
     /// Capacity in positions.
@@ -44,14 +55,24 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forget everything from position `len` on.
-    pub fn truncate(&mut self, len: usize) {
+    /// Forget everything from position `len` on, and return the positions kept. A recurrent
+    /// layer's state holds the whole past and cannot be cut: the cache then keeps everything
+    /// (`len` at or past its end) or nothing.
+    pub fn truncate(&mut self, len: usize) -> usize {
+        if len < self.len && self.is_recurrent() {
+            self.len = 0;
+            self.conv.iter_mut().chain(self.ssm.iter_mut()).for_each(|s| s.fill(0.0));
+        }
         self.len = self.len.min(len);
+        self.len
     }
 
     /// Store K and V rows (`[n, k_dim]`, `[n, v_dim]`) of `layer` at positions `pos0..pos0+n`.
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
         let (k_dim, v_dim) = self.widths[layer];
+        if k_dim == 0 {
+            return; // A layer that reads another layer's rows, or a recurrent one.
+        }
         let n = k.len() / k_dim;
         let kd = &mut self.k[layer][pos0 * k_dim..(pos0 + n) * k_dim];
         kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
@@ -85,6 +106,9 @@ impl crate::matrix::KvRows for KvCache {
     }
     fn store(&mut self, il: usize, pos0: usize, k: &[f32], v: &[f32]) {
         KvCache::store(self, il, pos0, k, v)
+    }
+    fn recurrent(&mut self, il: usize) -> (&mut [f32], &mut [f32]) {
+        (&mut self.conv[il], &mut self.ssm[il])
     }
 }
 

@@ -80,6 +80,10 @@ impl Model {
                 ..Default::default()
             },
         };
+        let rope_factors = match c.mrope_sections {
+            Some(sections) if rope_factors.freqs.is_none() => RopeFactors { freqs: mrope_text_factors(sections, pairs), ..rope_factors },
+            _ => rope_factors,
+        };
         let per_layer = match c.n_embd_per_layer {
             0 => None,
             width => Some(PerLayerEmbeddings {
@@ -100,6 +104,24 @@ impl Model {
             file,
         })
     }
+}
+
+/// Interleaved M-RoPE (ggml's IMROPE) for text, as frequency divisors: text positions are
+/// `[p, p, p, 0]`, so pairs of the time, height and width sections rotate as NeoX RoPE by p and
+/// pairs of the extra section (position 0) not at all (an infinite divisor). `None` when every
+/// pair rotates.
+fn mrope_text_factors(sections: [usize; 4], pairs: usize) -> Option<Vec<f32>> {
+    let total: usize = sections.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let [t, h, w, _] = sections;
+    let still = |pair: usize| {
+        let s = pair % total;
+        let in_thw = (s % 3 == 1 && s < 3 * h) || (s % 3 == 2 && s < 3 * w) || (s % 3 == 0 && s < 3 * t);
+        !in_thw
+    };
+    (0..pairs).any(still).then(|| (0..pairs).map(|p| if still(p) { f32::INFINITY } else { 1.0 }).collect())
 }
 
 /// Gemma 4's per-layer token inputs (E2B/E4B): for each token, every layer's input to its

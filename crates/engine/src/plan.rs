@@ -40,6 +40,14 @@ pub enum WeightRole {
     PerLayerGate,
     /// Projection of the per-layer input block back to the stream (`[n_embd, n_embd_per_layer]`).
     PerLayerProj,
+    /// Gated DeltaNet: the joint q/k/v projection feeding the convolution (`attn_qkv`).
+    DeltaQkv,
+    /// Gated DeltaNet: the output gate's projection (`attn_gate`, z).
+    DeltaGate,
+    /// Gated DeltaNet: the per-head write strength's projection (`ssm_beta`).
+    DeltaBeta,
+    /// Gated DeltaNet: the per-head decay's projection (`ssm_alpha`).
+    DeltaAlpha,
 }
 
 /// What a small per-layer vector (norm weights, biases) does in its layer.
@@ -81,6 +89,14 @@ pub enum VectorRole {
     RouterInputScale,
     /// Per-expert scale of the experts' outputs (gemma4's `ffn_down_exps.scale`).
     ExpertScales,
+    /// Gated DeltaNet: the causal convolution's taps, `[conv_dim, d_conv]` (`ssm_conv1d`).
+    DeltaConv,
+    /// Gated DeltaNet: the decay's bias per value head (`ssm_dt.bias`).
+    DeltaDtBias,
+    /// Gated DeltaNet: the decay's rate per value head, `-exp(A_log)` (`ssm_a`).
+    DeltaA,
+    /// Gated DeltaNet: the gated RMSNorm of each value head's output (`ssm_norm`).
+    DeltaNorm,
 }
 
 /// A layer's vector by identity: engines that upload vectors address them this way.
@@ -103,6 +119,8 @@ pub enum GroupName {
     PerLayerGate,
     /// The per-layer input block's projection back to the stream.
     PerLayerProj,
+    /// A Gated DeltaNet's input projections (q/k/v, z, beta, alpha) of the normed input.
+    DeltaIn,
 }
 
 /// One op group of a layer.
@@ -174,6 +192,9 @@ pub struct Attention {
     pub sinks: Option<Vec<f32>>,
     /// Bias added to the output projection (gpt-oss).
     pub output_bias: Option<Vec<f32>>,
+    /// The query projection also yields a gate per head (`[q, gate]` per head, Qwen3.5): the
+    /// attention's output is multiplied by its sigmoid before the output projection.
+    pub output_gate: bool,
 }
 
 /// Llama 4-style attention temperature (llama.cpp's `inp_attn_scale`): queries at position p
@@ -208,9 +229,9 @@ impl Attention {
     }
 
     /// Whether the layer is the plain kind every engine runs: own K/V, no value norm, no sinks,
-    /// no output bias.
+    /// no output bias, no output gate.
     pub fn is_plain(&self) -> bool {
-        matches!(self.kv, KvSource::Own { .. }) && !self.v_norm && self.sinks.is_none() && self.output_bias.is_none()
+        matches!(self.kv, KvSource::Own { .. }) && !self.v_norm && self.sinks.is_none() && self.output_bias.is_none() && !self.output_gate
     }
 }
 
@@ -226,6 +247,70 @@ impl AttnTemperature {
 pub enum Mixer {
     /// Full attention over the KV cache.
     Attention(Attention),
+    /// A Gated DeltaNet: linear attention with a recurrent state per sequence (Qwen3.5).
+    DeltaNet(DeltaNet),
+}
+
+/// The sizes of a Gated DeltaNet layer (llama.cpp's `ssm.*` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaShape {
+    /// Key (and query) heads (`ssm.group_count`).
+    pub n_k_heads: usize,
+    /// Value heads (`ssm.time_step_rank`); each reads key head `h % n_k_heads` (tiled, as qwen35).
+    pub n_v_heads: usize,
+    /// Key head size (`ssm.state_size`).
+    pub head_k_dim: usize,
+    /// Value head size (`ssm.inner_size / n_v_heads`).
+    pub head_v_dim: usize,
+    /// Taps of the causal convolution (`ssm.conv_kernel`).
+    pub d_conv: usize,
+}
+
+impl DeltaShape {
+    /// Channels of the convolution: queries, keys, values.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.n_k_heads * self.head_k_dim + self.n_v_heads * self.head_v_dim
+    }
+    /// Width of the values (and of the gate z and the output before its projection).
+    pub fn value_dim(&self) -> usize {
+        self.n_v_heads * self.head_v_dim
+    }
+    /// Floats of a sequence's convolution state: the last `d_conv - 1` inputs of every channel.
+    pub fn conv_state_len(&self) -> usize {
+        (self.d_conv - 1) * self.conv_dim()
+    }
+    /// Floats of a sequence's recurrent state: a `head_v_dim × head_k_dim` matrix per value head.
+    pub fn ssm_state_len(&self) -> usize {
+        self.n_v_heads * self.head_v_dim * self.head_k_dim
+    }
+}
+
+/// A Gated DeltaNet layer (llama.cpp's qwen35 linear attention): the normed input projected
+/// to q/k/v (through a causal depthwise convolution and SiLU; q and k L2-normed), a gate z,
+/// a write strength β = σ(b) and a decay g = softplus(α + dt_bias)·A per value head; per
+/// head the state S ← e^g·S, S += β(v − S k) kᵀ, o = S q / √d_k; then the output RMS-normed
+/// per head, times SiLU(z), and projected back.
+pub struct DeltaNet {
+    /// `attn_qkv`: `[conv_dim, n_embd]`.
+    pub qkv: Weight,
+    /// `attn_gate`: `[value_dim, n_embd]`.
+    pub gate: Weight,
+    /// `ssm_beta`: `[n_v_heads, n_embd]`.
+    pub beta: Weight,
+    /// `ssm_alpha`: `[n_v_heads, n_embd]`.
+    pub alpha: Weight,
+    /// `ssm_conv1d`: `[conv_dim, d_conv]`, the oldest tap first.
+    pub conv: Vec<f32>,
+    /// `ssm_dt.bias`: `[n_v_heads]`.
+    pub dt_bias: Vec<f32>,
+    /// `ssm_a`: `[n_v_heads]`.
+    pub a: Vec<f32>,
+    /// `ssm_norm`: `[head_v_dim]`.
+    pub norm: Vec<f32>,
+    /// `ssm_out`: `[n_embd, value_dim]`.
+    pub output: Weight,
+    /// Sizes.
+    pub shape: DeltaShape,
 }
 
 /// A dense gated feed-forward part: `down · (act(gate · x) ⊙ (up · x))`.
@@ -377,10 +462,12 @@ impl Layer {
         self.attn_norm.len()
     }
 
-    /// The attention part (every layer has one today).
-    pub fn attention(&self) -> &Attention {
-        let Mixer::Attention(a) = &self.mixer;
-        a
+    /// The attention part, if the layer's mixer is attention.
+    pub fn attention(&self) -> Option<&Attention> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::DeltaNet(_) => None,
+        }
     }
 
     /// The op groups in the order the block runs them.
@@ -397,6 +484,11 @@ impl Layer {
                 }
                 groups.push(OpGroup { name: GroupName::AttnQkv, weights: qkv });
                 groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &a.output)] });
+            }
+            Mixer::DeltaNet(d) => {
+                let inputs = vec![(DeltaQkv, &d.qkv), (DeltaGate, &d.gate), (DeltaBeta, &d.beta), (DeltaAlpha, &d.alpha)];
+                groups.push(OpGroup { name: GroupName::DeltaIn, weights: inputs });
+                groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &d.output)] });
             }
         }
         match &self.ffn {
@@ -440,22 +532,26 @@ impl Layer {
     pub fn vectors(&self) -> impl Iterator<Item = (VectorRole, &[f32])> {
         use VectorRole::*;
         let a = self.attention();
+        let d = match &self.mixer {
+            Mixer::DeltaNet(d) => Some(d),
+            Mixer::Attention(_) => None,
+        };
         let (router_bias, expert_scales, shared) = match &self.ffn {
             FeedForwardPart::Moe(m) => (m.router_bias.as_ref(), m.expert_scales.as_ref(), m.shared.as_ref()),
             FeedForwardPart::Dense(_) => (None, None, None),
         };
         [
             (AttnNorm, Some(&self.attn_norm)),
-            (QBias, a.q_bias.as_ref()),
-            (KBias, a.k_bias.as_ref()),
-            (VBias, a.v_bias.as_ref()),
-            (QNorm, a.q_norm.as_ref()),
-            (KNorm, a.k_norm.as_ref()),
+            (QBias, a.and_then(|a| a.q_bias.as_ref())),
+            (KBias, a.and_then(|a| a.k_bias.as_ref())),
+            (VBias, a.and_then(|a| a.v_bias.as_ref())),
+            (QNorm, a.and_then(|a| a.q_norm.as_ref())),
+            (KNorm, a.and_then(|a| a.k_norm.as_ref())),
             (PostAttnNorm, self.post_attn_norm.as_ref()),
             (FfnNorm, Some(&self.ffn_norm)),
             (PostFfnNorm, self.post_ffn_norm.as_ref()),
-            (AttnSinks, a.sinks.as_ref()),
-            (OutputBias, a.output_bias.as_ref()),
+            (AttnSinks, a.and_then(|a| a.sinks.as_ref())),
+            (OutputBias, a.and_then(|a| a.output_bias.as_ref())),
             (RouterBias, router_bias),
             (PerLayerPostNorm, self.per_layer.as_ref().map(|p| &p.post_norm)),
             (SharedPostNorm, shared.map(|s| &s.post_norm)),
@@ -463,6 +559,10 @@ impl Layer {
             (ExpertsPostNorm, shared.map(|s| &s.experts_post_norm)),
             (RouterInputScale, shared.map(|s| &s.router_input_scale)),
             (ExpertScales, expert_scales),
+            (DeltaConv, d.map(|d| &d.conv)),
+            (DeltaDtBias, d.map(|d| &d.dt_bias)),
+            (DeltaA, d.map(|d| &d.a)),
+            (DeltaNorm, d.map(|d| &d.norm)),
         ]
         .into_iter()
         .filter_map(|(role, v)| v.map(|v| (role, v.as_slice())))
@@ -485,7 +585,7 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
         None => FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?),
         Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
-    layer_with_ffn(src, c, il, attention, ffn)
+    layer_with_ffn(src, c, il, Mixer::Attention(attention), ffn)
 }
 
 /// Layer `il`'s attention as the config describes it.
@@ -519,6 +619,7 @@ pub(crate) fn standard_attention(src: &TensorSource, c: &Config, il: usize) -> R
         scale: c.attn_scale,
         temperature: c.attn_temperature,
         sinks: required_if(c.attn_sinks, n("attn_sinks"), shape.n_head)?,
+        output_gate: c.attn_output_gate,
         output_bias: match c.attn_output_bias {
             true => Some(src.vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?),
             false => src.optional_vector(&format!("blk.{il}.attn_output.bias"), c.n_embd)?,
@@ -527,7 +628,7 @@ pub(crate) fn standard_attention(src: &TensorSource, c: &Config, il: usize) -> R
 }
 
 /// Layer `il` from its attention and feed-forward parts, with the norms around them.
-pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, attention: Attention, ffn: FeedForwardPart) -> Result<Layer> {
+pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, mixer: Mixer, ffn: FeedForwardPart) -> Result<Layer> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
         if flag {
@@ -539,7 +640,7 @@ pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, attentio
     Ok(Layer {
         norm_eps: c.norm_eps,
         attn_norm: src.vector(&n("attn_norm"), c.n_embd)?,
-        mixer: Mixer::Attention(attention),
+        mixer,
         post_attn_norm: required_if(c.post_norms, n("post_attention_norm"), c.n_embd)?,
         ffn_norm: src.vector(&n(c.ffn_norm_name), c.n_embd)?,
         ffn,
@@ -580,7 +681,9 @@ fn qkv(src: &TensorSource, c: &Config, il: usize) -> Result<Qkv> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let b = |s: &str| format!("blk.{il}.{s}.bias");
     let sh = c.attn_shape(il);
-    let parts = [sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v];
+    // With Qwen3.5's output gate, each query head's rows are followed by its gate's.
+    let q_rows = sh.n_head * sh.head_dim * if c.attn_output_gate { 2 } else { 1 };
+    let parts = [q_rows, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v];
     let [q_out, k_out, v_out] = parts;
     let source = c.kv_layer(il);
     if source != il {

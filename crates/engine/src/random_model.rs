@@ -129,7 +129,7 @@ impl RandomModelSpec {
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 9] = ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
+    pub const ARCHITECTURES: [&'static str; 10] = ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen35", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
 
     /// The RoPE scaling type written (`""`: none written).
     pub fn rope_scaling_type(&self) -> &str {
@@ -149,6 +149,7 @@ impl RandomModelSpec {
         let hd = self.head_dim();
         match self.rope_dims {
             0 if self.arch == "phi3" => hd / 2,
+            0 if self.arch == "qwen35" => hd / 4,
             0 => hd,
             d => d,
         }
@@ -191,6 +192,18 @@ impl RandomModelSpec {
     /// Width of each layer's per-layer input in gemma4 files (a whole number of blocks).
     pub fn gemma4_per_layer_width(&self) -> usize {
         self.ty.block_size().max(64)
+    }
+
+    /// qwen35 files: the Gated DeltaNet's sizes (key heads = kv heads, value heads = heads,
+    /// both of the attention's head size; a 4-tap convolution).
+    pub fn qwen35_delta(&self) -> crate::plan::DeltaShape {
+        let hd = self.head_dim();
+        crate::plan::DeltaShape { n_k_heads: self.kv_heads, n_v_heads: self.heads, head_k_dim: hd, head_v_dim: hd, d_conv: 4 }
+    }
+
+    /// qwen35 files: one full-attention layer in this many (4, or 2 below 4 layers).
+    pub fn qwen35_interval(&self) -> usize {
+        if self.layers >= 4 { 4 } else { 2 }
     }
 
     /// `(experts, used)` of a mixture-of-experts architecture, `None` for a dense one.
@@ -292,6 +305,18 @@ impl RandomModelSpec {
             // gpt-oss's window; its alternation is llama.cpp's default for the architecture (no key).
             w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW));
         }
+        if a == "qwen35" {
+            let s = self.qwen35_delta();
+            let pairs = self.rope_dims() / 2;
+            let sections = vec![(pairs + 2) / 3, (pairs + 1) / 3, pairs / 3, 0].into_iter().map(|v| v as i32).collect();
+            w.set(&key("ssm.conv_kernel"), Value::U32(s.d_conv as u32))
+                .set(&key("ssm.state_size"), Value::U32(s.head_k_dim as u32))
+                .set(&key("ssm.group_count"), Value::U32(s.n_k_heads as u32))
+                .set(&key("ssm.time_step_rank"), Value::U32(s.n_v_heads as u32))
+                .set(&key("ssm.inner_size"), Value::U32(s.value_dim() as u32))
+                .set(&key("full_attention_interval"), Value::U32(self.qwen35_interval() as u32))
+                .set(&key("rope.dimension_sections"), Value::Array(Array::I32(sections)));
+        }
         if a == "gemma4" {
             self.add_gemma4_metadata(&mut w);
         } else if self.head_dim() * self.heads != self.dim {
@@ -317,6 +342,8 @@ impl RandomModelSpec {
         let mut routers: Vec<(String, usize, usize)> = Vec::new();
         let mut vecs: Vec<(String, usize)> = vec![("output_norm.weight".into(), self.dim)];
         let mut biases: Vec<(String, Vec<usize>, f32)> = Vec::new();
+        // F32 tensors uniform in [lo, hi] (Gated DeltaNet's convolution taps, decay bias and rate).
+        let mut ranges: Vec<(String, Vec<usize>, f32, f32)> = Vec::new();
         for l in 0..self.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             if a == "phi3" {
@@ -327,6 +354,33 @@ impl RandomModelSpec {
                     (n("ffn_up"), self.dim, 2 * self.ff, 1),
                     (n("ffn_down"), self.ff, self.dim, 1),
                 ]);
+            } else if a == "qwen35" && (l + 1) % self.qwen35_interval() != 0 {
+                let s = self.qwen35_delta();
+                let (cd, vd, hv) = (s.conv_dim(), s.value_dim(), s.n_v_heads);
+                mats.extend([
+                    (n("attn_qkv"), self.dim, cd, 1),
+                    (n("attn_gate"), self.dim, vd, 1),
+                    (n("ssm_beta"), self.dim, hv, 1),
+                    (n("ssm_alpha"), self.dim, hv, 1),
+                    (n("ssm_out"), vd, self.dim, 1),
+                ]);
+                vecs.push((n("ssm_norm"), s.head_v_dim));
+                let t = |s: &str| format!("blk.{l}.{s}");
+                ranges.extend([
+                    (n("ssm_conv1d"), vec![s.d_conv, cd], -0.6, 0.6),
+                    (t("ssm_dt.bias"), vec![hv], -1.0, 1.0),
+                    // -exp(A_log): every head decays, at its own rate.
+                    (t("ssm_a"), vec![hv], -1.5, -0.1),
+                ]);
+            } else if a == "qwen35" {
+                // Gated attention: each query head's rows, then its gate's.
+                mats.extend([
+                    (n("attn_q"), self.dim, 2 * q_dim, 1),
+                    (n("attn_k"), self.dim, kv, 1),
+                    (n("attn_v"), self.dim, kv, 1),
+                    (n("attn_output"), q_dim, self.dim, 1),
+                ]);
+                vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             } else if a == "gemma4" {
                 let g = self.gemma4_layer(l);
                 let (q_dim, kv) = (self.heads * g.head_dim, g.kv_heads * g.head_dim);
@@ -387,7 +441,7 @@ impl RandomModelSpec {
                 }
             }
             // gpt-oss's norm before the experts is named after the attention, as its converter writes it.
-            let ffn_norm = if a == "gpt-oss" { "post_attention_norm" } else { "ffn_norm" };
+            let ffn_norm = if a == "gpt-oss" || a == "qwen35" { "post_attention_norm" } else { "ffn_norm" };
             vecs.extend([(n("attn_norm"), self.dim), (n(ffn_norm), self.dim)]);
             if a == "gpt-oss" {
                 let b = |s: &str| format!("blk.{l}.{s}.bias");
@@ -405,7 +459,7 @@ impl RandomModelSpec {
                     (b("ffn_down_exps"), vec![self.dim, e], 0.2),
                 ]);
             }
-            if a == "gemma3" || a.starts_with("qwen3") {
+            if a == "gemma3" || (a.starts_with("qwen3") && a != "qwen35") {
                 vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             }
             if a == "gemma3" {
@@ -446,6 +500,18 @@ impl RandomModelSpec {
         for (name, factors) in self.rope_factor_tensors() {
             let data = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
             add(&mut w, &name, &[factors.len() as u64], GgmlType::F32, data)?;
+        }
+        for (i, (name, shape, lo, hi)) in ranges.into_iter().enumerate() {
+            let mut st = splitmix(self.seed ^ 0x7373_6d00 ^ ((i as u64) << 32));
+            let n: usize = shape.iter().product();
+            let data: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    st = splitmix(st);
+                    (lo + (hi - lo) * (st >> 40) as f32 / (1u64 << 24) as f32).to_le_bytes()
+                })
+                .collect();
+            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            add(&mut w, &name, &dims, GgmlType::F32, data)?;
         }
         // Biases and sinks uniform in [-amp, amp], F32 as converters write them.
         for (i, (name, shape, amp)) in biases.into_iter().enumerate() {

@@ -182,6 +182,19 @@ impl TensorSource {
         Ok(out)
     }
 
+    /// A small tensor of GGUF shape `shape` (any dimensions), all of it converted to f32 in
+    /// its storage order (`ssm_conv1d`'s taps).
+    pub fn vector_of_shape(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let info = self.info(name)?;
+        if info.shape.iter().map(|&d| d as usize).ne(shape.iter().copied()) {
+            return Err(EngineError::BadTensor { name: name.into(), what: format!("shape {:?}, expected {shape:?}", info.shape) });
+        }
+        let mut out = vec![0f32; shape.iter().product()];
+        quant::dequantize_row(info.ty, self.file.tensor_data(info), &mut out)
+            .map_err(|e| EngineError::BadTensor { name: name.into(), what: e.to_string() })?;
+        Ok(out)
+    }
+
     /// The `n` rows of a 2-D tensor of vectors (GGUF shape `[len, n]`: per-expert biases),
     /// each converted to f32.
     pub fn vectors(&self, name: &str, len: usize, n: usize) -> Result<Vec<Vec<f32>>> {

@@ -103,7 +103,7 @@ pub fn main(a: Args) -> Result<()> {
         }
         // Keep the cached prefix the new prompt shares (at least one token is re-run for logits).
         let common = cached.iter().zip(&tokens).take_while(|(x, y)| x == y).count().min(tokens.len() - 1);
-        cache.truncate(common);
+        let common = cache.truncate(common);
         let rules = StopRules { max_tokens: usize::try_from(a.n_predict).ok(), ..StopRules::default() };
         let mut gen = Generation::new(&tok, sampler, rules);
         let mut reply = String::new();

@@ -15,7 +15,7 @@
 
 use super::{common, Activation, Architecture, Config, Meta, MoeConfig, Rope, RopeFactorTensors, RopeStyle};
 use crate::error::{EngineError, Result};
-use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, DenseFfn, FeedForwardPart, Gating, Layer, MoeFfn, PerLayerInput, SharedMlp};
+use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, DenseFfn, FeedForwardPart, Gating, Layer, Mixer, MoeFfn, PerLayerInput, SharedMlp};
 use crate::weights::TensorSource;
 
 pub(super) const ARCH: Architecture = Architecture { name: "gemma4", config, layer };
@@ -74,7 +74,7 @@ fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
         Some(moe) if src.has(&n("ffn_gate_inp")) => FeedForwardPart::Moe(experts(src, c, moe, il, mlp)?),
         _ => FeedForwardPart::Dense(mlp),
     };
-    let mut l = layer_with_ffn(src, c, il, standard_attention(src, c, il)?, ffn)?;
+    let mut l = layer_with_ffn(src, c, il, Mixer::Attention(standard_attention(src, c, il)?), ffn)?;
     if c.n_embd_per_layer > 0 {
         let w = c.n_embd_per_layer;
         l.per_layer = Some(PerLayerInput {

@@ -10,6 +10,7 @@ mod mistral3;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen35;
 mod qwen3moe;
 
 pub use meta::Meta;
@@ -204,6 +205,15 @@ pub struct Config {
     pub optional_v: bool,
     /// Width of each layer's slice of the per-layer token embeddings (gemma4's E2B/E4B; 0: none).
     pub n_embd_per_layer: usize,
+    /// Per layer: a recurrent (Gated DeltaNet) layer instead of attention (Qwen3.5).
+    pub recurrent_layers: Vec<bool>,
+    /// The recurrent layers' sizes.
+    pub delta: Option<crate::plan::DeltaShape>,
+    /// Each query head's projection is followed by a gate's (Qwen3.5's gated attention).
+    pub attn_output_gate: bool,
+    /// Multi-section RoPE (`rope.dimension_sections`, Qwen3.5's interleaved M-RoPE): for text
+    /// every section rotates by the position except the extra one, which stays at position 0.
+    pub mrope_sections: Option<[usize; 4]>,
     /// Vocabulary size (rows of the embedding).
     pub n_vocab: usize,
     /// Context the model was trained for.
@@ -283,9 +293,18 @@ impl Config {
         }
     }
 
+    /// Floats of layer `il`'s per-sequence recurrent state: (convolution, delta rule); zeros
+    /// for an attention layer.
+    pub fn recurrent_widths(&self, il: usize) -> (usize, usize) {
+        match (&self.delta, self.recurrent_layers[il]) {
+            (Some(d), true) => (d.conv_state_len(), d.ssm_state_len()),
+            _ => (0, 0),
+        }
+    }
+
     /// Key and value widths layer `il` stores per position (zero for a layer that reads another's).
     pub fn kv_widths(&self, il: usize) -> (usize, usize) {
-        if self.kv_layer(il) != il {
+        if self.kv_layer(il) != il || self.recurrent_layers[il] {
             return (0, 0);
         }
         let s = self.attn_shape(il);
@@ -344,7 +363,7 @@ pub struct Architecture {
 
 /// Every supported architecture. Adding one is a file plus a line here.
 pub static REGISTRY: &[Architecture] =
-    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
+    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen35::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {
@@ -461,6 +480,10 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         v_norm: false,
         optional_v: false,
         n_embd_per_layer: 0,
+        recurrent_layers: vec![false; n_layer],
+        delta: None,
+        attn_output_gate: false,
+        mrope_sections: None,
         n_vocab,
         n_ctx_train,
         norm_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),

@@ -14,7 +14,7 @@ fn config(m: &Meta) -> Result<Config> {
 /// The standard layer, whose Q/K/V biases llama.cpp requires for this architecture.
 fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     let l = standard_layer(src, c, il)?;
-    let a = l.attention();
+    let a = l.attention().expect("standard layers attend");
     for (name, bias) in [("attn_q", &a.q_bias), ("attn_k", &a.k_bias), ("attn_v", &a.v_bias)] {
         if bias.is_none() {
             return Err(EngineError::MissingTensor(format!("blk.{il}.{name}.bias")));

@@ -234,6 +234,9 @@ pub trait KvRows: Send {
     fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])>;
     /// Store f32 K and V rows of layer `il` at positions `pos0..`, rounded to f16.
     fn store(&mut self, il: usize, pos0: usize, k: &[f32], v: &[f32]);
+    /// A recurrent layer's state for the sequence: (convolution inputs, delta-rule state),
+    /// as they stand after the cached positions.
+    fn recurrent(&mut self, il: usize) -> (&mut [f32], &mut [f32]);
 }
 
 /// A batch's pass through every decoder block: what an engine needs besides the hidden
@@ -265,9 +268,9 @@ impl StackInput<'_> {
 
     /// The RoPE angles of layer `il`.
     pub fn rope(&self, il: usize) -> &[(f32, f32)] {
-        match self.layers[il].attention().rope {
-            RopeKind::Local => self.rope_local,
-            RopeKind::Global => self.rope_global,
+        match self.layers[il].attention().map(|a| a.rope) {
+            Some(RopeKind::Local) => self.rope_local,
+            _ => self.rope_global,
         }
     }
 }

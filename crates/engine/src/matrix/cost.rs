@@ -10,7 +10,8 @@ pub fn stack_cost(input: &StackInput<'_>) -> (f64, f64) {
     let (mut flops, mut kv_bytes) = (0.0, 0.0);
     for l in input.layers {
         flops += l.weights().map(|(_, w)| MatmulShape::of(w, n).flops()).sum::<f64>();
-        let s = &l.attention().shape;
+        let Some(a) = l.attention() else { continue };
+        let s = &a.shape;
         for span in input.spans {
             flops += attention_cost(s, &input.positions[span.clone()]).0;
         }

@@ -161,7 +161,9 @@ impl<H: OpHook> DecoderStack for Wrapped<H> {
 /// NaN in every cache row the batch would have written.
 fn poison_new_rows(input: &StackInput<'_>, caches: &mut [&mut dyn KvRows]) {
     for (il, l) in input.layers.iter().enumerate() {
-        let s = &l.attention().shape;
+        // Only layers that write rows of their own.
+        let Some(a) = l.attention().filter(|a| a.kv_projections().is_some()) else { continue };
+        let s = &a.shape;
         let (kd, vd) = (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
         for (cache, span) in caches.iter_mut().zip(input.spans) {
             let pos0 = input.positions[span.start];
