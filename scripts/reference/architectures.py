@@ -59,6 +59,8 @@ CASES = [
     # Qwen3.5's hybrid: 3 Gated DeltaNet layers (recurrent state across 256-token chunks), then
     # a gated full-attention layer with interleaved M-RoPE over a quarter of each head; x2.
     {"name": "qwen35", "arch": "qwen35", "type": "q8_0", "layers": 8, "n_ctx": 256, "chunks": 2},
+    # Qwen3.5-MoE: the same hybrid with routed experts and a sigmoid-gated shared expert.
+    {"name": "qwen35moe", "arch": "qwen35moe", "type": "q8_0", "layers": 4, "experts": 8, "experts_used": 2},
     # A real vocabulary (gen-model --vocab-from): llama.cpp tokenizes GPL-3 with Phi-3's.
     {"name": "phi3-vocab", "arch": "phi3", "type": "q8_0", "vocab_from": "models/llama-cpp/vocab/ggml-vocab-phi-3.gguf"},
 ] + [

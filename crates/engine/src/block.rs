@@ -310,6 +310,17 @@ impl BlockSteps for HostSteps<'_, '_> {
     fn moe_ffn(&mut self, il: usize, m: &MoeFfn) -> Result<(), EngineFailure> {
         let len = self.input.n() * m.router.cols;
         self.o = vec![0f32; len];
+        if let Some(se) = &m.shared_expert {
+            // Qwen: the routed experts, plus the shared expert scaled by its sigmoid gate.
+            crate::moe::run(self.ops, m, &self.h, &self.h, &mut self.o)?;
+            let mut shared = vec![0f32; len];
+            self.ops.feed_forward(&se.mlp.block(), &self.h, &mut shared)?;
+            for ((o, s), h) in self.o.chunks_exact_mut(m.router.cols).zip(shared.chunks_exact(m.router.cols)).zip(self.h.chunks_exact(m.router.cols)) {
+                let g = 1.0 / (1.0 + (-ops::dot(h, &se.gate)).exp());
+                o.iter_mut().zip(s).for_each(|(o, s)| *o += s * g);
+            }
+            return Ok(());
+        }
         let Some(s) = &m.shared else { return crate::moe::run(self.ops, m, &self.h, &self.h, &mut self.o) };
         // Gemma 4: the dense MLP on h, the experts on their own norm of the stream, the
         // router on the stream's plain RMS norm, weighted.

@@ -89,6 +89,8 @@ pub enum VectorRole {
     RouterInputScale,
     /// Per-expert scale of the experts' outputs (gemma4's `ffn_down_exps.scale`).
     ExpertScales,
+    /// The shared expert's gate, one weight per input feature (Qwen's `ffn_gate_inp_shexp`).
+    SharedExpertGate,
     /// Gated DeltaNet: the causal convolution's taps, `[conv_dim, d_conv]` (`ssm_conv1d`).
     DeltaConv,
     /// Gated DeltaNet: the decay's bias per value head (`ssm_dt.bias`).
@@ -382,6 +384,16 @@ pub struct MoeFfn {
     pub expert_scales: Option<Vec<f32>>,
     /// A dense MLP beside the experts, with norms of its own (gemma4's arrangement).
     pub shared: Option<SharedMlp>,
+    /// A shared expert on the experts' input, its output scaled by a sigmoid gate (Qwen3.5-MoE).
+    pub shared_expert: Option<SharedExpert>,
+}
+
+/// Qwen's shared expert: `out += σ(gate · h) · mlp(h)` beside the routed experts.
+pub struct SharedExpert {
+    /// The expert (`ffn_{gate,up,down}_shexp`).
+    pub mlp: DenseFfn,
+    /// `ffn_gate_inp_shexp`: one weight per input feature, one gate logit per token.
+    pub gate: Vec<f32>,
 }
 
 /// Gemma 4's MoE layers (26B-A4B): `ffn = post₁(mlp(h)) + post₂(experts(norm₂(x)))`, `h` the
@@ -497,9 +509,10 @@ impl Layer {
                 groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &f.down)] });
             }
             FeedForwardPart::Moe(m) => {
-                if let Some(s) = &m.shared {
-                    groups.push(OpGroup { name: GroupName::FfnGateUp, weights: vec![(FfnGate, &s.mlp.gate), (FfnUp, &s.mlp.up)] });
-                    groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &s.mlp.down)] });
+                let dense = m.shared.as_ref().map(|s| &s.mlp).or(m.shared_expert.as_ref().map(|s| &s.mlp));
+                if let Some(mlp) = dense {
+                    groups.push(OpGroup { name: GroupName::FfnGateUp, weights: vec![(FfnGate, &mlp.gate), (FfnUp, &mlp.up)] });
+                    groups.push(OpGroup { name: GroupName::FfnDown, weights: vec![(FfnDown, &mlp.down)] });
                 }
                 groups.push(OpGroup { name: GroupName::FfnRouter, weights: vec![(FfnRouter, &m.router)] });
             }
@@ -536,9 +549,9 @@ impl Layer {
             Mixer::DeltaNet(d) => Some(d),
             Mixer::Attention(_) => None,
         };
-        let (router_bias, expert_scales, shared) = match &self.ffn {
-            FeedForwardPart::Moe(m) => (m.router_bias.as_ref(), m.expert_scales.as_ref(), m.shared.as_ref()),
-            FeedForwardPart::Dense(_) => (None, None, None),
+        let (router_bias, expert_scales, shared, shared_gate) = match &self.ffn {
+            FeedForwardPart::Moe(m) => (m.router_bias.as_ref(), m.expert_scales.as_ref(), m.shared.as_ref(), m.shared_expert.as_ref().map(|s| &s.gate)),
+            FeedForwardPart::Dense(_) => (None, None, None, None),
         };
         [
             (AttnNorm, Some(&self.attn_norm)),
@@ -559,6 +572,7 @@ impl Layer {
             (ExpertsPostNorm, shared.map(|s| &s.experts_post_norm)),
             (RouterInputScale, shared.map(|s| &s.router_input_scale)),
             (ExpertScales, expert_scales),
+            (SharedExpertGate, shared_gate),
             (DeltaConv, d.map(|d| &d.conv)),
             (DeltaDtBias, d.map(|d| &d.dt_bias)),
             (DeltaA, d.map(|d| &d.a)),
@@ -652,7 +666,12 @@ pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, mixer: M
 
 /// Layer `il`'s dense gated feed-forward block of width `n_ff` (gate/up fused for phi3).
 pub(crate) fn dense_ffn(src: &TensorSource, c: &Config, il: usize, n_ff: usize) -> Result<DenseFfn> {
-    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    dense_ffn_named(src, c, il, n_ff, "")
+}
+
+/// [`dense_ffn`] over the tensors `ffn_{gate,up,down}{suffix}` (`_shexp`: a shared expert).
+pub(crate) fn dense_ffn_named(src: &TensorSource, c: &Config, il: usize, n_ff: usize, suffix: &str) -> Result<DenseFfn> {
+    let n = |s: &str| format!("blk.{il}.{s}{suffix}.weight");
     let (gate, up) = if c.fused_gate_up {
         // One `ffn_up` of 2·n_ff rows: the gate's, then the up projection's (ggml_swiglu's halves).
         let mut parts = src.split_rows(&n("ffn_up"), c.n_embd, &[n_ff, n_ff])?.into_iter();
@@ -732,11 +751,10 @@ fn qkv(src: &TensorSource, c: &Config, il: usize) -> Result<Qkv> {
 
 /// A mixture-of-experts part from the file's router and 3-D expert tensors
 /// (`ffn_{gate,up,down}_exps`, one slab of rows per expert).
-fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<MoeFfn> {
+pub(crate) fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<MoeFfn> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let (e, ff) = (m.n_expert, m.n_ff_exp);
-    let gate = src.experts(&n("ffn_gate_exps"), c.n_embd, ff, e)?;
-    let up = src.experts(&n("ffn_up_exps"), c.n_embd, ff, e)?;
+    let (gate, up) = expert_gate_up(src, c, il, ff, e)?;
     let down = src.experts(&n("ffn_down_exps"), ff, c.n_embd, e)?;
     // gpt-oss's per-expert biases: one `[len, n_expert]` tensor per projection.
     let (mut biases, mut router_bias): (Vec<Option<FfnBiases>>, _) = ((0..e).map(|_| None).collect(), None);
@@ -762,5 +780,18 @@ fn moe_ffn(src: &TensorSource, c: &Config, m: &MoeConfig, il: usize) -> Result<M
         routing: m.routing,
         expert_scales: None,
         shared: None,
+        shared_expert: None,
     })
+}
+
+/// Layer `il`'s experts' gate and up projections: row views of each expert's slab of a fused
+/// `ffn_gate_up_exps` (its gate's rows, then its up projection's) when the file has one, else
+/// the separate tensors (llama.cpp's `create_tensor_gate_up_exps`).
+pub(crate) fn expert_gate_up(src: &TensorSource, c: &Config, il: usize, ff: usize, e: usize) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    if src.has(&n("ffn_gate_up_exps")) {
+        let fused = src.experts(&n("ffn_gate_up_exps"), c.n_embd, 2 * ff, e)?;
+        return Ok(fused.into_iter().map(|w| (w.rows(0..ff), w.rows(ff..2 * ff))).unzip());
+    }
+    Ok((src.experts(&n("ffn_gate_exps"), c.n_embd, ff, e)?, src.experts(&n("ffn_up_exps"), c.n_embd, ff, e)?))
 }

@@ -129,7 +129,8 @@ impl RandomModelSpec {
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 10] = ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen35", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
+    pub const ARCHITECTURES: [&'static str; 11] =
+        ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen35", "qwen35moe", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
 
     /// The RoPE scaling type written (`""`: none written).
     pub fn rope_scaling_type(&self) -> &str {
@@ -149,7 +150,7 @@ impl RandomModelSpec {
         let hd = self.head_dim();
         match self.rope_dims {
             0 if self.arch == "phi3" => hd / 2,
-            0 if self.arch == "qwen35" => hd / 4,
+            0 if self.arch.starts_with("qwen35") => hd / 4,
             0 => hd,
             d => d,
         }
@@ -210,7 +211,7 @@ impl RandomModelSpec {
     pub fn moe(&self) -> Option<(usize, usize)> {
         let or = |v: usize, d: usize| if v == 0 { d } else { v };
         // gemma4 has experts only when asked (its 26B-A4B); the others always.
-        let moe = matches!(self.arch.as_str(), "qwen3moe" | "gpt-oss") || (self.arch == "gemma4" && self.experts > 0);
+        let moe = matches!(self.arch.as_str(), "qwen3moe" | "qwen35moe" | "gpt-oss") || (self.arch == "gemma4" && self.experts > 0);
         moe.then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
     }
 
@@ -305,7 +306,7 @@ impl RandomModelSpec {
             // gpt-oss's window; its alternation is llama.cpp's default for the architecture (no key).
             w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW));
         }
-        if a == "qwen35" {
+        if a.starts_with("qwen35") {
             let s = self.qwen35_delta();
             let pairs = self.rope_dims() / 2;
             let sections = vec![(pairs + 2) / 3, (pairs + 1) / 3, pairs / 3, 0].into_iter().map(|v| v as i32).collect();
@@ -328,6 +329,9 @@ impl RandomModelSpec {
             w.set(&key("expert_count"), Value::U32(e as u32))
                 .set(&key("expert_used_count"), Value::U32(k as u32))
                 .set(&key("expert_feed_forward_length"), Value::U32(self.ff as u32));
+            if a == "qwen35moe" {
+                w.set(&key("expert_shared_feed_forward_length"), Value::U32(self.ff as u32));
+            }
         }
         self.add_vocab(&mut w);
 
@@ -354,7 +358,7 @@ impl RandomModelSpec {
                     (n("ffn_up"), self.dim, 2 * self.ff, 1),
                     (n("ffn_down"), self.ff, self.dim, 1),
                 ]);
-            } else if a == "qwen35" && (l + 1) % self.qwen35_interval() != 0 {
+            } else if a.starts_with("qwen35") && (l + 1) % self.qwen35_interval() != 0 {
                 let s = self.qwen35_delta();
                 let (cd, vd, hv) = (s.conv_dim(), s.value_dim(), s.n_v_heads);
                 mats.extend([
@@ -372,7 +376,7 @@ impl RandomModelSpec {
                     // -exp(A_log): every head decays, at its own rate.
                     (t("ssm_a"), vec![hv], -1.5, -0.1),
                 ]);
-            } else if a == "qwen35" {
+            } else if a.starts_with("qwen35") {
                 // Gated attention: each query head's rows, then its gate's.
                 mats.extend([
                     (n("attn_q"), self.dim, 2 * q_dim, 1),
@@ -438,10 +442,19 @@ impl RandomModelSpec {
                         (n("ffn_up_exps"), self.dim, self.ff, e),
                         (n("ffn_down_exps"), self.ff, self.dim, e),
                     ]);
+                    if a == "qwen35moe" {
+                        // The shared expert and its gate (one weight per input feature).
+                        mats.extend([
+                            (n("ffn_gate_shexp"), self.dim, self.ff, 1),
+                            (n("ffn_up_shexp"), self.dim, self.ff, 1),
+                            (n("ffn_down_shexp"), self.ff, self.dim, 1),
+                        ]);
+                        biases.push((n("ffn_gate_inp_shexp"), vec![self.dim], 0.2));
+                    }
                 }
             }
             // gpt-oss's norm before the experts is named after the attention, as its converter writes it.
-            let ffn_norm = if a == "gpt-oss" || a == "qwen35" { "post_attention_norm" } else { "ffn_norm" };
+            let ffn_norm = if a == "gpt-oss" || a.starts_with("qwen35") { "post_attention_norm" } else { "ffn_norm" };
             vecs.extend([(n("attn_norm"), self.dim), (n(ffn_norm), self.dim)]);
             if a == "gpt-oss" {
                 let b = |s: &str| format!("blk.{l}.{s}.bias");
@@ -459,7 +472,7 @@ impl RandomModelSpec {
                     (b("ffn_down_exps"), vec![self.dim, e], 0.2),
                 ]);
             }
-            if a == "gemma3" || (a.starts_with("qwen3") && a != "qwen35") {
+            if a == "gemma3" || (a.starts_with("qwen3") && !a.starts_with("qwen35")) {
                 vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             }
             if a == "gemma3" {

@@ -28,7 +28,7 @@ fn has(l: &Layer, role: VectorRole) -> bool {
 #[test]
 fn each_architecture_builds_the_plan_its_file_describes() {
     for arch in RandomModelSpec::ARCHITECTURES {
-        if arch == "gemma4" || arch == "qwen35" {
+        if arch == "gemma4" || arch.starts_with("qwen35") {
             continue; // Their layers differ from one another: tested on their own below.
         }
         let m = load(spec(arch).build().unwrap().to_bytes()).unwrap();
@@ -254,6 +254,28 @@ fn qwen35_runs_the_same_on_the_cpu_and_the_exact_reference_engine_and_across_cal
     assert_eq!(cache.truncate(50), 0, "a recurrent cache cut short starts over");
     let again = r.forward(&mut cache, &tokens, 0..tokens.len()).unwrap();
     assert_eq!(again, cpu, "a cache truncated to 0 is as new");
+}
+
+#[test]
+fn qwen35moe_routes_experts_beside_a_gated_shared_expert() {
+    let s = RandomModelSpec { layers: 4, experts: 4, experts_used: 2, ..spec("qwen35moe") };
+    let bytes = s.build().unwrap().to_bytes();
+    let m = load(bytes.clone()).unwrap();
+    for (il, l) in m.layers.iter().enumerate() {
+        assert_eq!(matches!(l.mixer, Mixer::DeltaNet(_)), il != 3, "layer {il}");
+        let FeedForwardPart::Moe(moe) = &l.ffn else { panic!("layer {il}: experts in every layer") };
+        let se = moe.shared_expert.as_ref().expect("the shared expert");
+        assert_eq!((se.mlp.gate.rows, se.gate.len(), moe.experts.len()), (s.ff, s.dim, 4));
+        assert!(moe.routing.normalize && moe.routing.scale == 1.0);
+        assert!(has(l, VectorRole::SharedExpertGate));
+    }
+    let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
+    let (nmse, same) = agreement(&cpu, &exact, 512);
+    // Router near-ties on top of the recurrence (see the qwen35 and MoE tests): measured 3.1e-2
+    // on this flat model; against llama.cpp the fixture's qwen35moe case agrees to 1.2e-3.
+    assert!(nmse < 6e-2, "normalized squared error {nmse:.2e}");
+    assert!(same * 100 >= tokens.len() * 85, "only {same}/{} argmaxes agree", tokens.len());
 }
 
 #[test]

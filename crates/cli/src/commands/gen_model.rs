@@ -10,7 +10,7 @@ pub struct Args {
     /// Start from a named shape (llama3-8b, llama2-7b, llama3-1b, smollm2-135m, tiny); flags override it.
     #[arg(long)]
     preset: Option<String>,
-    /// Architecture: llama, gemma3, gemma4, qwen2, qwen3, qwen3moe, phi3, mistral3, gpt-oss.
+    /// Architecture: llama, gemma3, gemma4, qwen2, qwen3, qwen35, qwen35moe, qwen3moe, phi3, mistral3, gpt-oss.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Decoder blocks.
@@ -47,7 +47,7 @@ pub struct Args {
     /// Type of the experts' matrices (default: --type; gpt-oss files have mxfp4 experts).
     #[arg(long = "expert-type")]
     expert_type: Option<String>,
-    /// Experts per layer (mixture-of-experts architectures: qwen3moe, gpt-oss, default 8; gemma4: none unless given).
+    /// Experts per layer (mixture-of-experts architectures: qwen3moe, qwen35moe, gpt-oss, default 8; gemma4: none unless given).
     #[arg(long)]
     experts: Option<usize>,
     /// Experts each token uses (default 2).

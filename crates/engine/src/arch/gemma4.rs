@@ -15,7 +15,7 @@
 
 use super::{common, Activation, Architecture, Config, Meta, MoeConfig, Rope, RopeFactorTensors, RopeStyle};
 use crate::error::{EngineError, Result};
-use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, DenseFfn, FeedForwardPart, Gating, Layer, Mixer, MoeFfn, PerLayerInput, SharedMlp};
+use crate::plan::{dense_ffn, expert_gate_up, layer_with_ffn, standard_attention, DenseFfn, FeedForwardPart, Gating, Layer, Mixer, MoeFfn, PerLayerInput, SharedMlp};
 use crate::weights::TensorSource;
 
 pub(super) const ARCH: Architecture = Architecture { name: "gemma4", config, layer };
@@ -91,13 +91,7 @@ fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
 fn experts(src: &TensorSource, c: &Config, moe: &MoeConfig, il: usize, mlp: DenseFfn) -> Result<MoeFfn> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     let (d, e, ff) = (c.n_embd, moe.n_expert, moe.n_ff_exp);
-    let (gates, ups) = if src.has(&n("ffn_gate_up_exps")) {
-        // Each expert's slab: its gate's rows, then its up projection's.
-        let fused = src.experts(&n("ffn_gate_up_exps"), d, 2 * ff, e)?;
-        fused.into_iter().map(|w| (w.rows(0..ff), w.rows(ff..2 * ff))).unzip()
-    } else {
-        (src.experts(&n("ffn_gate_exps"), d, ff, e)?, src.experts(&n("ffn_up_exps"), d, ff, e)?)
-    };
+    let (gates, ups) = expert_gate_up(src, c, il, ff, e)?;
     let downs = src.experts(&n("ffn_down_exps"), ff, d, e)?;
     let experts = gates
         .into_iter()
@@ -121,5 +115,6 @@ fn experts(src: &TensorSource, c: &Config, moe: &MoeConfig, il: usize, mlp: Dens
         routing: moe.routing,
         expert_scales: src.optional_vector(&format!("blk.{il}.ffn_down_exps.scale"), e)?,
         shared: Some(shared),
+        shared_expert: None,
     })
 }

@@ -11,6 +11,7 @@ mod phi3;
 mod qwen2;
 mod qwen3;
 mod qwen35;
+mod qwen35moe;
 mod qwen3moe;
 
 pub use meta::Meta;
@@ -323,6 +324,9 @@ pub struct MoeConfig {
     pub routing: Routing,
     /// Router and experts carry biases (gpt-oss).
     pub biases: bool,
+    /// Width of a shared expert where the file has one (`expert_shared_feed_forward_length`,
+    /// else `feed_forward_length`).
+    pub n_ff_shared: usize,
 }
 
 impl MoeConfig {
@@ -347,7 +351,8 @@ impl MoeConfig {
             return Err(EngineError::MissingKey(format!("{}.expert_feed_forward_length", m.arch)));
         }
         let routing = Routing { n_used, gating, normalize: false, scale: 1.0 };
-        Ok(MoeConfig { n_expert, n_ff_exp, routing, biases: false })
+        let n_ff_shared = m.opt_usize("expert_shared_feed_forward_length")?.filter(|&f| f > 0).unwrap_or(n_ff);
+        Ok(MoeConfig { n_expert, n_ff_exp, routing, biases: false, n_ff_shared })
     }
 }
 
@@ -363,7 +368,7 @@ pub struct Architecture {
 
 /// Every supported architecture. Adding one is a file plus a line here.
 pub static REGISTRY: &[Architecture] =
-    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen35::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
+    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen35::ARCH, qwen35moe::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {

@@ -15,7 +15,7 @@ pub(super) const ARCH: Architecture = Architecture { name: "qwen35", config, lay
 /// llama.cpp's default: one full-attention layer in four.
 const DEFAULT_FULL_ATTENTION_INTERVAL: usize = 4;
 
-fn config(m: &Meta) -> Result<Config> {
+pub(super) fn config(m: &Meta) -> Result<Config> {
     let mut c = common(m, RopeStyle::Neox, Activation::Silu)?;
     c.qk_norm = true;
     c.attn_output_gate = true;
@@ -60,11 +60,15 @@ fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     if n_ff == 0 {
         return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch)));
     }
-    let mixer = match (c.recurrent_layers[il], c.delta) {
+    layer_with_ffn(src, c, il, mixer(src, c, il)?, FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?))
+}
+
+/// Layer `il`'s token mixer: a Gated DeltaNet or gated attention.
+pub(super) fn mixer(src: &TensorSource, c: &Config, il: usize) -> Result<Mixer> {
+    Ok(match (c.recurrent_layers[il], c.delta) {
         (true, Some(shape)) => Mixer::DeltaNet(delta_net(src, c, il, shape)?),
         _ => Mixer::Attention(standard_attention(src, c, il)?),
-    };
-    layer_with_ffn(src, c, il, mixer, FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?))
+    })
 }
 
 fn delta_net(src: &TensorSource, c: &Config, il: usize, shape: DeltaShape) -> Result<DeltaNet> {
