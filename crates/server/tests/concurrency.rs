@@ -153,3 +153,50 @@ fn shutdown_cancels_running_streams_within_the_grace_period() {
     assert!(last.contains("shutting_down"), "the stream should end with an error event, got {last}");
     assert!(std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_err(), "still accepting");
 }
+
+#[test]
+fn recurrent_state_stays_with_each_conversation() {
+    // A Qwen3.5-shaped random model: three of its four layers carry a recurrent state per slot.
+    let spec = engine::random_model::RandomModelSpec {
+        arch: "qwen35".into(),
+        layers: 4,
+        ..engine::random_model::RandomModelSpec::preset("tiny", gguf::GgmlType::Q8_0).unwrap()
+    };
+    let path = std::env::temp_dir().join(format!("tandem-qwen35-{}.gguf", std::process::id()));
+    spec.build().unwrap().write_file(&path).unwrap();
+    let load = || {
+        let model = engine::Model::load(&path, &mut |_, _| {}).unwrap();
+        let tok = tokenizer::Tokenizer::from_gguf(&model.file).unwrap();
+        (engine::Runner::new(model, 2).unwrap(), tok)
+    };
+    let (runner, tok) = load();
+    let prompts = ["The quick brown fox jumps", "Once upon a time, in a land far away"];
+    let n = 24;
+    let want: Vec<String> = prompts.iter().map(|p| reference(&runner, &tok, &tok.encode(p, true, true), n)).collect();
+    assert_ne!(want[0], want[1]);
+    let (runner, tok) = load();
+    let srv = server::start(runner, tok, config(2, 2, 256), false).unwrap();
+    let a = srv.addr;
+    // Both conversations at once (their decode steps share passes), then the first again in a
+    // slot the other used: each gets the text it gets alone.
+    let handles: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let body = json!({"prompt": p, "max_tokens": n, "temperature": 0, "stream": true, "ignore_eos": true});
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10 * i as u64));
+                stream(a, "/v1/completions", &body)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, events) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(joined(&events).0, want[i], "conversation {i} beside the other");
+    }
+    let body = json!({"prompt": prompts[0], "max_tokens": n, "temperature": 0, "stream": true, "ignore_eos": true});
+    assert_eq!(joined(&stream(a, "/v1/completions", &body).1).0, want[0], "a reused slot starts from a clean state");
+    srv.shutdown().unwrap();
+    std::fs::remove_file(&path).ok();
+}
