@@ -5,6 +5,7 @@
 //! the gated RMSNorm of each value head's output. Heads run in parallel, each walking the
 //! tokens in order: the state of a head (d_v × d_k floats) stays in the core's cache.
 
+use crate::cpu::ops;
 use crate::plan::{DeltaNet, DeltaShape};
 use rayon::prelude::*;
 
@@ -50,14 +51,14 @@ pub fn forward(d: &DeltaNet, eps: f32, x: DeltaInputs<'_>, conv_state: &mut [f32
             let beta = sigmoid(x.beta[t * h_v + h]);
             let g = softplus(x.alpha[t * h_v + h] + d.dt_bias[h]) * d.a[h];
             let decay = g.exp();
-            s.iter_mut().for_each(|v| *v *= decay);
+            // Row j of the state: decayed, corrected toward v[j] along k, then read along q
+            // (one pass over the row while it is in registers and L1).
             for (j, sj) in s.chunks_exact_mut(dk).enumerate() {
-                let dot: f32 = sj.iter().zip(k).map(|(a, b)| a * b).sum();
-                delta[j] = (v[j] - dot) * beta;
-                sj.iter_mut().zip(k).for_each(|(a, b)| *a += delta[j] * b);
-            }
-            for (j, sj) in s.chunks_exact(dk).enumerate() {
-                o[t * dv + j] = sj.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() * scale;
+                sj.iter_mut().for_each(|v| *v *= decay);
+                delta[j] = (v[j] - ops::dot(sj, k)) * beta;
+                let dj = delta[j];
+                sj.iter_mut().zip(k).for_each(|(a, b)| *a += dj * b);
+                o[t * dv + j] = ops::dot(sj, q) * scale;
             }
         }
     });
