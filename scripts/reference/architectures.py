@@ -61,6 +61,8 @@ CASES = [
     {"name": "qwen35", "arch": "qwen35", "type": "q8_0", "layers": 8, "n_ctx": 256, "chunks": 2},
     # Qwen3.5-MoE: the same hybrid with routed experts and a sigmoid-gated shared expert.
     {"name": "qwen35moe", "arch": "qwen35moe", "type": "q8_0", "layers": 4, "experts": 8, "experts_used": 2},
+    # Qwen3-Next: value heads interleaved over key heads, beta/alpha fused, plain NeoX RoPE.
+    {"name": "qwen3next", "arch": "qwen3next", "type": "q8_0", "layers": 4, "experts": 8, "experts_used": 2},
     # A real vocabulary (gen-model --vocab-from): llama.cpp tokenizes GPL-3 with Phi-3's.
     {"name": "phi3-vocab", "arch": "phi3", "type": "q8_0", "vocab_from": "models/llama-cpp/vocab/ggml-vocab-phi-3.gguf"},
 ] + [

@@ -7,7 +7,7 @@
 
 use crate::cpu::ops::{self, RopeTable};
 use crate::matrix::{AttnShape, Dispatcher, EngineFailure, FeedForward, KvRows, StackInput};
-use crate::plan::{Attention, DeltaNet, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, PerLayerInput, VectorId, VectorRole};
+use crate::plan::{Attention, BetaAlpha, DeltaNet, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, PerLayerInput, VectorId, VectorRole};
 use crate::weights::Weight;
 use crate::arch::RopeStyle;
 use half::f16;
@@ -284,7 +284,23 @@ impl BlockSteps for HostSteps<'_, '_> {
         let sh = d.shape;
         let (cd, vd, hv) = (sh.conv_dim(), sh.value_dim(), sh.n_v_heads);
         let (mut mixed, mut z, mut beta, mut alpha) = (vec![0f32; n * cd], vec![0f32; n * vd], vec![0f32; n * hv], vec![0f32; n * hv]);
-        ops.matmul_group(&[&d.qkv, &d.gate, &d.beta, &d.alpha], &self.h, &mut [&mut mixed, &mut z, &mut beta, &mut alpha])?;
+        match &d.beta_alpha {
+            BetaAlpha::Separate { beta: b, alpha: a } => {
+                ops.matmul_group(&[&d.qkv, &d.gate, b, a], &self.h, &mut [&mut mixed, &mut z, &mut beta, &mut alpha])?
+            }
+            BetaAlpha::Fused(ba) => {
+                let mut fused = vec![0f32; n * 2 * hv];
+                ops.matmul_group(&[&d.qkv, &d.gate, ba], &self.h, &mut [&mut mixed, &mut z, &mut fused])?;
+                // Per key head: its value heads' β, then their α.
+                let per = hv / sh.n_k_heads;
+                for ((row, b), a) in fused.chunks_exact(2 * hv).zip(beta.chunks_exact_mut(hv)).zip(alpha.chunks_exact_mut(hv)) {
+                    for (g, group) in row.chunks_exact(2 * per).enumerate() {
+                        b[g * per..(g + 1) * per].copy_from_slice(&group[..per]);
+                        a[g * per..(g + 1) * per].copy_from_slice(&group[per..]);
+                    }
+                }
+            }
+        }
         let mut out = vec![0f32; n * vd];
         let eps = s.layers[il].norm_eps;
         for (cache, span) in self.caches.iter_mut().zip(s.spans) {

@@ -258,7 +258,7 @@ pub enum Mixer {
 pub struct DeltaShape {
     /// Key (and query) heads (`ssm.group_count`).
     pub n_k_heads: usize,
-    /// Value heads (`ssm.time_step_rank`); each reads key head `h % n_k_heads` (tiled, as qwen35).
+    /// Value heads (`ssm.time_step_rank`).
     pub n_v_heads: usize,
     /// Key head size (`ssm.state_size`).
     pub head_k_dim: usize,
@@ -266,9 +266,16 @@ pub struct DeltaShape {
     pub head_v_dim: usize,
     /// Taps of the causal convolution (`ssm.conv_kernel`).
     pub d_conv: usize,
+    /// How value heads share key heads: consecutive value heads per key head (qwen3next's
+    /// repeat-interleave), or the key heads tiled across the value heads (qwen35).
+    pub interleaved: bool,
 }
 
 impl DeltaShape {
+    /// The key (and query) head value head `h` reads.
+    pub fn key_head(&self, h: usize) -> usize {
+        if self.interleaved { h / (self.n_v_heads / self.n_k_heads) } else { h % self.n_k_heads }
+    }
     /// Channels of the convolution: queries, keys, values.
     pub fn conv_dim(&self) -> usize {
         2 * self.n_k_heads * self.head_k_dim + self.n_v_heads * self.head_v_dim
@@ -287,6 +294,20 @@ impl DeltaShape {
     }
 }
 
+/// Where a Gated DeltaNet's β and α logits come from.
+pub enum BetaAlpha {
+    /// `ssm_beta` and `ssm_alpha`, `[n_v_heads, n_embd]` each (qwen35).
+    Separate {
+        /// β's projection.
+        beta: Weight,
+        /// α's projection.
+        alpha: Weight,
+    },
+    /// `ssm_ba`, `[2·n_v_heads, n_embd]`: per key head, the β rows of its value heads, then
+    /// their α rows (qwen3next).
+    Fused(Weight),
+}
+
 /// A Gated DeltaNet layer (llama.cpp's qwen35 linear attention): the normed input projected
 /// to q/k/v (through a causal depthwise convolution and SiLU; q and k L2-normed), a gate z,
 /// a write strength β = σ(b) and a decay g = softplus(α + dt_bias)·A per value head; per
@@ -297,10 +318,8 @@ pub struct DeltaNet {
     pub qkv: Weight,
     /// `attn_gate`: `[value_dim, n_embd]`.
     pub gate: Weight,
-    /// `ssm_beta`: `[n_v_heads, n_embd]`.
-    pub beta: Weight,
-    /// `ssm_alpha`: `[n_v_heads, n_embd]`.
-    pub alpha: Weight,
+    /// The write strength's and the decay's projections.
+    pub beta_alpha: BetaAlpha,
     /// `ssm_conv1d`: `[conv_dim, d_conv]`, the oldest tap first.
     pub conv: Vec<f32>,
     /// `ssm_dt.bias`: `[n_v_heads]`.
@@ -498,7 +517,11 @@ impl Layer {
                 groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &a.output)] });
             }
             Mixer::DeltaNet(d) => {
-                let inputs = vec![(DeltaQkv, &d.qkv), (DeltaGate, &d.gate), (DeltaBeta, &d.beta), (DeltaAlpha, &d.alpha)];
+                let mut inputs = vec![(DeltaQkv, &d.qkv), (DeltaGate, &d.gate)];
+                match &d.beta_alpha {
+                    BetaAlpha::Separate { beta, alpha } => inputs.extend([(DeltaBeta, beta), (DeltaAlpha, alpha)]),
+                    BetaAlpha::Fused(ba) => inputs.push((DeltaBeta, ba)),
+                }
                 groups.push(OpGroup { name: GroupName::DeltaIn, weights: inputs });
                 groups.push(OpGroup { name: GroupName::AttnOutput, weights: vec![(AttnOutput, &d.output)] });
             }

@@ -129,8 +129,13 @@ impl RandomModelSpec {
     }
 
     /// The architectures it writes.
-    pub const ARCHITECTURES: [&'static str; 11] =
-        ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen35", "qwen35moe", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
+    pub const ARCHITECTURES: [&'static str; 12] =
+        ["llama", "gemma3", "gemma4", "qwen2", "qwen3", "qwen35", "qwen35moe", "qwen3next", "qwen3moe", "phi3", "mistral3", "gpt-oss"];
+
+    /// The hybrid Gated DeltaNet architectures (Qwen3.5 and Qwen3-Next).
+    pub fn is_hybrid(&self) -> bool {
+        matches!(self.arch.as_str(), "qwen35" | "qwen35moe" | "qwen3next")
+    }
 
     /// The RoPE scaling type written (`""`: none written).
     pub fn rope_scaling_type(&self) -> &str {
@@ -150,7 +155,7 @@ impl RandomModelSpec {
         let hd = self.head_dim();
         match self.rope_dims {
             0 if self.arch == "phi3" => hd / 2,
-            0 if self.arch.starts_with("qwen35") => hd / 4,
+            0 if self.is_hybrid() => hd / 4,
             0 => hd,
             d => d,
         }
@@ -199,7 +204,8 @@ impl RandomModelSpec {
     /// both of the attention's head size; a 4-tap convolution).
     pub fn qwen35_delta(&self) -> crate::plan::DeltaShape {
         let hd = self.head_dim();
-        crate::plan::DeltaShape { n_k_heads: self.kv_heads, n_v_heads: self.heads, head_k_dim: hd, head_v_dim: hd, d_conv: 4 }
+        let interleaved = self.arch == "qwen3next";
+        crate::plan::DeltaShape { n_k_heads: self.kv_heads, n_v_heads: self.heads, head_k_dim: hd, head_v_dim: hd, d_conv: 4, interleaved }
     }
 
     /// qwen35 files: one full-attention layer in this many (4, or 2 below 4 layers).
@@ -211,7 +217,7 @@ impl RandomModelSpec {
     pub fn moe(&self) -> Option<(usize, usize)> {
         let or = |v: usize, d: usize| if v == 0 { d } else { v };
         // gemma4 has experts only when asked (its 26B-A4B); the others always.
-        let moe = matches!(self.arch.as_str(), "qwen3moe" | "qwen35moe" | "gpt-oss") || (self.arch == "gemma4" && self.experts > 0);
+        let moe = matches!(self.arch.as_str(), "qwen3moe" | "qwen35moe" | "qwen3next" | "gpt-oss") || (self.arch == "gemma4" && self.experts > 0);
         moe.then(|| (or(self.experts, DEFAULT_EXPERTS), or(self.experts_used, DEFAULT_EXPERTS_USED)))
     }
 
@@ -306,7 +312,7 @@ impl RandomModelSpec {
             // gpt-oss's window; its alternation is llama.cpp's default for the architecture (no key).
             w.set(&key("attention.sliding_window"), Value::U32(SWA_WINDOW));
         }
-        if a.starts_with("qwen35") {
+        if self.is_hybrid() {
             let s = self.qwen35_delta();
             let pairs = self.rope_dims() / 2;
             let sections = vec![(pairs + 2) / 3, (pairs + 1) / 3, pairs / 3, 0].into_iter().map(|v| v as i32).collect();
@@ -315,8 +321,10 @@ impl RandomModelSpec {
                 .set(&key("ssm.group_count"), Value::U32(s.n_k_heads as u32))
                 .set(&key("ssm.time_step_rank"), Value::U32(s.n_v_heads as u32))
                 .set(&key("ssm.inner_size"), Value::U32(s.value_dim() as u32))
-                .set(&key("full_attention_interval"), Value::U32(self.qwen35_interval() as u32))
-                .set(&key("rope.dimension_sections"), Value::Array(Array::I32(sections)));
+                .set(&key("full_attention_interval"), Value::U32(self.qwen35_interval() as u32));
+            if a != "qwen3next" {
+                w.set(&key("rope.dimension_sections"), Value::Array(Array::I32(sections)));
+            }
         }
         if a == "gemma4" {
             self.add_gemma4_metadata(&mut w);
@@ -329,7 +337,7 @@ impl RandomModelSpec {
             w.set(&key("expert_count"), Value::U32(e as u32))
                 .set(&key("expert_used_count"), Value::U32(k as u32))
                 .set(&key("expert_feed_forward_length"), Value::U32(self.ff as u32));
-            if a == "qwen35moe" {
+            if a == "qwen35moe" || a == "qwen3next" {
                 w.set(&key("expert_shared_feed_forward_length"), Value::U32(self.ff as u32));
             }
         }
@@ -358,16 +366,17 @@ impl RandomModelSpec {
                     (n("ffn_up"), self.dim, 2 * self.ff, 1),
                     (n("ffn_down"), self.ff, self.dim, 1),
                 ]);
-            } else if a.starts_with("qwen35") && (l + 1) % self.qwen35_interval() != 0 {
+            } else if self.is_hybrid() && (l + 1) % self.qwen35_interval() != 0 {
                 let s = self.qwen35_delta();
                 let (cd, vd, hv) = (s.conv_dim(), s.value_dim(), s.n_v_heads);
-                mats.extend([
-                    (n("attn_qkv"), self.dim, cd, 1),
-                    (n("attn_gate"), self.dim, vd, 1),
-                    (n("ssm_beta"), self.dim, hv, 1),
-                    (n("ssm_alpha"), self.dim, hv, 1),
-                    (n("ssm_out"), vd, self.dim, 1),
-                ]);
+                mats.extend([(n("attn_qkv"), self.dim, cd, 1), (n("attn_gate"), self.dim, vd, 1)]);
+                if a == "qwen3next" {
+                    // β and α in one projection, grouped by key head.
+                    mats.push((n("ssm_ba"), self.dim, 2 * hv, 1));
+                } else {
+                    mats.extend([(n("ssm_beta"), self.dim, hv, 1), (n("ssm_alpha"), self.dim, hv, 1)]);
+                }
+                mats.push((n("ssm_out"), vd, self.dim, 1));
                 vecs.push((n("ssm_norm"), s.head_v_dim));
                 let t = |s: &str| format!("blk.{l}.{s}");
                 ranges.extend([
@@ -376,7 +385,7 @@ impl RandomModelSpec {
                     // -exp(A_log): every head decays, at its own rate.
                     (t("ssm_a"), vec![hv], -1.5, -0.1),
                 ]);
-            } else if a.starts_with("qwen35") {
+            } else if self.is_hybrid() {
                 // Gated attention: each query head's rows, then its gate's.
                 mats.extend([
                     (n("attn_q"), self.dim, 2 * q_dim, 1),
@@ -442,7 +451,7 @@ impl RandomModelSpec {
                         (n("ffn_up_exps"), self.dim, self.ff, e),
                         (n("ffn_down_exps"), self.ff, self.dim, e),
                     ]);
-                    if a == "qwen35moe" {
+                    if a == "qwen35moe" || a == "qwen3next" {
                         // The shared expert and its gate (one weight per input feature).
                         mats.extend([
                             (n("ffn_gate_shexp"), self.dim, self.ff, 1),
@@ -454,7 +463,7 @@ impl RandomModelSpec {
                 }
             }
             // gpt-oss's norm before the experts is named after the attention, as its converter writes it.
-            let ffn_norm = if a == "gpt-oss" || a.starts_with("qwen35") { "post_attention_norm" } else { "ffn_norm" };
+            let ffn_norm = if a == "gpt-oss" || self.is_hybrid() { "post_attention_norm" } else { "ffn_norm" };
             vecs.extend([(n("attn_norm"), self.dim), (n(ffn_norm), self.dim)]);
             if a == "gpt-oss" {
                 let b = |s: &str| format!("blk.{l}.{s}.bias");
@@ -472,7 +481,7 @@ impl RandomModelSpec {
                     (b("ffn_down_exps"), vec![self.dim, e], 0.2),
                 ]);
             }
-            if a == "gemma3" || (a.starts_with("qwen3") && !a.starts_with("qwen35")) {
+            if a == "gemma3" || (a.starts_with("qwen3") && !self.is_hybrid()) {
                 vecs.extend([(n("attn_q_norm"), hd), (n("attn_k_norm"), hd)]);
             }
             if a == "gemma3" {

@@ -28,7 +28,7 @@ fn has(l: &Layer, role: VectorRole) -> bool {
 #[test]
 fn each_architecture_builds_the_plan_its_file_describes() {
     for arch in RandomModelSpec::ARCHITECTURES {
-        if arch == "gemma4" || arch.starts_with("qwen35") {
+        if arch == "gemma4" || spec(arch).is_hybrid() {
             continue; // Their layers differ from one another: tested on their own below.
         }
         let m = load(spec(arch).build().unwrap().to_bytes()).unwrap();
@@ -279,6 +279,20 @@ fn qwen35moe_routes_experts_beside_a_gated_shared_expert() {
     // 1.2e-3, 228/230 top; a gate of 1 - sigmoid there gives 0.6 and 57/230).
     assert!(nmse < 6e-2, "normalized squared error {nmse:.2e}");
     assert!(same * 100 >= tokens.len() * 70, "only {same}/{} argmaxes agree", tokens.len());
+}
+
+#[test]
+fn qwen3next_interleaves_its_heads_and_fuses_beta_and_alpha() {
+    let s = RandomModelSpec { layers: 4, experts: 4, experts_used: 2, ..spec("qwen3next") };
+    let m = load(s.build().unwrap().to_bytes()).unwrap();
+    let d = m.config.delta.unwrap();
+    assert!(d.interleaved && m.config.mrope_sections.is_none());
+    // 4 value heads over 2 key heads: 0, 0, 1, 1 (qwen35 tiles them: 0, 1, 0, 1).
+    assert_eq!((0..4).map(|h| d.key_head(h)).collect::<Vec<_>>(), [0, 0, 1, 1]);
+    assert_eq!((0..4).map(|h| RandomModelSpec { layers: 4, ..spec("qwen35") }.qwen35_delta().key_head(h)).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    let Mixer::DeltaNet(dn) = &m.layers[0].mixer else { panic!("layer 0 recurs") };
+    assert!(matches!(&dn.beta_alpha, engine::plan::BetaAlpha::Fused(ba) if ba.rows == 2 * s.heads));
+    assert!(matches!(&m.layers[0].ffn, FeedForwardPart::Moe(moe) if moe.shared_expert.is_some()));
 }
 
 #[test]

@@ -368,7 +368,7 @@ pub struct Architecture {
 
 /// Every supported architecture. Adding one is a file plus a line here.
 pub static REGISTRY: &[Architecture] =
-    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen35::ARCH, qwen35moe::ARCH, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
+    &[llama::ARCH, gemma3::ARCH, gemma4::ARCH, qwen2::ARCH, qwen3::ARCH, qwen35::ARCH, qwen35moe::ARCH, qwen35moe::NEXT, qwen3moe::ARCH, phi3::ARCH, mistral3::ARCH, gpt_oss::ARCH];
 
 /// Find the architecture named in a file's metadata.
 pub fn lookup(name: &str) -> Result<&'static Architecture> {

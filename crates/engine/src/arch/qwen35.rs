@@ -7,7 +7,7 @@
 
 use super::{common, Activation, Architecture, Config, Meta, RopeStyle};
 use crate::error::{EngineError, Result};
-use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, DeltaNet, DeltaShape, FeedForwardPart, Layer, Mixer};
+use crate::plan::{dense_ffn, layer_with_ffn, standard_attention, BetaAlpha, DeltaNet, DeltaShape, FeedForwardPart, Layer, Mixer};
 use crate::weights::TensorSource;
 
 pub(super) const ARCH: Architecture = Architecture { name: "qwen35", config, layer };
@@ -31,12 +31,15 @@ pub(super) fn config(m: &Meta) -> Result<Config> {
         }
     };
     c.delta = Some(delta_shape(m)?);
-    c.mrope_sections = m.opt_per_layer("rope.dimension_sections", 4)?.map(|s| [s[0], s[1], s[2], s[3]]);
+    // Qwen3.5's M-RoPE sections (qwen3next rotates by plain NeoX RoPE).
+    if m.arch.starts_with("qwen35") {
+        c.mrope_sections = m.opt_per_layer("rope.dimension_sections", 4)?.map(|s| [s[0], s[1], s[2], s[3]]);
+    }
     Ok(c)
 }
 
 /// The Gated DeltaNet sizes from the `ssm.*` keys, as llama.cpp derives them.
-fn delta_shape(m: &Meta) -> Result<DeltaShape> {
+pub(super) fn delta_shape(m: &Meta) -> Result<DeltaShape> {
     let d_inner = m.usize("ssm.inner_size")?;
     let shape = DeltaShape {
         n_k_heads: m.usize("ssm.group_count")?,
@@ -44,6 +47,7 @@ fn delta_shape(m: &Meta) -> Result<DeltaShape> {
         head_k_dim: m.usize("ssm.state_size")?,
         head_v_dim: 0,
         d_conv: m.usize("ssm.conv_kernel")?,
+        interleaved: m.arch == "qwen3next",
     };
     let bad = |what: String| Err(EngineError::BadMetadata(format!("{}: {what}", m.arch)));
     if shape.n_k_heads == 0 || shape.n_v_heads == 0 || shape.n_v_heads % shape.n_k_heads != 0 {
@@ -73,14 +77,21 @@ pub(super) fn mixer(src: &TensorSource, c: &Config, il: usize) -> Result<Mixer> 
 
 fn delta_net(src: &TensorSource, c: &Config, il: usize, shape: DeltaShape) -> Result<DeltaNet> {
     let n = |s: &str| format!("blk.{il}.{s}");
+    if !src.has(&n("attn_qkv.weight")) && src.has(&n("ssm_in.weight")) {
+        return Err(EngineError::Invalid(format!(
+            "blk.{il}.ssm_in: this file has the legacy fused q/k/v/z projection of early Qwen3-Next conversions; convert it again with a current llama.cpp (attn_qkv + attn_gate)"
+        )));
+    }
     let (d, cd, vd, hv) = (c.n_embd, shape.conv_dim(), shape.value_dim(), shape.n_v_heads);
     // ssm_conv1d is [d_conv, conv_dim] in GGUF order: one row of taps per channel, as used.
     let conv = src.vector_of_shape(&n("ssm_conv1d.weight"), &[shape.d_conv, cd])?;
     Ok(DeltaNet {
         qkv: src.matrix(&n("attn_qkv.weight"), d, cd)?,
         gate: src.matrix(&n("attn_gate.weight"), d, vd)?,
-        beta: src.matrix(&n("ssm_beta.weight"), d, hv)?,
-        alpha: src.matrix(&n("ssm_alpha.weight"), d, hv)?,
+        beta_alpha: match src.has(&n("ssm_ba.weight")) {
+            true => BetaAlpha::Fused(src.matrix(&n("ssm_ba.weight"), d, 2 * hv)?),
+            false => BetaAlpha::Separate { beta: src.matrix(&n("ssm_beta.weight"), d, hv)?, alpha: src.matrix(&n("ssm_alpha.weight"), d, hv)? },
+        },
         conv,
         dt_bias: src.vector(&n("ssm_dt.bias"), hv)?,
         a: src.vector(&n("ssm_a"), hv)?,

@@ -1,4 +1,4 @@
-//! Qwen 3.5 MoE (llama.cpp's `qwen35moe`): the qwen35 hybrid of Gated DeltaNet and gated
+//! Qwen 3.5 MoE (llama.cpp's `qwen35moe`) and Qwen3-Next (`qwen3next`): the qwen35 hybrid of Gated DeltaNet and gated
 //! attention layers, with a mixture of experts in every layer (softmax router, top-k
 //! renormalized, gate/up fused or not) and a
 //! shared expert beside them whose output a sigmoid gate scales.
@@ -9,6 +9,11 @@ use crate::plan::{dense_ffn_named, layer_with_ffn, moe_ffn, FeedForwardPart, Gat
 use crate::weights::TensorSource;
 
 pub(super) const ARCH: Architecture = Architecture { name: "qwen35moe", config, layer };
+
+/// Qwen3-Next (llama.cpp's `qwen3next`): the same blocks, with value heads sharing key heads
+/// in consecutive runs (repeat-interleave), β and α from one fused `ssm_ba`, and plain NeoX
+/// RoPE over part of each head.
+pub(super) const NEXT: Architecture = Architecture { name: "qwen3next", config, layer };
 
 fn config(m: &Meta) -> Result<Config> {
     let mut c = qwen35::config(m)?;

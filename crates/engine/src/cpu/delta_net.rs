@@ -42,7 +42,7 @@ pub fn forward(d: &DeltaNet, eps: f32, x: DeltaInputs<'_>, conv_state: &mut [f32
     // Each value head over every token, in parallel: its output columns land in `per_head`.
     let mut per_head = vec![0f32; h_v * n * dv];
     per_head.par_chunks_mut(n * dv).zip(ssm_state.par_chunks_mut(dv * dk)).enumerate().for_each(|(h, (o, s))| {
-        let kh = h % sh.n_k_heads; // tiled: value head h reads key head h mod n_k (qwen35)
+        let kh = sh.key_head(h);
         let mut delta = vec![0f32; dv];
         for t in 0..n {
             let row = &mixed[t * conv_dim..(t + 1) * conv_dim];
@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     fn shape() -> DeltaShape {
-        DeltaShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: 8, head_v_dim: 6, d_conv: 4 }
+        DeltaShape { n_k_heads: 2, n_v_heads: 4, head_k_dim: 8, head_v_dim: 6, d_conv: 4, interleaved: false }
     }
 
     fn rnd(seed: &mut u64) -> f32 {
