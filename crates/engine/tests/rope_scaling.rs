@@ -62,6 +62,8 @@ fn every_architecture_reads_rope_scaling_as_llama_cpp_does() {
                 "phi3" => RopeFactorTensors::LongShort,
                 "llama" | "mistral3" if kind == "longrope" => RopeFactorTensors::LongShort,
                 "llama" | "mistral3" => RopeFactorTensors::Freqs,
+                // Proportional RoPE on its full layers, a table of half the full head.
+                "gemma4" => RopeFactorTensors::FreqsOfHead,
                 _ => RopeFactorTensors::None,
             };
             assert_eq!(c.rope_factors, factors, "{what}: factor tensors");
