@@ -112,17 +112,26 @@ pub fn matmul_many(ws: &[&Weight], inputs: &[&QuantizedInput], outs: &mut [&mut 
     });
 }
 
-/// Rows `r0..r1` of `out[n, m]` with the dot kernel, each weight row loaded once for every token.
+/// Tokens per block of the dot path: their quantized rows stay in L1/L2 while every row of
+/// the task's chunk passes over them (a prefill's whole activations would not).
+const DOT_TOKEN_BLOCK: usize = 16;
+
+/// Rows `r0..r1` of `out[n, m]` with the dot kernel, token block by token block (each weight
+/// row then comes from L2, each block's activations from L1, instead of every token's
+/// activations streaming from memory once per weight row).
 ///
 /// # Safety
 /// `dst` points at `input.n * w.rows` floats; nothing else writes these rows meanwhile.
 unsafe fn rows_dot(w: &Weight, input: &QuantizedInput, r0: usize, r1: usize, dst: SharedMut<f32>) {
     let (m, k) = (w.rows, w.cols);
     let dot = quant::dot_kernel(w.ty).expect("checked when the weight was loaded");
-    for r in r0..r1 {
-        let wrow = w.row(r);
-        for t in 0..input.n {
-            *dst.ptr().add(t * m + r) = dot(k, wrow, input.row(t));
+    for t0 in (0..input.n).step_by(DOT_TOKEN_BLOCK) {
+        let t1 = (t0 + DOT_TOKEN_BLOCK).min(input.n);
+        for r in r0..r1 {
+            let wrow = w.row(r);
+            for t in t0..t1 {
+                *dst.ptr().add(t * m + r) = dot(k, wrow, input.row(t));
+            }
         }
     }
 }
