@@ -625,16 +625,15 @@ pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer
     layer_with_ffn(src, c, il, Mixer::Attention(attention), ffn)
 }
 
+/// The vector `name` of `len` when `flag` says the architecture has it (then it is required).
+fn required_vector(src: &TensorSource, flag: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+    if flag { src.vector(name, len).map(Some) } else { Ok(None) }
+}
+
 /// Layer `il`'s attention as the config describes it.
 pub(crate) fn standard_attention(src: &TensorSource, c: &Config, il: usize) -> Result<Attention> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
-        if flag {
-            src.vector(&name, len).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
+    let required_if = |flag: bool, name: String, len: usize| required_vector(src, flag, &name, len);
     let shape = c.attn_shape(il);
     let local = c.swa_layers[il];
     let Qkv { q, kv, q_bias, k_bias, v_bias } = qkv(src, c, il)?;
@@ -667,13 +666,7 @@ pub(crate) fn standard_attention(src: &TensorSource, c: &Config, il: usize) -> R
 /// Layer `il` from its attention and feed-forward parts, with the norms around them.
 pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, mixer: Mixer, ffn: FeedForwardPart) -> Result<Layer> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let required_if = |flag: bool, name: String, len: usize| -> Result<Option<Vec<f32>>> {
-        if flag {
-            src.vector(&name, len).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
+    let required_if = |flag: bool, name: String, len: usize| required_vector(src, flag, &name, len);
     Ok(Layer {
         norm_eps: c.norm_eps,
         attn_norm: src.vector(&n("attn_norm"), c.n_embd)?,

@@ -50,7 +50,7 @@ pub(super) fn delta_shape(m: &Meta) -> Result<DeltaShape> {
         interleaved: m.arch == "qwen3next",
     };
     let bad = |what: String| Err(EngineError::BadMetadata(format!("{}: {what}", m.arch)));
-    if shape.n_k_heads == 0 || shape.n_v_heads == 0 || shape.n_v_heads % shape.n_k_heads != 0 {
+    if shape.n_k_heads == 0 || shape.n_v_heads == 0 || !shape.n_v_heads.is_multiple_of(shape.n_k_heads) {
         return bad(format!("{} value heads cannot share {} key heads", shape.n_v_heads, shape.n_k_heads));
     }
     if d_inner % shape.n_v_heads != 0 || d_inner / shape.n_v_heads != shape.head_k_dim || shape.d_conv == 0 {
