@@ -118,7 +118,7 @@ fn mrope_text_factors(sections: [usize; 4], pairs: usize) -> Option<Vec<f32>> {
     let [t, h, w, _] = sections;
     let still = |pair: usize| {
         let s = pair % total;
-        let in_thw = (s % 3 == 1 && s < 3 * h) || (s % 3 == 2 && s < 3 * w) || (s % 3 == 0 && s < 3 * t);
+        let in_thw = (s % 3 == 1 && s < 3 * h) || (s % 3 == 2 && s < 3 * w) || (s.is_multiple_of(3) && s < 3 * t);
         !in_thw
     };
     (0..pairs).any(still).then(|| (0..pairs).map(|p| if still(p) { f32::INFINITY } else { 1.0 }).collect())

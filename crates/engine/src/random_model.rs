@@ -177,7 +177,7 @@ impl RandomModelSpec {
     /// pairs) without K/V of their own and with a feed-forward part twice as wide.
     pub fn gemma4_layer(&self, il: usize) -> Gemma4Layer {
         let full = il % 2 == 1;
-        let kv_heads = if full && self.kv_heads % 2 == 0 { self.kv_heads / 2 } else { self.kv_heads };
+        let kv_heads = if full && self.kv_heads.is_multiple_of(2) { self.kv_heads / 2 } else { self.kv_heads };
         let n_kv = self.gemma4_layers_with_kv();
         Gemma4Layer {
             swa: !full,
