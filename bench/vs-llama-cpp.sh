@@ -30,18 +30,27 @@ echo "llama.cpp: $llama_bench; tandem: $tandem; threads $threads, reps $reps, pp
 for m in "${models[@]}"; do
   name=$(basename "$m")
   # Alternate the two so neither gets a systematically warmer or quieter machine.
-  "$llama_bench" -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.llama.json" 2>/dev/null
+  # llama-bench reports no memory: its peak RSS from /usr/bin/time where there is one.
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f %M -o "$out/$name.llama.rss" "$llama_bench" -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.llama.json" 2>/dev/null
+  else
+    "$llama_bench" -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.llama.json" 2>/dev/null
+  fi
   "$tandem" bench -m "$m" -t "$threads" -r "$reps" -p "$pp" -n "$tg" -o json >"$out/$name.tandem.json" 2>/dev/null
 done
 python3 - "$out" "${models[@]}" <<'PY'
 import json, os, sys
 out, models = sys.argv[1], sys.argv[2:]
-print("| model | test | llama.cpp t/s | tandem t/s | tandem / llama.cpp |")
-print("| --- | --- | ---: | ---: | ---: |")
+print("| model | test | llama.cpp t/s | tandem t/s | tandem / llama.cpp | llama.cpp peak RSS | tandem peak RSS |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for m in models:
     n = os.path.basename(m)
     ll = json.load(open(f"{out}/{n}.llama.json"))
     tt = json.load(open(f"{out}/{n}.tandem.json"))
+    try:
+        ll_rss = f"{int(open(f'{out}/{n}.llama.rss').read().split()[-1]) / 1024:.0f} MiB"
+    except (OSError, ValueError, IndexError):
+        ll_rss = "-"
     for t in tt:
         test = t["test"]
         kind, count = test[:2], int(test[2:])
@@ -49,6 +58,7 @@ for m in models:
         if not ref:
             continue
         r = ref[0]
-        print(f"| {n} | {test} | {r['avg_ts']:.2f} ± {r['stddev_ts']:.2f} | {t['avg_ts']:.2f} ± {t['stddev_ts']:.2f} | {t['avg_ts'] / r['avg_ts']:.2f}x |")
+        tt_rss = f"{t['peak_rss_bytes'] / (1 << 20):.0f} MiB" if t.get("peak_rss_bytes") else "-"
+        print(f"| {n} | {test} | {r['avg_ts']:.2f} ± {r['stddev_ts']:.2f} | {t['avg_ts']:.2f} ± {t['stddev_ts']:.2f} | {t['avg_ts'] / r['avg_ts']:.2f}x | {ll_rss} | {tt_rss} |")
 PY
 rm -rf "$out"

@@ -228,6 +228,10 @@ fn bench_prints_a_llama_bench_table() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("| model") && lines[0].contains("t/s"), "{out}");
     assert!(lines[2].contains("pp32") && lines[3].contains("tg4") && lines[2].contains(" ± "), "{out}");
+    // Memory beside every speed: the peak RSS, at least the mapped model's size once it ran.
+    assert!(lines[0].contains("peak RSS"), "{out}");
+    let rss: f64 = lines[3].rsplit('|').nth(1).unwrap().trim().trim_end_matches(" MiB").parse().expect("a peak RSS in MiB");
+    assert!(rss > 40.0, "peak RSS {rss} MiB below the model's size: {out}");
     let csv = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "0", "-r", "1", "-o", "csv"]);
     assert!(stdout(&csv).starts_with("model,size_mib"), "{}", stdout(&csv));
 }
@@ -245,6 +249,7 @@ fn bench_json_has_llama_bench_fields() {
         }
         assert!(r["model_filename"].as_str().unwrap().ends_with(SMOLLM) && r["n_threads"] == 2);
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 40 << 20, "peak RSS in bytes: {r}");
     }
     assert_eq!((rows[0]["n_prompt"].as_u64(), rows[0]["n_gen"].as_u64()), (Some(16), Some(0)));
     assert_eq!((rows[1]["n_prompt"].as_u64(), rows[1]["n_gen"].as_u64()), (Some(0), Some(2)));

@@ -55,6 +55,16 @@ struct Row {
     test: String,
     mean: f64,
     sd: f64,
+    /// The process's peak resident memory after the test, MiB (None where the OS does not say).
+    peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -109,6 +119,7 @@ pub fn main(a: Args) -> Result<()> {
                 test,
                 mean,
                 sd,
+                peak_rss_mib: peak_rss_mib(),
             });
         }
         eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
@@ -177,9 +188,10 @@ fn render(rows: &[Row], format: &str) -> String {
     let mut s = String::new();
     match format {
         "csv" => {
-            s.push_str("model,size_mib,params_m,backend,threads,test,avg_ts,stddev_ts\n");
+            s.push_str("model,size_mib,params_m,backend,threads,test,avg_ts,stddev_ts,peak_rss_mib\n");
             for r in rows {
-                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
+                let rss = r.peak_rss_mib.map_or(String::new(), |m| format!("{m:.1}"));
+                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2},{rss}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
             }
         }
         "json" => {
@@ -200,6 +212,7 @@ fn render(rows: &[Row], format: &str) -> String {
                         "test": r.test,
                         "avg_ts": r.mean,
                         "stddev_ts": r.sd,
+                        "peak_rss_bytes": r.peak_rss_mib.map(|m| (m * (1 << 20) as f64) as u64),
                     })
                 })
                 .collect();
@@ -207,12 +220,14 @@ fn render(rows: &[Row], format: &str) -> String {
             s.push('\n');
         }
         _ => {
-            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |\n");
-            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |\n");
+            // llama-bench's columns, then the process's peak resident memory after each test.
+            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |    peak RSS |\n");
+            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ----------: |\n");
             for r in rows {
+                let rss = r.peak_rss_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
                 s.push_str(&format!(
-                    "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} |\n",
-                    r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, format!("{:.2} ± {:.2}", r.mean, r.sd)
+                    "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>11} |\n",
+                    r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, format!("{:.2} ± {:.2}", r.mean, r.sd), rss
                 ));
             }
         }
