@@ -202,18 +202,10 @@ fn finite(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f32) -> Result<
 }
 
 impl CommonFields {
-    /// Check the fields and turn them into generation parameters; `model` is the served model's name.
-    pub fn params(&self, model: &str) -> Result<GenParams, ApiError> {
-        if let Some(m) = &self.model {
-            if m != model && !m.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    "model_not_found",
-                    format!("the model '{m}' does not exist; this server serves '{model}'"),
-                ));
-            }
-        }
+    /// Check the fields and turn them into generation parameters. Any `model` name is
+    /// accepted: the one served model answers it (as llama-server does; clients configured
+    /// for `gpt-4o-mini` work), and responses name the served model.
+    pub fn params(&self, _model: &str) -> Result<GenParams, ApiError> {
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(ApiError::bad("invalid_value", format!("'n' must be 1, got {n}")));

@@ -34,6 +34,10 @@ fn completions_chat_and_llama_server_endpoints() {
     let r = post(a, "/v1/completions", &json!({"model": "smol", "prompt": prompt, "max_tokens": 12, "temperature": 0}));
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
+    // Any model name is answered by the one served model, as llama-server does.
+    let other = post(a, "/v1/completions", &json!({"model": "gpt-4o-mini", "prompt": prompt, "max_tokens": 12, "temperature": 0}));
+    assert_eq!(other.status, 200, "{}", other.text());
+    assert_eq!((other.json()["choices"][0]["text"].clone(), other.json()["model"].clone()), (v["choices"][0]["text"].clone(), v["model"].clone()));
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["choices"][0]["text"], want.as_str());
     assert_eq!(v["choices"][0]["finish_reason"], "length");
