@@ -91,12 +91,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
     if let Some(key) = &s.api_key {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-        if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
-            let msg = "invalid or missing API key: send 'Authorization: Bearer KEY'";
+        // llama-server also takes the key as `X-Api-Key` (Anthropic-style clients send it so).
+        let x_api_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+        if ![bearer, x_api_key].iter().any(|g| g.is_some_and(|g| same(g.as_bytes(), key.as_bytes()))) {
+            let msg = "invalid or missing API key: send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'";
             let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", msg).into_response();
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
@@ -119,7 +121,7 @@ async fn cors_layer(req: Request, next: Next) -> Response {
         let h = r.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, any);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type, X-Api-Key"));
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         return r;
     }

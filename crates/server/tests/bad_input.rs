@@ -97,7 +97,11 @@ fn api_key_guards_everything_but_health_and_cors_when_asked() {
         assert_eq!(r.error(401), "invalid_api_key", "{path}");
         let r = request(a, method, path, &[("Authorization", "Basic s3cret")], body.as_bytes());
         assert_eq!(r.error(401), "invalid_api_key", "{path}");
+        let r = request(a, method, path, &[("X-Api-Key", "wrong")], body.as_bytes());
+        assert_eq!(r.error(401), "invalid_api_key", "{path}");
     }
+    // The key as X-Api-Key, as llama-server takes it too.
+    assert_eq!(request(a, "GET", "/v1/models", &[("X-Api-Key", "s3cret")], b"").status, 200);
     assert_eq!(get(a, "/health").status, 200);
     let auth = [("Authorization", "Bearer s3cret")];
     let r = request(a, "POST", "/v1/completions", &auth, body.as_bytes());
