@@ -24,6 +24,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// A prompt over the context: (its tokens, the context), reported as llama-server's
+    /// `n_prompt_tokens` and `n_ctx` beside the OpenAI fields.
+    pub context: Option<(usize, usize)>,
 }
 
 impl ApiError {
@@ -34,12 +37,24 @@ impl ApiError {
 
     /// Any status, type and code.
     pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, code, retry_after: None }
+        ApiError { status, message: message.into(), kind, code, retry_after: None, context: None }
+    }
+
+    /// A prompt of `n_prompt` tokens that the context of `n_ctx` cannot hold: OpenAI's code
+    /// (`context_length_exceeded`) with llama-server's type and counts.
+    pub fn context_exceeded(n_prompt: usize, n_ctx: usize) -> Self {
+        let msg = format!("the prompt has {n_prompt} tokens but the context holds {n_ctx}; shorten it");
+        ApiError { context: Some((n_prompt, n_ctx)), ..Self::new(StatusCode::BAD_REQUEST, "exceed_context_size_error", "context_length_exceeded", msg) }
     }
 
     /// The JSON body.
     pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+        let mut e = json!({"message": self.message, "type": self.kind, "code": self.code});
+        if let Some((n_prompt, n_ctx)) = self.context {
+            e["n_prompt_tokens"] = json!(n_prompt);
+            e["n_ctx"] = json!(n_ctx);
+        }
+        json!({ "error": e })
     }
 }
 

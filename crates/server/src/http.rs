@@ -258,8 +258,7 @@ async fn run(s: S, kind: Kind, prompt: Vec<u32>, params: GenParams, stream: bool
         return Err(ApiError::bad("empty_prompt", "the prompt is empty"));
     }
     if prompt.len() >= n_ctx {
-        let msg = format!("the prompt has {} tokens but the context holds {n_ctx}; shorten it", prompt.len());
-        return Err(ApiError::bad("context_length_exceeded", msg));
+        return Err(ApiError::context_exceeded(prompt.len(), n_ctx));
     }
     let ticket = s.sched.submit(prompt, params).map_err(|e| match e {
         SubmitError::QueueFull => ApiError {

@@ -82,6 +82,17 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn context_overflow_reports_llama_server_counts() {
+    let srv = start(SMOL, config(1, 1, 256));
+    let r = post(srv.addr, "/v1/completions", &json!({"prompt": "word ".repeat(300)}));
+    assert_eq!(r.status, 400);
+    let e = &r.json()["error"];
+    assert_eq!((e["code"].as_str(), e["type"].as_str(), e["n_ctx"].as_u64()), (Some("context_length_exceeded"), Some("exceed_context_size_error"), Some(256)), "{e}");
+    assert!(e["n_prompt_tokens"].as_u64().unwrap() >= 256, "{e}");
+    srv.shutdown().unwrap();
+}
+
+#[test]
 fn api_key_guards_everything_but_health_and_cors_when_asked() {
     let mut cfg = config(1, 1, 256);
     cfg.api_key = Some("s3cret".into());
