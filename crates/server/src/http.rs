@@ -327,8 +327,10 @@ impl Out {
 
     fn delta(&self, text: Option<&str>, reason: Option<&str>) -> Bytes {
         let choice = match (self.kind, text) {
+            // The first chunk names the role with no content yet (null, as llama-server and
+            // OpenAI send it, not an empty string).
             (Kind::Chat, None) if reason.is_none() => {
-                json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
+                json!({"index": 0, "delta": {"role": "assistant", "content": null}, "logprobs": null, "finish_reason": null})
             }
             (Kind::Chat, None) => json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}),
             (Kind::Chat, Some(t)) => json!({"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}),

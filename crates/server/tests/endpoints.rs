@@ -83,6 +83,7 @@ fn completions_chat_and_llama_server_endpoints() {
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert!(first["choices"][0]["delta"]["content"].is_null(), "the first chunk's content is null: {first}");
     assert_eq!(joined(&events), (want, Some(reason.to_string())));
 
     // Sampling with a seed is reproducible; different seeds may differ but stay valid.
