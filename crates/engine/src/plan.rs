@@ -616,10 +616,8 @@ impl Layer {
 /// temperature where the config says) and a dense gated feed-forward part (gate/up fused for phi3).
 pub fn standard_layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     let attention = standard_attention(src, c, il)?;
-    let n_ff = c.layer_n_ff[il];
     let ffn = match &c.moe {
-        None if n_ff == 0 => return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
-        None => FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?),
+        None => FeedForwardPart::Dense(dense_ffn(src, c, il)?),
         Some(moe) => FeedForwardPart::Moe(moe_ffn(src, c, moe, il)?),
     };
     layer_with_ffn(src, c, il, Mixer::Attention(attention), ffn)
@@ -680,9 +678,13 @@ pub(crate) fn layer_with_ffn(src: &TensorSource, c: &Config, il: usize, mixer: M
     })
 }
 
-/// Layer `il`'s dense gated feed-forward block of width `n_ff` (gate/up fused for phi3).
-pub(crate) fn dense_ffn(src: &TensorSource, c: &Config, il: usize, n_ff: usize) -> Result<DenseFfn> {
-    dense_ffn_named(src, c, il, n_ff, "")
+/// Layer `il`'s dense gated feed-forward block of the layer's width (gate/up fused for phi3);
+/// a width of 0 means the file never gave one.
+pub(crate) fn dense_ffn(src: &TensorSource, c: &Config, il: usize) -> Result<DenseFfn> {
+    match c.layer_n_ff[il] {
+        0 => Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch))),
+        n_ff => dense_ffn_named(src, c, il, n_ff, ""),
+    }
 }
 
 /// [`dense_ffn`] over the tensors `ffn_{gate,up,down}{suffix}` (`_shexp`: a shared expert).

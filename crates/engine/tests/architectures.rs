@@ -80,6 +80,11 @@ fn prompt_then_decode(r: &Runner, tokens: &[u32], prompt: usize, chunk: usize, c
     logits
 }
 
+/// `n` tokens spread over the generated models' 512-token vocabulary.
+fn test_tokens(n: u32) -> Vec<u32> {
+    (0..n).map(|i| (i * 7919 + 13) % 512).collect()
+}
+
 /// Normalized squared error of `a` against `b`, and how many rows of `row` share their argmax.
 fn agreement(a: &[f32], b: &[f32], row: usize) -> (f64, usize) {
     let (mut err, mut norm) = (0f64, 0f64);
@@ -96,7 +101,7 @@ fn agreement(a: &[f32], b: &[f32], row: usize) -> (f64, usize) {
 fn qwen_models_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
     for arch in ["qwen2", "qwen3", "qwen3moe"] {
         let bytes = spec(arch).build().unwrap().to_bytes();
-        let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+        let tokens = test_tokens(96);
         let (cpu, exact) = cpu_and_reference(bytes, &tokens, tokens.len());
         let (nmse, same) = agreement(&cpu, &exact, 512);
         // 8-bit activations on the CPU against f32 on the reference: a small, not a structural,
@@ -114,7 +119,7 @@ fn gpt_oss_runs_the_same_on_the_cpu_and_the_exact_reference_engine() {
     // 160 tokens: past the sliding window (128) of layer 0; layer 1 sees everything.
     let s = RandomModelSpec { head_dim: 32, ..spec("gpt-oss") };
     let bytes = s.build().unwrap().to_bytes();
-    let tokens: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(160);
     let (cpu, exact) = cpu_and_reference(bytes, &tokens, 192);
     let (nmse, same) = agreement(&cpu, &exact, 512);
     // As qwen3moe: router near-ties amplify the CPU's 8-bit activations.
@@ -160,7 +165,7 @@ fn gemma4_runs_the_same_on_the_cpu_and_the_exact_reference_engine() {
     // 160 tokens: past the window (128) of the sliding layers.
     let s = RandomModelSpec { layers: 6, ..spec("gemma4") };
     let bytes = s.build().unwrap().to_bytes();
-    let tokens: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(160);
     let (cpu, exact) = cpu_and_reference(bytes.clone(), &tokens, 192);
     let (nmse, same) = agreement(&cpu, &exact, 512);
     // Measured 6.5e-4 (the CPU's 8-bit activations; 154/160 argmaxes).
@@ -195,7 +200,7 @@ fn gemma4_with_experts_runs_them_beside_its_dense_mlp() {
         // Q, O (+ K, V own or not), the dense MLP's three, the router; then 3 per expert.
         assert_eq!(l.weights().filter(|(r, _)| matches!(r, engine::plan::WeightRole::FfnGate | engine::plan::WeightRole::FfnRouter)).count(), 2);
     }
-    let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(96);
     let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
     let (nmse, same) = agreement(&cpu, &exact, 512);
     // As the other MoE models: router near-ties amplify the CPU's 8-bit activations.
@@ -236,7 +241,7 @@ fn qwen35_builds_recurrent_and_gated_attention_layers() {
 fn qwen35_runs_the_same_on_the_cpu_and_the_exact_reference_engine_and_across_calls() {
     let s = RandomModelSpec { layers: 4, ..spec("qwen35") };
     let bytes = s.build().unwrap().to_bytes();
-    let tokens: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(160);
     let (cpu, exact) = cpu_and_reference(bytes.clone(), &tokens, 192);
     let (nmse, same) = agreement(&cpu, &exact, 512);
     // The engines' paths agree: the CPU's 8-bit activations against f32, carried through three
@@ -273,7 +278,7 @@ fn qwen35moe_routes_experts_beside_a_gated_shared_expert() {
         assert!(moe.routing.normalize && moe.routing.scale == 1.0);
         assert!(has(l, VectorRole::SharedExpertGate));
     }
-    let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(96);
     let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
     let (nmse, same) = agreement(&cpu, &exact, 512);
     // The engines' paths agree (the shared expert and experts through the dispatcher vs the
@@ -339,7 +344,7 @@ fn phi3_and_mistral3_run_the_same_on_the_cpu_and_the_exact_reference_engine() {
     // mistral3's temperature on the later half.
     for arch in ["phi3", "mistral3"] {
         let bytes = spec(arch).build().unwrap().to_bytes();
-        let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 512).collect();
+        let tokens = test_tokens(96);
         let (cpu, exact) = cpu_and_reference(bytes, &tokens, 128);
         let (nmse, same) = agreement(&cpu, &exact, 512);
         assert!(nmse < 2e-3, "{arch}: normalized squared error {nmse:.2e}");
@@ -393,7 +398,7 @@ fn phi3_picks_its_rope_factors_by_the_context() {
     let s = spec("phi3");
     let orig = s.ctx / 8;
     let runner = Runner::new(load(s.build().unwrap().to_bytes()).unwrap(), 2).unwrap();
-    let tokens: Vec<u32> = (0..48u32).map(|i| (i * 7919 + 13) % 512).collect();
+    let tokens = test_tokens(48);
     let run = |n_ctx: usize| {
         let mut cache = runner.new_cache(n_ctx);
         runner.forward(&mut cache, &tokens, 0..tokens.len()).unwrap()

@@ -21,6 +21,23 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Greedy streamed completions of `n` tokens for every prompt at once, client i starting
+/// `stagger_ms * i` after the first; each client's (status, events), in prompt order.
+fn greedy_streams(a: std::net::SocketAddr, prompts: &[&str], n: i64, stagger_ms: u64) -> Vec<(u16, Vec<String>)> {
+    let handles: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let body = json!({"prompt": p, "max_tokens": n, "temperature": 0, "stream": true, "ignore_eos": true});
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(stagger_ms * i as u64));
+                stream(a, "/v1/completions", &body)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[test]
 fn eight_streaming_clients_get_the_single_client_greedy_text() {
     let (runner, tok) = load(SMOL);
@@ -40,20 +57,7 @@ fn eight_streaming_clients_get_the_single_client_greedy_text() {
     let want: Vec<String> = prompts.iter().map(|p| reference(&runner, &tok, &tok.encode(p, true, true), n)).collect();
     drop(runner);
     let t0 = Instant::now();
-    let handles: Vec<_> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            // Half chat-style streams, half completions; all greedy.
-            let body = json!({"prompt": p, "max_tokens": n, "temperature": 0, "stream": true, "ignore_eos": true});
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(15 * i as u64));
-                stream(a, "/v1/completions", &body)
-            })
-        })
-        .collect();
-    for (i, h) in handles.into_iter().enumerate() {
-        let (status, events) = h.join().unwrap();
+    for (i, (status, events)) in greedy_streams(a, &prompts, n, 15).into_iter().enumerate() {
         assert_eq!(status, 200);
         let (text, reason) = joined(&events);
         assert_eq!(text, want[i], "client {i} ({:?})", prompts[i]);
@@ -179,19 +183,7 @@ fn recurrent_state_stays_with_each_conversation() {
     let a = srv.addr;
     // Both conversations at once (their decode steps share passes), then the first again in a
     // slot the other used: each gets the text it gets alone.
-    let handles: Vec<_> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let body = json!({"prompt": p, "max_tokens": n, "temperature": 0, "stream": true, "ignore_eos": true});
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(10 * i as u64));
-                stream(a, "/v1/completions", &body)
-            })
-        })
-        .collect();
-    for (i, h) in handles.into_iter().enumerate() {
-        let (status, events) = h.join().unwrap();
+    for (i, (status, events)) in greedy_streams(a, &prompts, n, 10).into_iter().enumerate() {
         assert_eq!(status, 200);
         assert_eq!(joined(&events).0, want[i], "conversation {i} beside the other");
     }

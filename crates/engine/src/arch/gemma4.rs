@@ -65,11 +65,7 @@ fn config(m: &Meta) -> Result<Config> {
 
 fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
-    let n_ff = c.layer_n_ff[il];
-    if n_ff == 0 {
-        return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch)));
-    }
-    let mlp = dense_ffn(src, c, il, n_ff)?;
+    let mlp = dense_ffn(src, c, il)?;
     let ffn = match &c.moe {
         Some(moe) if src.has(&n("ffn_gate_inp")) => FeedForwardPart::Moe(experts(src, c, moe, il, mlp)?),
         _ => FeedForwardPart::Dense(mlp),

@@ -60,11 +60,7 @@ pub(super) fn delta_shape(m: &Meta) -> Result<DeltaShape> {
 }
 
 fn layer(src: &TensorSource, c: &Config, il: usize) -> Result<Layer> {
-    let n_ff = c.layer_n_ff[il];
-    if n_ff == 0 {
-        return Err(EngineError::MissingKey(format!("{}.feed_forward_length", c.arch)));
-    }
-    layer_with_ffn(src, c, il, mixer(src, c, il)?, FeedForwardPart::Dense(dense_ffn(src, c, il, n_ff)?))
+    layer_with_ffn(src, c, il, mixer(src, c, il)?, FeedForwardPart::Dense(dense_ffn(src, c, il)?))
 }
 
 /// Layer `il`'s token mixer: a Gated DeltaNet or gated attention.
