@@ -238,20 +238,24 @@ impl BlockSteps for HostSteps<'_, '_> {
         // RoPE and the query scale, token by token in parallel; each token's angles serve all its heads.
         let (hd, rd, pairs) = (sh.head_dim, a.rope_dims, a.rope_dims / 2);
         let own_kv = !k.is_empty();
-        let rows = q.par_chunks_mut(qd).zip(s.rope(il).par_chunks(pairs)).zip(positions.par_iter());
-        rows.for_each(|((qt, angles), &pos)| {
-            let scale = a.temperature.map_or(a.scale, |t| t.factor(pos) * a.scale);
-            for head in qt.chunks_exact_mut(hd) {
+        let rotate = |rows: &mut [f32], angles: &[(f32, f32)], scale: Option<f32>| {
+            for head in rows.chunks_exact_mut(hd) {
                 RopeTable::rotate(&mut head[..rd], angles, neox);
-                head.iter_mut().for_each(|v| *v *= scale);
-            }
-        });
-        if own_kv {
-            k.par_chunks_mut(kd).zip(s.rope(il).par_chunks(pairs)).for_each(|(kt, angles)| {
-                for head in kt.chunks_exact_mut(hd) {
-                    RopeTable::rotate(&mut head[..rd], angles, neox);
+                if let Some(scale) = scale {
+                    head.iter_mut().for_each(|v| *v *= scale);
                 }
+            }
+        };
+        let q_scale = |pos: usize| Some(a.temperature.map_or(a.scale, |t| t.factor(pos) * a.scale));
+        let rows = q.par_chunks_mut(qd).zip(s.rope(il).par_chunks(pairs)).zip(positions.par_iter());
+        if own_kv {
+            // One pass over the tokens for both (a decode step pays one parallel region).
+            rows.zip(k.par_chunks_mut(kd)).for_each(|(((qt, angles), &pos), kt)| {
+                rotate(qt, angles, q_scale(pos));
+                rotate(kt, angles, None);
             });
+        } else {
+            rows.for_each(|((qt, angles), &pos)| rotate(qt, angles, q_scale(pos)));
         }
         let source = a.kv_layer(il);
         let mut attn = vec![0f32; n * od];
