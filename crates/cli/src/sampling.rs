@@ -23,9 +23,15 @@ pub struct SamplingArgs {
     /// Repeat penalty (1 = off).
     #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// Tokens the repeat penalty looks back over.
+    /// Tokens the penalties look back over.
     #[arg(long = "repeat-last-n", default_value_t = 64)]
     pub repeat_last_n: usize,
+    /// Frequency penalty (0 = off).
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Presence penalty (0 = off).
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    pub presence_penalty: f32,
     /// RNG seed (4294967295 = random).
     #[arg(short = 's', long, default_value_t = RANDOM_SEED)]
     pub seed: u32,
@@ -46,6 +52,9 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            logit_bias: Vec::new(),
             seed,
         }
     }
