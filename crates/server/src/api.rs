@@ -1,5 +1,6 @@
 //! Request parsing and validation, OpenAI-style errors and response bodies.
 
+use crate::sampling;
 use crate::template::ChatInput;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -131,6 +132,16 @@ pub struct CommonFields {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repeat_penalty: Option<f64>,
+    /// llama-server's window of the penalties.
+    pub repeat_last_n: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub logit_bias: Value,
+    /// Chat: a boolean; completions: the alternatives per token.
+    #[serde(default)]
+    pub logprobs: Value,
+    pub top_logprobs: Option<i64>,
     pub seed: Option<i64>,
     pub stop: Option<Value>,
     #[serde(default)]
@@ -203,6 +214,8 @@ pub struct GenParams {
     pub sampler: SamplerConfig,
     /// Token limit, end-of-generation rule, stop strings.
     pub rules: StopRules,
+    /// Report each token's log-probability with this many alternatives (None: not asked).
+    pub logprobs: Option<usize>,
 }
 
 /// Most stop strings per request.
@@ -217,15 +230,11 @@ fn finite(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f32) -> Result<
 }
 
 impl CommonFields {
-    /// Check the fields and turn them into generation parameters. Any `model` name is
+    /// Check the fields and turn them into generation parameters (`chat`: the chat
+    /// endpoint's reading of `logprobs`; `n_vocab` bounds `logit_bias`). Any `model` name is
     /// accepted: the one served model answers it (as llama-server does; clients configured
     /// for `gpt-4o-mini` work), and responses name the served model.
-    pub fn params(&self, _model: &str) -> Result<GenParams, ApiError> {
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::bad("invalid_value", format!("'n' must be 1, got {n}")));
-            }
-        }
+    pub fn params(&self, chat: bool, n_vocab: usize) -> Result<GenParams, ApiError> {
         let max = self.max_completion_tokens.or(self.max_tokens).or(self.n_predict.filter(|&n| n >= 0));
         let max_tokens = match max {
             None => None,
@@ -247,8 +256,20 @@ impl CommonFields {
             top_p: finite("top_p", self.top_p, 0.0, 1.0, 0.95)?,
             min_p: finite("min_p", self.min_p, 0.0, 1.0, 0.05)?,
             repeat_penalty: finite("repeat_penalty", self.repeat_penalty, 0.0, 100.0, 1.0)?,
-            repeat_last_n: 64,
+            repeat_last_n: match self.repeat_last_n {
+                None => 64,
+                Some(n) if (0..=1 << 20).contains(&n) => n as usize,
+                Some(n) => return Err(ApiError::bad("invalid_value", format!("'repeat_last_n' must be 0 or more, got {n}"))),
+            },
+            frequency_penalty: sampling::penalty("frequency_penalty", self.frequency_penalty)?,
+            presence_penalty: sampling::penalty("presence_penalty", self.presence_penalty)?,
+            logit_bias: sampling::logit_bias(&self.logit_bias, n_vocab)?,
             seed,
+        };
+        let logprobs = if chat {
+            sampling::chat_logprobs(&self.logprobs, self.top_logprobs)?
+        } else {
+            sampling::completion_logprobs(&self.logprobs)?
         };
         let stop = match &self.stop {
             None | Some(Value::Null) => Vec::new(),
@@ -264,7 +285,12 @@ impl CommonFields {
             return Err(ApiError::bad("invalid_value", format!("at most {MAX_STOPS} stop strings")));
         }
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop } })
+        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop }, logprobs })
+    }
+
+    /// How many choices (`n`).
+    pub fn choices(&self) -> Result<usize, ApiError> {
+        sampling::choices(self.n)
     }
 
     /// Whether a streamed response ends with a usage chunk.

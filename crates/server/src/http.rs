@@ -2,7 +2,9 @@
 
 use crate::api::{self, ApiError, ApiJson, ChatFields, CommonFields, CompletionFields, DetokenizeRequest, GenParams, TokenizeRequest};
 use crate::metrics::Metrics;
-use crate::scheduler::{Event, Finish, FinishReason, Scheduler, SubmitError, Ticket};
+use crate::response::{usage, Choice, Kind, Out};
+use crate::sampling;
+use crate::scheduler::{Event, FinishReason, Scheduler, SubmitError, Ticket};
 use crate::template::ChatTemplate;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -187,12 +189,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Chat,
-    Text,
-}
-
 /// The messages and template input of a chat request, checked as llama-server checks them.
 fn chat_request(s: &AppState, body: &Value) -> Result<(Vec<Value>, api::ChatOptions), ApiError> {
     let req: ChatFields = api::fields(body)?;
@@ -206,11 +202,12 @@ fn template_error(e: crate::template::TemplateError) -> ApiError {
 
 async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
-    let params = common.params(&s.model)?;
+    sampling::refuse_unsupported(&body, true)?;
+    let ask = Ask::read(&common, Kind::Chat, s.tok.vocab_size())?;
     let (messages, options) = chat_request(&s, &body)?;
     let st = s.clone();
     let prompt = blocking(move || st.template.tokenize_input(&st.tok, &options.input(&messages))).await?.map_err(template_error)?;
-    run(s, Kind::Chat, prompt, params, common.stream, common.include_usage()).await
+    run(s, Kind::Chat, prompt, ask).await
 }
 
 /// llama-server's /apply-template: the chat request's prompt as text, without generating.
@@ -228,7 +225,8 @@ async fn apply_template(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
 async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
     let req: CompletionFields = api::fields(&body)?;
-    let params = common.params(&s.model)?;
+    sampling::refuse_unsupported(&body, false)?;
+    let ask = Ask::read(&common, Kind::Text, s.tok.vocab_size())?;
     let prompt = match api::parse_prompt(&req.prompt, s.tok.vocab_size())? {
         api::Prompt::Tokens(ids) => ids,
         api::Prompt::Text(text) => {
@@ -236,12 +234,7 @@ async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Resul
             blocking(move || tok.encode(&text, true, true)).await?
         }
     };
-    run(s, Kind::Text, prompt, params, common.stream, common.include_usage()).await
-}
-
-fn usage(f: &Finish) -> Value {
-    json!({"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
-           "total_tokens": f.prompt_tokens + f.completion_tokens})
+    run(s, Kind::Text, prompt, ask).await
 }
 
 fn shutting_down() -> ApiError {
@@ -252,7 +245,50 @@ fn engine_error(e: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "engine_error", e)
 }
 
-async fn run(s: S, kind: Kind, prompt: Vec<u32>, params: GenParams, stream: bool, include_usage: bool) -> Result<Response, ApiError> {
+/// What a generation request asks besides its prompt.
+struct Ask {
+    params: GenParams,
+    /// Choices (`n`).
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Ask {
+    fn read(common: &CommonFields, kind: Kind, n_vocab: usize) -> Result<Self, ApiError> {
+        Ok(Ask {
+            params: common.params(kind == Kind::Chat, n_vocab)?,
+            n: common.choices()?,
+            stream: common.stream,
+            include_usage: common.include_usage(),
+        })
+    }
+}
+
+/// Queue `n` generations of the prompt, choice i seeded with the request's seed + i (so
+/// a sampled request's choices differ and a seeded one is reproducible).
+fn submit_all(s: &AppState, prompt: &[u32], ask: &Ask) -> Result<Vec<Ticket>, ApiError> {
+    (0..ask.n)
+        .map(|i| {
+            let mut params = ask.params.clone();
+            params.sampler.seed = params.sampler.seed.wrapping_add(i as u64);
+            s.sched.submit(prompt.to_vec(), params).map_err(|e| match e {
+                SubmitError::QueueFull => ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable_error",
+                        "queue_full",
+                        "every slot is busy and the queue is full; retry later",
+                    )
+                },
+                SubmitError::ShuttingDown => shutting_down(),
+            })
+        })
+        .collect()
+}
+
+async fn run(s: S, kind: Kind, prompt: Vec<u32>, ask: Ask) -> Result<Response, ApiError> {
     let n_ctx = s.sched.n_ctx();
     if prompt.is_empty() {
         return Err(ApiError::bad("empty_prompt", "the prompt is empty"));
@@ -260,116 +296,133 @@ async fn run(s: S, kind: Kind, prompt: Vec<u32>, params: GenParams, stream: bool
     if prompt.len() >= n_ctx {
         return Err(ApiError::context_exceeded(prompt.len(), n_ctx));
     }
-    let ticket = s.sched.submit(prompt, params).map_err(|e| match e {
-        SubmitError::QueueFull => ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable_error",
-                "queue_full",
-                "every slot is busy and the queue is full; retry later",
-            )
-        },
-        SubmitError::ShuttingDown => shutting_down(),
-    })?;
+    // Dropping the tickets of an earlier choice cancels it when a later one is refused.
+    let tickets = submit_all(&s, &prompt, &ask)?;
     let out = Out {
         kind,
         id: api::new_id(if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" }),
         created: api::now_secs(),
         model: s.model.clone(),
+        tok: s.tok.clone(),
+        logprobs: ask.params.logprobs.is_some(),
     };
-    if stream {
-        return Ok(sse(out, ticket, include_usage));
+    if ask.stream {
+        return Ok(sse(out, tickets, prompt.len(), ask.include_usage));
     }
-    let mut ticket = ticket;
-    let mut text = String::new();
-    loop {
-        match ticket.events.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Done(f)) if f.reason == FinishReason::Cancelled => return Err(shutting_down()),
-            Some(Event::Done(f)) => return Ok(Json(out.full(&text, &f)).into_response()),
-            Some(Event::Error(e)) => return Err(engine_error(e)),
-            None => return Err(shutting_down()),
-        }
-    }
-}
-
-/// Response bodies of one request.
-struct Out {
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Out {
-    fn full(&self, text: &str, f: &Finish) -> Value {
-        let reason = f.reason.as_str();
-        let choice = match self.kind {
-            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": null, "finish_reason": reason}),
-            Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason}),
-        };
-        let object = if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-               "system_fingerprint": "tandem", "choices": [choice], "usage": usage(f)})
-    }
-
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
-        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-                           "system_fingerprint": "tandem", "choices": choices});
-        if let Some(u) = usage {
-            v["usage"] = u;
-        }
-        Bytes::from(format!("data: {v}\n\n"))
-    }
-
-    fn delta(&self, text: Option<&str>, reason: Option<&str>) -> Bytes {
-        let choice = match (self.kind, text) {
-            // The first chunk names the role with no content yet (null, as llama-server and
-            // OpenAI send it, not an empty string).
-            (Kind::Chat, None) if reason.is_none() => {
-                json!({"index": 0, "delta": {"role": "assistant", "content": null}, "logprobs": null, "finish_reason": null})
-            }
-            (Kind::Chat, None) => json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}),
-            (Kind::Chat, Some(t)) => json!({"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}),
-            (Kind::Text, t) => json!({"index": 0, "text": t.unwrap_or(""), "logprobs": null, "finish_reason": reason}),
-        };
-        self.chunk(json!([choice]), None)
-    }
-}
-
-/// Phases of a streamed response.
-enum Phase {
-    Start,
-    Events,
-    End,
-}
-
-fn sse(out: Out, ticket: Ticket, include_usage: bool) -> Response {
-    let init = (out, ticket, Phase::Start);
-    let stream = futures_util::stream::unfold(init, move |(out, mut ticket, phase)| async move {
-        let bytes = match phase {
-            Phase::End => return None,
-            Phase::Start if out.kind == Kind::Chat => out.delta(None, None),
-            Phase::Start | Phase::Events => match tokio::time::timeout(KEEPALIVE, ticket.events.recv()).await {
-                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
-                Ok(Some(Event::Text(t))) => out.delta(Some(&t), None),
-                Ok(Some(Event::Done(f))) if f.reason != FinishReason::Cancelled => {
-                    let mut b = out.delta(None, Some(f.reason.as_str())).to_vec();
-                    if include_usage {
-                        b.extend_from_slice(&out.chunk(json!([]), Some(usage(&f))));
-                    }
-                    b.extend_from_slice(b"data: [DONE]\n\n");
-                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(b)), (out, ticket, Phase::End)));
+    let mut choices = Vec::with_capacity(tickets.len());
+    for mut ticket in tickets {
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
+        let finish = loop {
+            match ticket.events.recv().await {
+                Some(Event::Text { text: t, logprobs: p }) => {
+                    text.push_str(&t);
+                    logprobs.extend(p);
                 }
-                Ok(Some(Event::Error(e))) => error_event(engine_error(e)),
-                Ok(Some(Event::Done(_)) | None) => error_event(shutting_down()),
-            },
+                Some(Event::Done(f)) if f.reason == FinishReason::Cancelled => return Err(shutting_down()),
+                Some(Event::Done(f)) => break f,
+                Some(Event::Error(e)) => return Err(engine_error(e)),
+                None => return Err(shutting_down()),
+            }
         };
-        let next = if bytes.starts_with(b"data: {\"error\"") { Phase::End } else { Phase::Events };
-        Some((Ok(bytes), (out, ticket, next)))
+        choices.push(Choice { text, logprobs, finish });
+    }
+    Ok(Json(out.full(&choices, prompt.len())).into_response())
+}
+
+/// Every choice's events as one stream of (choice, event); `None` when a choice's channel
+/// closed.
+fn merged(tickets: Vec<Ticket>) -> futures_util::stream::SelectAll<futures_util::stream::BoxStream<'static, (usize, Option<Event>)>> {
+    use futures_util::StreamExt;
+    futures_util::stream::select_all(tickets.into_iter().enumerate().map(|(i, t)| {
+        futures_util::stream::unfold(Some(t), move |t| async move {
+            let mut t = t?;
+            match t.events.recv().await {
+                Some(e) => Some(((i, Some(e)), Some(t))),
+                None => Some(((i, None), None)),
+            }
+        })
+        .boxed()
+    }))
+}
+
+/// A streamed answer's progress.
+struct Streaming {
+    out: Out,
+    events: futures_util::stream::SelectAll<futures_util::stream::BoxStream<'static, (usize, Option<Event>)>>,
+    started: bool,
+    ended: bool,
+    done: Vec<bool>,
+    offsets: Vec<usize>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    include_usage: bool,
+}
+
+impl Streaming {
+    /// The next SSE bytes, or None once the stream has ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        use futures_util::StreamExt;
+        if self.ended {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            if self.out.kind == Kind::Chat {
+                let roles: Vec<u8> = (0..self.done.len()).flat_map(|i| self.out.role(i).to_vec()).collect();
+                return Some(Bytes::from(roles));
+            }
+        }
+        loop {
+            let event = match tokio::time::timeout(KEEPALIVE, self.events.next()).await {
+                Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                Ok(e) => e,
+            };
+            return Some(match event {
+                Some((i, Some(Event::Text { text, logprobs }))) => self.out.delta(i, &text, &logprobs, &mut self.offsets[i]),
+                Some((i, Some(Event::Done(f)))) if f.reason != FinishReason::Cancelled => {
+                    self.done[i] = true;
+                    self.completion_tokens += f.completion_tokens;
+                    let mut b = self.out.finish(i, f.reason.as_str()).to_vec();
+                    if self.done.iter().all(|&d| d) {
+                        if self.include_usage {
+                            b.extend_from_slice(&self.out.chunk(json!([]), Some(usage(self.prompt_tokens, self.completion_tokens))));
+                        }
+                        b.extend_from_slice(b"data: [DONE]\n\n");
+                        self.ended = true;
+                    }
+                    Bytes::from(b)
+                }
+                // A finished choice's channel closing is expected.
+                Some((i, None)) if self.done[i] => continue,
+                Some((_, Some(Event::Error(e)))) => {
+                    self.ended = true;
+                    error_event(engine_error(e))
+                }
+                Some((_, Some(Event::Done(_)) | None)) | None => {
+                    self.ended = true;
+                    error_event(shutting_down())
+                }
+            });
+        }
+    }
+}
+
+fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool) -> Response {
+    let n = tickets.len();
+    let state = Streaming {
+        out,
+        events: merged(tickets),
+        started: false,
+        ended: false,
+        done: vec![false; n],
+        offsets: vec![0; n],
+        prompt_tokens,
+        completion_tokens: 0,
+        include_usage,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let bytes = st.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(bytes), st))
     });
     let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();

@@ -7,7 +7,9 @@
 //!   every active slot's step into one `forward_batch`; a bounded queue (503 when full);
 //!   cancellation when a client goes away.
 //! * [`template`] — chat templates (the GGUF's, with minijinja, or a built-in one).
-//! * [`api`] — request validation and OpenAI-style errors; [`metrics`] — Prometheus counters.
+//! * [`api`] — request validation and OpenAI-style errors; [`sampling`] — penalties, logit
+//!   bias, log-probabilities, `n`, refused fields; [`response`] — response bodies and SSE
+//!   chunks; [`metrics`] — Prometheus counters.
 //!
 //! Sampling, stop rules and streamed text are the engine's [`engine::generate::Generation`],
 //! the same one `tandem run` and `tandem chat` drive.
@@ -15,6 +17,8 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod response;
+pub mod sampling;
 pub mod scheduler;
 pub mod template;
 

@@ -16,7 +16,7 @@ use crate::metrics::{add_time, Metrics};
 use engine::forward::Sequence;
 use engine::generate::{chunk_size, prefill_while, Generation, Step, StopReason};
 use engine::kv_cache::KvCache;
-use engine::sampler::Sampler;
+use engine::sampler::{token_logprob, Sampler, TokenLogprob};
 use engine::Runner;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -97,8 +97,15 @@ pub struct Finish {
 /// What a request hears from the engine threads.
 #[derive(Debug)]
 pub enum Event {
-    /// More text.
-    Text(String),
+    /// More text, and the log-probabilities of the tokens sampled since the last event
+    /// (when the request asked for them; a token whose text is held back, e.g. as a
+    /// possible stop string, is reported with the text that follows it).
+    Text {
+        /// The text, possibly empty when only log-probabilities are new.
+        text: String,
+        /// One per sampled token.
+        logprobs: Vec<TokenLogprob>,
+    },
     /// Finished (always the last event unless an error came).
     Done(Finish),
     /// The engine failed.
@@ -331,6 +338,8 @@ struct Slot<'t> {
     logits: Vec<f32>,
     next: u32,
     done: bool,
+    /// Log-probabilities not yet sent.
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl<'t> Slot<'t> {
@@ -338,7 +347,7 @@ impl<'t> Slot<'t> {
         let sampler = Sampler::new(r.job.params.sampler.clone());
         let mut gen = Generation::new(tok, sampler, r.job.params.rules.clone());
         gen.accept_prompt(&r.job.prompt);
-        Slot { job: r.job, cache: r.cache, gen, logits: r.logits, next: 0, done: false }
+        Slot { job: r.job, cache: r.cache, gen, logits: r.logits, next: 0, done: false, logprobs: Vec::new() }
     }
 
     /// Sample from the pending logits and act on the token.
@@ -348,7 +357,12 @@ impl<'t> Slot<'t> {
         }
         let before = self.gen.tokens().len();
         let step = self.gen.step(&self.logits, &self.cache);
-        m.generated_tokens.fetch_add((self.gen.tokens().len() - before) as u64, Relaxed);
+        let sampled = self.gen.tokens().len() > before;
+        m.generated_tokens.fetch_add(sampled as u64, Relaxed);
+        if let (Some(top), true) = (self.job.params.logprobs, sampled) {
+            let token = self.gen.tokens()[before];
+            self.logprobs.push(token_logprob(&self.logits, token, top));
+        }
         let (text, end) = match step {
             Step::Continue { token, text } => {
                 self.next = token;
@@ -356,8 +370,9 @@ impl<'t> Slot<'t> {
             }
             Step::Done { reason, text } => (text, Some(reason)),
         };
-        if !text.is_empty() {
-            let _ = self.job.tx.send(Event::Text(text));
+        if !text.is_empty() || (end.is_some() && !self.logprobs.is_empty()) {
+            let logprobs = std::mem::take(&mut self.logprobs);
+            let _ = self.job.tx.send(Event::Text { text, logprobs });
         }
         if let Some(reason) = end {
             self.finish(reason.into(), m);

@@ -45,7 +45,19 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ("stream a string", post(a, cmpl, &json!({"prompt": "x", "stream": "yes"})), 400, "invalid_request"),
         ("stop a number", post(a, cmpl, &json!({"prompt": "x", "stop": 7})), 400, "invalid_value"),
         ("stop list of numbers", post(a, cmpl, &json!({"prompt": "x", "stop": [1]})), 400, "invalid_value"),
-        ("n = 2", post(a, cmpl, &json!({"prompt": "x", "n": 2})), 400, "invalid_value"),
+        ("n = 0", post(a, cmpl, &json!({"prompt": "x", "n": 0})), 400, "invalid_value"),
+        ("n = 17", post(a, cmpl, &json!({"prompt": "x", "n": 17})), 400, "invalid_value"),
+        ("presence_penalty 3", post(a, cmpl, &json!({"prompt": "x", "presence_penalty": 3})), 400, "invalid_value"),
+        ("frequency_penalty a string", post(a, cmpl, &json!({"prompt": "x", "frequency_penalty": "x"})), 400, "invalid_request"),
+        ("logit_bias id out of range", post(a, cmpl, &json!({"prompt": "x", "logit_bias": {"99999999": 1}})), 400, "invalid_value"),
+        ("logit_bias above 100", post(a, cmpl, &json!({"prompt": "x", "logit_bias": {"1": 500}})), 400, "invalid_value"),
+        ("completion logprobs a boolean", post(a, cmpl, &json!({"prompt": "x", "logprobs": true})), 400, "invalid_value"),
+        ("top_logprobs without logprobs", post(a, chat, &json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})), 400, "invalid_value"),
+        ("top_logprobs 21", post(a, chat, &json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})), 400, "invalid_value"),
+        ("echo", post(a, cmpl, &json!({"prompt": "x", "echo": true})), 400, "unsupported_field"),
+        ("best_of", post(a, cmpl, &json!({"prompt": "x", "best_of": 3})), 400, "unsupported_field"),
+        ("audio output", post(a, chat, &json!({"messages": [{"role": "user", "content": "x"}], "modalities": ["text", "audio"]})), 400, "unsupported_field"),
+        ("functions", post(a, chat, &json!({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})), 400, "unsupported_field"),
         ("prompt an object", post(a, cmpl, &json!({"prompt": {"a": 1}})), 400, "invalid_value"),
         ("token id out of range", post(a, cmpl, &json!({"prompt": [1, 99999999]})), 400, "invalid_value"),
         ("prompt longer than the context", post(a, cmpl, &json!({"prompt": "word ".repeat(200)})), 400, "context_length_exceeded"),
@@ -70,8 +82,8 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         let _ = s.write_all(b"\x00\x01\x02 NOT HTTP\r\n\r\n");
     }
     ok_after(a);
-    // Unknown fields are ignored (clients send many); an empty model name is the default one.
-    let r = post(a, cmpl, &json!({"prompt": "Hi", "max_tokens": 1, "frequency_penalty": 0, "user": "u", "model": ""}));
+    // Fields that change nothing are accepted (clients send many); an empty model name is the default one.
+    let r = post(a, cmpl, &json!({"prompt": "Hi", "max_tokens": 1, "frequency_penalty": 0, "user": "u", "store": false, "model": ""}));
     assert_eq!(r.status, 200, "{}", r.text());
     // Still serving; no CORS headers without --cors.
     let r = get(a, "/health");

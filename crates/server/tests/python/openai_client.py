@@ -56,6 +56,22 @@ a = client.completions.create(model=model, prompt="Once upon a time", max_tokens
 b = client.completions.create(model=model, prompt="Once upon a time", max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
 assert a.choices[0].text == b.choices[0].text
 
+# Log-probabilities, several choices, penalties and logit bias, through the package's types.
+lp = client.chat.completions.create(model=model, messages=msgs, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+content = lp.choices[0].logprobs.content
+assert "".join(t.token for t in content) == lp.choices[0].message.content, content
+assert all(t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in content), content
+many = client.chat.completions.create(model=model, messages=msgs, max_tokens=6, temperature=0, n=2,
+                                      presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"0": -100})
+assert [c.index for c in many.choices] == [0, 1] and many.choices[0].message.content == many.choices[1].message.content, many
+cl = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
+assert len(cl.choices[0].logprobs.tokens) == 4 and len(cl.choices[0].logprobs.top_logprobs[0]) == 2, cl
+try:
+    client.chat.completions.create(model=model, messages=msgs, max_tokens=5, response_format={"type": "json_object"})
+    raise AssertionError("an unsupported response_format was served")
+except openai.BadRequestError as e:
+    assert "response_format" in str(e)
+
 # A client configured for another model name is served by the one model (as llama-server does).
 other = client.chat.completions.create(model="gpt-4o-mini", messages=msgs, max_tokens=5, temperature=0)
 assert other.model == model and other.choices[0].message.content, other

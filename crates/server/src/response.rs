@@ -1,0 +1,158 @@
+//! Response bodies: whole answers and SSE chunks of /v1/chat/completions and
+//! /v1/completions, with their choices, usage and log-probabilities in OpenAI's shapes.
+
+use crate::scheduler::Finish;
+use bytes::Bytes;
+use engine::sampler::TokenLogprob;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokenizer::Tokenizer;
+
+/// Which endpoint answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// /v1/chat/completions.
+    Chat,
+    /// /v1/completions.
+    Text,
+}
+
+/// One finished choice.
+#[derive(Debug)]
+pub struct Choice {
+    /// Its text.
+    pub text: String,
+    /// Its tokens' log-probabilities (when asked for).
+    pub logprobs: Vec<TokenLogprob>,
+    /// How it ended.
+    pub finish: Finish,
+}
+
+/// `usage`: the prompt counted once, the completions of every choice summed.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens})
+}
+
+/// The bodies of one request's answer.
+pub struct Out {
+    /// Endpoint.
+    pub kind: Kind,
+    /// `chatcmpl-…` or `cmpl-…`.
+    pub id: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// For the tokens' text in log-probabilities.
+    pub tok: Arc<Tokenizer>,
+    /// Whether log-probabilities were asked for (else `logprobs` is null).
+    pub logprobs: bool,
+}
+
+impl Out {
+    /// The whole answer.
+    pub fn full(&self, choices: &[Choice], prompt_tokens: usize) -> Value {
+        let list: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let reason = c.finish.reason.as_str();
+                let logprobs = self.logprobs_json(&c.logprobs, 0);
+                match self.kind {
+                    Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.text},
+                                         "logprobs": logprobs, "finish_reason": reason}),
+                    Kind::Text => json!({"index": i, "text": c.text, "logprobs": logprobs, "finish_reason": reason}),
+                }
+            })
+            .collect();
+        let completion = choices.iter().map(|c| c.finish.completion_tokens).sum();
+        let object = if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
+               "system_fingerprint": "tandem", "choices": list, "usage": usage(prompt_tokens, completion)})
+    }
+
+    /// An SSE event holding `choices` (and `usage`, for the last chunk).
+    pub fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
+        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
+                           "system_fingerprint": "tandem", "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        Bytes::from(format!("data: {v}\n\n"))
+    }
+
+    /// A chat's first chunk for choice `index`: the role, with no content yet (null, as
+    /// llama-server and OpenAI send it, not an empty string).
+    pub fn role(&self, index: usize) -> Bytes {
+        let choice = json!({"index": index, "delta": {"role": "assistant", "content": null}, "logprobs": null, "finish_reason": null});
+        self.chunk(json!([choice]), None)
+    }
+
+    /// More text of choice `index`; `offset` is the completion's length so far in
+    /// characters (completions' `text_offset`), advanced past `text`.
+    pub fn delta(&self, index: usize, text: &str, probs: &[TokenLogprob], offset: &mut usize) -> Bytes {
+        let logprobs = self.logprobs_json(probs, *offset);
+        *offset += text.chars().count();
+        let choice = match self.kind {
+            Kind::Chat => json!({"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}),
+            Kind::Text => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}),
+        };
+        self.chunk(json!([choice]), None)
+    }
+
+    /// The chunk ending choice `index`.
+    pub fn finish(&self, index: usize, reason: &str) -> Bytes {
+        let choice = match self.kind {
+            Kind::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
+            Kind::Text => json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
+        };
+        self.chunk(json!([choice]), None)
+    }
+
+    fn piece(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self.tok.token_to_piece(id, true);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// Chat: `{"content": [{token, logprob, bytes, top_logprobs}]}`. Completions:
+    /// `{tokens, token_logprobs, top_logprobs, text_offset}`, offsets counted in characters
+    /// from the completion's start (`start`: where these tokens begin).
+    fn logprobs_json(&self, probs: &[TokenLogprob], start: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => {
+                let entry = |id: u32, lp: f32| {
+                    let (token, bytes) = self.piece(id);
+                    json!({"token": token, "logprob": lp, "bytes": bytes})
+                };
+                let content: Vec<Value> = probs
+                    .iter()
+                    .map(|p| {
+                        let mut e = entry(p.token, p.logprob);
+                        e["top_logprobs"] = p.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Kind::Text => {
+                let mut offset = start;
+                let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+                for p in probs {
+                    let (token, _) = self.piece(p.token);
+                    offsets.push(offset);
+                    offset += token.chars().count();
+                    tokens.push(token);
+                    lps.push(p.logprob);
+                    let top: serde_json::Map<String, Value> = p.top.iter().map(|&(t, lp)| (self.piece(t).0, json!(lp))).collect();
+                    tops.push(top);
+                }
+                json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+            }
+        }
+    }
+}
