@@ -97,6 +97,65 @@ impl KvCache {
     }
 }
 
+/// A copy of a cache's filled positions (and recurrent state), sized by what it holds, not
+/// by the context: what a prompt cache keeps in RAM between requests.
+pub struct KvSnapshot {
+    len: usize,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
+    conv: Vec<Vec<f32>>,
+    ssm: Vec<Vec<f32>>,
+}
+
+impl KvSnapshot {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Memory it takes.
+    pub fn bytes(&self) -> usize {
+        let rows: usize = self.k.iter().chain(&self.v).map(|r| r.len() * 2).sum();
+        rows + self.conv.iter().chain(&self.ssm).map(|r| r.len() * 4).sum::<usize>()
+    }
+}
+
+impl KvCache {
+    /// Copy out positions `0..len()` and the recurrent state.
+    pub fn snapshot(&self) -> KvSnapshot {
+        let rows = |m: &Vec<Vec<u16>>, col: fn(&(usize, usize)) -> usize| -> Vec<Vec<u16>> {
+            m.iter().zip(&self.widths).map(|(r, w)| r[..self.len * col(w)].to_vec()).collect()
+        };
+        KvSnapshot { len: self.len, k: rows(&self.k, |w| w.0), v: rows(&self.v, |w| w.1), conv: self.conv.clone(), ssm: self.ssm.clone() }
+    }
+
+    /// Replace this cache's content with a snapshot taken from a cache of the same model;
+    /// false (and the cache untouched) when it does not fit: more positions than this
+    /// cache's context, or another model's shapes.
+    pub fn restore(&mut self, s: &KvSnapshot) -> bool {
+        let shapes_match = s.k.len() == self.k.len()
+            && s.k.iter().zip(&s.v).zip(&self.widths).all(|((k, v), w)| k.len() == s.len * w.0 && v.len() == s.len * w.1)
+            && s.conv.iter().zip(&self.conv).all(|(a, b)| a.len() == b.len())
+            && s.ssm.iter().zip(&self.ssm).all(|(a, b)| a.len() == b.len());
+        if s.len > self.n_ctx || !shapes_match {
+            return false;
+        }
+        for (dst, src) in self.k.iter_mut().zip(&s.k).chain(self.v.iter_mut().zip(&s.v)) {
+            dst[..src.len()].copy_from_slice(src);
+        }
+        for (dst, src) in self.conv.iter_mut().zip(&s.conv).chain(self.ssm.iter_mut().zip(&s.ssm)) {
+            dst.copy_from_slice(src);
+        }
+        self.len = s.len;
+        true
+    }
+}
+
 impl crate::matrix::KvRows for KvCache {
     fn layer(&self, il: usize) -> (&[f16], &[f16]) {
         KvCache::layer(self, il)
@@ -116,6 +175,34 @@ impl crate::matrix::KvRows for KvCache {
 mod tests {
     use super::*;
     use crate::random_model::RandomModelSpec;
+
+    /// A snapshot restored into another cache gives the same rows and state, costs only the
+    /// filled positions, and is refused by a cache too small for it.
+    #[test]
+    fn snapshot_restores_rows_and_state() {
+        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
+        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
+        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let mut a = KvCache::new(&c, 32);
+        let (kd, vd) = c.kv_widths(0);
+        for layer in 0..c.n_layer {
+            let k: Vec<f32> = (0..5 * kd).map(|i| (i as f32 * 0.37 + layer as f32).sin()).collect();
+            let v: Vec<f32> = (0..5 * vd).map(|i| (i as f32 * 0.11 - layer as f32).cos()).collect();
+            a.store(layer, 0, &k, &v);
+        }
+        a.set_len(5);
+        let snap = a.snapshot();
+        assert_eq!(snap.len(), 5);
+        assert_eq!(snap.bytes(), (0..c.n_layer).map(|il| 5 * (c.kv_widths(il).0 + c.kv_widths(il).1) * 2).sum::<usize>());
+        let mut b = KvCache::new(&c, 16);
+        assert!(b.restore(&snap));
+        assert_eq!(b.len(), 5);
+        for layer in 0..c.n_layer {
+            assert_eq!(a.layer(layer).0[..5 * kd], b.layer(layer).0[..5 * kd]);
+            assert_eq!(a.layer(layer).1[..5 * vd], b.layer(layer).1[..5 * vd]);
+        }
+        assert!(!KvCache::new(&c, 4).restore(&snap), "a cache of 4 positions cannot hold 5");
+    }
 
     /// An engine's f16 write-back through `layers_mut` lands exactly where `store` puts the
     /// same values, in every layer, and leaves the other rows alone.

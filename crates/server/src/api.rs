@@ -150,6 +150,8 @@ pub struct CommonFields {
     pub n: Option<i64>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// llama-server's switch for reusing a cached prompt prefix (default on).
+    pub cache_prompt: Option<bool>,
 }
 
 /// `stream_options`.
@@ -216,6 +218,8 @@ pub struct GenParams {
     pub rules: StopRules,
     /// Report each token's log-probability with this many alternatives (None: not asked).
     pub logprobs: Option<usize>,
+    /// Reuse a cached prefix of the prompt.
+    pub cache_prompt: bool,
 }
 
 /// Most stop strings per request.
@@ -285,7 +289,7 @@ impl CommonFields {
             return Err(ApiError::bad("invalid_value", format!("at most {MAX_STOPS} stop strings")));
         }
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop }, logprobs })
+        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop }, logprobs, cache_prompt: self.cache_prompt.unwrap_or(true) })
     }
 
     /// How many choices (`n`).

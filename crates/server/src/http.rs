@@ -355,6 +355,8 @@ struct Streaming {
     offsets: Vec<usize>,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Cached prompt tokens of the first choice to finish.
+    cached_tokens: Option<usize>,
     include_usage: bool,
 }
 
@@ -382,10 +384,12 @@ impl Streaming {
                 Some((i, Some(Event::Done(f)))) if f.reason != FinishReason::Cancelled => {
                     self.done[i] = true;
                     self.completion_tokens += f.completion_tokens;
-                    let mut b = self.out.finish(i, f.reason.as_str()).to_vec();
+                    let cached = *self.cached_tokens.get_or_insert(f.cached_tokens);
+                    let mut b = self.out.finish(i, &f).to_vec();
                     if self.done.iter().all(|&d| d) {
                         if self.include_usage {
-                            b.extend_from_slice(&self.out.chunk(json!([]), Some(usage(self.prompt_tokens, self.completion_tokens))));
+                            let u = usage(self.prompt_tokens, self.completion_tokens, cached);
+                            b.extend_from_slice(&self.out.chunk(json!([]), Some(u)));
                         }
                         b.extend_from_slice(b"data: [DONE]\n\n");
                         self.ended = true;
@@ -418,6 +422,7 @@ fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool
         offsets: vec![0; n],
         prompt_tokens,
         completion_tokens: 0,
+        cached_tokens: None,
         include_usage,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {

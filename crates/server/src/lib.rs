@@ -17,6 +17,7 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod prompt_cache;
 pub mod response;
 pub mod sampling;
 pub mod scheduler;
@@ -94,7 +95,14 @@ impl Default for Config {
             port: 8080,
             api_key: None,
             cors: false,
-            sched: SchedConfig { parallel: 4, queue: 16, n_ctx: 4096, chunk: 512, decode_batch: scheduler::BATCH_INVARIANT },
+            sched: SchedConfig {
+                parallel: 4,
+                queue: 16,
+                n_ctx: 4096,
+                chunk: 512,
+                cache_ram: 8192 << 20,
+                decode_batch: scheduler::BATCH_INVARIANT,
+            },
             model_name: "model".into(),
             chat_template: None,
             chat_template_kwargs: serde_json::Map::new(),

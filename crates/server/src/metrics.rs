@@ -33,6 +33,14 @@ pub struct Metrics {
     pub queue_depth: AtomicUsize,
     /// Slots prefilling or decoding.
     pub slots_busy: AtomicUsize,
+    /// Requests that reused a cached prompt prefix.
+    pub prompt_cache_hits: AtomicU64,
+    /// Prompt tokens taken from a cache instead of prefilled.
+    pub prompt_cached_tokens: AtomicU64,
+    /// Bytes of slot contents held in RAM for later prompts.
+    pub ram_cache_bytes: AtomicUsize,
+    /// Copies held in RAM.
+    pub ram_cache_entries: AtomicUsize,
 }
 
 /// Add a duration to a nanosecond counter.
@@ -92,6 +100,15 @@ impl Metrics {
             "Requests refused with 503 because the queue was full.",
             one(g(&self.rejected_queue_full)),
         );
+        metric("prompt_cache_hits_total", "counter", "Requests that reused a cached prompt prefix.", one(g(&self.prompt_cache_hits)));
+        metric(
+            "prompt_cached_tokens_total",
+            "counter",
+            "Prompt tokens taken from a cache instead of prefilled.",
+            one(g(&self.prompt_cached_tokens)),
+        );
+        metric("ram_cache_bytes", "gauge", "Bytes of slot contents kept in RAM (--cache-ram).", one(self.ram_cache_bytes.load(Relaxed) as f64));
+        metric("ram_cache_entries", "gauge", "Slot contents kept in RAM.", one(self.ram_cache_entries.load(Relaxed) as f64));
         metric("queue_depth", "gauge", "Requests waiting for a slot.", one(self.queue_depth.load(Relaxed) as f64));
         metric("slots_busy", "gauge", "Slots prefilling or decoding.", one(self.slots_busy.load(Relaxed) as f64));
         metric("slots_total", "gauge", "Slots (--parallel).", one(slots_total as f64));

@@ -28,10 +28,27 @@ pub struct Choice {
     pub finish: Finish,
 }
 
-/// `usage`: the prompt counted once, the completions of every choice summed.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// `usage`: the prompt counted once (with the tokens a cache supplied, OpenAI's
+/// `prompt_tokens_details.cached_tokens`), the completions of every choice summed.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-           "total_tokens": prompt_tokens + completion_tokens})
+           "total_tokens": prompt_tokens + completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": cached_tokens}})
+}
+
+/// llama-server's `timings` of one generation: prompt tokens run (`prompt_n`, besides the
+/// `cache_n` a cache supplied) and generated, with their times.
+pub fn timings(f: &Finish) -> Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let per = |n: usize, t: f64| if n > 0 { (t / n as f64, if t > 0.0 { n as f64 * 1e3 / t } else { 0.0 }) } else { (0.0, 0.0) };
+    let prompt_n = f.prompt_tokens - f.cached_tokens;
+    let (prompt_ms, predicted_ms) = (ms(f.prompt_time), ms(f.decode_time));
+    let (p_tok, p_sec) = per(prompt_n, prompt_ms);
+    let (d_tok, d_sec) = per(f.completion_tokens, predicted_ms);
+    json!({"cache_n": f.cached_tokens, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+           "prompt_per_token_ms": p_tok, "prompt_per_second": p_sec,
+           "predicted_n": f.completion_tokens, "predicted_ms": predicted_ms,
+           "predicted_per_token_ms": d_tok, "predicted_per_second": d_sec})
 }
 
 /// The bodies of one request's answer.
@@ -67,18 +84,31 @@ impl Out {
             })
             .collect();
         let completion = choices.iter().map(|c| c.finish.completion_tokens).sum();
+        let cached = choices.first().map_or(0, |c| c.finish.cached_tokens);
         let object = if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-               "system_fingerprint": "tandem", "choices": list, "usage": usage(prompt_tokens, completion)})
+        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
+                           "system_fingerprint": "tandem", "choices": list, "usage": usage(prompt_tokens, completion, cached)});
+        if let Some(c) = choices.first() {
+            v["timings"] = timings(&c.finish);
+        }
+        v
     }
 
     /// An SSE event holding `choices` (and `usage`, for the last chunk).
     pub fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
+        self.chunk_with(choices, usage, None)
+    }
+
+    /// The same, with llama-server's `timings` (on a choice's last chunk).
+    pub fn chunk_with(&self, choices: Value, usage: Option<Value>, timings: Option<Value>) -> Bytes {
         let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
         let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
                            "system_fingerprint": "tandem", "choices": choices});
         if let Some(u) = usage {
             v["usage"] = u;
+        }
+        if let Some(t) = timings {
+            v["timings"] = t;
         }
         Bytes::from(format!("data: {v}\n\n"))
     }
@@ -102,13 +132,14 @@ impl Out {
         self.chunk(json!([choice]), None)
     }
 
-    /// The chunk ending choice `index`.
-    pub fn finish(&self, index: usize, reason: &str) -> Bytes {
+    /// The chunk ending choice `index`, with its timings.
+    pub fn finish(&self, index: usize, f: &Finish) -> Bytes {
+        let reason = f.reason.as_str();
         let choice = match self.kind {
             Kind::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
             Kind::Text => json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
         };
-        self.chunk(json!([choice]), None)
+        self.chunk_with(json!([choice]), None, Some(timings(f)))
     }
 
     fn piece(&self, id: u32) -> (String, Vec<u8>) {

@@ -8,18 +8,21 @@
 //!   stop strings and streaming text to each request's channel.
 //!
 //! The two run at the same time, so a new prompt never stops the others' decoding.
+//! A slot keeps what its cache holds after a request: the prefill thread gives a prompt the
+//! slot sharing most of it (or restores a RAM copy, [`crate::prompt_cache`]) and prefills
+//! only the rest.
 //! Requests beyond the free slots wait in a bounded queue; a dropped [`Ticket`] (the
 //! client went away) cancels its request wherever it is and frees its slot.
 
 use crate::api::GenParams;
 use crate::metrics::{add_time, Metrics};
+use crate::prompt_cache::{pick_slot, RamCache, SlotCache};
 use engine::forward::Sequence;
 use engine::generate::{chunk_size, prefill_while, Generation, Step, StopReason};
-use engine::kv_cache::KvCache;
 use engine::sampler::{token_logprob, Sampler, TokenLogprob};
 use engine::Runner;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -38,6 +41,9 @@ pub struct SchedConfig {
     pub n_ctx: usize,
     /// Prompt tokens per prefill pass (a prompt is split into equal chunks of at most this).
     pub chunk: usize,
+    /// Bytes of slot contents kept in RAM for later prompts (0: only the slots' own caches
+    /// are reused).
+    pub cache_ram: usize,
     /// Most slots per decode pass (0 = all). The default, [`BATCH_INVARIANT`], keeps every
     /// decode pass on the CPU's per-row dot kernels, so a request's tokens are bit for bit
     /// those it gets alone (`tandem run`), whatever else is running; larger passes go to
@@ -92,6 +98,19 @@ pub struct Finish {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose positions came from a cache (not prefilled).
+    pub cached_tokens: usize,
+    /// Time prefilling the rest of the prompt.
+    pub prompt_time: Duration,
+    /// Time from the first sampled token to the end.
+    pub decode_time: Duration,
+}
+
+impl Finish {
+    /// A request that ended before generating.
+    fn early(reason: FinishReason, prompt_tokens: usize) -> Self {
+        Finish { reason, prompt_tokens, completion_tokens: 0, cached_tokens: 0, prompt_time: Duration::ZERO, decode_time: Duration::ZERO }
+    }
 }
 
 /// What a request hears from the engine threads.
@@ -149,7 +168,7 @@ impl Job {
 
 struct State {
     waiting: VecDeque<Job>,
-    free: Vec<KvCache>,
+    free: Vec<SlotCache>,
     accepting: bool,
     draining: bool,
 }
@@ -160,6 +179,8 @@ struct Shared {
     abort: AtomicBool,
     metrics: Arc<Metrics>,
     cfg: SchedConfig,
+    /// Stamps for least-recently-used choices.
+    clock: AtomicU64,
 }
 
 impl Shared {
@@ -172,9 +193,14 @@ impl Shared {
         self.metrics.slots_busy.store(self.cfg.parallel - st.free.len(), Relaxed);
     }
 
-    fn give_back(&self, cache: KvCache) {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Relaxed) + 1
+    }
+
+    fn give_back(&self, mut slot: SlotCache) {
+        slot.last_used = self.tick();
         let mut st = self.lock();
-        st.free.push(cache);
+        st.free.push(slot);
         self.publish(&st);
         drop(st);
         self.cv.notify_all();
@@ -184,8 +210,10 @@ impl Shared {
 /// A prefilled request on its way to the decode thread.
 struct Ready {
     job: Job,
-    cache: KvCache,
+    slot: SlotCache,
     logits: Vec<f32>,
+    cached: usize,
+    prompt_time: Duration,
 }
 
 /// The slots, the queue and the engine threads.
@@ -197,7 +225,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Allocate the slots' caches and start the prefill and decode threads.
     pub fn start(runner: Arc<Runner>, tok: Arc<Tokenizer>, cfg: SchedConfig, metrics: Arc<Metrics>) -> Self {
-        let free = (0..cfg.parallel.max(1)).map(|_| runner.new_cache(cfg.n_ctx)).collect();
+        let free = (0..cfg.parallel.max(1)).map(|_| SlotCache::new(runner.new_cache(cfg.n_ctx))).collect();
         let cfg = SchedConfig { parallel: cfg.parallel.max(1), chunk: cfg.chunk.max(1), ..cfg };
         let shared = Arc::new(Shared {
             state: Mutex::new(State { waiting: VecDeque::new(), free, accepting: true, draining: false }),
@@ -205,6 +233,7 @@ impl Scheduler {
             abort: AtomicBool::new(false),
             metrics,
             cfg,
+            clock: AtomicU64::new(0),
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let (s1, r1) = (shared.clone(), runner.clone());
@@ -273,14 +302,14 @@ impl Scheduler {
 }
 
 fn prefill_loop(shared: &Shared, runner: &Runner, ready: mpsc::Sender<Ready>) {
+    let mut ram = RamCache::new(shared.cfg.cache_ram);
     loop {
-        let (job, mut cache) = {
+        let (job, mut slot) = {
             let mut st = shared.lock();
             loop {
                 if st.draining {
                     for j in st.waiting.drain(..) {
-                        let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: j.prompt.len(), completion_tokens: 0 };
-                        let _ = j.tx.send(Event::Done(finish));
+                        let _ = j.tx.send(Event::Done(Finish::early(FinishReason::Cancelled, j.prompt.len())));
                     }
                     shared.publish(&st);
                     return;
@@ -296,44 +325,76 @@ fn prefill_loop(shared: &Shared, runner: &Runner, ready: mpsc::Sender<Ready>) {
                 st = shared.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
             }
             let job = st.waiting.pop_front().expect("a waiting job");
-            let cache = st.free.pop().expect("a free slot");
+            let i = if job.params.cache_prompt { pick_slot(&st.free, &job.prompt) } else { 0 };
+            let slot = st.free.swap_remove(i);
             shared.publish(&st);
-            (job, cache)
+            (job, slot)
         };
-        cache.truncate(0);
+        let cached = reuse_prefix(&mut slot, &job, &mut ram, shared.tick());
+        shared.metrics.ram_cache_bytes.store(ram.bytes(), Relaxed);
+        shared.metrics.ram_cache_entries.store(ram.len(), Relaxed);
+        if cached > 0 {
+            shared.metrics.prompt_cache_hits.fetch_add(1, Relaxed);
+            shared.metrics.prompt_cached_tokens.fetch_add(cached as u64, Relaxed);
+        }
         let t0 = Instant::now();
         // The same chunks as `tandem run`'s, so the same kernels and the same tokens.
-        let outcome = prefill_while(runner, &mut cache, &job.prompt, shared.cfg.chunk, &mut || {
+        let outcome = prefill_while(runner, &mut slot.cache, &job.prompt[cached..], shared.cfg.chunk, &mut || {
             !job.gone() && !shared.abort.load(Relaxed)
         });
-        add_time(&shared.metrics.prefill_ns, t0.elapsed());
-        shared.metrics.prompt_tokens.fetch_add(cache.len() as u64, Relaxed);
+        let prompt_time = t0.elapsed();
+        add_time(&shared.metrics.prefill_ns, prompt_time);
+        shared.metrics.prompt_tokens.fetch_add((slot.cache.len() - cached) as u64, Relaxed);
+        slot.tokens.extend_from_slice(&job.prompt[cached..slot.cache.len().max(cached)]);
         match outcome {
             Ok(Some(logits)) => {
-                if let Err(mpsc::SendError(r)) = ready.send(Ready { job, cache, logits }) {
-                    let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: r.job.prompt.len(), completion_tokens: 0 };
-                    let _ = r.job.tx.send(Event::Done(finish));
-                    shared.give_back(r.cache);
+                if let Err(mpsc::SendError(r)) = ready.send(Ready { job, slot, logits, cached, prompt_time }) {
+                    let _ = r.job.tx.send(Event::Done(Finish::early(FinishReason::Cancelled, r.job.prompt.len())));
+                    shared.give_back(r.slot);
                 }
             }
             Ok(None) => {
                 shared.metrics.cancelled.fetch_add(1, Relaxed);
-                let finish = Finish { reason: FinishReason::Cancelled, prompt_tokens: job.prompt.len(), completion_tokens: 0 };
-                let _ = job.tx.send(Event::Done(finish));
-                shared.give_back(cache);
+                let _ = job.tx.send(Event::Done(Finish::early(FinishReason::Cancelled, job.prompt.len())));
+                shared.give_back(slot);
             }
             Err(e) => {
                 let _ = job.tx.send(Event::Error(format!("prefill failed: {e}")));
-                shared.give_back(cache);
+                slot.truncate(0);
+                shared.give_back(slot);
             }
         }
     }
 }
 
+/// Make `slot` hold the longest prefix of the job's prompt that a cache offers, keeping in
+/// RAM whatever the slot held that is about to be lost; returns the positions reused.
+fn reuse_prefix(slot: &mut SlotCache, job: &Job, ram: &mut RamCache, now: u64) -> usize {
+    if !job.params.cache_prompt {
+        ram.save(slot, now);
+        slot.truncate(0);
+        return 0;
+    }
+    let recurrent = slot.cache.is_recurrent();
+    let mut keep = crate::prompt_cache::reusable(&slot.tokens, recurrent, &job.prompt);
+    if keep < slot.tokens.len() {
+        ram.save(slot, now);
+    }
+    if let Some((i, n)) = ram.best(recurrent, &job.prompt) {
+        if n > keep && ram.restore(i, slot, now) {
+            keep = n;
+        }
+    }
+    slot.truncate(keep)
+}
+
 /// A slot in the decode phase.
 struct Slot<'t> {
     job: Job,
-    cache: KvCache,
+    kv: SlotCache,
+    cached: usize,
+    prompt_time: Duration,
+    started: Instant,
     gen: Generation<'t>,
     logits: Vec<f32>,
     next: u32,
@@ -347,7 +408,18 @@ impl<'t> Slot<'t> {
         let sampler = Sampler::new(r.job.params.sampler.clone());
         let mut gen = Generation::new(tok, sampler, r.job.params.rules.clone());
         gen.accept_prompt(&r.job.prompt);
-        Slot { job: r.job, cache: r.cache, gen, logits: r.logits, next: 0, done: false, logprobs: Vec::new() }
+        Slot {
+            job: r.job,
+            kv: r.slot,
+            cached: r.cached,
+            prompt_time: r.prompt_time,
+            started: Instant::now(),
+            gen,
+            logits: r.logits,
+            next: 0,
+            done: false,
+            logprobs: Vec::new(),
+        }
     }
 
     /// Sample from the pending logits and act on the token.
@@ -356,7 +428,7 @@ impl<'t> Slot<'t> {
             return self.finish(FinishReason::Cancelled, m);
         }
         let before = self.gen.tokens().len();
-        let step = self.gen.step(&self.logits, &self.cache);
+        let step = self.gen.step(&self.logits, &self.kv.cache);
         let sampled = self.gen.tokens().len() > before;
         m.generated_tokens.fetch_add(sampled as u64, Relaxed);
         if let (Some(top), true) = (self.job.params.logprobs, sampled) {
@@ -386,7 +458,17 @@ impl<'t> Slot<'t> {
             FinishReason::Cancelled => &m.cancelled,
         };
         counter.fetch_add(1, Relaxed);
-        let finish = Finish { reason, prompt_tokens: self.job.prompt.len(), completion_tokens: self.gen.tokens().len() };
+        let finish = Finish {
+            reason,
+            prompt_tokens: self.job.prompt.len(),
+            completion_tokens: self.gen.tokens().len(),
+            cached_tokens: self.cached,
+            prompt_time: self.prompt_time,
+            decode_time: self.started.elapsed(),
+        };
+        // What the cache holds past the prompt: the generated tokens run so far.
+        let fed = self.kv.cache.len().saturating_sub(self.kv.tokens.len());
+        self.kv.tokens.extend_from_slice(&self.gen.tokens()[..fed.min(self.gen.tokens().len())]);
         let _ = self.job.tx.send(Event::Done(finish));
         self.done = true;
     }
@@ -426,7 +508,7 @@ fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::R
         let mut i = 0;
         while i < active.len() {
             if active[i].done {
-                shared.give_back(active.swap_remove(i).cache);
+                shared.give_back(active.swap_remove(i).kv);
             } else {
                 i += 1;
             }
@@ -445,7 +527,7 @@ fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::R
             let mut seqs: Vec<Sequence> = group
                 .iter_mut()
                 .zip(&steps)
-                .map(|(s, t)| Sequence { cache: &mut s.cache, tokens: t, logit_rows: 0..1 })
+                .map(|(s, t)| Sequence { cache: &mut s.kv.cache, tokens: t, logit_rows: 0..1 })
                 .collect();
             let result = runner.forward_batch(&mut seqs);
             drop(seqs);
@@ -461,9 +543,10 @@ fn decode_loop(shared: &Shared, runner: &Runner, tok: &Tokenizer, ready: mpsc::R
         }
         add_time(&shared.metrics.decode_ns, t0.elapsed());
         if let Some(e) = failed {
-            for s in active.drain(..) {
+            for mut s in active.drain(..) {
                 let _ = s.job.tx.send(Event::Error(format!("decode failed: {e}")));
-                shared.give_back(s.cache);
+                s.kv.truncate(0);
+                shared.give_back(s.kv);
             }
         }
     }

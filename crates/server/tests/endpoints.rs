@@ -42,7 +42,12 @@ fn completions_chat_and_llama_server_endpoints() {
     assert_eq!(v["choices"][0]["text"], want.as_str());
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     let n_prompt = tok.encode(prompt, true, true).len();
-    assert_eq!(v["usage"], json!({"prompt_tokens": n_prompt, "completion_tokens": 12, "total_tokens": n_prompt + 12}));
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": n_prompt, "completion_tokens": 12, "total_tokens": n_prompt + 12,
+               "prompt_tokens_details": {"cached_tokens": 0}})
+    );
+    assert_eq!((v["timings"]["prompt_n"].clone(), v["timings"]["predicted_n"].clone()), (json!(n_prompt), json!(12)), "{v}");
 
     // Streaming gives the same text, ends with [DONE], and the usage chunk when asked.
     let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "stream": true,

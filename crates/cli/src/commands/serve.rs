@@ -40,6 +40,10 @@ pub struct Args {
     /// CPU threads.
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// MiB of RAM for slot contents kept for later prompts (llama-server's flag: -1 = no
+    /// limit, 0 = off; a slot's own cache is reused either way).
+    #[arg(long = "cache-ram", visible_alias = "cram", default_value_t = 8192, allow_negative_numbers = true)]
+    cache_ram: i64,
     #[command(flatten)]
     placement: PlacementArgs,
     /// Require "Authorization: Bearer KEY" on every endpoint except /health.
@@ -108,6 +112,11 @@ pub fn main(a: Args) -> Result<()> {
             n_ctx,
             chunk: a.batch_size.max(1),
             decode_batch: a.decode_batch.unwrap_or(server::scheduler::BATCH_INVARIANT),
+            cache_ram: match a.cache_ram {
+                -1 => usize::MAX,
+                n if n >= 0 => (n as usize).saturating_mul(1 << 20),
+                n => anyhow::bail!("--cache-ram must be -1 (no limit), 0 (off) or MiB, got {n}"),
+            },
         },
         model_name,
         chat_template,

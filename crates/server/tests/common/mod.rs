@@ -32,7 +32,14 @@ pub fn config(parallel: usize, queue: usize, n_ctx: usize) -> server::Config {
     server::Config {
         host: "127.0.0.1".into(),
         port: 0,
-        sched: server::SchedConfig { parallel, queue, n_ctx, chunk: 64, decode_batch: server::scheduler::BATCH_INVARIANT },
+        sched: server::SchedConfig {
+            parallel,
+            queue,
+            n_ctx,
+            chunk: 64,
+            cache_ram: 256 << 20,
+            decode_batch: server::scheduler::BATCH_INVARIANT,
+        },
         model_name: "smol".into(),
         shutdown_grace: Duration::from_secs(2),
         ..server::Config::default()
