@@ -3,6 +3,7 @@
 use crate::api::{self, ApiError, ApiJson, ChatFields, CommonFields, CompletionFields, DetokenizeRequest, GenParams, TokenizeRequest};
 use crate::metrics::Metrics;
 use crate::response::{usage, Choice, Kind, Out};
+use crate::native;
 use crate::sampling;
 use crate::scheduler::{Event, FinishReason, Scheduler, SubmitError, Ticket};
 use crate::template::ChatTemplate;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub chat_template_kwargs: Map<String, Value>,
     /// The model id clients name.
     pub model: String,
+    /// The model file.
+    pub model_path: String,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if any.
@@ -46,7 +49,7 @@ type S = Arc<AppState>;
 
 /// Seconds a silent stream waits before sending an SSE comment (which also notices a
 /// client that went away while its request was queued).
-const KEEPALIVE: Duration = Duration::from_secs(2);
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// The application: every route, auth on all but /health, optional CORS.
 pub fn router(state: S, cors: bool, max_body: usize) -> Router {
@@ -61,6 +64,9 @@ pub fn router(state: S, cors: bool, max_body: usize) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/apply-template", post(apply_template))
         .route("/metrics", get(metrics))
+        .route("/completion", post(native::completion))
+        .route("/props", get(native::props))
+        .route("/slots", get(native::slots))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/health", get(health))
@@ -183,7 +189,7 @@ async fn detokenize(State(s): State<S>, ApiJson(req): ApiJson<DetokenizeRequest>
     Ok(Json(json!({"content": s.tok.decode(&ids, true)})))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))
@@ -237,21 +243,21 @@ async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Resul
     run(s, Kind::Text, prompt, ask).await
 }
 
-fn shutting_down() -> ApiError {
+pub(crate) fn shutting_down() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "shutting_down", "the server is shutting down")
 }
 
-fn engine_error(e: String) -> ApiError {
+pub(crate) fn engine_error(e: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "engine_error", e)
 }
 
 /// What a generation request asks besides its prompt.
-struct Ask {
-    params: GenParams,
+pub(crate) struct Ask {
+    pub(crate) params: GenParams,
     /// Choices (`n`).
-    n: usize,
-    stream: bool,
-    include_usage: bool,
+    pub(crate) n: usize,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
 }
 
 impl Ask {
@@ -267,7 +273,7 @@ impl Ask {
 
 /// Queue `n` generations of the prompt, choice i seeded with the request's seed + i (so
 /// a sampled request's choices differ and a seeded one is reproducible).
-fn submit_all(s: &AppState, prompt: &[u32], ask: &Ask) -> Result<Vec<Ticket>, ApiError> {
+pub(crate) fn submit_all(s: &AppState, prompt: &[u32], ask: &Ask) -> Result<Vec<Ticket>, ApiError> {
     (0..ask.n)
         .map(|i| {
             let mut params = ask.params.clone();
@@ -437,6 +443,6 @@ fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool
     r
 }
 
-fn error_event(e: ApiError) -> Bytes {
+pub(crate) fn error_event(e: ApiError) -> Bytes {
     Bytes::from(format!("data: {}\n\n", e.body()))
 }

@@ -2,7 +2,7 @@
 //!
 //! * [`http`] — routes: /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models,
 //!   /health, /tokenize, /detokenize, /apply-template, /metrics; bearer auth, optional CORS,
-//!   body limit.
+//!   body limit. [`native`] — llama-server's /completion, /props, /slots.
 //! * [`scheduler`] — `--parallel` slots; a prefill thread and a decode thread that batches
 //!   every active slot's step into one `forward_batch`; a bounded queue (503 when full);
 //!   cancellation when a client goes away.
@@ -17,6 +17,7 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod native;
 pub mod prompt_cache;
 pub mod response;
 pub mod sampling;
@@ -75,6 +76,8 @@ pub struct Config {
     pub sched: SchedConfig,
     /// The id clients pass as `model`.
     pub model_name: String,
+    /// The model file (shown by /props).
+    pub model_path: String,
     /// A built-in template name or Jinja source replacing the GGUF's.
     pub chat_template: Option<String>,
     /// Template variables every chat request starts from; a request's `chat_template_kwargs`
@@ -104,6 +107,7 @@ impl Default for Config {
                 decode_batch: scheduler::BATCH_INVARIANT,
             },
             model_name: "model".into(),
+            model_path: String::new(),
             chat_template: None,
             chat_template_kwargs: serde_json::Map::new(),
             max_body: 4 << 20,
@@ -183,6 +187,7 @@ pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Resu
         template,
         chat_template_kwargs: cfg.chat_template_kwargs.clone(),
         model: cfg.model_name.clone(),
+        model_path: cfg.model_path.clone(),
         metrics,
         api_key: cfg.api_key.clone(),
         created: api::now_secs(),

@@ -14,6 +14,8 @@ pub const MIN_SUFFIX: usize = crate::scheduler::BATCH_INVARIANT + 1;
 
 /// A slot's cache and the tokens it holds (`tokens.len() == cache.len()`).
 pub struct SlotCache {
+    /// The slot's number (llama-server's `id_slot`).
+    pub id: usize,
     /// Keys, values, recurrent state.
     pub cache: KvCache,
     /// The tokens whose positions the cache holds.
@@ -24,8 +26,8 @@ pub struct SlotCache {
 
 impl SlotCache {
     /// An empty slot.
-    pub fn new(cache: KvCache) -> Self {
-        SlotCache { cache, tokens: Vec::new(), last_used: 0 }
+    pub fn new(id: usize, cache: KvCache) -> Self {
+        SlotCache { id, cache, tokens: Vec::new(), last_used: 0 }
     }
 
     /// Forget everything past `keep` positions; returns what was kept (a recurrent cache

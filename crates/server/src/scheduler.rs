@@ -60,8 +60,10 @@ pub const BATCH_INVARIANT: usize = 7;
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// End-of-generation token or stop string.
+    /// End-of-generation token.
     Stop,
+    /// A stop string.
+    StopWord,
     /// max_tokens reached or the context is full.
     Length,
     /// The client went away or the server is shutting down.
@@ -71,7 +73,8 @@ pub enum FinishReason {
 impl From<StopReason> for FinishReason {
     fn from(r: StopReason) -> Self {
         match r {
-            StopReason::EndOfGeneration | StopReason::StopString => FinishReason::Stop,
+            StopReason::EndOfGeneration => FinishReason::Stop,
+            StopReason::StopString => FinishReason::StopWord,
             StopReason::Length | StopReason::ContextFull => FinishReason::Length,
             StopReason::Cancelled => FinishReason::Cancelled,
         }
@@ -82,9 +85,19 @@ impl FinishReason {
     /// OpenAI's name.
     pub fn as_str(self) -> &'static str {
         match self {
-            FinishReason::Stop => "stop",
+            FinishReason::Stop | FinishReason::StopWord => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// llama-server's `stop_type`: eos, word, limit or none.
+    pub fn stop_type(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "eos",
+            FinishReason::StopWord => "word",
+            FinishReason::Length => "limit",
+            FinishReason::Cancelled => "none",
         }
     }
 }
@@ -225,7 +238,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Allocate the slots' caches and start the prefill and decode threads.
     pub fn start(runner: Arc<Runner>, tok: Arc<Tokenizer>, cfg: SchedConfig, metrics: Arc<Metrics>) -> Self {
-        let free = (0..cfg.parallel.max(1)).map(|_| SlotCache::new(runner.new_cache(cfg.n_ctx))).collect();
+        let free = (0..cfg.parallel.max(1)).map(|id| SlotCache::new(id, runner.new_cache(cfg.n_ctx))).collect();
         let cfg = SchedConfig { parallel: cfg.parallel.max(1), chunk: cfg.chunk.max(1), ..cfg };
         let shared = Arc::new(Shared {
             state: Mutex::new(State { waiting: VecDeque::new(), free, accepting: true, draining: false }),
@@ -257,6 +270,18 @@ impl Scheduler {
     /// Number of slots.
     pub fn slots(&self) -> usize {
         self.shared.cfg.parallel
+    }
+
+    /// Each slot: its id, whether it serves a request now, and the positions its cache
+    /// holds for later prompts (None while it serves).
+    pub fn slot_states(&self) -> Vec<(usize, bool, Option<usize>)> {
+        let st = self.shared.lock();
+        (0..self.shared.cfg.parallel)
+            .map(|id| match st.free.iter().find(|s| s.id == id) {
+                Some(s) => (id, false, Some(s.tokens.len())),
+                None => (id, true, None),
+            })
+            .collect()
     }
 
     /// Queue a request (prompt tokens already checked to fit the context).
@@ -453,7 +478,7 @@ impl<'t> Slot<'t> {
 
     fn finish(&mut self, reason: FinishReason, m: &Metrics) {
         let counter = match reason {
-            FinishReason::Stop => &m.finished_stop,
+            FinishReason::Stop | FinishReason::StopWord => &m.finished_stop,
             FinishReason::Length => &m.finished_length,
             FinishReason::Cancelled => &m.cancelled,
         };

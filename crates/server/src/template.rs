@@ -36,6 +36,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Where it came from: `gguf` or a built-in name or `custom`.
     pub origin: String,
+    /// The Jinja source (llama-server's /props shows it).
+    pub source: String,
     bos: String,
     eos: String,
     add_bos: bool,
@@ -151,6 +153,7 @@ impl ChatTemplate {
         let mut tmpl = ChatTemplate {
             env,
             origin,
+            source,
             bos,
             eos,
             add_bos,

@@ -149,3 +149,69 @@ fn gemma_uses_the_builtin_template() {
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("alternate"));
     srv.shutdown().unwrap();
 }
+
+/// llama-server's own /completion (text or token prompt, n_probs, its stream without
+/// [DONE]), /props and /slots.
+#[test]
+fn llama_server_native_completion_props_and_slots() {
+    let (runner, tok) = load(SMOL);
+    let mut cfg = config(2, 4, 512);
+    cfg.model_path = "/models/smol.gguf".into();
+    let srv = start(SMOL, cfg);
+    let a = srv.addr;
+    let prompt = "The capital of France is";
+    let ids = tok.encode(prompt, true, true);
+    let want = reference(&runner, &tok, &ids, 10);
+    let r = post(a, "/completion", &json!({"prompt": prompt, "n_predict": 10, "temperature": 0, "n_probs": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["content"], want.as_str(), "{v}");
+    assert_eq!((v["stop"].clone(), v["stop_type"].clone()), (json!(true), json!("limit")));
+    assert_eq!((v["tokens_predicted"].clone(), v["tokens_evaluated"].clone()), (json!(10), json!(ids.len())));
+    assert_eq!(v["generation_settings"]["n_predict"], 10);
+    let probs = v["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 10);
+    let text: String = probs.iter().map(|p| p["token"].as_str().unwrap()).collect();
+    assert_eq!(text, want);
+    for p in probs {
+        assert_eq!(p["top_logprobs"].as_array().unwrap().len(), 2);
+        assert_eq!(p["top_logprobs"][0]["id"], p["id"], "greedy takes the most likely token");
+    }
+    // Token ids as the prompt: the same answer. A stop word ends it with stop_type "word".
+    let r = post(a, "/completion", &json!({"prompt": ids, "n_predict": 10, "temperature": 0})).json();
+    assert_eq!(r["content"], want.as_str());
+    assert!(r.get("completion_probabilities").is_none());
+    let word = want.split_whitespace().nth(1).unwrap().to_string();
+    let r = post(a, "/completion", &json!({"prompt": prompt, "n_predict": 10, "temperature": 0, "stop": [word]})).json();
+    assert_eq!(r["stop_type"], "word", "{r}");
+    // Streamed: the same text in pieces, the last event stops with timings, no [DONE].
+    let (status, events) = stream(a, "/completion", &json!({"prompt": prompt, "n_predict": 10, "temperature": 0, "stream": true}));
+    assert_eq!(status, 200);
+    let parsed: Vec<Value> = events.iter().map(|e| serde_json::from_str(e).unwrap_or_else(|_| panic!("{e}"))).collect();
+    let text: String = parsed.iter().map(|e| e["content"].as_str().unwrap()).collect();
+    assert_eq!(text, want);
+    let last = parsed.last().unwrap();
+    assert_eq!(last["stop"], true);
+    assert!(last["timings"]["predicted_n"].as_u64().unwrap() == 10, "{last}");
+    assert!(parsed[..parsed.len() - 1].iter().all(|e| e["stop"] == false));
+    // Bad input: one clear error.
+    let r = post(a, "/completion", &json!({"prompt": prompt, "n_probs": 50}));
+    assert_eq!(r.error(400), "invalid_value");
+    let r = post(a, "/completion", &json!({"n_predict": 3}));
+    assert_eq!(r.error(400), "invalid_request");
+
+    // /props: slots, template, special tokens, model.
+    let p = get(a, "/props").json();
+    assert_eq!(p["total_slots"], 2);
+    assert_eq!(p["model_path"], "/models/smol.gguf");
+    assert!(p["chat_template"].as_str().unwrap().contains("im_start"), "{p}");
+    assert_eq!(p["default_generation_settings"]["n_ctx"], 512);
+    assert_eq!(p["bos_token"], tok.bos().and_then(|b| tok.token_text(b)).unwrap());
+    // /slots: both idle now, one holding the last prompt and answer.
+    let slots = get(a, "/slots").json();
+    let slots = slots.as_array().unwrap();
+    assert_eq!(slots.len(), 2);
+    assert!(slots.iter().all(|s| s["is_processing"] == false && s["n_ctx"] == 512));
+    assert!(slots.iter().any(|s| s["n_cached"].as_u64().unwrap() >= ids.len() as u64), "{slots:?}");
+    srv.shutdown().unwrap();
+}

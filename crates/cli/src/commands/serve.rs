@@ -119,6 +119,7 @@ pub fn main(a: Args) -> Result<()> {
             },
         },
         model_name,
+        model_path: a.model.display().to_string(),
         chat_template,
         chat_template_kwargs,
         max_body: a.max_body_kib.max(1) << 10,
