@@ -12,7 +12,7 @@
 mod step;
 mod stop;
 
-pub use step::{Generation, Step, StopRules};
+pub use step::{Generation, Step, StopRules, TokenConstraint};
 
 use crate::error::{EngineError, Result};
 use crate::forward::Runner;
@@ -56,6 +56,9 @@ pub enum StopReason {
     ContextFull,
     /// The caller asked to stop.
     Cancelled,
+    /// The output constraint (grammar, JSON schema) failed; see
+    /// [`Generation::constraint_error`].
+    ConstraintFailed,
 }
 
 /// The size of the fewest equal chunks of at most `max` that `len` items split into

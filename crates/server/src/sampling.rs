@@ -107,7 +107,7 @@ pub fn completion_logprobs(logprobs: &Value) -> Result<Option<usize>, ApiError> 
 /// if the field were absent. (`user`, `store`, `metadata`, `service_tier` change nothing
 /// about the answer and are accepted.)
 pub fn refuse_unsupported(body: &Value, chat: bool) -> Result<(), ApiError> {
-    let unset = |name: &str| body.get(name).is_none_or(Value::is_null);
+    let unset = |name: &str| body.get(name).map_or(true, Value::is_null);
     let refuse = |name: &str, why: &str| Err(ApiError::bad("unsupported_field", format!("'{name}' is not supported: {why}")));
     if chat {
         for name in ["audio", "prediction", "web_search_options"] {

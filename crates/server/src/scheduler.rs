@@ -77,6 +77,8 @@ impl From<StopReason> for FinishReason {
             StopReason::StopString => FinishReason::StopWord,
             StopReason::Length | StopReason::ContextFull => FinishReason::Length,
             StopReason::Cancelled => FinishReason::Cancelled,
+            // Reported as an error by the slot before it finishes.
+            StopReason::ConstraintFailed => FinishReason::Stop,
         }
     }
 }
@@ -470,6 +472,12 @@ impl<'t> Slot<'t> {
         if !text.is_empty() || (end.is_some() && !self.logprobs.is_empty()) {
             let logprobs = std::mem::take(&mut self.logprobs);
             let _ = self.job.tx.send(Event::Text { text, logprobs });
+        }
+        if end == Some(StopReason::ConstraintFailed) {
+            let why = self.gen.constraint_error().unwrap_or("unknown").to_string();
+            let _ = self.job.tx.send(Event::Error(format!("the output constraint failed: {why}")));
+            self.done = true;
+            return;
         }
         if let Some(reason) = end {
             self.finish(reason.into(), m);

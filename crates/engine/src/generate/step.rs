@@ -38,6 +38,16 @@ pub enum Step {
     },
 }
 
+/// Limits which tokens may come next: a grammar or JSON schema the output must follow.
+pub trait TokenConstraint: Send {
+    /// Set the logits of the tokens that may not come next to -inf (an error when none may).
+    fn mask(&mut self, logits: &mut [f32]) -> Result<(), String>;
+    /// Move past the sampled token.
+    fn accept(&mut self, token: u32) -> Result<(), String>;
+    /// True when the output is complete and nothing may follow.
+    fn is_complete(&self) -> bool;
+}
+
 /// A generation's state between forward passes: sampler, stop rules, the detokenizer
 /// holding back incomplete characters and the stop-string matcher holding back text
 /// that may begin a stop string.
@@ -48,13 +58,35 @@ pub struct Generation<'t> {
     decoder: StreamDecoder<'t>,
     stop: StopMatcher,
     tokens: Vec<u32>,
+    constraint: Option<Box<dyn TokenConstraint>>,
+    constraint_error: Option<String>,
 }
 
 impl<'t> Generation<'t> {
     /// A generation sampling with `sampler` (its state carries on from earlier use) and ending by `rules`.
     pub fn new(tok: &'t Tokenizer, sampler: Sampler, rules: StopRules) -> Self {
         let stop = StopMatcher::new(rules.stop.clone());
-        Generation { tok, sampler, rules, decoder: StreamDecoder::new(tok), stop, tokens: Vec::new() }
+        Generation {
+            tok,
+            sampler,
+            rules,
+            decoder: StreamDecoder::new(tok),
+            stop,
+            tokens: Vec::new(),
+            constraint: None,
+            constraint_error: None,
+        }
+    }
+
+    /// Sample only tokens `c` allows, and end when it is complete.
+    pub fn with_constraint(mut self, c: Box<dyn TokenConstraint>) -> Self {
+        self.constraint = Some(c);
+        self
+    }
+
+    /// Why the constraint failed, after [`StopReason::ConstraintFailed`].
+    pub fn constraint_error(&self) -> Option<&str> {
+        self.constraint_error.as_deref()
     }
 
     /// Record the prompt (the part not seen before) for the sampler's repeat penalty.
@@ -69,9 +101,25 @@ impl<'t> Generation<'t> {
         if self.limit_reached() {
             return self.end(StopReason::Length, String::new());
         }
-        let token = self.sampler.sample(logits);
+        let token = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits),
+            Some(c) => {
+                let mut masked = logits.to_vec();
+                if let Err(e) = c.mask(&mut masked) {
+                    return self.fail(e);
+                }
+                self.sampler.sample(&masked)
+            }
+        };
         if !self.rules.ignore_eos && self.tok.is_eog(token) {
             return self.end(StopReason::EndOfGeneration, String::new());
+        }
+        let mut complete = false;
+        if let Some(c) = self.constraint.as_mut() {
+            if let Err(e) = c.accept(token) {
+                return self.fail(e);
+            }
+            complete = c.is_complete();
         }
         self.tokens.push(token);
         let piece = self.decoder.push(token);
@@ -79,6 +127,9 @@ impl<'t> Generation<'t> {
         if stopped {
             // Whatever follows the stop string, held back or not, is dropped.
             return Step::Done { reason: StopReason::StopString, text };
+        }
+        if complete {
+            return self.end(StopReason::EndOfGeneration, text);
         }
         if cache.len() >= cache.n_ctx() {
             return self.end(StopReason::ContextFull, text);
@@ -101,6 +152,11 @@ impl<'t> Generation<'t> {
 
     fn limit_reached(&self) -> bool {
         self.rules.max_tokens.is_some_and(|max| self.tokens.len() >= max)
+    }
+
+    fn fail(&mut self, why: String) -> Step {
+        self.constraint_error = Some(why);
+        Step::Done { reason: StopReason::ConstraintFailed, text: String::new() }
     }
 
     /// Finish with `text` plus everything held back, unless that completes a stop string.
