@@ -37,6 +37,8 @@ pub struct AppState {
     pub model: String,
     /// The model file.
     pub model_path: String,
+    /// Structured output's vocabulary index (built on first use).
+    pub grammars: crate::structured::Index,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if any.
@@ -209,7 +211,7 @@ fn template_error(e: crate::template::TemplateError) -> ApiError {
 async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
     sampling::refuse_unsupported(&body, true)?;
-    let ask = Ask::read(&common, Kind::Chat, s.tok.vocab_size())?;
+    let ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size())?;
     let (messages, options) = chat_request(&s, &body)?;
     let st = s.clone();
     let prompt = blocking(move || st.template.tokenize_input(&st.tok, &options.input(&messages))).await?.map_err(template_error)?;
@@ -232,7 +234,7 @@ async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Resul
     let common: CommonFields = api::fields(&body)?;
     let req: CompletionFields = api::fields(&body)?;
     sampling::refuse_unsupported(&body, false)?;
-    let ask = Ask::read(&common, Kind::Text, s.tok.vocab_size())?;
+    let ask = Ask::read(&common, &body, Kind::Text, s.tok.vocab_size())?;
     let prompt = match api::parse_prompt(&req.prompt, s.tok.vocab_size())? {
         api::Prompt::Tokens(ids) => ids,
         api::Prompt::Text(text) => {
@@ -254,6 +256,8 @@ pub(crate) fn engine_error(e: String) -> ApiError {
 /// What a generation request asks besides its prompt.
 pub(crate) struct Ask {
     pub(crate) params: GenParams,
+    /// What the output must follow (a JSON schema or grammar).
+    pub(crate) spec: Option<constrain::Spec>,
     /// Choices (`n`).
     pub(crate) n: usize,
     pub(crate) stream: bool,
@@ -261,9 +265,10 @@ pub(crate) struct Ask {
 }
 
 impl Ask {
-    fn read(common: &CommonFields, kind: Kind, n_vocab: usize) -> Result<Self, ApiError> {
+    fn read(common: &CommonFields, body: &Value, kind: Kind, n_vocab: usize) -> Result<Self, ApiError> {
         Ok(Ask {
             params: common.params(kind == Kind::Chat, n_vocab)?,
+            spec: crate::structured::spec(body)?,
             n: common.choices()?,
             stream: common.stream,
             include_usage: common.include_usage(),
@@ -273,12 +278,19 @@ impl Ask {
 
 /// Queue `n` generations of the prompt, choice i seeded with the request's seed + i (so
 /// a sampled request's choices differ and a seeded one is reproducible).
-pub(crate) fn submit_all(s: &AppState, prompt: &[u32], ask: &Ask) -> Result<Vec<Ticket>, ApiError> {
+pub(crate) async fn submit_all(s: &Arc<AppState>, prompt: &[u32], ask: &Ask) -> Result<Vec<Ticket>, ApiError> {
+    let mut constraints: Vec<Option<Box<dyn engine::generate::TokenConstraint>>> = match &ask.spec {
+        None => (0..ask.n).map(|_| None).collect(),
+        Some(spec) => {
+            let (st, spec, n) = (s.clone(), spec.clone(), ask.n);
+            blocking(move || st.grammars.compile(&st.tok, &spec, n)).await??.into_iter().map(Some).collect()
+        }
+    };
     (0..ask.n)
         .map(|i| {
             let mut params = ask.params.clone();
             params.sampler.seed = params.sampler.seed.wrapping_add(i as u64);
-            s.sched.submit(prompt.to_vec(), params).map_err(|e| match e {
+            s.sched.submit(prompt.to_vec(), params, constraints[i].take()).map_err(|e| match e {
                 SubmitError::QueueFull => ApiError {
                     retry_after: Some(1),
                     ..ApiError::new(
@@ -303,7 +315,7 @@ async fn run(s: S, kind: Kind, prompt: Vec<u32>, ask: Ask) -> Result<Response, A
         return Err(ApiError::context_exceeded(prompt.len(), n_ctx));
     }
     // Dropping the tickets of an earlier choice cancels it when a later one is refused.
-    let tickets = submit_all(&s, &prompt, &ask)?;
+    let tickets = submit_all(&s, &prompt, &ask).await?;
     let out = Out {
         kind,
         id: api::new_id(if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" }),

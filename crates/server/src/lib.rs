@@ -22,6 +22,7 @@ pub mod prompt_cache;
 pub mod response;
 pub mod sampling;
 pub mod scheduler;
+pub mod structured;
 pub mod template;
 
 use engine::Runner;
@@ -188,6 +189,7 @@ pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Resu
         chat_template_kwargs: cfg.chat_template_kwargs.clone(),
         model: cfg.model_name.clone(),
         model_path: cfg.model_path.clone(),
+        grammars: structured::Index::new(),
         metrics,
         api_key: cfg.api_key.clone(),
         created: api::now_secs(),

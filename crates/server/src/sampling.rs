@@ -137,11 +137,6 @@ pub fn refuse_unsupported(body: &Value, chat: bool) -> Result<(), ApiError> {
             return refuse("suffix", "fill-in-the-middle is not served");
         }
     }
-    match body.get("response_format") {
-        None | Some(Value::Null) => {}
-        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => return refuse("response_format", "structured output (json_object, json_schema) is not built yet"),
-    }
     Ok(())
 }
 
@@ -179,12 +174,11 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_named() {
-        assert!(refuse_unsupported(&json!({"user": "x", "store": false, "response_format": {"type": "text"}}), true).is_ok());
+        assert!(refuse_unsupported(&json!({"user": "x", "store": false, "response_format": {"type": "json_object"}}), true).is_ok());
         for (body, chat) in [
             (json!({"audio": {}}), true),
             (json!({"functions": []}), true),
             (json!({"modalities": ["text", "audio"]}), true),
-            (json!({"response_format": {"type": "json_object"}}), true),
             (json!({"echo": true}), false),
             (json!({"best_of": 2}), false),
             (json!({"suffix": "x"}), false),

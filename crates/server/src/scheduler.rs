@@ -18,7 +18,7 @@ use crate::api::GenParams;
 use crate::metrics::{add_time, Metrics};
 use crate::prompt_cache::{pick_slot, RamCache, SlotCache};
 use engine::forward::Sequence;
-use engine::generate::{chunk_size, prefill_while, Generation, Step, StopReason};
+use engine::generate::{chunk_size, prefill_while, Generation, Step, StopReason, TokenConstraint};
 use engine::sampler::{token_logprob, Sampler, TokenLogprob};
 use engine::Runner;
 use std::collections::VecDeque;
@@ -171,6 +171,7 @@ impl Drop for Ticket {
 struct Job {
     prompt: Vec<u32>,
     params: GenParams,
+    constraint: Option<Box<dyn TokenConstraint>>,
     tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -287,7 +288,7 @@ impl Scheduler {
     }
 
     /// Queue a request (prompt tokens already checked to fit the context).
-    pub fn submit(&self, prompt: Vec<u32>, params: GenParams) -> Result<Ticket, SubmitError> {
+    pub fn submit(&self, prompt: Vec<u32>, params: GenParams, constraint: Option<Box<dyn TokenConstraint>>) -> Result<Ticket, SubmitError> {
         let mut st = self.shared.lock();
         if !st.accepting {
             return Err(SubmitError::ShuttingDown);
@@ -299,7 +300,7 @@ impl Scheduler {
         }
         let (tx, events) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        st.waiting.push_back(Job { prompt, params, tx, cancel: cancel.clone() });
+        st.waiting.push_back(Job { prompt, params, constraint, tx, cancel: cancel.clone() });
         self.shared.publish(&st);
         drop(st);
         self.shared.cv.notify_all();
@@ -431,9 +432,12 @@ struct Slot<'t> {
 }
 
 impl<'t> Slot<'t> {
-    fn new(r: Ready, tok: &'t Tokenizer) -> Self {
+    fn new(mut r: Ready, tok: &'t Tokenizer) -> Self {
         let sampler = Sampler::new(r.job.params.sampler.clone());
         let mut gen = Generation::new(tok, sampler, r.job.params.rules.clone());
+        if let Some(c) = r.job.constraint.take() {
+            gen = gen.with_constraint(c);
+        }
         gen.accept_prompt(&r.job.prompt);
         Slot {
             job: r.job,

@@ -66,11 +66,13 @@ many = client.chat.completions.create(model=model, messages=msgs, max_tokens=6, 
 assert [c.index for c in many.choices] == [0, 1] and many.choices[0].message.content == many.choices[1].message.content, many
 cl = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
 assert len(cl.choices[0].logprobs.tokens) == 4 and len(cl.choices[0].logprobs.top_logprobs[0]) == 2, cl
+js = client.chat.completions.create(model=model, messages=msgs, max_tokens=100, temperature=0, response_format={"type": "json_object"})
+assert isinstance(__import__("json").loads(js.choices[0].message.content), dict), js
 try:
-    client.chat.completions.create(model=model, messages=msgs, max_tokens=5, response_format={"type": "json_object"})
-    raise AssertionError("an unsupported response_format was served")
+    client.chat.completions.create(model=model, messages=msgs, max_tokens=5, modalities=["text", "audio"])
+    raise AssertionError("an unsupported modality was served")
 except openai.BadRequestError as e:
-    assert "response_format" in str(e)
+    assert "modalities" in str(e)
 
 # A client configured for another model name is served by the one model (as llama-server does).
 other = client.chat.completions.create(model="gpt-4o-mini", messages=msgs, max_tokens=5, temperature=0)
