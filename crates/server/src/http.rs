@@ -211,8 +211,20 @@ fn template_error(e: crate::template::TemplateError) -> ApiError {
 async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
     sampling::refuse_unsupported(&body, true)?;
-    let ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size())?;
+    let mut ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size())?;
     let (messages, options) = chat_request(&s, &body)?;
+    if !options.tools.is_empty() && options.tool_choice != api::ToolChoice::None {
+        let format = crate::tools::detect(&s.template.source);
+        ask.tools = Some(format);
+        if options.tool_choice == api::ToolChoice::Required {
+            if ask.spec.is_some() {
+                return Err(ApiError::bad("invalid_value", "tool_choice \"required\" cannot be combined with a response format or grammar"));
+            }
+            let special = |t: &str| s.tok.token_id(t);
+            let grammar = format.required_grammar(&options.tools, options.parallel_tool_calls.unwrap_or(false), &special);
+            ask.spec = Some(constrain::Spec::Lark(grammar));
+        }
+    }
     let st = s.clone();
     let prompt = blocking(move || st.template.tokenize_input(&st.tok, &options.input(&messages))).await?.map_err(template_error)?;
     run(s, Kind::Chat, prompt, ask).await
@@ -258,6 +270,8 @@ pub(crate) struct Ask {
     pub(crate) params: GenParams,
     /// What the output must follow (a JSON schema or grammar).
     pub(crate) spec: Option<constrain::Spec>,
+    /// Tools were given: parse calls in this format out of the answer.
+    pub(crate) tools: Option<crate::tools::ToolFormat>,
     /// Choices (`n`).
     pub(crate) n: usize,
     pub(crate) stream: bool,
@@ -269,6 +283,7 @@ impl Ask {
         Ok(Ask {
             params: common.params(kind == Kind::Chat, n_vocab)?,
             spec: crate::structured::spec(body)?,
+            tools: None,
             n: common.choices()?,
             stream: common.stream,
             include_usage: common.include_usage(),
@@ -323,6 +338,7 @@ async fn run(s: S, kind: Kind, prompt: Vec<u32>, ask: Ask) -> Result<Response, A
         model: s.model.clone(),
         tok: s.tok.clone(),
         logprobs: ask.params.logprobs.is_some(),
+        tools: ask.tools,
     };
     if ask.stream {
         return Ok(sse(out, tickets, prompt.len(), ask.include_usage));
@@ -342,7 +358,11 @@ async fn run(s: S, kind: Kind, prompt: Vec<u32>, ask: Ask) -> Result<Response, A
                 None => return Err(shutting_down()),
             }
         };
-        choices.push(Choice { text, logprobs, finish });
+        let (text, tool_calls) = match ask.tools {
+            Some(format) => format.parse(&text),
+            None => (text, Vec::new()),
+        };
+        choices.push(Choice { text, logprobs, finish, tool_calls });
     }
     Ok(Json(out.full(&choices, prompt.len())).into_response())
 }
@@ -371,6 +391,8 @@ struct Streaming {
     ended: bool,
     done: Vec<bool>,
     offsets: Vec<usize>,
+    /// Per choice, when tools were given: text held while a call may be under way.
+    tool_streams: Vec<Option<crate::tools::ToolStream>>,
     prompt_tokens: usize,
     completion_tokens: usize,
     /// Cached prompt tokens of the first choice to finish.
@@ -398,12 +420,33 @@ impl Streaming {
                 Ok(e) => e,
             };
             return Some(match event {
-                Some((i, Some(Event::Text { text, logprobs }))) => self.out.delta(i, &text, &logprobs, &mut self.offsets[i]),
+                Some((i, Some(Event::Text { text, logprobs }))) => {
+                    let text = match self.tool_streams[i].as_mut() {
+                        Some(t) => t.push(&text),
+                        None => text,
+                    };
+                    if text.is_empty() && logprobs.is_empty() {
+                        continue;
+                    }
+                    self.out.delta(i, &text, &logprobs, &mut self.offsets[i])
+                }
                 Some((i, Some(Event::Done(f)))) if f.reason != FinishReason::Cancelled => {
                     self.done[i] = true;
                     self.completion_tokens += f.completion_tokens;
                     let cached = *self.cached_tokens.get_or_insert(f.cached_tokens);
-                    let mut b = self.out.finish(i, &f).to_vec();
+                    let mut b = Vec::new();
+                    let mut calls = Vec::new();
+                    if let Some(t) = self.tool_streams[i].take() {
+                        let (rest, c) = t.finish();
+                        if !rest.is_empty() {
+                            b.extend_from_slice(&self.out.delta(i, &rest, &[], &mut self.offsets[i]));
+                        }
+                        if !c.is_empty() {
+                            b.extend_from_slice(&self.out.tool_calls(i, &c));
+                        }
+                        calls = c;
+                    }
+                    b.extend_from_slice(&self.out.finish(i, &f, !calls.is_empty()));
                     if self.done.iter().all(|&d| d) {
                         if self.include_usage {
                             let u = usage(self.prompt_tokens, self.completion_tokens, cached);
@@ -431,6 +474,7 @@ impl Streaming {
 
 fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool) -> Response {
     let n = tickets.len();
+    let tool_streams = (0..n).map(|_| out.tools.map(crate::tools::ToolStream::new)).collect();
     let state = Streaming {
         out,
         events: merged(tickets),
@@ -438,6 +482,7 @@ fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool
         ended: false,
         done: vec![false; n],
         offsets: vec![0; n],
+        tool_streams,
         prompt_tokens,
         completion_tokens: 0,
         cached_tokens: None,

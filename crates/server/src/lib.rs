@@ -24,6 +24,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod structured;
 pub mod template;
+pub mod tools;
 
 use engine::Runner;
 use std::net::{SocketAddr, TcpListener};

@@ -2,6 +2,7 @@
 //! /v1/completions, with their choices, usage and log-probabilities in OpenAI's shapes.
 
 use crate::scheduler::Finish;
+use crate::tools::{ToolCall, ToolFormat};
 use bytes::Bytes;
 use engine::sampler::TokenLogprob;
 use serde_json::{json, Value};
@@ -26,6 +27,8 @@ pub struct Choice {
     pub logprobs: Vec<TokenLogprob>,
     /// How it ended.
     pub finish: Finish,
+    /// The tool calls parsed out of it (when tools were given).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// `usage`: the prompt counted once (with the tokens a cache supplied, OpenAI's
@@ -65,6 +68,13 @@ pub struct Out {
     pub tok: Arc<Tokenizer>,
     /// Whether log-probabilities were asked for (else `logprobs` is null).
     pub logprobs: bool,
+    /// Tools were given: calls in this format are parsed out of the answers.
+    pub tools: Option<ToolFormat>,
+}
+
+fn calls_json(format: Option<ToolFormat>, calls: &[ToolCall]) -> Value {
+    let format = format.unwrap_or(ToolFormat::Hermes);
+    calls.iter().enumerate().map(|(i, c)| c.to_openai(&format.call_id(), i)).collect()
 }
 
 impl Out {
@@ -74,9 +84,14 @@ impl Out {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let reason = c.finish.reason.as_str();
+                let reason = if c.tool_calls.is_empty() { c.finish.reason.as_str() } else { "tool_calls" };
                 let logprobs = self.logprobs_json(&c.logprobs, 0);
                 match self.kind {
+                    Kind::Chat if !c.tool_calls.is_empty() => {
+                        let content = if c.text.is_empty() { Value::Null } else { Value::String(c.text.clone()) };
+                        json!({"index": i, "message": {"role": "assistant", "content": content, "tool_calls": calls_json(self.tools, &c.tool_calls)},
+                               "logprobs": logprobs, "finish_reason": reason})
+                    }
                     Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.text},
                                          "logprobs": logprobs, "finish_reason": reason}),
                     Kind::Text => json!({"index": i, "text": c.text, "logprobs": logprobs, "finish_reason": reason}),
@@ -132,9 +147,15 @@ impl Out {
         self.chunk(json!([choice]), None)
     }
 
-    /// The chunk ending choice `index`, with its timings.
-    pub fn finish(&self, index: usize, f: &Finish) -> Bytes {
-        let reason = f.reason.as_str();
+    /// Choice `index`'s tool calls, whole, in one delta.
+    pub fn tool_calls(&self, index: usize, calls: &[ToolCall]) -> Bytes {
+        let choice = json!({"index": index, "delta": {"tool_calls": calls_json(self.tools, calls)}, "logprobs": null, "finish_reason": null});
+        self.chunk(json!([choice]), None)
+    }
+
+    /// The chunk ending choice `index`, with its timings (`called`: it ended in tool calls).
+    pub fn finish(&self, index: usize, f: &Finish, called: bool) -> Bytes {
+        let reason = if called { "tool_calls" } else { f.reason.as_str() };
         let choice = match self.kind {
             Kind::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
             Kind::Text => json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
