@@ -37,8 +37,20 @@ enum Command {
     Chat(commands::chat::Args),
 }
 
+/// llama.cpp's multi-letter flags written with one dash (`-np 4`, `-fa`), which clap would
+/// read as a short flag and its value, in their long forms.
+fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const LONG: [(&str, &str); 5] =
+        [("-np", "--parallel"), ("-fa", "--flash-attn"), ("-ncmoe", "--n-cpu-moe"), ("-cmoe", "--cpu-moe"), ("-cram", "--cache-ram")];
+    args.map(|a| match LONG.iter().find(|(short, _)| a == *short) {
+        Some((_, long)) => long.into(),
+        None => a,
+    })
+    .collect()
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_style_args(std::env::args_os()));
     let result = match cli.command {
         Command::Run(a) => commands::run::main(a),
         Command::Tokenize(a) => commands::tokenize::main(a),

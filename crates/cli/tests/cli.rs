@@ -289,3 +289,65 @@ fn placement_is_visible_and_backends_are_checked() {
     std::fs::write(&f, "{not json").unwrap();
     assert_clean_error(&tandem(&["run", "-m", p(&m), "-p", "hi", "--calibration", p(&f)]), "not a calibration file");
 }
+
+/// One raw HTTP request to a running server; (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// llama-server's flags as its users' scripts pass them: one-dash `-np` and `-fa`, sampling
+/// defaults (`--temp`, `-n`) for requests that leave them out, `--no-slots`.
+#[test]
+fn serve_takes_llama_server_flags() {
+    use std::io::{BufRead, BufReader};
+    let m = model(SMOLLM);
+    /// The server process, killed however the test ends (it holds the test's stdout).
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Server(
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["serve", "-m", p(&m), "--port", "0", "-np", "2", "-fa", "--temp", "0", "-n", "6", "--no-slots", "--metrics", "--jinja", "-t", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let want = tandem(&["run", "-m", p(&m), "-p", "The capital of France is", "-n", "6", "--temp", "0", "-t", "2"]);
+    let (status, body) = http(&addr, "POST", "/v1/completions", r#"{"prompt": "The capital of France is"}"#);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 6, "-n 6 is the default limit: {v}");
+    let want = stdout(&want);
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), want.strip_suffix('\n').unwrap_or(&want), "--temp 0 is the default: greedy");
+    assert_eq!(http(&addr, "GET", "/slots", "").0, 501);
+    let (_, props) = http(&addr, "GET", "/props", "");
+    assert!(props.contains("\"total_slots\":2"), "{props}");
+    drop(child);
+    // A bad value is one clear error.
+    let o = tandem(&["serve", "-m", p(&m), "--port", "0", "-fa", "sometimes"]);
+    assert_clean_error(&o, "--flash-attn");
+}

@@ -225,6 +225,24 @@ pub struct GenParams {
 /// Most stop strings per request.
 pub const MAX_STOPS: usize = 16;
 
+/// What a request gets for the fields it leaves out: llama.cpp's defaults, or the server's
+/// sampling flags (`--temp`, `--top-k`, `-n`, `--seed`, … as llama-server takes them).
+#[derive(Debug, Clone)]
+pub struct RequestDefaults {
+    /// Sampling (its seed used only when `random_seed` is false).
+    pub sampler: SamplerConfig,
+    /// Draw a fresh seed per request.
+    pub random_seed: bool,
+    /// Token limit (`-n`; None: until end of generation or a full context).
+    pub max_tokens: Option<usize>,
+}
+
+impl Default for RequestDefaults {
+    fn default() -> Self {
+        RequestDefaults { sampler: SamplerConfig::default(), random_seed: true, max_tokens: None }
+    }
+}
+
 fn finite(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f32) -> Result<f32, ApiError> {
     match v {
         None => Ok(default),
@@ -238,35 +256,40 @@ impl CommonFields {
     /// endpoint's reading of `logprobs`; `n_vocab` bounds `logit_bias`). Any `model` name is
     /// accepted: the one served model answers it (as llama-server does; clients configured
     /// for `gpt-4o-mini` work), and responses name the served model.
-    pub fn params(&self, chat: bool, n_vocab: usize) -> Result<GenParams, ApiError> {
+    pub fn params(&self, chat: bool, n_vocab: usize, d: &RequestDefaults) -> Result<GenParams, ApiError> {
         let max = self.max_completion_tokens.or(self.max_tokens).or(self.n_predict.filter(|&n| n >= 0));
         let max_tokens = match max {
-            None => None,
+            None => d.max_tokens,
             Some(n) if n > 0 => Some(n as usize),
             Some(n) => return Err(ApiError::bad("invalid_value", format!("'max_tokens' must be at least 1, got {n}"))),
         };
         let top_k = match self.top_k {
-            None => 40,
+            None => d.sampler.top_k,
             Some(k) if k >= 0 => k as usize,
             Some(k) => return Err(ApiError::bad("invalid_value", format!("'top_k' must be 0 or more, got {k}"))),
         };
+        let clock = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_nanos() as u64);
         let seed = match self.seed {
             Some(s) if s >= 0 && s != u32::MAX as i64 => s as u64,
-            _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+            Some(_) => clock(),
+            None if d.random_seed => clock(),
+            None => d.sampler.seed,
         };
+        let ds = &d.sampler;
+        let penalty = |name: &str, v: Option<f64>, default: f32| v.map_or(Ok(default), |_| sampling::penalty(name, v));
         let sampler = SamplerConfig {
-            temperature: finite("temperature", self.temperature, 0.0, 100.0, 0.8)?,
+            temperature: finite("temperature", self.temperature, 0.0, 100.0, ds.temperature)?,
             top_k,
-            top_p: finite("top_p", self.top_p, 0.0, 1.0, 0.95)?,
-            min_p: finite("min_p", self.min_p, 0.0, 1.0, 0.05)?,
-            repeat_penalty: finite("repeat_penalty", self.repeat_penalty, 0.0, 100.0, 1.0)?,
+            top_p: finite("top_p", self.top_p, 0.0, 1.0, ds.top_p)?,
+            min_p: finite("min_p", self.min_p, 0.0, 1.0, ds.min_p)?,
+            repeat_penalty: finite("repeat_penalty", self.repeat_penalty, 0.0, 100.0, ds.repeat_penalty)?,
             repeat_last_n: match self.repeat_last_n {
-                None => 64,
+                None => ds.repeat_last_n,
                 Some(n) if (0..=1 << 20).contains(&n) => n as usize,
                 Some(n) => return Err(ApiError::bad("invalid_value", format!("'repeat_last_n' must be 0 or more, got {n}"))),
             },
-            frequency_penalty: sampling::penalty("frequency_penalty", self.frequency_penalty)?,
-            presence_penalty: sampling::penalty("presence_penalty", self.presence_penalty)?,
+            frequency_penalty: penalty("frequency_penalty", self.frequency_penalty, ds.frequency_penalty)?,
+            presence_penalty: penalty("presence_penalty", self.presence_penalty, ds.presence_penalty)?,
             logit_bias: sampling::logit_bias(&self.logit_bias, n_vocab)?,
             seed,
         };

@@ -37,6 +37,10 @@ pub struct AppState {
     pub model: String,
     /// The model file.
     pub model_path: String,
+    /// What requests get for the fields they leave out.
+    pub defaults: api::RequestDefaults,
+    /// Serve /slots (llama-server's `--no-slots` turns it off).
+    pub slots_endpoint: bool,
     /// Structured output's vocabulary index (built on first use).
     pub grammars: crate::structured::Index,
     /// Counters.
@@ -54,7 +58,7 @@ type S = Arc<AppState>;
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// The application: every route, auth on all but /health, optional CORS.
-pub fn router(state: S, cors: bool, max_body: usize) -> Router {
+pub fn router(state: S, cors_origins: Vec<String>, max_body: usize) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
@@ -79,8 +83,9 @@ pub fn router(state: S, cors: bool, max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state);
-    if cors {
-        app.layer(middleware::from_fn(cors_layer))
+    if !cors_origins.is_empty() {
+        let origins = Arc::new(cors_origins);
+        app.layer(middleware::from_fn(move |req, next| cors_layer(origins.clone(), req, next)))
     } else {
         app
     }
@@ -124,19 +129,37 @@ async fn count(State(s): State<S>, req: Request, next: Next) -> Response {
     r
 }
 
-async fn cors_layer(req: Request, next: Next) -> Response {
-    let any = HeaderValue::from_static("*");
+/// CORS for the allowed origins: `*` answers any origin with `*`; a list echoes a listed
+/// request `Origin` (with `Vary: Origin`) and leaves others without the header, which
+/// browsers refuse.
+async fn cors_layer(origins: Arc<Vec<String>>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let any = origins.iter().any(|o| o == "*");
+    let allow = if any {
+        Some(HeaderValue::from_static("*"))
+    } else {
+        origin.filter(|o| o.to_str().is_ok_and(|o| origins.iter().any(|a| a.trim_end_matches('/') == o)))
+    };
     if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, any);
+        let Some(allow) = allow else { return r };
+        if !any {
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type, X-Api-Key"));
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         return r;
     }
     let mut r = next.run(req).await;
-    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, any);
+    if let Some(allow) = allow {
+        if !any {
+            r.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    }
     r
 }
 
@@ -211,7 +234,7 @@ fn template_error(e: crate::template::TemplateError) -> ApiError {
 async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
     sampling::refuse_unsupported(&body, true)?;
-    let mut ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size())?;
+    let mut ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size(), &s.defaults)?;
     let (messages, options) = chat_request(&s, &body)?;
     if !options.tools.is_empty() && options.tool_choice != api::ToolChoice::None {
         let format = crate::tools::detect(&s.template.source);
@@ -246,7 +269,7 @@ async fn completions(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Resul
     let common: CommonFields = api::fields(&body)?;
     let req: CompletionFields = api::fields(&body)?;
     sampling::refuse_unsupported(&body, false)?;
-    let ask = Ask::read(&common, &body, Kind::Text, s.tok.vocab_size())?;
+    let ask = Ask::read(&common, &body, Kind::Text, s.tok.vocab_size(), &s.defaults)?;
     let prompt = match api::parse_prompt(&req.prompt, s.tok.vocab_size())? {
         api::Prompt::Tokens(ids) => ids,
         api::Prompt::Text(text) => {
@@ -279,9 +302,9 @@ pub(crate) struct Ask {
 }
 
 impl Ask {
-    fn read(common: &CommonFields, body: &Value, kind: Kind, n_vocab: usize) -> Result<Self, ApiError> {
+    fn read(common: &CommonFields, body: &Value, kind: Kind, n_vocab: usize, defaults: &api::RequestDefaults) -> Result<Self, ApiError> {
         Ok(Ask {
-            params: common.params(kind == Kind::Chat, n_vocab)?,
+            params: common.params(kind == Kind::Chat, n_vocab, defaults)?,
             spec: crate::structured::spec(body)?,
             tools: None,
             n: common.choices()?,

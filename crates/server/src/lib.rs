@@ -80,6 +80,12 @@ pub struct Config {
     pub model_name: String,
     /// The model file (shown by /props).
     pub model_path: String,
+    /// What requests get for the fields they leave out.
+    pub defaults: api::RequestDefaults,
+    /// Serve /slots.
+    pub slots_endpoint: bool,
+    /// Origins allowed cross-origin requests (`*`: any); empty: none, unless `cors`.
+    pub cors_origins: Vec<String>,
     /// A built-in template name or Jinja source replacing the GGUF's.
     pub chat_template: Option<String>,
     /// Template variables every chat request starts from; a request's `chat_template_kwargs`
@@ -110,6 +116,9 @@ impl Default for Config {
             },
             model_name: "model".into(),
             model_path: String::new(),
+            defaults: api::RequestDefaults::default(),
+            slots_endpoint: true,
+            cors_origins: Vec::new(),
             chat_template: None,
             chat_template_kwargs: serde_json::Map::new(),
             max_body: 4 << 20,
@@ -158,13 +167,79 @@ impl Drop for RunningServer {
     }
 }
 
+/// The server's port, bound before the model loads: every request (and /health) is
+/// answered 503 "Loading model", as llama-server answers, until [`start_on`] takes the
+/// same socket over.
+pub struct Loading {
+    listener: TcpListener,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Loading {
+    /// The bound address.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Stop answering "loading" and hand the socket on.
+    pub fn into_listener(mut self) -> TcpListener {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.listener.try_clone().expect("the bound socket")
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bind `host:port` and answer "Loading model" there until the server starts.
+pub fn bind_loading(host: &str, port: u16) -> Result<Loading> {
+    let listener = TcpListener::bind((host, port)).map_err(|source| ServerError::Listen { addr: format!("{host}:{port}"), source })?;
+    listener.set_nonblocking(true)?;
+    let clone = listener.try_clone()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("tandem-loading".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(l) = tokio::net::TcpListener::from_std(clone) else { return };
+            let app = axum::Router::new().fallback(|| async {
+                let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+            });
+            let _ = axum::serve(l, app).with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        });
+    })?;
+    Ok(Loading { listener, stop: Some(stop_tx), thread: Some(thread) })
+}
+
 /// Start serving `runner` on `cfg.host:cfg.port`. With `signals`, SIGINT and SIGTERM shut it
 /// down gracefully: stop accepting, let running requests finish for up to
 /// `cfg.shutdown_grace`, cancel the rest, return.
 pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
-    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref())?;
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|source| ServerError::Listen { addr: format!("{}:{}", cfg.host, cfg.port), source })?;
+    start_on(listener, runner, tok, cfg, signals)
+}
+
+/// [`start`] on a socket already bound (by [`bind_loading`]).
+pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
+    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref())?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runner = Arc::new(runner);
@@ -191,6 +266,8 @@ pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Resu
         model: cfg.model_name.clone(),
         model_path: cfg.model_path.clone(),
         grammars: structured::Index::new(),
+        defaults: cfg.defaults.clone(),
+        slots_endpoint: cfg.slots_endpoint,
         metrics,
         api_key: cfg.api_key.clone(),
         created: api::now_secs(),
@@ -213,7 +290,11 @@ async fn serve(
     signals: bool,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let app = http::router(state.clone(), cfg.cors, cfg.max_body);
+    let mut origins = cfg.cors_origins.clone();
+    if cfg.cors {
+        origins.push("*".into());
+    }
+    let app = http::router(state.clone(), origins, cfg.max_body);
     let go = Arc::new(tokio::sync::Notify::new());
     let go2 = go.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move { go2.notified().await });

@@ -66,7 +66,7 @@ fn final_fields(s: &AppState, content: &str, f: &Finish, settings: Value) -> Val
 pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let common: CommonFields = api::fields(&body)?;
     let native: NativeFields = api::fields(&body)?;
-    let mut params = common.params(false, s.tok.vocab_size())?;
+    let mut params = common.params(false, s.tok.vocab_size(), &s.defaults)?;
     params.logprobs = match native.n_probs {
         0 => None,
         n if n > 0 && n as usize <= crate::sampling::MAX_TOP_LOGPROBS => Some(n as usize),
@@ -145,7 +145,10 @@ pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
 
 /// GET /props: the server's defaults, slots, template and special tokens.
 pub async fn props(State(s): State<S>) -> Json<Value> {
-    let defaults = CommonFields::default().params(false, s.tok.vocab_size()).map(|p| settings(&p, s.sched.n_ctx())).unwrap_or(Value::Null);
+    let defaults = CommonFields::default()
+        .params(false, s.tok.vocab_size(), &s.defaults)
+        .map(|p| settings(&p, s.sched.n_ctx()))
+        .unwrap_or(Value::Null);
     let text = |id: Option<u32>| id.and_then(|i| s.tok.token_text(i)).unwrap_or("").to_string();
     Json(json!({
         "default_generation_settings": {"n_ctx": s.sched.n_ctx(), "params": defaults},
@@ -160,13 +163,17 @@ pub async fn props(State(s): State<S>) -> Json<Value> {
     }))
 }
 
-/// GET /slots: each slot's id, context, whether it is busy, and what its cache holds.
-pub async fn slots(State(s): State<S>) -> Json<Value> {
+/// GET /slots: each slot's id, context, whether it is busy, and what its cache holds
+/// (501 with `--no-slots`, as llama-server answers).
+pub async fn slots(State(s): State<S>) -> Result<Json<Value>, ApiError> {
+    if !s.slots_endpoint {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_IMPLEMENTED, "not_supported_error", "slots_disabled", "this server has the slots endpoint off (--no-slots)"));
+    }
     let list: Vec<Value> = s
         .sched
         .slot_states()
         .into_iter()
         .map(|(id, busy, held)| json!({"id": id, "n_ctx": s.sched.n_ctx(), "is_processing": busy, "n_cached": held}))
         .collect();
-    Json(Value::Array(list))
+    Ok(Json(Value::Array(list)))
 }

@@ -49,9 +49,34 @@ pub struct Args {
     /// Require "Authorization: Bearer KEY" on every endpoint except /health.
     #[arg(long = "api-key")]
     api_key: Option<String>,
-    /// Allow cross-origin requests from browsers (Access-Control-Allow-Origin: *).
+    /// Allow cross-origin requests from any browser origin (Access-Control-Allow-Origin: *).
     #[arg(long)]
     cors: bool,
+    /// Allow cross-origin requests from these origins only (comma-separated, e.g.
+    /// http://localhost:3000,https://app.example).
+    #[arg(long = "cors-origins", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Defaults for requests that leave sampling fields out (llama-server's flags).
+    #[command(flatten)]
+    sampling: crate::sampling::SamplingArgs,
+    /// Default token limit per request (-1 = until end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", visible_alias = "predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Serve /slots (on by default, as in llama-server).
+    #[arg(long = "slots", overrides_with = "no_slots")]
+    slots: bool,
+    /// Do not serve /slots.
+    #[arg(long = "no-slots")]
+    no_slots: bool,
+    /// Serve /metrics (always on in tandem; accepted for llama-server's scripts).
+    #[arg(long)]
+    metrics: bool,
+    /// Use the model's Jinja chat template (always, in tandem; accepted for llama-server's scripts).
+    #[arg(long)]
+    jinja: bool,
+    /// Flash attention (tandem's attention is always the fused kind; accepted for llama-server's scripts).
+    #[arg(short = 'f', long = "flash-attn", visible_alias = "fa", num_args = 0..=1, default_missing_value = "on")]
+    flash_attn: Option<String>,
     /// Chat template: a built-in name (chatml, gemma, llama3) or Jinja source; default: the model's.
     #[arg(long = "chat-template")]
     chat_template: Option<String>,
@@ -92,6 +117,15 @@ pub fn main(a: Args) -> Result<()> {
         anyhow::bail!("--chat-template-kwargs: \"enable_thinking\" must be a boolean");
     }
     chat_template_kwargs.entry("preserve_reasoning").or_insert(Value::Bool(true));
+    if let Some(fa) = a.flash_attn.as_deref() {
+        if !["on", "off", "auto", "1", "0"].contains(&fa) {
+            anyhow::bail!("--flash-attn takes on, off or auto, got {fa:?}");
+        }
+    }
+    let _ = (a.metrics, a.jinja, a.slots);
+    // Bind first: while the model loads, clients polling /health get 503 "Loading model".
+    let loading = server::bind_loading(&a.host, a.port)?;
+    eprintln!("tandem serve: loading {} (http://{} answers 503 until it is ready)", a.model.display(), loading.addr()?);
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size / a.parallel };
     if n_ctx < 16 {
@@ -120,13 +154,20 @@ pub fn main(a: Args) -> Result<()> {
         },
         model_name,
         model_path: a.model.display().to_string(),
+        defaults: server::api::RequestDefaults {
+            sampler: a.sampling.config(),
+            random_seed: a.sampling.seed == crate::sampling::RANDOM_SEED,
+            max_tokens: usize::try_from(a.n_predict).ok().filter(|&n| n > 0),
+        },
+        slots_endpoint: !a.no_slots,
+        cors_origins: a.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect(),
         chat_template,
         chat_template_kwargs,
         max_body: a.max_body_kib.max(1) << 10,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         announce: true,
     };
-    server::start(runner, tok, cfg, true)?.wait()?;
+    server::start_on(loading.into_listener(), runner, tok, cfg, true)?.wait()?;
     eprintln!("tandem serve: stopped");
     Ok(())
 }
