@@ -7,7 +7,7 @@
 
 /// Translate a GBNF grammar; an error names what is malformed and where.
 pub fn to_lark(src: &str) -> Result<String, String> {
-    let mut p = Parser { s: src.chars().collect(), i: 0 };
+    let mut p = Parser { s: src.chars().collect(), i: 0, depth: 0 };
     let mut out = String::new();
     let mut has_root = false;
     loop {
@@ -20,6 +20,8 @@ pub fn to_lark(src: &str) -> Result<String, String> {
         if !p.eat_str("::=") {
             return Err(p.error("'::='"));
         }
+        // The body may start on the next line (llama.cpp's own json.gbnf does).
+        p.skip(true);
         has_root |= name == "root";
         let body = p.alternatives(false)?;
         out.push_str(&format!("{}: {}\n", rule_name(&name), body));
@@ -38,7 +40,12 @@ fn rule_name(name: &str) -> String {
 struct Parser {
     s: Vec<char>,
     i: usize,
+    /// Parentheses open: bounded, so a hostile grammar cannot exhaust the stack.
+    depth: usize,
 }
+
+/// Most nested parentheses in a grammar.
+const MAX_DEPTH: usize = 64;
 
 impl Parser {
     fn peek(&self) -> Option<char> {
@@ -115,7 +122,12 @@ impl Parser {
                 }
                 '(' => {
                     self.i += 1;
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return Err(format!("GBNF: parentheses nested deeper than {MAX_DEPTH}"));
+                    }
                     let inner = self.alternatives(true)?;
+                    self.depth -= 1;
                     self.skip(true);
                     if self.peek() != Some(')') {
                         return Err(self.error("')'"));
@@ -126,10 +138,11 @@ impl Parser {
                 c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => {
                     let save = self.i;
                     let name = self.name().unwrap_or_default();
-                    let mut look = Parser { s: self.s.clone(), i: self.i };
-                    look.skip(false);
-                    if look.eat_str("::=") {
-                        self.i = save;
+                    let after = self.i;
+                    self.skip(false);
+                    let defines = self.eat_str("::=");
+                    self.i = if defines { save } else { after };
+                    if defines {
                         break;
                     }
                     rule_name(&name)
@@ -137,6 +150,8 @@ impl Parser {
                 '<' => return Err(self.error("a literal, class or rule (token references <...> are not supported)")),
                 _ => break,
             };
+            // `[0-9] +` is `[0-9]+` to llama.cpp.
+            self.skip(nested);
             items.push(atom + &self.repetition()?);
         }
         // An empty alternative matches nothing.
@@ -270,6 +285,49 @@ ws ::= | " " | "\n" [ \t]{0,4}
         assert!(lark.contains(r#"g_num_val: /[0-9]/{1,3} /[^\x{0}-\x{1F}"\\]/?"#), "{lark}");
         assert!(lark.contains(r#"g_ws: "" | " " | "\n" /[ \x{9}]/{0,4}"#), "{lark}");
         assert!(lark.ends_with("start: g_root\n"));
+    }
+
+    /// llama.cpp's grammars/json.gbnf as it ships: rule bodies on the next line, nested
+    /// groups over several lines.
+    #[test]
+    fn llama_cpps_json_grammar_translates() {
+        let g = r#"root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+
+object ::=
+  "{" ws (
+            string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}" ws
+
+array  ::=
+  "[" ws (
+            value
+    ("," ws value)*
+  )? "]" ws
+
+string ::=
+  "\"" (
+    [^"\\\x7F\x00-\x1F] |
+    "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
+  )* "\"" ws
+
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+
+# Optional space: by convention, applied in this grammar after literal chars when allowed
+ws ::= | " " | "
+" [ 	]{0,20}
+"#;
+        let lark = to_lark(g).unwrap();
+        assert!(lark.contains("g_object: \"{\" g_ws (g_string \":\" g_ws g_value (\",\" g_ws g_string \":\" g_ws g_value)*)? \"}\" g_ws\n"), "{lark}");
+        assert!(lark.contains("g_number: (\"-\"? (/[0-9]/ | /[1-9]/ /[0-9]/{0,15})) (\".\" /[0-9]/+)?"), "{lark}");
+        assert_eq!(to_lark("root ::= [0-9] +").unwrap(), "g_root: /[0-9]/+\nstart: g_root\n");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let g = format!("root ::= {}\"a\"{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(to_lark(&g).unwrap_err().contains("nested deeper"));
     }
 
     #[test]

@@ -113,6 +113,11 @@ impl Sampler {
     }
 
     fn draw(&mut self, mut cand: Vec<(u32, f32)>) -> u32 {
+        // Banned tokens (a grammar's mask, a bias of -inf) are never drawn, whatever the
+        // rounding of the cumulative sum below.
+        if cand.iter().any(|c| c.1 > f32::NEG_INFINITY) {
+            cand.retain(|c| c.1 > f32::NEG_INFINITY);
+        }
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.cfg.top_k > 0 {
             cand.truncate(self.cfg.top_k);

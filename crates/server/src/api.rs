@@ -220,6 +220,8 @@ pub struct GenParams {
     pub logprobs: Option<usize>,
     /// Reuse a cached prefix of the prompt.
     pub cache_prompt: bool,
+    /// Render control tokens in the text (tools were given: their markers are parsed).
+    pub render_special: bool,
 }
 
 /// Most stop strings per request.
@@ -312,7 +314,7 @@ impl CommonFields {
             return Err(ApiError::bad("invalid_value", format!("at most {MAX_STOPS} stop strings")));
         }
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop }, logprobs, cache_prompt: self.cache_prompt.unwrap_or(true) })
+        Ok(GenParams { sampler, rules: StopRules { max_tokens, ignore_eos: self.ignore_eos, stop }, logprobs, cache_prompt: self.cache_prompt.unwrap_or(true), render_special: false })
     }
 
     /// How many choices (`n`).

@@ -149,7 +149,9 @@ async fn cors_layer(origins: Arc<Vec<String>>, req: Request, next: Next) -> Resp
         }
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type, X-Api-Key"));
+        // The headers the browser asks for (the OpenAI SDKs send x-stainless-* ones).
+        let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.unwrap_or(HeaderValue::from_static("Authorization, Content-Type, X-Api-Key")));
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         return r;
     }
@@ -239,6 +241,7 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
     if !options.tools.is_empty() && options.tool_choice != api::ToolChoice::None {
         let format = crate::tools::detect(&s.template.source);
         ask.tools = Some(format);
+        ask.params.render_special = true;
         if options.tool_choice == api::ToolChoice::Required {
             if ask.spec.is_some() {
                 return Err(ApiError::bad("invalid_value", "tool_choice \"required\" cannot be combined with a response format or grammar"));

@@ -438,6 +438,9 @@ impl<'t> Slot<'t> {
         if let Some(c) = r.job.constraint.take() {
             gen = gen.with_constraint(c);
         }
+        if r.job.params.render_special {
+            gen = gen.render_special();
+        }
         gen.accept_prompt(&r.job.prompt);
         Slot {
             job: r.job,
@@ -480,12 +483,19 @@ impl<'t> Slot<'t> {
         if end == Some(StopReason::ConstraintFailed) {
             let why = self.gen.constraint_error().unwrap_or("unknown").to_string();
             let _ = self.job.tx.send(Event::Error(format!("the output constraint failed: {why}")));
+            self.note_fed();
             self.done = true;
             return;
         }
         if let Some(reason) = end {
             self.finish(reason.into(), m);
         }
+    }
+
+    /// Record in the slot the generated tokens its cache holds past the prompt.
+    fn note_fed(&mut self) {
+        let fed = self.kv.cache.len().saturating_sub(self.kv.tokens.len());
+        self.kv.tokens.extend_from_slice(&self.gen.tokens()[..fed.min(self.gen.tokens().len())]);
     }
 
     fn finish(&mut self, reason: FinishReason, m: &Metrics) {
@@ -503,9 +513,7 @@ impl<'t> Slot<'t> {
             prompt_time: self.prompt_time,
             decode_time: self.started.elapsed(),
         };
-        // What the cache holds past the prompt: the generated tokens run so far.
-        let fed = self.kv.cache.len().saturating_sub(self.kv.tokens.len());
-        self.kv.tokens.extend_from_slice(&self.gen.tokens()[..fed.min(self.gen.tokens().len())]);
+        self.note_fed();
         let _ = self.job.tx.send(Event::Done(finish));
         self.done = true;
     }

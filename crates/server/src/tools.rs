@@ -347,8 +347,10 @@ fn gemma_to_json(s: &str) -> Option<String> {
                 out.push_str(word);
             }
         } else {
-            out.push(b[i] as char);
-            i += 1;
+            // Whole characters: a non-ASCII one is several bytes.
+            let c = s[i..].chars().next()?;
+            out.push(c);
+            i += c.len_utf8();
         }
     }
     Some(out)
@@ -360,12 +362,15 @@ pub struct ToolStream {
     format: ToolFormat,
     held: String,
     in_call: bool,
+    /// Text already streamed: a Llama 3 call must be the whole answer, so after text
+    /// nothing is held (as the whole answer's parse would find no call).
+    spoke: bool,
 }
 
 impl ToolStream {
     /// A stream for `format`.
     pub fn new(format: ToolFormat) -> Self {
-        ToolStream { format, held: String::new(), in_call: false }
+        ToolStream { format, held: String::new(), in_call: false, spoke: false }
     }
 
     /// More text; returns what may be streamed as content now.
@@ -374,8 +379,21 @@ impl ToolStream {
         if self.in_call {
             return String::new();
         }
+        if self.format == ToolFormat::Llama3 && self.spoke {
+            return std::mem::take(&mut self.held);
+        }
+        let out = self.split_off_call();
+        self.spoke |= !out.trim().is_empty();
+        out
+    }
+
+    fn split_off_call(&mut self) -> String {
         let opener = self.format.opener();
         if let Some(at) = self.held.find(opener).or_else(|| self.held.find("<|python_tag|>")) {
+            if self.format == ToolFormat::Llama3 && !self.held[..at].trim().is_empty() {
+                // Text first: no Llama 3 call can follow.
+                return std::mem::take(&mut self.held);
+            }
             self.in_call = true;
             let out = self.held[..at].to_string();
             self.held.drain(..at);
@@ -455,5 +473,19 @@ mod tests {
         assert_eq!(s.push(" <tool_"), " ");
         assert_eq!(s.push("call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>"), "");
         assert_eq!(s.finish(), (String::new(), vec![call("a", json!({}))]));
+        // Llama 3: a call after text is text, streamed or not.
+        let text = "Sure: {\"name\": \"a\", \"parameters\": {}}";
+        let mut s = ToolStream::new(ToolFormat::Llama3);
+        let streamed = s.push(text);
+        let (rest, calls) = s.finish();
+        assert_eq!((streamed + &rest, calls), ToolFormat::Llama3.parse(text));
+    }
+
+    #[test]
+    fn gemma_arguments_may_hold_any_characters() {
+        let (_, calls) = ToolFormat::Gemma4.parse("<|tool_call>call:f{city:Zürich,n:2}<tool_call|>");
+        assert!(calls.is_empty() || calls[0].name == "f", "no panic, and no made-up call");
+        let (_, calls) = ToolFormat::Gemma4.parse("<|tool_call>call:f{city:<|\"|>Zürich ☀<|\"|>}<tool_call|>");
+        assert_eq!(calls, vec![call("f", json!({"city": "Zürich ☀"}))]);
     }
 }

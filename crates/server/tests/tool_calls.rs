@@ -95,3 +95,34 @@ fn tool_calls_stream_as_deltas() {
     assert_eq!(&calls[0][0]["function"], want);
     srv.shutdown().unwrap();
 }
+
+/// Where the markers are the vocabulary's own control tokens (Gemma 4's `<|tool_call>`,
+/// `<|"|>`), the grammar writes those tokens and the parser still finds the call: a
+/// random-weight model with Gemma 4's real vocabulary and template.
+#[test]
+fn markers_that_are_control_tokens_are_parsed() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("models"));
+    let vocab = gguf::GgufFile::open(dir.join("llama-cpp/vocab/ggml-vocab-gemma-4.gguf")).unwrap();
+    let mut spec = engine::random_model::RandomModelSpec::preset("tiny", gguf::GgmlType::Q8_0).unwrap();
+    spec.with_vocabulary_of(&vocab).unwrap();
+    let path = std::env::temp_dir().join(format!("tandem-gemma4-vocab-{}.gguf", std::process::id()));
+    spec.build().unwrap().write_file(&path).unwrap();
+    let model = engine::Model::load(&path, &mut |_, _| {}).unwrap();
+    let tok = tokenizer::Tokenizer::from_gguf(&model.file).unwrap();
+    let marker = tok.token_id("<|tool_call>").expect("Gemma 4's vocabulary has <|tool_call>");
+    assert!(tok.is_control(marker) || tok.token_attr(marker) != 0);
+    let mut cfg = config(1, 2, 1024);
+    cfg.chat_template = Some(template("google-gemma-4-31B-it.jinja"));
+    let srv = server::start(engine::Runner::new(model, 2).unwrap(), tok, cfg, false).unwrap();
+    let body = json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": tools(), "tool_choice": "required",
+                      "max_tokens": 80, "temperature": 0});
+    let r = post(srv.addr, CHAT, &body).json();
+    assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
+    let call = &r["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert!(["get_weather", "get_time"].contains(&call["name"].as_str().unwrap()), "{r}");
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+    srv.shutdown().unwrap();
+    std::fs::remove_file(&path).ok();
+}

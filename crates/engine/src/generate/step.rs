@@ -84,6 +84,13 @@ impl<'t> Generation<'t> {
         self
     }
 
+    /// Render control tokens into the text (a tool call's markers, e.g. `[TOOL_CALLS]`,
+    /// are control tokens in their families' vocabularies).
+    pub fn render_special(mut self) -> Self {
+        self.decoder = StreamDecoder::with_special(self.tok, true);
+        self
+    }
+
     /// Why the constraint failed, after [`StopReason::ConstraintFailed`].
     pub fn constraint_error(&self) -> Option<&str> {
         self.constraint_error.as_deref()
