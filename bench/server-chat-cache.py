@@ -14,25 +14,17 @@ import argparse
 import http.client
 import json
 import os
-import re
-import subprocess
 import sys
-import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tandem_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start(args):
-    cmd = [args.tandem, "serve", "-m", args.model, "--port", "0", "-np", "1", "-c", "8192", "--temp", "0",
-           "-t", str(args.threads)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"listening on http://(\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, m.group(1)
-    raise SystemExit("the server exited before listening")
+    return tandem_server.start(args.tandem, args.model, ["-np", "1", "-c", "8192", "--temp", "0", "-t", str(args.threads)])
 
 
 def turn(addr, messages, n, cache):

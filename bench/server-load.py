@@ -15,11 +15,12 @@ import argparse
 import http.client
 import json
 import os
-import re
-import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tandem_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the river runs past old stone walls while children count the boats and the sun "
@@ -33,15 +34,7 @@ def prompt(i):
 
 
 def start(args, parallel, queue):
-    cmd = [args.tandem, "serve", "-m", args.model, "--port", "0", "-np", str(parallel), "--queue", str(queue),
-           "-c", str(parallel * 2048), "--temp", "0", "-t", str(args.threads)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"listening on http://(\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, m.group(1)
-    raise SystemExit("the server exited before listening")
+    return tandem_server.start(args.tandem, args.model, ["-np", str(parallel), "--queue", str(queue), "-c", str(parallel * 2048), "--temp", "0", "-t", str(args.threads)])
 
 
 def stream(addr, body):

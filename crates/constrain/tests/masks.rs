@@ -98,33 +98,9 @@ fn bad_specs_are_errors() {
     ] {
         assert!(grammars.compile(&spec).is_err(), "{spec:?} accepted");
     }
-    // llama.cpp's grammars/json.gbnf, as it ships, compiles.
-    let json_gbnf = r#"root   ::= object
-value  ::= object | array | string | number | ("true" | "false" | "null") ws
-
-object ::=
-  "{" ws (
-            string ":" ws value
-    ("," ws string ":" ws value)*
-  )? "}" ws
-
-array  ::=
-  "[" ws (
-            value
-    ("," ws value)*
-  )? "]" ws
-
-string ::=
-  "\"" (
-    [^"\\\x7F\x00-\x1F] |
-    "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
-  )* "\"" ws
-
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
-
-ws ::= | " " | "\n" [ \t]{0,20}
-"#;
+    // A multi-line JSON grammar in llama.cpp's layout compiles.
+    let json_gbnf = include_str!("json-layout.gbnf");
     if let Err(e) = grammars.compile(&Spec::Gbnf(json_gbnf.into())) {
-        panic!("json.gbnf: {e}");
+        panic!("json-layout.gbnf: {e}");
     }
 }

@@ -5,25 +5,12 @@
 mod common;
 
 use common::*;
-use engine::generate::{generate, prefill, Generation, StopRules};
-use engine::sampler::{token_logprob, Sampler, SamplerConfig};
+use engine::generate::prefill;
+use engine::sampler::{token_logprob, SamplerConfig};
 use serde_json::{json, Value};
 
 const CMPL: &str = "/v1/completions";
 const CHAT: &str = "/v1/chat/completions";
-
-/// The text the engine alone generates with `cfg` (what the server must answer).
-fn engine_text(runner: &engine::Runner, tok: &tokenizer::Tokenizer, prompt: &[u32], cfg: SamplerConfig, n: usize) -> String {
-    let mut cache = runner.new_cache(512);
-    let mut gen = Generation::new(tok, Sampler::new(cfg), StopRules { max_tokens: Some(n), ..Default::default() });
-    let mut text = String::new();
-    generate(runner, &mut cache, prompt, 64, &mut gen, &mut |t| {
-        text.push_str(t);
-        true
-    })
-    .unwrap();
-    text
-}
 
 /// Each choice's text by index, from a streamed answer; every choice must finish.
 fn streamed_choices(events: &[String], n: usize) -> Vec<String> {
@@ -156,10 +143,10 @@ fn penalties_and_logit_bias_sample_as_the_engine_does() {
     let text = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,";
     let prompt = tok.encode(text, true, true);
     let greedy = SamplerConfig { temperature: 0.0, ..Default::default() };
-    let plain = engine_text(&runner, &tok, &prompt, greedy.clone(), 16);
+    let plain = engine_text(&runner, &tok, &prompt, greedy.clone(), Some(16));
     // Penalties: the server's answer is the engine's with the same settings, and not the plain one.
     let penalized = SamplerConfig { frequency_penalty: 1.5, presence_penalty: 0.5, ..greedy.clone() };
-    let want = engine_text(&runner, &tok, &prompt, penalized, 16);
+    let want = engine_text(&runner, &tok, &prompt, penalized, Some(16));
     assert_ne!(want, plain, "the penalties change nothing on this prompt: choose another");
     let r = post(a, CMPL, &json!({"prompt": text, "max_tokens": 16, "temperature": 0, "frequency_penalty": 1.5, "presence_penalty": 0.5})).json();
     assert_eq!(r["choices"][0]["text"], want.as_str(), "{r}");
@@ -168,7 +155,7 @@ fn penalties_and_logit_bias_sample_as_the_engine_does() {
     let r = post(a, CMPL, &json!({"prompt": text, "max_tokens": 1, "temperature": 0, "logit_bias": {first.to_string(): -100}})).json();
     assert_ne!(r["choices"][0]["text"], plain.as_str());
     let banned = SamplerConfig { logit_bias: vec![(first, -100.0)], ..greedy.clone() };
-    assert_eq!(r["choices"][0]["text"], engine_text(&runner, &tok, &prompt, banned, 1).as_str());
+    assert_eq!(r["choices"][0]["text"], engine_text(&runner, &tok, &prompt, banned, Some(1)).as_str());
     let hello = tok.encode(" hello", false, false);
     assert_eq!(hello.len(), 1);
     let r = post(a, CMPL, &json!({"prompt": text, "max_tokens": 3, "temperature": 0.9, "logit_bias": [[hello[0], 100]]})).json();

@@ -54,11 +54,23 @@ pub fn start(name: &str, cfg: server::Config) -> server::RunningServer {
 
 /// Greedy continuation of `prompt` with the engine alone (what `tandem run --temp 0` prints).
 pub fn reference(runner: &engine::Runner, tok: &tokenizer::Tokenizer, prompt: &[u32], n: i64) -> String {
+    let greedy = engine::sampler::SamplerConfig { temperature: 0.0, ..Default::default() };
+    engine_text(runner, tok, prompt, greedy, usize::try_from(n).ok())
+}
+
+/// The continuation of `prompt` the engine alone generates with `cfg`, up to `n` tokens.
+pub fn engine_text(
+    runner: &engine::Runner,
+    tok: &tokenizer::Tokenizer,
+    prompt: &[u32],
+    cfg: engine::sampler::SamplerConfig,
+    n: Option<usize>,
+) -> String {
     use engine::generate::{generate, Generation, StopRules};
-    use engine::sampler::{Sampler, SamplerConfig};
+    use engine::sampler::Sampler;
     let mut cache = runner.new_cache(1024);
-    let sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() });
-    let rules = StopRules { max_tokens: usize::try_from(n).ok(), ..StopRules::default() };
+    let sampler = Sampler::new(cfg);
+    let rules = StopRules { max_tokens: n, ..StopRules::default() };
     let mut gen = Generation::new(tok, sampler, rules);
     let mut text = String::new();
     generate(runner, &mut cache, prompt, 512, &mut gen, &mut |t| {
