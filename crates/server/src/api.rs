@@ -390,8 +390,7 @@ fn join_text_parts(parts: &[Value]) -> Result<String, (usize, String)> {
 /// `tool_choice`. Checked and kept for the tool-call parser; the prompt does not depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolChoice {
-    /// The model may call tools (also OpenAI's object form naming a function, which
-    /// llama-server reads as `auto`).
+    /// The model may call tools.
     Auto,
     /// The model must not call tools (they are still shown to the template).
     None,
@@ -408,6 +407,9 @@ pub struct ChatOptions {
     pub tools: Vec<Value>,
     /// `tool_choice` (default `auto`).
     pub tool_choice: ToolChoice,
+    /// `tool_choice: {"type": "function", "function": {"name": …}}`: this tool must be called
+    /// (OpenAI's meaning; `tool_choice` is then `Required`).
+    pub forced_tool: Option<String>,
     /// `parallel_tool_calls`; `None`: the template's own default.
     pub parallel_tool_calls: Option<bool>,
     /// `add_generation_prompt` (default true).
@@ -457,8 +459,18 @@ impl ChatFields {
                 "required" => ToolChoice::Required,
                 _ => return Err(choice_err()),
             },
-            Value::Object(_) => ToolChoice::Auto,
+            Value::Object(_) => ToolChoice::Required,
             _ => return Err(choice_err()),
+        };
+        let forced_tool = match &self.tool_choice {
+            Value::Object(o) => {
+                let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(choice_err)?;
+                if !tools.iter().any(|t| t["function"]["name"] == name) {
+                    return Err(invalid(format!("'tool_choice' names '{name}', which is not among 'tools'")));
+                }
+                Some(name.to_string())
+            }
+            _ => None,
         };
         let parallel_tool_calls = opt_bool("parallel_tool_calls", &self.parallel_tool_calls)?;
         let add_generation_prompt = opt_bool("add_generation_prompt", &self.add_generation_prompt)?.unwrap_or(true);
@@ -489,7 +501,7 @@ impl ChatFields {
             Value::String(_) => {}
             _ => return Err(invalid("'reasoning_effort' must be a string")),
         }
-        Ok(ChatOptions { tools, tool_choice, parallel_tool_calls, add_generation_prompt, enable_thinking, kwargs })
+        Ok(ChatOptions { tools, tool_choice, forced_tool, parallel_tool_calls, add_generation_prompt, enable_thinking, kwargs })
     }
 }
 

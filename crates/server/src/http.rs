@@ -247,7 +247,12 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
                 return Err(ApiError::bad("invalid_value", "tool_choice \"required\" cannot be combined with a response format or grammar"));
             }
             let special = |t: &str| s.tok.token_id(t);
-            let grammar = format.required_grammar(&options.tools, options.parallel_tool_calls.unwrap_or(false), &special);
+            // A named tool: the grammar offers only that one (the template still shows all).
+            let offered: Vec<Value> = match &options.forced_tool {
+                Some(name) => options.tools.iter().filter(|t| t["function"]["name"] == name.as_str()).cloned().collect(),
+                None => options.tools.clone(),
+            };
+            let grammar = format.required_grammar(&offered, options.parallel_tool_calls.unwrap_or(false), &special);
             ask.spec = Some(constrain::Spec::Lark(grammar));
         }
     }

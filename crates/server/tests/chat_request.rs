@@ -78,8 +78,10 @@ fn tools_and_kwargs_reach_the_template_over_the_server_defaults() {
     assert!(prompt(a, &json!({"messages": user("Hi"), "tools": []})).contains("\ntools=none\n"));
     let shown = prompt(a, &json!({"messages": user("Hi"), "tools": tools, "tool_choice": "none"}));
     assert!(shown.contains("tools=function:get_weather"), "{shown}");
-    let named = json!({"type": "function", "function": {"name": "noop"}});
-    assert_eq!(post(a, "/apply-template", &json!({"messages": user("Hi"), "tool_choice": named})).status, 200);
+    // A tool_choice naming a function must name one of the tools.
+    let named = |n: &str| json!({"type": "function", "function": {"name": n}});
+    assert_eq!(post(a, "/apply-template", &json!({"messages": user("Hi"), "tools": tools, "tool_choice": named("get_weather")})).status, 200);
+    assert_eq!(post(a, "/apply-template", &json!({"messages": user("Hi"), "tools": tools, "tool_choice": named("missing")})).error(400), "invalid_value");
 
     // add_generation_prompt false: no assistant opening.
     let open = prompt(a, &json!({"messages": user("Hi"), "add_generation_prompt": false}));

@@ -93,6 +93,13 @@ fn tool_calls_stream_as_deltas() {
     let r = post(srv.addr, CHAT, &plain).json();
     let want = &r["choices"][0]["message"]["tool_calls"][0]["function"];
     assert_eq!(&calls[0][0]["function"], want);
+    // A tool_choice naming a function: that function is called (OpenAI's meaning).
+    for name in ["get_weather", "get_time"] {
+        let mut forced = plain.clone();
+        forced["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+        let r = post(srv.addr, CHAT, &forced).json();
+        assert_eq!(r["choices"][0]["message"]["tool_calls"][0]["function"]["name"], name, "{r}");
+    }
     srv.shutdown().unwrap();
 }
 
