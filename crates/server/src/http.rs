@@ -31,6 +31,8 @@ pub struct AppState {
     pub tok: Arc<Tokenizer>,
     /// The chat template.
     pub template: ChatTemplate,
+    /// How the template's family writes tool calls (read off it once).
+    pub tool_format: crate::tools::ToolFormat,
     /// `--chat-template-kwargs`: template variables every chat request starts from.
     pub chat_template_kwargs: Map<String, Value>,
     /// The model id clients name.
@@ -239,7 +241,7 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
     let mut ask = Ask::read(&common, &body, Kind::Chat, s.tok.vocab_size(), &s.defaults)?;
     let (messages, options) = chat_request(&s, &body)?;
     if !options.tools.is_empty() && options.tool_choice != api::ToolChoice::None {
-        let format = crate::tools::detect(&s.template.source);
+        let format = s.tool_format;
         ask.tools = Some(format);
         ask.params.render_special = true;
         if options.tool_choice == api::ToolChoice::Required {
@@ -519,11 +521,16 @@ fn sse(out: Out, tickets: Vec<Ticket>, prompt_tokens: usize, include_usage: bool
         cached_tokens: None,
         include_usage,
     };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
+    sse_response(futures_util::stream::unfold(state, |mut st| async move {
         let bytes = st.next().await?;
-        Some((Ok::<_, std::convert::Infallible>(bytes), st))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
+        Some((bytes, st))
+    }))
+}
+
+/// A server-sent-events response over `events` (proxies told not to buffer it).
+pub(crate) fn sse_response(events: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Response {
+    use futures_util::StreamExt;
+    let mut r = Response::new(Body::from_stream(events.map(Ok::<_, std::convert::Infallible>)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -261,6 +261,7 @@ pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Conf
         sched,
         runner,
         tok,
+        tool_format: tools::detect(&template.source),
         template,
         chat_template_kwargs: cfg.chat_template_kwargs.clone(),
         model: cfg.model_name.clone(),

@@ -2,16 +2,13 @@
 //! completion, streamed without `[DONE]`), `GET /props` and `GET /slots`.
 
 use crate::api::{self, ApiError, ApiJson, CommonFields, GenParams};
-use crate::http::{blocking, engine_error, error_event, shutting_down, submit_all, AppState, Ask, KEEPALIVE};
-use crate::response::timings;
+use crate::http::{blocking, engine_error, error_event, shutting_down, sse_response, submit_all, AppState, Ask, KEEPALIVE};
+use crate::response::{logprob_entries, timings};
 use crate::scheduler::{Event, Finish, FinishReason};
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use engine::sampler::TokenLogprob;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -35,23 +32,6 @@ fn settings(p: &GenParams, n_ctx: usize) -> Value {
            "repeat_last_n": c.repeat_last_n, "presence_penalty": c.presence_penalty,
            "frequency_penalty": c.frequency_penalty, "seed": c.seed, "stop": p.rules.stop,
            "ignore_eos": p.rules.ignore_eos, "n_probs": p.logprobs.unwrap_or(0), "cache_prompt": p.cache_prompt})
-}
-
-/// `completion_probabilities`: per token its id, text, bytes, log-probability and the
-/// alternatives.
-fn probabilities(s: &AppState, probs: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, lp: f32| {
-        let bytes = s.tok.token_to_piece(id, true);
-        json!({"id": id, "token": String::from_utf8_lossy(&bytes), "bytes": bytes, "logprob": lp})
-    };
-    probs
-        .iter()
-        .map(|p| {
-            let mut e = entry(p.token, p.logprob);
-            e["top_logprobs"] = p.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
-            e
-        })
-        .collect()
 }
 
 /// The fields of the last (or only) answer.
@@ -100,7 +80,7 @@ pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
                 Some(Event::Done(f)) => {
                     let mut v = final_fields(&s, &content, &f, settings);
                     if ask.params.logprobs.is_some() {
-                        v["completion_probabilities"] = probabilities(&s, &probs);
+                        v["completion_probabilities"] = logprob_entries(&s.tok, &probs, true);
                     }
                     return Ok(Json(v).into_response());
                 }
@@ -123,7 +103,7 @@ pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
                 let mut v = json!({"index": 0, "content": text, "tokens": [], "stop": false, "id_slot": -1,
                                    "tokens_predicted": predicted, "tokens_evaluated": n_prompt});
                 if with_probs {
-                    v["completion_probabilities"] = probabilities(&s, &logprobs);
+                    v["completion_probabilities"] = logprob_entries(&s.tok, &logprobs, true);
                 }
                 (Bytes::from(format!("data: {v}\n\n")), predicted, false)
             }
@@ -134,13 +114,9 @@ pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
             Ok(Some(Event::Error(e))) => (error_event(engine_error(e)), predicted, true),
             Ok(Some(Event::Done(_)) | None) => (error_event(shutting_down()), predicted, true),
         };
-        Some((Ok::<_, std::convert::Infallible>(bytes), (s, ticket, settings, predicted, ended)))
+        Some((bytes, (s, ticket, settings, predicted, ended)))
     });
-    let mut r = Response::new(Body::from_stream(stream));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(r)
+    Ok(sse_response(stream))
 }
 
 /// GET /props: the server's defaults, slots, template and special tokens.

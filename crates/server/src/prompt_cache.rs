@@ -60,10 +60,13 @@ pub fn reusable(held: &[u32], recurrent: bool, prompt: &[u32]) -> usize {
 /// The free slot for `prompt`: the one reusing most of it; when none reuses anything, the
 /// least recently used (the others' caches may serve later prompts).
 pub fn pick_slot(free: &[SlotCache], prompt: &[u32]) -> usize {
-    let reuse = |s: &SlotCache| reusable(&s.tokens, s.cache.is_recurrent(), prompt);
-    let best = (0..free.len()).max_by_key(|&i| (reuse(&free[i]), std::cmp::Reverse(free[i].last_used)));
+    let best = free
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (reusable(&s.tokens, s.cache.is_recurrent(), prompt), std::cmp::Reverse(s.last_used), i))
+        .max();
     match best {
-        Some(i) if reuse(&free[i]) > 0 => i,
+        Some((reuse, _, i)) if reuse > 0 => i,
         _ => (0..free.len()).min_by_key(|&i| free[i].last_used).unwrap_or(0),
     }
 }

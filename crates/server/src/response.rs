@@ -54,6 +54,27 @@ pub fn timings(f: &Finish) -> Value {
            "predicted_per_token_ms": d_tok, "predicted_per_second": d_sec})
 }
 
+/// Per token `{token, logprob, bytes, top_logprobs: [same]}` (OpenAI chat's `logprobs.content`);
+/// with `ids`, each entry also has its `id` (llama-server's `completion_probabilities`).
+pub fn logprob_entries(tok: &Tokenizer, probs: &[TokenLogprob], ids: bool) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let bytes = tok.token_to_piece(id, true);
+        let mut e = json!({"token": String::from_utf8_lossy(&bytes), "logprob": lp, "bytes": bytes});
+        if ids {
+            e["id"] = json!(id);
+        }
+        e
+    };
+    probs
+        .iter()
+        .map(|p| {
+            let mut e = entry(p.token, p.logprob);
+            e["top_logprobs"] = p.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+            e
+        })
+        .collect()
+}
+
 /// The bodies of one request's answer.
 pub struct Out {
     /// Endpoint.
@@ -176,21 +197,7 @@ impl Out {
             return Value::Null;
         }
         match self.kind {
-            Kind::Chat => {
-                let entry = |id: u32, lp: f32| {
-                    let (token, bytes) = self.piece(id);
-                    json!({"token": token, "logprob": lp, "bytes": bytes})
-                };
-                let content: Vec<Value> = probs
-                    .iter()
-                    .map(|p| {
-                        let mut e = entry(p.token, p.logprob);
-                        e["top_logprobs"] = p.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
-                        e
-                    })
-                    .collect();
-                json!({"content": content, "refusal": null})
-            }
+            Kind::Chat => json!({"content": logprob_entries(&self.tok, probs, false), "refusal": null}),
             Kind::Text => {
                 let mut offset = start;
                 let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
