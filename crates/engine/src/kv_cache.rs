@@ -2,6 +2,7 @@
 //! recurrent layers' state (Qwen3.5's Gated DeltaNet), which holds the whole past in a fixed size.
 
 use crate::arch::Config;
+use crate::matrix::KvMirror;
 use half::f16;
 use half::slice::HalfBitsSliceExt;
 
@@ -18,6 +19,8 @@ pub struct KvCache {
     /// Per recurrent layer: its convolution inputs and delta-rule state after `len` positions.
     conv: Vec<Vec<f32>>,
     ssm: Vec<Vec<f32>>,
+    /// An engine's copy of the rows (device memory), told of every change made here.
+    mirror: KvMirror,
 }
 
 impl KvCache {
@@ -32,6 +35,7 @@ impl KvCache {
             widths,
             conv: (0..c.n_layer).map(|il| vec![0f32; c.recurrent_widths(il).0]).collect(),
             ssm: (0..c.n_layer).map(|il| vec![0f32; c.recurrent_widths(il).1]).collect(),
+            mirror: KvMirror::default(),
         }
     }
 
@@ -64,6 +68,7 @@ impl KvCache {
             self.conv.iter_mut().chain(self.ssm.iter_mut()).for_each(|s| s.fill(0.0));
         }
         self.len = self.len.min(len);
+        self.mirror.changed_from(self.len);
         self.len
     }
 
@@ -74,6 +79,7 @@ impl KvCache {
             return; // A layer that reads another layer's rows, or a recurrent one.
         }
         let n = k.len() / k_dim;
+        self.mirror.changed_from(pos0);
         let kd = &mut self.k[layer][pos0 * k_dim..(pos0 + n) * k_dim];
         kd.iter_mut().zip(k).for_each(|(d, s)| *d = f16::from_f32(*s).to_bits());
         let vd = &mut self.v[layer][pos0 * v_dim..(pos0 + n) * v_dim];
@@ -81,7 +87,8 @@ impl KvCache {
     }
 
     /// Every layer's K and V storage as f16 bit patterns (`[n_ctx, k_dim]`, `[n_ctx, v_dim]`):
-    /// an engine's write-back, several layers at once.
+    /// an engine's write-back, several layers at once. The engine's mirror is not told:
+    /// a writer of rows its mirror does not hold lowers it itself.
     pub fn layers_mut(&mut self) -> Vec<(&mut [u16], &mut [u16])> {
         self.k.iter_mut().zip(self.v.iter_mut()).map(|(k, v)| (k.as_mut_slice(), v.as_mut_slice())).collect()
     }
@@ -152,6 +159,7 @@ impl KvCache {
             dst.copy_from_slice(src);
         }
         self.len = s.len;
+        self.mirror.changed_from(0);
         true
     }
 }
@@ -168,6 +176,9 @@ impl crate::matrix::KvRows for KvCache {
     }
     fn recurrent(&mut self, il: usize) -> (&mut [f32], &mut [f32]) {
         (&mut self.conv[il], &mut self.ssm[il])
+    }
+    fn mirror(&mut self) -> &mut KvMirror {
+        &mut self.mirror
     }
 }
 
@@ -202,6 +213,32 @@ mod tests {
             assert_eq!(a.layer(layer).1[..5 * vd], b.layer(layer).1[..5 * vd]);
         }
         assert!(!KvCache::new(&c, 4).restore(&snap), "a cache of 4 positions cannot hold 5");
+    }
+
+    /// Every host-side change lowers the engine's mirror to the first row it touched, so
+    /// an engine never reads rows of its copy that the host rewrote.
+    #[test]
+    fn host_changes_lower_the_engine_mirror() {
+        use crate::matrix::KvRows;
+        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
+        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
+        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let mut a = KvCache::new(&c, 32);
+        let (kd, vd) = c.kv_widths(0);
+        a.set_len(20);
+        a.mirror().valid = 20;
+        a.store(0, 12, &vec![0.5; 2 * kd], &vec![0.5; 2 * vd]);
+        assert_eq!(a.mirror().valid, 12, "a store from row 12");
+        a.mirror().valid = 20;
+        a.truncate(7);
+        assert_eq!(a.mirror().valid, 7, "cut to 7 rows");
+        a.mirror().valid = 7;
+        a.truncate(30);
+        assert_eq!(a.mirror().valid, 7, "a cut past the end changes nothing");
+        let snap = a.snapshot();
+        a.mirror().valid = 7;
+        assert!(a.restore(&snap));
+        assert_eq!(a.mirror().valid, 0, "restored rows may differ anywhere");
     }
 
     /// An engine's f16 write-back through `layers_mut` lands exactly where `store` puts the

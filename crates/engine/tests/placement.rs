@@ -306,6 +306,12 @@ fn whole_stack_on_an_engine_equals_its_ops_placed_one_by_one() {
         // 10-token prefix and decode steps stay on the CPU.
         assert_eq!((s["ref"].blocks, s["ref"].attention, s["ref"].matmuls, s["ref"].failures), (2, 0, 1, 0), "{arch}: {s:?}");
         assert_eq!(ops.dispatcher.stats.snapshot()["ref"].blocks, 0);
+        // An engine that decodes takes every call as a stack (the prefix and the steps too),
+        // exactly what its ops give placed one by one there.
+        let decodes = runner(load(), vec![Arc::new(ReferenceEngine::new().with_stacks().with_decode(1e12))], Backend::Auto, 64, CacheBudget::default());
+        let all_ops = runner(load(), vec![Arc::new(ReferenceEngine::new())], Backend::Auto, 1, CacheBudget::default());
+        assert!(two_sequences(&decodes, &a, &b) == two_sequences(&all_ops, &a, &b), "{arch}: decode steps as stacks");
+        assert_eq!(decodes.dispatcher.stats.snapshot()["ref"].blocks, 2 * 5, "{arch}: five calls, two layers each");
         // The CPU alone differs (quantized activations) but not by much.
         let cpu = two_sequences(&runner(load(), vec![], Backend::Cpu, 64, CacheBudget::default()), &a, &b);
         let diff = got.iter().zip(&cpu).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
@@ -367,6 +373,18 @@ fn a_model_over_the_budget_is_streamed_or_placed_op_by_op() {
     assert!(d.engine == Some(0) && !s && d.reason.contains("resident"), "{}", d.reason);
     let (d, _) = PlacementPolicy::new(Backend::Auto, 64, None, SLOW_CPU).decide_stack(&[&streams], &model.layers, &cost(63), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("N=63 < --offload-min-batch 64"), "{}", d.reason);
+    // Decode steps (below the minimum batch): only an engine that decodes, with the weights
+    // resident, when reading them at its bandwidth beats the CPU streaming the stored ones.
+    let min64 = PlacementPolicy::new(Backend::Auto, 64, None, (1e12, 1e10));
+    let decodes = ReferenceEngine::new().with_stacks().with_decode(1e12);
+    let (d, _) = min64.decide_stack(&[&decodes], &model.layers, &cost(1), 4 << 20);
+    assert!(d.engine == Some(0) && d.reason.contains("(decode), resident"), "{}", d.reason);
+    let (d, _) = min64.decide_stack(&[&decodes], &model.layers, &cost(1), 1 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("decode stays on the CPU"), "{}", d.reason);
+    let (d, _) = PlacementPolicy::new(Backend::Auto, 64, None, (1e15, 1e13)).decide_stack(&[&decodes], &model.layers, &cost(1), 4 << 20);
+    assert!(d.engine.is_none() && d.reason.contains("decode cost model"), "a CPU faster at streaming: {}", d.reason);
+    let (d, _) = PlacementPolicy::new(Backend::Cpu, 64, None, (1e12, 1e10)).decide_stack(&[&decodes], &model.layers, &cost(1), 4 << 20);
+    assert!(d.engine.is_none(), "--backend cpu");
     let (d, _) = policy.decide_stack(&[&ReferenceEngine::new()], &model.layers, &cost(80), 4 << 20);
     assert!(d.engine.is_none() && d.reason.contains("whole stacks are off"), "{}", d.reason);
     // Streaming pays the weights' transfer: a fast enough CPU keeps the stack.

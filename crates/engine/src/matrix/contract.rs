@@ -216,6 +216,12 @@ pub trait DecoderStack: Sync {
     fn streams_stack(&self) -> bool {
         false
     }
+    /// The engine's memory bandwidth (bytes/s) when it also runs decode steps, each
+    /// sequence's rows kept on it between calls ([`KvRows::mirror`]); `None`: it takes only
+    /// batches large enough for the placement policy's minimum.
+    fn decode_bandwidth(&self) -> Option<f64> {
+        None
+    }
     /// `x` (`[n, n_embd]`, the embeddings) becomes the last block's output, and each
     /// sequence's cache receives the new tokens' K/V at their positions (its length is left
     /// to the caller). Every weight is prepared before the call unless
@@ -237,6 +243,26 @@ pub trait KvRows: Send {
     /// A recurrent layer's state for the sequence: (convolution inputs, delta-rule state),
     /// as they stand after the cached positions.
     fn recurrent(&mut self, il: usize) -> (&mut [f32], &mut [f32]);
+    /// The engine's own copy of these rows, kept with the sequence between calls.
+    fn mirror(&mut self) -> &mut KvMirror;
+}
+
+/// An engine's copy of one sequence's K/V rows (on the card: decode steps then read the
+/// cache where it already is). It lives with the sequence and is dropped with it; the host
+/// rows stay the truth, and every host-side write lowers `valid` to the first row it touched.
+#[derive(Default)]
+pub struct KvMirror {
+    /// The engine's data, which only it reads (it downcasts).
+    pub data: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Positions `0..valid` of the copy equal the host rows.
+    pub valid: usize,
+}
+
+impl KvMirror {
+    /// Host rows from `pos` on changed (written, cut or replaced).
+    pub fn changed_from(&mut self, pos: usize) {
+        self.valid = self.valid.min(pos);
+    }
 }
 
 /// A batch's pass through every decoder block: what an engine needs besides the hidden

@@ -306,8 +306,8 @@ impl Dispatcher {
             return Stacked::No;
         }
         let n = input.n();
-        if n < self.policy.min_batch() && !self.verbose {
-            // A decode step: the policy would refuse it for its N; skip pricing every layer.
+        if n < self.policy.min_batch() && !self.verbose && !self.accelerators.iter().any(|e| e.capabilities().stack.is_some_and(|s| s.decode_bandwidth().is_some())) {
+            // A decode step no engine takes: skip pricing every layer.
             return Stacked::No;
         }
         let layers = input.layers;

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// Seconds of kernel launches and host work per layer of a decode step on an engine.
+const DECODE_LAYER_OVERHEAD: f64 = 30e-6;
 
 /// What a decoder stack would cost an engine, for [`PlacementPolicy::decide_stack`].
 pub struct StackCost<'a> {
@@ -254,8 +256,10 @@ impl PlacementPolicy {
     /// the model, when N reaches the minimum batch and the cost model says it is faster than
     /// the CPU. Resident when every prepared weight fits the budget at once; otherwise
     /// streamed (weights uploaded per layer, their stored bytes counted in the cost) if the
-    /// engine can, else not at all (ops are then placed one by one). Returns the decision and
-    /// whether the stack is streamed.
+    /// engine can, else not at all (ops are then placed one by one). Below the minimum batch
+    /// (decode steps) only an engine that decodes with its weights resident, when reading
+    /// them at its memory bandwidth beats the CPU streaming the stored ones. Returns the
+    /// decision and whether the stack is streamed.
     pub fn decide_stack(&self, engines: &[&dyn MatrixEngine], layers: &[crate::plan::Layer], cost: &StackCost<'_>, budget: usize) -> (Decision, bool) {
         if self.backend == Backend::Cpu {
             return (Decision::cpu("--backend cpu"), false);
@@ -271,10 +275,6 @@ impl PlacementPolicy {
                 why_not.push(format!("{}: {r}", e.name()));
                 continue;
             }
-            if n < self.min_batch {
-                why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch));
-                continue;
-            }
             let need = (cost.resident)(e);
             let streamed = need > budget;
             let over = format!(
@@ -283,6 +283,24 @@ impl PlacementPolicy {
                 e.name(),
                 budget as f64 / GIB
             );
+            if n < self.min_batch {
+                // A decode step: the engine reads its resident weights once per step at its
+                // memory bandwidth, the CPU streams the stored weights at its own.
+                match stack.decode_bandwidth() {
+                    Some(bw) if !streamed => {
+                        let t_engine = need as f64 / bw + layers.len() as f64 * DECODE_LAYER_OVERHEAD;
+                        let t_cpu = (cost.flops / self.cpu.0).max(cost.weight_bytes / self.cpu.1);
+                        let costs = format!("decode cost model {:.3} ms on {} vs {:.3} ms on CPU", t_engine * 1e3, e.name(), t_cpu * 1e3);
+                        if t_engine < t_cpu {
+                            return (Decision { engine: Some(i), reason: format!("whole stack N={n} (decode), resident: {costs}") }, false);
+                        }
+                        why_not.push(costs);
+                    }
+                    Some(_) => why_not.push(format!("{over}: decode stays on the CPU")),
+                    None => why_not.push(format!("N={n} < --offload-min-batch {}", self.min_batch)),
+                }
+                continue;
+            }
             if streamed && !stack.streams_stack() {
                 why_not.push(format!("{over}: ops placed one by one"));
                 continue;

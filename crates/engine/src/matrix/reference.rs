@@ -26,6 +26,7 @@ pub struct ReferenceEngine {
     disk: Option<DiskCache>,
     stacks: bool,
     streams: bool,
+    decode_bandwidth: Option<f64>,
 }
 
 /// Bumped whenever the prepared format changes, so old disk entries are stale.
@@ -48,6 +49,13 @@ impl ReferenceEngine {
     pub fn with_stacks(mut self) -> Self {
         self.stacks = true;
         self.streams = true;
+        self
+    }
+
+    /// Also decode steps as stacks, claiming `bandwidth` bytes/s of memory (the policy's
+    /// decode cost model).
+    pub fn with_decode(mut self, bandwidth: f64) -> Self {
+        self.decode_bandwidth = Some(bandwidth);
         self
     }
 
@@ -152,6 +160,9 @@ impl DecoderStack for ReferenceEngine {
     }
     fn streams_stack(&self) -> bool {
         self.streams
+    }
+    fn decode_bandwidth(&self) -> Option<f64> {
+        self.decode_bandwidth
     }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let ops = RefOps { engine: self, bucket: bucket_for(Some(&REF_BUCKETS), input.n()), resident: input.weights_resident };

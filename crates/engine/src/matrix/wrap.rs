@@ -147,6 +147,9 @@ impl<H: OpHook> DecoderStack for Wrapped<H> {
     fn streams_stack(&self) -> bool {
         self.inner.capabilities().stack.is_some_and(|op| op.streams_stack())
     }
+    fn decode_bandwidth(&self) -> Option<f64> {
+        self.inner.capabilities().stack.and_then(|op| op.decode_bandwidth())
+    }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let op = self.inner.capabilities().stack.ok_or_else(|| self.missing("DecoderStack"))?;
         if let Err(f) = self.injected() {
