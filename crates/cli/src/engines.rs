@@ -37,12 +37,13 @@ pub static REGISTRY: &[EngineEntry] = &[
     EngineEntry {
         name: "cuda",
         in_auto: true,
-        make: |a, _| {
+        make: |a, m| {
             Arc::new(cuda::CudaEngine::new(cuda::CudaOptions {
                 gpu_mem: a.gpu_mem.map(|m| m << 20),
                 kernel_cache: a.kernel_cache.clone(),
                 // --verbose also prints where the card's time goes in each whole-stack call.
                 profile_stack: a.verbose,
+                decode: a.decode_on_gpu(m.layers.len()),
                 ..Default::default()
             }))
         },
@@ -117,6 +118,19 @@ pub struct PlacementArgs {
     /// Keep the experts of the first N layers on the CPU (llama.cpp's --n-cpu-moe).
     #[arg(long = "n-cpu-moe", alias = "ncmoe", value_name = "N")]
     pub n_cpu_moe: Option<usize>,
+    /// Layers whose weights live on the GPU (llama.cpp's -ngl): a number, `auto` or `all`.
+    /// Default: every layer that fits, so decode steps run on the card too; 0 keeps decode on
+    /// the CPU (large prefill batches still go to the card).
+    #[arg(long = "n-gpu-layers", alias = "gpu-layers", value_name = "N", value_parser = parse_gpu_layers)]
+    pub n_gpu_layers: Option<usize>,
+}
+
+/// `-ngl`'s value: a layer count, or `auto`/`all` (every layer).
+fn parse_gpu_layers(s: &str) -> std::result::Result<usize, String> {
+    match s {
+        "auto" | "all" => Ok(usize::MAX),
+        n => n.parse().map_err(|_| format!("expected a number of layers, `auto` or `all`, got `{n}`")),
+    }
 }
 
 /// The default calibration path.
@@ -128,6 +142,19 @@ pub fn default_calibration_path() -> Option<PathBuf> {
 }
 
 impl PlacementArgs {
+    /// Whether decode steps may run on the GPU for a model of `layers` layers (`-ngl`).
+    pub fn decode_on_gpu(&self, layers: usize) -> bool {
+        match self.n_gpu_layers {
+            None => true,
+            Some(n) if n >= layers => true,
+            Some(0) => false,
+            Some(n) => {
+                eprintln!("warning: -ngl {n} of {layers} layers: a partial split is not built yet; decode runs on the CPU, large prefill batches on the GPU");
+                false
+            }
+        }
+    }
+
     /// The on-disk cache, if asked for and usable (a bad directory is reported, not fatal).
     pub fn disk_cache(&self) -> Option<DiskCache> {
         let dir = self.kernel_cache.as_ref()?;

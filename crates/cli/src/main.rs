@@ -40,8 +40,14 @@ enum Command {
 /// llama.cpp's multi-letter flags written with one dash (`-np 4`, `-fa`), which clap would
 /// read as a short flag and its value, in their long forms.
 fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const LONG: [(&str, &str); 5] =
-        [("-np", "--parallel"), ("-fa", "--flash-attn"), ("-ncmoe", "--n-cpu-moe"), ("-cmoe", "--cpu-moe"), ("-cram", "--cache-ram")];
+    const LONG: [(&str, &str); 6] = [
+        ("-np", "--parallel"),
+        ("-fa", "--flash-attn"),
+        ("-ncmoe", "--n-cpu-moe"),
+        ("-cmoe", "--cpu-moe"),
+        ("-cram", "--cache-ram"),
+        ("-ngl", "--n-gpu-layers"),
+    ];
     args.map(|a| match LONG.iter().find(|(short, _)| a == *short) {
         Some((_, long)) => long.into(),
         None => a,

@@ -186,6 +186,8 @@ pub(crate) struct Gpu {
     pub(crate) sms: u32,
     pub(crate) total_mem: usize,
     pub(crate) free_at_start: usize,
+    /// Peak memory bandwidth, bytes/s (memory clock × bus width, or by generation).
+    pub(crate) mem_bandwidth: f64,
 }
 
 impl Gpu {
@@ -221,6 +223,15 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(err("SM count"))? as u32;
         let total_mem = ctx.total_mem().map_err(err("total memory"))?;
+        let attr = |a| ctx.attribute(a).ok().filter(|&v| v > 0).map(|v| v as f64);
+        let mem_bandwidth = match (
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
+        ) {
+            // kHz, double data rate, bits.
+            (Some(khz), Some(bits)) => 2.0 * khz * 1e3 * bits / 8.0,
+            _ => [5e11, 9e11, 1.5e12, 3e12][(cc.0 - 7).clamp(0, 3) as usize],
+        };
         let free_at_start = ctx.mem_get_info().map_err(err("free memory"))?.0;
         let s_h2d = ctx.new_stream().map_err(err("create stream"))?;
         let s_comp = ctx.new_stream().map_err(err("create stream"))?;
@@ -247,7 +258,7 @@ impl Gpu {
         for k in crate::kernels::NAMES {
             kernels.insert(k, module.load_function(k).map_err(err(k))?);
         }
-        Ok(Gpu { ctx, s_h2d, s_comp, s_d2h, blas: blas_h, _workspace: workspace, kernels, name, cc, sms, total_mem, free_at_start })
+        Ok(Gpu { ctx, s_h2d, s_comp, s_d2h, blas: blas_h, _workspace: workspace, kernels, name, cc, sms, total_mem, free_at_start, mem_bandwidth })
     }
 
     pub(crate) fn bind(&self) -> Res<()> {

@@ -18,6 +18,7 @@ mod gpu;
 pub mod kernels;
 mod pipeline;
 mod phases;
+mod device_rows;
 mod stack;
 mod stack_attention;
 mod streaming;
@@ -68,6 +69,9 @@ pub struct CudaOptions {
     pub flash_attention: usize,
     /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
     pub profile_stack: bool,
+    /// Also run decode steps as whole stacks on the card when the policy finds it faster
+    /// (weights resident; each sequence's K/V rows kept on the card between steps).
+    pub decode: bool,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -87,6 +91,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
+            decode: true,
             flash_attention: 64,
             kernel_cache: None,
             bench_device_only: false,
@@ -146,13 +151,14 @@ impl CudaEngine {
     pub fn device_info(&self) -> Option<String> {
         let g = self.gpu().ok()?;
         Some(format!(
-            "{} (compute {}.{}, {} SMs, {:.1} GiB, {:.1} GiB free at start)",
+            "{} (compute {}.{}, {} SMs, {:.1} GiB, {:.1} GiB free at start, {:.0} GB/s)",
             g.name,
             g.cc.0,
             g.cc.1,
             g.sms,
             g.total_mem as f64 / (1u64 << 30) as f64,
-            g.free_at_start as f64 / (1u64 << 30) as f64
+            g.free_at_start as f64 / (1u64 << 30) as f64,
+            g.mem_bandwidth / 1e9
         ))
     }
 
@@ -371,6 +377,11 @@ impl DecoderStack for CudaEngine {
 
     fn streams_stack(&self) -> bool {
         self.opts.stack
+    }
+
+    fn decode_bandwidth(&self) -> Option<f64> {
+        // What a GEMV over f16 weights sustains of the peak.
+        self.gpu().ok().filter(|_| self.opts.stack && self.opts.decode).map(|g| 0.7 * g.mem_bandwidth)
     }
 
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {

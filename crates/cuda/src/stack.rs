@@ -8,10 +8,12 @@
 //! f16 rows of a device cache region) → attention per sequence (`stack_attention.rs`) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
 //! down GEMM → `residual_norm` (post-norm, residual add, the next layer's attention norm).
-//! Each sequence's region holds its cached prefix (uploaded from the host cache) and its new
-//! rows; the new rows go down on the copy stream into a ring of pinned slots (every layer's,
-//! unless that passes STAGING_BYTES) and the host copies them into the caches while later
-//! layers compute. The host enqueues every layer without waiting for the card, except to
+//! Each sequence keeps its rows on the card between calls (`device_rows.rs`: only rows the
+//! card lacks go up, so a decode step uploads nothing but its token); `qk_prep` writes the
+//! batch's new rows into a scratch region, from which they are copied into each sequence's
+//! rows and go down on the copy stream into a ring of pinned slots (every layer's, unless
+//! that passes STAGING_BYTES), and the host copies them into the caches while later layers
+//! compute. The host enqueues every layer without waiting for the card, except to
 //! free a pinned slot when the ring is shorter than the model. Weights are the resident
 //! prepared buffers, or streamed layer by layer (`streaming.rs`) for models over the budget.
 
@@ -45,6 +47,8 @@ pub(crate) struct Buffers {
     ffn: Option<DevBuf>,
     region: [Option<DevBuf>; 2],
     small: Option<DevBuf>,
+    /// The norm weights and biases as last uploaded (the same every call of a model).
+    vectors: Option<(Vectors, DevBuf)>,
     staging: Option<HostBuf>,
     /// Pinned hidden states, up and down.
     x_host: Option<HostBuf>,
@@ -123,6 +127,7 @@ impl LayerWeights {
 }
 
 /// The small per-layer vectors (norm weights, biases), packed for one upload: offsets in floats.
+#[derive(PartialEq)]
 struct Vectors {
     data: Vec<f32>,
     at: HashMap<VectorId, usize>,
@@ -172,11 +177,9 @@ fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option
 struct Geometry {
     n: usize,
     d: usize,
-    /// Per sequence: its first new position, and where its region of cache rows starts.
+    /// Per sequence: its first new position, and per layer its K and V rows on the card.
     pos0: Vec<usize>,
-    region_at: Vec<usize>,
-    /// Rows of every sequence's region together.
-    rows: usize,
+    seq_rows: Vec<Vec<(u64, u64)>>,
     /// Pinned slots for K/V rows on their way down, and elements per slot.
     slots: usize,
     staged: usize,
@@ -197,7 +200,8 @@ struct Device {
     att_h: u64,
     o: u64,
     ffn: u64,
-    /// K/V row regions, alternating by layer parity (a layer's rows go down while the next fills the other).
+    /// The new K/V rows, `[n, kvd]` then `[n, vd]`, alternating by layer parity (a layer's
+    /// rows go down while the next fills the other).
     regions: [u64; 2],
     vec_at: u64,
     rope_g: u64,
@@ -217,7 +221,8 @@ struct CardSteps<'a, 'c> {
     weights: Option<&'a [LayerWeights]>,
     streamer: Option<Streamer<'a>>,
     prof: Option<Phases>,
-    vecs: Vectors,
+    /// Where each layer's vectors start in the uploaded norms, in floats.
+    vecs: HashMap<VectorId, usize>,
     geo: Geometry,
     dev: Device,
     /// The current layer's weights.
@@ -237,33 +242,39 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let n_head = max(&|s| s.n_head);
         let ff = layers.iter().map(|l| match &l.ffn { FeedForwardPart::Dense(f) => f.gate.rows, FeedForwardPart::Moe(_) => 0 }).max().unwrap_or(0);
 
-        // Each sequence's region of cache rows: its prefix, then its new tokens.
+        // Each sequence's rows on the card: its prefix there, room for its new tokens.
         let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
-        let mut region_at = Vec::with_capacity(input.spans.len());
-        let mut rows = 0;
-        for (s, &p0) in input.spans.iter().zip(&pos0) {
-            region_at.push(rows);
-            rows += p0 + s.len();
-        }
-        let mut kv_row = vec![0i32; n];
+        let kv_row: Vec<i32> = (0..int(n)?).collect();
         let mut pos = vec![0i32; n];
-        for ((s, &p0), &at) in input.spans.iter().zip(&pos0).zip(&region_at) {
+        for (s, &p0) in input.spans.iter().zip(&pos0) {
             for t in s.clone() {
                 if input.positions[t] != p0 + (t - s.start) {
                     return Err("a sequence's positions must be consecutive".into());
                 }
                 pos[t] = int(input.positions[t])?;
-                kv_row[t] = int(at + input.positions[t])?;
             }
+        }
+        let widths: Vec<(usize, usize)> = layers.iter().map(kv_widths).collect();
+        let mut seq_rows = Vec::with_capacity(caches.len());
+        for ((cache, s), &p0) in caches.iter_mut().zip(input.spans).zip(&pos0) {
+            seq_rows.push(crate::device_rows::prepare(gpu, &mut **cache, &widths, p0, p0 + s.len())?);
         }
         let rope_flat = |r: &[(f32, f32)]| -> Vec<f32> { r.iter().flat_map(|&(s, c)| [s, c]).collect() };
         let (rope_g, rope_l) = (rope_flat(input.rope_global), rope_flat(input.rope_local));
+        // The norm weights go up when they differ from the last call's (another model).
         let vecs = Vectors::pack(layers);
+        if b.vectors.as_ref().is_none_or(|(v, _)| *v != vecs) {
+            b.vectors = None;
+            let dev = DevBuf::new(&gpu.ctx, vecs.data.len() * 4)?;
+            unsafe { drv::memcpy_htod_async(dev.ptr, &vecs.data[..], gpu.s_comp.cu_stream()) }.map_err(err("upload norms"))?;
+            b.vectors = Some((vecs, dev));
+        }
+        let (vecs, vec_at) = b.vectors.as_ref().map(|(v, d)| (v.at.clone(), d.ptr)).expect("set above");
 
         // Device memory: the small inputs in one buffer (f32/i32 words), then the activations.
-        let small_words = vecs.data.len() + rope_g.len() + rope_l.len() + 2 * n;
+        let small_words = rope_g.len() + rope_l.len() + 2 * n;
         let small = ensure_dev(&gpu.ctx, &mut b.small, small_words * 4)?;
-        let (vec_at, rope_g_at) = (small, small + (vecs.data.len() * 4) as u64);
+        let rope_g_at = small;
         let rope_l_at = rope_g_at + (rope_g.len() * 4) as u64;
         let pos_at = rope_l_at + (rope_l.len() * 4) as u64;
         let kv_row_at = pos_at + (n * 4) as u64;
@@ -297,8 +308,8 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             o: ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?,
             ffn: ensure_dev(&gpu.ctx, &mut b.ffn, chunk * ff * 10)?,
             regions: [
-                ensure_dev(&gpu.ctx, &mut b.region[0], rows * (kvd + vd) * 2)?,
-                ensure_dev(&gpu.ctx, &mut b.region[1], rows * (kvd + vd) * 2)?,
+                ensure_dev(&gpu.ctx, &mut b.region[0], n * (kvd + vd) * 2)?,
+                ensure_dev(&gpu.ctx, &mut b.region[1], n * (kvd + vd) * 2)?,
             ],
             vec_at,
             rope_g: rope_g_at,
@@ -317,7 +328,6 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         }
         let stream = gpu.s_comp.cu_stream();
         unsafe {
-            drv::memcpy_htod_async(vec_at, &vecs.data[..], stream).map_err(err("upload norms"))?;
             drv::memcpy_htod_async(rope_g_at, &rope_g[..], stream).map_err(err("upload RoPE"))?;
             drv::memcpy_htod_async(rope_l_at, &rope_l[..], stream).map_err(err("upload RoPE"))?;
             drv::memcpy_htod_async(pos_at, &pos[..], stream).map_err(err("upload positions"))?;
@@ -333,13 +343,13 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 Some(s)
             }
         };
-        let geo = Geometry { n, d, pos0, region_at, rows, slots, staged, chunk, flash };
+        let geo = Geometry { n, d, pos0, seq_rows, slots, staged, chunk, flash };
         Ok(CardSteps { gpu, b, input, caches, weights, streamer, prof, vecs, geo, dev, current: LayerWeights(Vec::new()) })
     }
 
     /// The device address of a layer's vector (0 when the layer has none).
     fn vptr(&self, id: Option<VectorId>) -> u64 {
-        id.and_then(|id| self.vecs.at.get(&id)).map_or(0, |&at| self.dev.vec_at + (at * 4) as u64)
+        id.and_then(|id| self.vecs.get(&id)).map_or(0, |&at| self.dev.vec_at + (at * 4) as u64)
     }
 
     /// `x += post(o)` when `o` is given, then `h = f16(rmsnorm(x) * next)` when `next` is.
@@ -382,6 +392,10 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let x_pinned = b.x_host.as_mut().expect("allocated in new").slice_mut::<f32>(g.n * g.d);
         unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], self.dev.x, gpu.s_comp.cu_stream()) }.map_err(err("download hidden states"))?;
         gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
+        // Every sequence's rows on the card now hold its new positions too.
+        for ((cache, s), &p0) in self.caches.iter_mut().zip(input.spans).zip(&g.pos0) {
+            cache.mirror().valid = p0 + s.len();
+        }
         par_copy(x, x_pinned);
         if let Some(p) = self.prof {
             b.phases = p.report(g.n)?;
@@ -436,23 +450,12 @@ impl BlockSteps for CardSteps<'_, '_> {
     fn attention(&mut self, il: usize, a: &Attention) -> Res<()> {
         let (gpu, g, dev, input) = (self.gpu, &self.geo, &self.dev, self.input);
         let s = &a.shape;
-        let (n, d, rows, slot) = (g.n, g.d, g.rows, il % g.slots);
+        let (n, d, slot) = (g.n, g.d, il % g.slots);
         let (qd, od) = (s.n_head * s.head_dim, s.n_head * s.head_dim_v);
         let (kvd, vd) = kv_widths(&input.layers[il]);
         let region = dev.regions[il % 2];
-        let (reg_k, reg_v) = (region, region + (rows * kvd * 2) as u64);
+        let (reg_k, reg_v) = (region, region + (n * kvd * 2) as u64);
         let stream = gpu.s_comp.cu_stream();
-        // Cached prefixes (earlier turns of a conversation) from the host cache.
-        for ((cache, &p0), &at) in self.caches.iter().zip(&g.pos0).zip(&g.region_at) {
-            if p0 > 0 {
-                let (kc, vc) = cache.layer(il);
-                let bits = |h: &[half::f16]| -> &[u16] { unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u16, h.len()) } };
-                unsafe {
-                    drv::memcpy_htod_async(reg_k + (at * kvd * 2) as u64, bits(&kc[..p0 * kvd]), stream).map_err(err("upload cached keys"))?;
-                    drv::memcpy_htod_async(reg_v + (at * vd * 2) as u64, bits(&vc[..p0 * vd]), stream).map_err(err("upload cached values"))?;
-                }
-            }
-        }
         let w = &self.current;
         gpu.gemm(w.get(WeightRole::AttnQ)?, dev.h, dev.q, qd, d, n, false)?;
         gpu.gemm(w.get(WeightRole::AttnK)?, dev.h, dev.k, kvd, d, n, false)?;
@@ -492,6 +495,14 @@ impl BlockSteps for CardSteps<'_, '_> {
             KArg::F(a.temperature.map_or(0.0, |t| t.offset)),
         ];
         gpu.launch("qk_prep", int(n)? as u32, ROW_THREADS, &args)?;
+        // Each sequence's new rows after its cached ones on the card.
+        for ((sp, &p0), rows) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows) {
+            let (k, v) = rows[il];
+            unsafe {
+                drv::memcpy_dtod_async(k + (p0 * kvd * 2) as u64, reg_k + (sp.start * kvd * 2) as u64, sp.len() * kvd * 2, stream).map_err(err("store keys"))?;
+                drv::memcpy_dtod_async(v + (p0 * vd * 2) as u64, reg_v + (sp.start * vd * 2) as u64, sp.len() * vd * 2, stream).map_err(err("store values"))?;
+            }
+        }
         Phases::mark(&mut self.prof, gpu, "qk_prep")?;
         // The new rows go down on the copy stream while attention and the rest run.
         let prepped = self.b.prepped.as_ref().expect("created in new");
@@ -499,21 +510,17 @@ impl BlockSteps for CardSteps<'_, '_> {
         gpu.s_d2h.wait(prepped).map_err(err("wait"))?;
         let host = self.b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
         let (hk, hv) = host[slot * g.staged..(slot + 1) * g.staged].split_at_mut(n * kvd);
-        for (sp, (&p0, &at)) in input.spans.iter().zip(g.pos0.iter().zip(&g.region_at)) {
-            let row = at + p0;
-            unsafe {
-                drv::memcpy_dtoh_async(&mut hk[sp.start * kvd..sp.end * kvd], reg_k + (row * kvd * 2) as u64, gpu.s_d2h.cu_stream())
-                    .map_err(err("download keys"))?;
-                drv::memcpy_dtoh_async(&mut hv[sp.start * vd..sp.end * vd], reg_v + (row * vd * 2) as u64, gpu.s_d2h.cu_stream())
-                    .map_err(err("download values"))?;
-            }
+        unsafe {
+            drv::memcpy_dtoh_async(&mut hk[..n * kvd], reg_k, gpu.s_d2h.cu_stream()).map_err(err("download keys"))?;
+            drv::memcpy_dtoh_async(&mut hv[..n * vd], reg_v, gpu.s_d2h.cu_stream()).map_err(err("download values"))?;
         }
         self.b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))?;
-        for ((sp, &p0), &at) in input.spans.iter().zip(&g.pos0).zip(&g.region_at) {
+        for ((sp, &p0), rows) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows) {
+            let (k, v) = rows[il];
             let seq = SeqAttention {
                 q_h: dev.q_h + (sp.start * qd * 2) as u64,
-                k: reg_k + (at * kvd * 2) as u64,
-                v: reg_v + (at * vd * 2) as u64,
+                k,
+                v,
                 pos: dev.pos + (sp.start * 4) as u64,
                 out: dev.att_h + (sp.start * od * 2) as u64,
                 len: sp.len(),

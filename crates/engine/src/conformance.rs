@@ -501,16 +501,19 @@ fn snapshot(stats: &Stats, engine: &str) -> EngineStats {
 }
 
 /// Forward calls of [`session`] (each one stack on the engine) and its largest batch.
-const SESSION_CALLS: u64 = 3;
+const SESSION_CALLS: u64 = 5;
 const SESSION_BATCH: usize = 190;
 
 /// Every logit row of: a 10-token prompt of sequence B (its cached prefix); one batch of A
-/// (150 fresh tokens, past gemma3's 128-token window) and B (40 more); a decode step of both.
+/// (150 fresh tokens, past gemma3's 128-token window) and B (40 more); a decode step of both;
+/// then the host rewriting rows an engine may hold: B cut back to 30 positions and continued
+/// with 6 other tokens, A replaced by a copy of B's first 10 positions and stepped.
 fn session(r: &Runner) -> Result<Vec<f32>, Verdict> {
     let tokens = |n: usize, seed: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + seed) % 512).collect() };
     let failed = |e: crate::EngineError| fail(e.to_string());
     let (mut a, mut b) = (r.new_cache(256), r.new_cache(256));
     let mut out = r.forward(&mut b, &tokens(10, 5), 0..10).map_err(failed)?;
+    let prefix_b = b.snapshot();
     let (ta, tb, step) = (tokens(150, 13), tokens(40, 29), [7u32]);
     let batches: [[&[u32]; 2]; 2] = [[&ta, &tb], [&step, &step]];
     for [xa, xb] in batches {
@@ -520,6 +523,12 @@ fn session(r: &Runner) -> Result<Vec<f32>, Verdict> {
         ];
         r.forward_batch(&mut seqs).map_err(failed)?.into_iter().for_each(|l| out.extend(l));
     }
+    b.truncate(30);
+    out.extend(r.forward(&mut b, &tokens(6, 41), 0..6).map_err(failed)?);
+    if !a.restore(&prefix_b) {
+        return Err(fail("a snapshot of 10 positions does not fit a 256-position cache"));
+    }
+    out.extend(r.forward(&mut a, &step, 0..1).map_err(failed)?);
     Ok(out)
 }
 

@@ -63,6 +63,60 @@ enum Defect {
     StoresNoKv,
     /// Not a defect: `supports` refuses the K-quants.
     RefusesKQuants,
+    /// Not a defect: keeps each sequence's rows in its mirror, as a card does, and reads
+    /// back the rows the mirror says are still valid.
+    MirrorsRows,
+    /// Reads back every row its mirror holds, even those the host rewrote since.
+    TrustsStaleMirror,
+}
+
+/// The rows a `Broken` stack keeps in a sequence's mirror, per layer (f16 bits), and how many.
+struct Copy {
+    rows: usize,
+    layers: Vec<(Vec<u16>, Vec<u16>)>,
+}
+
+/// Layer `il`'s K and V widths.
+fn widths(l: &Layer) -> (usize, usize) {
+    let s = l.attention().expect("these models attend in every layer").shape;
+    (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v)
+}
+
+/// Writes back over the host rows what a mirroring stack would read from its copy.
+fn read_mirror(input: &StackInput<'_>, caches: &mut [&mut dyn KvRows], trust_all: bool) {
+    for (cache, span) in caches.iter_mut().zip(input.spans) {
+        let p0 = input.positions[span.start];
+        let mirror = cache.mirror();
+        let valid = mirror.valid;
+        let Some(copy) = mirror.data.take() else { continue };
+        let copy = copy.downcast::<Copy>().expect("our own copy");
+        let held = if trust_all { copy.rows } else { valid.min(copy.rows) }.min(p0);
+        for (il, (k, v)) in cache.layers_mut().into_iter().enumerate() {
+            let (kd, vd) = widths(&input.layers[il]);
+            k[..held * kd].copy_from_slice(&copy.layers[il].0[..held * kd]);
+            v[..held * vd].copy_from_slice(&copy.layers[il].1[..held * vd]);
+        }
+        cache.mirror().data = Some(copy);
+    }
+}
+
+/// Keeps every sequence's rows, new ones included, in its mirror.
+fn write_mirror(input: &StackInput<'_>, caches: &mut [&mut dyn KvRows]) {
+    for (cache, span) in caches.iter_mut().zip(input.spans) {
+        let rows = input.positions[span.start] + span.len();
+        let layers = cache
+            .layers_mut()
+            .into_iter()
+            .enumerate()
+            .map(|(il, (k, v))| {
+                let (kd, vd) = widths(&input.layers[il]);
+                (k[..rows * kd].to_vec(), v[..rows * vd].to_vec())
+            })
+            .collect();
+        let mirror = cache.mirror();
+        mirror.data = Some(Box::new(Copy { rows, layers }));
+        mirror.valid = rows;
+    }
 }
 
 impl MatrixEngine for Broken {
@@ -140,7 +194,13 @@ impl DecoderStack for Broken {
     }
     fn stack(&self, input: &StackInput<'_>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Result<(), EngineFailure> {
         let before = x.to_vec();
+        if matches!(self.defect, Defect::MirrorsRows | Defect::TrustsStaleMirror) {
+            read_mirror(input, caches, self.defect == Defect::TrustsStaleMirror);
+        }
         self.inner.stack(input, x, caches)?;
+        if matches!(self.defect, Defect::MirrorsRows | Defect::TrustsStaleMirror) {
+            write_mirror(input, caches);
+        }
         let last = x.len() - x.len() / input.n();
         match self.defect {
             Defect::SkipsLastToken => x[last..].copy_from_slice(&before[last..]),
@@ -183,10 +243,13 @@ fn broken_matmuls_fail() {
 
 #[test]
 fn broken_stacks_fail() {
-    for defect in [Defect::SkipsLastToken, Defect::StoresNoKv] {
+    for defect in [Defect::SkipsLastToken, Defect::StoresNoKv, Defect::TrustsStaleMirror] {
         let r = broken(defect, "stack");
         assert_eq!(failed(&r).len(), r.outcomes.len(), "{r}");
     }
+    // Keeping rows between calls is right when the host's rewrites are heeded.
+    let r = broken(Defect::MirrorsRows, "stack");
+    assert!(r.failures().is_empty() && !r.outcomes.is_empty(), "{r}");
 }
 
 #[test]
