@@ -4,6 +4,7 @@
 #
 #   bench/cuda/run.sh [BINARY] [ARGS...]     (default .device/gpu_check, no args = check + bench)
 #
+# The log goes to $OUT/$LOG (default gpu_check.log).
 # cudarc's cuda-12080 bindings look for libcublas.so / libcublas.so.12 and libnvrtc.so /
 # libnvrtc.so.12; a CUDA 13 install may ship only the .so.13 files, so link those.
 set -uo pipefail
@@ -32,5 +33,5 @@ echo "date: $(date -u +%FT%TZ)  host cores: $(nproc)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv,noheader 2>&1
 "$BIN" "$@"
 echo "exit code: $?"
-} 2>&1 | tee "$OUT/gpu_check.log"
-grep -q "^exit code: 0$" "$OUT/gpu_check.log"
+} 2>&1 | tee "$OUT/${LOG:-gpu_check.log}"
+grep -q "^exit code: 0$" "$OUT/${LOG:-gpu_check.log}"

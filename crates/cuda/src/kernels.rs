@@ -135,6 +135,8 @@ __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)(p[0] | (p[1
 __device__ __forceinline__ u32 ldu32(const u8* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((u32)p[3] << 24); }
 
 // BS elements per block of BB bytes; the body reads block `b`, element `j`, sets `v`.
+// DEQ makes two kernels of one formula: NAME dequantizes a whole matrix to f16, NAME_mv
+// multiplies the raw blocks by a few tokens (MV, below).
 #define DEQ(NAME, BS, BB, ...) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ dst, i64 n) { \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) { \
@@ -142,12 +144,38 @@ extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ ds
         __VA_ARGS__; \
         dst[i] = f2h(v); \
     } \
+} \
+MV(NAME##_mv, BS, BB, __VA_ARGS__)
+
+// Decode steps: y[t, r] = sum_k W[r, k] * x[t, k] for n <= MV_MAX_N tokens, straight from the
+// raw blocks (rows are whole blocks). One warp per row; its lanes take consecutive elements,
+// so a block's bytes are read once and coalesced; f32 sums, reduced across the warp.
+#define MV_MAX_N 8
+#define MV(NAME, BS, BB, ...) \
+extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
+                                int rows, int cols, int n) { \
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
+    if (row >= rows) return; \
+    const u8* w = src + (i64)row * (cols / BS) * BB; \
+    float acc[MV_MAX_N]; \
+    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f; \
+    for (int i = lane; i < cols; i += 32) { \
+        const u8* b = w + (i / BS) * BB; const int j = i % BS; float v; \
+        __VA_ARGS__; \
+        for (int t = 0; t < MV_MAX_N; t++) if (t < n) acc[t] += v * h2f(x[(i64)t * cols + i]); \
+    } \
+    for (int t = 0; t < MV_MAX_N; t++) { \
+        float s = acc[t]; \
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o); \
+        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
+    } \
 }
 "#;
 
 const KERNELS: &str = r#"
 DEQ(deq_f32, 1, 4, v = __int_as_float((int)ldu32(b)); (void)j)
 DEQ(deq_bf16, 1, 2, v = __int_as_float((int)((u32)(b[0] | (b[1] << 8)) << 16)); (void)j)
+MV(mv_f16, 1, 2, v = ldh(b); (void)j)
 
 DEQ(deq_q4_0, 32, 18, {
     int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
@@ -751,13 +779,18 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 39] = [
+pub const NAMES: [&str; 67] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
     "deq_iq1_s", "deq_iq1_m", "fill_f16", "ffn_silu", "ffn_gelu", "attn_causal",
     "attn_tiled", "residual_norm", "qk_prep", "attn_softmax", "flash_d64_q64", "flash_d128_q64",
     "flash_d64_q128", "flash_d128_q128",
+    "deq_f32_mv", "deq_bf16_mv", "deq_q4_0_mv", "deq_q4_1_mv", "deq_q5_0_mv", "deq_q5_1_mv", "deq_q8_0_mv",
+    "deq_q2_k_mv", "deq_q3_k_mv", "deq_q4_k_mv", "deq_q5_k_mv", "deq_q6_k_mv", "deq_iq4_nl_mv",
+    "deq_iq4_xs_mv", "deq_mxfp4_mv", "deq_nvfp4_mv", "deq_q1_0_mv", "deq_q2_0_mv", "deq_tq1_0_mv",
+    "deq_tq2_0_mv", "deq_iq2_xxs_mv", "deq_iq2_xs_mv", "deq_iq2_s_mv", "deq_iq3_xxs_mv", "deq_iq3_s_mv",
+    "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).
@@ -810,6 +843,20 @@ pub fn dequant_kernel(ty: GgmlType) -> Result<Option<&'static str>, String> {
     }))
 }
 
+/// Tokens the raw-block matrix-vector kernels take at once (`MV_MAX_N` in the source).
+pub const MV_MAX_N: usize = 8;
+
+/// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
+/// f16 tokens (decode steps), when it has one.
+pub fn gemv_kernel(ty: GgmlType) -> Option<&'static str> {
+    let name = match dequant_kernel(ty) {
+        Ok(None) => "mv_f16",
+        Ok(Some(deq)) => NAMES.iter().find(|n| n.strip_suffix("_mv") == Some(deq))?,
+        Err(_) => return None,
+    };
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,7 +869,14 @@ mod tests {
                 Ok(None) => assert_eq!(ty, GgmlType::F16),
                 Err(_) => assert!(matches!(ty, GgmlType::Q8_1 | GgmlType::Q8_K)),
             }
+            // Every weight format also multiplies decode tokens from its raw blocks.
+            match gemv_kernel(ty) {
+                Some(k) => assert!(NAMES.contains(&k), "{k}"),
+                None => assert!(matches!(ty, GgmlType::Q8_1 | GgmlType::Q8_K)),
+            }
         }
+        assert!(SOURCE.contains("MV(mv_f16, 1, 2,") && SOURCE.contains("MV(NAME##_mv, BS, BB"));
+        assert!(SOURCE.contains(&format!("#define MV_MAX_N {MV_MAX_N}\n")));
     }
 
     #[test]

