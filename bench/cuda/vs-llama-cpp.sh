@@ -8,7 +8,8 @@
 #   bash bench/cuda/run.sh bench/cuda/vs-llama-cpp.sh TANDEM SDIST.tar.gz [MODEL.gguf]
 #
 # Without MODEL: a Llama-3-8B-shaped random-weight Q4_K file written by TANDEM gen-model.
-# Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3).
+# Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3),
+# FORMATS (tandem's --gpu-weights to run, default "gguf f16").
 # Logs under $OUT/vs/.
 set -uo pipefail
 T=$1
@@ -64,9 +65,11 @@ with_gpu_peak() {
 # Where the steps run (not timed: --verbose also profiles every stack call).
 "$T" run -m "$MODEL" -p "The quick brown fox" -n 4 --backend cuda --verbose >"$OUT/vs/placement.log" 2>&1
 grep -m4 "placement: decoder stack" "$OUT/vs/placement.log"
-with_gpu_peak "$OUT/vs/tandem.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda
-echo "== tandem --backend cuda"
-grep -E "^\||peak GPU|error" "$OUT/vs/tandem.log"
+for f in ${FORMATS:-gguf f16}; do
+  with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda --gpu-weights "$f"
+  echo "== tandem --backend cuda --gpu-weights $f"
+  grep -E "^\||peak GPU|error" "$OUT/vs/tandem-$f.log"
+done
 
 if [ -x "$LL/bin/llama-bench" ]; then
   with_gpu_peak "$OUT/vs/llama.log" "$LL/bin/llama-bench" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" -ngl 99

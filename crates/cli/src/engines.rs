@@ -44,6 +44,7 @@ pub static REGISTRY: &[EngineEntry] = &[
                 // --verbose also prints where the card's time goes in each whole-stack call.
                 profile_stack: a.verbose,
                 decode: a.decode_on_gpu(m.layers.len()),
+                weights: a.gpu_weights,
                 ..Default::default()
             }))
         },
@@ -123,6 +124,10 @@ pub struct PlacementArgs {
     /// the CPU (large prefill batches still go to the card).
     #[arg(long = "n-gpu-layers", alias = "gpu-layers", value_name = "N", value_parser = parse_gpu_layers)]
     pub n_gpu_layers: Option<usize>,
+    /// What the GPU keeps of each weight: `gguf` (its blocks as in the file: the least
+    /// memory), `f16` (an f16 expansion: prefill GEMMs read it directly) or `both`.
+    #[arg(long = "gpu-weights", default_value = "gguf", value_name = "FORMAT")]
+    pub gpu_weights: cuda::WeightFormat,
 }
 
 /// `-ngl`'s value: a layer count, or `auto`/`all` (every layer).

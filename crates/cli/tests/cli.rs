@@ -284,6 +284,13 @@ fn placement_is_visible_and_backends_are_checked() {
     assert!(err.contains("-> ref: N=") && err.contains("-> cpu: N=1 < --offload-min-batch 64"), "{err}");
     assert!(err.lines().any(|l| l.starts_with("placement: ref") && l.contains("/210/210")), "{err}");
     assert_clean_error(&tandem(&["run", "-m", p(&m), "-p", "hi", "--backend", "tpu"]), "unknown backend 'tpu'");
+    // llama.cpp's -ngl, and what the GPU keeps of each weight (no GPU here: accepted, no effect).
+    let o = tandem(&["run", "-m", p(&m), "-p", "hi", "-n", "1", "-ngl", "99", "--gpu-weights", "both"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tandem(&["run", "-m", p(&m), "-p", "hi", "-n", "1", "-ngl", "5"]);
+    assert!(o.status.success() && stderr(&o).contains("a partial split is not built yet"), "{}", stderr(&o));
+    assert!(stderr(&tandem(&["run", "-m", p(&m), "-p", "hi", "-ngl", "some"])).contains("`auto` or `all`"));
+    assert!(stderr(&tandem(&["run", "-m", p(&m), "-p", "hi", "--gpu-weights", "q4"])).contains("gguf, f16, both"));
     let cal = tempfile::tempdir().unwrap();
     let f = cal.path().join("cal.json");
     std::fs::write(&f, "{not json").unwrap();

@@ -344,23 +344,12 @@ impl Gpu {
         Ok(())
     }
 
-    /// Upload a weight's raw blocks and expand them to f16 `[m, k]` on the card.
-    pub(crate) fn prepare_weight(&self, data: &[u8], kernel: Option<&str>, elems: usize) -> Res<DevBuf> {
-        self.bind()?;
-        let out = DevBuf::new(&self.ctx, elems * 2)?;
-        match kernel {
-            None => unsafe { drv::memcpy_htod_async(out.ptr, &data[..elems * 2], self.s_comp.cu_stream()) }
-                .map_err(err("upload f16 weight"))?,
-            Some(k) => {
-                let raw = DevBuf::new(&self.ctx, data.len())?;
-                unsafe { drv::memcpy_htod_async(raw.ptr, data, self.s_comp.cu_stream()) }.map_err(err("upload weight"))?;
-                self.launch_elementwise(k, raw.ptr, out.ptr, elems, None)?;
-                // `raw` must outlive the kernel.
-                self.s_comp.synchronize().map_err(err("dequantize"))?;
-            }
-        }
-        self.s_comp.synchronize().map_err(err("prepare weight"))?;
-        Ok(out)
+    /// `y[n, rows] = x[n, cols] · Wᵀ` from a weight's raw blocks (`kernel`: kernels::gemv_kernel),
+    /// `x` f16, `y` f32, `n <= MV_MAX_N`, on the compute stream: four rows per block of 128.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemv(&self, kernel: &str, w: u64, x: u64, y: u64, rows: usize, cols: usize, n: usize) -> Res<()> {
+        let args = [KArg::P(w), KArg::P(x), KArg::P(y), KArg::I(int(rows)?), KArg::I(int(cols)?), KArg::I(int(n)?)];
+        self.launch(kernel, int(rows.div_ceil(4))? as u32, 128, &args)
     }
 
     /// `C[n, m] = B[n, k] · A[m, k]ᵀ` on the compute stream: A, B f16, f32 accumulation,

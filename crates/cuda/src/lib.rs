@@ -22,14 +22,17 @@ mod device_rows;
 mod stack;
 mod stack_attention;
 mod streaming;
+mod weights;
 
 pub use pipeline::PhaseTimes;
+pub use weights::WeightFormat;
 
 use engine::matrix::{KvRows, AttentionOp, AttnShape, Availability, Capabilities, DecoderStack, EngineFailure, FeedForward, FusedFeedForward, MatmulShape, MatrixEngine, StackInput, WeightKey};
 use engine::plan::{Layer, WeightRole};
 use half::f16;
 use engine::weights::Weight;
 use gpu::{DevBuf, Gpu, Res};
+use weights::{DevWeight, Prepared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -72,6 +75,8 @@ pub struct CudaOptions {
     /// Also run decode steps as whole stacks on the card when the policy finds it faster
     /// (weights resident; each sequence's K/V rows kept on the card between steps).
     pub decode: bool,
+    /// What the card keeps of each weight: its GGUF blocks, an f16 expansion, or both.
+    pub weights: WeightFormat,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -92,6 +97,7 @@ impl Default for CudaOptions {
             stack: true,
             profile_stack: false,
             decode: true,
+            weights: WeightFormat::Gguf,
             flash_attention: 64,
             kernel_cache: None,
             bench_device_only: false,
@@ -106,7 +112,7 @@ const RESERVE: usize = 3 << 30;
 pub struct CudaEngine {
     opts: CudaOptions,
     gpu: OnceLock<Result<Gpu, String>>,
-    weights: Mutex<HashMap<WeightKey, Arc<DevBuf>>>,
+    weights: Mutex<HashMap<WeightKey, Arc<Prepared>>>,
     scratch: Mutex<pipeline::Scratch>,
     stack: Mutex<stack::Buffers>,
 }
@@ -198,7 +204,7 @@ impl CudaEngine {
 
     /// Bytes of prepared weights held now.
     pub fn resident_bytes(&self) -> usize {
-        self.weights.lock().unwrap_or_else(|e| e.into_inner()).values().map(|b| b.bytes).sum()
+        self.weights.lock().unwrap_or_else(|e| e.into_inner()).values().map(|b| b.bytes()).sum()
     }
 
     /// Median seconds of a plain cuBLAS GEMM of `m × k` f16 weights by `n × k` f16
@@ -290,11 +296,15 @@ impl MatrixEngine for CudaEngine {
     fn supports(&self, s: &MatmulShape) -> Result<(), String> {
         check_shape(s)?;
         if let Some(budget) = self.memory_budget() {
-            if s.m * s.k * 2 > budget {
-                return Err(format!("{}x{} in f16 is larger than the {budget}-byte GPU budget", s.m, s.k));
+            if self.opts.weights.bytes(s) > budget {
+                return Err(format!("{}x{} {} is larger than the {budget}-byte GPU budget", s.m, s.k, s.ty.name()));
             }
         }
         Ok(())
+    }
+
+    fn prepared_bytes(&self, s: &MatmulShape) -> usize {
+        self.opts.weights.bytes(s)
     }
 
     fn throughput_hint(&self) -> (f64, f64) {
@@ -312,15 +322,12 @@ impl MatrixEngine for CudaEngine {
         let g = self.gpu().map_err(fail)?;
         let shape = MatmulShape::of(w, 1);
         check_shape(&shape).map_err(fail)?;
-        let kernel = kernels::dequant_kernel(w.ty).map_err(fail)?;
-        let elems = w.rows * w.cols;
         let buf = {
             // The compute stream is shared with matmuls: hold the scratch lock.
             let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            guarded("prepare", || g.prepare_weight(w.data(), kernel, elems))
-                .map_err(|e| fail(format!("{}: {e}", w.name)))?
+            guarded("prepare", || Prepared::upload(g, w, self.opts.weights)).map_err(|e| fail(format!("{}: {e}", w.name)))?
         };
-        let bytes = buf.bytes;
+        let bytes = buf.bytes();
         self.weights.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Arc::new(buf));
         Ok(bytes)
     }
@@ -339,7 +346,7 @@ impl MatrixEngine for CudaEngine {
             return Err(fail("the weights of a group share their input width"));
         }
         let bufs = self.resident(keys, weights)?;
-        let ws: Vec<(u64, usize)> = bufs.iter().zip(weights).map(|(b, w)| (b.ptr, w.rows)).collect();
+        let ws: Vec<DevWeight> = bufs.iter().map(|b| b.dev()).collect();
         self.run_pipeline(None, &ws, k, x, n, outs)
     }
 
@@ -393,7 +400,7 @@ impl DecoderStack for CudaEngine {
             let (roles, ws): (Vec<WeightRole>, Vec<&Weight>) = l.weights().unzip();
             let keys: Vec<WeightKey> = ws.iter().map(|w| WeightKey::of(w)).collect();
             let b = self.resident(&keys.iter().collect::<Vec<_>>(), &ws)?;
-            ptrs.push(stack::LayerWeights(roles.into_iter().zip(b.iter().map(|b| b.ptr)).collect()));
+            ptrs.push(stack::LayerWeights(roles.into_iter().zip(b.iter().map(|b| b.dev())).collect()));
             bufs.push(b);
         }
         // One call at a time on the compute stream and cuBLAS handle.
@@ -418,32 +425,35 @@ impl FusedFeedForward for CudaEngine {
         let kernel = kernels::activation_kernel(ffn.activation)
             .filter(|_| ffn.biases.is_none())
             .ok_or_else(|| fail(format!("no fused kernel for {:?} blocks with biases {}", ffn.activation, ffn.biases.is_some())))?;
-        let stage = pipeline::FfnStage { gate: bufs[0].ptr, up: bufs[1].ptr, ff, kernel };
-        self.run_pipeline(Some(stage), &[(bufs[2].ptr, down.rows)], k, x, n, &mut [out])
+        self.run_pipeline(Some((bufs[0].dev(), bufs[1].dev(), kernel)), &[bufs[2].dev()], k, x, n, &mut [out])
     }
 }
 
 impl CudaEngine {
     /// The prepared buffers of `weights`, checked against their shapes. The caller holds
     /// these references until its call has synchronized, so an eviction meanwhile frees nothing in use.
-    fn resident(&self, keys: &[&WeightKey], weights: &[&Weight]) -> Result<Vec<Arc<DevBuf>>, EngineFailure> {
+    fn resident(&self, keys: &[&WeightKey], weights: &[&Weight]) -> Result<Vec<Arc<Prepared>>, EngineFailure> {
         let map = self.weights.lock().unwrap_or_else(|e| e.into_inner());
         keys.iter()
             .zip(weights)
             .map(|(key, w)| {
                 let b = map.get(*key).ok_or_else(|| fail(format!("{} is not prepared", key.tensor)))?;
-                if b.bytes != w.rows * w.cols * 2 {
-                    return Err(fail(format!("{}: prepared size does not match {}x{}", w.name, w.rows, w.cols)));
+                if !b.matches(w) {
+                    return Err(fail(format!("{}: prepared as another type or shape than {} {}x{}", w.name, w.ty.name(), w.rows, w.cols)));
                 }
                 Ok(b.clone())
             })
             .collect()
     }
 
+    /// A group (or a feed-forward block, `ffn`: gate, up and their activation before the one
+    /// weight, down) over host activations: up to MV_MAX_N tokens by the raw blocks'
+    /// matrix-vector kernels when every weight keeps them (no block then), else the pipeline
+    /// of GEMMs, over f16 expansions made first for the weights that keep none.
     fn run_pipeline(
         &self,
-        ffn: Option<pipeline::FfnStage>,
-        ws: &[(u64, usize)],
+        ffn: Option<(DevWeight, DevWeight, &'static str)>,
+        ws: &[DevWeight],
         k: usize,
         x: &[f32],
         n: usize,
@@ -451,6 +461,9 @@ impl CudaEngine {
     ) -> Result<(), EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if ffn.is_none() && n <= kernels::MV_MAX_N && ws.iter().all(|w| w.raw != 0) {
+            return guarded("matrix-vector", || weights::matvec_host(g, &mut scratch, ws, k, x, n, outs)).map_err(fail);
+        }
         let o = &self.opts;
         let plan = pipeline::Plan {
             chunks: o.chunks,
@@ -459,7 +472,26 @@ impl CudaEngine {
             out_half: o.out_half,
             device_only: o.bench_device_only,
         };
-        guarded("matmul", || pipeline::run(g, &mut scratch, ffn, ws, k, x, n, outs, &plan)).map_err(fail)
+        guarded("matmul", || {
+            g.bind()?;
+            // Expansions side by side in one scratch buffer, sized before the first is made.
+            let front = ffn.map_or(vec![], |(gate, up, _)| vec![gate, up]);
+            let all: Vec<&DevWeight> = front.iter().chain(ws).collect();
+            let need: usize = all.iter().filter(|w| w.f16 == 0).map(|w| w.rows * w.cols * 2).sum();
+            if need > 0 {
+                gpu::ensure_dev(&g.ctx, &mut scratch.expand, need)?;
+            }
+            let mut offset = 0;
+            let mut f16 = Vec::with_capacity(all.len());
+            for w in &all {
+                f16.push(w.f16_in(g, &mut scratch.expand, offset)?);
+                offset += if w.f16 == 0 { w.rows * w.cols * 2 } else { 0 };
+            }
+            let stage = ffn.map(|(gate, _, kernel)| pipeline::FfnStage { gate: f16[0], up: f16[1], ff: gate.rows, kernel });
+            let list: Vec<(u64, usize)> = f16[front.len()..].iter().zip(ws).map(|(&p, w)| (p, w.rows)).collect();
+            pipeline::run(g, &mut scratch, stage, &list, k, x, n, outs, &plan)
+        })
+        .map_err(fail)
     }
 }
 

@@ -49,6 +49,11 @@ pub(crate) struct Scratch {
     pub(crate) times: PhaseTimes,
     /// Attention's buffers (it shares the compute stream, so it runs under the same lock).
     pub(crate) attention: crate::attention::Buffers,
+    /// f16 expansions of weights kept only as raw blocks, made per call.
+    pub(crate) expand: Option<crate::gpu::DevBuf>,
+    /// Decode steps' f16 inputs and f32 outputs (the matrix-vector kernels).
+    pub(crate) mv_x: Option<crate::gpu::DevBuf>,
+    pub(crate) mv_out: Option<crate::gpu::DevBuf>,
 }
 
 /// How calls are cut into chunks.

@@ -22,6 +22,7 @@ use crate::kernels::{activation_kernel, ATTN_MAX_DIM};
 use crate::phases::Phases;
 use crate::stack_attention::{attention, flash_kernel, Scores, SeqAttention, SCORE_BYTES};
 use crate::streaming::Streamer;
+use crate::weights::DevWeight;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
 use engine::arch::RopeStyle;
@@ -49,6 +50,8 @@ pub(crate) struct Buffers {
     small: Option<DevBuf>,
     /// The norm weights and biases as last uploaded (the same every call of a model).
     vectors: Option<(Vectors, DevBuf)>,
+    /// f16 expansions of weights kept only as raw blocks (one at a time: the stream orders them).
+    expand: Option<DevBuf>,
     staging: Option<HostBuf>,
     /// Pinned hidden states, up and down.
     x_host: Option<HostBuf>,
@@ -117,11 +120,11 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
     Ok(())
 }
 
-/// A layer's weights on the card (f16 `[rows, cols]`), by role.
-pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, u64)>);
+/// A layer's weights on the card, by role.
+pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, DevWeight)>);
 
 impl LayerWeights {
-    fn get(&self, role: WeightRole) -> Res<u64> {
+    fn get(&self, role: WeightRole) -> Res<DevWeight> {
         self.0.iter().find(|(r, _)| *r == role).map(|&(_, p)| p).ok_or_else(|| format!("no {role:?} weight on the card"))
     }
 }
@@ -317,6 +320,14 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             pos: pos_at,
             kv_row: kv_row_at,
         };
+        // The largest expansion a GEMM of this call makes, allocated now: growing it between
+        // GEMMs could free memory a queued one still reads.
+        if n > crate::kernels::MV_MAX_N {
+            let most = weights.into_iter().flatten().flat_map(|l| &l.0).filter(|(_, w)| w.f16 == 0).map(|(_, w)| w.rows * w.cols * 2).max();
+            if let Some(bytes) = most {
+                ensure_dev(&gpu.ctx, &mut b.expand, bytes)?;
+            }
+        }
         let staged = n * (kvd + vd);
         let slots = (STAGING_BYTES / (staged * 2)).clamp(2, layers.len().max(2));
         ensure_host(&gpu.ctx, &mut b.staging, slots * staged * 2, false)?;
@@ -457,9 +468,13 @@ impl BlockSteps for CardSteps<'_, '_> {
         let (reg_k, reg_v) = (region, region + (n * kvd * 2) as u64);
         let stream = gpu.s_comp.cu_stream();
         let w = &self.current;
-        gpu.gemm(w.get(WeightRole::AttnQ)?, dev.h, dev.q, qd, d, n, false)?;
-        gpu.gemm(w.get(WeightRole::AttnK)?, dev.h, dev.k, kvd, d, n, false)?;
-        gpu.gemm(w.get(WeightRole::AttnV)?, dev.h, dev.v, vd, d, n, false)?;
+        let (wq, wk, wv) = (w.get(WeightRole::AttnQ)?, w.get(WeightRole::AttnK)?, w.get(WeightRole::AttnV)?);
+        if (wq.rows, wk.rows, wv.rows) != (qd, kvd, vd) || [wq.cols, wk.cols, wv.cols] != [d; 3] {
+            return Err(format!("layer {il}: Q/K/V weights do not match the attention's shape"));
+        }
+        wq.matmul(gpu, dev.h, dev.q, n, &mut self.b.expand)?;
+        wk.matmul(gpu, dev.h, dev.k, n, &mut self.b.expand)?;
+        wv.matmul(gpu, dev.h, dev.v, n, &mut self.b.expand)?;
         Phases::mark(&mut self.prof, gpu, "Q/K/V GEMMs")?;
         let rope_at = match a.rope {
             RopeKind::Local => dev.rope_l,
@@ -528,7 +543,11 @@ impl BlockSteps for CardSteps<'_, '_> {
             };
             attention(gpu, s, &seq, &dev.scores, g.flash, &mut self.prof)?;
         }
-        gpu.gemm(self.current.get(WeightRole::AttnOutput)?, dev.att_h, dev.o, d, od, n, false)
+        let wo = self.current.get(WeightRole::AttnOutput)?;
+        if (wo.rows, wo.cols) != (d, od) {
+            return Err(format!("layer {il}: the output projection does not match the attention's shape"));
+        }
+        wo.matmul(gpu, dev.att_h, dev.o, n, &mut self.b.expand)
     }
 
     fn moe_ffn(&mut self, il: usize, _m: &MoeFfn) -> Res<()> {
@@ -539,15 +558,18 @@ impl BlockSteps for CardSteps<'_, '_> {
         let (gpu, g, dev, w) = (self.gpu, &self.geo, &self.dev, &self.current);
         let (n, d, ff, chunk) = (g.n, g.d, f.gate.rows, g.chunk);
         let (wg, wu, wd) = (w.get(WeightRole::FfnGate)?, w.get(WeightRole::FfnUp)?, w.get(WeightRole::FfnDown)?);
+        if (wg.rows, wg.cols, wu.rows, wu.cols, wd.rows, wd.cols) != (ff, d, ff, d, d, ff) {
+            return Err("feed-forward weights do not chain".into());
+        }
         for c0 in (0..n).step_by(chunk) {
             let len = chunk.min(n - c0);
             let (gate, up, mid) = (dev.ffn, dev.ffn + (len * ff * 4) as u64, dev.ffn + (len * ff * 8) as u64);
             let h_in = dev.h + (c0 * d * 2) as u64;
-            gpu.gemm(wg, h_in, gate, ff, d, len, false)?;
-            gpu.gemm(wu, h_in, up, ff, d, len, false)?;
+            wg.matmul(gpu, h_in, gate, len, &mut self.b.expand)?;
+            wu.matmul(gpu, h_in, up, len, &mut self.b.expand)?;
             let kernel = activation_kernel(f.activation).ok_or("the stack was checked for its activations")?;
             gpu.launch_activation(kernel, gate, up, mid, len * ff)?;
-            gpu.gemm(wd, mid, dev.o + (c0 * d * 4) as u64, d, ff, len, false)?;
+            wd.matmul(gpu, mid, dev.o + (c0 * d * 4) as u64, len, &mut self.b.expand)?;
         }
         Phases::mark(&mut self.prof, gpu, "feed-forward")
     }

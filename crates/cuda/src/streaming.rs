@@ -10,6 +10,7 @@ use crate::kernels::dequant_kernel;
 use cudarc::driver::result as drv;
 use cudarc::driver::CudaEvent;
 use crate::stack::LayerWeights;
+use crate::weights::DevWeight;
 use engine::plan::{Layer, WeightRole};
 use rayon::prelude::*;
 
@@ -29,7 +30,8 @@ struct Part {
     raw_at: usize,
     raw_len: usize,
     f16_at: usize,
-    elems: usize,
+    rows: usize,
+    cols: usize,
     kernel: Option<&'static str>,
 }
 
@@ -53,7 +55,7 @@ impl<'a> Streamer<'a> {
             for (role, w) in l.weights() {
                 let kernel = dequant_kernel(w.ty)?;
                 let elems = w.rows * w.cols;
-                plan.push(Part { role, raw_at: raw, raw_len: w.data().len(), f16_at: f16, elems, kernel });
+                plan.push(Part { role, raw_at: raw, raw_len: w.data().len(), f16_at: f16, rows: w.rows, cols: w.cols, kernel });
                 raw += w.data().len().next_multiple_of(ALIGN);
                 if kernel.is_some() {
                     f16 += (elems * 2).next_multiple_of(ALIGN);
@@ -106,7 +108,7 @@ impl<'a> Streamer<'a> {
         let f16 = b.f16[slot].as_ref().expect("allocated in new").ptr;
         for p in parts {
             if let Some(k) = p.kernel {
-                gpu.launch_elementwise_on(&gpu.s_h2d, k, raw + p.raw_at as u64, f16 + p.f16_at as u64, p.elems, None)?;
+                gpu.launch_elementwise_on(&gpu.s_h2d, k, raw + p.raw_at as u64, f16 + p.f16_at as u64, p.rows * p.cols, None)?;
             }
         }
         ready.record(&gpu.s_h2d).map_err(err("record"))
@@ -121,7 +123,7 @@ impl<'a> Streamer<'a> {
             Some(_) => f16 + p.f16_at as u64,
             None => raw + p.raw_at as u64, // already f16
         };
-        Ok(LayerWeights(self.parts[il].iter().map(|p| (p.role, at(p))).collect()))
+        Ok(LayerWeights(self.parts[il].iter().map(|p| (p.role, DevWeight::f16_only(at(p), p.rows, p.cols))).collect()))
     }
 
     /// The compute stream is done with layer `il`'s slot once it gets here.
