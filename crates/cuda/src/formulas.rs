@@ -254,3 +254,81 @@ fn kernel_index_arithmetic_matches_the_scalar_dequantizers() {
         }
     }
 }
+
+/// One lane's terms of the common formats' matrix-vector kernels (`mv_q4_k`, `mv_q6_k`,
+/// `mv_q8_0`), transcribed: `(element index in the row, weight value)` for every element the
+/// lane reads, with the value built the kernel's way (scales folded per sub-block).
+fn mv_lane_terms(ty: GgmlType, row: &[u8], cols: usize, lane: usize) -> Vec<(usize, f32)> {
+    let mut out = Vec::new();
+    match ty {
+        GgmlType::Q4_K => {
+            let (jj, l) = (lane >> 3, 4 * (lane & 7));
+            for ib in 0..cols / 256 {
+                let b = &row[ib * 144..];
+                let ((sc0, m0), (sc1, m1)) = (scale_min_k4(&b[4..], 2 * jj), scale_min_k4(&b[4..], 2 * jj + 1));
+                let (d, dmin) = (ldh(b, 0), ldh(b, 2));
+                let q = ldu32(b, 16 + 4 * lane);
+                let e = ib * 256 + 64 * jj + l;
+                for k in 0..4 {
+                    out.push((e + k, d * sc0 as f32 * ((q >> (8 * k)) & 15) as f32 - dmin * m0 as f32));
+                    out.push((e + 32 + k, d * sc1 as f32 * ((q >> (8 * k + 4)) & 15) as f32 - dmin * m1 as f32));
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            let (h, l) = (lane >> 4, 2 * (lane & 15));
+            for ib in 0..cols / 256 {
+                let b = &row[ib * 210..];
+                let d = ldh(b, 208);
+                for e in 0..2 {
+                    let (xa, xb, hb) = (b[64 * h + l + e] as i32, b[64 * h + l + 32 + e] as i32, b[128 + 32 * h + l + e] as i32);
+                    let q = [(xa & 15) | ((hb & 3) << 4), (xb & 15) | (((hb >> 2) & 3) << 4), (xa >> 4) | (((hb >> 4) & 3) << 4), (xb >> 4) | (((hb >> 6) & 3) << 4)];
+                    for (qt, q) in q.iter().enumerate() {
+                        let sc = d * b[192 + 8 * h + (l >> 4) + 2 * qt] as i8 as f32;
+                        out.push((ib * 256 + 128 * h + 32 * qt + l + e, sc * (q - 32) as f32));
+                    }
+                }
+            }
+        }
+        GgmlType::Q8_0 => {
+            let o = 8 * (lane & 3);
+            for ib in (lane >> 2..cols / 32).step_by(8) {
+                let b = &row[ib * 34..];
+                for k in 0..8 {
+                    out.push((ib * 32 + o + k, ldh(b, 0) * b[2 + o + k] as i8 as f32));
+                }
+            }
+        }
+        _ => unreachable!("no own kernel"),
+    }
+    out
+}
+
+/// The 32 lanes of each common format's own matrix-vector kernel read every element of a
+/// row exactly once, with the value the scalar dequantizer gives.
+#[test]
+fn matrix_vector_lanes_cover_every_element_once() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+        assert!(crate::kernels::gemv_kernel(ty).is_some_and(|k| k.starts_with("mv_")), "{}", ty.name());
+        let cols = 256 * 3;
+        let vals: Vec<f32> = (0..cols)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let mut row = vec![0u8; ty.bytes_for(cols as u64).unwrap() as usize];
+        quant::quantize_row(ty, &vals, &mut row).unwrap();
+        let mut want = vec![0f32; cols];
+        quant::dequantize_row(ty, &row, &mut want).unwrap();
+        let mut seen = vec![0u32; cols];
+        for lane in 0..32 {
+            for (i, v) in mv_lane_terms(ty, &row, cols, lane) {
+                seen[i] += 1;
+                assert!((v - want[i]).abs() <= 1e-5 * want[i].abs().max(1e-3), "{} element {i}: lane {lane} reads {v}, scalar {}", ty.name(), want[i]);
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{}: elements read {:?} times", ty.name(), seen.iter().filter(|&&c| c != 1).count());
+    }
+}

@@ -768,6 +768,122 @@ FLASH(flash_d128_q64, 128, 64)
 FLASH(flash_d64_q128, 64, 128)
 FLASH(flash_d128_q128, 128, 128)
 
+// Matrix-vector kernels of the formats most files hold (Q4_K_M is Q4_K and Q6_K): a warp per
+// row as in MV, but each lane takes 8 elements of a block with wide loads and the block's
+// scales once. `formulas.rs` walks the same lane mapping in Rust over every element.
+__device__ __forceinline__ float warp_sum(float s) {
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+// Four f16 at once (8-byte aligned).
+__device__ __forceinline__ void ld4h(const u16* p, float* f) {
+    unsigned long long v = *(const unsigned long long*)p;
+    for (int k = 0; k < 4; k++) f[k] = h2f((u16)(v >> (16 * k)));
+}
+#define MV_HEAD(BB) \
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
+    if (row >= rows) return; \
+    const u8* w = src + (i64)row * (cols / 256) * (BB); \
+    float acc[MV_MAX_N]; \
+    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
+#define MV_TAIL \
+    for (int t = 0; t < MV_MAX_N; t++) { \
+        float s = warp_sum(acc[t]); \
+        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
+    }
+
+// Q4_K: a block per warp iteration; lane L holds qs bytes 4L..4L+3: elements 64(L/8) + 4(L%8) + k
+// (low nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block).
+extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
+                                   int rows, int cols, int n) {
+    MV_HEAD(144)
+    const int jj = lane >> 3, l = 4 * (lane & 7);
+    for (int ib = 0; ib < cols / 256; ib++) {
+        const u8* b = w + ib * 144;
+        int sc0, m0, sc1, m1;
+        scale_min_k4(b + 4, 2 * jj, &sc0, &m0);
+        scale_min_k4(b + 4, 2 * jj + 1, &sc1, &m1);
+        const float d = ldh(b), dmin = ldh(b + 2);
+        const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
+        const u32 q = *(const u32*)(b + 16 + 4 * lane);
+        const int e = ib * 256 + 64 * jj + l;
+        for (int t = 0; t < MV_MAX_N; t++) {
+            if (t >= n) break;
+            float lo[4], hi[4];
+            ld4h(x + (i64)t * cols + e, lo);
+            ld4h(x + (i64)t * cols + e + 32, hi);
+            float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
+            for (int k = 0; k < 4; k++) {
+                s0 += (float)((q >> (8 * k)) & 15) * lo[k]; x0 += lo[k];
+                s1 += (float)((q >> (8 * k + 4)) & 15) * hi[k]; x1 += hi[k];
+            }
+            acc[t] += d0 * s0 - o0 * x0 + d1 * s1 - o1 * x1;
+        }
+    }
+    MV_TAIL
+}
+
+// Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
+// each of the four 32-element quarters, 128h + 32qt + l.
+extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
+                                   int rows, int cols, int n) {
+    MV_HEAD(210)
+    const int h = lane >> 4, l = 2 * (lane & 15);
+    for (int ib = 0; ib < cols / 256; ib++) {
+        const u8* b = w + ib * 210;
+        const float d = ldh(b + 208);
+        float sc[4];
+        for (int qt = 0; qt < 4; qt++) sc[qt] = d * (float)(i8)b[192 + 8 * h + (l >> 4) + 2 * qt];
+        float q[4][2];
+        for (int e = 0; e < 2; e++) {
+            const int xa = b[64 * h + l + e], xb = b[64 * h + l + 32 + e], hb = b[128 + 32 * h + l + e];
+            q[0][e] = (float)(((xa & 15) | ((hb & 3) << 4)) - 32);
+            q[1][e] = (float)(((xb & 15) | (((hb >> 2) & 3) << 4)) - 32);
+            q[2][e] = (float)(((xa >> 4) | (((hb >> 4) & 3) << 4)) - 32);
+            q[3][e] = (float)(((xb >> 4) | (((hb >> 6) & 3) << 4)) - 32);
+        }
+        const int e0 = ib * 256 + 128 * h + l;
+        for (int t = 0; t < MV_MAX_N; t++) {
+            if (t >= n) break;
+            const u16* xt = x + (i64)t * cols + e0;
+            float s = 0.0f;
+            for (int qt = 0; qt < 4; qt++) {
+                const u32 v = *(const u32*)(xt + 32 * qt);
+                s += sc[qt] * (q[qt][0] * h2f((u16)v) + q[qt][1] * h2f((u16)(v >> 16)));
+            }
+            acc[t] += s;
+        }
+    }
+    MV_TAIL
+}
+
+// Q8_0: eight blocks per warp iteration; lane L: block L/4 of the eight, its bytes 8(L%4)..+7.
+extern "C" __global__ void mv_q8_0(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
+                                   int rows, int cols, int n) {
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int nb = cols / 32, o = 8 * (lane & 3);
+    const u8* w = src + (i64)row * nb * 34;
+    float acc[MV_MAX_N];
+    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
+    for (int ib = lane >> 2; ib < nb; ib += 8) {
+        const u8* b = w + ib * 34;
+        const float d = ldh(b);
+        float q[8];
+        for (int k = 0; k < 8; k++) q[k] = (float)(i8)b[2 + o + k];
+        for (int t = 0; t < MV_MAX_N; t++) {
+            if (t >= n) break;
+            float a[4], c[4];
+            ld4h(x + (i64)t * cols + ib * 32 + o, a);
+            ld4h(x + (i64)t * cols + ib * 32 + o + 4, c);
+            float s = 0.0f;
+            for (int k = 0; k < 4; k++) s += q[k] * a[k] + q[4 + k] * c[k];
+            acc[t] += d * s;
+        }
+    }
+    MV_TAIL
+}
+
 // Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
 extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
@@ -779,7 +895,7 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 67] = [
+pub const NAMES: [&str; 70] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
@@ -790,7 +906,7 @@ pub const NAMES: [&str; 67] = [
     "deq_q2_k_mv", "deq_q3_k_mv", "deq_q4_k_mv", "deq_q5_k_mv", "deq_q6_k_mv", "deq_iq4_nl_mv",
     "deq_iq4_xs_mv", "deq_mxfp4_mv", "deq_nvfp4_mv", "deq_q1_0_mv", "deq_q2_0_mv", "deq_tq1_0_mv",
     "deq_tq2_0_mv", "deq_iq2_xxs_mv", "deq_iq2_xs_mv", "deq_iq2_s_mv", "deq_iq3_xxs_mv", "deq_iq3_s_mv",
-    "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16",
+    "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16", "mv_q4_k", "mv_q6_k", "mv_q8_0",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).
@@ -849,6 +965,13 @@ pub const MV_MAX_N: usize = 8;
 /// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
 /// f16 tokens (decode steps), when it has one.
 pub fn gemv_kernel(ty: GgmlType) -> Option<&'static str> {
+    // The common formats' own kernels (wide loads, scales once per block).
+    match ty {
+        GgmlType::Q4_K => return Some("mv_q4_k"),
+        GgmlType::Q6_K => return Some("mv_q6_k"),
+        GgmlType::Q8_0 => return Some("mv_q8_0"),
+        _ => {}
+    }
     let name = match dequant_kernel(ty) {
         Ok(None) => "mv_f16",
         Ok(Some(deq)) => NAMES.iter().find(|n| n.strip_suffix("_mv") == Some(deq))?,
