@@ -23,6 +23,15 @@ pub struct Sequence<'a> {
     pub logit_rows: Range<usize>,
 }
 
+/// What a batch returns for its requested rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// The vocabulary's logits.
+    Logits,
+    /// The final norm's output.
+    Hidden,
+}
+
 /// The RoPE tables of full-attention and sliding-window layers.
 struct RopeTables {
     global: RopeTable,
@@ -108,6 +117,17 @@ impl Runner {
     /// (so decode steps of many requests cost about one weight read), while RoPE,
     /// the KV cache and attention stay per sequence. Returns each sequence's logits.
     pub fn forward_batch(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.run_batch(seqs, Output::Logits)
+    }
+
+    /// The last layer's output after the final norm (what embedding models pool), `[n, n_embd]`
+    /// for the batch rows in `rows`; the tokens' K/V go into the cache as with [`Runner::forward`].
+    pub fn forward_hidden(&self, cache: &mut KvCache, tokens: &[u32], rows: Range<usize>) -> Result<Vec<f32>> {
+        let mut seqs = [Sequence { cache, tokens, logit_rows: rows }];
+        Ok(self.run_batch(&mut seqs, Output::Hidden)?.pop().expect("one sequence"))
+    }
+
+    fn run_batch(&self, seqs: &mut [Sequence<'_>], output: Output) -> Result<Vec<Vec<f32>>> {
         let c = &self.model.config;
         for s in seqs.iter() {
             let pos0 = s.cache.len();
@@ -178,6 +198,16 @@ impl Runner {
                 h.extend_from_slice(&x[r.start * d..r.end * d]);
             }
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
+            if output == Output::Hidden {
+                let mut at = 0;
+                return Ok(seqs
+                    .iter()
+                    .map(|s| {
+                        at += s.logit_rows.len() * d;
+                        h[at - s.logit_rows.len() * d..at].to_vec()
+                    })
+                    .collect());
+            }
             let mut logits = vec![0f32; h.len() / d * c.n_vocab];
             match stacked {
                 // The logits follow a resident stack (its engine holds the output weight too).

@@ -10,6 +10,7 @@ pub mod arch;
 pub mod block;
 pub mod conformance;
 pub mod cpu;
+pub mod embed;
 pub mod error;
 pub mod forward;
 pub mod generate;

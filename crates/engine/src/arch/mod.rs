@@ -253,6 +253,9 @@ pub struct Config {
     pub post_norms: bool,
     /// Final logit soft-capping (tanh), if any.
     pub logit_softcap: Option<f32>,
+    /// How an embedding model pools its tokens (`pooling_type`: 0 none, 1 mean, 2 CLS, 3 last,
+    /// 4 rank), when the file says.
+    pub pooling_type: Option<usize>,
     /// Mixture-of-experts feed-forward parts, if the model has them.
     pub moe: Option<MoeConfig>,
     /// Attention sinks (`attn_sinks`, one logit per query head) in every layer (gpt-oss).
@@ -508,6 +511,7 @@ pub(crate) fn common(m: &Meta, rope_style: RopeStyle, activation: Activation) ->
         qk_norm: false,
         post_norms: false,
         logit_softcap: None,
+        pooling_type: m.opt_usize("pooling_type")?,
         moe: None,
         attn_sinks: false,
         attn_output_bias: false,
