@@ -329,7 +329,7 @@ fn serve_takes_llama_server_flags() {
     }
     let mut child = Server(
         Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["serve", "-m", p(&m), "--port", "0", "-np", "2", "-fa", "--temp", "0", "-n", "6", "--no-slots", "--metrics", "--jinja", "-t", "2"])
+            .args(["serve", "-m", p(&m), "--port", "0", "-np", "2", "-fa", "--temp", "0", "-n", "6", "--no-slots", "--metrics", "--jinja", "-t", "2", "--embeddings", "--pooling", "last"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -353,8 +353,12 @@ fn serve_takes_llama_server_flags() {
     assert_eq!(http(&addr, "GET", "/slots", "").0, 501);
     let (_, props) = http(&addr, "GET", "/props", "");
     assert!(props.contains("\"total_slots\":2"), "{props}");
+    let (status, body) = http(&addr, "POST", "/v1/embeddings", r#"{"input": "hello"}"#);
+    assert!(status == 200 && body.contains("\"embedding\":["), "--embeddings: {body}");
     drop(child);
     // A bad value is one clear error.
     let o = tandem(&["serve", "-m", p(&m), "--port", "0", "-fa", "sometimes"]);
     assert_clean_error(&o, "--flash-attn");
+    let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--embeddings", "--pooling", "rank"]);
+    assert_clean_error(&o, "pooling 'rank'");
 }

@@ -51,6 +51,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// When the server started (seconds since the epoch).
     pub created: u64,
+    /// How /v1/embeddings pools (`None`: embeddings are off, llama-server's default).
+    pub pooling: Option<engine::embed::Pooling>,
 }
 
 type S = Arc<AppState>;
@@ -75,6 +77,8 @@ pub fn router(state: S, cors_origins: Vec<String>, max_body: usize) -> Router {
         .route("/completion", post(native::completion))
         .route("/props", get(native::props))
         .route("/slots", get(native::slots))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
+        .route("/embeddings", post(crate::embeddings::embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/health", get(health))

@@ -15,6 +15,7 @@
 //! the same one `tandem run` and `tandem chat` drive.
 
 pub mod api;
+pub mod embeddings;
 pub mod http;
 pub mod metrics;
 pub mod native;
@@ -84,6 +85,8 @@ pub struct Config {
     pub defaults: api::RequestDefaults,
     /// Serve /slots.
     pub slots_endpoint: bool,
+    /// Serve /v1/embeddings, pooling so (llama-server's `--embeddings` and `--pooling`).
+    pub pooling: Option<engine::embed::Pooling>,
     /// Origins allowed cross-origin requests (`*`: any); empty: none, unless `cors`.
     pub cors_origins: Vec<String>,
     /// A built-in template name or Jinja source replacing the GGUF's.
@@ -118,6 +121,7 @@ impl Default for Config {
             model_path: String::new(),
             defaults: api::RequestDefaults::default(),
             slots_endpoint: true,
+            pooling: None,
             cors_origins: Vec::new(),
             chat_template: None,
             chat_template_kwargs: serde_json::Map::new(),
@@ -272,6 +276,7 @@ pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Conf
         metrics,
         api_key: cfg.api_key.clone(),
         created: api::now_secs(),
+        pooling: cfg.pooling,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new().name("tandem-http".into()).spawn(move || -> Result<()> {

@@ -1,5 +1,5 @@
 //! The official `openai` Python package against a real server (chat and completions,
-//! streaming and not, errors). Needs `python3 -m pip install openai` (scripts/test.sh does it).
+//! streaming and not, embeddings, errors). Needs `python3 -m pip install openai` (scripts/test.sh does it).
 
 mod common;
 
@@ -17,6 +17,7 @@ fn official_openai_client() {
     }
     let mut cfg = config(2, 4, 512);
     cfg.api_key = Some("test-key".into());
+    cfg.pooling = Some(engine::embed::Pooling::Mean);
     let srv = start(SMOL, cfg);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
     let mut child = Command::new(&python)

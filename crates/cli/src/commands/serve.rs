@@ -68,6 +68,12 @@ pub struct Args {
     /// Do not serve /slots.
     #[arg(long = "no-slots")]
     no_slots: bool,
+    /// Serve /v1/embeddings (llama-server's --embeddings).
+    #[arg(long = "embeddings", visible_alias = "embedding")]
+    embeddings: bool,
+    /// How embeddings pool the tokens: mean, cls or last (default: the model's, else mean).
+    #[arg(long, requires = "embeddings", value_name = "TYPE")]
+    pooling: Option<String>,
     /// Serve /metrics (always on in tandem; accepted for llama-server's scripts).
     #[arg(long)]
     metrics: bool,
@@ -123,6 +129,9 @@ pub fn main(a: Args) -> Result<()> {
         }
     }
     let _ = (a.metrics, a.jinja, a.slots);
+    if let Some(p) = a.pooling.as_deref() {
+        engine::embed::Pooling::parse(p)?;
+    }
     // Bind first: while the model loads, clients polling /health get 503 "Loading model".
     let loading = server::bind_loading(&a.host, a.port)?;
     eprintln!("tandem serve: loading {} (http://{} answers 503 until it is ready)", a.model.display(), loading.addr()?);
@@ -160,6 +169,10 @@ pub fn main(a: Args) -> Result<()> {
             max_tokens: usize::try_from(a.n_predict).ok().filter(|&n| n > 0),
         },
         slots_endpoint: !a.no_slots,
+        pooling: match a.embeddings {
+            true => Some(server::embeddings::pooling_for(a.pooling.as_deref(), &runner.model.config)?),
+            false => None,
+        },
         cors_origins: a.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect(),
         chat_template,
         chat_template_kwargs,

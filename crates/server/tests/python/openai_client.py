@@ -78,6 +78,15 @@ except openai.BadRequestError as e:
 other = client.chat.completions.create(model="gpt-4o-mini", messages=msgs, max_tokens=5, temperature=0)
 assert other.model == model and other.choices[0].message.content, other
 
+# Embeddings: the package asks for base64 and decodes it; the floats say the same.
+e = client.embeddings.create(model=model, input=["The cat sat on the mat.", "Stock prices fell sharply."])
+vecs = [d.embedding for d in e.data]
+assert len(vecs) == 2 and len(vecs[0]) == len(vecs[1]) > 0, [len(v) for v in vecs]
+assert all(abs(sum(x * x for x in v) ** 0.5 - 1) < 1e-3 for v in vecs)
+assert e.usage.prompt_tokens > 0 and e.usage.total_tokens == e.usage.prompt_tokens, e.usage
+floats = client.embeddings.create(model=model, input="The cat sat on the mat.", encoding_format="float").data[0].embedding
+assert max(abs(a - b) for a, b in zip(floats, vecs[0])) < 1e-6
+
 # Errors arrive as the package's exceptions.
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=5)
