@@ -151,24 +151,33 @@ MV(NAME##_mv, BS, BB, __VA_ARGS__)
 // raw blocks (rows are whole blocks). One warp per row; its lanes take consecutive elements,
 // so a block's bytes are read once and coalesced; f32 sums, reduced across the warp.
 #define MV_MAX_N 8
+__device__ __forceinline__ float warp_sum(float s) {
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+// The frame of every matrix-vector kernel: this warp's row `w` of ROW_BYTES, its lane, one
+// sum per token; at the end, the sums reduced across the warp and written.
+#define MV_HEAD(ROW_BYTES) \
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
+    if (row >= rows) return; \
+    const u8* w = src + (i64)row * (ROW_BYTES); \
+    float acc[MV_MAX_N]; \
+    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
+#define MV_TAIL \
+    for (int t = 0; t < MV_MAX_N; t++) { \
+        float s = warp_sum(acc[t]); \
+        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
+    }
 #define MV(NAME, BS, BB, ...) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
                                 int rows, int cols, int n) { \
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
-    if (row >= rows) return; \
-    const u8* w = src + (i64)row * (cols / BS) * BB; \
-    float acc[MV_MAX_N]; \
-    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f; \
+    MV_HEAD((cols / BS) * BB) \
     for (int i = lane; i < cols; i += 32) { \
         const u8* b = w + (i / BS) * BB; const int j = i % BS; float v; \
         __VA_ARGS__; \
         for (int t = 0; t < MV_MAX_N; t++) if (t < n) acc[t] += v * h2f(x[(i64)t * cols + i]); \
     } \
-    for (int t = 0; t < MV_MAX_N; t++) { \
-        float s = acc[t]; \
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o); \
-        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
-    } \
+    MV_TAIL \
 }
 "#;
 
@@ -771,32 +780,18 @@ FLASH(flash_d128_q128, 128, 128)
 // Matrix-vector kernels of the formats most files hold (Q4_K_M is Q4_K and Q6_K): a warp per
 // row as in MV, but each lane takes 8 elements of a block with wide loads and the block's
 // scales once. `formulas.rs` walks the same lane mapping in Rust over every element.
-__device__ __forceinline__ float warp_sum(float s) {
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return s;
-}
+
 // Four f16 at once (8-byte aligned).
 __device__ __forceinline__ void ld4h(const u16* p, float* f) {
     unsigned long long v = *(const unsigned long long*)p;
     for (int k = 0; k < 4; k++) f[k] = h2f((u16)(v >> (16 * k)));
 }
-#define MV_HEAD(BB) \
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
-    if (row >= rows) return; \
-    const u8* w = src + (i64)row * (cols / 256) * (BB); \
-    float acc[MV_MAX_N]; \
-    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
-#define MV_TAIL \
-    for (int t = 0; t < MV_MAX_N; t++) { \
-        float s = warp_sum(acc[t]); \
-        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
-    }
 
 // Q4_K: a block per warp iteration; lane L holds qs bytes 4L..4L+3: elements 64(L/8) + 4(L%8) + k
 // (low nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block).
 extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
                                    int rows, int cols, int n) {
-    MV_HEAD(144)
+    MV_HEAD((cols / 256) * 144)
     const int jj = lane >> 3, l = 4 * (lane & 7);
     for (int ib = 0; ib < cols / 256; ib++) {
         const u8* b = w + ib * 144;
@@ -827,7 +822,7 @@ extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __rest
 // each of the four 32-element quarters, 128h + 32qt + l.
 extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
                                    int rows, int cols, int n) {
-    MV_HEAD(210)
+    MV_HEAD((cols / 256) * 210)
     const int h = lane >> 4, l = 2 * (lane & 15);
     for (int ib = 0; ib < cols / 256; ib++) {
         const u8* b = w + ib * 210;
@@ -860,12 +855,8 @@ extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __rest
 // Q8_0: eight blocks per warp iteration; lane L: block L/4 of the eight, its bytes 8(L%4)..+7.
 extern "C" __global__ void mv_q8_0(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
                                    int rows, int cols, int n) {
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= rows) return;
+    MV_HEAD((cols / 32) * 34)
     const int nb = cols / 32, o = 8 * (lane & 3);
-    const u8* w = src + (i64)row * nb * 34;
-    float acc[MV_MAX_N];
-    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
     for (int ib = lane >> 2; ib < nb; ib += 8) {
         const u8* b = w + ib * 34;
         const float d = ldh(b);
