@@ -350,6 +350,14 @@ impl MatrixEngine for CudaEngine {
         self.run_pipeline(None, &ws, k, x, n, outs)
     }
 
+    fn device_memory(&self) -> Option<usize> {
+        // What the card had free when this process started, less what it has free now (the
+        // driver's own context is not counted; another process's allocations would be).
+        let g = self.gpu.get()?.as_ref().ok()?;
+        let free = g.ctx.mem_get_info().ok()?.0;
+        Some(g.free_at_start.saturating_sub(free))
+    }
+
     fn capabilities(&self) -> Capabilities<'_> {
         Capabilities {
             feed_forward: self.opts.fuse_feed_forward.then_some(self as &dyn FusedFeedForward),

@@ -57,6 +57,14 @@ struct Row {
     sd: f64,
     /// The process's peak resident memory after the test, MiB (None where the OS does not say).
     peak_rss_mib: Option<f64>,
+    /// Device memory the accelerators hold after the test, MiB (None without one that says).
+    device_mib: Option<f64>,
+}
+
+/// Device memory every accelerator of `r` holds now, MiB, if any says.
+fn device_mib(r: &Runner) -> Option<f64> {
+    let held: Vec<usize> = r.dispatcher.accelerators().iter().filter_map(|e| e.device_memory()).collect();
+    (!held.is_empty()).then(|| held.iter().sum::<usize>() as f64 / (1 << 20) as f64)
 }
 
 /// Peak resident set size of this process so far (Linux `VmHWM`), in MiB.
@@ -120,6 +128,7 @@ pub fn main(a: Args) -> Result<()> {
                 mean,
                 sd,
                 peak_rss_mib: peak_rss_mib(),
+                device_mib: device_mib(&runner),
             });
         }
         eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
@@ -188,10 +197,11 @@ fn render(rows: &[Row], format: &str) -> String {
     let mut s = String::new();
     match format {
         "csv" => {
-            s.push_str("model,size_mib,params_m,backend,threads,test,avg_ts,stddev_ts,peak_rss_mib\n");
+            s.push_str("model,size_mib,params_m,backend,threads,test,avg_ts,stddev_ts,peak_rss_mib,device_mib\n");
             for r in rows {
                 let rss = r.peak_rss_mib.map_or(String::new(), |m| format!("{m:.1}"));
-                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2},{rss}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
+                let dev = r.device_mib.map_or(String::new(), |m| format!("{m:.1}"));
+                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2},{rss},{dev}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
             }
         }
         "json" => {
@@ -213,6 +223,7 @@ fn render(rows: &[Row], format: &str) -> String {
                         "avg_ts": r.mean,
                         "stddev_ts": r.sd,
                         "peak_rss_bytes": r.peak_rss_mib.map(|m| (m * (1 << 20) as f64) as u64),
+                        "device_memory_bytes": r.device_mib.map(|m| (m * (1 << 20) as f64) as u64),
                     })
                 })
                 .collect();
@@ -220,15 +231,23 @@ fn render(rows: &[Row], format: &str) -> String {
             s.push('\n');
         }
         _ => {
-            // llama-bench's columns, then the process's peak resident memory after each test.
-            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |    peak RSS |\n");
-            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ----------: |\n");
+            // llama-bench's columns, then the process's peak resident memory after each test,
+            // and the accelerators' device memory when one says.
+            let dev = rows.iter().any(|r| r.device_mib.is_some());
+            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |    peak RSS |");
+            s.push_str(if dev { "  device mem |\n" } else { "\n" });
+            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ----------: |");
+            s.push_str(if dev { " ----------: |\n" } else { "\n" });
             for r in rows {
                 let rss = r.peak_rss_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
                 s.push_str(&format!(
-                    "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>11} |\n",
+                    "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>11} |",
                     r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, format!("{:.2} ± {:.2}", r.mean, r.sd), rss
                 ));
+                if dev {
+                    s.push_str(&format!(" {:>11} |", r.device_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"))));
+                }
+                s.push('\n');
             }
         }
     }

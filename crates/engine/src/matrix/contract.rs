@@ -176,6 +176,11 @@ pub trait MatrixEngine: Send + Sync {
     fn takes_experts(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Bytes of device memory the process holds on the engine now (weights, caches, scratch),
+    /// for benchmarks' memory columns; `None` when it has no memory of its own or cannot say.
+    fn device_memory(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What an engine offers besides matmuls; each is asked for at run time.

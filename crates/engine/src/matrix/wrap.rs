@@ -79,6 +79,9 @@ impl<H: OpHook> MatrixEngine for Wrapped<H> {
     fn takes_experts(&self) -> Result<(), String> {
         self.inner.takes_experts()
     }
+    fn device_memory(&self) -> Option<usize> {
+        self.inner.device_memory()
+    }
     fn n_buckets(&self) -> Option<&[usize]> {
         self.inner.n_buckets()
     }
