@@ -63,10 +63,10 @@ with_gpu_peak() {
 }
 
 # Where the steps run (not timed: --verbose also profiles every stack call).
-"$T" run -m "$MODEL" -p "The quick brown fox" -n 4 --backend cuda --verbose >"$OUT/vs/placement.log" 2>&1
+"$T" run -m "$MODEL" -p "The quick brown fox" -n 4 --backend cuda -ngl 99 --verbose >"$OUT/vs/placement.log" 2>&1
 grep -m4 "placement: decoder stack" "$OUT/vs/placement.log"
 for f in ${FORMATS:-gguf f16}; do
-  with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda --gpu-weights "$f"
+  with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "$f"
   echo "== tandem --backend cuda --gpu-weights $f"
   grep -E "^\||peak GPU|error" "$OUT/vs/tandem-$f.log"
 done

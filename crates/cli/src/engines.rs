@@ -120,13 +120,14 @@ pub struct PlacementArgs {
     #[arg(long = "n-cpu-moe", alias = "ncmoe", value_name = "N")]
     pub n_cpu_moe: Option<usize>,
     /// Layers whose weights live on the GPU (llama.cpp's -ngl): a number, `auto` or `all`.
-    /// Default: every layer that fits, so decode steps run on the card too; 0 keeps decode on
-    /// the CPU (large prefill batches still go to the card).
+    /// Every layer (`-ngl 99`) runs decode steps on the card too when the weights fit; without
+    /// it (or 0) decode stays on the CPU and large prefill batches go to the card.
     #[arg(long = "n-gpu-layers", alias = "gpu-layers", value_name = "N", value_parser = parse_gpu_layers)]
     pub n_gpu_layers: Option<usize>,
     /// What the GPU keeps of each weight: `gguf` (its blocks as in the file: the least
-    /// memory), `f16` (an f16 expansion: prefill GEMMs read it directly) or `both`.
-    #[arg(long = "gpu-weights", default_value = "gguf", value_name = "FORMAT")]
+    /// memory, decode reads them directly), `f16` (an f16 expansion: prefill GEMMs read it
+    /// directly) or `both`.
+    #[arg(long = "gpu-weights", default_value = "f16", value_name = "FORMAT")]
     pub gpu_weights: cuda::WeightFormat,
 }
 
@@ -147,10 +148,11 @@ pub fn default_calibration_path() -> Option<PathBuf> {
 }
 
 impl PlacementArgs {
-    /// Whether decode steps may run on the GPU for a model of `layers` layers (`-ngl`).
+    /// Whether decode steps may run on the GPU for a model of `layers` layers (`-ngl`). Not
+    /// by default until the card's decode path has passed the GPU check on hardware.
     pub fn decode_on_gpu(&self, layers: usize) -> bool {
         match self.n_gpu_layers {
-            None => true,
+            None => false,
             Some(n) if n >= layers => true,
             Some(0) => false,
             Some(n) => {
