@@ -234,6 +234,12 @@ fn bench_prints_a_llama_bench_table() {
     assert!(rss > 40.0, "peak RSS {rss} MiB below the model's size: {out}");
     let csv = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "0", "-r", "1", "-o", "csv"]);
     assert!(stdout(&csv).starts_with("model,size_mib"), "{}", stdout(&csv));
+    // A thread list (llama-bench's -t 1,2): every test at each count, in order.
+    let scaling = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "2", "-r", "1", "-t", "1,2", "-o", "csv"]);
+    let out = stdout(&scaling);
+    let threads: Vec<&str> = out.lines().skip(1).map(|l| l.split(',').nth(4).unwrap()).collect();
+    assert_eq!(threads, ["1", "1", "2", "2"], "{out}");
+    assert_clean_error(&tandem(&["bench", "-m", p(&model(SMOLLM)), "-t", "0"]), "at least 1");
 }
 
 #[test]

@@ -23,9 +23,9 @@ pub struct Args {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: usize,
-    /// CPU threads.
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
+    /// CPU threads; a comma-separated list runs every test at each (as llama-bench's -t).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    threads: Vec<usize>,
     /// Prompt tokens per forward step.
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
     batch_size: usize,
@@ -79,61 +79,88 @@ pub fn main(a: Args) -> Result<()> {
     if !["md", "csv", "json"].contains(&a.output.as_str()) {
         bail!("unknown output format '{}' (md, csv, json)", a.output);
     }
-    let threads = a.threads.unwrap_or_else(load::default_threads);
+    let thread_counts = if a.threads.is_empty() {
+        vec![load::default_threads()]
+    } else {
+        a.threads.clone()
+    };
+    if thread_counts.contains(&0) {
+        bail!("-t takes thread counts of at least 1");
+    }
     if !a.sweep_batch.is_empty() {
-        return sweep_main(&a, threads);
+        if thread_counts.len() > 1 {
+            bail!("--sweep-batch runs at one thread count: give -t once");
+        }
+        return sweep_main(&a, thread_counts[0]);
     }
     let mut rows = Vec::new();
     for path in &a.model {
-        let (runner, _) = load::model(path, threads, &a.placement)?;
-        let file = &runner.model.file;
-        let c = &runner.model.config;
-        let size: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-        let params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
-        let ftype = file
-            .get("general.file_type")
-            .and_then(|v| v.as_u32())
-            .and_then(ftype_name)
-            .map(str::to_string)
-            .or_else(|| file.tensors().iter().find(|t| t.name.ends_with("ffn_down.weight")).map(|t| t.ty.name().to_string()))
-            .unwrap_or_else(|| "?".into());
-        let name = format!("{} {:.0}M {}", c.arch, params as f64 / 1e6, ftype);
-        let tests = a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}"), n, true))
-            .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
-        for (test, n, prompt) in tests {
-            // One warm-up run (page in the mmap, prepare weights), then the measured ones.
-            let mut speeds = Vec::new();
-            for rep in 0..=a.repetitions {
-                let tps = if prompt { run_pp(&runner, n, a.batch_size)? } else { run_tg(&runner, n)? };
-                if rep > 0 {
-                    speeds.push(tps);
-                }
-            }
-            let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
-            let sd = if speeds.len() > 1 {
-                (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (speeds.len() - 1) as f64).sqrt()
-            } else {
-                0.0
-            };
-            rows.push(Row {
-                file: path.display().to_string(),
-                n_prompt: if prompt { n } else { 0 },
-                n_gen: if prompt { 0 } else { n },
-                model: name.clone(),
-                size_mib: size as f64 / (1 << 20) as f64,
-                params_m: params as f64 / 1e6,
-                backend: backend_label(&runner, &a.placement.backend),
-                threads,
-                test,
-                mean,
-                sd,
-                peak_rss_mib: peak_rss_mib(),
-                device_mib: device_mib(&runner),
-            });
+        for &threads in &thread_counts {
+            bench_model(&a, path, threads, &mut rows)?;
         }
-        eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     }
     print!("{}", render(&rows, &a.output));
+    Ok(())
+}
+
+/// Every test of `a` on one model at one thread count, appended to `rows`.
+fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let (runner, _) = load::model(path, threads, &a.placement)?;
+    let file = &runner.model.file;
+    let c = &runner.model.config;
+    let size: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
+    let params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
+    let ftype = file
+        .get("general.file_type")
+        .and_then(|v| v.as_u32())
+        .and_then(ftype_name)
+        .map(str::to_string)
+        .or_else(|| {
+            file.tensors()
+                .iter()
+                .find(|t| t.name.ends_with("ffn_down.weight"))
+                .map(|t| t.ty.name().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let name = format!("{} {:.0}M {}", c.arch, params as f64 / 1e6, ftype);
+    let tests = a
+        .n_prompt
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| (format!("pp{n}"), n, true))
+        .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
+    for (test, n, prompt) in tests {
+        // One warm-up run (page in the mmap, prepare weights), then the measured ones.
+        let mut speeds = Vec::new();
+        for rep in 0..=a.repetitions {
+            let tps = if prompt { run_pp(&runner, n, a.batch_size)? } else { run_tg(&runner, n)? };
+            if rep > 0 {
+                speeds.push(tps);
+            }
+        }
+        let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
+        let sd = if speeds.len() > 1 {
+            (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (speeds.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        rows.push(Row {
+            file: path.display().to_string(),
+            n_prompt: if prompt { n } else { 0 },
+            n_gen: if prompt { 0 } else { n },
+            model: name.clone(),
+            size_mib: size as f64 / (1 << 20) as f64,
+            params_m: params as f64 / 1e6,
+            backend: backend_label(&runner, &a.placement.backend),
+            threads,
+            test,
+            mean,
+            sd,
+            peak_rss_mib: peak_rss_mib(),
+            device_mib: device_mib(&runner),
+        });
+    }
+    eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     Ok(())
 }
 
@@ -201,7 +228,10 @@ fn render(rows: &[Row], format: &str) -> String {
             for r in rows {
                 let rss = r.peak_rss_mib.map_or(String::new(), |m| format!("{m:.1}"));
                 let dev = r.device_mib.map_or(String::new(), |m| format!("{m:.1}"));
-                s.push_str(&format!("\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2},{rss},{dev}\n", r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd));
+                s.push_str(&format!(
+                    "\"{}\",{:.2},{:.2},{},{},{},{:.2},{:.2},{rss},{dev}\n",
+                    r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, r.mean, r.sd
+                ));
             }
         }
         "json" => {
@@ -234,15 +264,26 @@ fn render(rows: &[Row], format: &str) -> String {
             // llama-bench's columns, then the process's peak resident memory after each test,
             // and the accelerators' device memory when one says.
             let dev = rows.iter().any(|r| r.device_mib.is_some());
-            s.push_str("| model                          |       size |     params | backend    | threads |            test |                  t/s |    peak RSS |");
+            s.push_str(
+                "| model                          |       size |     params | backend    | threads |            test |                  t/s |    peak RSS |",
+            );
             s.push_str(if dev { "  device mem |\n" } else { "\n" });
-            s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ----------: |");
+            s.push_str(
+                "| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ----------: |",
+            );
             s.push_str(if dev { " ----------: |\n" } else { "\n" });
             for r in rows {
                 let rss = r.peak_rss_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
                 s.push_str(&format!(
                     "| {:<30} | {:>6.2} MiB | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>11} |",
-                    r.model, r.size_mib, r.params_m, r.backend, r.threads, r.test, format!("{:.2} ± {:.2}", r.mean, r.sd), rss
+                    r.model,
+                    r.size_mib,
+                    r.params_m,
+                    r.backend,
+                    r.threads,
+                    r.test,
+                    format!("{:.2} ± {:.2}", r.mean, r.sd),
+                    rss
                 ));
                 if dev {
                     s.push_str(&format!(" {:>11} |", r.device_mib.map_or("-".to_string(), |m| format!("{m:.0} MiB"))));
