@@ -49,7 +49,21 @@ pub fn model(path: &Path, threads: usize, placement: &PlacementArgs) -> Result<(
         b.finish_and_clear();
     }
     let dispatcher = placement.dispatcher(&model)?;
+    if placement.verbose {
+        eprintln!("{}", cpu_summary(threads));
+    }
     Ok((Runner::with_dispatcher(model, threads, dispatcher)?, tok))
+}
+
+/// What the CPU path runs on: its kernels' instruction set, the threads, and whether AMX
+/// tiles are usable here (and why not).
+pub fn cpu_summary(threads: usize) -> String {
+    let level = quant::simd_level();
+    let amx = match quant::amx_support() {
+        quant::AmxSupport::Usable => "usable".to_string(),
+        quant::AmxSupport::Unavailable(why) => format!("not used ({why})"),
+    };
+    format!("cpu: {level} kernels, {threads} threads; AMX: {amx}")
 }
 
 /// llama.cpp's default thread count: the available cores.

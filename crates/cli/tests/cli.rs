@@ -288,6 +288,8 @@ fn placement_is_visible_and_backends_are_checked() {
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("-> ref: N=") && err.contains("-> cpu: N=1 < --offload-min-batch 64"), "{err}");
+    // The CPU's kernels and whether AMX is used (never on CPUID's word alone).
+    assert!(err.lines().any(|l| l.starts_with("cpu: ") && l.contains(" kernels, ") && l.contains("; AMX: ")), "{err}");
     assert!(err.lines().any(|l| l.starts_with("placement: ref") && l.contains("/210/210")), "{err}");
     assert_clean_error(&tandem(&["run", "-m", p(&m), "-p", "hi", "--backend", "tpu"]), "unknown backend 'tpu'");
     // llama.cpp's -ngl, and what the GPU keeps of each weight (no GPU here: accepted, no effect).

@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod activations;
+mod amx;
 mod blocks;
 mod dispatch;
 mod gemm;
@@ -30,6 +31,7 @@ mod types;
 mod util;
 
 pub use activations::{quantize_activations, quantize_row_x86};
+pub use amx::{amx_support, AmxSupport};
 pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
 pub use dispatch::{
     dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, simd_level, SimdLevel,
