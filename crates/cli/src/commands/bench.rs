@@ -161,7 +161,52 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
         });
     }
     eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
+    // Decode on the CPU is a stream of the weights: how near the machine's read bandwidth.
+    let tg: Vec<&Row> = rows.iter().filter(|r| r.n_gen > 0 && r.threads == threads && r.file == path.display().to_string()).collect();
+    if !tg.is_empty() && runner.model.config.moe.is_none() {
+        let per_token = decode_bytes(file) as f64;
+        let bw = read_bandwidth(threads);
+        for r in tg {
+            let streamed = per_token * r.mean;
+            eprintln!(
+                "{}: {} threads stream the weights ({:.0} MiB a token) at {:.1} GB/s, {:.0}% of the {:.1} GB/s this machine reads with {} threads",
+                r.test,
+                threads,
+                per_token / (1 << 20) as f64,
+                streamed / 1e9,
+                100.0 * streamed / bw,
+                bw / 1e9,
+                threads
+            );
+        }
+    }
     Ok(())
+}
+
+/// Bytes of weights a decode step reads: every tensor but the token embeddings (one row a
+/// token), which count only when they are also the output projection (tied).
+fn decode_bytes(file: &gguf::GgufFile) -> u64 {
+    let tensors = file.tensors();
+    let tied = !tensors.iter().any(|t| t.name == "output.weight");
+    tensors.iter().filter(|t| tied || t.name != "token_embd.weight").map(|t| t.n_bytes).sum()
+}
+
+/// The machine's memory read bandwidth with `threads` threads, bytes/s: the best of three
+/// sums over 512 MiB (far past the caches), each thread its own part.
+fn read_bandwidth(threads: usize) -> f64 {
+    let len = 64usize << 20;
+    let buf: Vec<u64> = (0..len as u64).collect();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let total = std::thread::scope(|s| {
+            let parts: Vec<_> = buf.chunks(len.div_ceil(threads)).map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))).collect();
+            parts.into_iter().map(|h| h.join().expect("a summing thread")).fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.max((len * 8) as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
 }
 
 fn sweep_main(a: &Args, threads: usize) -> Result<()> {
