@@ -234,7 +234,7 @@ fn bench_prints_a_llama_bench_table() {
     assert!(rss > 40.0, "peak RSS {rss} MiB below the model's size: {out}");
     // Decode against the machine's read bandwidth (SmolLM2's output is its tied embeddings: all 92 MiB a token).
     let err = stderr(&o);
-    assert!(err.lines().any(|l| l.starts_with("tg4: 2 threads stream the weights (92 MiB a token) at ") && l.contains("GB/s this machine reads")), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("llama 135M Q4_1 tg4: 2 threads stream the weights (92 MiB a token) at ") && l.contains("GB/s this machine reads")), "{err}");
     let csv = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "0", "-r", "1", "-o", "csv"]);
     assert!(stdout(&csv).starts_with("model,size_mib"), "{}", stdout(&csv));
     // A thread list (llama-bench's -t 1,2): every test at each count, in order.

@@ -59,6 +59,8 @@ struct Row {
     peak_rss_mib: Option<f64>,
     /// Device memory the accelerators hold after the test, MiB (None without one that says).
     device_mib: Option<f64>,
+    /// Bytes of weights a decode step reads (dense models).
+    decode_bytes: Option<u64>,
 }
 
 /// Device memory every accelerator of `r` holds now, MiB, if any says.
@@ -100,6 +102,7 @@ pub fn main(a: Args) -> Result<()> {
         }
     }
     print!("{}", render(&rows, &a.output));
+    report_bandwidth(&rows);
     Ok(())
 }
 
@@ -158,29 +161,41 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
             sd,
             peak_rss_mib: peak_rss_mib(),
             device_mib: device_mib(&runner),
+            decode_bytes: runner.model.config.moe.is_none().then(|| decode_bytes(file)),
         });
     }
     eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
-    // Decode on the CPU is a stream of the weights: how near the machine's read bandwidth.
-    let tg: Vec<&Row> = rows.iter().filter(|r| r.n_gen > 0 && r.threads == threads && r.file == path.display().to_string()).collect();
-    if !tg.is_empty() && runner.model.config.moe.is_none() {
-        let per_token = decode_bytes(file) as f64;
-        let bw = read_bandwidth(threads);
-        for r in tg {
-            let streamed = per_token * r.mean;
-            eprintln!(
-                "{}: {} threads stream the weights ({:.0} MiB a token) at {:.1} GB/s, {:.0}% of the {:.1} GB/s this machine reads with {} threads",
-                r.test,
-                threads,
-                per_token / (1 << 20) as f64,
-                streamed / 1e9,
-                100.0 * streamed / bw,
-                bw / 1e9,
-                threads
-            );
-        }
-    }
     Ok(())
+}
+
+/// Decode is a stream of the weights: each generation test's rate against the machine's read
+/// bandwidth at its thread count. Measured after the table (its buffer would count in the
+/// peak RSS of the tests after it).
+fn report_bandwidth(rows: &[Row]) {
+    let mut measured: Vec<(usize, f64)> = Vec::new();
+    for r in rows.iter().filter(|r| r.n_gen > 0) {
+        let Some(per_token) = r.decode_bytes else { continue };
+        let bw = match measured.iter().find(|(t, _)| *t == r.threads) {
+            Some(&(_, bw)) => bw,
+            None => {
+                let bw = read_bandwidth(r.threads);
+                measured.push((r.threads, bw));
+                bw
+            }
+        };
+        let streamed = per_token as f64 * r.mean;
+        eprintln!(
+            "{} {}: {} threads stream the weights ({:.0} MiB a token) at {:.1} GB/s, {:.0}% of the {:.1} GB/s this machine reads with {} threads",
+            r.model,
+            r.test,
+            r.threads,
+            per_token as f64 / (1 << 20) as f64,
+            streamed / 1e9,
+            100.0 * streamed / bw,
+            bw / 1e9,
+            r.threads
+        );
+    }
 }
 
 /// Bytes of weights a decode step reads: every tensor but the token embeddings (one row a
