@@ -178,7 +178,7 @@ fn report_bandwidth(rows: &[Row]) {
         let bw = match measured.iter().find(|(t, _)| *t == r.threads) {
             Some(&(_, bw)) => bw,
             None => {
-                let bw = read_bandwidth(r.threads);
+                let bw = engine::cpu::bandwidth::read_bandwidth(r.threads, 512, 3);
                 measured.push((r.threads, bw));
                 bw
             }
@@ -204,24 +204,6 @@ fn decode_bytes(file: &gguf::GgufFile) -> u64 {
     let tensors = file.tensors();
     let tied = !tensors.iter().any(|t| t.name == "output.weight");
     tensors.iter().filter(|t| tied || t.name != "token_embd.weight").map(|t| t.n_bytes).sum()
-}
-
-/// The machine's memory read bandwidth with `threads` threads, bytes/s: the best of three
-/// sums over 512 MiB (far past the caches), each thread its own part.
-fn read_bandwidth(threads: usize) -> f64 {
-    let len = 64usize << 20;
-    let buf: Vec<u64> = (0..len as u64).collect();
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let total = std::thread::scope(|s| {
-            let parts: Vec<_> = buf.chunks(len.div_ceil(threads)).map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))).collect();
-            parts.into_iter().map(|h| h.join().expect("a summing thread")).fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.max((len * 8) as f64 / t0.elapsed().as_secs_f64());
-    }
-    best
 }
 
 fn sweep_main(a: &Args, threads: usize) -> Result<()> {

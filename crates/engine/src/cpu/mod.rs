@@ -2,6 +2,7 @@
 //! the threaded matmul driver, attention, norms, RoPE, activations.
 
 pub mod attention;
+pub mod bandwidth;
 pub mod delta_net;
 pub mod matmul;
 pub mod ops;
