@@ -18,10 +18,14 @@
 use quant::tables;
 use quant::GgmlType;
 
+pub use crate::matvec::{gemv_kernel, MV_MAX_N};
+use crate::source_text::{render, Part, Vals};
+
 /// The program text: the helpers, the codebooks, the kernels.
 pub const SOURCE: &str = {
     const PARTS: &[Part] = &[
         Part::Text(HELPERS),
+        Part::Text(crate::matvec::MV_FRAME),
         Part::Table("signed char kvalues_iq4nl[16]", Vals::I8(&tables::KVALUES_IQ4NL)),
         Part::Table("signed char kvalues_fp4[16]", Vals::I8(&tables::KVALUES_FP4)),
         Part::Table("unsigned char ksigns_iq2xs[128]", Vals::U8(&tables::KSIGNS_IQ2XS)),
@@ -32,6 +36,7 @@ pub const SOURCE: &str = {
         Part::Table("unsigned long long iq3s_grid[512]", Vals::U64(&tables::IQ3S_GRID)),
         Part::Table("unsigned long long iq1s_grid[2048]", Vals::U64(&tables::IQ1S_GRID)),
         Part::Text(KERNELS),
+        Part::Text(crate::matvec::MV_KERNELS),
     ];
     const LEN: usize = render(PARTS, &mut []);
     // Only read here, at compile time. Not a static: clippy 1.95 crashes (ICE) on a
@@ -48,80 +53,6 @@ pub const SOURCE: &str = {
     }
 };
 
-/// A piece of [`SOURCE`]: CUDA text, or a table rendered as `__constant__ DECL = {..};`.
-enum Part {
-    Text(&'static str),
-    Table(&'static str, Vals),
-}
-
-enum Vals {
-    I8(&'static [i8]),
-    U8(&'static [u8]),
-    U64(&'static [u64]),
-}
-
-/// Writes `parts` into `out` (when it is long enough; `&mut []` only counts) and returns
-/// the length: a const fn, so the text is built by the compiler.
-const fn render(parts: &[Part], out: &mut [u8]) -> usize {
-    const fn put(out: &mut [u8], pos: usize, s: &[u8]) -> usize {
-        let mut i = 0;
-        while i < s.len() {
-            if pos + i < out.len() {
-                out[pos + i] = s[i];
-            }
-            i += 1;
-        }
-        pos + s.len()
-    }
-    const fn num(out: &mut [u8], pos: usize, v: i128) -> usize {
-        let mut digits = [0u8; 40];
-        let (mut n, mut len) = (v.unsigned_abs(), 0);
-        loop {
-            digits[39 - len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let pos = if v < 0 { put(out, pos, b"-") } else { pos };
-        put(out, pos, digits.split_at(40 - len).1)
-    }
-    let mut pos = 0;
-    let mut p = 0;
-    while p < parts.len() {
-        match parts[p] {
-            Part::Text(t) => pos = put(out, pos, t.as_bytes()),
-            Part::Table(decl, ref vals) => {
-                pos = put(out, pos, b"__constant__ ");
-                pos = put(out, pos, decl.as_bytes());
-                pos = put(out, pos, b" = {");
-                let n = match *vals {
-                    Vals::I8(v) => v.len(),
-                    Vals::U8(v) => v.len(),
-                    Vals::U64(v) => v.len(),
-                };
-                let mut i = 0;
-                while i < n {
-                    pos = match *vals {
-                        Vals::I8(v) => num(out, pos, v[i] as i128),
-                        Vals::U8(v) => num(out, pos, v[i] as i128),
-                        Vals::U64(v) => {
-                            let end = num(out, pos, v[i] as i128);
-                            put(out, end, b"ull")
-                        }
-                    };
-                    pos = put(out, pos, b",");
-                    i += 1;
-                }
-                pos = put(out, pos, b"};\n");
-            }
-        }
-        p += 1;
-    }
-    pos
-}
-
 const HELPERS: &str = r#"
 typedef unsigned char u8;
 typedef signed char i8;
@@ -136,7 +67,7 @@ __device__ __forceinline__ u32 ldu32(const u8* p) { return p[0] | (p[1] << 8) | 
 
 // BS elements per block of BB bytes; the body reads block `b`, element `j`, sets `v`.
 // DEQ makes two kernels of one formula: NAME dequantizes a whole matrix to f16, NAME_mv
-// multiplies the raw blocks by a few tokens (MV, below).
+// multiplies the raw blocks by a few tokens (MV, in matvec.rs).
 #define DEQ(NAME, BS, BB, ...) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ dst, i64 n) { \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) { \
@@ -146,39 +77,6 @@ extern "C" __global__ void NAME(const u8* __restrict__ src, u16* __restrict__ ds
     } \
 } \
 MV(NAME##_mv, BS, BB, __VA_ARGS__)
-
-// Decode steps: y[t, r] = sum_k W[r, k] * x[t, k] for n <= MV_MAX_N tokens, straight from the
-// raw blocks (rows are whole blocks). One warp per row; its lanes take consecutive elements,
-// so a block's bytes are read once and coalesced; f32 sums, reduced across the warp.
-#define MV_MAX_N 8
-__device__ __forceinline__ float warp_sum(float s) {
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return s;
-}
-// The frame of every matrix-vector kernel: this warp's row `w` of ROW_BYTES, its lane, one
-// sum per token; at the end, the sums reduced across the warp and written.
-#define MV_HEAD(ROW_BYTES) \
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
-    if (row >= rows) return; \
-    const u8* w = src + (i64)row * (ROW_BYTES); \
-    float acc[MV_MAX_N]; \
-    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
-#define MV_TAIL \
-    for (int t = 0; t < MV_MAX_N; t++) { \
-        float s = warp_sum(acc[t]); \
-        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
-    }
-#define MV(NAME, BS, BB, ...) \
-extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
-                                int rows, int cols, int n) { \
-    MV_HEAD((cols / BS) * BB) \
-    for (int i = lane; i < cols; i += 32) { \
-        const u8* b = w + (i / BS) * BB; const int j = i % BS; float v; \
-        __VA_ARGS__; \
-        for (int t = 0; t < MV_MAX_N; t++) if (t < n) acc[t] += v * h2f(x[(i64)t * cols + i]); \
-    } \
-    MV_TAIL \
-}
 "#;
 
 const KERNELS: &str = r#"
@@ -776,113 +674,6 @@ FLASH(flash_d64_q64, 64, 64)
 FLASH(flash_d128_q64, 128, 64)
 FLASH(flash_d64_q128, 64, 128)
 FLASH(flash_d128_q128, 128, 128)
-
-// Matrix-vector kernels of the formats most files hold (Q4_K_M is Q4_K and Q6_K): a warp per
-// row as in MV, but each lane takes 8 elements of a block with wide loads and the block's
-// scales once. `formulas.rs` walks the same lane mapping in Rust over every element.
-
-// Four f16 at once (8-byte aligned).
-__device__ __forceinline__ void ld4h(const u16* p, float* f) {
-    unsigned long long v = *(const unsigned long long*)p;
-    for (int k = 0; k < 4; k++) f[k] = h2f((u16)(v >> (16 * k)));
-}
-
-// Q4_K: a block per warp iteration; lane L holds qs bytes 4L..4L+3: elements 64(L/8) + 4(L%8) + k
-// (low nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block).
-extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
-    MV_HEAD((cols / 256) * 144)
-    const int jj = lane >> 3, l = 4 * (lane & 7);
-    for (int ib = 0; ib < cols / 256; ib++) {
-        const u8* b = w + ib * 144;
-        int sc0, m0, sc1, m1;
-        scale_min_k4(b + 4, 2 * jj, &sc0, &m0);
-        scale_min_k4(b + 4, 2 * jj + 1, &sc1, &m1);
-        const float d = ldh(b), dmin = ldh(b + 2);
-        const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
-        const u32 q = *(const u32*)(b + 16 + 4 * lane);
-        const int e = ib * 256 + 64 * jj + l;
-        for (int t = 0; t < MV_MAX_N; t++) {
-            if (t >= n) break;
-            float lo[4], hi[4];
-            ld4h(x + (i64)t * cols + e, lo);
-            ld4h(x + (i64)t * cols + e + 32, hi);
-            float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
-            for (int k = 0; k < 4; k++) {
-                s0 += (float)((q >> (8 * k)) & 15) * lo[k]; x0 += lo[k];
-                s1 += (float)((q >> (8 * k + 4)) & 15) * hi[k]; x1 += hi[k];
-            }
-            acc[t] += d0 * s0 - o0 * x0 + d1 * s1 - o1 * x1;
-        }
-    }
-    MV_TAIL
-}
-
-// Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
-// each of the four 32-element quarters, 128h + 32qt + l.
-extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
-    MV_HEAD((cols / 256) * 210)
-    const int h = lane >> 4, l = 2 * (lane & 15);
-    for (int ib = 0; ib < cols / 256; ib++) {
-        const u8* b = w + ib * 210;
-        const float d = ldh(b + 208);
-        float sc[4];
-        for (int qt = 0; qt < 4; qt++) sc[qt] = d * (float)(i8)b[192 + 8 * h + (l >> 4) + 2 * qt];
-        float q[4][2];
-        for (int e = 0; e < 2; e++) {
-            const int xa = b[64 * h + l + e], xb = b[64 * h + l + 32 + e], hb = b[128 + 32 * h + l + e];
-            q[0][e] = (float)(((xa & 15) | ((hb & 3) << 4)) - 32);
-            q[1][e] = (float)(((xb & 15) | (((hb >> 2) & 3) << 4)) - 32);
-            q[2][e] = (float)(((xa >> 4) | (((hb >> 4) & 3) << 4)) - 32);
-            q[3][e] = (float)(((xb >> 4) | (((hb >> 6) & 3) << 4)) - 32);
-        }
-        const int e0 = ib * 256 + 128 * h + l;
-        for (int t = 0; t < MV_MAX_N; t++) {
-            if (t >= n) break;
-            const u16* xt = x + (i64)t * cols + e0;
-            float s = 0.0f;
-            for (int qt = 0; qt < 4; qt++) {
-                const u32 v = *(const u32*)(xt + 32 * qt);
-                s += sc[qt] * (q[qt][0] * h2f((u16)v) + q[qt][1] * h2f((u16)(v >> 16)));
-            }
-            acc[t] += s;
-        }
-    }
-    MV_TAIL
-}
-
-// Q8_0: eight blocks per warp iteration; lane L: block L/4 of the eight, its bytes 8(L%4)..+7.
-extern "C" __global__ void mv_q8_0(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
-    MV_HEAD((cols / 32) * 34)
-    const int nb = cols / 32, o = 8 * (lane & 3);
-    for (int ib = lane >> 2; ib < nb; ib += 8) {
-        const u8* b = w + ib * 34;
-        const float d = ldh(b);
-        float q[8];
-        for (int k = 0; k < 8; k++) q[k] = (float)(i8)b[2 + o + k];
-        for (int t = 0; t < MV_MAX_N; t++) {
-            if (t >= n) break;
-            float a[4], c[4];
-            ld4h(x + (i64)t * cols + ib * 32 + o, a);
-            ld4h(x + (i64)t * cols + ib * 32 + o + 4, c);
-            float s = 0.0f;
-            for (int k = 0; k < 4; k++) s += q[k] * a[k] + q[4 + k] * c[k];
-            acc[t] += d * s;
-        }
-    }
-    MV_TAIL
-}
-
-// Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
-extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        u32 x = (u32)i * 2654435761u ^ seed;
-        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
-        dst[i] = f2h((float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f);
-    }
-}
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
@@ -950,27 +741,6 @@ pub fn dequant_kernel(ty: GgmlType) -> Result<Option<&'static str>, String> {
     }))
 }
 
-/// Tokens the raw-block matrix-vector kernels take at once (`MV_MAX_N` in the source).
-pub const MV_MAX_N: usize = 8;
-
-/// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
-/// f16 tokens (decode steps), when it has one.
-pub fn gemv_kernel(ty: GgmlType) -> Option<&'static str> {
-    // The common formats' own kernels (wide loads, scales once per block).
-    match ty {
-        GgmlType::Q4_K => return Some("mv_q4_k"),
-        GgmlType::Q6_K => return Some("mv_q6_k"),
-        GgmlType::Q8_0 => return Some("mv_q8_0"),
-        _ => {}
-    }
-    let name = match dequant_kernel(ty) {
-        Ok(None) => "mv_f16",
-        Ok(Some(deq)) => NAMES.iter().find(|n| n.strip_suffix("_mv") == Some(deq))?,
-        Err(_) => return None,
-    };
-    Some(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -999,7 +769,7 @@ mod tests {
         assert!(SOURCE.contains("__constant__ signed char kvalues_fp4[16] = {0,1,2,3,4,6,8,12,0,-1,"));
         assert!(SOURCE.contains("__constant__ unsigned long long iq1s_grid[2048] = {18446744073709551615ull,"));
         assert!(SOURCE.contains("__constant__ unsigned char ksigns_iq2xs[128] = {0,129,130,3,"));
-        assert!(SOURCE.starts_with(HELPERS) && SOURCE.ends_with(KERNELS));
+        assert!(SOURCE.starts_with(HELPERS) && SOURCE.contains(KERNELS) && SOURCE.ends_with(crate::matvec::MV_KERNELS));
     }
 
     /// Compiles the source when an NVRTC library is on the library path; catches syntax

@@ -16,6 +16,8 @@ mod attention;
 mod formulas;
 mod gpu;
 pub mod kernels;
+mod matvec;
+mod source_text;
 mod pipeline;
 mod phases;
 mod device_rows;
