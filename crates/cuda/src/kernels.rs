@@ -418,12 +418,12 @@ extern "C" __global__ void residual_norm(float* __restrict__ x, const float* __r
 // RoPE on the first rope_dims dims from the token's (sin, cos) pairs, and for Q the attention
 // scale (Q to qh in f16) — times the token's temperature when temp_scale != 0:
 // ln(floor((pos + temp_offset) / temp_floor) + 1) * temp_scale + 1, the logarithm in double as
-// llama.cpp computes it. K and V (plus bias) go to f16 cache rows kv_row[t]. A lane
+// llama.cpp computes it. K and V (plus bias) go to f16 rows t of kc/vc (the batch's new rows). A lane
 // holds dims lane + 32c (head sizes up to 256); partners of a RoPE pair meet in shared memory.
 extern "C" __global__ void qk_prep(const float* __restrict__ q, u16* __restrict__ qh, const float* __restrict__ k, const float* __restrict__ v,
                                    const float* __restrict__ bq, const float* __restrict__ bk, const float* __restrict__ bv,
                                    const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ rope,
-                                   const int* __restrict__ kv_row, u16* __restrict__ kc, u16* __restrict__ vc,
+                                   u16* __restrict__ kc, u16* __restrict__ vc,
                                    int n_head, int n_kv, int d, int dv, int rope_dims, int neox, float eps, float scale,
                                    const int* __restrict__ pos, float temp_scale, float temp_floor, float temp_offset) {
     __shared__ float buf[8][256];
@@ -435,7 +435,7 @@ extern "C" __global__ void qk_prep(const float* __restrict__ q, u16* __restrict_
     }
     const int half = rope_dims / 2;
     const float* ang = rope + (i64)t * rope_dims;
-    const i64 row = kv_row[t];
+    const i64 row = t;
     for (int hh = warp; hh < n_head + n_kv; hh += warps) {
         const bool is_q = hh < n_head;
         const int kh = hh - n_head;

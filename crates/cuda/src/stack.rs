@@ -1,11 +1,11 @@
 //! Whole decoder stacks on the card: the hidden states go up once, every block runs there
 //! (norms, Q/K/V, RoPE, attention, output projection, residuals, feed-forward), and only
 //! the last block's output and the new tokens' K/V come back — the K/V into the host
-//! cache, where decode reads them.
+//! cache too, for steps the CPU takes.
 //!
 //! The card implements the steps of `engine::block::run_layers` (`CardSteps`). Per layer, on the compute stream:
 //! Q/K/V GEMMs from the normed input (f16) → `qk_prep` (bias, QK-norm, RoPE, scale and temperature; K/V as
-//! f16 rows of a device cache region) → attention per sequence (`stack_attention.rs`) → output GEMM →
+//! the batch's f16 rows in a scratch region) → attention per sequence (`stack_attention.rs`) → output GEMM →
 //! `residual_norm` (post-norm, residual add, the FFN norm) → gate/up GEMMs → activation →
 //! down GEMM → `residual_norm` (post-norm, residual add, the next layer's attention norm).
 //! Each sequence keeps its rows on the card between calls (`device_rows.rs`: only rows the
@@ -130,7 +130,6 @@ impl LayerWeights {
 }
 
 /// The small per-layer vectors (norm weights, biases), packed for one upload: offsets in floats.
-#[derive(PartialEq)]
 struct Vectors {
     data: Vec<f32>,
     at: HashMap<VectorId, usize>,
@@ -146,6 +145,18 @@ impl Vectors {
             }
         }
         Vectors { data, at }
+    }
+
+    /// Whether these are `layers`' vectors, value for value (read in place: no copy).
+    fn holds(&self, layers: &[Layer]) -> bool {
+        let mut count = 0;
+        let same = layers.iter().enumerate().all(|(il, l)| {
+            l.vectors().all(|(role, v)| {
+                count += 1;
+                self.at.get(&(il, role)).is_some_and(|&at| self.data.get(at..at + v.len()) == Some(v))
+            })
+        });
+        same && count == self.at.len()
     }
 }
 
@@ -210,7 +221,6 @@ struct Device {
     rope_g: u64,
     rope_l: u64,
     pos: u64,
-    kv_row: u64,
     scores: Scores,
 }
 
@@ -247,7 +257,6 @@ impl<'a, 'c> CardSteps<'a, 'c> {
 
         // Each sequence's rows on the card: its prefix there, room for its new tokens.
         let pos0: Vec<usize> = input.spans.iter().map(|s| input.positions[s.start]).collect();
-        let kv_row: Vec<i32> = (0..int(n)?).collect();
         let mut pos = vec![0i32; n];
         for (s, &p0) in input.spans.iter().zip(&pos0) {
             for t in s.clone() {
@@ -265,8 +274,8 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let rope_flat = |r: &[(f32, f32)]| -> Vec<f32> { r.iter().flat_map(|&(s, c)| [s, c]).collect() };
         let (rope_g, rope_l) = (rope_flat(input.rope_global), rope_flat(input.rope_local));
         // The norm weights go up when they differ from the last call's (another model).
-        let vecs = Vectors::pack(layers);
-        if b.vectors.as_ref().is_none_or(|(v, _)| *v != vecs) {
+        if b.vectors.as_ref().is_none_or(|(v, _)| !v.holds(layers)) {
+            let vecs = Vectors::pack(layers);
             b.vectors = None;
             let dev = DevBuf::new(&gpu.ctx, vecs.data.len() * 4)?;
             unsafe { drv::memcpy_htod_async(dev.ptr, &vecs.data[..], gpu.s_comp.cu_stream()) }.map_err(err("upload norms"))?;
@@ -275,12 +284,11 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let (vecs, vec_at) = b.vectors.as_ref().map(|(v, d)| (v.at.clone(), d.ptr)).expect("set above");
 
         // Device memory: the small inputs in one buffer (f32/i32 words), then the activations.
-        let small_words = rope_g.len() + rope_l.len() + 2 * n;
+        let small_words = rope_g.len() + rope_l.len() + n;
         let small = ensure_dev(&gpu.ctx, &mut b.small, small_words * 4)?;
         let rope_g_at = small;
         let rope_l_at = rope_g_at + (rope_g.len() * 4) as u64;
         let pos_at = rope_l_at + (rope_l.len() * 4) as u64;
-        let kv_row_at = pos_at + (n * 4) as u64;
         let chunk = n.min(FFN_CHUNK);
         let d_x = ensure_dev(&gpu.ctx, &mut b.x, n * d * 4)?;
         // The hidden states cross through pinned memory (full bus speed), copied on every core.
@@ -318,7 +326,6 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             rope_g: rope_g_at,
             rope_l: rope_l_at,
             pos: pos_at,
-            kv_row: kv_row_at,
         };
         // The largest expansion a GEMM of this call makes, allocated now: growing it between
         // GEMMs could free memory a queued one still reads.
@@ -342,7 +349,6 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             drv::memcpy_htod_async(rope_g_at, &rope_g[..], stream).map_err(err("upload RoPE"))?;
             drv::memcpy_htod_async(rope_l_at, &rope_l[..], stream).map_err(err("upload RoPE"))?;
             drv::memcpy_htod_async(pos_at, &pos[..], stream).map_err(err("upload positions"))?;
-            drv::memcpy_htod_async(kv_row_at, &kv_row[..], stream).map_err(err("upload rows"))?;
             drv::memcpy_htod_async(d_x, std::slice::from_raw_parts(x_pinned as *const f32, n * d), stream).map_err(err("upload hidden states"))?;
         }
         // Streamed weights: the first layer's now, each next one while the card computes.
@@ -492,7 +498,6 @@ impl BlockSteps for CardSteps<'_, '_> {
             KArg::P(v(VectorRole::QNorm)),
             KArg::P(v(VectorRole::KNorm)),
             KArg::P(rope_at),
-            KArg::P(dev.kv_row),
             KArg::P(reg_k),
             KArg::P(reg_v),
             KArg::I(int(s.n_head)?),
