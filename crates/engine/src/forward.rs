@@ -198,34 +198,34 @@ impl Runner {
                 h.extend_from_slice(&x[r.start * d..r.end * d]);
             }
             ops::rms_norm(&mut h, &self.model.output_norm, c.norm_eps);
-            if output == Output::Hidden {
-                let mut at = 0;
-                return Ok(seqs
-                    .iter()
-                    .map(|s| {
-                        at += s.logit_rows.len() * d;
-                        h[at - s.logit_rows.len() * d..at].to_vec()
-                    })
-                    .collect());
-            }
-            let mut logits = vec![0f32; h.len() / d * c.n_vocab];
-            match stacked {
-                // The logits follow a resident stack (its engine holds the output weight too).
-                Stacked::Resident(engine) => self.dispatcher.matmul_on(engine, &self.model.output, &h, &mut logits),
-                _ => self.dispatcher.matmul(&self.model.output, &h, &mut logits),
-            }
-            if let Some(cap) = c.logit_softcap {
-                logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
-            }
-            let mut out = Vec::with_capacity(seqs.len());
+            let (rows, width) = match output {
+                Output::Hidden => (h, d),
+                Output::Logits => (self.logits(&h, stacked), c.n_vocab),
+            };
             let mut at = 0;
-            for s in seqs.iter() {
-                let len = s.logit_rows.len() * c.n_vocab;
-                out.push(logits[at..at + len].to_vec());
-                at += len;
-            }
-            Ok(out)
+            Ok(seqs
+                .iter()
+                .map(|s| {
+                    at += s.logit_rows.len() * width;
+                    rows[at - s.logit_rows.len() * width..at].to_vec()
+                })
+                .collect())
         })
+    }
+
+    /// The vocabulary's logits of the normed rows `h`, on the engine of a resident stack (it
+    /// holds the output weight too) or wherever the dispatcher places them.
+    fn logits(&self, h: &[f32], stacked: Stacked) -> Vec<f32> {
+        let c = &self.model.config;
+        let mut logits = vec![0f32; h.len() / c.n_embd * c.n_vocab];
+        match stacked {
+            Stacked::Resident(engine) => self.dispatcher.matmul_on(engine, &self.model.output, h, &mut logits),
+            _ => self.dispatcher.matmul(&self.model.output, h, &mut logits),
+        }
+        if let Some(cap) = c.logit_softcap {
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+        logits
     }
 
     /// Gemma 4's per-layer inputs of the batch, `[n_layer, n, width]` (empty without them), as
