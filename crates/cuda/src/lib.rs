@@ -487,7 +487,7 @@ impl CudaEngine {
             // Expansions side by side in one scratch buffer, sized before the first is made.
             let front = ffn.map_or(vec![], |(gate, up, _)| vec![gate, up]);
             let all: Vec<&DevWeight> = front.iter().chain(ws).collect();
-            let need: usize = all.iter().filter(|w| w.f16 == 0).map(|w| w.rows * w.cols * 2).sum();
+            let need: usize = all.iter().map(|w| w.expansion_bytes()).sum();
             if need > 0 {
                 gpu::ensure_dev(&g.ctx, &mut scratch.expand, need)?;
             }
@@ -495,7 +495,7 @@ impl CudaEngine {
             let mut f16 = Vec::with_capacity(all.len());
             for w in &all {
                 f16.push(w.f16_in(g, &mut scratch.expand, offset)?);
-                offset += if w.f16 == 0 { w.rows * w.cols * 2 } else { 0 };
+                offset += w.expansion_bytes();
             }
             let stage = ffn.map(|(gate, _, kernel)| pipeline::FfnStage { gate: f16[0], up: f16[1], ff: gate.rows, kernel });
             let list: Vec<(u64, usize)> = f16[front.len()..].iter().zip(ws).map(|(&p, w)| (p, w.rows)).collect();

@@ -330,9 +330,9 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         // The largest expansion a GEMM of this call makes, allocated now: growing it between
         // GEMMs could free memory a queued one still reads.
         if n > crate::kernels::MV_MAX_N {
-            let most = weights.into_iter().flatten().flat_map(|l| &l.0).filter(|(_, w)| w.f16 == 0).map(|(_, w)| w.rows * w.cols * 2).max();
-            if let Some(bytes) = most {
-                ensure_dev(&gpu.ctx, &mut b.expand, bytes)?;
+            let most = weights.into_iter().flatten().flat_map(|l| &l.0).map(|(_, w)| w.expansion_bytes()).max().unwrap_or(0);
+            if most > 0 {
+                ensure_dev(&gpu.ctx, &mut b.expand, most)?;
             }
         }
         let staged = n * (kvd + vd);

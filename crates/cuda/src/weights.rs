@@ -123,6 +123,15 @@ impl DevWeight {
         DevWeight { f16: ptr, raw: 0, ty: GgmlType::F16, rows, cols }
     }
 
+    /// Bytes a GEMM's expansion of it takes in a scratch buffer (0: it keeps its own f16).
+    pub(crate) fn expansion_bytes(&self) -> usize {
+        if self.f16 == 0 {
+            self.rows * self.cols * 2
+        } else {
+            0
+        }
+    }
+
     /// `out[n, rows] (f32) = x[n, cols] (f16) · Wᵀ` on the compute stream: the raw blocks'
     /// matrix-vector kernel for up to MV_MAX_N tokens, else a GEMM over the f16 expansion,
     /// made in `expand` first when the weight keeps none.
