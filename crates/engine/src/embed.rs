@@ -81,15 +81,13 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::random_model::RandomModelSpec;
+    use crate::random_model::tiny_model;
 
     /// Mean pooling is the mean of the per-token vectors (first and last pooling the ends),
     /// each made unit length; every vector is the final norm's output of a causal pass.
     #[test]
     fn pooling_matches_the_per_token_vectors() {
-        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
-        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
-        let runner = Runner::new(crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap(), 1).unwrap();
+        let runner = Runner::new(tiny_model(quant::GgmlType::Q8_0), 1).unwrap();
         let tokens = [5u32, 17, 3, 99, 42];
         let d = runner.model.config.n_embd;
         let mut cache = runner.new_cache(tokens.len());

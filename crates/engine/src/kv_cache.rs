@@ -185,15 +185,13 @@ impl crate::matrix::KvRows for KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::random_model::RandomModelSpec;
+    use crate::random_model::tiny_model;
 
     /// A snapshot restored into another cache gives the same rows and state, costs only the
     /// filled positions, and is refused by a cache too small for it.
     #[test]
     fn snapshot_restores_rows_and_state() {
-        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
-        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
-        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let c = tiny_model(quant::GgmlType::Q8_0).config;
         let mut a = KvCache::new(&c, 32);
         let (kd, vd) = c.kv_widths(0);
         for layer in 0..c.n_layer {
@@ -220,9 +218,7 @@ mod tests {
     #[test]
     fn host_changes_lower_the_engine_mirror() {
         use crate::matrix::KvRows;
-        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
-        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
-        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let c = tiny_model(quant::GgmlType::Q8_0).config;
         let mut a = KvCache::new(&c, 32);
         let (kd, vd) = c.kv_widths(0);
         a.set_len(20);
@@ -245,9 +241,7 @@ mod tests {
     /// same values, in every layer, and leaves the other rows alone.
     #[test]
     fn f16_write_back_matches_store() {
-        let spec = RandomModelSpec::preset("tiny", quant::GgmlType::Q8_0).unwrap();
-        let file = gguf::GgufFile::from_bytes(spec.build().unwrap().to_bytes()).unwrap();
-        let c = crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).unwrap().config;
+        let c = tiny_model(quant::GgmlType::Q8_0).config;
         let (mut a, mut b) = (KvCache::new(&c, 16), KvCache::new(&c, 16));
         let (kd, vd) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
         for layer in 0..c.n_layer {

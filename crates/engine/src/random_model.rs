@@ -741,3 +741,11 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// The `tiny` preset's model with every matrix in `ty`, loaded (unit tests).
+#[cfg(test)]
+pub(crate) fn tiny_model(ty: quant::GgmlType) -> crate::Model {
+    let spec = RandomModelSpec::preset("tiny", ty).expect("the tiny preset exists");
+    let file = gguf::GgufFile::from_bytes(spec.build().expect("a tiny model").to_bytes()).expect("its bytes parse");
+    crate::Model::from_file(std::sync::Arc::new(file), &mut |_, _| {}).expect("it loads")
+}
