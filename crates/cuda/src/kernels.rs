@@ -674,6 +674,15 @@ FLASH(flash_d64_q64, 64, 64)
 FLASH(flash_d128_q64, 128, 64)
 FLASH(flash_d64_q128, 64, 128)
 FLASH(flash_d128_q128, 128, 128)
+
+// Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
+extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        u32 x = (u32)i * 2654435761u ^ seed;
+        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+        dst[i] = f2h((float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.

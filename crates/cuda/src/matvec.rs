@@ -30,9 +30,12 @@ __device__ __forceinline__ float warp_sum(float s) {
         float s = warp_sum(acc[t]); \
         if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
     }
-#define MV(NAME, BS, BB, ...) \
+// Every matrix-vector kernel's signature: raw blocks, f16 tokens `[n, cols]`, f32 out `[n, rows]`.
+#define MV_KERNEL(NAME) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
-                                int rows, int cols, int n) { \
+                                int rows, int cols, int n)
+#define MV(NAME, BS, BB, ...) \
+MV_KERNEL(NAME) { \
     MV_HEAD((cols / BS) * BB) \
     for (int i = lane; i < cols; i += 32) { \
         const u8* b = w + (i / BS) * BB; const int j = i % BS; float v; \
@@ -57,8 +60,7 @@ __device__ __forceinline__ void ld4h(const u16* p, float* f) {
 
 // Q4_K: a block per warp iteration; lane L holds qs bytes 4L..4L+3: elements 64(L/8) + 4(L%8) + k
 // (low nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block).
-extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
+MV_KERNEL(mv_q4_k) {
     MV_HEAD((cols / 256) * 144)
     const int jj = lane >> 3, l = 4 * (lane & 7);
     for (int ib = 0; ib < cols / 256; ib++) {
@@ -88,8 +90,7 @@ extern "C" __global__ void mv_q4_k(const u8* __restrict__ src, const u16* __rest
 
 // Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
 // each of the four 32-element quarters, 128h + 32qt + l.
-extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
+MV_KERNEL(mv_q6_k) {
     MV_HEAD((cols / 256) * 210)
     const int h = lane >> 4, l = 2 * (lane & 15);
     for (int ib = 0; ib < cols / 256; ib++) {
@@ -121,8 +122,7 @@ extern "C" __global__ void mv_q6_k(const u8* __restrict__ src, const u16* __rest
 }
 
 // Q8_0: eight blocks per warp iteration; lane L: block L/4 of the eight, its bytes 8(L%4)..+7.
-extern "C" __global__ void mv_q8_0(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y,
-                                   int rows, int cols, int n) {
+MV_KERNEL(mv_q8_0) {
     MV_HEAD((cols / 32) * 34)
     const int nb = cols / 32, o = 8 * (lane & 3);
     for (int ib = lane >> 2; ib < nb; ib += 8) {
@@ -143,14 +143,6 @@ extern "C" __global__ void mv_q8_0(const u8* __restrict__ src, const u16* __rest
     MV_TAIL
 }
 
-// Deterministic pseudo-random halves in [-1, 1) (benchmark operands; never zeros).
-extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        u32 x = (u32)i * 2654435761u ^ seed;
-        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
-        dst[i] = f2h((float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f);
-    }
-}
 "#;
 
 /// Tokens the raw-block matrix-vector kernels take at once (`MV_MAX_N` in the source).
