@@ -69,7 +69,8 @@ fn eight_streaming_clients_get_the_single_client_greedy_text() {
     let tokens = metric(a, "tandem_generated_tokens_total");
     assert_eq!(tokens, (8 * n) as f64);
     assert!(passes < tokens * 0.6, "{passes} decode passes for {tokens} tokens: not batched");
-    assert_eq!(metric(a, "tandem_slots_busy"), 0.0);
+    // The last event can reach a client a moment before the scheduler frees its slot.
+    wait_for("every slot to be free", Duration::from_secs(10), || metric(a, "tandem_slots_busy") == 0.0);
     srv.shutdown().unwrap();
 }
 
