@@ -4,9 +4,10 @@
 //! every token. The tiled kernels instead take the activations of all tokens as
 //! [`ActPanels`] (the quantized rows re-laid out so that one 512-bit vector holds the same
 //! 4 bytes of 16 tokens), expand each weight row once into unsigned bytes, and then for
-//! each 4-byte weight chunk do one broadcast and one VNNI `dpbusd` per 16 tokens: lane
-//! `t` accumulates row `r` · token `t` directly, so no horizontal sums are needed and the
-//! float work (block scales) is shared by 16 tokens.
+//! each 4-byte weight chunk do one broadcast and one VNNI `dpbusd` per 16 tokens (AVX2:
+//! `maddubs` per 8 tokens, see `simd::x86::gemm_avx2`): lane `t` accumulates row `r` ·
+//! token `t` directly, so no horizontal sums are needed and the float work (block
+//! scales) is shared by all the vector's tokens.
 //!
 //! The integer sums per block are exact, as in the dot kernels; weight offsets (Q4_0's
 //! -8, Q5_0's -16, Q6_K's -32, Q8_0 and the codebook formats stored +128) are taken out
@@ -138,13 +139,19 @@ impl ActPanels {
 /// types are checked (panics on mismatch).
 pub type GemmFn = unsafe fn(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize);
 
-/// The tiled kernel for weight type `ty` on this CPU, if there is one (AVX-512 VNNI:
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4). Callers fall
-/// back to dot kernels.
+/// The tiled kernel for weight type `ty` on this CPU, if there is one (AVX-512 VNNI, else
+/// AVX2: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4). Callers
+/// fall back to dot kernels.
 pub fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::x86::has_avx512vnni() {
-        return crate::simd::x86::gemm_kernel(ty);
+    {
+        use crate::simd::x86;
+        if x86::has_avx512vnni() {
+            return x86::gemm_kernel(ty);
+        }
+        if x86::has_avx2() {
+            return x86::gemm_kernel_avx2(ty);
+        }
     }
     let _ = ty;
     None

@@ -74,6 +74,45 @@ fn gemm_matches_scalar_dots() {
     }
 }
 
+/// Every quant byte at an extreme (0xFF: the largest 4/5/6-bit values and K-quant scales;
+/// 0x80: Q8_0's -128 and Q6_K's -128 scales; 0x00: the codebooks' -127) against
+/// activations all at +-127: where an integer sum could overflow or saturate (the AVX2
+/// kernels' i16 pair sums), it shows here.
+#[test]
+fn gemm_survives_extreme_values() {
+    if gemm_kernel(GgmlType::Q4_0).is_none() {
+        return;
+    }
+    let mut rng = Rng::new(93);
+    for ty in TYPES {
+        let k = if ty.block_size() == 256 { 512 } else { 128 };
+        let (m, n) = (6, 19);
+        for fill in [0xFF, 0x80, 0x00] {
+            let mut w = random_weights(&mut rng, ty, m * k / ty.block_size());
+            for blk in w.chunks_exact_mut(ty.block_bytes()) {
+                let keep: Vec<usize> = match ty {
+                    GgmlType::MXFP4 => vec![0], // the E8M0 scale byte
+                    _ => f16_fields(ty).iter().flat_map(|&o| [o, o + 1]).collect(),
+                };
+                for (i, b) in blk.iter_mut().enumerate() {
+                    if !keep.contains(&i) {
+                        *b = fill;
+                    }
+                }
+            }
+            let at = ty.vec_dot_type();
+            let mut a = vec![0u8; n * at.bytes_for(k as u64).unwrap() as usize];
+            // Constant rows quantize to +-127 everywhere; alternate the rows' signs.
+            let x: Vec<f32> = (0..n * k).map(|i| if (i / k) % 2 == 0 { 1.0 } else { -0.5 }).collect();
+            quantize_activations(at, &x, &mut a).unwrap();
+            let panels = ActPanels::new(at, &a, k).unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            gemm(ty, &w, &panels, &mut out).unwrap();
+            check(ty, &w, &a, m, n, k, &out, m);
+        }
+    }
+}
+
 /// The raw kernel with a row stride: writes exactly its columns of a wider matrix.
 #[test]
 fn gemm_kernel_writes_only_its_columns() {

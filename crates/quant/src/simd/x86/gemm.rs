@@ -1,4 +1,5 @@
-//! AVX-512 VNNI tiled kernels (see `crate::gemm`): the driver and the weight expansion.
+//! AVX-512 VNNI tiled kernels (see `crate::gemm`): the driver and the weight expansion
+//! (shared with the AVX2 kernels of `gemm_avx2`).
 //!
 //! Weight rows are expanded, a slab at a time, into [`Rows`]: one unsigned byte per
 //! element (the value plus the format's offset) and per-block scales. The tile
@@ -18,9 +19,9 @@ use crate::util::rd_f16;
 use crate::GgmlType;
 
 /// Rows expanded per slab (kept in L1/L2 while every token block passes over them).
-const SLAB: usize = 32;
+pub(super) const SLAB: usize = 32;
 /// Token groups per block (128 tokens: their panels stay in L2 across a slab).
-const TOKEN_GROUPS: usize = 8;
+pub(super) const TOKEN_GROUPS: usize = 8;
 
 /// Expanded weight rows (a multiple of [`MR`], padding rows all zero), row-major.
 pub(super) struct Rows {
@@ -101,8 +102,9 @@ legacy_family!(FQ8_0, GgmlType::Q8_0, false, 7, |b, q, f0, _f1| {
 #[inline(always)]
 fn codebook(qs: &[u8], table: &[i8; 16], q: &mut [u8]) {
     assert!(qs.len() >= 16 && q.len() >= 32);
-    // SAFETY: in bounds (checked above); SSSE3 is part of the AVX-512 level, and `expand`
-    // runs only inside the entry points below, handed out after run-time detection.
+    // SAFETY: in bounds (checked above); SSSE3 is part of both the AVX2 and the AVX-512
+    // levels, and `expand` runs only inside tiled entry points, handed out after run-time
+    // detection.
     unsafe {
         let t = _mm_xor_si128(_mm_loadu_si128(table.as_ptr() as *const __m128i), _mm_set1_epi8(-128));
         let raw = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
@@ -223,7 +225,7 @@ impl Family for Iq4Xs {
 
 /// Expand rows `rows` of `w` (`rb` bytes each) into `dst` (its padding rows zeroed).
 #[inline(always)]
-fn expand_rows<F: Family>(w: &[u8], rb: usize, k: usize, rows: std::ops::Range<usize>, dst: &mut Rows) {
+pub(super) fn expand_rows<F: Family>(w: &[u8], rb: usize, k: usize, rows: std::ops::Range<usize>, dst: &mut Rows) {
     let (bs, bb) = (F::TY.block_size(), F::TY.block_bytes());
     let nb = k / bs;
     let n = rows.len();

@@ -12,6 +12,7 @@
 mod act;
 mod float;
 mod gemm;
+mod gemm_avx2;
 mod gemm_tiles;
 mod iq_grids;
 mod k_low;
@@ -248,6 +249,7 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
 
 pub(crate) use act::{quantize_q8_k, quantize_q8_x86};
 pub(crate) use gemm::gemm_kernel;
+pub(crate) use gemm_avx2::gemm_kernel_avx2;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
 
 /// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:
