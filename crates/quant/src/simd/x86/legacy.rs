@@ -80,20 +80,34 @@ unsafe fn scales_x1(x: *const u8, y: *const u8) -> __m128 {
 }
 
 /// Blocks of a "_1" format: `quants(x)` gives the 32 unsigned quants of block `x`.
-/// Two independent (acc, min-acc) pairs; the min terms `mx*sy` sum in lane 1 of `accm`.
+/// Two independent (acc, min-acc) pairs, in registers (an accumulator array indexed by
+/// `i & 1` would live on the stack, a store-to-load chain per block); the min terms
+/// `mx*sy` sum in lane 1 of `accm`.
 macro_rules! blocks_x1 {
     ($I:ty, $n:expr, $w:expr, $a:expr, $wb:expr, $x:ident => $quants:expr) => {{
-        let (mut acc, mut accm) = ([_mm256_setzero_ps(); 2], [_mm_setzero_ps(); 2]);
-        for i in 0..$n / 32 {
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut accm0, mut accm1) = (_mm_setzero_ps(), _mm_setzero_ps());
+        let nb = $n / 32;
+        let mut i = 0;
+        while i < nb {
             let ($x, y) = ($w.add(i * $wb), $a.add(i * 36));
             let ds = scales_x1($x, y);
             let s = <$I>::dot_u8i8(_mm256_setzero_si256(), $quants, ld256(y.add(4)));
-            let k = i & 1;
-            acc[k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(s), acc[k]);
-            accm[k] = _mm_add_ps(accm[k], ds);
+            acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(s), acc0);
+            accm0 = _mm_add_ps(accm0, ds);
+            i += 1;
+            if i == nb {
+                break;
+            }
+            let ($x, y) = ($w.add(i * $wb), $a.add(i * 36));
+            let ds = scales_x1($x, y);
+            let s = <$I>::dot_u8i8(_mm256_setzero_si256(), $quants, ld256(y.add(4)));
+            acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(s), acc1);
+            accm1 = _mm_add_ps(accm1, ds);
+            i += 1;
         }
-        let m = _mm_add_ps(accm[0], accm[1]);
-        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(_mm_movehdup_ps(m))
+        let m = _mm_add_ps(accm0, accm1);
+        hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(m))
     }};
 }
 

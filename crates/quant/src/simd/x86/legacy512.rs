@@ -15,7 +15,7 @@ use crate::tables::{KVALUES_FP4, KVALUES_IQ4NL};
 
 #[inline(always)]
 unsafe fn rd16(p: *const u8) -> i32 {
-    (p as *const u16).read_unaligned() as i32
+    super::rd_u16(p) as i32
 }
 
 #[inline(always)]
