@@ -1,5 +1,6 @@
 //! Rough dot-kernel throughput per type and SIMD level (single thread).
-//! `cargo run --release -p quant --example bench_dot`
+//! `cargo run --release -p quant --example bench_dot`; `ROWS` (default 32: in L2) and
+//! `K` (row length, default 4096) set the shape, `TYPES=Q4_0,Q8_0` picks types.
 
 use std::time::Instant;
 
@@ -7,7 +8,8 @@ use quant::{dot_kernel_at, quantize_row, GgmlType, SimdLevel};
 
 fn main() {
     use GgmlType::*;
-    let n = 4096usize;
+    let n: usize = std::env::var("K").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
+    let only: Option<Vec<String>> = std::env::var("TYPES").ok().map(|v| v.split(',').map(|t| t.to_uppercase()).collect());
     // Few rows: the weights stay in L2, so this measures the kernels, not DRAM.
     let rows: usize = std::env::var("ROWS")
         .ok()
@@ -27,6 +29,9 @@ fn main() {
         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
         MXFP4, NVFP4, Q1_0, Q2_0, TQ1_0, TQ2_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M,
     ] {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|t| t == ty.name())) {
+            continue;
+        }
         let row_bytes = ty.bytes_for(n as u64).unwrap() as usize;
         let mut w = vec![0u8; row_bytes * rows];
         quantize_row(ty, &x, &mut w).unwrap();
