@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use crate::blocks::dot_kernel_scalar;
-use crate::{DotFn, GgmlType, QuantError};
+use crate::{DotFn, GgmlType, QuantError, RowsDotFn};
 
 /// An instruction-set level with its own kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +99,19 @@ pub fn dot_kernel_at(level: SimdLevel, ty: GgmlType) -> Result<DotFn, QuantError
         _ => None,
     };
     Ok(simd.unwrap_or(scalar))
+}
+
+/// The row-batch form of [`dot_kernel`] for this weight type on this CPU, where there is
+/// one (the main decode formats: Q4_0..Q8_0 and Q4_K..Q6_K on AVX2, the K-quants on
+/// AVX-512); callers fall back to [`dot_kernel`] row by row.
+pub fn rows_dot_kernel(ty: GgmlType) -> Option<RowsDotFn> {
+    #[cfg(target_arch = "x86_64")]
+    return crate::simd::x86::rows_kernel(ty);
+    #[allow(unreachable_code)]
+    {
+        let _ = ty;
+        None
+    }
 }
 
 /// IEEE half bytes (little endian, any alignment) -> f32, exactly. `src.len() == 2 * dst.len()`.

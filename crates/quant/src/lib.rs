@@ -10,6 +10,7 @@
 //!   [`quantize_row_x86`]).
 //! - [`dot_kernel`]: the fastest dot kernel for this CPU (SIMD chosen at run time);
 //!   [`dot_kernel_scalar`]: the reference kernel it must agree with.
+//! - [`rows_dot_kernel`]: many weight rows against one token in one call (decode).
 //! - [`gemm_kernel`] / [`ActPanels`]: tiled kernels for many tokens at once (prefill).
 //! - [`f16_to_f32_slice`] / [`f32_to_f16_slice`]: fast half conversions.
 //! - [`tables`]: the codebooks and grids of the non-linear formats (IQ*, MXFP4, NVFP4),
@@ -34,7 +35,7 @@ pub use activations::{quantize_activations, quantize_row_x86};
 pub use amx::{amx_support, AmxSupport};
 pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
 pub use dispatch::{
-    dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, simd_level, SimdLevel,
+    dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, rows_dot_kernel, simd_level, SimdLevel,
 };
 pub use gemm::{gemm, gemm_kernel, ActPanels, GemmFn, PANEL_TOKENS};
 pub use types::{GgmlType, QuantError};
@@ -47,3 +48,8 @@ pub use types::{GgmlType, QuantError};
 /// quants lie in -127..=127 for finite input (ggml's quantizers never emit -128; like
 /// ggml's, the AVX2 kernels rely on that).
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// A row-batch dot kernel: `out[r]` = row `r` of `w` (`out.len()` rows of `n` elements of
+/// the weight type) against `a` (`n` elements of `ty.vec_dot_type()`). Bit for bit the
+/// [`DotFn`] of the same type on every row; panics on mismatched lengths.
+pub type RowsDotFn = fn(n: usize, w: &[u8], a: &[u8], out: &mut [f32]);

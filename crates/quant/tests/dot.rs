@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use quant::{dot_kernel, dot_kernel_at, dot_kernel_scalar, GgmlType, SimdLevel};
+use quant::{dot_kernel, dot_kernel_at, dot_kernel_scalar, rows_dot_kernel, GgmlType, SimdLevel};
 
 /// Sum of |w_i * a_i| over the dequantized operands: the scale of rounding errors.
 fn magnitude(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
@@ -66,6 +66,43 @@ fn simd_matches_scalar_every_level() {
                 }
             }
         }
+    }
+}
+
+/// The row-batch kernels give, for every row, exactly the single-row kernel's result, on
+/// random rows (raw bit patterns and quantized values) and odd row counts; bad lengths panic.
+#[test]
+fn rows_kernels_equal_the_dot_kernel_on_every_row() {
+    let mut rng = Rng::new(77);
+    let mut tested = 0;
+    for &ty in GgmlType::ALL.iter() {
+        let Some(rows) = rows_dot_kernel(ty) else { continue };
+        tested += 1;
+        let dot = dot_kernel(ty).unwrap();
+        for n in lengths(ty) {
+            for m in [1, 3, 8] {
+                let nb = n / ty.block_size();
+                let w: Vec<u8> = (0..m)
+                    .flat_map(|r| if r % 2 == 0 { random_weights(&mut rng, ty, nb) } else { quantized(ty, &rng.normals(n, 0.5)) })
+                    .collect();
+                let a = random_activations(&mut rng, ty, n);
+                let mut out = vec![f32::NAN; m];
+                rows(n, &w, &a, &mut out);
+                let rb = w.len() / m;
+                for r in 0..m {
+                    let want = dot(n, &w[r * rb..(r + 1) * rb], &a);
+                    assert_eq!(out[r].to_bits(), want.to_bits(), "{} n={n} row {r}: {} vs {want}", ty.name(), out[r]);
+                }
+                let mut short = vec![0.0; m + 1];
+                let bad = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rows(n, &w, &a, &mut short)));
+                assert!(bad.is_err(), "{}: {} rows accepted for {m}", ty.name(), m + 1);
+            }
+        }
+    }
+    eprintln!("{tested} types have row-batch kernels at {}", quant::simd_level());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(tested >= 3, "no row-batch kernels on an AVX2 machine");
     }
 }
 

@@ -116,7 +116,11 @@ pub fn matmul_many(ws: &[&Weight], inputs: &[&QuantizedInput], outs: &mut [&mut 
 /// the task's chunk passes over them (a prefill's whole activations would not).
 const DOT_TOKEN_BLOCK: usize = 16;
 
-/// Rows `r0..r1` of `out[n, m]` with the dot kernel, token block by token block (each weight
+/// Bytes of weight rows per piece of the row-batch path (half of a 32 KiB L1).
+const ROWS_PIECE_BYTES: usize = 16 * 1024;
+
+/// Rows `r0..r1` of `out[n, m]` with the dot kernel (the row-batch form where the type
+/// has one), token block by token block (each weight
 /// row then comes from L2, each block's activations from L1, instead of every token's
 /// activations streaming from memory once per weight row).
 ///
@@ -124,6 +128,20 @@ const DOT_TOKEN_BLOCK: usize = 16;
 /// `dst` points at `input.n * w.rows` floats; nothing else writes these rows meanwhile.
 unsafe fn rows_dot(w: &Weight, input: &QuantizedInput, r0: usize, r1: usize, dst: SharedMut<f32>) {
     let (m, k) = (w.rows, w.cols);
+    if let Some(rows) = quant::rows_dot_kernel(w.ty) {
+        // Pieces of rows that stay in L1 while every token passes over them.
+        let (data, rb) = (w.data(), w.row_bytes());
+        let piece = (ROWS_PIECE_BYTES / rb).max(1);
+        for p0 in (r0..r1).step_by(piece) {
+            let p1 = (p0 + piece).min(r1);
+            for t in 0..input.n {
+                // SAFETY: out[t * m + p0..t * m + p1] lies inside dst (p1 <= m) and is ours.
+                let out = std::slice::from_raw_parts_mut(dst.ptr().add(t * m + p0), p1 - p0);
+                rows(k, &data[p0 * rb..p1 * rb], input.row(t), out);
+            }
+        }
+        return;
+    }
     let dot = quant::dot_kernel(w.ty).expect("checked when the weight was loaded");
     for t0 in (0..input.n).step_by(DOT_TOKEN_BLOCK) {
         let t1 = (t0 + DOT_TOKEN_BLOCK).min(input.n);

@@ -84,7 +84,7 @@ unsafe fn scale_pick(k: usize) -> __m256i {
 }
 
 #[inline(always)]
-unsafe fn q4_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q4_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
     let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for i in 0..n / 256 {
         k4_block::<I, false>(w.add(i * 144), a.add(i * 292), &mut acc, &mut acc_m);
@@ -93,7 +93,7 @@ unsafe fn q4_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn q5_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q5_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
     let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for i in 0..n / 256 {
         k4_block::<I, true>(w.add(i * 176), a.add(i * 292), &mut acc, &mut acc_m);
@@ -102,7 +102,7 @@ unsafe fn q5_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn q6_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q6_k_body<I: Isa>(n: usize, w: *const u8, a: *const u8) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
     for i in 0..n / 256 {

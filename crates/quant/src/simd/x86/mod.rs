@@ -21,6 +21,7 @@ mod legacy;
 mod legacy512;
 mod lowbit;
 mod nonlinear;
+mod rows;
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -267,6 +268,7 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
 pub(crate) use act::{quantize_q8_k, quantize_q8_x86};
 pub(crate) use gemm::gemm_kernel;
 pub(crate) use gemm_avx2::gemm_kernel_avx2;
+pub(crate) use rows::rows_kernel;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
 
 /// Declares a safe `DotFn` for each ISA flavour around a generic `unsafe` body:

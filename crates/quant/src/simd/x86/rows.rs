@@ -1,0 +1,73 @@
+//! Row-batch dot kernels for decode: one call dots every row of a weight slab against
+//! one token, so the per-row call, length checks and prologue are paid once per slab,
+//! and the out-of-order core overlaps a row's horizontal sum with the next row's loads
+//! (a fifth of a 640-element Q5_0 row's time went to that per-row overhead).
+//!
+//! Each kernel runs the same inlined body as the single-row kernel of its level, so its
+//! results are bit for bit those of [`crate::dot_kernel`].
+
+use super::k_quants::{q4_k_body, q5_k_body, q6_k_body};
+use super::legacy::{q4_0_body, q4_1_body, q5_0_body, q5_1_body, q8_0_body};
+use super::{Avx2, Avx512};
+use crate::{GgmlType, RowsDotFn};
+
+/// `$name(n, w, a, out)`: `out[r]` = row `r` of `w` (n elements, `$wb` bytes per `$qk`)
+/// against `a` (`$ab` bytes per `$qk`), with `$body` at ISA level `$isa`.
+macro_rules! rows_entry {
+    ($name:ident, $features:literal, $isa:ident, $body:ident, $qk:expr, $wb:expr, $ab:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+            #[target_feature(enable = $features)]
+            unsafe fn inner(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+                let rb = n / $qk * $wb;
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = $body::<$isa>(n, w.as_ptr().add(r * rb), a.as_ptr());
+                }
+            }
+            let ok = n.is_multiple_of($qk) && w.len() == out.len() * (n / $qk * $wb) && a.len() == n / $qk * $ab;
+            assert!(ok, "rows dot: {} rows of {n} elements need {} weight and {} activation bytes", out.len(), out.len() * (n / $qk * $wb), n / $qk * $ab);
+            // SAFETY: handed out only after run-time detection; lengths checked above.
+            unsafe { inner(n, w, a, out) }
+        }
+    };
+}
+
+rows_entry!(q4_0_avx2, "avx2,fma,f16c", Avx2, q4_0_body, 32, 18, 34);
+rows_entry!(q4_1_avx2, "avx2,fma,f16c", Avx2, q4_1_body, 32, 20, 36);
+rows_entry!(q5_0_avx2, "avx2,fma,f16c", Avx2, q5_0_body, 32, 22, 34);
+rows_entry!(q5_1_avx2, "avx2,fma,f16c", Avx2, q5_1_body, 32, 24, 36);
+rows_entry!(q8_0_avx2, "avx2,fma,f16c", Avx2, q8_0_body, 32, 34, 34);
+rows_entry!(q4_k_avx2, "avx2,fma,f16c", Avx2, q4_k_body, 256, 144, 292);
+rows_entry!(q5_k_avx2, "avx2,fma,f16c", Avx2, q5_k_body, 256, 176, 292);
+rows_entry!(q6_k_avx2, "avx2,fma,f16c", Avx2, q6_k_body, 256, 210, 292);
+rows_entry!(q4_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q4_k_body, 256, 144, 292);
+rows_entry!(q5_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q5_k_body, 256, 176, 292);
+rows_entry!(q6_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q6_k_body, 256, 210, 292);
+
+/// The row-batch kernel for `ty` at the detected level, where its single-row kernel is
+/// the same body (at AVX-512 the 32-element formats have their own two-block kernels,
+/// with no row-batch form: callers use the single-row kernel).
+pub(crate) fn rows_kernel(ty: GgmlType) -> Option<RowsDotFn> {
+    use GgmlType::*;
+    if super::has_avx512vnni() {
+        return match ty {
+            Q4_K => Some(q4_k_avx512),
+            Q5_K => Some(q5_k_avx512),
+            Q6_K => Some(q6_k_avx512),
+            _ => None,
+        };
+    }
+    if !super::has_avx2() {
+        return None;
+    }
+    Some(match ty {
+        Q4_0 => q4_0_avx2,
+        Q4_1 => q4_1_avx2,
+        Q5_0 => q5_0_avx2,
+        Q5_1 => q5_1_avx2,
+        Q8_0 => q8_0_avx2,
+        Q4_K => q4_k_avx2,
+        Q5_K => q5_k_avx2,
+        Q6_K => q6_k_avx2,
+        _ => return None,
+    })
+}
