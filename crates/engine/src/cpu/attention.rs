@@ -17,7 +17,7 @@ pub use crate::matrix::AttnShape;
 
 /// Keys per tile.
 const TILE: usize = 64;
-/// Query rows (tokens × heads of a group) a micro-kernel holds in registers; a job aims for one such block.
+/// Query rows (tokens × heads of a group) per job block (the AVX-512 register block).
 const JOB_ROWS: usize = 8;
 /// Keys per score micro-kernel (8 rows × 32 keys = 16 AVX-512 accumulators).
 const KEYS: usize = 32;
@@ -279,21 +279,23 @@ fn pick_kernel() -> Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn job_avx512(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, s: &mut Scratch) {
-    job::<Fused>(c, g, tokens, s)
+    job::<Fused, JOB_ROWS, KEYS, VDIMS>(c, g, tokens, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn job_avx2(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, s: &mut Scratch) {
-    job::<Fused>(c, g, tokens, s)
+    // 16 vector registers, not 32: register blocks of 4 rows x 16 keys (or dimensions) are 8
+    // accumulators; the AVX-512 blocks would be 32 and spill (a fifth of a Gemma 3 prefill).
+    job::<Fused, 4, 16, 16>(c, g, tokens, s)
 }
 
 unsafe fn job_portable(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, s: &mut Scratch) {
     // aarch64 always has FMA; elsewhere an unfused multiply-add avoids a libm call.
     #[cfg(target_arch = "aarch64")]
-    job::<Fused>(c, g, tokens, s);
+    job::<Fused, JOB_ROWS, KEYS, VDIMS>(c, g, tokens, s);
     #[cfg(not(target_arch = "aarch64"))]
-    job::<Plain>(c, g, tokens, s);
+    job::<Plain, JOB_ROWS, KEYS, VDIMS>(c, g, tokens, s);
 }
 
 /// `a + b·c`, fused where the target has FMA.
@@ -316,9 +318,12 @@ impl MulAdd for Plain {
     }
 }
 
-/// One job: tokens `tokens` × the query heads of KV head `g`, over every key they see.
+/// One job: tokens `tokens` × the query heads of KV head `g`, over every key they see, in
+/// register blocks of `R` rows by `K` keys (scores) or `V` dimensions (values). The blocking
+/// changes no sum's order: every level gives the same bits.
 #[inline(always)]
-fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Scratch) {
+fn job<M: MulAdd, const R: usize, const K: usize, const V: usize>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Scratch) {
+    const { assert!(JOB_ROWS.is_multiple_of(R) && TILE.is_multiple_of(K)) };
     let sh = c.s;
     let (d, dv) = (sh.head_dim, sh.head_dim_v);
     let group = sh.n_head / sh.n_head_kv;
@@ -355,11 +360,11 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
     let keys = &c.keys_t[g * d * c.rows..][..d * c.rows];
     let mut j0 = lo;
     while j0 <= hi {
-        for rb in (0..r_pad).step_by(JOB_ROWS) {
-            let q = &sc.q[rb * d..][..JOB_ROWS * d];
-            let scores = &mut sc.scores[rb * TILE..][..JOB_ROWS * TILE];
-            for kb in (0..TILE).step_by(KEYS) {
-                scores_block::<M>(q, d, keys, c.rows, j0 + kb, &mut scores[kb..]);
+        for rb in (0..r_pad).step_by(R) {
+            let q = &sc.q[rb * d..][..R * d];
+            let scores = &mut sc.scores[rb * TILE..][..R * TILE];
+            for kb in (0..TILE).step_by(K) {
+                scores_block::<M, R, K>(q, d, keys, c.rows, j0 + kb, &mut scores[kb..]);
             }
         }
         // Online softmax: rescale what was accumulated when a row's maximum grows.
@@ -386,10 +391,10 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
         }
         // Weighted values: each value row is loaded once for all rows of a block.
         let vals = &c.vals[j0 * vd + g * dv..];
-        for rb in (0..r_pad).step_by(JOB_ROWS) {
-            let p = &sc.scores[rb * TILE..][..JOB_ROWS * TILE];
-            let acc = &mut sc.acc[rb * dv..][..JOB_ROWS * dv];
-            weighted_values::<M>(p, vals, vd, dv, acc);
+        for rb in (0..r_pad).step_by(R) {
+            let p = &sc.scores[rb * TILE..][..R * TILE];
+            let acc = &mut sc.acc[rb * dv..][..R * dv];
+            weighted_values::<M, R, V>(p, vals, vd, dv, acc);
         }
         j0 += TILE;
     }
@@ -407,13 +412,13 @@ fn job<M: MulAdd>(c: &Ctx, g: usize, tokens: std::ops::Range<usize>, sc: &mut Sc
     }
 }
 
-/// `scores[r * TILE + l] = q_r · key_{j + l}` for the JOB_ROWS rows of `q` ([rows][d]) and
-/// KEYS keys from `j`; `keys` is one head's slab, [d][stride]. The accumulators stay in registers.
+/// `scores[r * TILE + l] = q_r · key_{j + l}` for the `R` rows of `q` ([rows][d]) and
+/// `K` keys from `j`; `keys` is one head's slab, [d][stride]. The accumulators stay in registers.
 #[inline(always)]
-fn scores_block<M: MulAdd>(q: &[f32], d: usize, keys: &[f32], stride: usize, j: usize, scores: &mut [f32]) {
-    let mut acc = [[0f32; KEYS]; JOB_ROWS];
+fn scores_block<M: MulAdd, const R: usize, const K: usize>(q: &[f32], d: usize, keys: &[f32], stride: usize, j: usize, scores: &mut [f32]) {
+    let mut acc = [[0f32; K]; R];
     for i in 0..d {
-        let k: &[f32; KEYS] = keys[i * stride + j..][..KEYS].try_into().expect("KEYS long");
+        let k: &[f32; K] = keys[i * stride + j..][..K].try_into().expect("K long");
         for (r, row) in acc.iter_mut().enumerate() {
             let qv = q[r * d + i];
             for (a, &kv) in row.iter_mut().zip(k) {
@@ -422,22 +427,22 @@ fn scores_block<M: MulAdd>(q: &[f32], d: usize, keys: &[f32], stride: usize, j: 
         }
     }
     for (r, row) in acc.iter().enumerate() {
-        scores[r * TILE..][..KEYS].copy_from_slice(row);
+        scores[r * TILE..][..K].copy_from_slice(row);
     }
 }
 
-/// `acc[r] += Σ_l p[r][l] · value_l` over one tile, for JOB_ROWS rows; value row `l` is
-/// `vals[l * stride..][..dv]`. Strips of VDIMS dimensions stay in registers.
+/// `acc[r] += Σ_l p[r][l] · value_l` over one tile, for `R` rows; value row `l` is
+/// `vals[l * stride..][..dv]`. Strips of `V` dimensions stay in registers.
 #[inline(always)]
-fn weighted_values<M: MulAdd>(p: &[f32], vals: &[f32], stride: usize, dv: usize, acc: &mut [f32]) {
+fn weighted_values<M: MulAdd, const R: usize, const V: usize>(p: &[f32], vals: &[f32], stride: usize, dv: usize, acc: &mut [f32]) {
     let mut strip = 0;
-    while strip + VDIMS <= dv {
-        let mut o = [[0f32; VDIMS]; JOB_ROWS];
+    while strip + V <= dv {
+        let mut o = [[0f32; V]; R];
         for (r, row) in o.iter_mut().enumerate() {
-            row.copy_from_slice(&acc[r * dv + strip..][..VDIMS]);
+            row.copy_from_slice(&acc[r * dv + strip..][..V]);
         }
         for l in 0..TILE {
-            let v: &[f32; VDIMS] = vals[l * stride + strip..][..VDIMS].try_into().expect("VDIMS long");
+            let v: &[f32; V] = vals[l * stride + strip..][..V].try_into().expect("V long");
             for (r, row) in o.iter_mut().enumerate() {
                 let pr = p[r * TILE + l];
                 for (a, &x) in row.iter_mut().zip(v) {
@@ -446,15 +451,15 @@ fn weighted_values<M: MulAdd>(p: &[f32], vals: &[f32], stride: usize, dv: usize,
             }
         }
         for (r, row) in o.iter().enumerate() {
-            acc[r * dv + strip..][..VDIMS].copy_from_slice(row);
+            acc[r * dv + strip..][..V].copy_from_slice(row);
         }
-        strip += VDIMS;
+        strip += V;
     }
-    // Dimensions past the last whole strip (head sizes that are not a multiple of VDIMS).
+    // Dimensions past the last whole strip (head sizes that are not a multiple of V).
     if strip < dv {
         for l in 0..TILE {
             let v = &vals[l * stride + strip..l * stride + dv];
-            for r in 0..JOB_ROWS {
+            for r in 0..R {
                 let pr = p[r * TILE + l];
                 for (a, &x) in acc[r * dv + strip..r * dv + dv].iter_mut().zip(v) {
                     *a = M::mul_add(*a, pr, x);
