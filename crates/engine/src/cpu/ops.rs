@@ -104,19 +104,50 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// to f16 and looked up in a table of f16 GELU values (saturating beyond ±10). Matching
 /// this keeps greedy outputs identical to llama.cpp's at near-ties.
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
-    let table = gelu_table();
     zip_pieces(gate, up, |gate, up| {
-        for (g, u) in gate.iter_mut().zip(up) {
-            let x = *g;
-            *g = if x <= -10.0 {
-                0.0
-            } else if x >= 10.0 {
-                x * u
-            } else {
-                table[half::f16::from_f32(x).to_bits() as usize].to_f32() * u
-            };
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+            // SAFETY: the features were just detected.
+            let done = unsafe { gelu_mul_avx2(gate, up) };
+            return gelu_mul_scalar(&mut gate[done..], &up[done..]);
         }
+        gelu_mul_scalar(gate, up)
     });
+}
+
+fn gelu_mul_scalar(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[half::f16::from_f32(x).to_bits() as usize] * u
+        };
+    }
+}
+
+/// [`gelu_mul`] 8 at a time: F16C rounds to f16 (to nearest even, as `half` does) and a
+/// gather reads the table; the same bits as the scalar form. Returns how many it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn gelu_mul_avx2(gate: &mut [f32], up: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let table = gelu_table();
+    let n = gate.len().min(up.len()) / 8 * 8;
+    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
+    for i in (0..n).step_by(8) {
+        let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let u = _mm256_loadu_ps(up.as_ptr().add(i));
+        let bits = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+        let g = _mm256_mul_ps(_mm256_i32gather_ps::<4>(table.as_ptr(), bits), u);
+        let g = _mm256_blendv_ps(g, _mm256_mul_ps(x, u), _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
+        let g = _mm256_blendv_ps(g, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LE_OQ>(x, lo));
+        _mm256_storeu_ps(gate.as_mut_ptr().add(i), g);
+    }
+    n
 }
 
 /// The tanh-approximated GELU.
@@ -126,10 +157,11 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
 }
 
-fn gelu_table() -> &'static [half::f16] {
-    static TABLE: std::sync::OnceLock<Vec<half::f16>> = std::sync::OnceLock::new();
+/// GELU of every f16 value, rounded to f16 as ggml's table, kept as f32 for the gathers.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        (0..=u16::MAX).map(|bits| half::f16::from_f32(gelu_tanh(half::f16::from_bits(bits).to_f32()))).collect()
+        (0..=u16::MAX).map(|bits| half::f16::from_f32(gelu_tanh(half::f16::from_bits(bits).to_f32())).to_f32()).collect()
     })
 }
 
@@ -368,6 +400,26 @@ mod tests {
         let want = 0.9 * (1.0 + 0.1 * 4f32.ln());
         for (s, c) in a {
             assert!(((s * s + c * c).sqrt() - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn gelu_mul_simd_gives_the_scalar_bits() {
+        let mut seed = 7u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
+        };
+        // Random values over ±15, the saturation edges, NaN and the infinities; a ragged tail.
+        let mut gate: Vec<f32> = (0..1003).map(|_| rnd()).collect();
+        gate[..9].copy_from_slice(&[-10.0, 10.0, -9.999, 9.999, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+        let up: Vec<f32> = (0..1003).map(|_| rnd()).collect();
+        let mut want = gate.clone();
+        gelu_mul_scalar(&mut want, &up);
+        let mut got = gate.clone();
+        gelu_mul(&mut got, &up);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "element {i} ({}): {g} vs {w}", gate[i]);
         }
     }
 
