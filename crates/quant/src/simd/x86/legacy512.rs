@@ -118,7 +118,7 @@ macro_rules! pairs {
 }
 
 #[inline(always)]
-unsafe fn q8_0(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q8_0(n: usize, w: *const u8, a: *const u8) -> f32 {
     pairs!(n, i => {
         let (x, y) = (w.add(i * 34), a.add(i * 34));
         let d = spread(d_pair(x, x.add(34), y, y.add(34)), 0, 1);
@@ -154,7 +154,7 @@ unsafe fn mxfp4(n: usize, w: *const u8, a: *const u8) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn q4_0(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q4_0(n: usize, w: *const u8, a: *const u8) -> f32 {
     pairs!(n, i => {
         let (x, y) = (w.add(i * 18), a.add(i * 34));
         let d = spread(d_pair(x, x.add(18), y, y.add(34)), 0, 1);
@@ -165,7 +165,7 @@ unsafe fn q4_0(n: usize, w: *const u8, a: *const u8) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn q5_0(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q5_0(n: usize, w: *const u8, a: *const u8) -> f32 {
     pairs!(n, i => {
         let (x, y) = (w.add(i * 22), a.add(i * 34));
         let d = spread(d_pair(x, x.add(22), y, y.add(34)), 0, 1);
@@ -199,13 +199,13 @@ macro_rules! pairs_x1 {
 }
 
 #[inline(always)]
-unsafe fn q4_1(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q4_1(n: usize, w: *const u8, a: *const u8) -> f32 {
     pairs_x1!(n, w, a, 20, i, x => nibbles64(x.add(4), x.add(24)),
         q4_1_body::<Avx512>(32, w.add(i * 20), a.add(i * 36)))
 }
 
 #[inline(always)]
-unsafe fn q5_1(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn q5_1(n: usize, w: *const u8, a: *const u8) -> f32 {
     pairs_x1!(n, w, a, 24, i, x => _mm512_or_si512(nibbles64(x.add(8), x.add(32)), fifth_bits(x.add(4), x.add(28))),
         q5_1_body::<Avx512>(32, w.add(i * 24), a.add(i * 36)))
 }

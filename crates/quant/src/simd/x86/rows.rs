@@ -8,19 +8,20 @@
 
 use super::k_quants::{q4_k_body, q5_k_body, q6_k_body};
 use super::legacy::{q4_0_body, q4_1_body, q5_0_body, q5_1_body, q8_0_body};
+use super::legacy512;
 use super::{Avx2, Avx512};
 use crate::{GgmlType, RowsDotFn};
 
 /// `$name(n, w, a, out)`: `out[r]` = row `r` of `w` (n elements, `$wb` bytes per `$qk`)
-/// against `a` (`$ab` bytes per `$qk`), with `$body` at ISA level `$isa`.
+/// against `a` (`$ab` bytes per `$qk`), with the single-row body `$body`.
 macro_rules! rows_entry {
-    ($name:ident, $features:literal, $isa:ident, $body:ident, $qk:expr, $wb:expr, $ab:expr) => {
+    ($name:ident, $features:literal, $body:expr, $qk:expr, $wb:expr, $ab:expr) => {
         fn $name(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
             #[target_feature(enable = $features)]
             unsafe fn inner(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
                 let rb = n / $qk * $wb;
                 for (r, o) in out.iter_mut().enumerate() {
-                    *o = $body::<$isa>(n, w.as_ptr().add(r * rb), a.as_ptr());
+                    *o = $body(n, w.as_ptr().add(r * rb), a.as_ptr());
                 }
             }
             let ok = n.is_multiple_of($qk) && w.len() == out.len() * (n / $qk * $wb) && a.len() == n / $qk * $ab;
@@ -31,25 +32,34 @@ macro_rules! rows_entry {
     };
 }
 
-rows_entry!(q4_0_avx2, "avx2,fma,f16c", Avx2, q4_0_body, 32, 18, 34);
-rows_entry!(q4_1_avx2, "avx2,fma,f16c", Avx2, q4_1_body, 32, 20, 36);
-rows_entry!(q5_0_avx2, "avx2,fma,f16c", Avx2, q5_0_body, 32, 22, 34);
-rows_entry!(q5_1_avx2, "avx2,fma,f16c", Avx2, q5_1_body, 32, 24, 36);
-rows_entry!(q8_0_avx2, "avx2,fma,f16c", Avx2, q8_0_body, 32, 34, 34);
-rows_entry!(q4_k_avx2, "avx2,fma,f16c", Avx2, q4_k_body, 256, 144, 292);
-rows_entry!(q5_k_avx2, "avx2,fma,f16c", Avx2, q5_k_body, 256, 176, 292);
-rows_entry!(q6_k_avx2, "avx2,fma,f16c", Avx2, q6_k_body, 256, 210, 292);
-rows_entry!(q4_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q4_k_body, 256, 144, 292);
-rows_entry!(q5_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q5_k_body, 256, 176, 292);
-rows_entry!(q6_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Avx512, q6_k_body, 256, 210, 292);
+rows_entry!(q4_0_avx2, "avx2,fma,f16c", q4_0_body::<Avx2>, 32, 18, 34);
+rows_entry!(q4_1_avx2, "avx2,fma,f16c", q4_1_body::<Avx2>, 32, 20, 36);
+rows_entry!(q5_0_avx2, "avx2,fma,f16c", q5_0_body::<Avx2>, 32, 22, 34);
+rows_entry!(q5_1_avx2, "avx2,fma,f16c", q5_1_body::<Avx2>, 32, 24, 36);
+rows_entry!(q8_0_avx2, "avx2,fma,f16c", q8_0_body::<Avx2>, 32, 34, 34);
+rows_entry!(q4_k_avx2, "avx2,fma,f16c", q4_k_body::<Avx2>, 256, 144, 292);
+rows_entry!(q5_k_avx2, "avx2,fma,f16c", q5_k_body::<Avx2>, 256, 176, 292);
+rows_entry!(q6_k_avx2, "avx2,fma,f16c", q6_k_body::<Avx2>, 256, 210, 292);
+rows_entry!(q4_0_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", legacy512::q4_0, 32, 18, 34);
+rows_entry!(q4_1_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", legacy512::q4_1, 32, 20, 36);
+rows_entry!(q5_0_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", legacy512::q5_0, 32, 22, 34);
+rows_entry!(q5_1_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", legacy512::q5_1, 32, 24, 36);
+rows_entry!(q8_0_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", legacy512::q8_0, 32, 34, 34);
+rows_entry!(q4_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", q4_k_body::<Avx512>, 256, 144, 292);
+rows_entry!(q5_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", q5_k_body::<Avx512>, 256, 176, 292);
+rows_entry!(q6_k_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", q6_k_body::<Avx512>, 256, 210, 292);
 
-/// The row-batch kernel for `ty` at the detected level, where its single-row kernel is
-/// the same body (at AVX-512 the 32-element formats have their own two-block kernels,
-/// with no row-batch form: callers use the single-row kernel).
+/// The row-batch kernel for `ty` at the detected level: the same body as that level's
+/// single-row kernel (at AVX-512 the 32-element formats' two-block kernels).
 pub(crate) fn rows_kernel(ty: GgmlType) -> Option<RowsDotFn> {
     use GgmlType::*;
     if super::has_avx512vnni() {
         return match ty {
+            Q4_0 => Some(q4_0_avx512),
+            Q4_1 => Some(q4_1_avx512),
+            Q5_0 => Some(q5_0_avx512),
+            Q5_1 => Some(q5_1_avx512),
+            Q8_0 => Some(q8_0_avx512),
             Q4_K => Some(q4_k_avx512),
             Q5_K => Some(q5_k_avx512),
             Q6_K => Some(q6_k_avx512),
