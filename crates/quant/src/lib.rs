@@ -37,7 +37,7 @@ pub use blocks::{dequantize_row, dot_kernel_scalar, quantize_row};
 pub use dispatch::{
     dot_kernel, dot_kernel_at, f16_to_f32_slice, f32_to_f16_slice, rows_dot_kernel, simd_level, SimdLevel,
 };
-pub use gemm::{gemm, gemm_kernel, ActPanels, GemmFn, PANEL_TOKENS};
+pub use gemm::{gemm, gemm_isa, gemm_kernel, gemm_kernel_isa, ActPanels, GemmFn, GemmIsa, PANEL_TOKENS};
 pub use types::{GgmlType, QuantError};
 
 /// A dot-product kernel: `n` elements, `w` = n elements of the weight type,

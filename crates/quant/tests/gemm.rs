@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use quant::{dot_kernel_scalar, gemm, gemm_kernel, quantize_activations, ActPanels, GgmlType};
+use quant::{dot_kernel_scalar, gemm_kernel_isa, quantize_activations, ActPanels, GemmIsa, GgmlType};
 
 const TYPES: [GgmlType; 11] = {
     use GgmlType::*;
@@ -37,6 +37,25 @@ fn case(rng: &mut Rng, ty: GgmlType, m: usize, n: usize, k: usize) -> (Vec<u8>, 
     (w, a)
 }
 
+/// The instruction sets with tiled kernels on this CPU (AMX where the probe allows it).
+fn isas() -> Vec<GemmIsa> {
+    let all = [GemmIsa::Amx, GemmIsa::Avx512Vnni, GemmIsa::Avx2];
+    let here: Vec<GemmIsa> = all.into_iter().filter(|i| i.available()).collect();
+    if here.is_empty() {
+        eprintln!("no tiled kernels on this CPU ({}): skipped", quant::simd_level());
+    }
+    here
+}
+
+/// `out[t * m + r]` for every row of `w` by the tiled kernel of `isa`.
+fn gemm_on(isa: GemmIsa, ty: GgmlType, w: &[u8], panels: &ActPanels, out: &mut [f32]) {
+    let kernel = gemm_kernel_isa(ty, isa).unwrap_or_else(|| panic!("{} has no {} kernel", isa.name(), ty.name()));
+    let m = w.len() / ty.bytes_for(panels.k() as u64).unwrap() as usize;
+    assert_eq!(out.len(), m * panels.n());
+    // SAFETY: out holds n * m floats, indexed t * m + r; we hold it mutably.
+    unsafe { kernel(w, panels, out.as_mut_ptr(), m) };
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check(ty: GgmlType, w: &[u8], a: &[u8], m: usize, n: usize, k: usize, got: &[f32], ldo: usize) {
     let (wrb, arb) = (w.len() / m, a.len() / n);
@@ -54,21 +73,45 @@ fn check(ty: GgmlType, w: &[u8], a: &[u8], m: usize, n: usize, k: usize, got: &[
 
 #[test]
 fn gemm_matches_scalar_dots() {
-    if gemm_kernel(GgmlType::Q4_0).is_none() {
-        eprintln!("no tiled kernels on this CPU ({}): skipped", quant::simd_level());
+    let mut rng = Rng::new(91);
+    for isa in isas() {
+        for ty in TYPES {
+            let ks: &[usize] = if ty.block_size() == 256 { &[256, 768] } else { &[32, 96, 576] };
+            for &k in ks {
+                for (m, n) in [(1, 1), (5, 3), (4, 16), (37, 17), (7, 33), (3, 150)] {
+                    let (w, a) = case(&mut rng, ty, m, n, k);
+                    let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
+                    assert_eq!(panels.n(), n);
+                    let mut out = vec![f32::NAN; m * n];
+                    gemm_on(isa, ty, &w, &panels, &mut out);
+                    check(ty, &w, &a, m, n, k, &out, m);
+                }
+            }
+        }
+    }
+}
+
+/// AMX computes each scale group's integer sums on the tile unit and then applies the
+/// scales exactly as the VNNI tiles do: the same bits, on random rows and token counts
+/// that leave tails of the 16-row tiles, 32-row slabs and 16-token panels.
+#[test]
+fn amx_gives_the_vnni_bits() {
+    if !(GemmIsa::Amx.available() && GemmIsa::Avx512Vnni.available()) {
+        eprintln!("AMX not usable here ({:?}): skipped", quant::amx_support());
         return;
     }
-    let mut rng = Rng::new(91);
+    let mut rng = Rng::new(94);
     for ty in TYPES {
-        let ks: &[usize] = if ty.block_size() == 256 { &[256, 768] } else { &[32, 96, 576] };
-        for &k in ks {
-            for (m, n) in [(1, 1), (5, 3), (4, 16), (37, 17), (7, 33), (3, 150)] {
-                let (w, a) = case(&mut rng, ty, m, n, k);
-                let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
-                assert_eq!(panels.n(), n);
-                let mut out = vec![f32::NAN; m * n];
-                gemm(ty, &w, &panels, &mut out).unwrap();
-                check(ty, &w, &a, m, n, k, &out, m);
+        let k = if ty.block_size() == 256 { 768 } else { 608 };
+        for (m, n) in [(1, 1), (16, 16), (17, 33), (45, 150), (70, 7)] {
+            let (w, a) = case(&mut rng, ty, m, n, k);
+            let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
+            let mut amx = vec![f32::NAN; m * n];
+            let mut vnni = vec![f32::NAN; m * n];
+            gemm_on(GemmIsa::Amx, ty, &w, &panels, &mut amx);
+            gemm_on(GemmIsa::Avx512Vnni, ty, &w, &panels, &mut vnni);
+            for (i, (x, y)) in amx.iter().zip(&vnni).enumerate() {
+                assert_eq!(x.to_bits(), y.to_bits(), "{} m={m} n={n}: row {} token {}: {x} vs {y}", ty.name(), i % m, i / m);
             }
         }
     }
@@ -80,11 +123,8 @@ fn gemm_matches_scalar_dots() {
 /// kernels' i16 pair sums), it shows here.
 #[test]
 fn gemm_survives_extreme_values() {
-    if gemm_kernel(GgmlType::Q4_0).is_none() {
-        return;
-    }
     let mut rng = Rng::new(93);
-    for ty in TYPES {
+    for (isa, ty) in isas().into_iter().flat_map(|isa| TYPES.map(|ty| (isa, ty))) {
         let k = if ty.block_size() == 256 { 512 } else { 128 };
         let (m, n) = (6, 19);
         for fill in [0xFF, 0x80, 0x00] {
@@ -107,7 +147,7 @@ fn gemm_survives_extreme_values() {
             quantize_activations(at, &x, &mut a).unwrap();
             let panels = ActPanels::new(at, &a, k).unwrap();
             let mut out = vec![f32::NAN; m * n];
-            gemm(ty, &w, &panels, &mut out).unwrap();
+            gemm_on(isa, ty, &w, &panels, &mut out);
             check(ty, &w, &a, m, n, k, &out, m);
         }
     }
@@ -116,20 +156,22 @@ fn gemm_survives_extreme_values() {
 /// The raw kernel with a row stride: writes exactly its columns of a wider matrix.
 #[test]
 fn gemm_kernel_writes_only_its_columns() {
-    let Some(kernel) = gemm_kernel(GgmlType::Q4_1) else { return };
-    let mut rng = Rng::new(92);
-    let (ty, m, n, k, ldo, col0) = (GgmlType::Q4_1, 13, 21, 64, 40, 9);
-    let (w, a) = case(&mut rng, ty, m, n, k);
-    let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
-    let mut out = vec![-7.0f32; n * ldo];
-    // SAFETY: rows col0..col0+m of every token row t < n lie inside out (col0 + m <= ldo).
-    unsafe { kernel(&w, &panels, out.as_mut_ptr().add(col0), ldo) };
-    for t in 0..n {
-        for c in (0..col0).chain(col0 + m..ldo) {
-            assert_eq!(out[t * ldo + c], -7.0, "token {t} column {c} touched");
+    for isa in isas() {
+        let kernel = gemm_kernel_isa(GgmlType::Q4_1, isa).unwrap();
+        let mut rng = Rng::new(92);
+        let (ty, m, n, k, ldo, col0) = (GgmlType::Q4_1, 13, 21, 64, 40, 9);
+        let (w, a) = case(&mut rng, ty, m, n, k);
+        let panels = ActPanels::new(ty.vec_dot_type(), &a, k).unwrap();
+        let mut out = vec![-7.0f32; n * ldo];
+        // SAFETY: rows col0..col0+m of every token row t < n lie inside out (col0 + m <= ldo).
+        unsafe { kernel(&w, &panels, out.as_mut_ptr().add(col0), ldo) };
+        for t in 0..n {
+            for c in (0..col0).chain(col0 + m..ldo) {
+                assert_eq!(out[t * ldo + c], -7.0, "{}: token {t} column {c} touched", isa.name());
+            }
         }
+        check(ty, &w, &a, m, n, k, &out[col0..], ldo);
     }
-    check(ty, &w, &a, m, n, k, &out[col0..], ldo);
 }
 
 #[test]

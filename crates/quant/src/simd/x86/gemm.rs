@@ -223,13 +223,14 @@ impl Family for Iq4Xs {
     }
 }
 
-/// Expand rows `rows` of `w` (`rb` bytes each) into `dst` (its padding rows zeroed).
+/// Expand rows `rows` of `w` (`rb` bytes each) into `dst`, padded with zero rows to a
+/// multiple of `tile_rows`.
 #[inline(always)]
-pub(super) fn expand_rows<F: Family>(w: &[u8], rb: usize, k: usize, rows: std::ops::Range<usize>, dst: &mut Rows) {
+pub(super) fn expand_rows<F: Family>(w: &[u8], rb: usize, k: usize, rows: std::ops::Range<usize>, tile_rows: usize, dst: &mut Rows) {
     let (bs, bb) = (F::TY.block_size(), F::TY.block_bytes());
     let nb = k / bs;
     let n = rows.len();
-    let pad = n.next_multiple_of(MR);
+    let pad = n.next_multiple_of(tile_rows);
     dst.q.clear();
     dst.q.resize(pad * k, 0);
     for v in [&mut dst.f0, &mut dst.f1] {
@@ -260,7 +261,7 @@ pub(super) fn expand_rows<F: Family>(w: &[u8], rb: usize, k: usize, rows: std::o
 /// `g0..g0 + NR` (tokens below `n`). Full tiles are transposed in registers and written
 /// as one 16-byte store per token (4 consecutive rows).
 #[inline(always)]
-unsafe fn store<const NR: usize>(acc: &[[__m512; NR]; MR], r0: usize, rows: usize, g0: usize, n: usize, out: *mut f32, ldo: usize) {
+pub(super) unsafe fn store<const NR: usize>(acc: &[[__m512; NR]; MR], r0: usize, rows: usize, g0: usize, n: usize, out: *mut f32, ldo: usize) {
     const { assert!(MR == 4) };
     for g in 0..NR {
         let t0 = (g0 + g) * PANEL_TOKENS;
@@ -302,7 +303,7 @@ unsafe fn run<F: Family>(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
     let mut buf = Rows { q: Vec::new(), f0: Vec::new(), f1: Vec::new(), i0: Vec::new(), i1: Vec::new() };
     for s0 in (0..rows).step_by(SLAB) {
         let s1 = (s0 + SLAB).min(rows);
-        expand_rows::<F>(w, rb, k, s0..s1, &mut buf);
+        expand_rows::<F>(w, rb, k, s0..s1, MR, &mut buf);
         let out = out.add(s0);
         for gb in (0..a.groups).step_by(TOKEN_GROUPS) {
             let ge = (gb + TOKEN_GROUPS).min(a.groups);

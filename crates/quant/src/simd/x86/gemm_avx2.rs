@@ -311,7 +311,7 @@ unsafe fn run<F: Tile256>(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
     let mut buf = Rows { q: Vec::new(), f0: Vec::new(), f1: Vec::new(), i0: Vec::new(), i1: Vec::new() };
     for s0 in (0..rows).step_by(SLAB) {
         let s1 = (s0 + SLAB).min(rows);
-        expand_rows::<F>(w, rb, k, s0..s1, &mut buf);
+        expand_rows::<F>(w, rb, k, s0..s1, MR, &mut buf);
         let out = out.add(s0);
         for gb in (0..a.groups).step_by(TOKEN_GROUPS) {
             for r0 in (0..s1 - s0).step_by(MR) {

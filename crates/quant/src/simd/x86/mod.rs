@@ -12,6 +12,7 @@
 mod act;
 mod float;
 mod gemm;
+mod gemm_amx;
 mod gemm_avx2;
 mod gemm_tiles;
 mod iq_grids;
@@ -267,6 +268,7 @@ pub(crate) fn kernel_avx512(ty: GgmlType) -> Option<DotFn> {
 
 pub(crate) use act::{quantize_q8_k, quantize_q8_x86};
 pub(crate) use gemm::gemm_kernel;
+pub(crate) use gemm_amx::gemm_kernel_amx;
 pub(crate) use gemm_avx2::gemm_kernel_avx2;
 pub(crate) use rows::rows_kernel;
 pub(crate) use float::{f16_to_f32, f32_to_f16};
