@@ -7,7 +7,8 @@
 #
 #   bash bench/cuda/run.sh bench/cuda/vs-llama-cpp.sh TANDEM SDIST.tar.gz [MODEL.gguf]
 #
-# Without MODEL: a Llama-3-8B-shaped random-weight Q4_K file written by TANDEM gen-model.
+# Without MODEL: a Llama-3-8B-shaped random-weight Q4_K file written by TANDEM gen-model
+# (LAYERS of them, default 32; fewer for a quicker run of the same shapes).
 # Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3),
 # FORMATS (tandem's --gpu-weights to run, default "gguf f16").
 # Logs under $OUT/vs/.
@@ -39,8 +40,8 @@ if [ ! -x "$LL/bin/llama-bench" ]; then
 fi
 
 if [ -z "$MODEL" ]; then
-  MODEL=/tmp/vs-8b-q4_k.gguf
-  [ -f "$MODEL" ] || "$T" gen-model --arch llama --layers 32 --dim 4096 --ff 14336 --heads 32 --kv-heads 8 \
+  MODEL=/tmp/vs-8b-${LAYERS:-32}l-q4_k.gguf
+  [ -f "$MODEL" ] || "$T" gen-model --arch llama --layers "${LAYERS:-32}" --dim 4096 --ff 14336 --heads 32 --kv-heads 8 \
     --vocab 128256 --type q4_k -o "$MODEL" >"$OUT/vs/gen.log" 2>&1 || { echo "gen-model failed"; tail -3 "$OUT/vs/gen.log"; exit 1; }
 fi
 ls -l "$MODEL"

@@ -58,31 +58,57 @@ __device__ __forceinline__ void ld4h(const u16* p, float* f) {
     for (int k = 0; k < 4; k++) f[k] = h2f((u16)(v >> (16 * k)));
 }
 
-// Q4_K: a block per warp iteration; lane L holds qs bytes 4L..4L+3: elements 64(L/8) + 4(L%8) + k
-// (low nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block).
+// Byte k (0..15) of a 16-byte value held in registers (selects, no local-memory array).
+__device__ __forceinline__ int byte_at(uint4 v, int k) {
+    const u32 w = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
+    return (w >> (8 * (k & 3))) & 255;
+}
+// Q4_K/Q5_K's scale and min of sub-block `is` from a block's first 16 bytes (d, dmin, scales).
+__device__ __forceinline__ void scale_min_k4_reg(uint4 h, int is, int* sc, int* m) {
+    if (is < 4) { *sc = byte_at(h, 4 + is) & 63; *m = byte_at(h, 8 + is) & 63; }
+    else { *sc = (byte_at(h, 8 + is) & 15) | ((byte_at(h, is) >> 6) << 4); *m = (byte_at(h, 8 + is) >> 4) | ((byte_at(h, 4 + is) >> 6) << 4); }
+}
+
+// Q4_K: lane L holds qs bytes 4L..4L+3 of each block: elements 64(L/8) + 4(L%8) + k (low
+// nibbles, sub-block 2(L/8)) and the same + 32 (high nibbles, the next sub-block). The loads of
+// MV_Q4K_UNROLL blocks (each block's 16-byte header as one load, its 4 qs bytes as another) are
+// issued before any is used, so a warp keeps several blocks in flight: decode is bound by how
+// many bytes are in flight, not by arithmetic.
+#define MV_Q4K_UNROLL 4
 MV_KERNEL(mv_q4_k) {
     MV_HEAD((cols / 256) * 144)
-    const int jj = lane >> 3, l = 4 * (lane & 7);
-    for (int ib = 0; ib < cols / 256; ib++) {
-        const u8* b = w + ib * 144;
-        int sc0, m0, sc1, m1;
-        scale_min_k4(b + 4, 2 * jj, &sc0, &m0);
-        scale_min_k4(b + 4, 2 * jj + 1, &sc1, &m1);
-        const float d = ldh(b), dmin = ldh(b + 2);
-        const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
-        const u32 q = *(const u32*)(b + 16 + 4 * lane);
-        const int e = ib * 256 + 64 * jj + l;
-        for (int t = 0; t < MV_MAX_N; t++) {
-            if (t >= n) break;
-            float lo[4], hi[4];
-            ld4h(x + (i64)t * cols + e, lo);
-            ld4h(x + (i64)t * cols + e + 32, hi);
-            float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
-            for (int k = 0; k < 4; k++) {
-                s0 += (float)((q >> (8 * k)) & 15) * lo[k]; x0 += lo[k];
-                s1 += (float)((q >> (8 * k + 4)) & 15) * hi[k]; x1 += hi[k];
+    const int jj = lane >> 3, l = 4 * (lane & 7), nb = cols / 256;
+    for (int ib0 = 0; ib0 < nb; ib0 += MV_Q4K_UNROLL) {
+        uint4 hd[MV_Q4K_UNROLL];
+        u32 qv[MV_Q4K_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
+            const u8* b = w + min(ib0 + u, nb - 1) * 144;
+            hd[u] = *(const uint4*)b;
+            qv[u] = *(const u32*)(b + 16 + 4 * lane);
+        }
+#pragma unroll
+        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
+            if (ib0 + u >= nb) break;
+            int sc0, m0, sc1, m1;
+            scale_min_k4_reg(hd[u], 2 * jj, &sc0, &m0);
+            scale_min_k4_reg(hd[u], 2 * jj + 1, &sc1, &m1);
+            const float d = h2f((u16)(hd[u].x & 0xffffu)), dmin = h2f((u16)(hd[u].x >> 16));
+            const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
+            const u32 q = qv[u];
+            const int e = (ib0 + u) * 256 + 64 * jj + l;
+            for (int t = 0; t < MV_MAX_N; t++) {
+                if (t >= n) break;
+                float lo[4], hi[4];
+                ld4h(x + (i64)t * cols + e, lo);
+                ld4h(x + (i64)t * cols + e + 32, hi);
+                float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
+                for (int k = 0; k < 4; k++) {
+                    s0 += (float)((q >> (8 * k)) & 15) * lo[k]; x0 += lo[k];
+                    s1 += (float)((q >> (8 * k + 4)) & 15) * hi[k]; x1 += hi[k];
+                }
+                acc[t] += d0 * s0 - o0 * x0 + d1 * s1 - o1 * x1;
             }
-            acc[t] += d0 * s0 - o0 * x0 + d1 * s1 - o1 * x1;
         }
     }
     MV_TAIL
