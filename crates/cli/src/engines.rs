@@ -45,6 +45,7 @@ pub static REGISTRY: &[EngineEntry] = &[
                 profile_stack: a.verbose,
                 decode: a.decode_on_gpu(m.layers.len()),
                 weights: a.gpu_weights,
+                model_f16_bytes: m.layers.iter().flat_map(|l| l.weights()).map(|(_, w)| w.rows * w.cols * 2).sum::<usize>() + m.output.rows * m.output.cols * 2,
                 ..Default::default()
             }))
         },
@@ -126,8 +127,9 @@ pub struct PlacementArgs {
     pub n_gpu_layers: Option<usize>,
     /// What the GPU keeps of each weight: `gguf` (its blocks as in the file: the least
     /// memory, decode reads them directly), `f16` (an f16 expansion: prefill GEMMs read it
-    /// directly) or `both`.
-    #[arg(long = "gpu-weights", default_value = "f16", value_name = "FORMAT")]
+    /// directly), `both`, or `auto` (f16 when the model's f16 expansion fits the card's
+    /// budget, else gguf; --verbose says which).
+    #[arg(long = "gpu-weights", default_value = "auto", value_name = "FORMAT")]
     pub gpu_weights: cuda::WeightFormat,
 }
 

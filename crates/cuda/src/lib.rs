@@ -77,8 +77,11 @@ pub struct CudaOptions {
     /// Also run decode steps as whole stacks on the card when the policy finds it faster
     /// (weights resident; each sequence's K/V rows kept on the card between steps).
     pub decode: bool,
-    /// What the card keeps of each weight: its GGUF blocks, an f16 expansion, or both.
+    /// What the card keeps of each weight: its GGUF blocks, an f16 expansion, both, or
+    /// `Auto` (f16 when `model_f16_bytes` fits the budget).
     pub weights: WeightFormat,
+    /// The f16 expansion of every weight the model may put on the card (for `Auto`).
+    pub model_f16_bytes: usize,
     /// Benchmark only: time the card and the bus alone (no host conversion or copy-out;
     /// outputs are left unwritten). Never set this for real work.
     #[doc(hidden)]
@@ -100,6 +103,7 @@ impl Default for CudaOptions {
             profile_stack: false,
             decode: true,
             weights: WeightFormat::Gguf,
+            model_f16_bytes: 0,
             flash_attention: 64,
             kernel_cache: None,
             bench_device_only: false,
@@ -115,6 +119,8 @@ pub struct CudaEngine {
     opts: CudaOptions,
     gpu: OnceLock<Result<Gpu, String>>,
     weights: Mutex<HashMap<WeightKey, Arc<Prepared>>>,
+    /// `opts.weights` made concrete (and why), once the budget is known.
+    format: OnceLock<(WeightFormat, String)>,
     scratch: Mutex<pipeline::Scratch>,
     stack: Mutex<stack::Buffers>,
 }
@@ -143,6 +149,7 @@ impl CudaEngine {
             opts,
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
+            format: OnceLock::new(),
             scratch: Mutex::new(pipeline::Scratch::default()),
             stack: Mutex::new(stack::Buffers::new(profile, flash)),
         }
@@ -175,6 +182,18 @@ impl CudaEngine {
     pub fn memory_budget(&self) -> Option<usize> {
         let g = self.gpu().ok()?;
         Some(self.opts.gpu_mem.unwrap_or(g.free_at_start.saturating_sub(RESERVE)))
+    }
+
+    /// What the card keeps of each weight, `Auto` resolved against the budget, and why.
+    pub fn weight_format(&self) -> &(WeightFormat, String) {
+        self.format.get_or_init(|| {
+            let (format, why) = self.opts.weights.resolve(self.opts.model_f16_bytes, self.memory_budget().unwrap_or(0));
+            // `profile_stack` is the CLI's --verbose.
+            if self.opts.profile_stack {
+                eprintln!("cuda: weights kept as {why}");
+            }
+            (format, why)
+        })
     }
 
     /// Where matmul time went since the last call of this (host work, waiting, the card).
@@ -298,7 +317,7 @@ impl MatrixEngine for CudaEngine {
     fn supports(&self, s: &MatmulShape) -> Result<(), String> {
         check_shape(s)?;
         if let Some(budget) = self.memory_budget() {
-            if self.opts.weights.bytes(s) > budget {
+            if self.weight_format().0.bytes(s) > budget {
                 return Err(format!("{}x{} {} is larger than the {budget}-byte GPU budget", s.m, s.k, s.ty.name()));
             }
         }
@@ -306,7 +325,7 @@ impl MatrixEngine for CudaEngine {
     }
 
     fn prepared_bytes(&self, s: &MatmulShape) -> usize {
-        self.opts.weights.bytes(s)
+        self.weight_format().0.bytes(s)
     }
 
     fn throughput_hint(&self) -> (f64, f64) {
@@ -327,7 +346,7 @@ impl MatrixEngine for CudaEngine {
         let buf = {
             // The compute stream is shared with matmuls: hold the scratch lock.
             let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            guarded("prepare", || Prepared::upload(g, w, self.opts.weights)).map_err(|e| fail(format!("{}: {e}", w.name)))?
+            guarded("prepare", || Prepared::upload(g, w, self.weight_format().0)).map_err(|e| fail(format!("{}: {e}", w.name)))?
         };
         let bytes = buf.bytes();
         self.weights.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Arc::new(buf));
