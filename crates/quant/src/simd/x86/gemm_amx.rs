@@ -159,7 +159,8 @@ unsafe fn legacy<const X1: bool, const SH: u32>(
         }
         let sums = &s.0[b % 2][0];
         let i = g * nb + b;
-        let off = _mm512_slli_epi32::<SH>(ldi(a.ix.get_unchecked(i)));
+        // Offset formats only: Q8_1 panels ("_1" formats) carry no block sums.
+        let off = if X1 { _mm512_setzero_si512() } else { _mm512_slli_epi32::<SH>(ldi(a.ix.get_unchecked(i))) };
         let da = ld(a.d.get_unchecked(i));
         for r in 0..TR {
             let mut iv = ldi(&sums[r]);
