@@ -158,7 +158,9 @@ impl PlacementArgs {
             Some(n) if n >= layers => true,
             Some(0) => false,
             Some(n) => {
-                eprintln!("warning: -ngl {n} of {layers} layers: a partial split is not built yet; decode runs on the CPU, large prefill batches on the GPU");
+                eprintln!(
+                    "warning: -ngl {n} of {layers} layers: the weights of layers {n}.. and the output stay on the CPU; decode runs on the CPU (a decode step split between the GPU and the CPU is not built yet)"
+                );
                 false
             }
         }
@@ -205,6 +207,11 @@ impl PlacementArgs {
             ..CacheBudget::default()
         };
         let mut dispatcher = Dispatcher::new(accelerators, policy, budget, self.verbose).context("cannot set up the matrix engines")?;
+        // -ngl N of more layers: the rest (and the output, as llama.cpp counts it) never go up.
+        if let Some(n) = self.n_gpu_layers.filter(|&n| n > 0 && n < model.layers.len()) {
+            let rest = model.layers[n..].iter().flat_map(|l| l.weights().map(|(_, w)| w));
+            dispatcher.keep_on_cpu(rest.chain(std::iter::once(&model.output)), "-ngl");
+        }
         if let Some((layers, flag)) = self.experts_on_cpu(model.layers.len()) {
             let experts = model.layers[..layers].iter().flat_map(|l| l.experts()).flat_map(|e| [&e.gate, &e.up, &e.down]);
             dispatcher.keep_on_cpu(experts, flag);

@@ -159,6 +159,30 @@ fn n_cpu_moe_keeps_experts_on_the_cpu_and_says_so() {
     assert_eq!(stdout(&r), stdout(&run(&[])), "placement flags do not change a CPU run's text");
 }
 
+/// llama.cpp's `-ngl N` of more layers: the weights of the other layers (and the output)
+/// never reach the accelerator, and the summary says so. Seen through the reference engine,
+/// which takes a prompt's matmuls as a GPU would.
+#[test]
+fn partial_ngl_keeps_the_other_layers_weights_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("four.gguf");
+    let o = tandem(&["gen-model", "--preset", "tiny", "--layers", "4", "--type", "q8_0", "-o", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let prompt = "hello world ".repeat(40);
+    // The reference engine's matmul count, from the placement summary.
+    let ref_matmuls = |ngl: &str| -> u64 {
+        let r = tandem(&["run", "-m", p(&out), "-p", &prompt, "-n", "2", "--backend", "ref", "-ngl", ngl]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let err = stderr(&r);
+        let row = err.lines().find(|l| l.starts_with("placement: ref ")).unwrap_or_else(|| panic!("no ref row: {err}"));
+        row.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{row}"))
+    };
+    let (all, half) = (ref_matmuls("0"), ref_matmuls("2"));
+    assert!(half > 0 && half * 2 <= all, "-ngl 2 of 4 layers: {half} matmuls on the engine, {all} with every layer's weights movable");
+    let r = tandem(&["run", "-m", p(&out), "-p", &prompt, "-n", "2", "--backend", "ref", "-ngl", "2"]);
+    assert!(stderr(&r).contains("placement: the weights of 2 of 4 layers kept on the CPU (-ngl)"), "{}", stderr(&r));
+}
+
 #[test]
 fn gen_model_takes_a_real_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +323,7 @@ fn placement_is_visible_and_backends_are_checked() {
     let o = tandem(&["run", "-m", p(&m), "-p", "hi", "-n", "1", "-ngl", "99", "--gpu-weights", "both"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = tandem(&["run", "-m", p(&m), "-p", "hi", "-n", "1", "-ngl", "5"]);
-    assert!(o.status.success() && stderr(&o).contains("a partial split is not built yet"), "{}", stderr(&o));
+    assert!(o.status.success() && stderr(&o).contains("decode runs on the CPU (a decode step split"), "{}", stderr(&o));
     assert!(stderr(&tandem(&["run", "-m", p(&m), "-p", "hi", "-ngl", "some"])).contains("`auto` or `all`"));
     assert!(stderr(&tandem(&["run", "-m", p(&m), "-p", "hi", "--gpu-weights", "q4"])).contains("gguf, f16, both"));
     let cal = tempfile::tempdir().unwrap();

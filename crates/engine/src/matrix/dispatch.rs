@@ -13,7 +13,7 @@ use crate::cpu::matmul::{matmul_quantized, QuantizedInput};
 use crate::error::{EngineError, Result};
 use crate::weights::Weight;
 use quant::GgmlType;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,9 +27,8 @@ pub struct Dispatcher {
     verbose: bool,
     reported: Mutex<HashSet<String>>,
     logged: Mutex<HashSet<(String, usize)>>,
-    /// Weights (by name) that never leave the CPU, and why (`--n-cpu-moe`).
-    cpu_weights: HashSet<String>,
-    cpu_weights_reason: String,
+    /// Weights (by name) that never leave the CPU, and the flag that keeps them (`--n-cpu-moe`, `-ngl`).
+    cpu_weights: HashMap<String, String>,
 }
 
 /// What [`Dispatcher::stack`] did.
@@ -98,29 +97,36 @@ impl Dispatcher {
             verbose,
             reported: Mutex::new(HashSet::new()),
             logged: Mutex::new(HashSet::new()),
-            cpu_weights: HashSet::new(),
-            cpu_weights_reason: String::new(),
+            cpu_weights: HashMap::new(),
         })
     }
 
     /// Keep these weights on the CPU whatever the policy says (llama.cpp's `--n-cpu-moe`:
     /// the experts of the first layers stay in host memory); `reason` names the flag.
     pub fn keep_on_cpu<'w>(&mut self, weights: impl IntoIterator<Item = &'w Weight>, reason: &str) {
-        self.cpu_weights.extend(weights.into_iter().map(|w| w.name.clone()));
-        self.cpu_weights_reason = reason.to_string();
+        self.cpu_weights.extend(weights.into_iter().map(|w| (w.name.clone(), reason.to_string())));
     }
 
-    /// The per-engine counters, then where a model's experts run when not where the policy
-    /// would put other weights: kept by a flag, or refused by every accelerator.
+    /// The per-engine counters, then the layers whose weights a flag keeps on the CPU (-ngl),
+    /// and where a model's experts run when not where the policy would put other weights:
+    /// kept by a flag, or refused by every accelerator.
     pub fn summary(&self, layers: &[crate::plan::Layer]) -> String {
         let mut s = self.stats.summary();
+        let whole = |l: &&crate::plan::Layer| l.weights().all(|(_, w)| self.is_kept_on_cpu(w));
+        if let Some(first) = layers.iter().find(whole) {
+            let kept = layers.iter().filter(whole).count();
+            let why = first.weights().next().map_or("", |(_, w)| self.kept_reason(w));
+            s.push_str(&format!("placement: the weights of {kept} of {} layers kept on the CPU ({why})\n", layers.len()));
+        }
         let moe_layers: Vec<usize> = (0..layers.len()).filter(|&il| !layers[il].experts().is_empty()).collect();
         if moe_layers.is_empty() {
             return s;
         }
         let kept = moe_layers.iter().filter(|&&il| self.is_kept_on_cpu(&layers[il].experts()[0].gate)).count();
         if kept > 0 {
-            s.push_str(&format!("placement: experts of {kept} of {} layers kept on the CPU ({})\n", moe_layers.len(), self.cpu_weights_reason));
+            let first = moe_layers.iter().map(|&il| &layers[il].experts()[0].gate).find(|w| self.is_kept_on_cpu(w));
+            let why = first.map_or("", |w| self.kept_reason(w));
+            s.push_str(&format!("placement: experts of {kept} of {} layers kept on the CPU ({why})\n", moe_layers.len()));
         }
         for e in &self.accelerators {
             if let Err(why) = e.takes_experts() {
@@ -132,7 +138,12 @@ impl Dispatcher {
 
     /// Whether `w` is kept on the CPU.
     pub fn is_kept_on_cpu(&self, w: &Weight) -> bool {
-        self.cpu_weights.contains(&w.name)
+        self.cpu_weights.contains_key(&w.name)
+    }
+
+    /// The flag that keeps `w` on the CPU ("" when none does).
+    fn kept_reason(&self, w: &Weight) -> &str {
+        self.cpu_weights.get(&w.name).map_or("", |r| r.as_str())
     }
 
     /// The prepared-weight cache.
@@ -387,8 +398,8 @@ impl Dispatcher {
 
     /// The accelerator the policy picks for a group of `n` tokens, if any (every member must be supported).
     fn choose(&self, ws: &[&Weight], n: usize) -> Option<&dyn MatrixEngine> {
-        if ws.iter().any(|w| self.is_kept_on_cpu(w)) {
-            self.log(ws[0], n, &format!("-> cpu: {}", self.cpu_weights_reason));
+        if let Some(w) = ws.iter().find(|w| self.is_kept_on_cpu(w)) {
+            self.log(ws[0], n, &format!("-> cpu: {}", self.kept_reason(w)));
             return None;
         }
         let shape = MatmulShape { m: ws.iter().map(|w| w.rows).sum(), ..MatmulShape::of(ws[0], n) };
