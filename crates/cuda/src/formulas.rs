@@ -332,3 +332,74 @@ fn matrix_vector_lanes_cover_every_element_once() {
         assert!(seen.iter().all(|&c| c == 1), "{}: elements read {:?} times", ty.name(), seen.iter().filter(|&&c| c != 1).count());
     }
 }
+
+/// `quantize_q8_32` transcribed: per 32 elements the i8 values and their f32 scale.
+fn quantize_q8_32(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let mut d = vec![0f32; x.len() / 32];
+    for (b, blk) in x.chunks_exact(32).enumerate() {
+        let s = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        d[b] = s;
+        for (i, v) in blk.iter().enumerate() {
+            q[b * 32 + i] = if s > 0.0 { (v / s).round_ties_even() as i8 } else { 0 };
+        }
+    }
+    (q, d)
+}
+
+/// `mv_q4_k_q8` transcribed, one lane: its blocks' header bytes read as `scale_min_k4_reg`
+/// reads them (bytes 4.. scales, 8.. the rest), integer dots of nibbles and activation bytes.
+fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) -> f32 {
+    let (jj, l) = (lane >> 3, 4 * (lane & 7));
+    let byte = |h: &[u8], k: usize| h[k] as i32;
+    let scale_min = |h: &[u8], is: usize| {
+        if is < 4 {
+            (byte(h, 4 + is) & 63, byte(h, 8 + is) & 63)
+        } else {
+            ((byte(h, 8 + is) & 15) | ((byte(h, is) >> 6) << 4), (byte(h, 8 + is) >> 4) | ((byte(h, 4 + is) >> 6) << 4))
+        }
+    };
+    let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
+    let mut acc = 0f32;
+    for ib in 0..cols / 256 {
+        let h = &row[ib * 144..ib * 144 + 16];
+        let ((sc0, m0), (sc1, m1)) = (scale_min(h, 2 * jj), scale_min(h, 2 * jj + 1));
+        let (d, dmin) = (ldh(h, 0), ldh(h, 2));
+        let q = ldu32(row, ib * 144 + 16 + 4 * lane);
+        let (lo, hi) = (q & 0x0F0F_0F0F, (q >> 4) & 0x0F0F_0F0F);
+        let (e, sb) = (ib * 256 + 64 * jj + l, ib * 8 + 2 * jj);
+        let (a0, a1) = (&xq[e..e + 4], &xq[e + 32..e + 36]);
+        let (dot0, dot1, sum0, sum1) = (dp4a(lo, a0), dp4a(hi, a1), dp4a(0x0101_0101, a0), dp4a(0x0101_0101, a1));
+        acc += xd[sb] * (d * sc0 as f32 * dot0 as f32 - dmin * m0 as f32 * sum0 as f32)
+            + xd[sb + 1] * (d * sc1 as f32 * dot1 as f32 - dmin * m1 as f32 * sum1 as f32);
+    }
+    acc
+}
+
+/// The dp4a Q4_K kernel's lanes together give the row's dot with the 8-bit tokens (the
+/// dequantized weights times `d * q` of each activation), to float rounding.
+#[test]
+fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+    };
+    let cols = 256 * 5;
+    for _ in 0..4 {
+        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+        let mut row = vec![0u8; GgmlType::Q4_K.bytes_for(cols as u64).unwrap() as usize];
+        quant::quantize_row(GgmlType::Q4_K, &vals, &mut row).unwrap();
+        let mut w = vec![0f32; cols];
+        quant::dequantize_row(GgmlType::Q4_K, &row, &mut w).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| 3.0 * rnd()).collect();
+        let (xq, xd) = quantize_q8_32(&x);
+        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
+        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
+        let got: f64 = (0..32).map(|lane| mv_q4_k_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
+        assert!((got - want).abs() <= 1e-5 * scale, "{got} vs {want} (scale {scale})");
+        // And close to the unquantized tokens' dot (8-bit activations: about 1% of the scale).
+        let exact: f64 = (0..cols).map(|i| w[i] as f64 * x[i] as f64).sum();
+        assert!((got - exact).abs() <= 2e-2 * scale, "{got} vs {exact}");
+    }
+}

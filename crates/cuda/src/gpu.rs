@@ -352,6 +352,21 @@ impl Gpu {
         self.launch(kernel, int(rows.div_ceil(4))? as u32, 128, &args)
     }
 
+    /// `n * cols` f16 tokens at `x` as 8-bit integers `q` with one f32 scale per 32 (`d`),
+    /// for the dp4a matrix-vector kernels; `cols` a multiple of 32.
+    pub(crate) fn quantize_q8(&self, x: u64, q: u64, d: u64, n: usize, cols: usize) -> Res<()> {
+        let blocks = n * cols / 32;
+        let args = [KArg::P(x), KArg::P(q), KArg::P(d), KArg::I(int(blocks)?)];
+        self.launch("quantize_q8_32", int(blocks.div_ceil(4))? as u32, 128, &args)
+    }
+
+    /// [`Gpu::gemv`] over 8-bit tokens (`q`, scales `d`: [`Gpu::quantize_q8`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemv_q8(&self, kernel: &str, w: u64, q: u64, d: u64, y: u64, rows: usize, cols: usize, n: usize) -> Res<()> {
+        let args = [KArg::P(w), KArg::P(q), KArg::P(d), KArg::P(y), KArg::I(int(rows)?), KArg::I(int(cols)?), KArg::I(int(n)?)];
+        self.launch(kernel, int(rows.div_ceil(4))? as u32, 128, &args)
+    }
+
     /// `C[n, m] = B[n, k] · A[m, k]ᵀ` on the compute stream: A, B f16, f32 accumulation,
     /// C f32 (or f16 when `c_half`). Row-major `[n, m]` is column-major `m × n`, so this is
     /// cuBLAS's TN case with A read transposed.

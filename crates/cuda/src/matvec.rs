@@ -114,6 +114,59 @@ MV_KERNEL(mv_q4_k) {
     MV_TAIL
 }
 
+// Decode-step tokens as 8-bit integers for the dp4a kernels: per 32 elements q = round(x / d),
+// d = max|x| / 127 (f32); one warp per 32 elements (`blocks` = n * cols / 32, cols % 32 == 0).
+extern "C" __global__ void quantize_q8_32(const u16* __restrict__ x, i8* __restrict__ q, float* __restrict__ d, int blocks) {
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (b >= blocks) return;
+    const float v = h2f(x[(i64)b * 32 + lane]);
+    float a = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    const float s = a / 127.0f;
+    q[(i64)b * 32 + lane] = (i8)(s > 0.0f ? __float2int_rn(v / s) : 0);
+    if (lane == 0) d[b] = s;
+}
+
+// Q4_K against 8-bit tokens (`quantize_q8_32`): the lane mapping of mv_q4_k, but each lane's
+// four low and four high nibbles meet four activation bytes each in one dp4a, so no element is
+// converted to float; the sub-block mins by a dp4a of the same bytes with ones. Per lane and
+// block: d_a(sub-block) * (d * sc * dot - dmin * m * sum), as `formulas.rs` transcribes it.
+extern "C" __global__ void mv_q4_k_q8(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                      float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD((cols / 256) * 144)
+    const int jj = lane >> 3, l = 4 * (lane & 7), nb = cols / 256;
+    for (int ib0 = 0; ib0 < nb; ib0 += MV_Q4K_UNROLL) {
+        uint4 hd[MV_Q4K_UNROLL];
+        u32 qv[MV_Q4K_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
+            const u8* b = w + min(ib0 + u, nb - 1) * 144;
+            hd[u] = *(const uint4*)b;
+            qv[u] = *(const u32*)(b + 16 + 4 * lane);
+        }
+#pragma unroll
+        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
+            if (ib0 + u >= nb) break;
+            int sc0, m0, sc1, m1;
+            scale_min_k4_reg(hd[u], 2 * jj, &sc0, &m0);
+            scale_min_k4_reg(hd[u], 2 * jj + 1, &sc1, &m1);
+            const float d = h2f((u16)(hd[u].x & 0xffffu)), dmin = h2f((u16)(hd[u].x >> 16));
+            const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
+            const int lo = (int)(qv[u] & 0x0F0F0F0Fu), hi = (int)((qv[u] >> 4) & 0x0F0F0F0Fu);
+            const int e = (ib0 + u) * 256 + 64 * jj + l, sb = (ib0 + u) * 8 + 2 * jj;
+            for (int t = 0; t < MV_MAX_N; t++) {
+                if (t >= n) break;
+                const int a0 = *(const int*)(xq + (i64)t * cols + e), a1 = *(const int*)(xq + (i64)t * cols + e + 32);
+                const float* dt = xd + (i64)t * (cols / 32);
+                const int dot0 = __dp4a(lo, a0, 0), dot1 = __dp4a(hi, a1, 0);
+                const int sum0 = __dp4a(0x01010101, a0, 0), sum1 = __dp4a(0x01010101, a1, 0);
+                acc[t] += dt[sb] * (d0 * (float)dot0 - o0 * (float)sum0) + dt[sb + 1] * (d1 * (float)dot1 - o1 * (float)sum1);
+            }
+        }
+    }
+    MV_TAIL
+}
+
 // Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
 // each of the four 32-element quarters, 128h + 32qt + l.
 MV_KERNEL(mv_q6_k) {
@@ -173,6 +226,16 @@ MV_KERNEL(mv_q8_0) {
 
 /// Tokens the raw-block matrix-vector kernels take at once (`MV_MAX_N` in the source).
 pub const MV_MAX_N: usize = 8;
+
+/// The kernel multiplying a weight of type `ty` in its raw blocks by 8-bit tokens
+/// (`quantize_q8_32`) with integer dot products, when it has one and `TANDEM_CUDA_DP4A=1`
+/// asks for it: built without a GPU and not yet measured, so it is opt-in until the GPU
+/// check has run it.
+pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("TANDEM_CUDA_DP4A").is_ok_and(|v| v == "1"));
+    (on && ty == GgmlType::Q4_K).then_some("mv_q4_k_q8")
+}
 
 /// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
 /// f16 tokens (decode steps), when it has one.

@@ -4,7 +4,7 @@
 //! it into a scratch buffer first, on the same stream.
 
 use crate::gpu::{ensure_dev, err, DevBuf, Gpu, Res};
-use crate::kernels::{dequant_kernel, gemv_kernel, MV_MAX_N};
+use crate::kernels::{dequant_kernel, gemv_kernel, gemv_q8_kernel, MV_MAX_N};
 use cudarc::driver::result as drv;
 use engine::matrix::MatmulShape;
 use engine::weights::Weight;
@@ -168,6 +168,14 @@ impl DevWeight {
     /// made in `expand` first when the weight keeps none.
     pub(crate) fn matmul(&self, gpu: &Gpu, x: u64, out: u64, n: usize, expand: &mut Option<DevBuf>) -> Res<()> {
         if n <= MV_MAX_N && self.raw != 0 {
+            // 8-bit tokens (in `expand`, unused by decode-sized calls otherwise), integer dots.
+            if let Some(kernel) = gemv_q8_kernel(self.ty) {
+                let q_bytes = n * self.cols;
+                let q = ensure_dev(&gpu.ctx, expand, q_bytes + q_bytes / 32 * 4)?;
+                let d = q + q_bytes as u64;
+                gpu.quantize_q8(x, q, d, n, self.cols)?;
+                return gpu.gemv_q8(kernel, self.raw, q, d, out, self.rows, self.cols, n);
+            }
             if let Some(kernel) = gemv_kernel(self.ty) {
                 return gpu.gemv(kernel, self.raw, x, out, self.rows, self.cols, n);
             }
