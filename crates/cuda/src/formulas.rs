@@ -403,3 +403,41 @@ fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         assert!((got - exact).abs() <= 2e-2 * scale, "{got} vs {exact}");
     }
 }
+
+/// `mv_q8_0_q8` transcribed, one lane.
+fn mv_q8_0_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) -> f32 {
+    let (nb, o) = (cols / 32, 8 * (lane & 3));
+    let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
+    let mut acc = 0f32;
+    for ib in (lane >> 2..nb).step_by(8) {
+        let b = &row[ib * 34..];
+        let u16at = |k: usize| u16::from_le_bytes([b[2 + o + 2 * k], b[3 + o + 2 * k]]) as u32;
+        let (w0, w1) = (u16at(0) | (u16at(1) << 16), u16at(2) | (u16at(3) << 16));
+        let a = &xq[ib * 32 + o..ib * 32 + o + 8];
+        acc += ldh(b, 0) * xd[ib] * (dp4a(w0, &a[..4]) + dp4a(w1, &a[4..])) as f32;
+    }
+    acc
+}
+
+/// The dp4a Q8_0 kernel's lanes together give the row's dot with the 8-bit tokens.
+#[test]
+fn dp4a_q8_0_lanes_sum_to_the_dot_with_the_quantized_tokens() {
+    let mut seed = 0x6a09_e667_f3bc_c908u64;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+    };
+    for cols in [32, 32 * 9, 32 * 37] {
+        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+        let mut row = vec![0u8; GgmlType::Q8_0.bytes_for(cols as u64).unwrap() as usize];
+        quant::quantize_row(GgmlType::Q8_0, &vals, &mut row).unwrap();
+        let mut w = vec![0f32; cols];
+        quant::dequantize_row(GgmlType::Q8_0, &row, &mut w).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rnd()).collect();
+        let (xq, xd) = quantize_q8_32(&x);
+        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
+        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
+        let got: f64 = (0..32).map(|lane| mv_q8_0_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
+        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}: {got} vs {want} (scale {scale})");
+    }
+}

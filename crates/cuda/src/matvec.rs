@@ -167,6 +167,27 @@ extern "C" __global__ void mv_q4_k_q8(const u8* __restrict__ src, const i8* __re
     MV_TAIL
 }
 
+// Q8_0 against 8-bit tokens: mv_q8_0's lane mapping (eight blocks per warp iteration; lane L:
+// block L/4 of the eight, its bytes 8(L%4)..+7), two dp4a per lane and token. The weight bytes
+// sit at 2 mod 4 in the 34-byte blocks: read as u16 pairs.
+extern "C" __global__ void mv_q8_0_q8(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                      float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD((cols / 32) * 34)
+    const int nb = cols / 32, o = 8 * (lane & 3);
+    for (int ib = lane >> 2; ib < nb; ib += 8) {
+        const u8* b = w + ib * 34;
+        const float d = ldh(b);
+        const u16* p = (const u16*)(b + 2 + o);
+        const int w0 = (int)(p[0] | ((u32)p[1] << 16)), w1 = (int)(p[2] | ((u32)p[3] << 16));
+        for (int t = 0; t < MV_MAX_N; t++) {
+            if (t >= n) break;
+            const int2 a = *(const int2*)(xq + (i64)t * cols + ib * 32 + o);
+            acc[t] += d * xd[(i64)t * nb + ib] * (float)(__dp4a(w0, a.x, 0) + __dp4a(w1, a.y, 0));
+        }
+    }
+    MV_TAIL
+}
+
 // Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
 // each of the four 32-element quarters, 128h + 32qt + l.
 MV_KERNEL(mv_q6_k) {
@@ -234,7 +255,11 @@ pub const MV_MAX_N: usize = 8;
 pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("TANDEM_CUDA_DP4A").is_ok_and(|v| v == "1"));
-    (on && ty == GgmlType::Q4_K).then_some("mv_q4_k_q8")
+    match ty {
+        GgmlType::Q4_K if on => Some("mv_q4_k_q8"),
+        GgmlType::Q8_0 if on => Some("mv_q8_0_q8"),
+        _ => None,
+    }
 }
 
 /// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
