@@ -441,3 +441,51 @@ fn dp4a_q8_0_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}: {got} vs {want} (scale {scale})");
     }
 }
+
+/// `mv_q6_k_q8` transcribed, one lane.
+fn mv_q6_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) -> f32 {
+    let (nb, h, l0) = (cols / 256, (lane >> 3) & 1, 4 * (lane & 7));
+    let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
+    let mut acc = 0f32;
+    for ib in (lane >> 4..nb).step_by(2) {
+        let b = &row[ib * 210..];
+        let d = ldh(b, 208);
+        let (qa, qb, qh) = (ldu32(b, 64 * h + l0), ldu32(b, 64 * h + l0 + 32), ldu32(b, 128 + 32 * h + l0));
+        let v = [
+            (qa & 0x0F0F_0F0F) | ((qh & 0x0303_0303) << 4),
+            (qb & 0x0F0F_0F0F) | (((qh >> 2) & 0x0303_0303) << 4),
+            ((qa >> 4) & 0x0F0F_0F0F) | (((qh >> 4) & 0x0303_0303) << 4),
+            ((qb >> 4) & 0x0F0F_0F0F) | (((qh >> 6) & 0x0303_0303) << 4),
+        ];
+        let (e, sb) = (ib * 256 + 128 * h + l0, ib * 8 + 4 * h);
+        for (qt, &vq) in v.iter().enumerate() {
+            let sc = d * b[192 + 8 * h + 2 * qt + (l0 >> 4)] as i8 as f32;
+            let a = &xq[e + 32 * qt..e + 32 * qt + 4];
+            acc += xd[sb + qt] * sc * (dp4a(vq, a) - 32 * dp4a(0x0101_0101, a)) as f32;
+        }
+    }
+    acc
+}
+
+/// The dp4a Q6_K kernel's lanes together give the row's dot with the 8-bit tokens.
+#[test]
+fn dp4a_q6_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
+    let mut seed = 0xbb67_ae85_84ca_a73bu64;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+    };
+    for cols in [256, 256 * 3, 256 * 6] {
+        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+        let mut row = vec![0u8; GgmlType::Q6_K.bytes_for(cols as u64).unwrap() as usize];
+        quant::quantize_row(GgmlType::Q6_K, &vals, &mut row).unwrap();
+        let mut w = vec![0f32; cols];
+        quant::dequantize_row(GgmlType::Q6_K, &row, &mut w).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rnd()).collect();
+        let (xq, xd) = quantize_q8_32(&x);
+        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
+        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
+        let got: f64 = (0..32).map(|lane| mv_q6_k_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
+        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}: {got} vs {want} (scale {scale})");
+    }
+}

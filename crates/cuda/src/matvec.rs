@@ -188,6 +188,47 @@ extern "C" __global__ void mv_q8_0_q8(const u8* __restrict__ src, const i8* __re
     MV_TAIL
 }
 
+// Four bytes from a 2-byte aligned address.
+__device__ __forceinline__ u32 ld4_u16(const u8* b) {
+    const u16* p = (const u16*)b;
+    return (u32)p[0] | ((u32)p[1] << 16);
+}
+
+// Q6_K against 8-bit tokens: two blocks per warp iteration (lane L: block L/16 of the two, half
+// h = (L/8)%2, elements l0 = 4(L%8)..+3 of each of the four 32-element quarters qt, i.e.
+// 128h + 32qt + l0..+3, one 16-element scale each). The 6-bit values (0..63) meet the tokens in
+// dp4a; the -32 offset as 32 times the dp4a of the same bytes with ones.
+extern "C" __global__ void mv_q6_k_q8(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                      float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD((cols / 256) * 210)
+    const int nb = cols / 256, h = (lane >> 3) & 1, l0 = 4 * (lane & 7);
+    for (int ib = lane >> 4; ib < nb; ib += 2) {
+        const u8* b = w + ib * 210;
+        const float d = ldh(b + 208);
+        const u32 qa = ld4_u16(b + 64 * h + l0), qb = ld4_u16(b + 64 * h + l0 + 32), qh = ld4_u16(b + 128 + 32 * h + l0);
+        int v[4];
+        v[0] = (int)((qa & 0x0F0F0F0Fu) | ((qh & 0x03030303u) << 4));
+        v[1] = (int)((qb & 0x0F0F0F0Fu) | (((qh >> 2) & 0x03030303u) << 4));
+        v[2] = (int)(((qa >> 4) & 0x0F0F0F0Fu) | (((qh >> 4) & 0x03030303u) << 4));
+        v[3] = (int)(((qb >> 4) & 0x0F0F0F0Fu) | (((qh >> 6) & 0x03030303u) << 4));
+        float sc[4];
+        for (int qt = 0; qt < 4; qt++) sc[qt] = d * (float)(i8)b[192 + 8 * h + 2 * qt + (l0 >> 4)];
+        const int e = ib * 256 + 128 * h + l0, sb = ib * 8 + 4 * h;
+        for (int t = 0; t < MV_MAX_N; t++) {
+            if (t >= n) break;
+            const i8* at = xq + (i64)t * cols + e;
+            const float* dt = xd + (i64)t * (cols / 32) + sb;
+            float s = 0.0f;
+            for (int qt = 0; qt < 4; qt++) {
+                const int a = *(const int*)(at + 32 * qt);
+                s += dt[qt] * sc[qt] * (float)(__dp4a(v[qt], a, 0) - 32 * __dp4a(0x01010101, a, 0));
+            }
+            acc[t] += s;
+        }
+    }
+    MV_TAIL
+}
+
 // Q6_K: a block per warp iteration; lane L: half h = L/16 and elements l, l+1 (l = 2(L%16)) of
 // each of the four 32-element quarters, 128h + 32qt + l.
 MV_KERNEL(mv_q6_k) {
@@ -258,6 +299,7 @@ pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
     match ty {
         GgmlType::Q4_K if on => Some("mv_q4_k_q8"),
         GgmlType::Q8_0 if on => Some("mv_q8_0_q8"),
+        GgmlType::Q6_K if on => Some("mv_q6_k_q8"),
         _ => None,
     }
 }
