@@ -75,26 +75,35 @@ __device__ __forceinline__ void scale_min_k4_reg(uint4 h, int is, int* sc, int* 
 // issued before any is used, so a warp keeps several blocks in flight: decode is bound by how
 // many bytes are in flight, not by arithmetic.
 #define MV_Q4K_UNROLL 4
+// The headers and this lane's qs bytes of blocks ib0.. (the last block repeated past the row).
+__device__ __forceinline__ void q4k_load(const u8* w, int ib0, int nb, int lane, uint4* hd, u32* qv) {
+#pragma unroll
+    for (int u = 0; u < MV_Q4K_UNROLL; u++) {
+        const u8* b = w + min(ib0 + u, nb - 1) * 144;
+        hd[u] = *(const uint4*)b;
+        qv[u] = *(const u32*)(b + 16 + 4 * lane);
+    }
+}
+// Sub-blocks 2jj and 2jj+1 of a block from its header: scale (d * sc) and min (dmin * m) of each.
+__device__ __forceinline__ void q4k_scales(uint4 h, int jj, float* d0, float* d1, float* o0, float* o1) {
+    int sc0, m0, sc1, m1;
+    scale_min_k4_reg(h, 2 * jj, &sc0, &m0);
+    scale_min_k4_reg(h, 2 * jj + 1, &sc1, &m1);
+    const float d = h2f((u16)(h.x & 0xffffu)), dmin = h2f((u16)(h.x >> 16));
+    *d0 = d * sc0; *d1 = d * sc1; *o0 = dmin * m0; *o1 = dmin * m1;
+}
 MV_KERNEL(mv_q4_k) {
     MV_HEAD((cols / 256) * 144)
     const int jj = lane >> 3, l = 4 * (lane & 7), nb = cols / 256;
     for (int ib0 = 0; ib0 < nb; ib0 += MV_Q4K_UNROLL) {
         uint4 hd[MV_Q4K_UNROLL];
         u32 qv[MV_Q4K_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
-            const u8* b = w + min(ib0 + u, nb - 1) * 144;
-            hd[u] = *(const uint4*)b;
-            qv[u] = *(const u32*)(b + 16 + 4 * lane);
-        }
+        q4k_load(w, ib0, nb, lane, hd, qv);
 #pragma unroll
         for (int u = 0; u < MV_Q4K_UNROLL; u++) {
             if (ib0 + u >= nb) break;
-            int sc0, m0, sc1, m1;
-            scale_min_k4_reg(hd[u], 2 * jj, &sc0, &m0);
-            scale_min_k4_reg(hd[u], 2 * jj + 1, &sc1, &m1);
-            const float d = h2f((u16)(hd[u].x & 0xffffu)), dmin = h2f((u16)(hd[u].x >> 16));
-            const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
+            float d0, d1, o0, o1;
+            q4k_scales(hd[u], jj, &d0, &d1, &o0, &o1);
             const u32 q = qv[u];
             const int e = (ib0 + u) * 256 + 64 * jj + l;
             for (int t = 0; t < MV_MAX_N; t++) {
@@ -138,20 +147,12 @@ extern "C" __global__ void mv_q4_k_q8(const u8* __restrict__ src, const i8* __re
     for (int ib0 = 0; ib0 < nb; ib0 += MV_Q4K_UNROLL) {
         uint4 hd[MV_Q4K_UNROLL];
         u32 qv[MV_Q4K_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MV_Q4K_UNROLL; u++) {
-            const u8* b = w + min(ib0 + u, nb - 1) * 144;
-            hd[u] = *(const uint4*)b;
-            qv[u] = *(const u32*)(b + 16 + 4 * lane);
-        }
+        q4k_load(w, ib0, nb, lane, hd, qv);
 #pragma unroll
         for (int u = 0; u < MV_Q4K_UNROLL; u++) {
             if (ib0 + u >= nb) break;
-            int sc0, m0, sc1, m1;
-            scale_min_k4_reg(hd[u], 2 * jj, &sc0, &m0);
-            scale_min_k4_reg(hd[u], 2 * jj + 1, &sc1, &m1);
-            const float d = h2f((u16)(hd[u].x & 0xffffu)), dmin = h2f((u16)(hd[u].x >> 16));
-            const float d0 = d * sc0, d1 = d * sc1, o0 = dmin * m0, o1 = dmin * m1;
+            float d0, d1, o0, o1;
+            q4k_scales(hd[u], jj, &d0, &d1, &o0, &o1);
             const int lo = (int)(qv[u] & 0x0F0F0F0Fu), hi = (int)((qv[u] >> 4) & 0x0F0F0F0Fu);
             const int e = (ib0 + u) * 256 + 64 * jj + l, sb = (ib0 + u) * 8 + 2 * jj;
             for (int t = 0; t < MV_MAX_N; t++) {

@@ -321,51 +321,9 @@ unsafe fn run<F: Family>(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
     }
 }
 
-macro_rules! entry {
-    ($name:ident, $fam:ty) => {
-        unsafe fn $name(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            unsafe fn inner(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
-                run::<$fam>(w, a, out, ldo)
-            }
-            let ty = <$fam as Family>::TY;
-            assert_eq!(a.ty, ty.vec_dot_type(), "gemm: panels are not {}", ty.vec_dot_type().name());
-            let rb = ty.bytes_for(a.k as u64).expect("panels hold whole blocks of k") as usize;
-            assert!(rb > 0 && w.len().is_multiple_of(rb), "gemm: weights are not whole rows");
-            debug_assert!(super::has_avx512vnni());
-            // SAFETY: handed out only after run-time detection; lengths checked; out per contract.
-            unsafe { inner(w, a, out, ldo) }
-        }
-    };
-}
-
-entry!(gemm_q4_0, FQ4_0);
-entry!(gemm_q4_1, FQ4_1);
-entry!(gemm_q5_0, FQ5_0);
-entry!(gemm_q5_1, FQ5_1);
-entry!(gemm_q8_0, FQ8_0);
-entry!(gemm_q4_k, K4<false>);
-entry!(gemm_q5_k, K4<true>);
-entry!(gemm_q6_k, Q6K);
-entry!(gemm_iq4_nl, FIq4Nl);
-entry!(gemm_iq4_xs, Iq4Xs);
-entry!(gemm_mxfp4, FMxfp4);
-
-/// The tiled kernel for a weight type (AVX-512 VNNI checked by the caller).
-pub(crate) fn gemm_kernel(ty: GgmlType) -> Option<GemmFn> {
-    use GgmlType::*;
-    Some(match ty {
-        Q4_0 => gemm_q4_0,
-        Q4_1 => gemm_q4_1,
-        Q5_0 => gemm_q5_0,
-        Q5_1 => gemm_q5_1,
-        Q8_0 => gemm_q8_0,
-        Q4_K => gemm_q4_k,
-        Q5_K => gemm_q5_k,
-        Q6_K => gemm_q6_k,
-        IQ4_NL => gemm_iq4_nl,
-        IQ4_XS => gemm_iq4_xs,
-        MXFP4 => gemm_mxfp4,
-        _ => return None,
-    })
-}
+tiled_entries!(
+    /// The tiled kernel for a weight type (AVX-512 VNNI checked by the caller).
+    gemm_kernel,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    super::has_avx512vnni()
+);

@@ -21,6 +21,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
+use super::gemm_tiles::{ld, ldi};
 use super::gemm::{
     expand_rows, store, FIq4Nl, FMxfp4, Family, Iq4Xs, Rows, FQ4_0, FQ4_1, FQ5_0, FQ5_1, FQ8_0, K4,
     Q6K, SLAB, TOKEN_GROUPS,
@@ -117,16 +118,6 @@ trait AmxFamily: Family {
 #[inline(always)]
 unsafe fn lines(a: &ActPanels, g: usize) -> *const u8 {
     a.qs.as_ptr().add(g * (a.k / 4)) as *const u8
-}
-
-#[inline(always)]
-unsafe fn ld(p: &[f32; 16]) -> __m512 {
-    _mm512_loadu_ps(p.as_ptr())
-}
-
-#[inline(always)]
-unsafe fn ldi(p: &[i32; 16]) -> __m512i {
-    _mm512_loadu_si512(p.as_ptr() as *const _)
 }
 
 /// 32-element formats, as `gemm_tiles::legacy_tile`.
@@ -353,62 +344,9 @@ unsafe fn run<F: AmxFamily>(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) 
     asm!("tilerelease", options(nostack, nomem));
 }
 
-macro_rules! entry {
-    ($name:ident, $fam:ty) => {
-        unsafe fn $name(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            unsafe fn inner(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
-                run::<$fam>(w, a, out, ldo)
-            }
-            let ty = <$fam as Family>::TY;
-            assert_eq!(
-                a.ty,
-                ty.vec_dot_type(),
-                "gemm: panels are not {}",
-                ty.vec_dot_type().name()
-            );
-            let rb = ty
-                .bytes_for(a.k as u64)
-                .expect("panels hold whole blocks of k") as usize;
-            assert!(
-                rb > 0 && w.len().is_multiple_of(rb),
-                "gemm: weights are not whole rows"
-            );
-            debug_assert!(super::has_avx512vnni() && crate::amx_support().is_usable());
-            // SAFETY: handed out only where the AMX probe ran a tile instruction and AVX-512
-            // VNNI was detected; lengths checked; out per contract.
-            unsafe { inner(w, a, out, ldo) }
-        }
-    };
-}
-
-entry!(gemm_q4_0, FQ4_0);
-entry!(gemm_q4_1, FQ4_1);
-entry!(gemm_q5_0, FQ5_0);
-entry!(gemm_q5_1, FQ5_1);
-entry!(gemm_q8_0, FQ8_0);
-entry!(gemm_q4_k, K4<false>);
-entry!(gemm_q5_k, K4<true>);
-entry!(gemm_q6_k, Q6K);
-entry!(gemm_iq4_nl, FIq4Nl);
-entry!(gemm_iq4_xs, Iq4Xs);
-entry!(gemm_mxfp4, FMxfp4);
-
-/// The AMX tiled kernel for a weight type (the probe and AVX-512 VNNI checked by the caller).
-pub(crate) fn gemm_kernel_amx(ty: GgmlType) -> Option<GemmFn> {
-    use GgmlType::*;
-    Some(match ty {
-        Q4_0 => gemm_q4_0,
-        Q4_1 => gemm_q4_1,
-        Q5_0 => gemm_q5_0,
-        Q5_1 => gemm_q5_1,
-        Q8_0 => gemm_q8_0,
-        Q4_K => gemm_q4_k,
-        Q5_K => gemm_q5_k,
-        Q6_K => gemm_q6_k,
-        IQ4_NL => gemm_iq4_nl,
-        IQ4_XS => gemm_iq4_xs,
-        MXFP4 => gemm_mxfp4,
-        _ => return None,
-    })
-}
+tiled_entries!(
+    /// The AMX tiled kernel for a weight type (the probe and AVX-512 VNNI checked by the caller).
+    gemm_kernel_amx,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    super::has_avx512vnni() && crate::amx_support().is_usable()
+);

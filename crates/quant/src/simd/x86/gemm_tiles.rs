@@ -51,12 +51,12 @@ unsafe fn panel_ptr(a: &ActPanels, g0: usize) -> *const __m512i {
 }
 
 #[inline(always)]
-unsafe fn ld(p: &[f32; 16]) -> __m512 {
+pub(super) unsafe fn ld(p: &[f32; 16]) -> __m512 {
     _mm512_loadu_ps(p.as_ptr())
 }
 
 #[inline(always)]
-unsafe fn ldi(p: &[i32; 16]) -> __m512i {
+pub(super) unsafe fn ldi(p: &[i32; 16]) -> __m512i {
     _mm512_loadu_si512(p.as_ptr() as *const _)
 }
 

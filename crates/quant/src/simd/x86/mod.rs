@@ -9,6 +9,60 @@
 //! Entry points are only handed out after run-time detection ([`has_avx2`],
 //! [`has_avx512vnni`]).
 
+/// The tiled GEMM entry points of one instruction set, in the module that invokes it (its
+/// `run::<Family>` driver and the weight families in scope): for every family a checked
+/// `unsafe fn` running the driver under `$features`, and `$table` mapping weight types to them.
+macro_rules! tiled_entries {
+    ($(#[$doc:meta])* $table:ident, $features:literal, $available:expr) => {
+        tiled_entries!(@one gemm_q4_0, FQ4_0, $features, $available);
+        tiled_entries!(@one gemm_q4_1, FQ4_1, $features, $available);
+        tiled_entries!(@one gemm_q5_0, FQ5_0, $features, $available);
+        tiled_entries!(@one gemm_q5_1, FQ5_1, $features, $available);
+        tiled_entries!(@one gemm_q8_0, FQ8_0, $features, $available);
+        tiled_entries!(@one gemm_q4_k, K4<false>, $features, $available);
+        tiled_entries!(@one gemm_q5_k, K4<true>, $features, $available);
+        tiled_entries!(@one gemm_q6_k, Q6K, $features, $available);
+        tiled_entries!(@one gemm_iq4_nl, FIq4Nl, $features, $available);
+        tiled_entries!(@one gemm_iq4_xs, Iq4Xs, $features, $available);
+        tiled_entries!(@one gemm_mxfp4, FMxfp4, $features, $available);
+
+        $(#[$doc])*
+        pub(crate) fn $table(ty: GgmlType) -> Option<GemmFn> {
+            use GgmlType::*;
+            Some(match ty {
+                Q4_0 => gemm_q4_0,
+                Q4_1 => gemm_q4_1,
+                Q5_0 => gemm_q5_0,
+                Q5_1 => gemm_q5_1,
+                Q8_0 => gemm_q8_0,
+                Q4_K => gemm_q4_k,
+                Q5_K => gemm_q5_k,
+                Q6_K => gemm_q6_k,
+                IQ4_NL => gemm_iq4_nl,
+                IQ4_XS => gemm_iq4_xs,
+                MXFP4 => gemm_mxfp4,
+                _ => return None,
+            })
+        }
+    };
+    (@one $name:ident, $fam:ty, $features:literal, $available:expr) => {
+        unsafe fn $name(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
+            #[target_feature(enable = $features)]
+            unsafe fn inner(w: &[u8], a: &ActPanels, out: *mut f32, ldo: usize) {
+                run::<$fam>(w, a, out, ldo)
+            }
+            let ty = <$fam as Family>::TY;
+            assert_eq!(a.ty, ty.vec_dot_type(), "gemm: panels are not {}", ty.vec_dot_type().name());
+            let rb = ty.bytes_for(a.k as u64).expect("panels hold whole blocks of k") as usize;
+            assert!(rb > 0 && w.len().is_multiple_of(rb), "gemm: weights are not whole rows");
+            debug_assert!($available);
+            // SAFETY: handed out only after run-time detection of `$available`; lengths
+            // checked; out per the GemmFn contract.
+            unsafe { inner(w, a, out, ldo) }
+        }
+    };
+}
+
 mod act;
 mod float;
 mod gemm;
