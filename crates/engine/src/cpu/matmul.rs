@@ -131,7 +131,9 @@ unsafe fn rows_dot(w: &Weight, input: &QuantizedInput, r0: usize, r1: usize, dst
     if let Some(rows) = quant::rows_dot_kernel(w.ty) {
         // Pieces of rows that stay in L1 while every token passes over them.
         let (data, rb) = (w.data(), w.row_bytes());
-        let piece = (ROWS_PIECE_BYTES / rb).max(1);
+        // One token reuses nothing: one call over all its rows (the kernel's prefetch then
+        // runs ahead across what would be piece boundaries).
+        let piece = if input.n == 1 { r1 - r0 } else { (ROWS_PIECE_BYTES / rb).max(1) };
         for p0 in (r0..r1).step_by(piece) {
             let p1 = (p0 + piece).min(r1);
             for t in 0..input.n {
