@@ -396,4 +396,11 @@ fn serve_takes_llama_server_flags() {
     assert_clean_error(&o, "--flash-attn");
     let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--embeddings", "--pooling", "rank"]);
     assert_clean_error(&o, "pooling 'rank'");
+    let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--api-key-file", "/nonexistent/keys.txt"]);
+    assert_clean_error(&o, "--api-key-file /nonexistent/keys.txt");
+    let empty = std::env::temp_dir().join(format!("tandem-no-keys-{}", std::process::id()));
+    std::fs::write(&empty, "\n  \n").unwrap();
+    let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--api-key-file", p(&empty)]);
+    assert_clean_error(&o, "holds no key");
+    std::fs::remove_file(&empty).ok();
 }

@@ -8,6 +8,9 @@
 //! translated to its Lark syntax ([`gbnf`]).
 
 pub mod gbnf;
+mod lazy;
+
+pub use lazy::{Lazy, Trigger};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
@@ -46,6 +49,7 @@ impl TokenizerEnv for Vocabulary {
 pub struct Grammars {
     factory: ParserFactory,
     eog: Arc<[u32]>,
+    tok: Arc<Tokenizer>,
 }
 
 impl Grammars {
@@ -76,11 +80,11 @@ impl Grammars {
         };
         let trie = TokTrie::from(&info, &words);
         let eog: Arc<[u32]> = tok.eog_ids().into();
-        let env: TokEnv = Arc::new(Vocabulary { trie, tok });
+        let env: TokEnv = Arc::new(Vocabulary { trie, tok: tok.clone() });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         // Warnings and errors come back as values, not on stderr.
         factory.set_stderr_log_level(0);
-        Ok(Grammars { factory, eog })
+        Ok(Grammars { factory, eog, tok })
     }
 
     /// A fresh constraint for one generation; an invalid schema or grammar is an error
@@ -97,6 +101,14 @@ impl Grammars {
             return Err(e);
         }
         Ok(Constraint { matcher, eog: self.eog.clone() })
+    }
+
+    /// A constraint that lets the model write freely until `trigger` appears in its output,
+    /// and from there holds it to `spec`, which must accept the trigger as its beginning
+    /// (llama.cpp's lazy grammars: a tool call's markup when the model may also answer in
+    /// text).
+    pub fn compile_lazy(&self, spec: &Spec, trigger: Trigger) -> Result<Lazy, String> {
+        Ok(Lazy::new(self.compile(spec)?, self.tok.clone(), trigger))
     }
 }
 
@@ -116,6 +128,14 @@ fn with_layout(schema: &serde_json::Value) -> serde_json::Value {
 pub struct Constraint {
     matcher: Matcher,
     eog: Arc<[u32]>,
+}
+
+impl Constraint {
+    /// Move past `tokens` at once; false (and the constraint is spent) when the grammar
+    /// does not take all of them.
+    fn consume_all(&mut self, tokens: &[u32]) -> bool {
+        matches!(self.matcher.try_consume_tokens(tokens), Ok(n) if n == tokens.len())
+    }
 }
 
 impl engine::generate::TokenConstraint for Constraint {

@@ -47,8 +47,8 @@ pub struct AppState {
     pub grammars: crate::structured::Index,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Required bearer token, if any.
-    pub api_key: Option<String>,
+    /// Accepted keys (any one of them); empty: none required.
+    pub api_keys: Vec<String>,
     /// When the server started (seconds since the epoch).
     pub created: u64,
     /// How /v1/embeddings pools (`None`: embeddings are off, llama-server's default).
@@ -111,14 +111,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
-    if let Some(key) = &s.api_key {
+    if !s.api_keys.is_empty() {
         let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
         // llama-server also takes the key as `X-Api-Key` (Anthropic-style clients send it so).
         let x_api_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
-        if ![bearer, x_api_key].iter().any(|g| g.is_some_and(|g| same(g.as_bytes(), key.as_bytes()))) {
+        let known = |g: &str| s.api_keys.iter().fold(false, |ok, key| ok | same(g.as_bytes(), key.as_bytes()));
+        if ![bearer, x_api_key].iter().any(|g| g.is_some_and(known)) {
             let msg = "invalid or missing API key: send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'";
             let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", msg).into_response();
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -248,10 +249,13 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
         let format = s.tool_format;
         ask.tools = Some(format);
         ask.params.render_special = true;
-        if options.tool_choice == api::ToolChoice::Required {
-            if ask.spec.is_some() {
-                return Err(ApiError::bad("invalid_value", "tool_choice \"required\" cannot be combined with a response format or grammar"));
-            }
+        let required = options.tool_choice == api::ToolChoice::Required;
+        if required && ask.spec.is_some() {
+            return Err(ApiError::bad("invalid_value", "tool_choice \"required\" cannot be combined with a response format or grammar"));
+        }
+        // `required`: the answer is a call. `auto` (without a response format): the model
+        // writes freely, and once it opens a call the same grammar holds the call's form.
+        if ask.spec.is_none() {
             let special = |t: &str| s.tok.token_id(t);
             // A named tool: the grammar offers only that one (the template still shows all).
             let offered: Vec<Value> = match &options.forced_tool {
@@ -260,6 +264,7 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
             };
             let grammar = format.required_grammar(&offered, options.parallel_tool_calls.unwrap_or(false), &special);
             ask.spec = Some(constrain::Spec::Lark(grammar));
+            ask.lazy = (!required).then(|| format.trigger());
         }
     }
     let st = s.clone();
@@ -309,6 +314,8 @@ pub(crate) struct Ask {
     pub(crate) spec: Option<constrain::Spec>,
     /// Tools were given: parse calls in this format out of the answer.
     pub(crate) tools: Option<crate::tools::ToolFormat>,
+    /// `spec` holds only from this trigger on (a tool call's opening with `tool_choice: auto`).
+    pub(crate) lazy: Option<constrain::Trigger>,
     /// Choices (`n`).
     pub(crate) n: usize,
     pub(crate) stream: bool,
@@ -321,6 +328,7 @@ impl Ask {
             params: common.params(kind == Kind::Chat, n_vocab, defaults)?,
             spec: crate::structured::spec(body)?,
             tools: None,
+            lazy: None,
             n: common.choices()?,
             stream: common.stream,
             include_usage: common.include_usage(),
@@ -334,8 +342,8 @@ pub(crate) async fn submit_all(s: &Arc<AppState>, prompt: &[u32], ask: &Ask) -> 
     let mut constraints: Vec<Option<Box<dyn engine::generate::TokenConstraint>>> = match &ask.spec {
         None => (0..ask.n).map(|_| None).collect(),
         Some(spec) => {
-            let (st, spec, n) = (s.clone(), spec.clone(), ask.n);
-            blocking(move || st.grammars.compile(&st.tok, &spec, n)).await??.into_iter().map(Some).collect()
+            let (st, spec, lazy, n) = (s.clone(), spec.clone(), ask.lazy.clone(), ask.n);
+            blocking(move || st.grammars.compile(&st.tok, &spec, lazy.as_ref(), n)).await??.into_iter().map(Some).collect()
         }
     };
     (0..ask.n)

@@ -71,8 +71,9 @@ pub struct Config {
     pub host: String,
     /// Port (0 = any free port).
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
-    pub api_key: Option<String>,
+    /// Require `Authorization: Bearer KEY` (or `X-Api-Key: KEY`) with one of these keys on
+    /// every endpoint but /health; empty: no key needed.
+    pub api_keys: Vec<String>,
     /// Answer CORS preflights and add `Access-Control-Allow-Origin: *`.
     pub cors: bool,
     /// Slots, queue, per-slot context and prefill chunk.
@@ -107,7 +108,7 @@ impl Default for Config {
         Config {
             host: "127.0.0.1".into(),
             port: 8080,
-            api_key: None,
+            api_keys: Vec::new(),
             cors: false,
             sched: SchedConfig {
                 parallel: 4,
@@ -258,7 +259,7 @@ pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Conf
             sched.n_ctx(),
             cfg.sched.queue,
             template.origin,
-            if cfg.api_key.is_some() { ", API key required" } else { "" }
+            if cfg.api_keys.is_empty() { "" } else { ", API key required" }
         );
     }
     let state = Arc::new(http::AppState {
@@ -274,7 +275,7 @@ pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Conf
         defaults: cfg.defaults.clone(),
         slots_endpoint: cfg.slots_endpoint,
         metrics,
-        api_key: cfg.api_key.clone(),
+        api_keys: cfg.api_keys.clone(),
         created: api::now_secs(),
         pooling: cfg.pooling,
     });

@@ -66,7 +66,7 @@ pub async fn completion(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Re
         return Err(ApiError::context_exceeded(prompt.len(), s.sched.n_ctx()));
     }
     let settings = settings(&params, s.sched.n_ctx());
-    let ask = Ask { params, spec: crate::structured::spec(&body)?, tools: None, n: 1, stream: common.stream, include_usage: false };
+    let ask = Ask { params, spec: crate::structured::spec(&body)?, tools: None, lazy: None, n: 1, stream: common.stream, include_usage: false };
     let mut ticket = submit_all(&s, &prompt, &ask).await?.pop().expect("one ticket");
     if !ask.stream {
         let (mut content, mut probs) = (String::new(), Vec::new());

@@ -7,7 +7,7 @@
 //! starts with `%llguidance`, as llama.cpp reads it.
 
 use crate::api::ApiError;
-use constrain::{Grammars, Spec};
+use constrain::{Grammars, Spec, Trigger};
 use engine::generate::TokenConstraint;
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
@@ -70,15 +70,17 @@ impl Index {
         Index { cell: OnceLock::new() }
     }
 
-    /// `n` fresh constraints for `spec` (one per choice); an invalid schema or grammar is a 400.
-    pub fn compile(&self, tok: &Arc<Tokenizer>, spec: &Spec, n: usize) -> Result<Vec<Box<dyn TokenConstraint>>, ApiError> {
+    /// `n` fresh constraints for `spec` (one per choice), holding from `lazy`'s trigger on
+    /// when given; an invalid schema or grammar is a 400.
+    pub fn compile(&self, tok: &Arc<Tokenizer>, spec: &Spec, lazy: Option<&Trigger>, n: usize) -> Result<Vec<Box<dyn TokenConstraint>>, ApiError> {
         let grammars = self.cell.get_or_init(|| Grammars::new(tok.clone()).map(Arc::new));
         let grammars = grammars.as_ref().map_err(|e| invalid(format!("structured output is unavailable for this vocabulary: {e}")))?;
         (0..n)
             .map(|_| {
-                grammars
-                    .compile(spec)
-                    .map(|c| Box::new(c) as Box<dyn TokenConstraint>)
+                match lazy {
+                    None => grammars.compile(spec).map(|c| Box::new(c) as Box<dyn TokenConstraint>),
+                    Some(t) => grammars.compile_lazy(spec, t.clone()).map(|c| Box::new(c) as Box<dyn TokenConstraint>),
+                }
                     .map_err(|e| ApiError::bad("invalid_grammar", format!("invalid schema or grammar: {e}")))
             })
             .collect()

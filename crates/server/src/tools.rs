@@ -84,6 +84,12 @@ impl ToolFormat {
         }
     }
 
+    /// Where a call's grammar engages with `tool_choice: auto`: at the opener, and for
+    /// Llama 3 only when nothing but whitespace comes before it (a call is the whole answer).
+    pub fn trigger(self) -> constrain::Trigger {
+        constrain::Trigger { text: self.opener().to_string(), at_start_only: self == ToolFormat::Llama3 }
+    }
+
     /// Split an answer into its text and its calls. Text that looks like a call but does
     /// not parse stays text.
     pub fn parse(self, text: &str) -> (String, Vec<ToolCall>) {

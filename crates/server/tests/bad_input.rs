@@ -107,7 +107,7 @@ fn context_overflow_reports_llama_server_counts() {
 #[test]
 fn api_key_guards_everything_but_health_and_cors_when_asked() {
     let mut cfg = config(1, 1, 256);
-    cfg.api_key = Some("s3cret".into());
+    cfg.api_keys = vec!["s3cret".into(), "other-key".into()];
     cfg.cors = true;
     let srv = start(SMOL, cfg);
     let a = srv.addr;
@@ -123,8 +123,10 @@ fn api_key_guards_everything_but_health_and_cors_when_asked() {
         let r = request(a, method, path, &[("X-Api-Key", "wrong")], body.as_bytes());
         assert_eq!(r.error(401), "invalid_api_key", "{path}");
     }
-    // The key as X-Api-Key, as llama-server takes it too.
+    // The key as X-Api-Key, as llama-server takes it too; any of the keys given.
     assert_eq!(request(a, "GET", "/v1/models", &[("X-Api-Key", "s3cret")], b"").status, 200);
+    assert_eq!(request(a, "GET", "/v1/models", &[("Authorization", "Bearer other-key")], b"").status, 200);
+    assert_eq!(request(a, "GET", "/v1/models", &[("Authorization", "Bearer s3cret,other-key")], b"").error(401), "invalid_api_key");
     assert_eq!(get(a, "/health").status, 200);
     let auth = [("Authorization", "Bearer s3cret")];
     let r = request(a, "POST", "/v1/completions", &auth, body.as_bytes());

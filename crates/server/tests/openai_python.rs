@@ -16,7 +16,7 @@ fn official_openai_client() {
         _ => panic!("the openai Python package is missing: run `{python} -m pip install openai`"),
     }
     let mut cfg = config(2, 4, 512);
-    cfg.api_key = Some("test-key".into());
+    cfg.api_keys = vec!["test-key".into()];
     cfg.pooling = Some(engine::embed::Pooling::Mean);
     let srv = start(SMOL, cfg);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");

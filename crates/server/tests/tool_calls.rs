@@ -130,6 +130,40 @@ fn markers_that_are_control_tokens_are_parsed() {
     assert!(["get_weather", "get_time"].contains(&call["name"].as_str().unwrap()), "{r}");
     let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string(), "{args}");
+    // `auto`: the random model writes whatever it writes, but once it opens a call (pushed
+    // to, here, by a logit bias on the marker) the call's grammar holds: a random model left
+    // alone after the marker would never write a call that parses.
+    for seed in 0..3 {
+        let mut auto = body.clone();
+        auto["tool_choice"] = json!("auto");
+        auto["temperature"] = json!(1.0);
+        auto["seed"] = json!(seed);
+        auto["logit_bias"] = json!({marker.to_string(): 100});
+        let r = post(srv.addr, CHAT, &auto).json();
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
+        let call = &r["choices"][0]["message"]["tool_calls"][0]["function"];
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{args}");
+    }
     srv.shutdown().unwrap();
     std::fs::remove_file(&path).ok();
+}
+
+/// `tool_choice: auto` leaves an answer in text untouched: the same words as with
+/// `tool_choice: none` (the call's grammar engages only at a call's opening marker).
+#[test]
+fn auto_leaves_text_answers_alone() {
+    let mut cfg = config(1, 2, 2048);
+    cfg.chat_template = Some(template("Qwen-Qwen3-0.6B.jinja"));
+    let srv = start(SMOL, cfg);
+    let body = |choice: &str| {
+        json!({"messages": [{"role": "user", "content": "Write one sentence about the sea."}], "tools": tools(),
+               "tool_choice": choice, "max_tokens": 40, "temperature": 0})
+    };
+    let auto = post(srv.addr, CHAT, &body("auto")).json();
+    let none = post(srv.addr, CHAT, &body("none")).json();
+    let text = auto["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("{auto}"));
+    assert!(!text.is_empty() && auto["choices"][0]["message"]["tool_calls"].is_null(), "{auto}");
+    assert_eq!(text, none["choices"][0]["message"]["content"].as_str().unwrap());
+    srv.shutdown().unwrap();
 }

@@ -2,7 +2,7 @@
 
 use crate::engines::PlacementArgs;
 use crate::load;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,9 +46,13 @@ pub struct Args {
     cache_ram: i64,
     #[command(flatten)]
     placement: PlacementArgs,
-    /// Require "Authorization: Bearer KEY" on every endpoint except /health.
-    #[arg(long = "api-key")]
-    api_key: Option<String>,
+    /// Require "Authorization: Bearer KEY" on every endpoint except /health; several keys
+    /// comma-separated (any one of them is accepted), as llama-server takes them.
+    #[arg(long = "api-key", value_delimiter = ',')]
+    api_key: Vec<String>,
+    /// Read accepted API keys from a file, one per line (llama-server's --api-key-file).
+    #[arg(long = "api-key-file")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Allow cross-origin requests from any browser origin (Access-Control-Allow-Origin: *).
     #[arg(long)]
     cors: bool,
@@ -133,6 +137,15 @@ pub fn main(a: Args) -> Result<()> {
         engine::embed::Pooling::parse(p)?;
     }
     // Bind first: while the model loads, clients polling /health get 503 "Loading model".
+    // Keys first: a bad key file is an error before the port is bound or the model read.
+    let mut api_keys: Vec<String> = a.api_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(path) = &a.api_key_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--api-key-file {}", path.display()))?;
+        api_keys.extend(text.lines().map(str::trim).filter(|k| !k.is_empty()).map(str::to_string));
+        if api_keys.is_empty() {
+            anyhow::bail!("--api-key-file {} holds no key", path.display());
+        }
+    }
     let loading = server::bind_loading(&a.host, a.port)?;
     eprintln!("tandem serve: loading {} (http://{} answers 503 until it is ready)", a.model.display(), loading.addr()?);
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
@@ -147,7 +160,7 @@ pub fn main(a: Args) -> Result<()> {
     let cfg = server::Config {
         host: a.host,
         port: a.port,
-        api_key: a.api_key.filter(|k| !k.is_empty()),
+        api_keys,
         cors: a.cors,
         sched: server::SchedConfig {
             parallel: a.parallel,
