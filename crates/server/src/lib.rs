@@ -22,13 +22,15 @@ pub mod native;
 pub mod prompt_cache;
 pub mod response;
 pub mod sampling;
+pub mod listen;
 pub mod scheduler;
 pub mod structured;
 pub mod template;
 pub mod tools;
 
 use engine::Runner;
-use std::net::{SocketAddr, TcpListener};
+use listen::Bound;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,7 +69,8 @@ pub use serde_json;
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to bind (127.0.0.1 unless asked otherwise).
+    /// Addresses to bind, comma-separated: IPs (at `port`) and UNIX socket paths ending
+    /// in `.sock` (127.0.0.1 unless asked otherwise).
     pub host: String,
     /// Port (0 = any free port).
     pub port: u16,
@@ -135,8 +138,10 @@ impl Default for Config {
 
 /// A server running on its own thread.
 pub struct RunningServer {
-    /// The bound address.
+    /// The first bound TCP address (0.0.0.0:0 when it listens on UNIX sockets only).
     pub addr: SocketAddr,
+    /// Every socket it answers on, as announced.
+    pub addrs: Vec<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -176,26 +181,31 @@ impl Drop for RunningServer {
 /// answered 503 "Loading model", as llama-server answers, until [`start_on`] takes the
 /// same socket over.
 pub struct Loading {
-    listener: TcpListener,
+    listeners: Vec<Bound>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Loading {
-    /// The bound address.
+    /// The first bound TCP address.
     pub fn addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners.iter().find_map(Bound::tcp_addr).ok_or_else(|| std::io::Error::other("no TCP address bound"))
     }
 
-    /// Stop answering "loading" and hand the socket on.
-    pub fn into_listener(mut self) -> TcpListener {
+    /// Every bound socket, as announced (`http://ip:port`, `unix:PATH`), comma-separated.
+    pub fn describe(&self) -> String {
+        self.listeners.iter().map(Bound::describe).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Stop answering "loading" and hand the sockets on.
+    pub fn into_listeners(mut self) -> Vec<Bound> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.listener.try_clone().expect("the bound socket")
+        std::mem::take(&mut self.listeners)
     }
 }
 
@@ -210,50 +220,60 @@ impl Drop for Loading {
     }
 }
 
-/// Bind `host:port` and answer "Loading model" there until the server starts.
+/// Bind every address of `host` (a comma-separated list, see [`listen`]) at `port` and
+/// answer "Loading model" there until the server starts.
 pub fn bind_loading(host: &str, port: u16) -> Result<Loading> {
-    let listener = TcpListener::bind((host, port)).map_err(|source| ServerError::Listen { addr: format!("{host}:{port}"), source })?;
-    listener.set_nonblocking(true)?;
-    let clone = listener.try_clone()?;
+    let listeners = listen::bind_all(host, port)?;
+    let clones = listeners.iter().map(Bound::try_clone).collect::<std::io::Result<Vec<_>>>()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("tandem-loading".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::from_std(clone) else { return };
             let app = axum::Router::new().fallback(|| async {
                 let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
                 (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
             });
-            let _ = axum::serve(l, app).with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
+            let stop = tokio::sync::watch::channel(false);
+            let serving: Vec<_> = clones
+                .into_iter()
+                .map(|l| {
+                    let mut rx = stop.1.clone();
+                    tokio::spawn(l.serve(app.clone(), async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    }))
+                })
+                .collect();
+            let _ = stop_rx.await;
+            let _ = stop.0.send(true);
+            for s in serving {
+                let _ = s.await;
+            }
         });
     })?;
-    Ok(Loading { listener, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(Loading { listeners, stop: Some(stop_tx), thread: Some(thread) })
 }
 
-/// Start serving `runner` on `cfg.host:cfg.port`. With `signals`, SIGINT and SIGTERM shut it
-/// down gracefully: stop accepting, let running requests finish for up to
-/// `cfg.shutdown_grace`, cancel the rest, return.
+/// Start serving `runner` on `cfg.host` (every address of the list) at `cfg.port`. With
+/// `signals`, SIGINT and SIGTERM shut it down gracefully: stop accepting, let running
+/// requests finish for up to `cfg.shutdown_grace`, cancel the rest, return.
 pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
-    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .map_err(|source| ServerError::Listen { addr: format!("{}:{}", cfg.host, cfg.port), source })?;
-    start_on(listener, runner, tok, cfg, signals)
+    let listeners = listen::bind_all(&cfg.host, cfg.port)?;
+    start_on(listeners, runner, tok, cfg, signals)
 }
 
-/// [`start`] on a socket already bound (by [`bind_loading`]).
-pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
+/// [`start`] on sockets already bound (by [`bind_loading`]).
+pub fn start_on(listeners: Vec<Bound>, runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
     let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref())?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    let addr = listeners.iter().find_map(Bound::tcp_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let addrs: Vec<String> = listeners.iter().map(Bound::describe).collect();
     let runner = Arc::new(runner);
     let tok = Arc::new(tok);
     let metrics = Arc::new(metrics::Metrics::default());
     let sched = scheduler::Scheduler::start(runner.clone(), tok.clone(), cfg.sched.clone(), metrics.clone());
     if cfg.announce {
         eprintln!(
-            "tandem serve: listening on http://{addr} — model '{}', {} slots × {} tokens, queue {}, chat template: {}{}",
+            "tandem serve: listening on {} — model '{}', {} slots × {} tokens, queue {}, chat template: {}{}",
+            addrs.join(", "),
             cfg.model_name,
             sched.slots(),
             sched.n_ctx(),
@@ -282,30 +302,48 @@ pub fn start_on(listener: TcpListener, runner: Runner, tok: Tokenizer, cfg: Conf
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new().name("tandem-http".into()).spawn(move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let result = rt.block_on(serve(state, listener, cfg, stop_rx, signals));
+        let result = rt.block_on(serve(state, listeners, cfg, stop_rx, signals));
         rt.shutdown_timeout(Duration::from_secs(1));
         result
     })?;
-    Ok(RunningServer { addr, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(RunningServer { addr, addrs, stop: Some(stop_tx), thread: Some(thread) })
 }
 
 async fn serve(
     state: Arc<http::AppState>,
-    listener: TcpListener,
+    listeners: Vec<Bound>,
     cfg: Config,
     stop: tokio::sync::oneshot::Receiver<()>,
     signals: bool,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut origins = cfg.cors_origins.clone();
     if cfg.cors {
         origins.push("*".into());
     }
     let app = http::router(state.clone(), origins, cfg.max_body);
-    let go = Arc::new(tokio::sync::Notify::new());
+    // One task per socket, all stopped by one flag; the first to end by itself (an accept
+    // error) ends them all.
+    let (go, stopping) = tokio::sync::watch::channel(false);
+    let go = Arc::new(go);
+    let sockets: Vec<Bound> = listeners.iter().map(Bound::try_clone).collect::<std::io::Result<_>>()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        let mut rx = stopping.clone();
+        tasks.spawn(l.serve(app.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
     let go2 = go.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { go2.notified().await });
-    let mut server = tokio::spawn(async move { server.await });
+    let mut server = tokio::spawn(async move {
+        let first = tasks.join_next().await;
+        let _ = go2.send(true);
+        while tasks.join_next().await.is_some() {}
+        match first {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            None => Ok(()),
+        }
+    });
     let trigger = async move {
         tokio::select! {
             _ = stop => {}
@@ -316,6 +354,7 @@ async fn serve(
         r = &mut server => {
             // The server stopped by itself: an accept error.
             state.sched.shutdown(Duration::ZERO);
+            sockets.iter().for_each(Bound::remove_file);
             return r.map_err(|e| ServerError::Crashed(format!("task failed: {e}")))?.map_err(ServerError::Io);
         }
         _ = trigger => {}
@@ -323,7 +362,7 @@ async fn serve(
     if cfg.announce {
         eprintln!("tandem serve: shutting down (running requests get {:?})", cfg.shutdown_grace);
     }
-    go.notify_one();
+    let _ = go.send(true);
     let st = state.clone();
     let grace = cfg.shutdown_grace;
     let drain = tokio::task::spawn_blocking(move || st.sched.shutdown(grace));
@@ -336,6 +375,7 @@ async fn serve(
     if finished.is_err() && cfg.announce {
         eprintln!("tandem serve: connections still open after {bound:?}; closing them");
     }
+    sockets.iter().for_each(Bound::remove_file);
     Ok(())
 }
 

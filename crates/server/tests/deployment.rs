@@ -16,7 +16,7 @@ fn health_says_loading_until_the_server_takes_the_socket() {
     assert_eq!(r.json()["error"]["message"], "Loading model");
     assert_eq!(post(a, "/v1/completions", &json!({"prompt": "x"})).status, 503);
     let (runner, tok) = load(SMOL);
-    let srv = server::start_on(loading.into_listener(), runner, tok, config(1, 2, 256), false).unwrap();
+    let srv = server::start_on(loading.into_listeners(), runner, tok, config(1, 2, 256), false).unwrap();
     assert_eq!(srv.addr, a);
     assert_eq!(get(a, "/health").status, 200);
     srv.shutdown().unwrap();
@@ -50,4 +50,39 @@ fn cors_answers_listed_origins_only_and_defaults_fill_requests() {
     assert_eq!(r["usage"]["completion_tokens"], 2);
     assert_eq!(get(a, "/slots").status, 501);
     srv.shutdown().unwrap();
+}
+
+/// `--host` as llama-server reads it: a comma-separated list of IP addresses and UNIX
+/// socket paths (`.sock`); every one answers, the loading 503 included, and the socket
+/// file is gone after shutdown.
+#[test]
+fn every_listed_host_answers() {
+    use std::io::{Read, Write};
+    let sock = std::env::temp_dir().join(format!("tandem-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let hosts = format!("127.0.0.1, {}", sock.display());
+    let loading = server::bind_loading(&hosts, 0).unwrap();
+    assert!(loading.describe().contains(&format!("unix:{}", sock.display())), "{}", loading.describe());
+    let unix_get = |path: &str| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(unix_get("/health").starts_with("HTTP/1.1 503"));
+    let a = loading.addr().unwrap();
+    assert_eq!(get(a, "/health").status, 503);
+    let (runner, tok) = load(SMOL);
+    let srv = server::start_on(loading.into_listeners(), runner, tok, config(1, 2, 256), false).unwrap();
+    assert_eq!(srv.addrs.len(), 2);
+    assert_eq!(get(srv.addr, "/health").status, 200);
+    let models = unix_get("/v1/models");
+    assert!(models.starts_with("HTTP/1.1 200") && models.contains("\"object\":\"list\""), "{models}");
+    srv.shutdown().unwrap();
+    assert!(!sock.exists(), "the socket file is removed at shutdown");
+    // An address that cannot be bound is one error naming it; an empty list too.
+    let e = server::bind_loading("127.0.0.1,256.1.1.1", 0).err().unwrap().to_string();
+    assert!(e.contains("256.1.1.1"), "{e}");
+    assert!(server::bind_loading(" , ", 0).is_err());
 }

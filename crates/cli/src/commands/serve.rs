@@ -12,7 +12,8 @@ pub struct Args {
     /// Model file (GGUF).
     #[arg(short = 'm', long)]
     model: PathBuf,
-    /// Address to listen on (loopback only unless you change it).
+    /// Addresses to listen on, comma-separated: IPs (each at --port) and UNIX socket paths
+    /// ending in .sock (loopback only unless you change it).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port to listen on (0 = any free port).
@@ -141,13 +142,14 @@ pub fn main(a: Args) -> Result<()> {
     let mut api_keys: Vec<String> = a.api_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     if let Some(path) = &a.api_key_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("--api-key-file {}", path.display()))?;
-        api_keys.extend(text.lines().map(str::trim).filter(|k| !k.is_empty()).map(str::to_string));
+        // Lines starting with # are comments, as llama-server reads the file.
+        api_keys.extend(text.lines().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#')).map(str::to_string));
         if api_keys.is_empty() {
             anyhow::bail!("--api-key-file {} holds no key", path.display());
         }
     }
     let loading = server::bind_loading(&a.host, a.port)?;
-    eprintln!("tandem serve: loading {} (http://{} answers 503 until it is ready)", a.model.display(), loading.addr()?);
+    eprintln!("tandem serve: loading {} ({} answers 503 until it is ready)", a.model.display(), loading.describe());
     let (runner, tok) = load::model(&a.model, a.threads.unwrap_or_else(load::default_threads), &a.placement)?;
     let n_ctx = if a.ctx_size == 0 { runner.model.config.n_ctx_train } else { a.ctx_size / a.parallel };
     if n_ctx < 16 {
@@ -193,7 +195,7 @@ pub fn main(a: Args) -> Result<()> {
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         announce: true,
     };
-    server::start_on(loading.into_listener(), runner, tok, cfg, true)?.wait()?;
+    server::start_on(loading.into_listeners(), runner, tok, cfg, true)?.wait()?;
     eprintln!("tandem serve: stopped");
     Ok(())
 }
