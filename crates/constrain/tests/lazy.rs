@@ -4,17 +4,10 @@
 use constrain::{Grammars, Spec, Trigger};
 use engine::generate::TokenConstraint;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::sync::Arc;
 use tokenizer::Tokenizer;
 
-fn smollm2() -> Arc<Tokenizer> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    Arc::new(Tokenizer::from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap())
-}
+mod common;
+use common::smollm2;
 
 const CALL: &str = "start: \"<tool_call>\\n\" %json {\"type\": \"object\", \"properties\": {\"name\": {\"const\": \"get_time\"}, \"arguments\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"maxLength\": 12}}, \"required\": [\"city\"], \"additionalProperties\": false}}, \"required\": [\"name\", \"arguments\"], \"additionalProperties\": false, \"x-guidance\": {\"whitespace_flexible\": false, \"key_separator\": \": \", \"item_separator\": \", \"}} \"\\n</tool_call>\"\n";
 

@@ -4,18 +4,11 @@
 use constrain::{Grammars, Spec};
 use engine::generate::TokenConstraint;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenizer::Tokenizer;
 
-fn smollm2() -> Arc<Tokenizer> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("TANDEM_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    Arc::new(Tokenizer::from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap())
-}
+mod common;
+use common::smollm2;
 
 /// Walk a constraint with seeded random logits (greedy over what the mask allows) until it
 /// is complete or a token that ends generation is chosen; the text, and time per mask.
