@@ -25,7 +25,8 @@ log() { echo "[$(date +%T)] $*"; }
 amx_line=$("$T" run -m /tmp/probe.gguf -p hi -n 1 --verbose 2>&1 | grep -m1 "AMX:")
 log "tandem: $amx_line"
 amx=OFF
-[[ "$amx_line" == *"AMX: usable"* ]] && amx=ON
+# "AMX: used for prefill", or "usable, turned off by TANDEM_AMX=0": the tiles work here.
+[[ "$amx_line" == *"AMX: used"* || "$amx_line" == *"AMX: usable"* ]] && amx=ON
 
 LL=/tmp/llama-cpu
 if [ ! -x "$LL/bin/llama-bench" ]; then
