@@ -10,7 +10,8 @@
 # Without MODEL: a Llama-3-8B-shaped random-weight Q4_K file written by TANDEM gen-model
 # (LAYERS of them, default 32; fewer for a quicker run of the same shapes).
 # Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3),
-# FORMATS (tandem's --gpu-weights to run, default "gguf f16"; "gguf-dp4a" = gguf with TANDEM_CUDA_DP4A=1).
+# FORMATS (tandem's --gpu-weights to run, default "gguf f16", each with the environment as given;
+# "gguf-dp4a" adds TANDEM_CUDA_DP4A=1: integer-dot decode kernels for Q6_K too).
 # Logs under $OUT/vs/.
 set -uo pipefail
 T=$1
@@ -69,9 +70,10 @@ grep -m4 "placement: decoder stack" "$OUT/vs/placement.log"
 # A format with a -dp4a suffix (gguf-dp4a) runs with TANDEM_CUDA_DP4A=1: 8-bit tokens and
 # integer dots in the decode kernels that have them.
 for f in ${FORMATS:-gguf f16}; do
-  dp4a=0
-  [ "${f%-dp4a}" != "$f" ] && dp4a=1
-  TANDEM_CUDA_DP4A=$dp4a with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "${f%-dp4a}"
+  (
+    [ "${f%-dp4a}" != "$f" ] && export TANDEM_CUDA_DP4A=1
+    with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "${f%-dp4a}"
+  )
   echo "== tandem --backend cuda --gpu-weights $f"
   grep -E "^\||peak GPU|error" "$OUT/vs/tandem-$f.log"
 done

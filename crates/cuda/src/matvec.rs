@@ -291,16 +291,22 @@ MV_KERNEL(mv_q8_0) {
 pub const MV_MAX_N: usize = 8;
 
 /// The kernel multiplying a weight of type `ty` in its raw blocks by 8-bit tokens
-/// (`quantize_q8_32`) with integer dot products, when it has one and `TANDEM_CUDA_DP4A=1`
-/// asks for it: built without a GPU and not yet measured, so it is opt-in until the GPU
-/// check has run it.
+/// (`quantize_q8_32`) with integer dot products, for the decode steps of the stack.
+/// `TANDEM_CUDA_DP4A` picks: unset, the kernels a GPU check has run (Q4_K and Q8_0: the
+/// H100 model check's decode steps on the card, 2026-12-07; 8B-shaped Q4_K decode 88 -> 99
+/// t/s); `1`, Q6_K's too (not yet run on a GPU); `0`, none (f16 tokens throughout).
 pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("TANDEM_CUDA_DP4A").is_ok_and(|v| v == "1"));
-    match ty {
-        GgmlType::Q4_K if on => Some("mv_q4_k_q8"),
-        GgmlType::Q8_0 if on => Some("mv_q8_0_q8"),
-        GgmlType::Q6_K if on => Some("mv_q6_k_q8"),
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = *MODE.get_or_init(|| match std::env::var("TANDEM_CUDA_DP4A").as_deref() {
+        Ok("0") => None,
+        Ok("1") => Some(true),
+        _ => Some(false),
+    });
+    match (ty, mode) {
+        (_, None) => None,
+        (GgmlType::Q4_K, Some(_)) => Some("mv_q4_k_q8"),
+        (GgmlType::Q8_0, Some(_)) => Some("mv_q8_0_q8"),
+        (GgmlType::Q6_K, Some(true)) => Some("mv_q6_k_q8"),
         _ => None,
     }
 }
