@@ -11,7 +11,8 @@
 # (LAYERS of them, default 32; fewer for a quicker run of the same shapes).
 # Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3),
 # FORMATS (tandem's --gpu-weights to run, default "gguf f16", each with the environment as given;
-# "gguf-dp4a" adds TANDEM_CUDA_DP4A=1: integer-dot decode kernels for Q6_K too).
+# suffixes: "-dp4a" adds TANDEM_CUDA_DP4A=1 (integer-dot decode kernels for Q6_K too), "-s2"/"-s4"
+# TANDEM_CUDA_MV_SPLIT=2/4 (2 or 4 warps per row in the decode kernels), e.g. FORMATS="gguf gguf-s4").
 # Logs under $OUT/vs/.
 set -uo pipefail
 T=$1
@@ -67,12 +68,12 @@ with_gpu_peak() {
 # Where the steps run (not timed: --verbose also profiles every stack call).
 "$T" run -m "$MODEL" -p "The quick brown fox" -n 4 --backend cuda -ngl 99 --verbose >"$OUT/vs/placement.log" 2>&1
 grep -m4 "placement: decoder stack" "$OUT/vs/placement.log"
-# A format with a -dp4a suffix (gguf-dp4a) runs with TANDEM_CUDA_DP4A=1: 8-bit tokens and
-# integer dots in the decode kernels that have them.
+# A format's suffixes set the decode kernels' switches (see FORMATS above).
 for f in ${FORMATS:-gguf f16}; do
   (
-    [ "${f%-dp4a}" != "$f" ] && export TANDEM_CUDA_DP4A=1
-    with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "${f%-dp4a}"
+    case "$f" in *-dp4a*) export TANDEM_CUDA_DP4A=1 ;; esac
+    case "$f" in *-s2*) export TANDEM_CUDA_MV_SPLIT=2 ;; *-s4*) export TANDEM_CUDA_MV_SPLIT=4 ;; esac
+    with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "${f%%-*}"
   )
   echo "== tandem --backend cuda --gpu-weights $f"
   grep -E "^\||peak GPU|error" "$OUT/vs/tandem-$f.log"

@@ -347,9 +347,11 @@ fn quantize_q8_32(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
-/// `mv_q4_k_q8` transcribed, one lane: its blocks' header bytes read as `scale_min_k4_reg`
-/// reads them (bytes 4.. scales, 8.. the rest), integer dots of nibbles and activation bytes.
-fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) -> f32 {
+/// `mv_q4_k_q8_rows<S>` transcribed, one lane of warp `part` of the row's `s`: its blocks'
+/// header bytes read as `scale_min_k4_reg` reads them (bytes 4.. scales, 8.. the rest),
+/// integer dots of nibbles and activation bytes; groups of MV_Q4K_UNROLL (4) blocks dealt out
+/// to the row's warps in turn.
+fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (usize, usize), lane: usize) -> f32 {
     let (jj, l) = (lane >> 3, 4 * (lane & 7));
     let byte = |h: &[u8], k: usize| h[k] as i32;
     let scale_min = |h: &[u8], is: usize| {
@@ -361,7 +363,8 @@ fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) 
     };
     let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
     let mut acc = 0f32;
-    for ib in 0..cols / 256 {
+    let blocks = (part * 4..cols / 256).step_by(4 * s).flat_map(|ib0| ib0..(ib0 + 4).min(cols / 256));
+    for ib in blocks {
         let h = &row[ib * 144..ib * 144 + 16];
         let ((sc0, m0), (sc1, m1)) = (scale_min(h, 2 * jj), scale_min(h, 2 * jj + 1));
         let (d, dmin) = (ldh(h, 0), ldh(h, 2));
@@ -385,8 +388,7 @@ fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
     };
-    let cols = 256 * 5;
-    for _ in 0..4 {
+    for (cols, s) in [(256 * 5, 1), (256 * 5, 2), (256 * 16, 4), (256 * 13, 4), (256 * 3, 4)] {
         let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
         let mut row = vec![0u8; GgmlType::Q4_K.bytes_for(cols as u64).unwrap() as usize];
         quant::quantize_row(GgmlType::Q4_K, &vals, &mut row).unwrap();
@@ -396,20 +398,21 @@ fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         let (xq, xd) = quantize_q8_32(&x);
         let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
         let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
-        let got: f64 = (0..32).map(|lane| mv_q4_k_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
-        assert!((got - want).abs() <= 1e-5 * scale, "{got} vs {want} (scale {scale})");
+        // Every lane of every warp of the row: each block counted once.
+        let got: f64 = (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| mv_q4_k_q8_lane(&row, &xq, &xd, cols, (p, s), lane) as f64).sum();
+        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}, {s} warps: {got} vs {want} (scale {scale})");
         // And close to the unquantized tokens' dot (8-bit activations: about 1% of the scale).
         let exact: f64 = (0..cols).map(|i| w[i] as f64 * x[i] as f64).sum();
         assert!((got - exact).abs() <= 2e-2 * scale, "{got} vs {exact}");
     }
 }
 
-/// `mv_q8_0_q8` transcribed, one lane.
-fn mv_q8_0_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) -> f32 {
+/// `mv_q8_0_q8_rows<S>` transcribed, one lane of warp `part` of the row's `s`.
+fn mv_q8_0_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (usize, usize), lane: usize) -> f32 {
     let (nb, o) = (cols / 32, 8 * (lane & 3));
     let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
     let mut acc = 0f32;
-    for ib in (lane >> 2..nb).step_by(8) {
+    for ib in (part * 8 + (lane >> 2)..nb).step_by(8 * s) {
         let b = &row[ib * 34..];
         let u16at = |k: usize| u16::from_le_bytes([b[2 + o + 2 * k], b[3 + o + 2 * k]]) as u32;
         let (w0, w1) = (u16at(0) | (u16at(1) << 16), u16at(2) | (u16at(3) << 16));
@@ -427,7 +430,7 @@ fn dp4a_q8_0_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
     };
-    for cols in [32, 32 * 9, 32 * 37] {
+    for (cols, s) in [(32, 1), (32 * 9, 1), (32 * 37, 1), (32 * 9, 2), (32 * 37, 4), (32 * 3, 4)] {
         let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
         let mut row = vec![0u8; GgmlType::Q8_0.bytes_for(cols as u64).unwrap() as usize];
         quant::quantize_row(GgmlType::Q8_0, &vals, &mut row).unwrap();
@@ -437,8 +440,8 @@ fn dp4a_q8_0_lanes_sum_to_the_dot_with_the_quantized_tokens() {
         let (xq, xd) = quantize_q8_32(&x);
         let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
         let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
-        let got: f64 = (0..32).map(|lane| mv_q8_0_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
-        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}: {got} vs {want} (scale {scale})");
+        let got: f64 = (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| mv_q8_0_q8_lane(&row, &xq, &xd, cols, (p, s), lane) as f64).sum();
+        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}, {s} warps: {got} vs {want} (scale {scale})");
     }
 }
 

@@ -364,7 +364,11 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemv_q8(&self, kernel: &str, w: u64, q: u64, d: u64, y: u64, rows: usize, cols: usize, n: usize) -> Res<()> {
         let args = [KArg::P(w), KArg::P(q), KArg::P(d), KArg::P(y), KArg::I(int(rows)?), KArg::I(int(cols)?), KArg::I(int(n)?)];
-        self.launch(kernel, int(rows.div_ceil(4))? as u32, 128, &args)
+        // S warps of the 128-thread block per row where the kernel has that form.
+        match crate::matvec::split_kernel(kernel) {
+            Some((name, split)) => self.launch(name, int(rows.div_ceil(4 / split))? as u32, 128, &args),
+            None => self.launch(kernel, int(rows.div_ceil(4))? as u32, 128, &args),
+        }
     }
 
     /// `C[n, m] = B[n, k] · A[m, k]ᵀ` on the compute stream: A, B f16, f32 accumulation,

@@ -30,6 +30,36 @@ __device__ __forceinline__ float warp_sum(float s) {
         float s = warp_sum(acc[t]); \
         if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
     }
+// The frame with S warps of a 128-thread block per row (S = 1, 2 or 4): warp `part` of a row
+// takes every S-th group of its blocks, so a row has S times the bytes in flight (rows of a
+// K/V projection are too few to fill the card one warp each). No early return: every thread
+// reaches the block's barrier; the partial sums meet in shared memory.
+#define MV_HEAD_S(S, ROW_BYTES) \
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31; \
+    const int row = blockIdx.x * ((blockDim.x >> 5) / S) + warp / S, part = warp % S; \
+    const bool valid = row < rows; \
+    const u8* w = src + (i64)(valid ? row : 0) * (ROW_BYTES); \
+    float acc[MV_MAX_N]; \
+    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
+#define MV_TAIL_S(S) \
+    if (S == 1) { \
+        for (int t = 0; t < MV_MAX_N; t++) { \
+            float s = warp_sum(acc[t]); \
+            if (valid && lane == 0 && t < n) y[(i64)t * rows + row] = s; \
+        } \
+    } else { \
+        __shared__ float partial[4][MV_MAX_N]; \
+        for (int t = 0; t < MV_MAX_N; t++) { \
+            float s = warp_sum(acc[t]); \
+            if (lane == 0) partial[warp][t] = s; \
+        } \
+        __syncthreads(); \
+        if (valid && part == 0 && lane < n) { \
+            float s = 0.0f; \
+            for (int p = 0; p < S; p++) s += partial[warp + p][lane]; \
+            y[(i64)lane * rows + row] = s; \
+        } \
+    }
 // Every matrix-vector kernel's signature: raw blocks, f16 tokens `[n, cols]`, f32 out `[n, rows]`.
 #define MV_KERNEL(NAME) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
@@ -140,11 +170,12 @@ extern "C" __global__ void quantize_q8_32(const u16* __restrict__ x, i8* __restr
 // four low and four high nibbles meet four activation bytes each in one dp4a, so no element is
 // converted to float; the sub-block mins by a dp4a of the same bytes with ones. Per lane and
 // block: d_a(sub-block) * (d * sc * dot - dmin * m * sum), as `formulas.rs` transcribes it.
-extern "C" __global__ void mv_q4_k_q8(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
-                                      float* __restrict__ y, int rows, int cols, int n) {
-    MV_HEAD((cols / 256) * 144)
+template <int S>
+__device__ __forceinline__ void mv_q4_k_q8_rows(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                                float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD_S(S, (cols / 256) * 144)
     const int jj = lane >> 3, l = 4 * (lane & 7), nb = cols / 256;
-    for (int ib0 = 0; ib0 < nb; ib0 += MV_Q4K_UNROLL) {
+    for (int ib0 = part * MV_Q4K_UNROLL; valid && ib0 < nb; ib0 += S * MV_Q4K_UNROLL) {
         uint4 hd[MV_Q4K_UNROLL];
         u32 qv[MV_Q4K_UNROLL];
         q4k_load(w, ib0, nb, lane, hd, qv);
@@ -165,17 +196,25 @@ extern "C" __global__ void mv_q4_k_q8(const u8* __restrict__ src, const i8* __re
             }
         }
     }
-    MV_TAIL
+    MV_TAIL_S(S)
 }
+// Every dp4a kernel's signature; _s2/_s4: 2 or 4 warps per row (MV_HEAD_S).
+#define MV_Q8_KERNEL(NAME) \
+extern "C" __global__ void NAME(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd, \
+                                float* __restrict__ y, int rows, int cols, int n)
+MV_Q8_KERNEL(mv_q4_k_q8) { mv_q4_k_q8_rows<1>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q4_k_q8_s2) { mv_q4_k_q8_rows<2>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q4_k_q8_s4) { mv_q4_k_q8_rows<4>(src, xq, xd, y, rows, cols, n); }
 
 // Q8_0 against 8-bit tokens: mv_q8_0's lane mapping (eight blocks per warp iteration; lane L:
 // block L/4 of the eight, its bytes 8(L%4)..+7), two dp4a per lane and token. The weight bytes
 // sit at 2 mod 4 in the 34-byte blocks: read as u16 pairs.
-extern "C" __global__ void mv_q8_0_q8(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
-                                      float* __restrict__ y, int rows, int cols, int n) {
-    MV_HEAD((cols / 32) * 34)
+template <int S>
+__device__ __forceinline__ void mv_q8_0_q8_rows(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                                float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD_S(S, (cols / 32) * 34)
     const int nb = cols / 32, o = 8 * (lane & 3);
-    for (int ib = lane >> 2; ib < nb; ib += 8) {
+    for (int ib = part * 8 + (lane >> 2); valid && ib < nb; ib += 8 * S) {
         const u8* b = w + ib * 34;
         const float d = ldh(b);
         const u16* p = (const u16*)(b + 2 + o);
@@ -186,8 +225,11 @@ extern "C" __global__ void mv_q8_0_q8(const u8* __restrict__ src, const i8* __re
             acc[t] += d * xd[(i64)t * nb + ib] * (float)(__dp4a(w0, a.x, 0) + __dp4a(w1, a.y, 0));
         }
     }
-    MV_TAIL
+    MV_TAIL_S(S)
 }
+MV_Q8_KERNEL(mv_q8_0_q8) { mv_q8_0_q8_rows<1>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q8_0_q8_s2) { mv_q8_0_q8_rows<2>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q8_0_q8_s4) { mv_q8_0_q8_rows<4>(src, xq, xd, y, rows, cols, n); }
 
 // Four bytes from a 2-byte aligned address.
 __device__ __forceinline__ u32 ld4_u16(const u8* b) {
@@ -309,6 +351,28 @@ pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
         (GgmlType::Q6_K, Some(true)) => Some("mv_q6_k_q8"),
         _ => None,
     }
+}
+
+/// Warps per row of the dp4a kernels that have the split form (`_s2`, `_s4`), from
+/// `TANDEM_CUDA_MV_SPLIT` (1, 2 or 4; 1 unless set): more bytes in flight per row for
+/// weights with few rows. Built without a GPU, so opt-in until the GPU check has run it.
+pub fn mv_split() -> usize {
+    static SPLIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SPLIT.get_or_init(|| match std::env::var("TANDEM_CUDA_MV_SPLIT").as_deref() {
+        Ok("2") => 2,
+        Ok("4") => 4,
+        _ => 1,
+    })
+}
+
+/// The split form of `kernel` at the configured split and its warps per row, when it has one.
+pub(crate) fn split_kernel(kernel: &str) -> Option<(&'static str, usize)> {
+    let split = mv_split();
+    if split == 1 {
+        return None;
+    }
+    let want = format!("{kernel}_s{split}");
+    crate::kernels::NAMES.iter().copied().find(|n| *n == want).map(|n| (n, split))
 }
 
 /// The kernel multiplying a weight of type `ty` in its raw blocks by up to [`MV_MAX_N`]
