@@ -403,4 +403,6 @@ fn serve_takes_llama_server_flags() {
     let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--api-key-file", p(&empty)]);
     assert_clean_error(&o, "holds no key");
     std::fs::remove_file(&empty).ok();
+    let o = tandem(&["serve", "-m", p(&m), "--port", "0", "--api-key", " , "]);
+    assert_clean_error(&o, "--api-key holds no key");
 }

@@ -38,7 +38,8 @@ pub struct Lazy {
     inner: Constraint,
     tok: Arc<Tokenizer>,
     trigger: Trigger,
-    /// The output so far, control tokens rendered, while waiting.
+    /// The output so far, control tokens rendered, while waiting (searched only where it
+    /// grew, so a long answer costs no more per token).
     seen: Vec<u8>,
     state: State,
 }
@@ -53,30 +54,43 @@ impl Lazy {
         self.state == State::Engaged
     }
 
-    /// Look for the trigger in the output so far; engage at it.
-    fn look(&mut self) {
+    /// Look for the trigger in what `accept` just added (from byte `from` of the output);
+    /// engage at it.
+    fn look(&mut self, from: usize) {
         let t = self.trigger.text.as_bytes();
-        let Some(at) = self.seen.windows(t.len()).position(|w| w == t) else {
-            if self.trigger.at_start_only {
-                if !t.starts_with(trim_ascii_start(&self.seen)) {
-                    self.state = State::Free;
-                }
-            } else if self.seen.len() >= t.len() {
-                // Only a tail shorter than the trigger can be the start of it.
-                self.seen.drain(..self.seen.len() + 1 - t.len());
+        let start = from.saturating_sub(t.len() - 1);
+        let Some(at) = self.seen[start..].windows(t.len()).position(|w| w == t).map(|i| start + i) else {
+            if self.trigger.at_start_only && !t.starts_with(trim_ascii_start(&self.seen)) {
+                self.state = State::Free;
             }
             return;
         };
-        if self.trigger.at_start_only && !self.seen[..at].iter().all(u8::is_ascii_whitespace) {
+        let before = &self.seen[..at];
+        if self.trigger.at_start_only && !before.iter().all(u8::is_ascii_whitespace) {
             self.state = State::Free;
             return;
         }
-        // Wait for a character split across tokens to be whole before re-encoding.
-        let Ok(tail) = std::str::from_utf8(&self.seen[at..]) else { return };
-        let tokens = self.tok.encode(tail, false, true);
+        // A marker written while reasoning (an open `<think>`) is not a call.
+        if rfind(before, b"<think>") > rfind(before, b"</think>") {
+            return;
+        }
+        let tokens = match std::str::from_utf8(&self.seen[at..]) {
+            Ok(tail) => self.tok.encode_continuation(tail, true),
+            // A character split across tokens: wait for its other bytes.
+            Err(e) if e.error_len().is_none() => return,
+            Err(_) => {
+                self.state = State::Free;
+                return;
+            }
+        };
         self.state = if self.inner.consume_all(&tokens) { State::Engaged } else { State::Free };
         self.seen = Vec::new();
     }
+}
+
+/// Where `needle` last occurs in `hay` (None sorts before every position).
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
 }
 
 fn trim_ascii_start(b: &[u8]) -> &[u8] {
@@ -97,8 +111,9 @@ impl TokenConstraint for Lazy {
             State::Engaged => self.inner.accept(token),
             State::Free => Ok(()),
             State::Waiting => {
+                let from = self.seen.len();
                 self.seen.extend_from_slice(&self.tok.token_to_piece(token, true));
-                self.look();
+                self.look(from);
                 Ok(())
             }
         }

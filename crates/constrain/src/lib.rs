@@ -41,7 +41,8 @@ impl TokenizerEnv for Vocabulary {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
-        self.tok.encode(&String::from_utf8_lossy(s), false, false)
+        // Bytes the grammar forces continue the output: no SentencePiece space prefix.
+        self.tok.encode_continuation(&String::from_utf8_lossy(s), false)
     }
 }
 

@@ -126,3 +126,17 @@ fn a_start_only_trigger_after_text_never_engages() {
     }
     assert!(c.engaged());
 }
+
+#[test]
+fn a_marker_while_reasoning_is_not_a_call() {
+    let tok = smollm2();
+    let grammars = Grammars::new(tok.clone()).unwrap();
+    let mut rng = Rng(11);
+    let mut c = grammars.compile_lazy(&Spec::Lark(CALL.into()), Trigger { text: "<tool_call>".into(), at_start_only: false }).unwrap();
+    feed_free(&mut c, &tok, "<think>I could write <tool_call> and more here.</think>\nSure. ", &mut rng);
+    assert!(!c.engaged());
+    for t in tok.encode("<tool_call>\n", false, false) {
+        c.accept(t).unwrap();
+    }
+    assert!(c.engaged(), "the marker after the reasoning engages");
+}

@@ -262,7 +262,9 @@ async fn chat(State(s): State<S>, ApiJson(body): ApiJson<Value>) -> Result<Respo
                 Some(name) => options.tools.iter().filter(|t| t["function"]["name"] == name.as_str()).cloned().collect(),
                 None => options.tools.clone(),
             };
-            let grammar = format.required_grammar(&offered, options.parallel_tool_calls.unwrap_or(false), &special);
+            // `auto` keeps OpenAI's default of parallel calls (a second call is not cut off).
+            let parallel = options.parallel_tool_calls.unwrap_or(!required);
+            let grammar = format.required_grammar(&offered, parallel, &special);
             ask.spec = Some(constrain::Spec::Lark(grammar));
             ask.lazy = (!required).then(|| format.trigger());
         }
@@ -343,7 +345,13 @@ pub(crate) async fn submit_all(s: &Arc<AppState>, prompt: &[u32], ask: &Ask) -> 
         None => (0..ask.n).map(|_| None).collect(),
         Some(spec) => {
             let (st, spec, lazy, n) = (s.clone(), spec.clone(), ask.lazy.clone(), ask.n);
-            blocking(move || st.grammars.compile(&st.tok, &spec, lazy.as_ref(), n)).await??.into_iter().map(Some).collect()
+            match blocking(move || st.grammars.compile(&st.tok, &spec, lazy.as_ref(), n)).await? {
+                Ok(cs) => cs.into_iter().map(Some).collect(),
+                // Tools whose schemas the grammar engine refuses: with `auto` the answer is
+                // then parsed as written, as before there was a grammar for it.
+                Err(_) if ask.lazy.is_some() => (0..ask.n).map(|_| None).collect(),
+                Err(e) => return Err(e),
+            }
         }
     };
     (0..ask.n)

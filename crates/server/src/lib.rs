@@ -217,6 +217,8 @@ impl Drop for Loading {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Sockets never handed on (the model did not load): their files go too.
+        listen::remove_files(&listen::socket_files(&self.listeners));
     }
 }
 
@@ -263,7 +265,13 @@ pub fn start(runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Resu
 
 /// [`start`] on sockets already bound (by [`bind_loading`]).
 pub fn start_on(listeners: Vec<Bound>, runner: Runner, tok: Tokenizer, cfg: Config, signals: bool) -> Result<RunningServer> {
-    let template = ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref())?;
+    let template = match ChatTemplate::for_model(&runner.model.file, &tok, cfg.chat_template.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            listen::remove_files(&listen::socket_files(&listeners));
+            return Err(e.into());
+        }
+    };
     let addr = listeners.iter().find_map(Bound::tcp_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let addrs: Vec<String> = listeners.iter().map(Bound::describe).collect();
     let runner = Arc::new(runner);
@@ -325,7 +333,7 @@ async fn serve(
     // error) ends them all.
     let (go, stopping) = tokio::sync::watch::channel(false);
     let go = Arc::new(go);
-    let sockets: Vec<Bound> = listeners.iter().map(Bound::try_clone).collect::<std::io::Result<_>>()?;
+    let sockets = listen::socket_files(&listeners);
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
         let mut rx = stopping.clone();
@@ -354,7 +362,7 @@ async fn serve(
         r = &mut server => {
             // The server stopped by itself: an accept error.
             state.sched.shutdown(Duration::ZERO);
-            sockets.iter().for_each(Bound::remove_file);
+            listen::remove_files(&sockets);
             return r.map_err(|e| ServerError::Crashed(format!("task failed: {e}")))?.map_err(ServerError::Io);
         }
         _ = trigger => {}
@@ -375,7 +383,7 @@ async fn serve(
     if finished.is_err() && cfg.announce {
         eprintln!("tandem serve: connections still open after {bound:?}; closing them");
     }
-    sockets.iter().for_each(Bound::remove_file);
+    listen::remove_files(&sockets);
     Ok(())
 }
 

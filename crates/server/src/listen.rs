@@ -57,12 +57,25 @@ impl Bound {
         }
     }
 
-    /// Remove a UNIX socket's file (after the server stopped).
-    pub(crate) fn remove_file(&self) {
-        #[cfg(unix)]
-        if let Bound::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
+    /// A UNIX socket's file.
+    pub(crate) fn socket_file(&self) -> Option<PathBuf> {
+        match self {
+            Bound::Tcp(_) => None,
+            #[cfg(unix)]
+            Bound::Unix(_, p) => Some(p.clone()),
         }
+    }
+}
+
+/// The files of `listeners`' UNIX sockets.
+pub(crate) fn socket_files(listeners: &[Bound]) -> Vec<PathBuf> {
+    listeners.iter().filter_map(Bound::socket_file).collect()
+}
+
+/// Remove socket files (the server stopped, or never started).
+pub(crate) fn remove_files(files: &[PathBuf]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
     }
 }
 
@@ -72,7 +85,18 @@ pub fn bind_all(hosts: &str, port: u16) -> Result<Vec<Bound>> {
     if list.is_empty() {
         return Err(ServerError::Listen { addr: hosts.into(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "--host needs at least one address") });
     }
-    list.into_iter().map(|h| bind(h, port)).collect()
+    let mut bound = Vec::new();
+    for h in list {
+        match bind(h, port) {
+            Ok(b) => bound.push(b),
+            Err(e) => {
+                // Leave no socket file behind for the addresses already bound.
+                remove_files(&socket_files(&bound));
+                return Err(e);
+            }
+        }
+    }
+    Ok(bound)
 }
 
 fn bind(host: &str, port: u16) -> Result<Bound> {

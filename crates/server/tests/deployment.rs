@@ -81,8 +81,13 @@ fn every_listed_host_answers() {
     assert!(models.starts_with("HTTP/1.1 200") && models.contains("\"object\":\"list\""), "{models}");
     srv.shutdown().unwrap();
     assert!(!sock.exists(), "the socket file is removed at shutdown");
-    // An address that cannot be bound is one error naming it; an empty list too.
-    let e = server::bind_loading("127.0.0.1,256.1.1.1", 0).err().unwrap().to_string();
+    // An address that cannot be bound is one error naming it (and leaves no socket file of
+    // the addresses bound before it); an empty list too.
+    let e = server::bind_loading(&format!("{},256.1.1.1", sock.display()), 0).err().unwrap().to_string();
     assert!(e.contains("256.1.1.1"), "{e}");
+    assert!(!sock.exists());
     assert!(server::bind_loading(" , ", 0).is_err());
+    // A server that never started (the model failed to load) removes its socket file too.
+    drop(server::bind_loading(&sock.display().to_string(), 0).unwrap());
+    assert!(!sock.exists());
 }

@@ -141,6 +141,17 @@ impl Tokenizer {
     /// `parse_special` matches control-token text in `text` as those tokens
     /// (user-defined tokens are always matched).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_with(text, add_special, parse_special, true)
+    }
+
+    /// Text that continues an output already under way (a grammar's next bytes, the rest of
+    /// a generation): as [`Tokenizer::encode`] without BOS/EOS and without the space a
+    /// SentencePiece vocabulary puts before a text's start (or after a control token).
+    pub fn encode_continuation(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        self.encode_with(text, false, parse_special, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool, parse_special: bool, space_prefix: bool) -> Vec<u32> {
         let mut out = Vec::new();
         let frags = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
         if add_special && self.add_bos {
@@ -160,7 +171,7 @@ impl Tokenizer {
                     buf.clear();
                     match self.kind {
                         Kind::Spm => {
-                            if self.add_space_prefix && prev_special {
+                            if space_prefix && self.add_space_prefix && prev_special {
                                 buf.push(' ');
                             }
                             buf.push_str(piece);

@@ -68,3 +68,24 @@ fn every_tested_vocabulary_tokenizes_as_llama_cpp_expects() {
     assert!(checked >= 10, "only {checked} vocabularies checked");
     assert!(failures.is_empty(), "tokenizations differ from llama.cpp's tests:\n{}", failures.join("\n"));
 }
+
+/// Text that continues an output gets no SentencePiece space prefix (a grammar's forced bytes,
+/// a tool call's re-encoded tail): decoding the start and the continuation gives the text as
+/// written, where encoding the continuation as a fresh text would insert a space.
+#[test]
+fn continuations_get_no_space_prefix() {
+    let file = gguf::GgufFile::open(vocab_dir().join("ggml-vocab-llama-spm.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let mut ids = tok.encode("The answer", false, false);
+    let fresh = tok.encode("is {\"a\"", false, false);
+    let cont = tok.encode_continuation("is {\"a\"", false);
+    assert_ne!(fresh, cont, "the vocabulary adds a space prefix to a fresh text");
+    ids.extend(&cont);
+    assert_eq!(tok.decode(&ids, false), "The answeris {\"a\"");
+    // Control tokens are still parsed, and the text after one gets no space either.
+    let eos = tok.eos().unwrap();
+    let eos_text = String::from_utf8_lossy(&tok.token_to_piece(eos, true)).into_owned();
+    let with = tok.encode_continuation(&format!("x{eos_text}y"), true);
+    assert!(with.contains(&eos), "{with:?}");
+    assert_eq!(tok.decode(&with, false), "xy");
+}

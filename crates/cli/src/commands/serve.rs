@@ -140,13 +140,18 @@ pub fn main(a: Args) -> Result<()> {
     // Bind first: while the model loads, clients polling /health get 503 "Loading model".
     // Keys first: a bad key file is an error before the port is bound or the model read.
     let mut api_keys: Vec<String> = a.api_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if !a.api_key.is_empty() && api_keys.is_empty() {
+        // `--api-key ","` would otherwise start an open server while meaning to close it.
+        anyhow::bail!("--api-key holds no key");
+    }
     if let Some(path) = &a.api_key_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("--api-key-file {}", path.display()))?;
         // Lines starting with # are comments, as llama-server reads the file.
-        api_keys.extend(text.lines().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#')).map(str::to_string));
-        if api_keys.is_empty() {
+        let from_file: Vec<String> = text.lines().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#')).map(str::to_string).collect();
+        if from_file.is_empty() {
             anyhow::bail!("--api-key-file {} holds no key", path.display());
         }
+        api_keys.extend(from_file);
     }
     let loading = server::bind_loading(&a.host, a.port)?;
     eprintln!("tandem serve: loading {} ({} answers 503 until it is ready)", a.model.display(), loading.describe());
