@@ -269,6 +269,17 @@ fn bench_prints_a_llama_bench_table() {
     assert_clean_error(&tandem(&["bench", "-m", p(&model(SMOLLM)), "-t", "0"]), "at least 1");
 }
 
+/// llama-bench's -d: every test again at each context depth, named as llama-bench names it.
+#[test]
+fn bench_runs_the_tests_at_each_depth() {
+    let o = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "4", "-d", "0,300", "-r", "1", "-t", "2", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("bench -o json prints JSON");
+    let rows = v.as_array().unwrap();
+    let tests: Vec<(&str, u64)> = rows.iter().map(|r| (r["test"].as_str().unwrap(), r["n_depth"].as_u64().unwrap())).collect();
+    assert_eq!(tests, [("pp16", 0), ("tg4", 0), ("pp16 @ d300", 300), ("tg4 @ d300", 300)]);
+    assert!(rows.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+}
+
 #[test]
 fn bench_json_has_llama_bench_fields() {
     let o = tandem(&["bench", "-m", p(&model(SMOLLM)), "-p", "16", "-n", "2", "-r", "1", "-t", "2", "-o", "json"]);

@@ -20,6 +20,10 @@ pub struct Args {
     /// Generation lengths to test (comma separated, 0 = none).
     #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
     n_gen: Vec<usize>,
+    /// Context depths to test at (comma separated, llama-bench's -d): each test runs after
+    /// this many tokens are already in the cache (processed before the timing starts).
+    #[arg(short = 'd', long = "n-depth", default_value = "0", value_delimiter = ',')]
+    n_depth: Vec<usize>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: usize,
@@ -47,6 +51,7 @@ struct Row {
     file: String,
     n_prompt: usize,
     n_gen: usize,
+    n_depth: usize,
     model: String,
     size_mib: f64,
     params_m: f64,
@@ -126,17 +131,22 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
         })
         .unwrap_or_else(|| "?".into());
     let name = format!("{} {:.0}M {}", c.arch, params as f64 / 1e6, ftype);
-    let tests = a
-        .n_prompt
-        .iter()
-        .filter(|&&n| n > 0)
-        .map(|&n| (format!("pp{n}"), n, true))
-        .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
-    for (test, n, prompt) in tests {
+    let tests: Vec<(usize, bool)> =
+        a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (n, true)).chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (n, false))).collect();
+    for &depth in &a.n_depth {
+      let base = Depth::prefill(&runner, depth, a.batch_size)?;
+      for &(n, prompt) in &tests {
+        let test = match (prompt, depth) {
+            (true, 0) => format!("pp{n}"),
+            (false, 0) => format!("tg{n}"),
+            // llama-bench's names for tests at a depth.
+            (true, d) => format!("pp{n} @ d{d}"),
+            (false, d) => format!("tg{n} @ d{d}"),
+        };
         // One warm-up run (page in the mmap, prepare weights), then the measured ones.
         let mut speeds = Vec::new();
         for rep in 0..=a.repetitions {
-            let tps = if prompt { run_pp(&runner, n, a.batch_size)? } else { run_tg(&runner, n)? };
+            let tps = if prompt { run_pp_at(&runner, &base, n, a.batch_size)? } else { run_tg_at(&runner, &base, n)? };
             if rep > 0 {
                 speeds.push(tps);
             }
@@ -151,6 +161,7 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
             file: path.display().to_string(),
             n_prompt: if prompt { n } else { 0 },
             n_gen: if prompt { 0 } else { n },
+            n_depth: depth,
             model: name.clone(),
             size_mib: size as f64 / (1 << 20) as f64,
             params_m: params as f64 / 1e6,
@@ -163,6 +174,7 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
             device_mib: device_mib(&runner),
             decode_bytes: runner.model.config.moe.is_none().then(|| decode_bytes(file)),
         });
+      }
     }
     eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     Ok(())
@@ -173,7 +185,8 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
 /// peak RSS of the tests after it).
 fn report_bandwidth(rows: &[Row]) {
     let mut measured: Vec<(usize, f64)> = Vec::new();
-    for r in rows.iter().filter(|r| r.n_gen > 0) {
+    // At a depth each token also reads the cache: the weights alone would undercount.
+    for r in rows.iter().filter(|r| r.n_gen > 0 && r.n_depth == 0) {
         let Some(per_token) = r.decode_bytes else { continue };
         let bw = match measured.iter().find(|(t, _)| *t == r.threads) {
             Some(&(_, bw)) => bw,
@@ -244,15 +257,55 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 pub(crate) fn run_pp(r: &Runner, n: usize, batch: usize) -> Result<f64> {
+    run_pp_at(r, &Depth::none(), n, batch)
+}
+
+/// The context a test starts from: `depth` tokens already processed. All but the last are
+/// prefilled once and kept as a snapshot; each run restores it and processes the last one
+/// untimed, so an engine's own copy of the rows (the GPU's) is current before the clock starts.
+struct Depth {
+    depth: usize,
+    base: Option<engine::kv_cache::KvSnapshot>,
+}
+
+impl Depth {
+    fn none() -> Self {
+        Depth { depth: 0, base: None }
+    }
+
+    fn prefill(r: &Runner, depth: usize, batch: usize) -> Result<Self> {
+        if depth == 0 {
+            return Ok(Self::none());
+        }
+        let mut cache = r.new_cache(depth);
+        engine::generate::prefill(r, &mut cache, &tokens(depth - 1, r.model.config.n_vocab), batch)?;
+        Ok(Depth { depth, base: Some(cache.snapshot()) })
+    }
+
+    /// A cache at this depth with room for `extra` more tokens.
+    fn cache(&self, r: &Runner, extra: usize) -> Result<engine::kv_cache::KvCache> {
+        let mut cache = r.new_cache(self.depth + extra);
+        if let Some(base) = &self.base {
+            if !cache.restore(base) {
+                bail!("the depth's cache does not fit a {}-token context", self.depth + extra);
+            }
+            let last = tokens(self.depth, r.model.config.n_vocab)[self.depth - 1];
+            r.forward(&mut cache, &[last], 0..0)?;
+        }
+        Ok(cache)
+    }
+}
+
+fn run_pp_at(r: &Runner, depth: &Depth, n: usize, batch: usize) -> Result<f64> {
     let toks = tokens(n, r.model.config.n_vocab);
-    let mut cache = r.new_cache(n);
+    let mut cache = depth.cache(r, n)?;
     let t0 = Instant::now();
     engine::generate::prefill(r, &mut cache, &toks, batch)?;
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn run_tg(r: &Runner, n: usize) -> Result<f64> {
-    let mut cache = r.new_cache(n + 1);
+fn run_tg_at(r: &Runner, depth: &Depth, n: usize) -> Result<f64> {
+    let mut cache = depth.cache(r, n + 1)?;
     let mut t = 1u32;
     let t0 = Instant::now();
     for _ in 0..n {
@@ -291,6 +344,7 @@ fn render(rows: &[Row], format: &str) -> String {
                         "n_threads": r.threads,
                         "n_prompt": r.n_prompt,
                         "n_gen": r.n_gen,
+                        "n_depth": r.n_depth,
                         "test": r.test,
                         "avg_ts": r.mean,
                         "stddev_ts": r.sd,
