@@ -158,10 +158,11 @@ type DecodeKernel = unsafe fn(&DecodeJob, usize) -> Part;
 fn pick_decode_kernel() -> DecodeKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("fma") && has!("f16c") {
             return decode_avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if has!("avx2") && has!("fma") && has!("f16c") {
             return decode_avx2;
         }
     }
@@ -169,24 +170,64 @@ fn pick_decode_kernel() -> DecodeKernel {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn decode_avx512(dj: &DecodeJob, job: usize) -> Part {
-    decode_part(dj, job)
+    decode_part::<WidenF16c>(dj, job)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn decode_avx2(dj: &DecodeJob, job: usize) -> Part {
-    decode_part(dj, job)
+    decode_part::<WidenF16c>(dj, job)
 }
 
 unsafe fn decode_portable(dj: &DecodeJob, job: usize) -> Part {
-    decode_part(dj, job)
+    decode_part::<WidenPortable>(dj, job)
+}
+
+/// A cached f16 row to f32, inlined into each decode kernel. A decode step converts one short
+/// row per key and head (tens of thousands a token at a long context); a library call per
+/// row costs more than the conversion. f16 to f32 is exact, so every way gives the same bits.
+trait Widen {
+    /// # Safety
+    /// The CPU has the instructions the implementation uses; `dst.len() == src.len()`.
+    unsafe fn widen(src: &[f16], dst: &mut [f32]);
+}
+
+struct WidenPortable;
+
+impl Widen for WidenPortable {
+    #[inline(always)]
+    unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct WidenF16c;
+
+#[cfg(target_arch = "x86_64")]
+impl Widen for WidenF16c {
+    #[inline(always)]
+    unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n elements of both; unaligned loads and stores; F16C per the caller.
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = src[j].to_f32();
+        }
+    }
 }
 
 /// Job `job` = (KV head, key chunk) of a decode step.
 #[inline(always)]
-fn decode_part(dj: &DecodeJob, job: usize) -> Part {
+fn decode_part<W: Widen>(dj: &DecodeJob, job: usize) -> Part {
     let DecodeJob { s, q, k_cache, v_cache, lo, pos, chunk, chunks } = *dj;
     let (d, dv) = (s.head_dim, s.head_dim_v);
     let (kvd, vd) = (s.n_head_kv * d, s.n_head_kv * dv);
@@ -198,7 +239,8 @@ fn decode_part(dj: &DecodeJob, job: usize) -> Part {
     let mut scores = vec![0f32; group * (j1 - j0)];
     let mut row = vec![0f32; d.max(dv)];
     for j in j0..j1 {
-        k_cache[j * kvd + g * d..][..d].convert_to_f32_slice(&mut row[..d]);
+        // SAFETY: the kernel that inlined this has W's instructions (pick_decode_kernel).
+        unsafe { W::widen(&k_cache[j * kvd + g * d..][..d], &mut row[..d]) };
         for r in 0..group {
             scores[r * (j1 - j0) + j - j0] = dot(&qs[r * d..][..d], &row[..d]);
         }
@@ -215,7 +257,8 @@ fn decode_part(dj: &DecodeJob, job: usize) -> Part {
     }
     let mut acc = vec![0f32; group * dv];
     for j in j0..j1 {
-        v_cache[j * vd + g * dv..][..dv].convert_to_f32_slice(&mut row[..dv]);
+        // SAFETY: as for the keys.
+        unsafe { W::widen(&v_cache[j * vd + g * dv..][..dv], &mut row[..dv]) };
         for r in 0..group {
             let p = scores[r * (j1 - j0) + j - j0];
             for (a, &v) in acc[r * dv..][..dv].iter_mut().zip(&row[..dv]) {
@@ -594,6 +637,8 @@ mod tests {
             (2, 1, 16, 16, None, 300, 1),
             (8, 2, 128, 128, Some(50), 400, 1),
             (4, 1, 256, 256, None, 700, 1),
+            // Rows that are not whole vectors of 8 (the f16 rows' widening tails).
+            (3, 1, 20, 12, None, 50, 1),
         ];
         for (n_head, n_head_kv, head_dim, head_dim_v, window, pos0, n) in cases {
             let s = AttnShape { n_head, n_head_kv, head_dim, head_dim_v, window };
