@@ -128,12 +128,18 @@ fn run_streams_text_and_seeds_reproduce() {
     assert!(stderr(&a).contains("tokens/s"));
 }
 
+/// `tandem gen-model ARGS -o DIR/NAME`, which must succeed; the file's path.
+fn gen_model(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let o = tandem(&[&["gen-model"], args, &["-o", p(&out)]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
 #[test]
 fn gen_model_writes_a_model_that_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tiny.gguf");
-    let o = tandem(&["gen-model", "--preset", "tiny", "--layers", "2", "--type", "q8_0", "-o", p(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = gen_model(dir.path(), "tiny.gguf", &["--preset", "tiny", "--layers", "2", "--type", "q8_0"]);
     let info = tandem(&["info", "-m", p(&out)]);
     let text = stdout(&info);
     assert!(text.contains("blk.1.ffn_down.weight") && text.contains("Q8_0"), "{text}");
@@ -147,9 +153,7 @@ fn gen_model_writes_a_model_that_runs() {
 #[test]
 fn n_cpu_moe_keeps_experts_on_the_cpu_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("moe.gguf");
-    let o = tandem(&["gen-model", "--preset", "tiny", "--arch", "gemma4", "--layers", "4", "--experts", "4", "--type", "q8_0", "-o", p(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = gen_model(dir.path(), "moe.gguf", &["--preset", "tiny", "--arch", "gemma4", "--layers", "4", "--experts", "4", "--type", "q8_0"]);
     let run = |flags: &[&str]| tandem(&[&["run", "-m", p(&out), "-p", "hello", "-n", "4", "--temp", "0", "--ignore-eos"], flags].concat());
     let r = run(&["--n-cpu-moe", "3"]);
     assert!(r.status.success(), "{}", stderr(&r));
@@ -165,9 +169,7 @@ fn n_cpu_moe_keeps_experts_on_the_cpu_and_says_so() {
 #[test]
 fn partial_ngl_keeps_the_other_layers_weights_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("four.gguf");
-    let o = tandem(&["gen-model", "--preset", "tiny", "--layers", "4", "--type", "q8_0", "-o", p(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = gen_model(dir.path(), "four.gguf", &["--preset", "tiny", "--layers", "4", "--type", "q8_0"]);
     let prompt = "hello world ".repeat(40);
     // The reference engine's matmul count, from the placement summary.
     let ref_matmuls = |ngl: &str| -> u64 {

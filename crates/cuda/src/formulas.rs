@@ -347,6 +347,47 @@ fn quantize_q8_32(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
+/// Uniform values in [-1, 1] from a seeded LCG.
+fn lcg(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+    }
+}
+
+/// A random row of `ty` against random tokens (times `x_scale`) in `quantize_q8_32`'s form:
+/// what a dp4a kernel's lanes read, the dot they must give (the dequantized weights times
+/// `d * q` of each activation), the sum of its terms' sizes (the tolerance's scale) and the
+/// dot with the unquantized tokens.
+struct Dp4aCase {
+    row: Vec<u8>,
+    xq: Vec<i8>,
+    xd: Vec<f32>,
+    want: f64,
+    scale: f64,
+    exact: f64,
+}
+
+fn dp4a_case(ty: GgmlType, cols: usize, x_scale: f32, rnd: &mut impl FnMut() -> f32) -> Dp4aCase {
+    let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+    let mut row = vec![0u8; ty.bytes_for(cols as u64).unwrap() as usize];
+    quant::quantize_row(ty, &vals, &mut row).unwrap();
+    let mut w = vec![0f32; cols];
+    quant::dequantize_row(ty, &row, &mut w).unwrap();
+    let x: Vec<f32> = (0..cols).map(|_| x_scale * rnd()).collect();
+    let (xq, xd) = quantize_q8_32(&x);
+    let term = |i: usize| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64;
+    let want = (0..cols).map(term).sum();
+    let scale = (0..cols).map(|i| term(i).abs()).sum();
+    let exact = (0..cols).map(|i| w[i] as f64 * x[i] as f64).sum();
+    Dp4aCase { row, xq, xd, want, scale, exact }
+}
+
+/// The sum over every lane of every one of a row's `s` warps of `lane_sum(part, lane)`.
+fn all_lanes(s: usize, lane_sum: impl Fn(usize, usize) -> f32) -> f64 {
+    (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| lane_sum(p, lane) as f64).sum()
+}
+
 /// `mv_q4_k_q8_rows<S>` transcribed, one lane of warp `part` of the row's `s`: its blocks'
 /// header bytes read as `scale_min_k4_reg` reads them (bytes 4.. scales, 8.. the rest),
 /// integer dots of nibbles and activation bytes; groups of MV_Q4K_UNROLL (4) blocks dealt out
@@ -383,26 +424,13 @@ fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (u
 /// dequantized weights times `d * q` of each activation), to float rounding.
 #[test]
 fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rnd = lcg(0x2545_f491_4f6c_dd1d);
     for (cols, s) in [(256 * 5, 1), (256 * 5, 2), (256 * 16, 4), (256 * 13, 4), (256 * 3, 4)] {
-        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
-        let mut row = vec![0u8; GgmlType::Q4_K.bytes_for(cols as u64).unwrap() as usize];
-        quant::quantize_row(GgmlType::Q4_K, &vals, &mut row).unwrap();
-        let mut w = vec![0f32; cols];
-        quant::dequantize_row(GgmlType::Q4_K, &row, &mut w).unwrap();
-        let x: Vec<f32> = (0..cols).map(|_| 3.0 * rnd()).collect();
-        let (xq, xd) = quantize_q8_32(&x);
-        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
-        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
+        let Dp4aCase { row, xq, xd, want, scale, exact } = dp4a_case(GgmlType::Q4_K, cols, 3.0, &mut rnd);
         // Every lane of every warp of the row: each block counted once.
-        let got: f64 = (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| mv_q4_k_q8_lane(&row, &xq, &xd, cols, (p, s), lane) as f64).sum();
+        let got = all_lanes(s, |p, lane| mv_q4_k_q8_lane(&row, &xq, &xd, cols, (p, s), lane));
         assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}, {s} warps: {got} vs {want} (scale {scale})");
         // And close to the unquantized tokens' dot (8-bit activations: about 1% of the scale).
-        let exact: f64 = (0..cols).map(|i| w[i] as f64 * x[i] as f64).sum();
         assert!((got - exact).abs() <= 2e-2 * scale, "{got} vs {exact}");
     }
 }
@@ -425,22 +453,10 @@ fn mv_q8_0_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (u
 /// The dp4a Q8_0 kernel's lanes together give the row's dot with the 8-bit tokens.
 #[test]
 fn dp4a_q8_0_lanes_sum_to_the_dot_with_the_quantized_tokens() {
-    let mut seed = 0x6a09_e667_f3bc_c908u64;
-    let mut rnd = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rnd = lcg(0x6a09_e667_f3bc_c908);
     for (cols, s) in [(32, 1), (32 * 9, 1), (32 * 37, 1), (32 * 9, 2), (32 * 37, 4), (32 * 3, 4)] {
-        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
-        let mut row = vec![0u8; GgmlType::Q8_0.bytes_for(cols as u64).unwrap() as usize];
-        quant::quantize_row(GgmlType::Q8_0, &vals, &mut row).unwrap();
-        let mut w = vec![0f32; cols];
-        quant::dequantize_row(GgmlType::Q8_0, &row, &mut w).unwrap();
-        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rnd()).collect();
-        let (xq, xd) = quantize_q8_32(&x);
-        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
-        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
-        let got: f64 = (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| mv_q8_0_q8_lane(&row, &xq, &xd, cols, (p, s), lane) as f64).sum();
+        let Dp4aCase { row, xq, xd, want, scale, .. } = dp4a_case(GgmlType::Q8_0, cols, 2.0, &mut rnd);
+        let got = all_lanes(s, |p, lane| mv_q8_0_q8_lane(&row, &xq, &xd, cols, (p, s), lane));
         assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}, {s} warps: {got} vs {want} (scale {scale})");
     }
 }
@@ -473,22 +489,10 @@ fn mv_q6_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, lane: usize) 
 /// The dp4a Q6_K kernel's lanes together give the row's dot with the 8-bit tokens.
 #[test]
 fn dp4a_q6_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
-    let mut seed = 0xbb67_ae85_84ca_a73bu64;
-    let mut rnd = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rnd = lcg(0xbb67_ae85_84ca_a73b);
     for cols in [256, 256 * 3, 256 * 6] {
-        let vals: Vec<f32> = (0..cols).map(|_| rnd()).collect();
-        let mut row = vec![0u8; GgmlType::Q6_K.bytes_for(cols as u64).unwrap() as usize];
-        quant::quantize_row(GgmlType::Q6_K, &vals, &mut row).unwrap();
-        let mut w = vec![0f32; cols];
-        quant::dequantize_row(GgmlType::Q6_K, &row, &mut w).unwrap();
-        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rnd()).collect();
-        let (xq, xd) = quantize_q8_32(&x);
-        let want: f64 = (0..cols).map(|i| w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).sum();
-        let scale: f64 = (0..cols).map(|i| (w[i] as f64 * (xd[i / 32] * xq[i] as f32) as f64).abs()).sum();
-        let got: f64 = (0..32).map(|lane| mv_q6_k_q8_lane(&row, &xq, &xd, cols, lane) as f64).sum();
+        let Dp4aCase { row, xq, xd, want, scale, .. } = dp4a_case(GgmlType::Q6_K, cols, 2.0, &mut rnd);
+        let got = all_lanes(1, |_, lane| mv_q6_k_q8_lane(&row, &xq, &xd, cols, lane));
         assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}: {got} vs {want} (scale {scale})");
     }
 }
