@@ -134,47 +134,43 @@ fn bench_model(a: &Args, path: &std::path::Path, threads: usize, rows: &mut Vec<
     let tests: Vec<(usize, bool)> =
         a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (n, true)).chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (n, false))).collect();
     for &depth in &a.n_depth {
-      let base = Depth::prefill(&runner, depth, a.batch_size)?;
-      for &(n, prompt) in &tests {
-        let test = match (prompt, depth) {
-            (true, 0) => format!("pp{n}"),
-            (false, 0) => format!("tg{n}"),
-            // llama-bench's names for tests at a depth.
-            (true, d) => format!("pp{n} @ d{d}"),
-            (false, d) => format!("tg{n} @ d{d}"),
-        };
-        // One warm-up run (page in the mmap, prepare weights), then the measured ones.
-        let mut speeds = Vec::new();
-        for rep in 0..=a.repetitions {
-            let tps = if prompt { run_pp_at(&runner, &base, n, a.batch_size)? } else { run_tg_at(&runner, &base, n)? };
-            if rep > 0 {
-                speeds.push(tps);
+        let base = Depth::prefill(&runner, depth, a.batch_size)?;
+        for &(n, prompt) in &tests {
+            let kind = if prompt { "pp" } else { "tg" };
+            // llama-bench's names, "@ dN" for a test at a depth.
+            let test = if depth == 0 { format!("{kind}{n}") } else { format!("{kind}{n} @ d{depth}") };
+            // One warm-up run (page in the mmap, prepare weights), then the measured ones.
+            let mut speeds = Vec::new();
+            for rep in 0..=a.repetitions {
+                let tps = if prompt { run_pp_at(&runner, &base, n, a.batch_size)? } else { run_tg_at(&runner, &base, n)? };
+                if rep > 0 {
+                    speeds.push(tps);
+                }
             }
+            let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
+            let sd = if speeds.len() > 1 {
+                (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (speeds.len() - 1) as f64).sqrt()
+            } else {
+                0.0
+            };
+            rows.push(Row {
+                file: path.display().to_string(),
+                n_prompt: if prompt { n } else { 0 },
+                n_gen: if prompt { 0 } else { n },
+                n_depth: depth,
+                model: name.clone(),
+                size_mib: size as f64 / (1 << 20) as f64,
+                params_m: params as f64 / 1e6,
+                backend: backend_label(&runner, &a.placement.backend),
+                threads,
+                test,
+                mean,
+                sd,
+                peak_rss_mib: peak_rss_mib(),
+                device_mib: device_mib(&runner),
+                decode_bytes: runner.model.config.moe.is_none().then(|| decode_bytes(file)),
+            });
         }
-        let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
-        let sd = if speeds.len() > 1 {
-            (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (speeds.len() - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        rows.push(Row {
-            file: path.display().to_string(),
-            n_prompt: if prompt { n } else { 0 },
-            n_gen: if prompt { 0 } else { n },
-            n_depth: depth,
-            model: name.clone(),
-            size_mib: size as f64 / (1 << 20) as f64,
-            params_m: params as f64 / 1e6,
-            backend: backend_label(&runner, &a.placement.backend),
-            threads,
-            test,
-            mean,
-            sd,
-            peak_rss_mib: peak_rss_mib(),
-            device_mib: device_mib(&runner),
-            decode_bytes: runner.model.config.moe.is_none().then(|| decode_bytes(file)),
-        });
-      }
     }
     eprint!("{}", runner.dispatcher.summary(&runner.model.layers));
     Ok(())
@@ -252,8 +248,13 @@ fn backend_label(r: &Runner, backend: &Backend) -> String {
 }
 
 fn tokens(n: usize, vocab: usize) -> Vec<u32> {
-    // Deterministic token ids spread over the vocabulary, as llama-bench uses random ones.
-    (0..n).map(|i| ((i * 7919 + 17) % vocab) as u32).collect()
+    (0..n).map(|i| token_at(i, vocab)).collect()
+}
+
+/// Token `i` of the benchmark's prompt: deterministic ids spread over the vocabulary, as
+/// llama-bench uses random ones.
+fn token_at(i: usize, vocab: usize) -> u32 {
+    ((i * 7919 + 17) % vocab) as u32
 }
 
 pub(crate) fn run_pp(r: &Runner, n: usize, batch: usize) -> Result<f64> {
@@ -289,8 +290,7 @@ impl Depth {
             if !cache.restore(base) {
                 bail!("the depth's cache does not fit a {}-token context", self.depth + extra);
             }
-            let last = tokens(self.depth, r.model.config.n_vocab)[self.depth - 1];
-            r.forward(&mut cache, &[last], 0..0)?;
+            r.forward(&mut cache, &[token_at(self.depth - 1, r.model.config.n_vocab)], 0..0)?;
         }
         Ok(cache)
     }

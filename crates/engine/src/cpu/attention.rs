@@ -200,11 +200,20 @@ trait Widen {
     /// As [`Widen::widen`].
     #[inline(always)]
     unsafe fn dots(qs: &[f32], k: &[f16], row: &mut [f32], out: &mut [f32]) {
-        let d = k.len();
-        Self::widen(k, &mut row[..d]);
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = dot(&qs[r * d..][..d], &row[..d]);
-        }
+        widen_then_dot::<Self>(qs, k, row, out)
+    }
+}
+
+/// [`Widen::dots`] through a widened row and the shared `dot`.
+///
+/// # Safety
+/// As [`Widen::widen`].
+#[inline(always)]
+unsafe fn widen_then_dot<W: Widen + ?Sized>(qs: &[f32], k: &[f16], row: &mut [f32], out: &mut [f32]) {
+    let d = k.len();
+    W::widen(k, &mut row[..d]);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(&qs[r * d..][..d], &row[..d]);
     }
 }
 
@@ -257,11 +266,7 @@ impl Widen for WidenAvx512 {
         use std::arch::x86_64::*;
         let (d, group) = (k.len(), out.len());
         if d % 16 != 0 || group > 8 || qs.len() < group * d {
-            Self::widen(k, &mut row[..d]);
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = dot(&qs[r * d..][..d], &row[..d]);
-            }
-            return;
+            return widen_then_dot::<Self>(qs, k, row, out);
         }
         let mut acc = [_mm512_setzero_ps(); 8];
         for c in (0..d).step_by(16) {
