@@ -17,27 +17,16 @@ __device__ __forceinline__ float warp_sum(float s) {
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     return s;
 }
-// The frame of every matrix-vector kernel: this warp's row `w` of ROW_BYTES, its lane, one
-// sum per token; at the end, the sums reduced across the warp and written.
-#define MV_HEAD(ROW_BYTES) \
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31; \
-    if (row >= rows) return; \
-    const u8* w = src + (i64)row * (ROW_BYTES); \
-    float acc[MV_MAX_N]; \
-    for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
-#define MV_TAIL \
-    for (int t = 0; t < MV_MAX_N; t++) { \
-        float s = warp_sum(acc[t]); \
-        if (lane == 0 && t < n) y[(i64)t * rows + row] = s; \
-    }
-// The frame with S warps of a 128-thread block per row (S = 1, 2 or 4): warp `part` of a row
-// takes every S-th group of its blocks, so a row has S times the bytes in flight (rows of a
-// K/V projection are too few to fill the card one warp each). No early return: every thread
-// reaches the block's barrier; the partial sums meet in shared memory.
+// The frame of every matrix-vector kernel, with S warps of a 128-thread block per row (S = 1,
+// 2 or 4): warp `part` of a row takes every S-th group of its blocks, so a row has S times
+// the bytes in flight (rows of a K/V projection are too few to fill the card one warp each).
+// With S > 1 no early return: every thread reaches the block's barrier, and the partial sums
+// meet in shared memory.
 #define MV_HEAD_S(S, ROW_BYTES) \
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31; \
     const int row = blockIdx.x * ((blockDim.x >> 5) / S) + warp / S, part = warp % S; \
     const bool valid = row < rows; \
+    if (S == 1 && !valid) return; \
     const u8* w = src + (i64)(valid ? row : 0) * (ROW_BYTES); \
     float acc[MV_MAX_N]; \
     for (int t = 0; t < MV_MAX_N; t++) acc[t] = 0.0f;
@@ -60,6 +49,10 @@ __device__ __forceinline__ float warp_sum(float s) {
             y[(i64)lane * rows + row] = s; \
         } \
     }
+// The frame of a kernel with one warp per row: this warp's row `w`, its lane, one sum per
+// token; at the end, the sums reduced across the warp and written.
+#define MV_HEAD(ROW_BYTES) MV_HEAD_S(1, ROW_BYTES)
+#define MV_TAIL MV_TAIL_S(1)
 // Every matrix-vector kernel's signature: raw blocks, f16 tokens `[n, cols]`, f32 out `[n, rows]`.
 #define MV_KERNEL(NAME) \
 extern "C" __global__ void NAME(const u8* __restrict__ src, const u16* __restrict__ x, float* __restrict__ y, \
