@@ -73,6 +73,9 @@ for f in ${FORMATS:-gguf f16}; do
   (
     case "$f" in *-dp4a*) export TANDEM_CUDA_DP4A=1 ;; esac
     case "$f" in *-s2*) export TANDEM_CUDA_MV_SPLIT=2 ;; *-s4*) export TANDEM_CUDA_MV_SPLIT=4 ;; esac
+    # The card's time per phase of one decode step (--verbose profiles every stack call).
+    "$T" run -m "$MODEL" -p "The quick brown fox" -n 8 --backend cuda -ngl 99 --gpu-weights "${f%%-*}" --verbose 2>&1 |
+      grep "cuda stack N=1:" | tail -1 | sed "s/^/$f decode step: /"
     with_gpu_peak "$OUT/vs/tandem-$f.log" "$T" bench -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$threads" --backend cuda -ngl 99 --gpu-weights "${f%%-*}"
   )
   echo "== tandem --backend cuda --gpu-weights $f"
