@@ -188,6 +188,8 @@ pub(crate) struct Gpu {
     pub(crate) free_at_start: usize,
     /// Peak memory bandwidth, bytes/s (memory clock × bus width, or by generation).
     pub(crate) mem_bandwidth: f64,
+    /// Launches written down while a decode step is taped (`graph.rs`).
+    pub(crate) tape: crate::graph::Tape,
 }
 
 impl Gpu {
@@ -258,7 +260,7 @@ impl Gpu {
         for k in crate::kernels::NAMES {
             kernels.insert(k, module.load_function(k).map_err(err(k))?);
         }
-        Ok(Gpu { ctx, s_h2d, s_comp, s_d2h, blas: blas_h, _workspace: workspace, kernels, name, cc, sms, total_mem, free_at_start, mem_bandwidth })
+        Ok(Gpu { ctx, s_h2d, s_comp, s_d2h, blas: blas_h, _workspace: workspace, kernels, name, cc, sms, total_mem, free_at_start, mem_bandwidth, tape: Default::default() })
     }
 
     pub(crate) fn bind(&self) -> Res<()> {
@@ -278,6 +280,9 @@ impl Gpu {
     /// [`Gpu::launch_elementwise`] on another stream.
     pub(crate) fn launch_elementwise_on(&self, stream: &Arc<CudaStream>, kernel: &str, src: u64, dst: u64, n: usize, seed: Option<u32>) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        if self.tape.note(kernel, [stream.cu_stream() as u64, src, dst, n as u64, seed.map_or(u64::MAX, u64::from)]) {
+            return Ok(());
+        }
         let blocks = n.div_ceil(256).clamp(1, self.sms as usize * 32) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let n = n as i64;
@@ -294,6 +299,9 @@ impl Gpu {
     /// `mid = f16(act(gate) ⊙ up)` over `n` elements on the compute stream.
     pub(crate) fn launch_activation(&self, kernel: &str, gate: u64, up: u64, mid: u64, n: usize) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        if self.tape.note(kernel, [gate, up, mid, n as u64]) {
+            return Ok(());
+        }
         let blocks = n.div_ceil(256).clamp(1, self.sms as usize * 32) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let n = n as i64;
@@ -308,6 +316,10 @@ impl Gpu {
     /// first, window (and for `attn_tiled` n, tokens per block); grid (token blocks, KV heads).
     pub(crate) fn launch_attention(&self, kernel: &str, ptrs: [u64; 5], ints: &[i32], grid: (u32, u32), threads: u32, smem: u32) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let shape = [grid.0 as u64, grid.1 as u64, threads as u64, smem as u64];
+        if self.tape.note(kernel, shape.into_iter().chain(ptrs).chain(ints.iter().map(|&i| i as u64))) {
+            return Ok(());
+        }
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
         let mut b = self.s_comp.launch_builder(f);
         for p in &ptrs {
@@ -330,6 +342,14 @@ impl Gpu {
     /// [`Gpu::launch`] over a two-dimensional grid.
     pub(crate) fn launch_grid(&self, kernel: &str, grid: (u32, u32), threads: u32, args: &[KArg]) -> Res<()> {
         let f = self.kernels.get(kernel).ok_or_else(|| format!("kernel {kernel} not loaded"))?;
+        let arg_word = |a: &KArg| match *a {
+            KArg::P(p) => p,
+            KArg::I(i) => i as u64,
+            KArg::F(x) => x.to_bits() as u64,
+        };
+        if self.tape.note(kernel, [grid.0 as u64, grid.1 as u64, threads as u64].into_iter().chain(args.iter().map(arg_word))) {
+            return Ok(());
+        }
         let cfg = LaunchConfig { grid_dim: (grid.0.max(1), grid.1.max(1), 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let mut b = self.s_comp.launch_builder(f);
         for a in args {
@@ -376,6 +396,9 @@ impl Gpu {
     /// cuBLAS's TN case with A read transposed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm(&self, a: u64, b: u64, c: u64, m: usize, k: usize, n: usize, c_half: bool) -> Res<()> {
+        if self.tape.note("gemm", [a, b, c, m as u64, k as u64, n as u64, c_half as u64]) {
+            return Ok(());
+        }
         let (alpha, beta) = (1f32, 0f32);
         let ctype = if c_half { blas_sys::cudaDataType::CUDA_R_16F } else { blas_sys::cudaDataType::CUDA_R_32F };
         let dim = |v: usize| i32::try_from(v).map_err(|_| format!("dimension {v} exceeds cuBLAS's int range"));
@@ -411,6 +434,10 @@ impl Gpu {
     /// `i * stride` elements after the first.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm_batched(&self, trans_a: bool, a: Strided, b: Strided, c: Strided, (m, n, k): (usize, usize, usize), batch: usize, c_half: bool) -> Res<()> {
+        let operands = [a, b, c].into_iter().flat_map(|s| [s.ptr, s.ld as u64, s.stride as u64]);
+        if self.tape.note("gemm_batched", operands.chain([trans_a as u64, m as u64, n as u64, k as u64, batch as u64, c_half as u64])) {
+            return Ok(());
+        }
         let (alpha, beta) = (1f32, 0f32);
         let f16 = blas_sys::cudaDataType::CUDA_R_16F;
         let ctype = if c_half { f16 } else { blas_sys::cudaDataType::CUDA_R_32F };

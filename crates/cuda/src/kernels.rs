@@ -483,6 +483,16 @@ extern "C" __global__ void qk_prep(const float* __restrict__ q, u16* __restrict_
         vc[row * n_kv * dv + e] = f2h(v[(i64)t * n_kv * dv + e] + (bv ? bv[e] : 0.0f));
 }
 
+// A sequence's new K/V rows (`rk` [n, kvd], `rv` [n, vd], f16) into its cache rows at their
+// positions, read on the card (a captured decode step replays unchanged); one block per row.
+extern "C" __global__ void kv_store(const u16* __restrict__ rk, const u16* __restrict__ rv, u16* __restrict__ ck, u16* __restrict__ cv,
+                                    const int* __restrict__ pos, int kvd, int vd) {
+    const int t = blockIdx.x;
+    const i64 p = pos[t];
+    for (int e = threadIdx.x; e < kvd; e += blockDim.x) ck[p * kvd + e] = rk[(i64)t * kvd + e];
+    for (int e = threadIdx.x; e < vd; e += blockDim.x) cv[p * vd + e] = rv[(i64)t * vd + e];
+}
+
 // Attention scores -> probabilities, one block per row (head h, query q: row h * nq + q, rows
 // `ld` apart) of `keys` scores for keys lo, lo+1, ...: masked causally (and by the window when window > 0)
 // against the query's position, softmax with one pass for the maximum and sum (merged
@@ -526,7 +536,7 @@ extern "C" __global__ void attn_softmax(const float* __restrict__ s, u16* __rest
 // memory (row-major, rows padded against bank conflicts): S = Q·Kᵀ in
 // registers, masked causally and by the window, an online softmax, P rounded to f16 and
 // multiplied by V (read transposed by ldmatrix) straight from the score registers (the accumulator layout of m16n8 is the
-// operand layout of m16n8k16). Query t of the sequence sits at position pos0 + t; cache row
+// operand layout of m16n8k16). Query t of the sequence sits at position pos[0] + t; cache row
 // j holds position j. q: f16 [n, n_head, D] (scaled), kc/vc: f16 rows [.., n_kv, D], out: f16.
 __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
 #if __CUDA_ARCH__ >= 800
@@ -553,8 +563,10 @@ __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
 // host never launches it there (stack.rs checks the capability).
 template <int D, int FA_BQ>
 __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                           u16* __restrict__ out, int n, int pos0, int n_head, int n_kv, int window) {
+                                           u16* __restrict__ out, int n, const int* __restrict__ pos, int n_head, int n_kv, int window) {
 #if __CUDA_ARCH__ >= 800
+    // The first query's position from the card (a captured decode step replays unchanged).
+    const int pos0 = pos[0];
     constexpr int KP = D + 8;  // row pitch (halves) of both tiles: 16-byte rows, no bank conflicts
     __shared__ __align__(16) u16 ks[FA_BK * KP];
     __shared__ __align__(16) u16 vs[FA_BK * KP];
@@ -667,8 +679,8 @@ __device__ __forceinline__ void flash_attn(const u16* __restrict__ q, const u16*
 }
 // Kernels by head size and queries per block (a warp per 16 queries).
 #define FLASH(NAME, D, BQ) \
-extern "C" __global__ void NAME(const u16* q, const u16* kc, const u16* vc, u16* out, int n, int pos0, int n_head, int n_kv, int window) { \
-    flash_attn<D, BQ>(q, kc, vc, out, n, pos0, n_head, n_kv, window); \
+extern "C" __global__ void NAME(const u16* q, const u16* kc, const u16* vc, u16* out, int n, const int* pos, int n_head, int n_kv, int window) { \
+    flash_attn<D, BQ>(q, kc, vc, out, n, pos, n_head, n_kv, window); \
 }
 FLASH(flash_d64_q64, 64, 64)
 FLASH(flash_d128_q64, 128, 64)
@@ -686,7 +698,7 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 78] = [
+pub const NAMES: [&str; 79] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
@@ -698,7 +710,7 @@ pub const NAMES: [&str; 78] = [
     "deq_iq4_xs_mv", "deq_mxfp4_mv", "deq_nvfp4_mv", "deq_q1_0_mv", "deq_q2_0_mv", "deq_tq1_0_mv",
     "deq_tq2_0_mv", "deq_iq2_xxs_mv", "deq_iq2_xs_mv", "deq_iq2_s_mv", "deq_iq3_xxs_mv", "deq_iq3_s_mv",
     "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16", "mv_q4_k", "mv_q6_k", "mv_q8_0", "quantize_q8_32", "mv_q4_k_q8", "mv_q8_0_q8", "mv_q6_k_q8",
-    "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4",
+    "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4", "kv_store",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

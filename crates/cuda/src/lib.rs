@@ -15,6 +15,7 @@ mod attention;
 #[cfg(test)]
 mod formulas;
 mod gpu;
+mod graph;
 pub mod kernels;
 mod matvec;
 mod source_text;
@@ -74,6 +75,9 @@ pub struct CudaOptions {
     pub flash_attention: usize,
     /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
     pub profile_stack: bool,
+    /// Replay decode steps on the card as CUDA graphs (one launch a step) when their
+    /// launches equal the last captured step's (`TANDEM_CUDA_GRAPHS=0` in the CLI: off).
+    pub graphs: bool,
     /// Also run decode steps as whole stacks on the card when the policy finds it faster
     /// (weights resident; each sequence's K/V rows kept on the card between steps).
     pub decode: bool,
@@ -101,6 +105,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
+            graphs: true,
             decode: true,
             weights: WeightFormat::Gguf,
             model_f16_bytes: 0,
@@ -144,14 +149,14 @@ impl CudaEngine {
     /// A new engine. Never fails and touches no driver: the device is brought up on first
     /// use (availability, prepare), and a failure there makes it [`Availability::Unavailable`].
     pub fn new(opts: CudaOptions) -> Self {
-        let (profile, flash) = (opts.profile_stack, opts.flash_attention);
+        let (profile, flash, graphs) = (opts.profile_stack, opts.flash_attention, opts.graphs);
         CudaEngine {
             opts,
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
             format: OnceLock::new(),
             scratch: Mutex::new(pipeline::Scratch::default()),
-            stack: Mutex::new(stack::Buffers::new(profile, flash)),
+            stack: Mutex::new(stack::Buffers::new(profile, flash, graphs)),
         }
     }
 
@@ -205,6 +210,13 @@ impl CudaEngine {
     /// `profile_stack` is set.
     pub fn stack_phases(&self) -> Vec<(&'static str, f64)> {
         self.stack.lock().unwrap_or_else(|e| e.into_inner()).phases.clone()
+    }
+
+    /// Decode steps captured as CUDA graphs and replayed so far, and why graphs are off
+    /// (turned off, or a capture failed) when they are.
+    pub fn graph_stats(&self) -> (usize, usize, Option<String>) {
+        let b = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        (b.graphs.captures, b.graphs.replays, b.graphs.off.clone())
     }
 
     /// GPU check only: one sequence's causal attention through the whole stack's kernels

@@ -47,6 +47,10 @@ pub(crate) struct Buffers {
     o: Option<DevBuf>,
     ffn: Option<DevBuf>,
     region: [Option<DevBuf>; 2],
+    /// A decode step's new K/V rows, every layer's in a region of its own.
+    step_rows: Option<DevBuf>,
+    /// The last decode step's graph (`graph.rs`).
+    pub(crate) graphs: crate::graph::StepGraphs,
     small: Option<DevBuf>,
     /// The norm weights and biases as last uploaded (the same every call of a model).
     vectors: Option<(Vectors, DevBuf)>,
@@ -74,9 +78,10 @@ pub(crate) struct Buffers {
 const FFN_CHUNK: usize = 4096;
 impl Buffers {
     /// Empty buffers; `profile` times the card's phases of every call, `flash` picks the
-    /// flash-attention kernels where they fit.
-    pub(crate) fn new(profile: bool, flash: usize) -> Self {
-        Buffers { profile, flash, ..Default::default() }
+    /// flash-attention kernels where they fit, `graphs` replays decode steps as CUDA graphs.
+    pub(crate) fn new(profile: bool, flash: usize, graphs: bool) -> Self {
+        let graphs = if graphs { Default::default() } else { crate::graph::StepGraphs::off("turned off") };
+        Buffers { profile, flash, graphs, ..Default::default() }
     }
 }
 
@@ -183,7 +188,15 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: O
 fn run_inner(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Res<()> {
     let prof = Phases::start(gpu, b.profile)?;
     let mut steps = CardSteps::new(gpu, b, input, weights, x, caches, prof)?;
-    run_layers(&mut steps, input.layers, 0..input.layers.len())?;
+    let all = 0..input.layers.len();
+    if steps.geo.graph {
+        let mut graphs = std::mem::take(&mut steps.b.graphs);
+        let r = crate::graph::run_step(gpu, &mut graphs, || run_layers(&mut steps, input.layers, all.clone()));
+        steps.b.graphs = graphs;
+        r?;
+    } else {
+        run_layers(&mut steps, input.layers, all)?;
+    }
     steps.finish(x)
 }
 
@@ -201,6 +214,11 @@ struct Geometry {
     chunk: usize,
     /// Queries per flash-attention block (0: the cuBLAS path).
     flash: usize,
+    /// A decode step of resident weights: every layer's new rows in a region of their own,
+    /// down together after the last layer (no copy stream, nothing to wait for between layers).
+    step: bool,
+    /// The step's launches replayed as a CUDA graph (flash attention, no profiling).
+    graph: bool,
 }
 
 /// Device addresses of one call's buffers.
@@ -214,9 +232,10 @@ struct Device {
     att_h: u64,
     o: u64,
     ffn: u64,
-    /// The new K/V rows, `[n, kvd]` then `[n, vd]`, alternating by layer parity (a layer's
-    /// rows go down while the next fills the other).
-    regions: [u64; 2],
+    /// The new K/V rows, `[n, kvd]` then `[n, vd]`: layer `il`'s in `regions[il % len]`, two
+    /// alternating by parity (a layer's rows go down while the next fills the other), or one
+    /// per layer in a decode step.
+    regions: Vec<u64>,
     vec_at: u64,
     rope_g: u64,
     rope_l: u64,
@@ -303,6 +322,8 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         // The flash kernels need no score buffers (when every layer can use them).
         let flash = if shapes.iter().all(|s| flash_kernel(gpu, s, b.flash).is_some()) { b.flash } else { 0 };
         let score_elems = if flash > 0 { 0 } else { n_head * qc * ld_max };
+        let step = n <= crate::kernels::MV_MAX_N && weights.is_some();
+        let graph = step && flash > 0 && prof.is_none() && b.graphs.off.is_none();
         let dev = Device {
             x: d_x,
             h: ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?,
@@ -318,10 +339,12 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             att_h: ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?,
             o: ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?,
             ffn: ensure_dev(&gpu.ctx, &mut b.ffn, chunk * ff * 10)?,
-            regions: [
-                ensure_dev(&gpu.ctx, &mut b.region[0], n * (kvd + vd) * 2)?,
-                ensure_dev(&gpu.ctx, &mut b.region[1], n * (kvd + vd) * 2)?,
-            ],
+            regions: if step {
+                let base = ensure_dev(&gpu.ctx, &mut b.step_rows, layers.len() * n * (kvd + vd) * 2)?;
+                (0..layers.len()).map(|il| base + (il * n * (kvd + vd) * 2) as u64).collect()
+            } else {
+                vec![ensure_dev(&gpu.ctx, &mut b.region[0], n * (kvd + vd) * 2)?, ensure_dev(&gpu.ctx, &mut b.region[1], n * (kvd + vd) * 2)?]
+            },
             vec_at,
             rope_g: rope_g_at,
             rope_l: rope_l_at,
@@ -336,7 +359,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             }
         }
         let staged = n * (kvd + vd);
-        let slots = (STAGING_BYTES / (staged * 2)).clamp(2, layers.len().max(2));
+        let slots = if step { layers.len() } else { (STAGING_BYTES / (staged * 2)).clamp(2, layers.len().max(2)) };
         ensure_host(&gpu.ctx, &mut b.staging, slots * staged * 2, false)?;
         while b.copied.len() < slots {
             b.copied.push(gpu.event(false)?);
@@ -360,7 +383,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 Some(s)
             }
         };
-        let geo = Geometry { n, d, pos0, seq_rows, slots, staged, chunk, flash };
+        let geo = Geometry { n, d, pos0, seq_rows, slots, staged, chunk, flash, step, graph };
         Ok(CardSteps { gpu, b, input, caches, weights, streamer, prof, vecs, geo, dev, current: LayerWeights(Vec::new()) })
     }
 
@@ -376,13 +399,28 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         self.gpu.launch("residual_norm", int(self.geo.n)? as u32, ROW_THREADS, &args)
     }
 
+    /// Layer `il`'s new rows (`reg_k`, `reg_v`) down into pinned slot `slot` on the copy
+    /// stream, once the compute stream has written them.
+    fn rows_down(gpu: &Gpu, b: &mut Buffers, g: &Geometry, slot: usize, (reg_k, reg_v): (u64, u64), (kvd, vd): (usize, usize)) -> Res<()> {
+        let prepped = b.prepped.as_ref().expect("created in new");
+        prepped.record(&gpu.s_comp).map_err(err("record"))?;
+        gpu.s_d2h.wait(prepped).map_err(err("wait"))?;
+        let host = b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
+        let (hk, hv) = host[slot * g.staged..(slot + 1) * g.staged].split_at_mut(g.n * kvd);
+        unsafe {
+            drv::memcpy_dtoh_async(&mut hk[..g.n * kvd], reg_k, gpu.s_d2h.cu_stream()).map_err(err("download keys"))?;
+            drv::memcpy_dtoh_async(&mut hv[..g.n * vd], reg_v, gpu.s_d2h.cu_stream()).map_err(err("download values"))?;
+        }
+        b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))
+    }
+
     /// Layer `il`'s new K/V rows into the caches, once down in its pinned slot.
     fn drain(&mut self, il: usize) -> Res<()> {
         let g = &self.geo;
         let slot = il % g.slots;
         let host = self.b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
         let mut kv: Vec<_> = self.caches.iter_mut().map(|c| c.layers_mut().swap_remove(il)).collect();
-        land_rows(self.gpu, &self.b.copied[slot], &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, self.input, kv_widths(&self.input.layers[il]))
+        land_rows(self.gpu, Some(&self.b.copied[slot]), &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, self.input, kv_widths(&self.input.layers[il]))
     }
 
     /// After the last layer: the remaining K/V rows into the caches (a thread per layer,
@@ -401,13 +439,29 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 per_layer[il].push(kv);
             }
         }
-        let copied = &b.copied;
-        per_layer.into_par_iter().enumerate().skip(rest).try_for_each(|(il, mut kv)| {
-            let slot = il % g.slots;
-            land_rows(gpu, &copied[slot], &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, input, kv_widths(&input.layers[il]))
-        })?;
+        if g.step {
+            // Every layer's rows down at once, ordered after the last layer on the compute stream.
+            let bytes = n_layer * g.staged * 2;
+            let down = unsafe { std::slice::from_raw_parts_mut(host.as_ptr() as *mut u16, bytes / 2) };
+            unsafe { drv::memcpy_dtoh_async(down, self.dev.regions[0], gpu.s_comp.cu_stream()) }.map_err(err("download K/V rows"))?;
+        }
         let x_pinned = b.x_host.as_mut().expect("allocated in new").slice_mut::<f32>(g.n * g.d);
         unsafe { drv::memcpy_dtoh_async(&mut x_pinned[..], self.dev.x, gpu.s_comp.cu_stream()) }.map_err(err("download hidden states"))?;
+        let copied = &b.copied;
+        if g.step {
+            gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
+        }
+        let land = |(il, mut kv): (usize, Vec<(&mut [u16], &mut [u16])>)| {
+            let slot = il % g.slots;
+            let copied = (!g.step).then(|| &copied[slot]);
+            land_rows(gpu, copied, &host[slot * g.staged..(slot + 1) * g.staged], &mut kv, input, kv_widths(&input.layers[il]))
+        };
+        // A decode step's few rows land here: waking the pool would cost more than the copies.
+        if g.n <= crate::kernels::MV_MAX_N {
+            per_layer.into_iter().enumerate().skip(rest).try_for_each(land)?;
+        } else {
+            per_layer.into_par_iter().enumerate().skip(rest).try_for_each(land)?;
+        }
         gpu.s_comp.synchronize().map_err(err("decoder stack"))?;
         // Every sequence's rows on the card now hold its new positions too.
         for ((cache, s), &p0) in self.caches.iter_mut().zip(input.spans).zip(&g.pos0) {
@@ -448,7 +502,7 @@ impl BlockSteps for CardSteps<'_, '_> {
     }
 
     fn begin_layer(&mut self, il: usize) -> Res<()> {
-        if il >= self.geo.slots {
+        if !self.geo.step && il >= self.geo.slots {
             // Frees this layer's pinned slot (the ring is shorter than the model).
             self.drain(il - self.geo.slots)?;
         }
@@ -457,7 +511,7 @@ impl BlockSteps for CardSteps<'_, '_> {
             (None, Some(s)) => s.weights(self.gpu, &self.b.streaming, il)?,
             (None, None) => unreachable!("a streamer exists when weights are not resident"),
         };
-        if il >= 2 {
+        if !self.geo.step && il >= 2 {
             // The region's rows from two layers back must be down before it is refilled.
             self.gpu.s_comp.wait(&self.b.copied[(il - 2) % self.geo.slots]).map_err(err("wait"))?;
         }
@@ -470,9 +524,8 @@ impl BlockSteps for CardSteps<'_, '_> {
         let (n, d, slot) = (g.n, g.d, il % g.slots);
         let (qd, od) = (s.n_head * s.head_dim, s.n_head * s.head_dim_v);
         let (kvd, vd) = kv_widths(&input.layers[il]);
-        let region = dev.regions[il % 2];
+        let region = dev.regions[il % dev.regions.len()];
         let (reg_k, reg_v) = (region, region + (n * kvd * 2) as u64);
-        let stream = gpu.s_comp.cu_stream();
         let w = &self.current;
         let (wq, wk, wv) = (w.get(WeightRole::AttnQ)?, w.get(WeightRole::AttnK)?, w.get(WeightRole::AttnV)?);
         if (wq.rows, wk.rows, wv.rows) != (qd, kvd, vd) || [wq.cols, wk.cols, wv.cols] != [d; 3] {
@@ -516,25 +569,25 @@ impl BlockSteps for CardSteps<'_, '_> {
         ];
         gpu.launch("qk_prep", int(n)? as u32, ROW_THREADS, &args)?;
         // Each sequence's new rows after its cached ones on the card.
-        for ((sp, &p0), rows) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows) {
+        for (sp, rows) in input.spans.iter().zip(&g.seq_rows) {
             let (k, v) = rows[il];
-            unsafe {
-                drv::memcpy_dtod_async(k + (p0 * kvd * 2) as u64, reg_k + (sp.start * kvd * 2) as u64, sp.len() * kvd * 2, stream).map_err(err("store keys"))?;
-                drv::memcpy_dtod_async(v + (p0 * vd * 2) as u64, reg_v + (sp.start * vd * 2) as u64, sp.len() * vd * 2, stream).map_err(err("store values"))?;
-            }
+            let args = [
+                KArg::P(reg_k + (sp.start * kvd * 2) as u64),
+                KArg::P(reg_v + (sp.start * vd * 2) as u64),
+                KArg::P(k),
+                KArg::P(v),
+                KArg::P(dev.pos + (sp.start * 4) as u64),
+                KArg::I(int(kvd)?),
+                KArg::I(int(vd)?),
+            ];
+            gpu.launch("kv_store", int(sp.len())? as u32, ROW_THREADS, &args)?;
         }
         Phases::mark(&mut self.prof, gpu, "qk_prep")?;
-        // The new rows go down on the copy stream while attention and the rest run.
-        let prepped = self.b.prepped.as_ref().expect("created in new");
-        prepped.record(&gpu.s_comp).map_err(err("record"))?;
-        gpu.s_d2h.wait(prepped).map_err(err("wait"))?;
-        let host = self.b.staging.as_mut().expect("allocated in new").slice_mut::<u16>(g.slots * g.staged);
-        let (hk, hv) = host[slot * g.staged..(slot + 1) * g.staged].split_at_mut(n * kvd);
-        unsafe {
-            drv::memcpy_dtoh_async(&mut hk[..n * kvd], reg_k, gpu.s_d2h.cu_stream()).map_err(err("download keys"))?;
-            drv::memcpy_dtoh_async(&mut hv[..n * vd], reg_v, gpu.s_d2h.cu_stream()).map_err(err("download values"))?;
+        // The new rows go down on the copy stream while attention and the rest run (a decode
+        // step's all at once, after the last layer).
+        if !g.step {
+            Self::rows_down(gpu, self.b, g, slot, (reg_k, reg_v), (kvd, vd))?;
         }
-        self.b.copied[slot].record(&gpu.s_d2h).map_err(err("record"))?;
         for ((sp, &p0), rows) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows) {
             let (k, v) = rows[il];
             let seq = SeqAttention {
@@ -558,7 +611,6 @@ impl BlockSteps for CardSteps<'_, '_> {
     fn moe_ffn(&mut self, il: usize, _m: &MoeFfn) -> Res<()> {
         Err(format!("layer {il}: mixture-of-experts layers are refused by check()"))
     }
-
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Res<()> {
         let (gpu, g, dev, w) = (self.gpu, &self.geo, &self.dev, &self.current);
         let (n, d, ff, chunk) = (g.n, g.d, f.gate.rows, g.chunk);
@@ -603,9 +655,11 @@ impl BlockSteps for CardSteps<'_, '_> {
 /// Waits until a layer's new K/V rows are down in their pinned slot (`rows`: K `[n, kvd]`
 /// then V `[n, vd]`), then copies each sequence's rows to their positions in its cache
 /// storage for that layer (`kv[i]`: sequence i's K and V).
-fn land_rows(gpu: &Gpu, copied: &CudaEvent, rows: &[u16], kv: &mut [(&mut [u16], &mut [u16])], input: &StackInput<'_>, (kvd, vd): (usize, usize)) -> Res<()> {
+fn land_rows(gpu: &Gpu, copied: Option<&CudaEvent>, rows: &[u16], kv: &mut [(&mut [u16], &mut [u16])], input: &StackInput<'_>, (kvd, vd): (usize, usize)) -> Res<()> {
     gpu.bind()?;
-    copied.synchronize().map_err(err("K/V write-back"))?;
+    if let Some(copied) = copied {
+        copied.synchronize().map_err(err("K/V write-back"))?;
+    }
     let (hk, hv) = rows.split_at(input.n() * kvd);
     for ((k, v), s) in kv.iter_mut().zip(input.spans) {
         let p0 = input.positions[s.start];
@@ -617,5 +671,9 @@ fn land_rows(gpu: &Gpu, copied: &CudaEvent, rows: &[u16], kv: &mut [(&mut [u16],
 
 /// `dst = src` in pieces across the thread pool.
 fn par_copy(dst: &mut [f32], src: &[f32]) {
+    if dst.len() <= 1 << 16 {
+        // A decode step's rows: one thread copies them before the pool would wake.
+        return dst.copy_from_slice(src);
+    }
     dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
 }

@@ -62,7 +62,7 @@ pub(crate) fn attention(gpu: &Gpu, sh: &engine::matrix::AttnShape, a: &SeqAttent
             KArg::P(a.v),
             KArg::P(a.out),
             KArg::I(int(a.len)?),
-            KArg::I(int(a.pos0)?),
+            KArg::P(a.pos),
             KArg::I(int(sh.n_head)?),
             KArg::I(int(nkv)?),
             KArg::I(int(sh.window.unwrap_or(0))?),

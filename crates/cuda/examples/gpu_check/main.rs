@@ -350,15 +350,17 @@ fn check_model(e: &CudaEngine) -> usize {
         println!("model tiny {arch} {}: CPU (8-bit activations) vs exact reference: logits rel err {:.2e}", ty.name(), rel_err(&cpu, &exact));
         let mut first: Option<Vec<f32>> = None;
         let variants = [
-            ("whole stack", usize::MAX, true, 64),
-            ("whole stack, flash 128", usize::MAX, true, 128),
-            ("whole stack, cuBLAS attention", usize::MAX, true, 0),
-            ("ops one by one", usize::MAX, false, 64),
-            ("1 MiB budget: streamed stack", 1 << 20, true, 64),
-            ("1 MiB budget, ops one by one", 1 << 20, false, 64),
+            ("whole stack", usize::MAX, true, 64, true),
+            ("whole stack, no graphs", usize::MAX, true, 64, false),
+            ("whole stack, flash 128", usize::MAX, true, 128, true),
+            ("whole stack, cuBLAS attention", usize::MAX, true, 0, true),
+            ("ops one by one", usize::MAX, false, 64, true),
+            ("1 MiB budget: streamed stack", 1 << 20, true, 64, true),
+            ("1 MiB budget, ops one by one", 1 << 20, false, 64, true),
         ];
-        for (label, budget, stack, flash_attention) in variants {
-            let cuda: Arc<dyn MatrixEngine> = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, ..Default::default() }));
+        for (label, budget, stack, flash_attention, graphs) in variants {
+            let engine = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, graphs, ..Default::default() }));
+            let cuda: Arc<dyn MatrixEngine> = engine.clone();
             let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, (1.0, 1.0));
             let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
             let r = Runner::with_dispatcher(model(), 4, d).expect("runner");
@@ -380,7 +382,18 @@ fn check_model(e: &CudaEngine) -> usize {
                 (true, false) => s.blocks == 4 && s.evictions == 0,
                 (false, false) => s.blocks == 0 && s.evictions > 0,
             };
-            let ok = err < TOL && s.failures == 0 && placed_ok;
+            // Decode steps as graphs: the first step of a session captures, the next two
+            // replay (same launches), and give exactly the logits of plain launches.
+            let (captures, replays, off) = engine.graph_stats();
+            let graphed = stack && resident && flash_attention > 0 && graphs;
+            let graphs_ok = if graphed { off.is_none() && captures >= 1 && replays >= 2 } else { replays == 0 };
+            if label == "whole stack, no graphs" {
+                let same = first.as_ref().is_some_and(|f| f == &got);
+                println!("model tiny {arch} {}: decode steps replayed as graphs equal plain launches bit for bit: {}", ty.name(), if same { "ok" } else { "FAIL" });
+                failures += usize::from(!same);
+            }
+            println!("  graphs: {captures} captured, {replays} replayed{}", off.map_or(String::new(), |o| format!(", off: {o}")));
+            let ok = err < TOL && s.failures == 0 && placed_ok && graphs_ok;
             failures += usize::from(!ok);
             // The stack's attention (cuBLAS) against the op-by-op kernels', through the same card.
             let vs_stack = first.get_or_insert_with(|| got.clone());
