@@ -272,3 +272,36 @@ fn feed_forward(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>
         e.evict(&key(w), 0);
     }
 }
+
+/// Every decode matrix-vector kernel on the 8B shapes (and the output head), one token and
+/// four: microseconds per call and the weight bytes it streams per second. False when a
+/// kernel could not run.
+pub fn matvec_kernels(e: &CudaEngine) -> bool {
+    let kernels: [(GgmlType, &[&str]); 3] = [
+        (GgmlType::Q4_K, &["mv_q4_k", "mv_q4_k_q8", "mv_q4_k_q8_s2", "mv_q4_k_q8_s4"]),
+        (GgmlType::Q6_K, &["mv_q6_k", "mv_q6_k_q8"]),
+        (GgmlType::Q8_0, &["mv_q8_0", "mv_q8_0_q8", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4"]),
+    ];
+    let shapes = SHAPES.iter().copied().chain([("output 128256x4096", 128256, 4096)]);
+    let mut ok = true;
+    println!("decode matrix-vector kernels: us per call (GB/s of weights), back to back, weights beyond L2");
+    for (ty, names) in kernels {
+        for (label, rows, cols) in shapes.clone() {
+            for n in [1, 4] {
+                let bytes = (rows * cols / ty.block_size() * ty.block_bytes()) as f64;
+                let cells: Vec<String> = names
+                    .iter()
+                    .map(|k| match e.bench_matvec(ty, rows, cols, n, k, 200) {
+                        Ok(us) => format!("{k} {us:.1} ({:.0})", bytes / us / 1e3),
+                        Err(f) => {
+                            ok = false;
+                            format!("{k} error: {}", f.what)
+                        }
+                    })
+                    .collect();
+                println!("{} {label} n={n}: {}", ty.name(), cells.join(", "));
+            }
+        }
+    }
+    ok
+}

@@ -3,6 +3,7 @@
 //! runs (`engine::conformance`), then the matmul benchmark.
 //!
 //!     gpu_check [--check] [--conformance] [--bench] [--e2e [--e2e-q4k]] [--quick] [--kernel-cache DIR]      (no flag: all four)
+//!     gpu_check --bench-mv         (decode matrix-vector kernels alone, 8B shapes, GB/s)
 //!     gpu_check --real MODEL.gguf      (a real model: teacher-forced greedy tokens, card vs CPU)
 //!
 //! Exits non-zero when any check fails or the engine is unavailable.
@@ -59,6 +60,10 @@ fn main() -> ExitCode {
         return if real::run(std::path::Path::new(model), text) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let t = std::time::Instant::now();
+    if has("--bench-mv") {
+        let engine = CudaEngine::new(CudaOptions { kernel_cache: kernel_cache.clone(), ..Default::default() });
+        return if bench::matvec_kernels(&engine) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let engine = CudaEngine::new(CudaOptions { kernel_cache: kernel_cache.clone(), ..Default::default() });
     let _ = engine.availability();
     println!("start-up (context, cuBLAS, kernels): {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
