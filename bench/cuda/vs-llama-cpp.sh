@@ -13,7 +13,8 @@
 # FORMATS (tandem's --gpu-weights to run, default "gguf f16", each with the environment as given;
 # suffixes: "-dp4a" adds TANDEM_CUDA_DP4A=1 (integer-dot decode kernels for Q6_K too), "-s2"/"-s4"
 # TANDEM_CUDA_MV_SPLIT=2/4 (2 or 4 warps per row in the decode kernels), "-nog" TANDEM_CUDA_GRAPHS=0
-# (decode steps as plain launches, not CUDA graphs), e.g. FORMATS="gguf gguf-s4 gguf-nog").
+# (decode steps as plain launches, not CUDA graphs), "-w" TANDEM_CUDA_MV_WIDE=1 (Q4_K's wide
+# decode kernel, 16 quant bytes a lane), e.g. FORMATS="gguf gguf-s4 gguf-nog gguf-w-s2").
 # Logs under $OUT/vs/.
 set -uo pipefail
 T=$1
@@ -75,6 +76,7 @@ for f in ${FORMATS:-gguf f16}; do
     case "$f" in *-dp4a*) export TANDEM_CUDA_DP4A=1 ;; esac
     case "$f" in *-s2*) export TANDEM_CUDA_MV_SPLIT=2 ;; *-s4*) export TANDEM_CUDA_MV_SPLIT=4 ;; esac
     case "$f" in *-nog*) export TANDEM_CUDA_GRAPHS=0 ;; esac
+    case "$f" in *-w*) export TANDEM_CUDA_MV_WIDE=1 ;; esac
     # The card's time per phase of one decode step (--verbose profiles every stack call).
     "$T" run -m "$MODEL" -p "The quick brown fox" -n 8 --backend cuda -ngl 99 --gpu-weights "${f%%-*}" --verbose 2>&1 |
       grep "cuda stack N=1:" | tail -1 | sed "s/^/$f decode step: /"

@@ -435,6 +435,53 @@ fn dp4a_q4_k_lanes_sum_to_the_dot_with_the_quantized_tokens() {
     }
 }
 
+/// `mv_q4_k_q8w_rows<S>` transcribed, one lane of warp `part` of the row's `s`: 16 quant
+/// bytes of one block of each group of four, groups dealt out to the warps two at a time.
+fn mv_q4_k_q8w_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (usize, usize), lane: usize) -> f32 {
+    const UNROLL: usize = 2;
+    let (sub, nb) = (lane & 7, cols / 256);
+    let (j, h, groups) = (sub >> 1, sub & 1, nb.div_ceil(4));
+    let byte = |hd: &[u8], k: usize| hd[k] as i32;
+    let scale_min = |hd: &[u8], is: usize| {
+        if is < 4 {
+            (byte(hd, 4 + is) & 63, byte(hd, 8 + is) & 63)
+        } else {
+            ((byte(hd, 8 + is) & 15) | ((byte(hd, is) >> 6) << 4), (byte(hd, 8 + is) >> 4) | ((byte(hd, 4 + is) >> 6) << 4))
+        }
+    };
+    let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
+    // Four words of quants (masked) against 16 activation bytes.
+    let dp4a_x4 = |at: usize, mask: &dyn Fn(u32) -> u32, a: &[i8]| (0..4).map(|k| dp4a(mask(ldu32(row, at + 4 * k)), &a[4 * k..4 * k + 4])).sum::<i32>();
+    let mut acc = 0f32;
+    let group_starts = (part * UNROLL..groups).step_by(s * UNROLL);
+    for ib in group_starts.flat_map(|g0| (g0..g0 + UNROLL).map(|g| 4 * g + (lane >> 3))).filter(|&ib| ib < nb) {
+        let hd = &row[ib * 144..ib * 144 + 16];
+        let ((sc0, m0), (sc1, m1)) = (scale_min(hd, 2 * j), scale_min(hd, 2 * j + 1));
+        let (d, dmin) = (ldh(hd, 0), ldh(hd, 2));
+        let at = ib * 144 + 16 + 16 * sub;
+        let (e, sb) = (ib * 256 + 64 * j + 16 * h, ib * 8 + 2 * j);
+        let (a0, a1) = (&xq[e..e + 16], &xq[e + 32..e + 48]);
+        let (dot0, dot1) = (dp4a_x4(at, &|q| q & 0x0F0F_0F0F, a0), dp4a_x4(at, &|q| (q >> 4) & 0x0F0F_0F0F, a1));
+        let (sum0, sum1) = (a0.iter().map(|&v| v as i32).sum::<i32>(), a1.iter().map(|&v| v as i32).sum::<i32>());
+        acc += xd[sb] * (d * sc0 as f32 * dot0 as f32 - dmin * m0 as f32 * sum0 as f32)
+            + xd[sb + 1] * (d * sc1 as f32 * dot1 as f32 - dmin * m1 as f32 * sum1 as f32);
+    }
+    acc
+}
+
+/// The wide dp4a Q4_K kernel's lanes together give the row's dot with the 8-bit tokens,
+/// ragged groups (blocks not a multiple of four) and warps left without a group included.
+#[test]
+fn dp4a_q4_k_wide_lanes_sum_to_the_dot_with_the_quantized_tokens() {
+    let mut rnd = lcg(0x3c6e_f372_fe94_f82b);
+    for (cols, s) in [(256, 1), (256 * 5, 1), (256 * 16, 1), (256 * 16, 2), (256 * 16, 4), (256 * 56, 4), (256 * 13, 2), (256 * 3, 4)] {
+        let Dp4aCase { row, xq, xd, want, scale, exact } = dp4a_case(GgmlType::Q4_K, cols, 3.0, &mut rnd);
+        let got = all_lanes(s, |p, lane| mv_q4_k_q8w_lane(&row, &xq, &xd, cols, (p, s), lane));
+        assert!((got - want).abs() <= 1e-5 * scale, "cols {cols}, {s} warps: {got} vs {want} (scale {scale})");
+        assert!((got - exact).abs() <= 2e-2 * scale, "{got} vs {exact}");
+    }
+}
+
 /// `mv_q8_0_q8_rows<S>` transcribed, one lane of warp `part` of the row's `s`.
 fn mv_q8_0_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (usize, usize), lane: usize) -> f32 {
     let (nb, o) = (cols / 32, 8 * (lane & 3));

@@ -698,7 +698,7 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 79] = [
+pub const NAMES: [&str; 82] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
@@ -711,6 +711,7 @@ pub const NAMES: [&str; 79] = [
     "deq_tq2_0_mv", "deq_iq2_xxs_mv", "deq_iq2_xs_mv", "deq_iq2_s_mv", "deq_iq3_xxs_mv", "deq_iq3_s_mv",
     "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16", "mv_q4_k", "mv_q6_k", "mv_q8_0", "quantize_q8_32", "mv_q4_k_q8", "mv_q8_0_q8", "mv_q6_k_q8",
     "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4", "kv_store",
+    "mv_q4_k_q8w", "mv_q4_k_q8w_s2", "mv_q4_k_q8w_s4",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

@@ -199,6 +199,57 @@ MV_Q8_KERNEL(mv_q4_k_q8) { mv_q4_k_q8_rows<1>(src, xq, xd, y, rows, cols, n); }
 MV_Q8_KERNEL(mv_q4_k_q8_s2) { mv_q4_k_q8_rows<2>(src, xq, xd, y, rows, cols, n); }
 MV_Q8_KERNEL(mv_q4_k_q8_s4) { mv_q4_k_q8_rows<4>(src, xq, xd, y, rows, cols, n); }
 
+// Q4_K against 8-bit tokens with 16 bytes of quants per lane (the "wide" form): lane L takes
+// block L/8 of each group of four consecutive blocks, and its quant bytes 16(L%8)..+15: pair
+// j = (L%8)/2 (sub-blocks 2j and 2j+1: low and high nibbles), half h = L%2 (their elements
+// 16h..16h+15). Per lane and block one 16-byte load of quants and the block's 16-byte header
+// (the same for its 8 lanes), two 16-byte loads of activations, 16 dp4a. A warp keeps
+// MV_Q4KW_UNROLL groups (8 blocks) in flight; with S warps per row, warp `part` takes groups
+// part*U.., then every S*U-th. `formulas.rs` transcribes it.
+#define MV_Q4KW_UNROLL 2
+__device__ __forceinline__ int dp4a_x4(uint4 w, int4 a, int c) {
+    return __dp4a((int)w.w, a.w, __dp4a((int)w.z, a.z, __dp4a((int)w.y, a.y, __dp4a((int)w.x, a.x, c))));
+}
+template <int S>
+__device__ __forceinline__ void mv_q4_k_q8w_rows(const u8* __restrict__ src, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                                 float* __restrict__ y, int rows, int cols, int n) {
+    MV_HEAD_S(S, (cols / 256) * 144)
+    const int sub = lane & 7, j = sub >> 1, h = sub & 1, nb = cols / 256, ngroups = (nb + 3) / 4;
+    const uint4 LO = make_uint4(0x0F0F0F0Fu, 0x0F0F0F0Fu, 0x0F0F0F0Fu, 0x0F0F0F0Fu), ONES = make_uint4(0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u);
+    for (int g0 = part * MV_Q4KW_UNROLL; valid && g0 < ngroups; g0 += S * MV_Q4KW_UNROLL) {
+        uint4 hd[MV_Q4KW_UNROLL], qv[MV_Q4KW_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MV_Q4KW_UNROLL; u++) {
+            const u8* b = w + min(4 * (g0 + u) + (lane >> 3), nb - 1) * 144;
+            hd[u] = *(const uint4*)b;
+            qv[u] = *(const uint4*)(b + 16 + 16 * sub);
+        }
+#pragma unroll
+        for (int u = 0; u < MV_Q4KW_UNROLL; u++) {
+            const int ib = 4 * (g0 + u) + (lane >> 3);
+            if (ib >= nb) continue;
+            float d0, d1, o0, o1;
+            q4k_scales(hd[u], j, &d0, &d1, &o0, &o1);
+            const uint4 q = qv[u];
+            const uint4 lo = make_uint4(q.x & LO.x, q.y & LO.y, q.z & LO.z, q.w & LO.w);
+            const uint4 hi = make_uint4((q.x >> 4) & LO.x, (q.y >> 4) & LO.y, (q.z >> 4) & LO.z, (q.w >> 4) & LO.w);
+            const int e = ib * 256 + 64 * j + 16 * h, sb = ib * 8 + 2 * j;
+            for (int t = 0; t < MV_MAX_N; t++) {
+                if (t >= n) break;
+                const int4 a0 = *(const int4*)(xq + (i64)t * cols + e), a1 = *(const int4*)(xq + (i64)t * cols + e + 32);
+                const float* dt = xd + (i64)t * (cols / 32);
+                const int dot0 = dp4a_x4(lo, a0, 0), dot1 = dp4a_x4(hi, a1, 0);
+                const int sum0 = dp4a_x4(ONES, a0, 0), sum1 = dp4a_x4(ONES, a1, 0);
+                acc[t] += dt[sb] * (d0 * (float)dot0 - o0 * (float)sum0) + dt[sb + 1] * (d1 * (float)dot1 - o1 * (float)sum1);
+            }
+        }
+    }
+    MV_TAIL_S(S)
+}
+MV_Q8_KERNEL(mv_q4_k_q8w) { mv_q4_k_q8w_rows<1>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q4_k_q8w_s2) { mv_q4_k_q8w_rows<2>(src, xq, xd, y, rows, cols, n); }
+MV_Q8_KERNEL(mv_q4_k_q8w_s4) { mv_q4_k_q8w_rows<4>(src, xq, xd, y, rows, cols, n); }
+
 // Q8_0 against 8-bit tokens: mv_q8_0's lane mapping (eight blocks per warp iteration; lane L:
 // block L/4 of the eight, its bytes 8(L%4)..+7), two dp4a per lane and token. The weight bytes
 // sit at 2 mod 4 in the 34-byte blocks: read as u16 pairs.
@@ -339,11 +390,19 @@ pub fn gemv_q8_kernel(ty: GgmlType) -> Option<&'static str> {
     });
     match (ty, mode) {
         (_, None) => None,
+        (GgmlType::Q4_K, Some(_)) if wide_q4_k() => Some("mv_q4_k_q8w"),
         (GgmlType::Q4_K, Some(_)) => Some("mv_q4_k_q8"),
         (GgmlType::Q8_0, Some(_)) => Some("mv_q8_0_q8"),
         (GgmlType::Q6_K, Some(true)) => Some("mv_q6_k_q8"),
         _ => None,
     }
+}
+
+/// Whether Q4_K decode takes the wide dp4a kernel (16 quant bytes a lane, `mv_q4_k_q8w`):
+/// `TANDEM_CUDA_MV_WIDE=1`, opt-in until measured against the 4-byte one on a GPU.
+fn wide_q4_k() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| std::env::var("TANDEM_CUDA_MV_WIDE").is_ok_and(|v| v == "1"))
 }
 
 /// Warps per row of the dp4a kernels that have the split form (`_s2`, `_s4`), from
