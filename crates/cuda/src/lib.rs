@@ -16,6 +16,7 @@ mod attention;
 mod formulas;
 mod gpu;
 mod graph;
+mod kernel_probe;
 pub mod kernels;
 mod matvec;
 mod source_text;
@@ -34,7 +35,7 @@ use engine::matrix::{KvRows, AttentionOp, AttnShape, Availability, Capabilities,
 use engine::plan::{Layer, WeightRole};
 use half::f16;
 use engine::weights::Weight;
-use gpu::{DevBuf, Gpu, KArg, Res};
+use gpu::{DevBuf, Gpu, Res};
 use quant::GgmlType;
 use weights::{DevWeight, Prepared};
 use std::collections::HashMap;
@@ -279,41 +280,16 @@ impl CudaEngine {
     pub fn bench_matvec(&self, ty: GgmlType, rows: usize, cols: usize, n: usize, kernel: &str, reps: usize) -> Result<f64, EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        guarded("matrix-vector benchmark", || {
-            g.bind()?;
-            if cols % ty.block_size() != 0 || n == 0 || n > kernels::MV_MAX_N {
-                return Err(format!("{rows}x{cols} {} by {n} tokens is not a decode matrix-vector shape", ty.name()));
-            }
-            let bytes = rows * cols / ty.block_size() * ty.block_bytes();
-            let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
-            let ws = (0..copies).map(|_| DevBuf::new(&g.ctx, bytes)).collect::<Res<Vec<_>>>()?;
-            for (i, w) in ws.iter().enumerate() {
-                g.launch_elementwise("fill_f16", 0, w.ptr, bytes / 2, Some(i as u32 + 1))?;
-            }
-            let (x, q, y) = (DevBuf::new(&g.ctx, n * cols * 2)?, DevBuf::new(&g.ctx, n * cols * 2)?, DevBuf::new(&g.ctx, n * rows * 4)?);
-            g.launch_elementwise("fill_f16", 0, x.ptr, n * cols, Some(99))?;
-            let d = q.ptr + (n * cols) as u64;
-            g.quantize_q8(x.ptr, q.ptr, d, n, cols)?;
-            let split = kernel.rsplit_once("_s").and_then(|(_, s)| s.parse::<usize>().ok()).filter(|s| [2, 4].contains(s)).unwrap_or(1);
-            let args = |w: u64| -> Vec<KArg> {
-                let shape = [KArg::I(rows as i32), KArg::I(cols as i32), KArg::I(n as i32)];
-                let ins = if kernel.contains("_q8") { vec![KArg::P(w), KArg::P(q.ptr), KArg::P(d)] } else { vec![KArg::P(w), KArg::P(x.ptr)] };
-                ins.into_iter().chain([KArg::P(y.ptr)]).chain(shape).collect()
-            };
-            let blocks = gpu::int(rows.div_ceil(4 / split))? as u32;
-            let (e0, e1) = (g.event(true)?, g.event(true)?);
-            for w in &ws {
-                g.launch(kernel, blocks, 128, &args(w.ptr))?;
-            }
-            e0.record(&g.s_comp).map_err(gpu::err("record"))?;
-            for r in 0..reps {
-                g.launch(kernel, blocks, 128, &args(ws[r % copies].ptr))?;
-            }
-            e1.record(&g.s_comp).map_err(gpu::err("record"))?;
-            g.s_comp.synchronize().map_err(gpu::err(kernel))?;
-            Ok(e0.elapsed_ms(&e1).map_err(gpu::err("timing"))? as f64 * 1e3 / reps.max(1) as f64)
-        })
-        .map_err(fail)
+        guarded("matrix-vector benchmark", || kernel_probe::bench(g, ty, rows, cols, n, kernel, reps)).map_err(fail)
+    }
+
+    /// GPU check only: `y = x · Wᵀ` (`[n, rows]`) by decode kernel `kernel` alone, for the raw
+    /// blocks `w` of a `rows × cols` weight of type `ty` and `n` f32 tokens `x` (rounded to
+    /// f16 on the way up, then to 8 bits on the card for the dp4a kernels).
+    pub fn matvec_once(&self, ty: GgmlType, rows: usize, cols: usize, kernel: &str, w: &[u8], x: &[f32]) -> Result<Vec<f32>, EngineFailure> {
+        let g = self.gpu().map_err(fail)?;
+        let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("matrix-vector kernel", || kernel_probe::once(g, ty, rows, cols, kernel, w, x)).map_err(fail)
     }
 
     /// Pinned host↔device bandwidth in bytes/s (host to device, device to host) for `bytes` per copy.

@@ -277,11 +277,7 @@ fn feed_forward(e: &CudaEngine, cublas: &mut HashMap<(usize, usize, usize), f64>
 /// four: microseconds per call and the weight bytes it streams per second. False when a
 /// kernel could not run.
 pub fn matvec_kernels(e: &CudaEngine) -> bool {
-    let kernels: [(GgmlType, &[&str]); 3] = [
-        (GgmlType::Q4_K, &["mv_q4_k", "mv_q4_k_q8", "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q4_k_q8w", "mv_q4_k_q8w_s2", "mv_q4_k_q8w_s4"]),
-        (GgmlType::Q6_K, &["mv_q6_k", "mv_q6_k_q8"]),
-        (GgmlType::Q8_0, &["mv_q8_0", "mv_q8_0_q8", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4"]),
-    ];
+    let kernels = crate::kernels::MV_KERNELS;
     let shapes = SHAPES.iter().copied().chain([("output 128256x4096", 128256, 4096)]);
     let mut ok = true;
     println!("decode matrix-vector kernels: us per call (GB/s of weights), back to back, weights beyond L2");

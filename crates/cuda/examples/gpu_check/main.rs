@@ -11,6 +11,7 @@
 mod bench;
 mod common;
 mod e2e;
+mod kernels;
 mod real;
 
 use engine::matrix::{AttentionOp, FusedFeedForward};
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
     let mut failures = 0;
     if check {
         failures += check_formats(&engine, quick);
+        failures += kernels::check(&engine);
         failures += check_group(&engine);
         failures += check_feed_forward(&engine);
         failures += check_attention(&engine);
