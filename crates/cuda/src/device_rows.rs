@@ -38,8 +38,9 @@ impl DeviceRows {
 /// Makes `cache`'s copy on the card hold positions `0..pos0` with room for `needed` rows
 /// (`widths`: every layer's K and V widths), and returns each layer's K and V addresses.
 /// Rows the copy lacks are uploaded on the compute stream. The mirror is left valid up to
-/// `pos0` only; the caller raises it once the new rows are written.
-pub(crate) fn prepare(gpu: &Gpu, cache: &mut dyn KvRows, widths: &[(usize, usize)], pos0: usize, needed: usize) -> Res<Vec<(u64, u64)>> {
+/// `pos0` only; the caller raises it once the new rows are written. Also returns the rows
+/// the copy has room for (it grows by doubling, so this changes rarely).
+pub(crate) fn prepare(gpu: &Gpu, cache: &mut dyn KvRows, widths: &[(usize, usize)], pos0: usize, needed: usize) -> Res<(Vec<(u64, u64)>, usize)> {
     let n_ctx = match widths.first() {
         Some(&(kd, _)) if kd > 0 => cache.layer(0).0.len() / kd,
         _ => return Err("a layer without K/V rows".into()),
@@ -88,8 +89,9 @@ pub(crate) fn prepare(gpu: &Gpu, cache: &mut dyn KvRows, widths: &[(usize, usize
         }
     }
     let layers = (0..widths.len()).map(|il| rows.layer(il)).collect();
+    let cap = rows.cap;
     let mirror = cache.mirror();
     mirror.valid = pos0;
     mirror.data = Some(Box::new(rows));
-    Ok(layers)
+    Ok((layers, cap))
 }

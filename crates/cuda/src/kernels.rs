@@ -37,6 +37,7 @@ pub const SOURCE: &str = {
         Part::Table("unsigned long long iq1s_grid[2048]", Vals::U64(&tables::IQ1S_GRID)),
         Part::Text(KERNELS),
         Part::Text(crate::matvec::MV_KERNELS),
+        Part::Text(crate::decode_attention::KERNELS),
     ];
     const LEN: usize = render(PARTS, &mut []);
     // Only read here, at compile time. Not a static: clippy 1.95 crashes (ICE) on a
@@ -698,7 +699,7 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 82] = [
+pub const NAMES: [&str; 86] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
@@ -711,7 +712,8 @@ pub const NAMES: [&str; 82] = [
     "deq_tq2_0_mv", "deq_iq2_xxs_mv", "deq_iq2_xs_mv", "deq_iq2_s_mv", "deq_iq3_xxs_mv", "deq_iq3_s_mv",
     "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16", "mv_q4_k", "mv_q6_k", "mv_q8_0", "quantize_q8_32", "mv_q4_k_q8", "mv_q8_0_q8", "mv_q6_k_q8",
     "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4", "kv_store",
-    "mv_q4_k_q8w", "mv_q4_k_q8w_s2", "mv_q4_k_q8w_s4",
+    "mv_q4_k_q8w", "mv_q4_k_q8w_s2", "mv_q4_k_q8w_s4", "attn_decode_d64", "attn_decode_d128", "attn_decode_d256",
+    "attn_decode_merge",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).
@@ -792,7 +794,7 @@ mod tests {
         assert!(SOURCE.contains("__constant__ signed char kvalues_fp4[16] = {0,1,2,3,4,6,8,12,0,-1,"));
         assert!(SOURCE.contains("__constant__ unsigned long long iq1s_grid[2048] = {18446744073709551615ull,"));
         assert!(SOURCE.contains("__constant__ unsigned char ksigns_iq2xs[128] = {0,129,130,3,"));
-        assert!(SOURCE.starts_with(HELPERS) && SOURCE.contains(KERNELS) && SOURCE.ends_with(crate::matvec::MV_KERNELS));
+        assert!(SOURCE.starts_with(HELPERS) && SOURCE.contains(KERNELS) && SOURCE.contains(crate::matvec::MV_KERNELS) && SOURCE.ends_with(crate::decode_attention::KERNELS));
     }
 
     /// Compiles the source when an NVRTC library is on the library path; catches syntax

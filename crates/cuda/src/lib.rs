@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod attention;
+mod decode_attention;
 #[cfg(test)]
 mod formulas;
 mod gpu;
@@ -222,14 +223,15 @@ impl CudaEngine {
     }
 
     /// GPU check only: one sequence's causal attention through the whole stack's kernels
-    /// (`flash`: queries per block of the fused kernel where it fits, 0 = cuBLAS scores and values), queries
-    /// at positions `pos0..`, cache rows from 0. Returns the card's milliseconds.
+    /// (`flash`: queries per block of the fused kernel where it fits, 0 = cuBLAS scores and values;
+    /// `split`: a single query through the split decode kernel where it fits), queries at
+    /// positions `pos0..`, cache rows from 0. Returns the card's milliseconds.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize) -> Result<f64, EngineFailure> {
+    pub fn stack_attention(&self, shape: &AttnShape, q: &[f32], pos0: usize, k_cache: &[f16], v_cache: &[f16], out: &mut [f32], flash: usize, split: bool) -> Result<f64, EngineFailure> {
         let g = self.gpu().map_err(fail)?;
         let _lock = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        guarded("attention", || stack_attention::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash)).map_err(fail)
+        guarded("attention", || stack_attention::attention_once(g, shape, q, pos0, k_cache, v_cache, out, flash, split)).map_err(fail)
     }
 
     /// Whether the whole stack's attention has a flash kernel for this shape here.

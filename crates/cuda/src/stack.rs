@@ -49,6 +49,8 @@ pub(crate) struct Buffers {
     region: [Option<DevBuf>; 2],
     /// A decode step's new K/V rows, every layer's in a region of its own.
     step_rows: Option<DevBuf>,
+    /// A decode step's attention partials (`decode_attention.rs`).
+    partials: Option<DevBuf>,
     /// The last decode step's graph (`graph.rs`).
     pub(crate) graphs: crate::graph::StepGraphs,
     small: Option<DevBuf>,
@@ -207,6 +209,8 @@ struct Geometry {
     /// Per sequence: its first new position, and per layer its K and V rows on the card.
     pos0: Vec<usize>,
     seq_rows: Vec<Vec<(u64, u64)>>,
+    /// Per sequence: the rows its copy on the card has room for.
+    seq_cap: Vec<usize>,
     /// Pinned slots for K/V rows on their way down, and elements per slot.
     slots: usize,
     staged: usize,
@@ -286,9 +290,11 @@ impl<'a, 'c> CardSteps<'a, 'c> {
             }
         }
         let widths: Vec<(usize, usize)> = layers.iter().map(kv_widths).collect();
-        let mut seq_rows = Vec::with_capacity(caches.len());
+        let (mut seq_rows, mut seq_cap) = (Vec::with_capacity(caches.len()), Vec::with_capacity(caches.len()));
         for ((cache, s), &p0) in caches.iter_mut().zip(input.spans).zip(&pos0) {
-            seq_rows.push(crate::device_rows::prepare(gpu, &mut **cache, &widths, p0, p0 + s.len())?);
+            let (rows, cap) = crate::device_rows::prepare(gpu, &mut **cache, &widths, p0, p0 + s.len())?;
+            seq_rows.push(rows);
+            seq_cap.push(cap);
         }
         let rope_flat = |r: &[(f32, f32)]| -> Vec<f32> { r.iter().flat_map(|&(s, c)| [s, c]).collect() };
         let (rope_g, rope_l) = (rope_flat(input.rope_global), rope_flat(input.rope_local));
@@ -335,6 +341,14 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
                 p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
                 chunk: qc,
+                // A decode step's split attention: partials for the longest copy's splits.
+                part: if step {
+                    let cap = seq_cap.iter().copied().max().unwrap_or(1);
+                    let bytes = shapes.iter().map(|s| crate::decode_attention::partial_bytes(s.n_head, s.head_dim, cap)).max().unwrap_or(0);
+                    ensure_dev(&gpu.ctx, &mut b.partials, bytes)?
+                } else {
+                    0
+                },
             },
             att_h: ensure_dev(&gpu.ctx, &mut b.att_h, n * od * 2)?,
             o: ensure_dev(&gpu.ctx, &mut b.o, n * d * 4)?,
@@ -383,7 +397,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 Some(s)
             }
         };
-        let geo = Geometry { n, d, pos0, seq_rows, slots, staged, chunk, flash, step, graph };
+        let geo = Geometry { n, d, pos0, seq_rows, seq_cap, slots, staged, chunk, flash, step, graph };
         Ok(CardSteps { gpu, b, input, caches, weights, streamer, prof, vecs, geo, dev, current: LayerWeights(Vec::new()) })
     }
 
@@ -588,9 +602,10 @@ impl BlockSteps for CardSteps<'_, '_> {
         if !g.step {
             Self::rows_down(gpu, self.b, g, slot, (reg_k, reg_v), (kvd, vd))?;
         }
-        for ((sp, &p0), rows) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows) {
+        for (((sp, &p0), rows), &cap) in input.spans.iter().zip(&g.pos0).zip(&g.seq_rows).zip(&g.seq_cap) {
             let (k, v) = rows[il];
             let seq = SeqAttention {
+                cap,
                 q_h: dev.q_h + (sp.start * qd * 2) as u64,
                 k,
                 v,

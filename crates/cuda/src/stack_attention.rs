@@ -31,6 +31,8 @@ pub(crate) struct Scores {
     pub(crate) s: u64,
     pub(crate) p: u64,
     pub(crate) chunk: usize,
+    /// Partials of the split decode kernels (0: none, single queries take the other paths).
+    pub(crate) part: u64,
 }
 
 /// One sequence's attention operands on the card.
@@ -46,6 +48,8 @@ pub(crate) struct SeqAttention {
     pub(crate) out: u64,
     pub(crate) len: usize,
     pub(crate) pos0: usize,
+    /// The rows K/V have room for (fixes the split decode kernel's grid between steps).
+    pub(crate) cap: usize,
 }
 
 /// Causal attention on tensor cores, chunk by chunk of queries: scores `S = Q·Kᵀ` over the
@@ -55,6 +59,10 @@ pub(crate) struct SeqAttention {
 pub(crate) fn attention(gpu: &Gpu, sh: &engine::matrix::AttnShape, a: &SeqAttention, sc: &Scores, flash: usize, prof: &mut Option<Phases>) -> Res<()> {
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
+    // One query with partials to spare: split over the keys.
+    if a.len == 1 && sc.part != 0 && crate::decode_attention::launch(gpu, sh, (a.q_h, a.k, a.v, a.pos, a.out), a.cap, sc.part)? {
+        return Phases::mark(prof, gpu, "decode attention");
+    }
     if let Some(kernel) = flash_kernel(gpu, sh, flash) {
         let args = [
             KArg::P(a.q_h),
@@ -115,6 +123,7 @@ pub(crate) fn attention_once(
     vc: &[half::f16],
     out: &mut [f32],
     flash: usize,
+    split: bool,
 ) -> Res<f64> {
     let (qd, kvd, vd, od) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim, sh.n_head_kv * sh.head_dim_v, sh.n_head * sh.head_dim_v);
     let n = q.len() / qd;
@@ -138,8 +147,10 @@ pub(crate) fn attention_once(
         drv::memcpy_htod_async(d_v.ptr, &bits(&vc[..rows * vd])[..], stream).map_err(err("upload"))?;
         drv::memcpy_htod_async(d_pos.ptr, &pos[..], stream).map_err(err("upload"))?;
     }
-    let seq = SeqAttention { q_h: d_q.ptr, k: d_k.ptr, v: d_v.ptr, pos: d_pos.ptr, out: d_out.ptr, len: n, pos0 };
-    let scores = Scores { s: d_s.ptr, p: d_p.ptr, chunk: qc };
+    let seq = SeqAttention { q_h: d_q.ptr, k: d_k.ptr, v: d_v.ptr, pos: d_pos.ptr, out: d_out.ptr, len: n, pos0, cap: rows };
+    // A single query takes the split decode kernel where it fits (as in a decode step).
+    let d_part = DevBuf::new(&gpu.ctx, crate::decode_attention::partial_bytes(sh.n_head, sh.head_dim, rows))?;
+    let scores = Scores { s: d_s.ptr, p: d_p.ptr, chunk: qc, part: if split { d_part.ptr } else { 0 } };
     let (e0, e1) = (gpu.event(true)?, gpu.event(true)?);
     e0.record(&gpu.s_comp).map_err(err("record"))?;
     attention(gpu, sh, &seq, &scores, flash, &mut None)?;

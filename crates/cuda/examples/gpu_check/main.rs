@@ -262,6 +262,13 @@ fn check_attention(e: &CudaEngine) -> usize {
         // An 8B layer's prefill of 4096 tokens, and a window with a long cached prefix.
         (32, 8, 128, None, 0, 4096),
         (16, 4, 64, Some(256), 700, 333),
+        // Decode steps (one query): long caches, windows, every head size the split kernel takes.
+        (32, 8, 128, None, 4000, 1),
+        (32, 8, 128, Some(100), 300, 1),
+        (16, 4, 64, Some(256), 700, 1),
+        (4, 1, 256, Some(512), 0, 1),
+        (16, 2, 128, None, 63, 1),
+        (64, 2, 256, Some(40), 10, 1),
     ];
     for (n_head, n_head_kv, dim, window, pos0, n) in cases {
         let s = AttnShape { n_head, n_head_kv, head_dim: dim, head_dim_v: dim, window };
@@ -290,14 +297,15 @@ fn check_attention(e: &CudaEngine) -> usize {
                 println!("{label}: rel err {err:.2e}, {ms:.2} ms  {}", if ok { "ok" } else { "FAIL" });
             }
         }
-        // The whole stack's kernels: queries and outputs in f16 (probabilities too).
-        for flash in [64, 128, 0] {
-            if flash > 0 && !e.has_flash_attention(&s) {
+        // The whole stack's kernels: queries and outputs in f16 (probabilities too); a single
+        // query also through the split decode kernel.
+        for (flash, split) in [(64, false), (128, false), (0, false), (64, true)] {
+            if (flash > 0 && !e.has_flash_attention(&s)) || (split && n != 1) {
                 continue;
             }
             let mut got = vec![f32::NAN; n * n_head * dim];
-            let kind = if flash > 0 { format!("flash {flash}") } else { "cuBLAS".into() };
-            match e.stack_attention(&s, &q, pos0, &k, &v, &mut got, flash) {
+            let kind = if split { "split decode".into() } else if flash > 0 { format!("flash {flash}") } else { "cuBLAS".into() };
+            match e.stack_attention(&s, &q, pos0, &k, &v, &mut got, flash, split) {
                 Err(f) => {
                     println!("{label} (stack, {kind}): engine failure: {f}");
                     failures += 1;
