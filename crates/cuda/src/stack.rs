@@ -341,8 +341,9 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
                 p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
                 chunk: qc,
-                // A decode step's split attention: partials for the longest copy's splits.
-                part: if step {
+                // A decode step's split attention (`TANDEM_CUDA_SPLIT_ATTENTION=0`: off):
+                // partials for the longest copy's splits.
+                part: if step && std::env::var("TANDEM_CUDA_SPLIT_ATTENTION").map_or(true, |v| v != "0") {
                     let cap = seq_cap.iter().copied().max().unwrap_or(1);
                     let bytes = shapes.iter().map(|s| crate::decode_attention::partial_bytes(s.n_head, s.head_dim, cap)).max().unwrap_or(0);
                     ensure_dev(&gpu.ctx, &mut b.partials, bytes)?
