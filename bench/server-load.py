@@ -12,8 +12,6 @@ a tiny queue must answer the excess with 503 + Retry-After, never with a broken 
 Python's standard library only.
 """
 import argparse
-import http.client
-import json
 import os
 import sys
 import threading
@@ -23,63 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tandem_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = ("the river runs past old stone walls while children count the boats and the sun "
-         "goes down over a quiet town where nobody hurries and every door stands open ").split()
-
-
-def prompt(i):
-    # Mixed lengths: 8 to about 600 words.
-    n = 8 + (i * 37) % 600
-    return f"Story {i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n))
+from tandem_server import pct, prompt, rss_mib, stream  # noqa: E402
 
 
 def start(args, parallel, queue):
     return tandem_server.start(args.tandem, args.model, ["-np", str(parallel), "--queue", str(queue), "-c", str(parallel * 2048), "--temp", "0", "-t", str(args.threads)])
-
-
-def stream(addr, body):
-    """(status, text, seconds to the first text, tokens, retry_after)."""
-    host, port = addr.rsplit(":", 1)
-    c = http.client.HTTPConnection(host, int(port), timeout=600)
-    t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        return r.status, r.read().decode(), None, 0, r.getheader("Retry-After")
-    text, first, tokens, done = "", None, 0, False
-    for raw in r:
-        line = raw.decode().strip()
-        if not line.startswith("data: "):
-            continue
-        data = line[6:]
-        if data == "[DONE]":
-            done = True
-            break
-        ev = json.loads(data)
-        if "error" in ev:
-            return 500, json.dumps(ev), None, 0, None
-        for ch in ev["choices"]:
-            if ch.get("text"):
-                first = first if first is not None else time.perf_counter() - t0
-                text += ch["text"]
-        if ev.get("usage"):
-            tokens = ev["usage"]["completion_tokens"]
-    if not done:
-        return 599, "stream ended without [DONE]", None, 0, None
-    return 200, text, first, tokens, None
-
-
-def rss_mib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return int(next(l for l in f if l.startswith("VmHWM")).split()[1]) / 1024
-    except (OSError, StopIteration):
-        return float("nan")
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def main():

@@ -15,6 +15,8 @@
 # TANDEM_CUDA_MV_SPLIT=2/4 (2 or 4 warps per row in the decode kernels), "-nog" TANDEM_CUDA_GRAPHS=0
 # (decode steps as plain launches, not CUDA graphs), "-w" TANDEM_CUDA_MV_WIDE=1 (Q4_K's wide
 # decode kernel, 16 quant bytes a lane), e.g. FORMATS="gguf gguf-s4 gguf-nog gguf-w-s2").
+# SERVER=1 also builds llama-server and runs bench/server-vs-llama-cpp.py: 8 concurrent
+# streaming clients on `tandem serve -np 8` and on `llama-server -np 8`, both on the card.
 # Logs under $OUT/vs/.
 set -uo pipefail
 T=$1
@@ -36,8 +38,8 @@ if [ ! -x "$LL/bin/llama-bench" ]; then
     [ -d "$src" ] || src=/tmp/llama-src
     cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
     cmake -S "$src" -B "$LL" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${cc:-90}" \
-      -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$OUT/vs/llama-cmake.log" 2>&1 &&
-      cmake --build "$LL" -j "$((threads - 2))" --target llama-bench >"$OUT/vs/llama-build.log" 2>&1
+      -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=$([ "${SERVER:-0}" = 1 ] && echo ON || echo OFF) >"$OUT/vs/llama-cmake.log" 2>&1 &&
+      cmake --build "$LL" -j "$((threads - 2))" --target llama-bench $([ "${SERVER:-0}" = 1 ] && echo llama-server) >"$OUT/vs/llama-build.log" 2>&1
     echo "llama.cpp build: exit $?" >>"$OUT/vs/llama-build.log"
   ) &
   build=$!
@@ -92,4 +94,15 @@ if [ -x "$LL/bin/llama-bench" ]; then
   grep -E "^\||peak GPU|error" "$OUT/vs/llama.log"
 else
   echo "llama.cpp did not build:"; tail -20 "$OUT/vs/llama-build.log" "$OUT/vs/llama-cmake.log" 2>/dev/null
+fi
+
+if [ "${SERVER:-0}" = 1 ]; then
+  if [ -x "$LL/bin/llama-server" ] && command -v python3 >/dev/null; then
+    echo "== server: 8 streaming clients, tandem serve -np 8 vs llama-server -np 8"
+    python3 "$(dirname "$0")/../server-vs-llama-cpp.py" --tandem "$T" --llama-server "$LL/bin/llama-server" -m "$MODEL" \
+      --clients 8 --parallel 8 -n "${N%%,*}" --tandem-args "--backend cuda -ngl 99 -t $threads" --llama-args "-ngl 99 -t $threads" \
+      2>&1 | tee "$OUT/vs/server.log"
+  else
+    echo "server comparison skipped: no llama-server or python3"
+  fi
 fi
