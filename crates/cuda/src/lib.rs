@@ -26,6 +26,7 @@ mod phases;
 mod device_rows;
 mod stack;
 mod stack_attention;
+mod stack_moe;
 mod streaming;
 mod weights;
 
@@ -447,8 +448,10 @@ impl DecoderStack for CudaEngine {
         stack::check(layers)
     }
 
-    fn streams_stack(&self) -> bool {
-        self.opts.stack
+    fn streams_stack(&self, layers: &[Layer]) -> bool {
+        // Streaming uploads every weight of a layer: for experts, all of them, where only a
+        // few run. MoE models over the budget run op by op (only active experts cross).
+        self.opts.stack && !layers.iter().any(|l| matches!(l.ffn, engine::plan::FeedForwardPart::Moe(_)))
     }
 
     fn decode_bandwidth(&self) -> Option<f64> {

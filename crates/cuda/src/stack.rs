@@ -51,6 +51,8 @@ pub(crate) struct Buffers {
     step_rows: Option<DevBuf>,
     /// A decode step's attention partials (`decode_attention.rs`).
     partials: Option<DevBuf>,
+    /// The experts' scratch (`stack_moe.rs`).
+    moe: crate::stack_moe::Buffers,
     /// The last decode step's graph (`graph.rs`).
     pub(crate) graphs: crate::graph::StepGraphs,
     small: Option<DevBuf>,
@@ -106,14 +108,17 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
             return Err(format!("RoPE over {} of {} dimensions", a.rope_dims, s.head_dim));
         }
         crate::attention::check(s)?;
-        // Experts run per op through the dispatcher (router on the host, each active expert's
-        // block placed on its own), not inside a stack.
-        let FeedForwardPart::Dense(f) = &l.ffn else {
-            return Err("mixture-of-experts layers run op by op, not as a stack on the card".into());
+        let ff_rows = match &l.ffn {
+            FeedForwardPart::Dense(f) if !f.block().is_plain() => {
+                return Err(format!("no kernels for {:?} feed-forward blocks with biases {}", f.activation, f.biases.is_some()));
+            }
+            FeedForwardPart::Dense(f) => f.gate.rows,
+            // Experts: routed on the host from the card's router logits (`stack_moe.rs`).
+            FeedForwardPart::Moe(m) => {
+                crate::stack_moe::check(m)?;
+                m.experts.iter().map(|e| e.gate.rows).max().unwrap_or(0)
+            }
         };
-        if !f.block().is_plain() {
-            return Err(format!("no kernels for {:?} feed-forward blocks with biases {}", f.activation, f.biases.is_some()));
-        }
         // gpt-oss's sinks and output bias (its layers are MoE, refused above, but say why
         // anyway); gemma4's shared or value-normed K/V, per-layer inputs and output scales.
         if !a.is_plain() {
@@ -122,7 +127,7 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
         if l.per_layer.is_some() || l.out_scale.is_some() {
             return Err("per-layer inputs and layer output scales run op by op, not as a stack on the card".into());
         }
-        int(l.n_embd().max(f.gate.rows).max(s.n_head * s.head_dim))?;
+        int(l.n_embd().max(ff_rows).max(s.n_head * s.head_dim))?;
     }
     Ok(())
 }
@@ -131,6 +136,11 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
 pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, DevWeight)>);
 
 impl LayerWeights {
+    /// Every weight of `role`, in order (the experts').
+    fn all(&self, role: WeightRole) -> Vec<DevWeight> {
+        self.0.iter().filter(|(r, _)| *r == role).map(|&(_, p)| p).collect()
+    }
+
     fn get(&self, role: WeightRole) -> Res<DevWeight> {
         self.0.iter().find(|(r, _)| *r == role).map(|&(_, p)| p).ok_or_else(|| format!("no {role:?} weight on the card"))
     }
@@ -178,6 +188,9 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: O
     let d = input.layers[0].n_embd();
     if x.len() != n * d || caches.len() != input.spans.len() || weights.is_some_and(|w| w.len() != input.layers.len()) {
         return Err(format!("stack buffers do not match {n} tokens of {} sequences", input.spans.len()));
+    }
+    if weights.is_none() && input.layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_))) {
+        return Err("mixture-of-experts stacks run with their weights resident on the card only".into());
     }
     gpu.bind()?;
     let r = run_inner(gpu, b, input, weights, x, caches);
@@ -329,7 +342,9 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let flash = if shapes.iter().all(|s| flash_kernel(gpu, s, b.flash).is_some()) { b.flash } else { 0 };
         let score_elems = if flash > 0 { 0 } else { n_head * qc * ld_max };
         let step = n <= crate::kernels::MV_MAX_N && weights.is_some();
-        let graph = step && flash > 0 && prof.is_none() && b.graphs.off.is_none();
+        // Experts are routed on the host between launches: no graph then.
+        let moe = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)));
+        let graph = step && flash > 0 && !moe && prof.is_none() && b.graphs.off.is_none();
         let dev = Device {
             x: d_x,
             h: ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?,
@@ -624,8 +639,12 @@ impl BlockSteps for CardSteps<'_, '_> {
         wo.matmul(gpu, dev.att_h, dev.o, n, &mut self.b.expand)
     }
 
-    fn moe_ffn(&mut self, il: usize, _m: &MoeFfn) -> Res<()> {
-        Err(format!("layer {il}: mixture-of-experts layers are refused by check()"))
+    fn moe_ffn(&mut self, _il: usize, m: &MoeFfn) -> Res<()> {
+        let w = &self.current;
+        let (gate, up, down) = (w.all(WeightRole::ExpertGate), w.all(WeightRole::ExpertUp), w.all(WeightRole::ExpertDown));
+        let io = crate::stack_moe::MoeIo { h: self.dev.h, o: self.dev.o, n: self.geo.n, d: self.geo.d, router: w.get(WeightRole::FfnRouter)?, gate: &gate, up: &up, down: &down };
+        crate::stack_moe::run(self.gpu, &mut self.b.moe, &mut self.b.expand, m, &io)?;
+        Phases::mark(&mut self.prof, self.gpu, "experts")
     }
     fn dense_ffn(&mut self, _il: usize, f: &DenseFfn) -> Res<()> {
         let (gpu, g, dev, w) = (self.gpu, &self.geo, &self.dev, &self.current);

@@ -215,10 +215,10 @@ pub trait AttentionOp: Sync {
 pub trait DecoderStack: Sync {
     /// Whether it can run these layers (`Err` says why not).
     fn supports_stack(&self, layers: &[Layer]) -> Result<(), String>;
-    /// Whether it can also run with weights it has not prepared
+    /// Whether it can also run these layers with weights it has not prepared
     /// ([`StackInput::weights_resident`] false: it uploads them per layer, for models larger
     /// than its budget).
-    fn streams_stack(&self) -> bool {
+    fn streams_stack(&self, _layers: &[Layer]) -> bool {
         false
     }
     /// The engine's memory bandwidth (bytes/s) when it also runs decode steps, each

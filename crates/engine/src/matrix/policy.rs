@@ -301,7 +301,7 @@ impl PlacementPolicy {
                 }
                 continue;
             }
-            if streamed && !stack.streams_stack() {
+            if streamed && !stack.streams_stack(layers) {
                 why_not.push(format!("{over}: ops placed one by one"));
                 continue;
             }

@@ -158,7 +158,7 @@ impl DecoderStack for ReferenceEngine {
             Err("whole stacks are off (ReferenceEngine::with_stacks)".into())
         }
     }
-    fn streams_stack(&self) -> bool {
+    fn streams_stack(&self, _layers: &[Layer]) -> bool {
         self.streams
     }
     fn decode_bandwidth(&self) -> Option<f64> {

@@ -147,8 +147,8 @@ impl<H: OpHook> DecoderStack for Wrapped<H> {
     fn supports_stack(&self, layers: &[Layer]) -> Result<(), String> {
         self.inner.capabilities().stack.map_or(Err("no DecoderStack".into()), |op| op.supports_stack(layers))
     }
-    fn streams_stack(&self) -> bool {
-        self.inner.capabilities().stack.is_some_and(|op| op.streams_stack())
+    fn streams_stack(&self, layers: &[Layer]) -> bool {
+        self.inner.capabilities().stack.is_some_and(|op| op.streams_stack(layers))
     }
     fn decode_bandwidth(&self) -> Option<f64> {
         self.inner.capabilities().stack.and_then(|op| op.decode_bandwidth())
