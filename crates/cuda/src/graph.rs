@@ -79,6 +79,9 @@ impl StepGraphs {
     }
 }
 
+/// Captures after which graphs are given up unless replays outnumber them.
+const CAPTURES_BEFORE_GIVING_UP: usize = 16;
+
 /// Runs `step` (which issues a decode step's launches on the compute stream) as a graph:
 /// the last one replayed when the step's launches equal its, else captured anew. A capture
 /// that fails turns graphs off for these buffers and the step runs as plain launches.
@@ -97,6 +100,12 @@ pub(crate) fn run_step(gpu: &Gpu, graphs: &mut StepGraphs, mut step: impl FnMut(
         }
     }
     graphs.last = None;
+    // Steps that keep launching differently (a batch whose sequences change every step)
+    // would pay a capture each time and replay none: plain launches then.
+    if graphs.captures >= CAPTURES_BEFORE_GIVING_UP && graphs.replays < graphs.captures {
+        graphs.off = Some(format!("{} captures, {} replays: steps keep changing", graphs.captures, graphs.replays));
+        return step();
+    }
     match capture(gpu, &mut step) {
         Ok(g) => {
             graphs.captures += 1;
