@@ -41,9 +41,10 @@ impl DeviceRows {
 /// `pos0` only; the caller raises it once the new rows are written. Also returns the rows
 /// the copy has room for (it grows by doubling, so this changes rarely).
 pub(crate) fn prepare(gpu: &Gpu, cache: &mut dyn KvRows, widths: &[(usize, usize)], pos0: usize, needed: usize) -> Res<(Vec<(u64, u64)>, usize)> {
-    let n_ctx = match widths.first() {
-        Some(&(kd, _)) if kd > 0 => cache.layer(0).0.len() / kd,
-        _ => return Err("a layer without K/V rows".into()),
+    // The cache's positions, from the first layer with K/V rows (recurrent layers have none).
+    let n_ctx = match widths.iter().position(|&(kd, _)| kd > 0) {
+        Some(il) => cache.layer(il).0.len() / widths[il].0,
+        None => return Err("no layer keeps K/V rows".into()),
     };
     if needed > n_ctx {
         return Err(format!("{needed} rows exceed the cache's {n_ctx} positions"));

@@ -38,6 +38,7 @@ pub const SOURCE: &str = {
         Part::Text(KERNELS),
         Part::Text(crate::matvec::MV_KERNELS),
         Part::Text(crate::stack_moe::KERNELS),
+        Part::Text(crate::stack_delta::KERNELS),
         Part::Text(crate::decode_attention::KERNELS),
     ];
     const LEN: usize = render(PARTS, &mut []);
@@ -700,7 +701,7 @@ extern "C" __global__ void fill_f16(u16* dst, i64 n, u32 seed) {
 "#;
 
 /// Every kernel name in [`SOURCE`], loaded at start-up.
-pub const NAMES: [&str; 88] = [
+pub const NAMES: [&str; 91] = [
     "deq_f32", "deq_bf16", "deq_q4_0", "deq_q4_1", "deq_q5_0", "deq_q5_1", "deq_q8_0", "deq_q2_k", "deq_q3_k",
     "deq_q4_k", "deq_q5_k", "deq_q6_k", "deq_iq4_nl", "deq_iq4_xs", "deq_mxfp4", "deq_nvfp4", "deq_q1_0",
     "deq_q2_0", "deq_tq1_0", "deq_tq2_0", "deq_iq2_xxs", "deq_iq2_xs", "deq_iq2_s", "deq_iq3_xxs", "deq_iq3_s",
@@ -714,7 +715,7 @@ pub const NAMES: [&str; 88] = [
     "deq_iq1_s_mv", "deq_iq1_m_mv", "mv_f16", "mv_q4_k", "mv_q6_k", "mv_q8_0", "quantize_q8_32", "mv_q4_k_q8", "mv_q8_0_q8", "mv_q6_k_q8",
     "mv_q4_k_q8_s2", "mv_q4_k_q8_s4", "mv_q8_0_q8_s2", "mv_q8_0_q8_s4", "kv_store",
     "mv_q4_k_q8w", "mv_q4_k_q8w_s2", "mv_q4_k_q8w_s4", "attn_decode_d64", "attn_decode_d128", "attn_decode_d256",
-    "attn_decode_merge", "moe_gather", "moe_scatter",
+    "attn_decode_merge", "moe_gather", "moe_scatter", "delta_conv", "delta_rule_k64", "delta_rule_k128",
 ];
 
 /// Largest head dimension the attention kernel holds in registers (8 per lane).

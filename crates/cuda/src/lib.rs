@@ -26,6 +26,7 @@ mod phases;
 mod device_rows;
 mod stack;
 mod stack_attention;
+mod stack_delta;
 mod stack_moe;
 mod streaming;
 mod weights;

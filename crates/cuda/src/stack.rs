@@ -28,7 +28,7 @@ use cudarc::driver::CudaEvent;
 use engine::arch::RopeStyle;
 use engine::block::{run_layers, BlockSteps};
 use engine::matrix::{KvRows, StackInput};
-use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, MoeFfn, RopeKind, VectorId, VectorRole, WeightRole};
+use engine::plan::{Attention, DenseFfn, FeedForwardPart, Layer, Mixer, MoeFfn, RopeKind, VectorId, VectorRole, WeightRole};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -53,6 +53,8 @@ pub(crate) struct Buffers {
     partials: Option<DevBuf>,
     /// The experts' scratch (`stack_moe.rs`).
     moe: crate::stack_moe::Buffers,
+    /// The Gated DeltaNet layers' scratch (`stack_delta.rs`).
+    delta: crate::stack_delta::Buffers,
     /// The last decode step's graph (`graph.rs`).
     pub(crate) graphs: crate::graph::StepGraphs,
     small: Option<DevBuf>,
@@ -97,17 +99,27 @@ pub(crate) const ROW_THREADS: u32 = 256;
 /// Whether the kernels can run these layers.
 pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
     for l in layers {
-        let Some(a) = l.attention() else {
-            return Err("recurrent (Gated DeltaNet) layers run op by op, not as a stack on the card".into());
+        let mixer_width = match &l.mixer {
+            Mixer::DeltaNet(d) => {
+                crate::stack_delta::check(d)?;
+                d.shape.conv_dim().max(d.shape.value_dim())
+            }
+            Mixer::Attention(a) => {
+                let s = &a.shape;
+                if s.head_dim > ATTN_MAX_DIM || s.head_dim_v > ATTN_MAX_DIM {
+                    return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", s.head_dim, s.head_dim_v));
+                }
+                if a.rope_dims > s.head_dim || !a.rope_dims.is_multiple_of(2) {
+                    return Err(format!("RoPE over {} of {} dimensions", a.rope_dims, s.head_dim));
+                }
+                crate::attention::check(s)?;
+                // gpt-oss's sinks and output bias; gemma4's shared or value-normed K/V.
+                if !a.is_plain() {
+                    return Err("attention with sinks, output biases, shared or normed values runs op by op, not as a stack on the card".into());
+                }
+                s.n_head * s.head_dim.max(s.head_dim_v)
+            }
         };
-        let s = &a.shape;
-        if s.head_dim > ATTN_MAX_DIM || s.head_dim_v > ATTN_MAX_DIM {
-            return Err(format!("head dimension {}/{} above {ATTN_MAX_DIM}", s.head_dim, s.head_dim_v));
-        }
-        if a.rope_dims > s.head_dim || !a.rope_dims.is_multiple_of(2) {
-            return Err(format!("RoPE over {} of {} dimensions", a.rope_dims, s.head_dim));
-        }
-        crate::attention::check(s)?;
         let ff_rows = match &l.ffn {
             FeedForwardPart::Dense(f) if !f.block().is_plain() => {
                 return Err(format!("no kernels for {:?} feed-forward blocks with biases {}", f.activation, f.biases.is_some()));
@@ -119,15 +131,11 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
                 m.experts.iter().map(|e| e.gate.rows).max().unwrap_or(0)
             }
         };
-        // gpt-oss's sinks and output bias (its layers are MoE, refused above, but say why
-        // anyway); gemma4's shared or value-normed K/V, per-layer inputs and output scales.
-        if !a.is_plain() {
-            return Err("attention with sinks, output biases, shared or normed values runs op by op, not as a stack on the card".into());
-        }
+        // gemma4's per-layer inputs and output scales.
         if l.per_layer.is_some() || l.out_scale.is_some() {
             return Err("per-layer inputs and layer output scales run op by op, not as a stack on the card".into());
         }
-        int(l.n_embd().max(ff_rows).max(s.n_head * s.head_dim))?;
+        int(l.n_embd().max(ff_rows).max(mixer_width))?;
     }
     Ok(())
 }
@@ -285,7 +293,8 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let layers = input.layers;
         let n = input.n();
         let d = layers[0].n_embd();
-        let shapes: Vec<_> = layers.iter().map(|l| l.attention().expect("checked: every layer attends").shape).collect();
+        // The attention layers' shapes (Gated DeltaNet layers keep no K/V rows).
+        let shapes: Vec<_> = layers.iter().filter_map(|l| l.attention()).map(|a| a.shape).collect();
         let max = |f: &dyn Fn(&engine::matrix::AttnShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
         let (qd, kvd, vd, od) = (max(&|s| s.n_head * s.head_dim), max(&|s| s.n_head_kv * s.head_dim), max(&|s| s.n_head_kv * s.head_dim_v), max(&|s| s.n_head * s.head_dim_v));
         let n_head = max(&|s| s.n_head);
@@ -342,9 +351,9 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let flash = if shapes.iter().all(|s| flash_kernel(gpu, s, b.flash).is_some()) { b.flash } else { 0 };
         let score_elems = if flash > 0 { 0 } else { n_head * qc * ld_max };
         let step = n <= crate::kernels::MV_MAX_N && weights.is_some();
-        // Experts are routed on the host between launches: no graph then.
-        let moe = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)));
-        let graph = step && flash > 0 && !moe && prof.is_none() && b.graphs.off.is_none();
+        // Experts are routed, and recurrent states cross, on the host between launches: no graph then.
+        let host_between = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)) || l.attention().is_none());
+        let graph = step && flash > 0 && !host_between && prof.is_none() && b.graphs.off.is_none();
         let dev = Device {
             x: d_x,
             h: ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?,
@@ -507,15 +516,30 @@ impl<'a, 'c> CardSteps<'a, 'c> {
 
 /// A layer's K and V widths per token.
 fn kv_widths(l: &Layer) -> (usize, usize) {
-    let s = &l.attention().expect("checked: every layer attends").shape;
-    (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v)
+    l.attention().map_or((0, 0), |a| (a.shape.n_head_kv * a.shape.head_dim, a.shape.n_head_kv * a.shape.head_dim_v))
 }
 
 impl BlockSteps for CardSteps<'_, '_> {
     type Error = String;
 
-    fn delta_net(&mut self, _il: usize, _d: &engine::plan::DeltaNet) -> Res<()> {
-        Err("recurrent layers are refused by the stack check".into())
+    fn delta_net(&mut self, il: usize, d: &engine::plan::DeltaNet) -> Res<()> {
+        let w = &self.current;
+        let v = |role| self.vptr(Some((il, role)));
+        let io = crate::stack_delta::DeltaIo {
+            h: self.dev.h,
+            o: self.dev.o,
+            n: self.geo.n,
+            eps: self.input.layers[il].norm_eps,
+            qkv: w.get(WeightRole::DeltaQkv)?,
+            gate: w.get(WeightRole::DeltaGate)?,
+            beta: w.get(WeightRole::DeltaBeta)?,
+            alpha: w.get(WeightRole::DeltaAlpha).ok(),
+            output: w.get(WeightRole::AttnOutput)?,
+            vectors: [v(VectorRole::DeltaConv), v(VectorRole::DeltaDtBias), v(VectorRole::DeltaA), v(VectorRole::DeltaNorm)],
+            spans: self.input.spans,
+        };
+        crate::stack_delta::run(self.gpu, &mut self.b.delta, &mut self.b.expand, d, il, &io, self.caches)?;
+        Phases::mark(&mut self.prof, self.gpu, "Gated DeltaNet")
     }
 
     fn per_layer_input(&mut self, _il: usize, _p: &engine::plan::PerLayerInput) -> Res<()> {
