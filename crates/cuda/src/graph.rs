@@ -82,6 +82,41 @@ impl StepGraphs {
 /// Captures after which graphs are given up unless replays outnumber them.
 const CAPTURES_BEFORE_GIVING_UP: usize = 16;
 
+/// A tape running on this thread until `words` takes what it wrote, or until dropped (a step
+/// that panicked must not leave the tape on: every later launch would be skipped).
+struct Recording<'a>(&'a Tape, bool);
+
+impl<'a> Recording<'a> {
+    fn start(tape: &'a Tape, dry: bool) -> Self {
+        tape.start(dry);
+        Recording(tape, true)
+    }
+
+    fn words(mut self) -> Vec<u64> {
+        self.1 = false;
+        self.0.stop()
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.stop();
+        }
+    }
+}
+
+/// A stream capture that ends however the step ends (a panic included).
+struct Capturing<'a>(&'a Gpu, bool);
+
+impl Drop for Capturing<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = self.0.s_comp.end_capture(CUgraphInstantiate_flags(0));
+        }
+    }
+}
+
 /// Runs `step` (which issues a decode step's launches on the compute stream) as a graph:
 /// the last one replayed when the step's launches equal its, else captured anew. A capture
 /// that fails turns graphs off for these buffers and the step runs as plain launches.
@@ -89,10 +124,10 @@ pub(crate) fn run_step(gpu: &Gpu, graphs: &mut StepGraphs, mut step: impl FnMut(
     if graphs.off.is_some() {
         return step();
     }
-    gpu.tape.start(true);
-    let dry = step();
-    let words = gpu.tape.stop();
-    dry?;
+    let dry = Recording::start(&gpu.tape, true);
+    let ran = step();
+    let words = dry.words();
+    ran?;
     if let Some(Captured(w, g)) = &graphs.last {
         if *w == words {
             graphs.replays += 1;
@@ -107,7 +142,7 @@ pub(crate) fn run_step(gpu: &Gpu, graphs: &mut StepGraphs, mut step: impl FnMut(
         return step();
     }
     match capture(gpu, &mut step) {
-        Ok(g) => {
+        Ok((words, g)) => {
             graphs.captures += 1;
             g.launch().map_err(err("launch the step's graph"))?;
             graphs.last = Some(Captured(words, g));
@@ -120,14 +155,19 @@ pub(crate) fn run_step(gpu: &Gpu, graphs: &mut StepGraphs, mut step: impl FnMut(
     }
 }
 
-/// `step`'s launches captured on the compute stream and instantiated.
-fn capture(gpu: &Gpu, step: &mut impl FnMut() -> Res<()>) -> Res<CudaGraph> {
+/// `step`'s launches captured on the compute stream and instantiated, with their words as
+/// the capture wrote them (a buffer grown during the dry run holds its new address here).
+fn capture(gpu: &Gpu, step: &mut impl FnMut() -> Res<()>) -> Res<(Vec<u64>, CudaGraph)> {
     gpu.s_comp.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(err("begin capture"))?;
+    let mut open = Capturing(gpu, true);
+    let live = Recording::start(&gpu.tape, false);
     let issued = step();
-    // The capture always ends, whatever the step did.
+    let words = live.words();
+    open.1 = false;
     let graph = gpu.s_comp.end_capture(CUgraphInstantiate_flags(0));
     issued.map_err(|e| format!("capturing a decode step: {e}"))?;
-    graph.map_err(err("instantiate the step's graph"))?.ok_or_else(|| "the captured step is empty".to_string())
+    let graph = graph.map_err(err("instantiate the step's graph"))?.ok_or_else(|| "the captured step is empty".to_string())?;
+    Ok((words, graph))
 }
 
 #[cfg(test)]

@@ -31,10 +31,17 @@ fn check_shape(ty: GgmlType, cols: usize, n: usize) -> Res<()> {
     Ok(())
 }
 
+/// Whether decode kernel `kernel` takes 8-bit tokens (`mv_*_q8`, `mv_*_q8w`, and their
+/// `_s2`/`_s4` forms; `mv_q8_0` itself takes f16 ones).
+pub fn takes_8bit_tokens(kernel: &str) -> bool {
+    let base = kernel.strip_suffix("_s2").or_else(|| kernel.strip_suffix("_s4")).unwrap_or(kernel);
+    base.ends_with("_q8") || base.ends_with("_q8w")
+}
+
 /// Launches `kernel` (its split form's warps per row from its `_s2`/`_s4` suffix) on weight `w`.
 fn launch(g: &Gpu, kernel: &str, w: u64, t: &Tokens, rows: usize, cols: usize, n: usize) -> Res<()> {
     let split = kernel.rsplit_once("_s").and_then(|(_, s)| s.parse::<usize>().ok()).filter(|s| [2, 4].contains(s)).unwrap_or(1);
-    let ins = if kernel.contains("_q8") { vec![KArg::P(w), KArg::P(t.q.ptr), KArg::P(t.d)] } else { vec![KArg::P(w), KArg::P(t.x.ptr)] };
+    let ins = if takes_8bit_tokens(kernel) { vec![KArg::P(w), KArg::P(t.q.ptr), KArg::P(t.d)] } else { vec![KArg::P(w), KArg::P(t.x.ptr)] };
     let args: Vec<KArg> = ins.into_iter().chain([KArg::P(t.y.ptr), KArg::I(int(rows)?), KArg::I(int(cols)?), KArg::I(int(n)?)]).collect();
     g.launch(kernel, int(rows.div_ceil(4 / split))? as u32, 128, &args)
 }
@@ -87,4 +94,17 @@ pub(crate) fn once(g: &Gpu, ty: GgmlType, rows: usize, cols: usize, kernel: &str
     unsafe { drv::memcpy_dtoh_async(&mut y[..], t.y.ptr, stream) }.map_err(err("download"))?;
     g.s_comp.synchronize().map_err(err(kernel))?;
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_kinds_by_name() {
+        for k in ["mv_q4_k_q8", "mv_q4_k_q8_s2", "mv_q4_k_q8w", "mv_q4_k_q8w_s4", "mv_q8_0_q8", "mv_q8_0_q8_s4", "mv_q6_k_q8"] {
+            assert!(super::takes_8bit_tokens(k), "{k}");
+        }
+        for k in ["mv_q8_0", "mv_q4_k", "mv_q6_k", "mv_f16", "deq_q8_0_mv"] {
+            assert!(!super::takes_8bit_tokens(k), "{k}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ mod decode_attention;
 mod formulas;
 mod gpu;
 mod graph;
-mod kernel_probe;
+pub mod kernel_probe;
 pub mod kernels;
 mod matvec;
 mod source_text;

@@ -81,7 +81,7 @@ pub(crate) struct Buffers {
 }
 
 /// Tokens per feed-forward pass: bounds the gate/up/product buffers (10 bytes × n_ff per token).
-const FFN_CHUNK: usize = 4096;
+pub(crate) const FFN_CHUNK: usize = 4096;
 impl Buffers {
     /// Empty buffers; `profile` times the card's phases of every call, `flash` picks the
     /// flash-attention kernels where they fit, `graphs` replays decode steps as CUDA graphs.
@@ -353,7 +353,8 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let step = n <= crate::kernels::MV_MAX_N && weights.is_some();
         // Experts are routed, and recurrent states cross, on the host between launches: no graph then.
         let host_between = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)) || l.attention().is_none());
-        let graph = step && flash > 0 && !host_between && prof.is_none() && b.graphs.off.is_none();
+        // Only one-token-a-sequence steps: a short prompt's chunk would be captured, never replayed.
+        let graph = step && flash > 0 && !host_between && input.spans.iter().all(|s| s.len() == 1) && prof.is_none() && b.graphs.off.is_none();
         let dev = Device {
             x: d_x,
             h: ensure_dev(&gpu.ctx, &mut b.h, n * d * 2)?,
@@ -366,10 +367,11 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
                 chunk: qc,
                 // A decode step's split attention (`TANDEM_CUDA_SPLIT_ATTENTION=0`: off):
-                // partials for the longest copy's splits.
+                // partials for the most splits any copy has (not the largest copy's: split
+                // counts do not grow with every capacity).
                 part: if step && std::env::var("TANDEM_CUDA_SPLIT_ATTENTION").map_or(true, |v| v != "0") {
-                    let cap = seq_cap.iter().copied().max().unwrap_or(1);
-                    let bytes = shapes.iter().map(|s| crate::decode_attention::partial_bytes(s.n_head, s.head_dim, cap)).max().unwrap_or(0);
+                    let for_cap = |cap: usize| shapes.iter().map(|s| crate::decode_attention::partial_bytes(s.n_head, s.head_dim, cap)).max().unwrap_or(0);
+                    let bytes = seq_cap.iter().map(|&cap| for_cap(cap)).max().unwrap_or(0);
                     ensure_dev(&gpu.ctx, &mut b.partials, bytes)?
                 } else {
                     0
@@ -391,11 +393,16 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         };
         // The largest expansion a GEMM of this call makes, allocated now: growing it between
         // GEMMs could free memory a queued one still reads.
-        if n > crate::kernels::MV_MAX_N {
-            let most = weights.into_iter().flatten().flat_map(|l| &l.0).map(|(_, w)| w.expansion_bytes()).max().unwrap_or(0);
-            if most > 0 {
-                ensure_dev(&gpu.ctx, &mut b.expand, most)?;
-            }
+        // Likewise a decode step's 8-bit tokens for the widest weight (and the dry run of a
+        // graphed step then grows nothing its capture would not find).
+        let all_weights = || weights.into_iter().flatten().flat_map(|l| &l.0).map(|(_, w)| w);
+        let most = if n > crate::kernels::MV_MAX_N {
+            all_weights().map(|w| w.expansion_bytes()).max().unwrap_or(0)
+        } else {
+            all_weights().map(|w| n * w.cols + n * w.cols / 32 * 4).max().unwrap_or(0)
+        };
+        if most > 0 {
+            ensure_dev(&gpu.ctx, &mut b.expand, most)?;
         }
         let staged = n * (kvd + vd);
         let slots = if step { layers.len() } else { (STAGING_BYTES / (staged * 2)).clamp(2, layers.len().max(2)) };

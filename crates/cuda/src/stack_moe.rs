@@ -6,7 +6,7 @@
 
 use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, KArg, Res};
 use crate::kernels::activation_kernel;
-use crate::stack::ROW_THREADS;
+use crate::stack::{FFN_CHUNK, ROW_THREADS};
 use crate::weights::DevWeight;
 use cudarc::driver::result as drv;
 use engine::plan::MoeFfn;
@@ -117,29 +117,35 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, m: &M
     }
     let routes = ensure_dev(&gpu.ctx, &mut b.routes, words.len().max(1) * 4)?;
     unsafe { drv::memcpy_htod_async(routes, &words[..], stream) }.map_err(err("upload routes"))?;
+    // An expert's rows go through in chunks (its intermediate is 10 bytes per row and feature).
     let ff = io.gate.iter().map(|w| w.rows).max().unwrap_or(0);
-    let rows = ensure_dev(&gpu.ctx, &mut b.rows, n * d * 2)?;
-    let mid = ensure_dev(&gpu.ctx, &mut b.mid, n * ff * 10)?;
-    let out = ensure_dev(&gpu.ctx, &mut b.out, n * d * 4)?;
+    let chunk = n.min(FFN_CHUNK);
+    let rows = ensure_dev(&gpu.ctx, &mut b.rows, chunk * d * 2)?;
+    let mid = ensure_dev(&gpu.ctx, &mut b.mid, chunk * ff * 10)?;
+    let out = ensure_dev(&gpu.ctx, &mut b.out, chunk * d * 4)?;
     unsafe { drv::memset_d8_async(io.o, 0, n * d * 4, stream) }.map_err(err("clear the output"))?;
     let kernel = activation_kernel(m.experts[0].activation).ok_or("the stack was checked for its activations")?;
     let mut at = 0u64;
     for e in &experts {
-        let len = e.tokens.len();
-        let (idx, wts) = (routes + at * 4, routes + (at + len as u64) * 4);
-        at += 2 * len as u64;
+        let all = e.tokens.len();
+        let (idx0, wts0) = (routes + at * 4, routes + (at + all as u64) * 4);
+        at += 2 * all as u64;
         let (wg, wu, wd) = (&io.gate[e.expert], &io.up[e.expert], &io.down[e.expert]);
         if (wg.cols, wu.rows, wu.cols, wd.rows, wd.cols) != (d, wg.rows, d, d, wg.rows) {
             return Err(format!("expert {}: feed-forward weights do not chain", e.expert));
         }
         let f = wg.rows;
-        let (gate, up, act) = (mid, mid + (len * f * 4) as u64, mid + (len * f * 8) as u64);
-        gpu.launch("moe_gather", int(len)? as u32, ROW_THREADS, &[KArg::P(io.h), KArg::P(rows), KArg::P(idx), KArg::I(int(d)?)])?;
-        wg.matmul(gpu, rows, gate, len, expand)?;
-        wu.matmul(gpu, rows, up, len, expand)?;
-        gpu.launch_activation(kernel, gate, up, act, len * f)?;
-        wd.matmul(gpu, act, out, len, expand)?;
-        gpu.launch("moe_scatter", int(len)? as u32, ROW_THREADS, &[KArg::P(out), KArg::P(io.o), KArg::P(idx), KArg::P(wts), KArg::I(int(d)?)])?;
+        for c0 in (0..all).step_by(chunk) {
+            let len = chunk.min(all - c0);
+            let (idx, wts) = (idx0 + (c0 * 4) as u64, wts0 + (c0 * 4) as u64);
+            let (gate, up, act) = (mid, mid + (len * f * 4) as u64, mid + (len * f * 8) as u64);
+            gpu.launch("moe_gather", int(len)? as u32, ROW_THREADS, &[KArg::P(io.h), KArg::P(rows), KArg::P(idx), KArg::I(int(d)?)])?;
+            wg.matmul(gpu, rows, gate, len, expand)?;
+            wu.matmul(gpu, rows, up, len, expand)?;
+            gpu.launch_activation(kernel, gate, up, act, len * f)?;
+            wd.matmul(gpu, act, out, len, expand)?;
+            gpu.launch("moe_scatter", int(len)? as u32, ROW_THREADS, &[KArg::P(out), KArg::P(io.o), KArg::P(idx), KArg::P(wts), KArg::I(int(d)?)])?;
+        }
     }
     Ok(())
 }

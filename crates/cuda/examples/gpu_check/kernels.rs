@@ -49,7 +49,7 @@ pub fn check(e: &CudaEngine) -> usize {
                     })
                     .collect();
                 for k in kernels {
-                    let tol = if k.contains("_q8") { 1.5e-2 } else { 1e-3 };
+                    let tol = if cuda::kernel_probe::takes_8bit_tokens(k) { 1.5e-2 } else { 1e-3 };
                     let (err, what) = match e.matvec_once(ty, rows, cols, k, &w, &x) {
                         Ok(y) => (rel_err(&y, &want), String::new()),
                         Err(f) => (f64::INFINITY, format!(" ({})", f.what)),

@@ -299,7 +299,7 @@ fn check_attention(e: &CudaEngine) -> usize {
         }
         // The whole stack's kernels: queries and outputs in f16 (probabilities too); a single
         // query also through the split decode kernel.
-        for (flash, split) in [(64, false), (128, false), (0, false), (64, true)] {
+        for (flash, split) in [(64, false), (128, false), (0, false), (0, true)] {
             if (flash > 0 && !e.has_flash_attention(&s)) || (split && n != 1) {
                 continue;
             }
