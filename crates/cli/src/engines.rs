@@ -43,7 +43,7 @@ pub static REGISTRY: &[EngineEntry] = &[
                 kernel_cache: a.kernel_cache.clone(),
                 // --verbose also prints where the card's time goes in each whole-stack call.
                 profile_stack: a.verbose,
-                graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+                graphs: std::env::var("TANDEM_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
                 decode: a.decode_on_gpu(m.layers.len()),
                 weights: a.gpu_weights,
                 model_f16_bytes: m.layers.iter().flat_map(|l| l.weights()).map(|(_, w)| w.rows * w.cols * 2).sum::<usize>() + m.output.rows * m.output.cols * 2,

@@ -81,7 +81,8 @@ pub struct CudaOptions {
     /// Time the card's phases of every whole-stack call ([`CudaEngine::stack_phases`]).
     pub profile_stack: bool,
     /// Replay decode steps on the card as CUDA graphs (one launch a step) when their
-    /// launches equal the last captured step's (`TANDEM_CUDA_GRAPHS=0` in the CLI: off).
+    /// launches equal the last captured step's (`TANDEM_CUDA_GRAPHS=1` in the CLI; off by
+    /// default until a GPU has run them).
     pub graphs: bool,
     /// Also run decode steps as whole stacks on the card when the policy finds it faster
     /// (weights resident; each sequence's K/V rows kept on the card between steps).
@@ -110,7 +111,7 @@ impl Default for CudaOptions {
             attention: true,
             stack: true,
             profile_stack: false,
-            graphs: true,
+            graphs: false,
             decode: true,
             weights: WeightFormat::Gguf,
             model_f16_bytes: 0,

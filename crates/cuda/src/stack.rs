@@ -350,7 +350,11 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         // The flash kernels need no score buffers (when every layer can use them).
         let flash = if shapes.iter().all(|s| flash_kernel(gpu, s, b.flash).is_some()) { b.flash } else { 0 };
         let score_elems = if flash > 0 { 0 } else { n_head * qc * ld_max };
-        let step = n <= crate::kernels::MV_MAX_N && weights.is_some();
+        // A decode step's own layout (every layer's new rows in a region, down once at the end)
+        // serves the graphs and the split attention; both are opt-in until a GPU has run them,
+        // so by default decode steps keep the ring of regions.
+        let split = std::env::var("TANDEM_CUDA_SPLIT_ATTENTION").is_ok_and(|v| v == "1");
+        let step = n <= crate::kernels::MV_MAX_N && weights.is_some() && (b.graphs.off.is_none() || split);
         // Experts are routed, and recurrent states cross, on the host between launches: no graph then.
         let host_between = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)) || l.attention().is_none());
         // Only one-token-a-sequence steps: a short prompt's chunk would be captured, never replayed.
@@ -366,10 +370,10 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
                 p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
                 chunk: qc,
-                // A decode step's split attention (`TANDEM_CUDA_SPLIT_ATTENTION=0`: off):
+                // A decode step's split attention (`TANDEM_CUDA_SPLIT_ATTENTION=1`):
                 // partials for the most splits any copy has (not the largest copy's: split
                 // counts do not grow with every capacity).
-                part: if step && std::env::var("TANDEM_CUDA_SPLIT_ATTENTION").map_or(true, |v| v != "0") {
+                part: if step && split {
                     let for_cap = |cap: usize| shapes.iter().map(|s| crate::decode_attention::partial_bytes(s.n_head, s.head_dim, cap)).max().unwrap_or(0);
                     let bytes = seq_cap.iter().map(|&cap| for_cap(cap)).max().unwrap_or(0);
                     ensure_dev(&gpu.ctx, &mut b.partials, bytes)?

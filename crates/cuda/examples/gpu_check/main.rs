@@ -347,9 +347,12 @@ fn check_model(e: &CudaEngine) -> usize {
         }
         out
     };
-    // The card's Gated DeltaNet layers are opt-in until this check has run them.
-    // SAFETY: no other thread reads the environment while this one writes it.
-    unsafe { std::env::set_var("TANDEM_CUDA_DELTANET", "1") };
+    // The card's Gated DeltaNet and MoE layers and the split decode attention are opt-in
+    // until this check has run them.
+    for var in ["TANDEM_CUDA_DELTANET", "TANDEM_CUDA_MOE", "TANDEM_CUDA_SPLIT_ATTENTION"] {
+        // SAFETY: no other thread reads the environment while this one writes it.
+        unsafe { std::env::set_var(var, "1") };
+    }
     for (arch, ty) in [("llama", GgmlType::Q4_K), ("llama", GgmlType::Q8_0), ("gemma3", GgmlType::Q8_0), ("qwen3moe", GgmlType::Q8_0), ("qwen35", GgmlType::Q8_0)] {
         // Experts: routed on the host inside a resident stack; never streamed (all of a
         // layer's experts would cross), so over the budget the ops go one by one. Recurrent
