@@ -12,8 +12,9 @@
 # Env: P (prompt lengths, default 512,4096), N (generation lengths, default 128), R (repetitions, 3),
 # FORMATS (tandem's --gpu-weights to run, default "gguf f16", each with the environment as given;
 # suffixes: "-dp4a" adds TANDEM_CUDA_DP4A=1 (integer-dot decode kernels for Q6_K too), "-s2"/"-s4"
-# TANDEM_CUDA_MV_SPLIT=2/4 (2 or 4 warps per row in the decode kernels), "-nog" TANDEM_CUDA_GRAPHS=0
-# (decode steps as plain launches, not CUDA graphs), "-w" TANDEM_CUDA_MV_WIDE=1 (Q4_K's wide
+# TANDEM_CUDA_MV_SPLIT=2/4 (2 or 4 warps per row in the decode kernels), "-g" TANDEM_CUDA_GRAPHS=1 and
+# TANDEM_CUDA_SPLIT_ATTENTION=1 (decode steps as CUDA graphs, attention split over the keys; "-nog"
+# forces graphs off), "-w" TANDEM_CUDA_MV_WIDE=1 (Q4_K's wide
 # decode kernel, 16 quant bytes a lane), e.g. FORMATS="gguf gguf-s4 gguf-nog gguf-w-s2").
 # SERVER=1 also builds llama-server and runs bench/server-vs-llama-cpp.py: 8 concurrent
 # streaming clients on `tandem serve -np 8` and on `llama-server -np 8`, both on the card.
@@ -78,6 +79,7 @@ for f in ${FORMATS:-gguf f16}; do
     case "$f" in *-dp4a*) export TANDEM_CUDA_DP4A=1 ;; esac
     case "$f" in *-s2*) export TANDEM_CUDA_MV_SPLIT=2 ;; *-s4*) export TANDEM_CUDA_MV_SPLIT=4 ;; esac
     case "$f" in *-nog*) export TANDEM_CUDA_GRAPHS=0 ;; esac
+    case "$f" in *-g*) export TANDEM_CUDA_GRAPHS=1 TANDEM_CUDA_SPLIT_ATTENTION=1 ;; esac
     case "$f" in *-w*) export TANDEM_CUDA_MV_WIDE=1 ;; esac
     # The card's time per phase of one decode step (--verbose profiles every stack call).
     "$T" run -m "$MODEL" -p "The quick brown fox" -n 8 --backend cuda -ngl 99 --gpu-weights "${f%%-*}" --verbose 2>&1 |
