@@ -123,7 +123,7 @@ pub(crate) fn splits(cap: usize) -> (usize, usize) {
 /// 256 with at most 32 / (size / 32) query heads per KV head (their queries and outputs stay
 /// in a lane's registers).
 pub(crate) fn kernel(sh: &AttnShape) -> Option<&'static str> {
-    if sh.head_dim != sh.head_dim_v || sh.n_head_kv == 0 || sh.n_head % sh.n_head_kv != 0 {
+    if sh.head_dim != sh.head_dim_v || sh.n_head_kv == 0 || !sh.n_head.is_multiple_of(sh.n_head_kv) {
         return None;
     }
     let (name, c) = match sh.head_dim {

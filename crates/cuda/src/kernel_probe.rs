@@ -25,7 +25,7 @@ impl Tokens {
 }
 
 fn check_shape(ty: GgmlType, cols: usize, n: usize) -> Res<()> {
-    if cols % ty.block_size() != 0 || cols % 32 != 0 || n == 0 || n > MV_MAX_N {
+    if !cols.is_multiple_of(ty.block_size()) || !cols.is_multiple_of(32) || n == 0 || n > MV_MAX_N {
         return Err(format!("{cols} columns of {} by {n} tokens is not a decode matrix-vector shape", ty.name()));
     }
     Ok(())

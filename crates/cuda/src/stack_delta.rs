@@ -137,11 +137,11 @@ pub(crate) fn check(d: &DeltaNet) -> Result<(), String> {
     }
     let sh = &d.shape;
     let fits = [64, 128].contains(&sh.head_k_dim)
-        && sh.head_v_dim % 32 == 0
+        && sh.head_v_dim.is_multiple_of(32)
         && (32..=1024).contains(&sh.head_v_dim)
         && (1..=8).contains(&sh.d_conv)
         && sh.n_k_heads > 0
-        && sh.n_v_heads % sh.n_k_heads == 0;
+        && sh.n_v_heads.is_multiple_of(sh.n_k_heads);
     if !fits {
         return Err(format!("no kernels for Gated DeltaNet heads of {}/{} with {} taps", sh.head_k_dim, sh.head_v_dim, sh.d_conv));
     }
