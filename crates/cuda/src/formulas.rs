@@ -388,34 +388,40 @@ fn all_lanes(s: usize, lane_sum: impl Fn(usize, usize) -> f32) -> f64 {
     (0..s).flat_map(|p| (0..32).map(move |lane| (p, lane))).map(|(p, lane)| lane_sum(p, lane) as f64).sum()
 }
 
+/// One Q4_K block's share of a dp4a lane's sum: sub-blocks 2j and 2j+1, their scales and
+/// mins read from the block's 16-byte header `hd` as `scale_min_k4_reg` reads them (bytes 4..
+/// scales, 8.. the rest), each with the lane's integer dot and activation sum, times its
+/// activation scale (`xd`: the two sub-blocks').
+fn q4k_term(hd: &[u8], j: usize, (xd, (dot0, sum0), (dot1, sum1)): (&[f32], (i32, i32), (i32, i32))) -> f32 {
+    let byte = |k: usize| hd[k] as i32;
+    let scale_min = |is: usize| {
+        if is < 4 {
+            (byte(4 + is) & 63, byte(8 + is) & 63)
+        } else {
+            ((byte(8 + is) & 15) | ((byte(is) >> 6) << 4), (byte(8 + is) >> 4) | ((byte(4 + is) >> 6) << 4))
+        }
+    };
+    let ((sc0, m0), (sc1, m1)) = (scale_min(2 * j), scale_min(2 * j + 1));
+    let (d, dmin) = (ldh(hd, 0), ldh(hd, 2));
+    xd[0] * (d * sc0 as f32 * dot0 as f32 - dmin * m0 as f32 * sum0 as f32) + xd[1] * (d * sc1 as f32 * dot1 as f32 - dmin * m1 as f32 * sum1 as f32)
+}
+
 /// `mv_q4_k_q8_rows<S>` transcribed, one lane of warp `part` of the row's `s`: its blocks'
 /// header bytes read as `scale_min_k4_reg` reads them (bytes 4.. scales, 8.. the rest),
 /// integer dots of nibbles and activation bytes; groups of MV_Q4K_UNROLL (4) blocks dealt out
 /// to the row's warps in turn.
 fn mv_q4_k_q8_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (usize, usize), lane: usize) -> f32 {
     let (jj, l) = (lane >> 3, 4 * (lane & 7));
-    let byte = |h: &[u8], k: usize| h[k] as i32;
-    let scale_min = |h: &[u8], is: usize| {
-        if is < 4 {
-            (byte(h, 4 + is) & 63, byte(h, 8 + is) & 63)
-        } else {
-            ((byte(h, 8 + is) & 15) | ((byte(h, is) >> 6) << 4), (byte(h, 8 + is) >> 4) | ((byte(h, 4 + is) >> 6) << 4))
-        }
-    };
     let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
     let mut acc = 0f32;
     let blocks = (part * 4..cols / 256).step_by(4 * s).flat_map(|ib0| ib0..(ib0 + 4).min(cols / 256));
     for ib in blocks {
-        let h = &row[ib * 144..ib * 144 + 16];
-        let ((sc0, m0), (sc1, m1)) = (scale_min(h, 2 * jj), scale_min(h, 2 * jj + 1));
-        let (d, dmin) = (ldh(h, 0), ldh(h, 2));
         let q = ldu32(row, ib * 144 + 16 + 4 * lane);
         let (lo, hi) = (q & 0x0F0F_0F0F, (q >> 4) & 0x0F0F_0F0F);
         let (e, sb) = (ib * 256 + 64 * jj + l, ib * 8 + 2 * jj);
         let (a0, a1) = (&xq[e..e + 4], &xq[e + 32..e + 36]);
         let (dot0, dot1, sum0, sum1) = (dp4a(lo, a0), dp4a(hi, a1), dp4a(0x0101_0101, a0), dp4a(0x0101_0101, a1));
-        acc += xd[sb] * (d * sc0 as f32 * dot0 as f32 - dmin * m0 as f32 * sum0 as f32)
-            + xd[sb + 1] * (d * sc1 as f32 * dot1 as f32 - dmin * m1 as f32 * sum1 as f32);
+        acc += q4k_term(&row[ib * 144..ib * 144 + 16], jj, (&xd[sb..sb + 2], (dot0, sum0), (dot1, sum1)));
     }
     acc
 }
@@ -441,30 +447,18 @@ fn mv_q4_k_q8w_lane(row: &[u8], xq: &[i8], xd: &[f32], cols: usize, (part, s): (
     const UNROLL: usize = 2;
     let (sub, nb) = (lane & 7, cols / 256);
     let (j, h, groups) = (sub >> 1, sub & 1, nb.div_ceil(4));
-    let byte = |hd: &[u8], k: usize| hd[k] as i32;
-    let scale_min = |hd: &[u8], is: usize| {
-        if is < 4 {
-            (byte(hd, 4 + is) & 63, byte(hd, 8 + is) & 63)
-        } else {
-            ((byte(hd, 8 + is) & 15) | ((byte(hd, is) >> 6) << 4), (byte(hd, 8 + is) >> 4) | ((byte(hd, 4 + is) >> 6) << 4))
-        }
-    };
     let dp4a = |a: u32, b: &[i8]| (0..4).map(|k| ((a >> (8 * k)) & 0xFF) as i8 as i32 * b[k] as i32).sum::<i32>();
     // Four words of quants (masked) against 16 activation bytes.
     let dp4a_x4 = |at: usize, mask: &dyn Fn(u32) -> u32, a: &[i8]| (0..4).map(|k| dp4a(mask(ldu32(row, at + 4 * k)), &a[4 * k..4 * k + 4])).sum::<i32>();
     let mut acc = 0f32;
     let group_starts = (part * UNROLL..groups).step_by(s * UNROLL);
     for ib in group_starts.flat_map(|g0| (g0..g0 + UNROLL).map(|g| 4 * g + (lane >> 3))).filter(|&ib| ib < nb) {
-        let hd = &row[ib * 144..ib * 144 + 16];
-        let ((sc0, m0), (sc1, m1)) = (scale_min(hd, 2 * j), scale_min(hd, 2 * j + 1));
-        let (d, dmin) = (ldh(hd, 0), ldh(hd, 2));
         let at = ib * 144 + 16 + 16 * sub;
         let (e, sb) = (ib * 256 + 64 * j + 16 * h, ib * 8 + 2 * j);
         let (a0, a1) = (&xq[e..e + 16], &xq[e + 32..e + 48]);
         let (dot0, dot1) = (dp4a_x4(at, &|q| q & 0x0F0F_0F0F, a0), dp4a_x4(at, &|q| (q >> 4) & 0x0F0F_0F0F, a1));
         let (sum0, sum1) = (a0.iter().map(|&v| v as i32).sum::<i32>(), a1.iter().map(|&v| v as i32).sum::<i32>());
-        acc += xd[sb] * (d * sc0 as f32 * dot0 as f32 - dmin * m0 as f32 * sum0 as f32)
-            + xd[sb + 1] * (d * sc1 as f32 * dot1 as f32 - dmin * m1 as f32 * sum1 as f32);
+        acc += q4k_term(&row[ib * 144..ib * 144 + 16], j, (&xd[sb..sb + 2], (dot0, sum0), (dot1, sum1)));
     }
     acc
 }
