@@ -13,6 +13,7 @@
 
 mod attention;
 mod decode_attention;
+mod flash_attention;
 #[cfg(test)]
 mod formulas;
 mod gpu;
