@@ -43,7 +43,12 @@ pub static REGISTRY: &[EngineEntry] = &[
                 kernel_cache: a.kernel_cache.clone(),
                 // --verbose also prints where the card's time goes in each whole-stack call.
                 profile_stack: a.verbose,
-                graphs: std::env::var("TANDEM_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
+                graphs: opted_in("TANDEM_CUDA_GRAPHS"),
+                untried: cuda::Untried {
+                    split_attention: opted_in("TANDEM_CUDA_SPLIT_ATTENTION"),
+                    moe: opted_in("TANDEM_CUDA_MOE"),
+                    delta_net: opted_in("TANDEM_CUDA_DELTANET"),
+                },
                 decode: a.decode_on_gpu(m.layers.len()),
                 weights: a.gpu_weights,
                 model_f16_bytes: m.layers.iter().flat_map(|l| l.weights()).map(|(_, w)| w.rows * w.cols * 2).sum::<usize>() + m.output.rows * m.output.cols * 2,
@@ -228,4 +233,9 @@ impl PlacementArgs {
             _ => None,
         }
     }
+}
+
+/// Whether a GPU path built without a GPU at hand is switched on (`NAME=1`).
+fn opted_in(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
 }

@@ -85,6 +85,9 @@ pub struct CudaOptions {
     /// launches equal the last captured step's (`TANDEM_CUDA_GRAPHS=1` in the CLI; off by
     /// default until a GPU has run them).
     pub graphs: bool,
+    /// Paths inside whole stacks built without a GPU, off until one has run them (the CLI's
+    /// `TANDEM_CUDA_SPLIT_ATTENTION=1`, `TANDEM_CUDA_MOE=1`, `TANDEM_CUDA_DELTANET=1`).
+    pub untried: Untried,
     /// Also run decode steps as whole stacks on the card when the policy finds it faster
     /// (weights resident; each sequence's K/V rows kept on the card between steps).
     pub decode: bool,
@@ -113,6 +116,7 @@ impl Default for CudaOptions {
             stack: true,
             profile_stack: false,
             graphs: false,
+            untried: Untried::default(),
             decode: true,
             weights: WeightFormat::Gguf,
             model_f16_bytes: 0,
@@ -121,6 +125,17 @@ impl Default for CudaOptions {
             bench_device_only: false,
         }
     }
+}
+
+/// Whole-stack paths written without a GPU at hand, each off until a GPU check has run it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Untried {
+    /// A decode step's attention split over the keys (`decode_attention.rs`).
+    pub split_attention: bool,
+    /// Mixture-of-experts layers inside the stack (`stack_moe.rs`).
+    pub moe: bool,
+    /// Gated DeltaNet layers inside the stack (`stack_delta.rs`).
+    pub delta_net: bool,
 }
 
 /// Memory kept free for activations, outputs and cuBLAS's workspace when `gpu_mem` is not given.
@@ -156,14 +171,14 @@ impl CudaEngine {
     /// A new engine. Never fails and touches no driver: the device is brought up on first
     /// use (availability, prepare), and a failure there makes it [`Availability::Unavailable`].
     pub fn new(opts: CudaOptions) -> Self {
-        let (profile, flash, graphs) = (opts.profile_stack, opts.flash_attention, opts.graphs);
+        let (profile, flash, graphs, untried) = (opts.profile_stack, opts.flash_attention, opts.graphs, opts.untried);
         CudaEngine {
             opts,
             gpu: OnceLock::new(),
             weights: Mutex::new(HashMap::new()),
             format: OnceLock::new(),
             scratch: Mutex::new(pipeline::Scratch::default()),
-            stack: Mutex::new(stack::Buffers::new(profile, flash, graphs)),
+            stack: Mutex::new(stack::Buffers::new(profile, flash, graphs, untried)),
         }
     }
 
@@ -448,7 +463,7 @@ impl DecoderStack for CudaEngine {
         if !self.opts.stack {
             return Err("whole stacks on the card are off".into());
         }
-        stack::check(layers)
+        stack::check(layers, self.opts.untried)
     }
 
     fn streams_stack(&self, layers: &[Layer]) -> bool {

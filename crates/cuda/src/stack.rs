@@ -57,6 +57,8 @@ pub(crate) struct Buffers {
     delta: crate::stack_delta::Buffers,
     /// The last decode step's graph (`graph.rs`).
     pub(crate) graphs: crate::graph::StepGraphs,
+    /// Which paths built without a GPU are on.
+    untried: crate::Untried,
     small: Option<DevBuf>,
     /// The norm weights and biases as last uploaded (the same every call of a model).
     vectors: Option<(Vectors, DevBuf)>,
@@ -85,9 +87,9 @@ pub(crate) const FFN_CHUNK: usize = 4096;
 impl Buffers {
     /// Empty buffers; `profile` times the card's phases of every call, `flash` picks the
     /// flash-attention kernels where they fit, `graphs` replays decode steps as CUDA graphs.
-    pub(crate) fn new(profile: bool, flash: usize, graphs: bool) -> Self {
+    pub(crate) fn new(profile: bool, flash: usize, graphs: bool, untried: crate::Untried) -> Self {
         let graphs = if graphs { Default::default() } else { crate::graph::StepGraphs::off("turned off") };
-        Buffers { profile, flash, graphs, ..Default::default() }
+        Buffers { profile, flash, graphs, untried, ..Default::default() }
     }
 }
 
@@ -97,11 +99,11 @@ const STAGING_BYTES: usize = 1 << 30;
 pub(crate) const ROW_THREADS: u32 = 256;
 
 /// Whether the kernels can run these layers.
-pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
+pub(crate) fn check(layers: &[Layer], untried: crate::Untried) -> Result<(), String> {
     for l in layers {
         let mixer_width = match &l.mixer {
             Mixer::DeltaNet(d) => {
-                crate::stack_delta::check(d)?;
+                crate::stack_delta::check(d, untried.delta_net)?;
                 d.shape.conv_dim().max(d.shape.value_dim())
             }
             Mixer::Attention(a) => {
@@ -127,7 +129,7 @@ pub(crate) fn check(layers: &[Layer]) -> Result<(), String> {
             FeedForwardPart::Dense(f) => f.gate.rows,
             // Experts: routed on the host from the card's router logits (`stack_moe.rs`).
             FeedForwardPart::Moe(m) => {
-                crate::stack_moe::check(m)?;
+                crate::stack_moe::check(m, untried.moe)?;
                 m.experts.iter().map(|e| e.gate.rows).max().unwrap_or(0)
             }
         };
@@ -188,7 +190,7 @@ impl Vectors {
 /// Runs every block of `input.layers` over `x` (`[n, n_embd]`, in place) with the weights
 /// resident at `weights[layer]`, or streamed when `None`, storing the new K/V rows into `caches`.
 pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: Option<&[LayerWeights]>, x: &mut [f32], caches: &mut [&mut dyn KvRows]) -> Res<()> {
-    check(input.layers)?;
+    check(input.layers, b.untried)?;
     let n = input.n();
     if n == 0 || input.layers.is_empty() {
         return Ok(());
@@ -353,7 +355,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         // A decode step's own layout (every layer's new rows in a region, down once at the end)
         // serves the graphs and the split attention; both are opt-in until a GPU has run them,
         // so by default decode steps keep the ring of regions.
-        let split = std::env::var("TANDEM_CUDA_SPLIT_ATTENTION").is_ok_and(|v| v == "1");
+        let split = b.untried.split_attention;
         let step = n <= crate::kernels::MV_MAX_N && weights.is_some() && (b.graphs.off.is_none() || split);
         // Experts are routed, and recurrent states cross, on the host between launches: no graph then.
         let host_between = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)) || l.attention().is_none());
@@ -370,7 +372,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
                 s: ensure_dev(&gpu.ctx, &mut b.scores, score_elems * 4)?,
                 p: ensure_dev(&gpu.ctx, &mut b.probs, score_elems * 2)?,
                 chunk: qc,
-                // A decode step's split attention (`TANDEM_CUDA_SPLIT_ATTENTION=1`):
+                // A decode step's split attention (`Untried::split_attention`):
                 // partials for the most splits any copy has (not the largest copy's: split
                 // counts do not grow with every capacity).
                 part: if step && split {

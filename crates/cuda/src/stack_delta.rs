@@ -4,7 +4,7 @@
 //! gated RMSNorm, and the output projection. The recurrence walks the tokens one by one, a
 //! block per value head with the head's state in registers (a thread per state row): on the
 //! card it is a small part of a prefill next to the projections. Opt-in with
-//! `TANDEM_CUDA_DELTANET=1` until a GPU has run it.
+//! `Untried::delta_net` (the CLI's `TANDEM_CUDA_DELTANET=1`) until a GPU has run it.
 
 use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, KArg, Res};
 use crate::weights::DevWeight;
@@ -131,8 +131,8 @@ DELTA_RULE(delta_rule_k128, 128)
 
 /// Whether the stack can run this layer: opted in, key heads of 64 or 128, value heads a
 /// multiple of 32 up to 1024 (a thread each), at most 8 convolution taps.
-pub(crate) fn check(d: &DeltaNet) -> Result<(), String> {
-    if std::env::var("TANDEM_CUDA_DELTANET").map_or(true, |v| v != "1") {
+pub(crate) fn check(d: &DeltaNet, allowed: bool) -> Result<(), String> {
+    if !allowed {
         return Err("recurrent (Gated DeltaNet) layers run op by op, not as a stack on the card (TANDEM_CUDA_DELTANET=1 tries the card's, not yet run on a GPU)".into());
     }
     let sh = &d.shape;

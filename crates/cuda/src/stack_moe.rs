@@ -39,11 +39,11 @@ extern "C" __global__ void moe_scatter(const float* __restrict__ y, float* __res
 }
 "#;
 
-/// Whether the stack can run this MoE part: opted in (`TANDEM_CUDA_MOE=1` until a GPU has run
+/// Whether the stack can run this MoE part: `allowed` (`Untried::moe`, until a GPU has run
 /// it), experts without biases and with an activation kernel, no shared MLP or shared expert
 /// beside them (those run op by op).
-pub(crate) fn check(m: &MoeFfn) -> Result<(), String> {
-    if std::env::var("TANDEM_CUDA_MOE").map_or(true, |v| v != "1") {
+pub(crate) fn check(m: &MoeFfn, allowed: bool) -> Result<(), String> {
+    if !allowed {
         return Err("mixture-of-experts layers run op by op, not as a stack on the card (TANDEM_CUDA_MOE=1 tries the card's, not yet run on a GPU)".into());
     }
     if m.shared.is_some() || m.shared_expert.is_some() {

@@ -347,12 +347,6 @@ fn check_model(e: &CudaEngine) -> usize {
         }
         out
     };
-    // The card's Gated DeltaNet and MoE layers and the split decode attention are opt-in
-    // until this check has run them.
-    for var in ["TANDEM_CUDA_DELTANET", "TANDEM_CUDA_MOE", "TANDEM_CUDA_SPLIT_ATTENTION"] {
-        // SAFETY: no other thread reads the environment while this one writes it.
-        unsafe { std::env::set_var(var, "1") };
-    }
     for (arch, ty) in [("llama", GgmlType::Q4_K), ("llama", GgmlType::Q8_0), ("gemma3", GgmlType::Q8_0), ("qwen3moe", GgmlType::Q8_0), ("qwen35", GgmlType::Q8_0)] {
         // Experts: routed on the host inside a resident stack; never streamed (all of a
         // layer's experts would cross), so over the budget the ops go one by one. Recurrent
@@ -385,7 +379,9 @@ fn check_model(e: &CudaEngine) -> usize {
             ("1 MiB budget, ops one by one", 1 << 20, false, 64, true),
         ];
         for (label, budget, stack, flash_attention, graphs) in variants {
-            let engine = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, graphs, ..Default::default() }));
+            // The paths built without a GPU (off by default) are what this check runs.
+            let untried = cuda::Untried { split_attention: true, moe: true, delta_net: true };
+            let engine = Arc::new(CudaEngine::new(CudaOptions { stack, flash_attention, graphs, untried, ..Default::default() }));
             let cuda: Arc<dyn MatrixEngine> = engine.clone();
             let policy = PlacementPolicy::new(Backend::Named("cuda".into()), 64, None, (1.0, 1.0));
             let d = Dispatcher::new(vec![cuda], policy, CacheBudget { memory_bytes: budget, ..Default::default() }, false).expect("dispatcher");
