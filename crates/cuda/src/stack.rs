@@ -145,13 +145,24 @@ pub(crate) fn check(layers: &[Layer], untried: crate::Untried) -> Result<(), Str
 /// A layer's weights on the card, by role.
 pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, DevWeight)>);
 
+/// What a part of a layer kept in its own module (experts, Gated DeltaNet) works on: the
+/// normed input `h` (f16 `[n, n_embd]`), its output `o` (f32 `[n, n_embd]`), and the layer's
+/// weights and vectors (device addresses, 0 when absent) by role.
+pub(crate) struct PartIo<'a> {
+    pub(crate) h: u64,
+    pub(crate) o: u64,
+    pub(crate) n: usize,
+    pub(crate) weights: &'a LayerWeights,
+    pub(crate) vector: &'a dyn Fn(VectorRole) -> u64,
+}
+
 impl LayerWeights {
     /// Every weight of `role`, in order (the experts').
-    fn all(&self, role: WeightRole) -> Vec<DevWeight> {
+    pub(crate) fn all(&self, role: WeightRole) -> Vec<DevWeight> {
         self.0.iter().filter(|(r, _)| *r == role).map(|&(_, p)| p).collect()
     }
 
-    fn get(&self, role: WeightRole) -> Res<DevWeight> {
+    pub(crate) fn get(&self, role: WeightRole) -> Res<DevWeight> {
         self.0.iter().find(|(r, _)| *r == role).map(|&(_, p)| p).ok_or_else(|| format!("no {role:?} weight on the card"))
     }
 }
@@ -441,8 +452,9 @@ impl<'a, 'c> CardSteps<'a, 'c> {
 
     /// The device address of a layer's vector (0 when the layer has none).
     fn vptr(&self, id: Option<VectorId>) -> u64 {
-        id.and_then(|id| self.vecs.get(&id)).map_or(0, |&at| self.dev.vec_at + (at * 4) as u64)
+        vector_at(&self.vecs, self.dev.vec_at, id)
     }
+
 
     /// `x += post(o)` when `o` is given, then `h = f16(rmsnorm(x) * next)` when `next` is.
     fn residual_norm(&mut self, o: u64, post: Option<VectorId>, next: Option<VectorId>) -> Res<()> {
@@ -527,6 +539,17 @@ impl<'a, 'c> CardSteps<'a, 'c> {
     }
 }
 
+/// The device address of vector `id` among the uploaded ones starting at `base` (0 when absent).
+fn vector_at(vecs: &HashMap<VectorId, usize>, base: u64, id: Option<VectorId>) -> u64 {
+    id.and_then(|id| vecs.get(&id)).map_or(0, |&at| base + (at * 4) as u64)
+}
+
+/// Layer `il`'s vectors by role (borrowing only the uploaded vectors' places, so the step's
+/// buffers stay free to lend out).
+fn vector_closure(vecs: &HashMap<VectorId, usize>, base: u64, il: usize) -> impl Fn(VectorRole) -> u64 + '_ {
+    move |role| vector_at(vecs, base, Some((il, role)))
+}
+
 /// A layer's K and V widths per token.
 fn kv_widths(l: &Layer) -> (usize, usize) {
     l.attention().map_or((0, 0), |a| (a.shape.n_head_kv * a.shape.head_dim, a.shape.n_head_kv * a.shape.head_dim_v))
@@ -536,22 +559,10 @@ impl BlockSteps for CardSteps<'_, '_> {
     type Error = String;
 
     fn delta_net(&mut self, il: usize, d: &engine::plan::DeltaNet) -> Res<()> {
-        let w = &self.current;
-        let v = |role| self.vptr(Some((il, role)));
-        let io = crate::stack_delta::DeltaIo {
-            h: self.dev.h,
-            o: self.dev.o,
-            n: self.geo.n,
-            eps: self.input.layers[il].norm_eps,
-            qkv: w.get(WeightRole::DeltaQkv)?,
-            gate: w.get(WeightRole::DeltaGate)?,
-            beta: w.get(WeightRole::DeltaBeta)?,
-            alpha: w.get(WeightRole::DeltaAlpha).ok(),
-            output: w.get(WeightRole::AttnOutput)?,
-            vectors: [v(VectorRole::DeltaConv), v(VectorRole::DeltaDtBias), v(VectorRole::DeltaA), v(VectorRole::DeltaNorm)],
-            spans: self.input.spans,
-        };
-        crate::stack_delta::run(self.gpu, &mut self.b.delta, &mut self.b.expand, d, il, &io, self.caches)?;
+        let vector = vector_closure(&self.vecs, self.dev.vec_at, il);
+        let io = PartIo { h: self.dev.h, o: self.dev.o, n: self.geo.n, weights: &self.current, vector: &vector };
+        let layer = crate::stack_delta::Layer { il, eps: self.input.layers[il].norm_eps, spans: self.input.spans };
+        crate::stack_delta::run(self.gpu, &mut self.b.delta, &mut self.b.expand, d, &layer, &io, self.caches)?;
         Phases::mark(&mut self.prof, self.gpu, "Gated DeltaNet")
     }
 
@@ -676,10 +687,9 @@ impl BlockSteps for CardSteps<'_, '_> {
         wo.matmul(gpu, dev.att_h, dev.o, n, &mut self.b.expand)
     }
 
-    fn moe_ffn(&mut self, _il: usize, m: &MoeFfn) -> Res<()> {
-        let w = &self.current;
-        let (gate, up, down) = (w.all(WeightRole::ExpertGate), w.all(WeightRole::ExpertUp), w.all(WeightRole::ExpertDown));
-        let io = crate::stack_moe::MoeIo { h: self.dev.h, o: self.dev.o, n: self.geo.n, d: self.geo.d, router: w.get(WeightRole::FfnRouter)?, gate: &gate, up: &up, down: &down };
+    fn moe_ffn(&mut self, il: usize, m: &MoeFfn) -> Res<()> {
+        let vector = vector_closure(&self.vecs, self.dev.vec_at, il);
+        let io = PartIo { h: self.dev.h, o: self.dev.o, n: self.geo.n, weights: &self.current, vector: &vector };
         crate::stack_moe::run(self.gpu, &mut self.b.moe, &mut self.b.expand, m, &io)?;
         Phases::mark(&mut self.prof, self.gpu, "experts")
     }

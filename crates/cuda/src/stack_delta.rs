@@ -7,10 +7,10 @@
 //! `Untried::delta_net` (the CLI's `TANDEM_CUDA_DELTANET=1`) until a GPU has run it.
 
 use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, KArg, Res};
-use crate::weights::DevWeight;
+use crate::stack::PartIo;
 use cudarc::driver::result as drv;
 use engine::matrix::KvRows;
-use engine::plan::{BetaAlpha, DeltaNet};
+use engine::plan::{BetaAlpha, DeltaNet, VectorRole, WeightRole};
 use std::ops::Range;
 
 /// The kernels (after the matrix-vector frame: they use its `warp_sum`).
@@ -161,32 +161,25 @@ pub(crate) struct Buffers {
     ssm_state: Option<DevBuf>,
 }
 
-/// The card's operands of one DeltaNet layer: the normed input `h` (f16 `[n, d]`), the output
-/// `o` (f32 `[n, d]`), the weights by role, the layer's vectors on the card (taps, dt_bias, A,
-/// norm), each sequence's rows.
-pub(crate) struct DeltaIo<'a> {
-    pub(crate) h: u64,
-    pub(crate) o: u64,
-    pub(crate) n: usize,
+/// Which layer a DeltaNet part is: its index (for the caches' states), its norms' epsilon,
+/// each sequence's rows of the batch.
+pub(crate) struct Layer<'a> {
+    pub(crate) il: usize,
     pub(crate) eps: f32,
-    pub(crate) qkv: DevWeight,
-    pub(crate) gate: DevWeight,
-    pub(crate) beta: DevWeight,
-    pub(crate) alpha: Option<DevWeight>,
-    pub(crate) output: DevWeight,
-    /// Device addresses of `ssm_conv1d`, `ssm_dt.bias`, `ssm_a`, `ssm_norm`.
-    pub(crate) vectors: [u64; 4],
     pub(crate) spans: &'a [Range<usize>],
 }
 
-/// The layer `il` on the card (see the module docs); each sequence's states come from and go
-/// back to `caches[i].recurrent(il)`.
-pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, d: &DeltaNet, il: usize, io: &DeltaIo<'_>, caches: &mut [&mut dyn KvRows]) -> Res<()> {
-    let sh = d.shape;
+/// Layer `l.il` on the card (see the module docs), its weights and vectors by role from `io`;
+/// each sequence's states come from and go back to `caches[i].recurrent(il)`.
+pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, d: &DeltaNet, l: &Layer<'_>, io: &PartIo<'_>, caches: &mut [&mut dyn KvRows]) -> Res<()> {
+    let (sh, il, w) = (d.shape, l.il, io.weights);
+    let (qkv, gate, beta_w, output) = (w.get(WeightRole::DeltaQkv)?, w.get(WeightRole::DeltaGate)?, w.get(WeightRole::DeltaBeta)?, w.get(WeightRole::AttnOutput)?);
+    let alpha_w = w.get(WeightRole::DeltaAlpha).ok();
+    let (taps, dt_bias, a_vec, norm) = ((io.vector)(VectorRole::DeltaConv), (io.vector)(VectorRole::DeltaDtBias), (io.vector)(VectorRole::DeltaA), (io.vector)(VectorRole::DeltaNorm));
     let (n, cd, vd, hv) = (io.n, sh.conv_dim(), sh.value_dim(), sh.n_v_heads);
     let fused = matches!(d.beta_alpha, BetaAlpha::Fused(_));
     let ba_rows = if fused { 2 * hv } else { hv };
-    if (io.qkv.rows, io.gate.rows, io.beta.rows, io.output.cols) != (cd, vd, ba_rows, vd) || fused == io.alpha.is_some() || io.vectors.contains(&0) {
+    if (qkv.rows, gate.rows, beta_w.rows, output.cols) != (cd, vd, ba_rows, vd) || fused == alpha_w.is_some() || [taps, dt_bias, a_vec, norm].contains(&0) {
         return Err(format!("layer {il}: the Gated DeltaNet's weights on the card do not match its shape"));
     }
     let mixed = ensure_dev(&gpu.ctx, &mut b.mixed, n * cd * 4)?;
@@ -197,16 +190,15 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, d: &D
     let out = ensure_dev(&gpu.ctx, &mut b.out, n * vd * 2)?;
     let conv_state = ensure_dev(&gpu.ctx, &mut b.conv_state, sh.conv_state_len() * 4)?;
     let ssm_state = ensure_dev(&gpu.ctx, &mut b.ssm_state, sh.ssm_state_len() * 4)?;
-    io.qkv.matmul(gpu, io.h, mixed, n, expand)?;
-    io.gate.matmul(gpu, io.h, z, n, expand)?;
-    io.beta.matmul(gpu, io.h, beta, n, expand)?;
-    if let Some(a) = &io.alpha {
+    qkv.matmul(gpu, io.h, mixed, n, expand)?;
+    gate.matmul(gpu, io.h, z, n, expand)?;
+    beta_w.matmul(gpu, io.h, beta, n, expand)?;
+    if let Some(a) = &alpha_w {
         a.matmul(gpu, io.h, alpha, n, expand)?;
     }
     let kernel = if sh.head_k_dim == 64 { "delta_rule_k64" } else { "delta_rule_k128" };
-    let [taps, dt_bias, a_vec, norm] = io.vectors;
     let stream = gpu.s_comp.cu_stream();
-    for (span, cache) in io.spans.iter().zip(caches.iter_mut()) {
+    for (span, cache) in l.spans.iter().zip(caches.iter_mut()) {
         let (start, len) = (span.start, span.len());
         let (cs, ss) = cache.recurrent(il);
         if cs.len() != sh.conv_state_len() || ss.len() != sh.ssm_state_len() {
@@ -245,7 +237,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, d: &D
             KArg::I(int(hv)?),
             KArg::I(int(sh.head_v_dim)?),
             KArg::I(sh.interleaved as i32),
-            KArg::F(io.eps),
+            KArg::F(l.eps),
         ];
         gpu.launch(kernel, int(hv)? as u32, int(sh.head_v_dim)? as u32, &rule_args)?;
         // The states back into the host cache (into pageable memory: returns once there).
@@ -255,5 +247,5 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, d: &D
         }
         gpu.s_comp.synchronize().map_err(err("Gated DeltaNet state"))?;
     }
-    io.output.matmul(gpu, out, io.o, n, expand)
+    output.matmul(gpu, out, io.o, n, expand)
 }

@@ -6,10 +6,9 @@
 
 use crate::gpu::{ensure_dev, err, int, DevBuf, Gpu, KArg, Res};
 use crate::kernels::activation_kernel;
-use crate::stack::{FFN_CHUNK, ROW_THREADS};
-use crate::weights::DevWeight;
+use crate::stack::{PartIo, FFN_CHUNK, ROW_THREADS};
 use cudarc::driver::result as drv;
-use engine::plan::MoeFfn;
+use engine::plan::{MoeFfn, WeightRole};
 
 /// Per-call buffers of the MoE layers (grown on demand).
 #[derive(Default)]
@@ -84,29 +83,20 @@ pub(crate) fn group(m: &MoeFfn, mut logits: Vec<f32>) -> Vec<ExpertRows> {
     by_expert
 }
 
-/// The card's operands of one MoE part: the normed input `h` (f16 `[n, d]`), the output `o`
-/// (f32 `[n, d]`), the router and each expert's gate, up and down weights in expert order.
-pub(crate) struct MoeIo<'w> {
-    pub(crate) h: u64,
-    pub(crate) o: u64,
-    pub(crate) n: usize,
-    pub(crate) d: usize,
-    pub(crate) router: DevWeight,
-    pub(crate) gate: &'w [DevWeight],
-    pub(crate) up: &'w [DevWeight],
-    pub(crate) down: &'w [DevWeight],
-}
-
-/// `o = Σ_slot weight · expert(h)` on the card (see the module docs).
-pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, m: &MoeFfn, io: &MoeIo<'_>) -> Res<()> {
-    let (n, d, n_expert) = (io.n, io.d, m.experts.len());
-    if [io.gate.len(), io.up.len(), io.down.len()] != [n_expert; 3] || io.router.rows != n_expert || io.router.cols != d {
+/// `o = Σ_slot weight · expert(h)` on the card (see the module docs): the router and each
+/// expert's gate, up and down weights (in expert order) from the layer's weights.
+pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, m: &MoeFfn, io: &PartIo<'_>) -> Res<()> {
+    let w = io.weights;
+    let router = w.get(WeightRole::FfnRouter)?;
+    let (gate, up, down) = (w.all(WeightRole::ExpertGate), w.all(WeightRole::ExpertUp), w.all(WeightRole::ExpertDown));
+    let (n, d, n_expert) = (io.n, router.cols, m.experts.len());
+    if [gate.len(), up.len(), down.len()] != [n_expert; 3] || router.rows != n_expert {
         return Err("the experts' weights on the card do not match the layer".into());
     }
     let stream = gpu.s_comp.cu_stream();
     // Router logits down; the host routes (a wait per MoE layer).
     let logits_dev = ensure_dev(&gpu.ctx, &mut b.logits, n * n_expert * 4)?;
-    io.router.matmul(gpu, io.h, logits_dev, n, expand)?;
+    router.matmul(gpu, io.h, logits_dev, n, expand)?;
     let mut logits = vec![0f32; n * n_expert];
     unsafe { drv::memcpy_dtoh_async(&mut logits[..], logits_dev, stream) }.map_err(err("download router logits"))?;
     gpu.s_comp.synchronize().map_err(err("router logits"))?;
@@ -122,7 +112,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, m: &M
     let routes = ensure_dev(&gpu.ctx, &mut b.routes, words.len().max(1) * 4)?;
     unsafe { drv::memcpy_htod_async(routes, &words[..], stream) }.map_err(err("upload routes"))?;
     // An expert's rows go through in chunks (its intermediate is 10 bytes per row and feature).
-    let ff = io.gate.iter().map(|w| w.rows).max().unwrap_or(0);
+    let ff = gate.iter().map(|w| w.rows).max().unwrap_or(0);
     let chunk = n.min(FFN_CHUNK);
     let rows = ensure_dev(&gpu.ctx, &mut b.rows, chunk * d * 2)?;
     let mid = ensure_dev(&gpu.ctx, &mut b.mid, chunk * ff * 10)?;
@@ -134,7 +124,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, expand: &mut Option<DevBuf>, m: &M
         let all = e.tokens.len();
         let (idx0, wts0) = (routes + at * 4, routes + (at + all as u64) * 4);
         at += 2 * all as u64;
-        let (wg, wu, wd) = (&io.gate[e.expert], &io.up[e.expert], &io.down[e.expert]);
+        let (wg, wu, wd) = (&gate[e.expert], &up[e.expert], &down[e.expert]);
         if (wg.cols, wu.rows, wu.cols, wd.rows, wd.cols) != (d, wg.rows, d, d, wg.rows) {
             return Err(format!("expert {}: feed-forward weights do not chain", e.expert));
         }
