@@ -4,6 +4,7 @@
 
 use crate::gpu::{err, int, DevBuf, Gpu, KArg, Res};
 use crate::kernels::MV_MAX_N;
+use crate::matvec::{q8_token_bytes, split_of};
 use cudarc::driver::result as drv;
 use quant::GgmlType;
 
@@ -18,7 +19,7 @@ struct Tokens {
 
 impl Tokens {
     fn new(g: &Gpu, rows: usize, cols: usize, n: usize) -> Res<Self> {
-        let q = DevBuf::new(&g.ctx, n * cols + n * cols / 32 * 4)?;
+        let q = DevBuf::new(&g.ctx, q8_token_bytes(n, cols))?;
         let d = q.ptr + (n * cols) as u64;
         Ok(Tokens { x: DevBuf::new(&g.ctx, n * cols * 2)?, q, d, y: DevBuf::new(&g.ctx, n * rows * 4)? })
     }
@@ -34,13 +35,13 @@ fn check_shape(ty: GgmlType, cols: usize, n: usize) -> Res<()> {
 /// Whether decode kernel `kernel` takes 8-bit tokens (`mv_*_q8`, `mv_*_q8w`, and their
 /// `_s2`/`_s4` forms; `mv_q8_0` itself takes f16 ones).
 pub fn takes_8bit_tokens(kernel: &str) -> bool {
-    let base = kernel.strip_suffix("_s2").or_else(|| kernel.strip_suffix("_s4")).unwrap_or(kernel);
+    let base = split_of(kernel).0;
     base.ends_with("_q8") || base.ends_with("_q8w")
 }
 
 /// Launches `kernel` (its split form's warps per row from its `_s2`/`_s4` suffix) on weight `w`.
 fn launch(g: &Gpu, kernel: &str, w: u64, t: &Tokens, rows: usize, cols: usize, n: usize) -> Res<()> {
-    let split = kernel.rsplit_once("_s").and_then(|(_, s)| s.parse::<usize>().ok()).filter(|s| [2, 4].contains(s)).unwrap_or(1);
+    let split = split_of(kernel).1;
     let ins = if takes_8bit_tokens(kernel) { vec![KArg::P(w), KArg::P(t.q.ptr), KArg::P(t.d)] } else { vec![KArg::P(w), KArg::P(t.x.ptr)] };
     let args: Vec<KArg> = ins.into_iter().chain([KArg::P(t.y.ptr), KArg::I(int(rows)?), KArg::I(int(cols)?), KArg::I(int(n)?)]).collect();
     g.launch(kernel, int(rows.div_ceil(4 / split))? as u32, 128, &args)

@@ -469,7 +469,7 @@ impl DecoderStack for CudaEngine {
     fn streams_stack(&self, layers: &[Layer]) -> bool {
         // Streaming uploads every weight of a layer: for experts, all of them, where only a
         // few run. MoE models over the budget run op by op (only active experts cross).
-        self.opts.stack && !layers.iter().any(|l| matches!(l.ffn, engine::plan::FeedForwardPart::Moe(_)))
+        self.opts.stack && !stack::has_experts(layers)
     }
 
     fn decode_bandwidth(&self) -> Option<f64> {

@@ -417,6 +417,21 @@ pub fn mv_split() -> usize {
     })
 }
 
+/// Bytes of `n` tokens of `cols` as `quantize_q8_32` writes them: the i8 values, then one f32
+/// scale per 32.
+pub(crate) fn q8_token_bytes(n: usize, cols: usize) -> usize {
+    n * cols + n * cols / 32 * 4
+}
+
+/// A decode kernel's name without its split suffix, and its warps per row (1, or 2/4 for `_s2`/`_s4`).
+pub(crate) fn split_of(kernel: &str) -> (&str, usize) {
+    match (kernel.strip_suffix("_s2"), kernel.strip_suffix("_s4")) {
+        (Some(base), _) => (base, 2),
+        (_, Some(base)) => (base, 4),
+        _ => (kernel, 1),
+    }
+}
+
 /// The split form of `kernel` at the configured split and its warps per row, when it has one.
 pub(crate) fn split_kernel(kernel: &str) -> Option<(&'static str, usize)> {
     let split = mv_split();

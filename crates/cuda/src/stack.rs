@@ -142,6 +142,11 @@ pub(crate) fn check(layers: &[Layer], untried: crate::Untried) -> Result<(), Str
     Ok(())
 }
 
+/// Whether any of these layers has a mixture of experts (routed on the host; never streamed).
+pub(crate) fn has_experts(layers: &[Layer]) -> bool {
+    layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)))
+}
+
 /// A layer's weights on the card, by role.
 pub(crate) struct LayerWeights(pub(crate) Vec<(WeightRole, DevWeight)>);
 
@@ -210,7 +215,7 @@ pub(crate) fn run(gpu: &Gpu, b: &mut Buffers, input: &StackInput<'_>, weights: O
     if x.len() != n * d || caches.len() != input.spans.len() || weights.is_some_and(|w| w.len() != input.layers.len()) {
         return Err(format!("stack buffers do not match {n} tokens of {} sequences", input.spans.len()));
     }
-    if weights.is_none() && input.layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_))) {
+    if weights.is_none() && has_experts(input.layers) {
         return Err("mixture-of-experts stacks run with their weights resident on the card only".into());
     }
     gpu.bind()?;
@@ -369,7 +374,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let split = b.untried.split_attention;
         let step = n <= crate::kernels::MV_MAX_N && weights.is_some() && (b.graphs.off.is_none() || split);
         // Experts are routed, and recurrent states cross, on the host between launches: no graph then.
-        let host_between = layers.iter().any(|l| matches!(l.ffn, FeedForwardPart::Moe(_)) || l.attention().is_none());
+        let host_between = has_experts(layers) || layers.iter().any(|l| l.attention().is_none());
         // Only one-token-a-sequence steps: a short prompt's chunk would be captured, never replayed.
         let graph = step && flash > 0 && !host_between && input.spans.iter().all(|s| s.len() == 1) && prof.is_none() && b.graphs.off.is_none();
         let dev = Device {
@@ -416,7 +421,7 @@ impl<'a, 'c> CardSteps<'a, 'c> {
         let most = if n > crate::kernels::MV_MAX_N {
             all_weights().map(|w| w.expansion_bytes()).max().unwrap_or(0)
         } else {
-            all_weights().map(|w| n * w.cols + n * w.cols / 32 * 4).max().unwrap_or(0)
+            all_weights().map(|w| crate::matvec::q8_token_bytes(n, w.cols)).max().unwrap_or(0)
         };
         if most > 0 {
             ensure_dev(&gpu.ctx, &mut b.expand, most)?;

@@ -170,9 +170,8 @@ impl DevWeight {
         if n <= MV_MAX_N && self.raw != 0 {
             // 8-bit tokens (in `expand`, unused by decode-sized calls otherwise), integer dots.
             if let Some(kernel) = gemv_q8_kernel(self.ty) {
-                let q_bytes = n * self.cols;
-                let q = ensure_dev(&gpu.ctx, expand, q_bytes + q_bytes / 32 * 4)?;
-                let d = q + q_bytes as u64;
+                let q = ensure_dev(&gpu.ctx, expand, crate::matvec::q8_token_bytes(n, self.cols))?;
+                let d = q + (n * self.cols) as u64;
                 gpu.quantize_q8(x, q, d, n, self.cols)?;
                 return gpu.gemv_q8(kernel, self.raw, q, d, out, self.rows, self.cols, n);
             }
