@@ -9,12 +9,17 @@
 use crate::gpu::{err, Gpu, Res};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
-/// Where launches are written down while a step is taped (one thread's launches only).
+/// Where launches are written down while a step is taped (one thread's launches only). Every
+/// launch asks it, so when no step is taped the answer is one atomic load, no lock.
 #[derive(Default)]
-pub(crate) struct Tape(Mutex<Option<Taping>>);
+pub(crate) struct Tape {
+    on: AtomicBool,
+    taping: Mutex<Option<Taping>>,
+}
 
 struct Taping {
     thread: ThreadId,
@@ -25,17 +30,22 @@ struct Taping {
 
 impl Tape {
     fn start(&self, dry: bool) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Taping { thread: std::thread::current().id(), dry, words: Vec::new() });
+        *self.taping.lock().unwrap_or_else(|e| e.into_inner()) = Some(Taping { thread: std::thread::current().id(), dry, words: Vec::new() });
+        self.on.store(true, Ordering::Release);
     }
 
     fn stop(&self) -> Vec<u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().map(|t| t.words).unwrap_or_default()
+        self.on.store(false, Ordering::Release);
+        self.taping.lock().unwrap_or_else(|e| e.into_inner()).take().map(|t| t.words).unwrap_or_default()
     }
 
     /// Writes down launch `op` with its `words` (every argument and the launch's shape) when
     /// this thread is taping; true when the launch must not be issued (a dry run).
     pub(crate) fn note(&self, op: &str, words: impl IntoIterator<Item = u64>) -> bool {
-        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.on.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut t = self.taping.lock().unwrap_or_else(|e| e.into_inner());
         match t.as_mut() {
             Some(t) if t.thread == std::thread::current().id() => {
                 t.words.push(name_hash(op));
