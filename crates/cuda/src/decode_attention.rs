@@ -5,6 +5,7 @@
 //! length), so consecutive steps launch alike and replay as one graph (`graph.rs`).
 
 use crate::gpu::{int, Gpu, KArg, Res};
+use crate::stack_attention::SeqAttention;
 use engine::matrix::AttnShape;
 
 /// The kernels (after the matrix-vector frame: they use its `warp_sum`).
@@ -140,26 +141,24 @@ pub(crate) fn partial_bytes(n_head: usize, head_dim: usize, cap: usize) -> usize
     n_head * splits(cap).1 * (head_dim + 2) * 4
 }
 
-/// One decode query (`q`: f16 `[n_head, d]`, scaled and rotated, at position `pos[0]`) against
-/// cache rows `k`/`v` (a capacity of `cap` rows), output f16 `[n_head, d]` at `out`, through
-/// the partials at `part` ([`partial_bytes`]). False (nothing launched) where the shape does not fit.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn launch(gpu: &Gpu, sh: &AttnShape, (q, k, v, pos, out): (u64, u64, u64, u64, u64), cap: usize, part: u64) -> Res<bool> {
+/// A sequence's one decode query (`a.len` = 1) against its cache rows, through the partials
+/// at `part` ([`partial_bytes`]). False (nothing launched) where the shape does not fit.
+pub(crate) fn launch(gpu: &Gpu, sh: &AttnShape, a: &SeqAttention, part: u64) -> Res<bool> {
     let Some(name) = kernel(sh) else { return Ok(false) };
-    let (per, n_split) = splits(cap);
+    let (per, n_split) = splits(a.cap);
     let args = [
-        KArg::P(q),
-        KArg::P(k),
-        KArg::P(v),
+        KArg::P(a.q_h),
+        KArg::P(a.k),
+        KArg::P(a.v),
         KArg::P(part),
-        KArg::P(pos),
+        KArg::P(a.pos),
         KArg::I(int(sh.n_head)?),
         KArg::I(int(sh.n_head_kv)?),
         KArg::I(int(sh.window.unwrap_or(0))?),
         KArg::I(int(per)?),
     ];
     gpu.launch_grid(name, (int(sh.n_head_kv)? as u32, int(n_split)? as u32), 128, &args)?;
-    let merge = [KArg::P(part), KArg::P(out), KArg::I(int(sh.head_dim)?), KArg::I(int(n_split)?)];
+    let merge = [KArg::P(part), KArg::P(a.out), KArg::I(int(sh.head_dim)?), KArg::I(int(n_split)?)];
     gpu.launch_grid("attn_decode_merge", (int(sh.n_head)? as u32, 1), sh.head_dim.min(256) as u32, &merge)?;
     Ok(true)
 }

@@ -60,7 +60,7 @@ pub(crate) fn attention(gpu: &Gpu, sh: &engine::matrix::AttnShape, a: &SeqAttent
     let (d, dv, nkv, group) = (sh.head_dim, sh.head_dim_v, sh.n_head_kv, sh.n_head / sh.n_head_kv);
     let (qd, kvd, vd, od) = (sh.n_head * d, nkv * d, nkv * dv, sh.n_head * dv);
     // One query with partials to spare: split over the keys.
-    if a.len == 1 && sc.part != 0 && crate::decode_attention::launch(gpu, sh, (a.q_h, a.k, a.v, a.pos, a.out), a.cap, sc.part)? {
+    if a.len == 1 && sc.part != 0 && crate::decode_attention::launch(gpu, sh, a, sc.part)? {
         return Phases::mark(prof, gpu, "decode attention");
     }
     if let Some(kernel) = flash_kernel(gpu, sh, flash) {
